@@ -1,0 +1,114 @@
+//! Settings of a proxy instance, one field per ftp-proxy(8) option that reaches the core.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::rules::{RuleLog, RuleOptions};
+
+/// Highest `-m` value the original accepts.
+pub const MAX_SESSIONS_LIMIT: u32 = 500;
+/// Highest `-t` value (one day), also the default.
+pub const MAX_TIMEOUT_SECS: u32 = 86400;
+/// pf's `PF_TAG_NAME_SIZE` / `PF_QNAME_SIZE`: names must be shorter than this.
+pub const PF_NAME_SIZE: usize = 64;
+/// How long the server may stay silent after the connect (`CONNECT_TIMEOUT`).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause before the single retry of a commit the filter reported busy.
+pub const COMMIT_RETRY_DELAY: Duration = Duration::from_millis(5);
+
+/// Everything the core needs to know about the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `-6`: IPv6 mode; PASV and PORT are refused.
+    pub ipv6: bool,
+    /// `-A`: only `USER ftp` and `USER anonymous` are forwarded.
+    pub anonymous_only: bool,
+    /// `-m`: concurrent sessions (1..=500, default 100).
+    pub max_sessions: u32,
+    /// `-t`: idle timeout of the control connection in seconds (0 = none, default 86400).
+    pub idle_timeout_secs: u32,
+    /// `-R` with `-P`: always connect to this server (reverse mode).
+    pub fixed_server: Option<SocketAddr>,
+    /// `-a`: source address of the connection to the server.
+    pub source_addr: Option<IpAddr>,
+    /// `-q`, `-T`, `-v`, `-r`, and the proxy's routing table.
+    pub rules: RuleOptions,
+    /// Process id used in anchor names (`ftp-proxy/<pid>.<id>`).
+    pub pid: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ipv6: false,
+            anonymous_only: false,
+            max_sessions: 100,
+            idle_timeout_secs: MAX_TIMEOUT_SECS,
+            fixed_server: None,
+            source_addr: None,
+            rules: RuleOptions { log: RuleLog::None, ..RuleOptions::default() },
+            pid: 0,
+        }
+    }
+}
+
+/// A setting outside the range ftp-proxy(8) allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `-m` outside 1..=500.
+    MaxSessions(u32),
+    /// `-t` above 86400.
+    Timeout(u32),
+    /// `-T` of 64 bytes or more.
+    TagTooLong,
+    /// `-q` of 64 bytes or more.
+    QueueTooLong,
+    /// An address of the wrong family for the mode (`-6` or not).
+    Family(&'static str),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::MaxSessions(m) if *m < 1 => f.write_str("max sessions too small"),
+            ConfigError::MaxSessions(_) => f.write_str("max sessions too large"),
+            ConfigError::Timeout(_) => f.write_str("timeout too large"),
+            ConfigError::TagTooLong => f.write_str("tagname too long"),
+            ConfigError::QueueTooLong => f.write_str("queuename too long"),
+            ConfigError::Family(what) => write!(f, "{what} address family does not match the mode"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Checks every range the original's option parser checks.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=MAX_SESSIONS_LIMIT).contains(&self.max_sessions) {
+            return Err(ConfigError::MaxSessions(self.max_sessions));
+        }
+        if self.idle_timeout_secs > MAX_TIMEOUT_SECS {
+            return Err(ConfigError::Timeout(self.idle_timeout_secs));
+        }
+        if self.rules.tag.as_ref().is_some_and(|t| t.len() >= PF_NAME_SIZE) {
+            return Err(ConfigError::TagTooLong);
+        }
+        if self.rules.queue.as_ref().is_some_and(|q| q.len() >= PF_NAME_SIZE) {
+            return Err(ConfigError::QueueTooLong);
+        }
+        if self.fixed_server.is_some_and(|s| s.is_ipv6() != self.ipv6) {
+            return Err(ConfigError::Family("fixed server"));
+        }
+        if self.source_addr.is_some_and(|s| s.is_ipv6() != self.ipv6) {
+            return Err(ConfigError::Family("source"));
+        }
+        Ok(())
+    }
+
+    /// The idle timeout, `None` for `-t 0`.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout_secs > 0).then(|| Duration::from_secs(u64::from(self.idle_timeout_secs)))
+    }
+}

@@ -1,0 +1,109 @@
+//! Randomness is passed in: the core never draws from a global generator.
+//!
+//! The daemon supplies a CSPRNG (a predictable proxy port would let an attacker race
+//! the rdr-to rule); the simulation supplies [`Pcg32`] with a seed, so a seed fixes
+//! every port the proxy ever picks.
+
+/// A source of uniformly distributed integers.
+pub trait RandomSource {
+    /// A uniformly distributed value in `0..upper` (`upper > 0`), without modulo bias,
+    /// like `arc4random_uniform(3)`.
+    fn uniform(&mut self, upper: u32) -> u32;
+}
+
+/// PCG-XSH-RR 32-bit generator (O'Neill 2014): small, fast, seedable, not
+/// cryptographic. For tests and simulations only.
+#[derive(Debug, Clone)]
+pub struct Pcg32 {
+    state: u64,
+    inc: u64,
+}
+
+impl Pcg32 {
+    const MUL: u64 = 6364136223846793005;
+
+    /// A generator whose whole output is fixed by `seed`.
+    pub fn new(seed: u64) -> Pcg32 {
+        let mut rng = Pcg32 { state: 0, inc: (seed << 1) | 1 };
+        rng.next_u32();
+        rng.state = rng.state.wrapping_add(seed ^ 0x853c_49e6_748f_ea9b);
+        rng.next_u32();
+        rng
+    }
+
+    /// The next 32 random bits.
+    pub fn next_u32(&mut self) -> u32 {
+        let old = self.state;
+        self.state = old.wrapping_mul(Self::MUL).wrapping_add(self.inc);
+        let xorshifted = (((old >> 18) ^ old) >> 27) as u32;
+        let rot = (old >> 59) as u32;
+        xorshifted.rotate_right(rot)
+    }
+
+    /// True with probability `num / den`.
+    pub fn chance(&mut self, num: u32, den: u32) -> bool {
+        self.uniform(den) < num
+    }
+
+    /// A value in `low..=high`.
+    pub fn range(&mut self, low: u32, high: u32) -> u32 {
+        low + self.uniform(high - low + 1)
+    }
+}
+
+impl RandomSource for Pcg32 {
+    fn uniform(&mut self, upper: u32) -> u32 {
+        uniform_from(upper, || self.next_u32())
+    }
+}
+
+/// Rejection sampling as in `arc4random_uniform`: draws from `next` until the value
+/// falls in the largest multiple of `upper` that fits in 32 bits. Public so that
+/// other generators (the daemon's CSPRNG) share the exact algorithm.
+pub fn uniform_from(upper: u32, mut next: impl FnMut() -> u32) -> u32 {
+    assert!(upper > 0, "uniform(0)");
+    // 2**32 % upper, computed without 64-bit arithmetic as arc4random_uniform does.
+    let min = upper.wrapping_neg() % upper;
+    loop {
+        let r = next();
+        if r >= min {
+            return r % upper;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_stream() {
+        let mut a = Pcg32::new(7);
+        let mut b = Pcg32::new(7);
+        let mut c = Pcg32::new(8);
+        let va: Vec<u32> = (0..16).map(|_| a.next_u32()).collect();
+        let vb: Vec<u32> = (0..16).map(|_| b.next_u32()).collect();
+        let vc: Vec<u32> = (0..16).map(|_| c.next_u32()).collect();
+        assert_eq!(va, vb);
+        assert_ne!(va, vc);
+    }
+
+    #[test]
+    fn uniform_stays_in_range_and_covers_it() {
+        let mut r = Pcg32::new(1);
+        let mut seen = [false; 7];
+        for _ in 0..1000 {
+            let v = r.uniform(7);
+            assert!(v < 7);
+            seen[v as usize] = true;
+        }
+        assert!(seen.iter().all(|&s| s));
+    }
+
+    #[test]
+    fn rejection_skips_biased_values() {
+        // upper = 3: min = 2**32 % 3 = 1, so a draw of 0 must be rejected.
+        let mut draws = vec![5u32, 0].into_iter().rev();
+        assert_eq!(uniform_from(3, || draws.next().unwrap()), 5 % 3);
+    }
+}

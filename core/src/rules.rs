@@ -1,0 +1,339 @@
+//! Packet-filter rules as plain data.
+//!
+//! Every data-connection negotiation produces exactly two rules, in the shape of the
+//! man page's CONFIGURATION section: an `rdr-to` rule that steers the data
+//! connection's first SYN to its real endpoint, and a `nat-to` rule that rewrites
+//! its source so each endpoint sees the peer it expects. Backends (pf ioctl,
+//! nftables, the userspace relay) translate these values; [`Rule`]'s `Display`
+//! renders them in pf.conf syntax for logs and golden tests.
+
+use std::fmt;
+use std::net::IpAddr;
+
+/// First port of the range proxy ports are drawn from (`IPPORT_HIFIRSTAUTO`).
+pub const PROXY_PORT_LOW: u16 = 49152;
+/// Proxy ports are drawn uniformly from `PROXY_PORT_LOW..PROXY_PORT_END`, i.e. up to 65534,
+/// exactly as the original's `arc4random_uniform(IPPORT_HILASTAUTO - IPPORT_HIFIRSTAUTO)`.
+pub const PROXY_PORT_END: u16 = 65535;
+/// Lowest data port an endpoint may negotiate (`MIN_PORT`).
+pub const MIN_DATA_PORT: u16 = 1024;
+/// The NAT source-port range pfctl uses by default (`PF_NAT_PROXY_PORT_LOW/HIGH`).
+pub const NAT_PORTS: PortRange = PortRange { low: 50001, high: 65535 };
+/// Source port of active data connections with `-r` and PORT (RFC 959's L-1).
+pub const RFC_ACTIVE_SOURCE_PORT: u16 = 20;
+
+/// The anchor a session's rules live in: `ftp-proxy/<pid>.<id>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Anchor {
+    /// Process id of the daemon (after it forked), so that two daemons never collide.
+    pub pid: u32,
+    /// The session id, unique for the life of the process.
+    pub session: u32,
+}
+
+impl fmt::Display for Anchor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ftp-proxy/{}.{}", self.pid, self.session)
+    }
+}
+
+/// `pass` ends evaluation of a data connection in the anchor; `match` (with `-T`)
+/// only tags it, leaving the verdict to the admin's own `tagged` rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// `pass` (PF_PASS).
+    Pass,
+    /// `match` (PF_MATCH), used with `-T tag`.
+    Match,
+}
+
+/// Which way the packet crosses the firewall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Inbound (PF_IN): the rdr-to rule.
+    In,
+    /// Outbound (PF_OUT): the nat-to rule.
+    Out,
+}
+
+/// Rule logging, from `-v` (`log`) and `-vv` (`log (all)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RuleLog {
+    /// No logging (the default).
+    #[default]
+    None,
+    /// `log`: the packet that creates state.
+    Log,
+    /// `log (all)`: every packet of the connection.
+    All,
+}
+
+/// Address family of a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// IPv4.
+    Inet,
+    /// IPv6.
+    Inet6,
+}
+
+impl Family {
+    /// The family of an address.
+    pub fn of(addr: IpAddr) -> Family {
+        match addr {
+            IpAddr::V4(_) => Family::Inet,
+            IpAddr::V6(_) => Family::Inet6,
+        }
+    }
+}
+
+/// An inclusive port range (`low:high` in pf.conf; a single port when equal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    /// First port.
+    pub low: u16,
+    /// Last port (inclusive).
+    pub high: u16,
+}
+
+impl PortRange {
+    /// A range holding one port.
+    pub const fn single(port: u16) -> PortRange {
+        PortRange { low: port, high: port }
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.low == self.high {
+            write!(f, "{}", self.low)
+        } else {
+            write!(f, "{}:{}", self.low, self.high)
+        }
+    }
+}
+
+/// What the rule does to the matching connection's addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Translate {
+    /// Rewrite the destination (`rdr-to addr port port`).
+    RdrTo {
+        /// New destination address.
+        addr: IpAddr,
+        /// New destination port.
+        port: u16,
+    },
+    /// Rewrite the source (`nat-to addr port low:high`).
+    NatTo {
+        /// New source address.
+        addr: IpAddr,
+        /// Source ports to pick from.
+        ports: PortRange,
+    },
+}
+
+/// One packet-filter rule for one data connection.
+///
+/// Common to every rule the proxy makes, and therefore not stored: `proto tcp`,
+/// exact host matches on source and destination, `flags S/SA` and
+/// `keep state (max 1)` (one data connection per negotiation at a time).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Rule {
+    /// `pass`, or `match` with `-T`.
+    pub verdict: Verdict,
+    /// `in` for rdr-to rules, `out` for nat-to rules.
+    pub direction: Direction,
+    /// `quick`: true unless `-T` is given.
+    pub quick: bool,
+    /// `log` / `log (all)`.
+    pub log: RuleLog,
+    /// Source host of the data connection.
+    pub from: IpAddr,
+    /// Destination host of the data connection.
+    pub to: IpAddr,
+    /// Destination port of the data connection.
+    pub port: u16,
+    /// `queue name` (`-q`).
+    pub queue: Option<String>,
+    /// `tag name` (`-T`).
+    pub tag: Option<String>,
+    /// Routing domain the packet must arrive on (`on rdomain N`); pf's `onrdomain`.
+    pub on_rdomain: Option<u32>,
+    /// Routing table to continue in after translation (`rtable N`); pf's `rtableid`.
+    pub rtable: Option<u32>,
+    /// The address translation.
+    pub translate: Translate,
+}
+
+impl Rule {
+    /// The rule's address family (that of its source).
+    pub fn family(&self) -> Family {
+        Family::of(self.from)
+    }
+}
+
+impl fmt::Display for Rule {
+    /// pf.conf syntax, in pfctl's keyword order. Routing domain 0 and table 0 are the
+    /// defaults and are left out, so the usual rule reads exactly as in the man page.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.verdict {
+            Verdict::Pass => "pass",
+            Verdict::Match => "match",
+        })?;
+        f.write_str(match self.direction {
+            Direction::In => " in",
+            Direction::Out => " out",
+        })?;
+        match self.log {
+            RuleLog::None => {}
+            RuleLog::Log => f.write_str(" log")?,
+            RuleLog::All => f.write_str(" log (all)")?,
+        }
+        if self.quick {
+            f.write_str(" quick")?;
+        }
+        if let Some(rd) = self.on_rdomain.filter(|&rd| rd != 0) {
+            write!(f, " on rdomain {rd}")?;
+        }
+        f.write_str(match self.family() {
+            Family::Inet => " inet",
+            Family::Inet6 => " inet6",
+        })?;
+        write!(
+            f,
+            " proto tcp from {} to {} port {} flags S/SA keep state (max 1)",
+            self.from, self.to, self.port
+        )?;
+        if let Some(q) = &self.queue {
+            write!(f, " queue {q}")?;
+        }
+        if let Some(rt) = self.rtable.filter(|&rt| rt != 0) {
+            write!(f, " rtable {rt}")?;
+        }
+        if let Some(t) = &self.tag {
+            write!(f, " tag {t}")?;
+        }
+        match self.translate {
+            Translate::RdrTo { addr, port } => write!(f, " rdr-to {addr} port {port}"),
+            Translate::NatTo { addr, ports } => write!(f, " nat-to {addr} port {ports}"),
+        }
+    }
+}
+
+/// Options from the command line that shape every rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleOptions {
+    /// `-T tag`: `match` rules, not quick, tagged.
+    pub tag: Option<String>,
+    /// `-q queue`.
+    pub queue: Option<String>,
+    /// `-v` / `-vv`.
+    pub log: RuleLog,
+    /// `-r`: active-mode data connections for PORT come from port 20.
+    pub rfc_mode: bool,
+    /// Routing table of the proxy process (`getrtable()`; 0 elsewhere).
+    pub proxy_rtable: u32,
+}
+
+/// The addresses of one session, as ftp-proxy(8) names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionAddrs {
+    /// The control connection's client.
+    pub client: IpAddr,
+    /// The server the proxy connects to (`-R` address, or the original destination).
+    pub server: IpAddr,
+    /// The address the client originally tried to reach.
+    pub orig_server: IpAddr,
+    /// The proxy's own source address towards the server.
+    pub proxy: IpAddr,
+    /// Routing domain of the client's connection (SO_RTABLE; 0 elsewhere).
+    pub client_rdomain: u32,
+}
+
+/// Which negotiation the rules are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// PASV or EPSV: the client connects to the server.
+    Passive,
+    /// PORT: the server connects to the client.
+    ActivePort,
+    /// EPRT: the server connects to the client (never rewritten to port 20).
+    ActiveEprt,
+}
+
+/// The two rules of one negotiation (man page, and behavior.md §12).
+///
+/// `port` is the data port the endpoint negotiated, `proxy_port` the one the proxy
+/// advertised in its place.
+pub fn data_rules(
+    mode: Mode,
+    a: &SessionAddrs,
+    port: u16,
+    proxy_port: u16,
+    opts: &RuleOptions,
+) -> [Rule; 2] {
+    let base = |direction, from, to, port, on_rdomain, rtable, translate| Rule {
+        verdict: if opts.tag.is_some() { Verdict::Match } else { Verdict::Pass },
+        direction,
+        quick: opts.tag.is_none(),
+        log: opts.log,
+        from,
+        to,
+        port,
+        queue: opts.queue.clone(),
+        tag: opts.tag.clone(),
+        on_rdomain: Some(on_rdomain),
+        rtable,
+        translate,
+    };
+    let proxy_rt = opts.proxy_rtable;
+    match mode {
+        Mode::Passive => [
+            base(
+                Direction::In,
+                a.client,
+                a.orig_server,
+                proxy_port,
+                a.client_rdomain,
+                Some(proxy_rt),
+                Translate::RdrTo { addr: a.server, port },
+            ),
+            base(
+                Direction::Out,
+                a.client,
+                a.server,
+                port,
+                proxy_rt,
+                None,
+                Translate::NatTo { addr: a.proxy, ports: NAT_PORTS },
+            ),
+        ],
+        Mode::ActivePort | Mode::ActiveEprt => {
+            let ports = if opts.rfc_mode && mode == Mode::ActivePort {
+                PortRange::single(RFC_ACTIVE_SOURCE_PORT)
+            } else {
+                NAT_PORTS
+            };
+            [
+                base(
+                    Direction::In,
+                    a.server,
+                    a.proxy,
+                    proxy_port,
+                    proxy_rt,
+                    Some(a.client_rdomain),
+                    Translate::RdrTo { addr: a.client, port },
+                ),
+                base(
+                    Direction::Out,
+                    a.server,
+                    a.client,
+                    port,
+                    a.client_rdomain,
+                    None,
+                    Translate::NatTo { addr: a.orig_server, ports },
+                ),
+            ]
+        }
+    }
+}

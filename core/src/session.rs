@@ -1,0 +1,546 @@
+//! One FTP control connection: framing, parsing, rewriting and its rule commits.
+//!
+//! Driven only through [`crate::Proxy`], which lends it the clock, the random
+//! source, the port registry and the output queue in a [`Cx`] on every call.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use bytes::Bytes;
+use log::{debug, error, info, warn};
+
+use crate::config::{Config, COMMIT_RETRY_DELAY, CONNECT_TIMEOUT};
+use crate::error::{CloseReason, FilterError, Side};
+use crate::ftp::{self, Command};
+use crate::line::LineBuf;
+use crate::proxy::{Action, Input, SessionId};
+use crate::rand::RandomSource;
+use crate::rules::{data_rules, Anchor, Mode, Rule, SessionAddrs, MIN_DATA_PORT, PROXY_PORT_END, PROXY_PORT_LOW};
+
+/// Replies the proxy itself gives in place of the original's dropped connection.
+const REPLY_ANON_ONLY: &str = "500 Only anonymous FTP allowed\r\n";
+const REPLY_NO_V4_MODES: &str = "500 PASV and PORT not allowed with IPv6\r\n";
+const REPLY_BAD_PORT: &str = "501 Bad data port (below 1024 or malformed), refused by proxy\r\n";
+const REPLY_BAD_PASSIVE: &str = "425 Cannot open passive connection: bad port from server\r\n";
+
+/// How many client commands may await their replies before the session is ended.
+const MAX_PIPELINED: usize = 4096;
+/// How much of a multi-line 227/229 reply is collected before it is refused.
+const MAX_HELD_REPLY: usize = 8192;
+/// Unparsed input per side beyond which the runtime should stop reading it.
+const INBOX_HIGH_WATER: usize = 8192;
+
+/// What the session lends from the [`crate::Proxy`] for one call.
+pub(crate) struct Cx<'a> {
+    pub now: Instant,
+    pub rng: &'a mut dyn RandomSource,
+    pub cfg: &'a Config,
+    /// Proxy ports handed out by live sessions, so no two sessions share one.
+    pub ports: &'a mut BTreeSet<u16>,
+    pub out: &'a mut VecDeque<(SessionId, Action)>,
+    /// Live sessions, this one included (for the "session N/M started" log line).
+    pub live: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Passive {
+    Pasv,
+    Epsv,
+}
+
+/// What a client command waits for from the server, in order.
+#[derive(Debug)]
+enum Expect {
+    /// The server's final reply to a forwarded command.
+    Reply(Option<Passive>),
+    /// A reply the proxy gives itself, sent when every earlier reply has been relayed.
+    Local(&'static str),
+}
+
+/// A multi-line reply in progress.
+struct Multi {
+    code: u16,
+    /// The held lines of a 227/229 reply that will be rewritten as a whole.
+    collect: Option<(Passive, Vec<Bytes>, usize)>,
+}
+
+/// A rule commit awaiting its acknowledgement, and the line it releases.
+struct Commit {
+    txn: u64,
+    rules: Vec<Rule>,
+    release: (Side, Bytes),
+    port: u16,
+    retried: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// Ended; waiting for the acknowledgement of the empty rule set.
+    Closing { txn: u64 },
+    /// Ended and its rules gone: the proxy drops it.
+    Done,
+}
+
+#[derive(Clone, Copy)]
+enum Timer {
+    ServerIdle = 0,
+    ClientIdle = 1,
+    CommitRetry = 2,
+}
+
+pub(crate) struct Session {
+    id: SessionId,
+    anchor: Anchor,
+    client: SocketAddr,
+    orig_server: SocketAddr,
+    server: SocketAddr,
+    client_rdomain: u32,
+    /// Local address of the socket towards the server, once it exists.
+    proxy: Option<SocketAddr>,
+    phase: Phase,
+    inbox: [LineBuf; 2],
+    expect: VecDeque<Expect>,
+    greeted: bool,
+    multi: Option<Multi>,
+    commit: Option<Commit>,
+    next_txn: u64,
+    /// Whether any commit was issued, so that the end must remove rules.
+    installed: bool,
+    /// The proxy port of the rules in force.
+    live_port: Option<u16>,
+    timers: [Option<Instant>; 3],
+}
+
+fn idx(side: Side) -> usize {
+    match side {
+        Side::Client => 0,
+        Side::Server => 1,
+    }
+}
+
+impl Session {
+    pub(crate) fn new(
+        cx: &mut Cx<'_>,
+        id: SessionId,
+        client: SocketAddr,
+        orig_server: SocketAddr,
+        client_rdomain: u32,
+    ) -> Session {
+        let server = cx.cfg.fixed_server.unwrap_or(orig_server);
+        let mut s = Session {
+            id,
+            anchor: Anchor { pid: cx.cfg.pid, session: id.0 },
+            client,
+            orig_server,
+            server,
+            client_rdomain,
+            proxy: None,
+            phase: Phase::Open,
+            inbox: [LineBuf::new(), LineBuf::new()],
+            expect: VecDeque::new(),
+            greeted: false,
+            multi: None,
+            commit: None,
+            next_txn: 1,
+            installed: false,
+            live_port: None,
+            timers: [None; 3],
+        };
+        debug!("{id} accepted connection from {}", client.ip());
+        s.timers[Timer::ServerIdle as usize] = Some(cx.now + CONNECT_TIMEOUT);
+        s.timers[Timer::ClientIdle as usize] = cx.cfg.idle_timeout().map(|t| cx.now + t);
+        s.emit(cx, Action::ConnectServer { to: server, bind: cx.cfg.source_addr });
+        s
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.phase == Phase::Open
+    }
+
+    pub(crate) fn next_timeout(&self) -> Option<Instant> {
+        self.timers.iter().flatten().min().copied()
+    }
+
+    pub(crate) fn wants_read(&self, side: Side) -> bool {
+        self.phase == Phase::Open && self.inbox[idx(side)].len() < INBOX_HIGH_WATER
+    }
+
+    fn emit(&self, cx: &mut Cx<'_>, action: Action) {
+        cx.out.push_back((self.id, action));
+    }
+
+    fn send(&self, cx: &mut Cx<'_>, side: Side, bytes: Bytes) {
+        self.emit(cx, Action::Send(side, bytes));
+    }
+
+    pub(crate) fn handle(&mut self, cx: &mut Cx<'_>, input: Input) {
+        match input {
+            Input::RulesCommitted { txn, result } => return self.on_commit_result(cx, txn, result),
+            _ if self.phase != Phase::Open => return,
+            Input::ServerSocketOpened { proxy } => {
+                self.proxy = Some(proxy);
+                info!(
+                    "{} FTP session {}/{} started: client {} to server {} via proxy {}",
+                    self.id,
+                    cx.live,
+                    cx.cfg.max_sessions,
+                    self.client.ip(),
+                    self.server.ip(),
+                    proxy.ip()
+                );
+            }
+            Input::ServerConnected => debug!("{} connected to server {}", self.id, self.server),
+            Input::ServerConnectFailed { error } => {
+                return self.close(cx, CloseReason::ConnectFailed { server: self.server.ip().to_string(), error })
+            }
+            Input::Data(side, bytes) => {
+                self.inbox[idx(side)].push(&bytes);
+                let timer = match side {
+                    Side::Client => Timer::ClientIdle,
+                    Side::Server => Timer::ServerIdle,
+                };
+                self.timers[timer as usize] = cx.cfg.idle_timeout().map(|t| cx.now + t);
+            }
+            Input::Eof(side) => return self.close(cx, CloseReason::Eof(side)),
+            Input::Reset(Side::Client) => return self.close(cx, CloseReason::ClientReset),
+            Input::Reset(Side::Server) => return self.close(cx, CloseReason::ServerRefused),
+            Input::WriteError(side) => return self.close(cx, CloseReason::WriteError(side)),
+            Input::Shutdown => return self.close(cx, CloseReason::Shutdown),
+        }
+        self.pump(cx);
+    }
+
+    pub(crate) fn handle_timeout(&mut self, cx: &mut Cx<'_>) {
+        let due = |t: Option<Instant>| t.is_some_and(|t| t <= cx.now);
+        if due(self.timers[Timer::ServerIdle as usize]) {
+            return self.close(cx, CloseReason::Timeout(Side::Server));
+        }
+        if due(self.timers[Timer::ClientIdle as usize]) {
+            return self.close(cx, CloseReason::Timeout(Side::Client));
+        }
+        if due(self.timers[Timer::CommitRetry as usize]) {
+            self.timers[Timer::CommitRetry as usize] = None;
+            if let Some(c) = &self.commit {
+                let action = Action::CommitRules { txn: c.txn, anchor: self.anchor, rules: c.rules.clone() };
+                self.emit(cx, action);
+            }
+        }
+    }
+
+    /// Processes buffered lines until input runs out, a commit is in flight, or the
+    /// session ends. While a commit is in flight both directions wait: its line must
+    /// go out first, and ordering is the point.
+    fn pump(&mut self, cx: &mut Cx<'_>) {
+        loop {
+            let mut progressed = false;
+            for side in [Side::Server, Side::Client] {
+                if side == Side::Client && self.proxy.is_none() {
+                    continue;
+                }
+                while self.phase == Phase::Open && self.commit.is_none() {
+                    match self.inbox[idx(side)].next_line() {
+                        Ok(Some(line)) => {
+                            progressed = true;
+                            match side {
+                                Side::Client => self.client_line(cx, line),
+                                Side::Server => self.server_line(cx, line),
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(_) => return self.close(cx, CloseReason::NotClean(side)),
+                    }
+                }
+            }
+            if !progressed || self.phase != Phase::Open || self.commit.is_some() {
+                return;
+            }
+        }
+    }
+
+    fn expect(&mut self, cx: &mut Cx<'_>, e: Expect) {
+        if self.expect.len() >= MAX_PIPELINED {
+            return self.close(cx, CloseReason::TooManyPipelined);
+        }
+        self.expect.push_back(e);
+        self.flush_local(cx);
+    }
+
+    /// Answers locally in order: a proxy reply goes out only once every reply owed
+    /// for earlier commands has been relayed (and after the greeting).
+    fn local_reply(&mut self, cx: &mut Cx<'_>, reply: &'static str) {
+        debug!("{} proxy: {}", self.id, ftp::escape(reply.as_bytes()));
+        self.expect(cx, Expect::Local(reply));
+    }
+
+    fn flush_local(&mut self, cx: &mut Cx<'_>) {
+        if !self.greeted || self.commit.is_some() {
+            return;
+        }
+        while let Some(Expect::Local(reply)) = self.expect.front() {
+            let reply = *reply;
+            self.expect.pop_front();
+            self.send(cx, Side::Client, Bytes::from_static(reply.as_bytes()));
+        }
+    }
+
+    fn client_line(&mut self, cx: &mut Cx<'_>, line: Bytes) {
+        if ftp::is_pass(&line) {
+            debug!("{} client: PASS ****", self.id);
+        } else {
+            debug!("{} client: {}", self.id, ftp::escape(&line));
+        }
+        let cmd = ftp::classify(&line);
+        match cmd {
+            Command::Pasv | Command::Port(_) if cx.cfg.ipv6 => {
+                error!("PASV and PORT not allowed with IPv6");
+                self.local_reply(cx, REPLY_NO_V4_MODES);
+            }
+            Command::Port(port) | Command::Eprt(port) => match port.filter(|&p| p >= MIN_DATA_PORT) {
+                None => {
+                    error!("{} bad port in '{}'", self.id, ftp::escape(&line));
+                    self.local_reply(cx, REPLY_BAD_PORT);
+                }
+                Some(port) => {
+                    let mode = if matches!(cmd, Command::Port(_)) { Mode::ActivePort } else { Mode::ActiveEprt };
+                    self.expect(cx, Expect::Reply(None));
+                    self.active(cx, mode, port);
+                }
+            },
+            Command::User if cx.cfg.anonymous_only && !ftp::is_anonymous_user(&line) => {
+                self.local_reply(cx, REPLY_ANON_ONLY);
+            }
+            _ => {
+                let passive = match cmd {
+                    Command::Pasv => Some(Passive::Pasv),
+                    Command::Epsv => Some(Passive::Epsv),
+                    _ => None,
+                };
+                // Lines shorter than a command get no reply from servers.
+                if line.len() >= 4 {
+                    self.expect(cx, Expect::Reply(passive));
+                }
+                self.send(cx, Side::Server, line);
+            }
+        }
+    }
+
+    fn addrs(&self) -> SessionAddrs {
+        SessionAddrs {
+            client: self.client.ip(),
+            server: self.server.ip(),
+            orig_server: self.orig_server.ip(),
+            proxy: self.proxy.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.ip()),
+            client_rdomain: self.client_rdomain,
+        }
+    }
+
+    /// PORT/EPRT: rules first, then the rewritten command (servers may connect at once).
+    fn active(&mut self, cx: &mut Cx<'_>, mode: Mode, port: u16) {
+        let Some(proxy_port) = self.pick_port(cx) else {
+            return self.close(cx, CloseReason::Filter(FilterError::Busy));
+        };
+        let proxy = self.addrs().proxy;
+        let line = match (mode, proxy) {
+            (Mode::ActivePort, IpAddr::V4(v4)) => ftp::format_port(v4, proxy_port),
+            _ => ftp::format_eprt(proxy, proxy_port),
+        };
+        info!("{} active: server to client port {} via port {}", self.id, port, proxy_port);
+        debug!("{} proxy: {}", self.id, ftp::escape(line.as_bytes()));
+        let rules = data_rules(mode, &self.addrs(), port, proxy_port, &cx.cfg.rules);
+        self.start_commit(cx, rules.to_vec(), (Side::Server, Bytes::from(line)), proxy_port);
+    }
+
+    fn server_line(&mut self, cx: &mut Cx<'_>, line: Bytes) {
+        debug!("{} server: {}", self.id, ftp::escape(&line));
+        if let Some(m) = &mut self.multi {
+            let code = m.code;
+            let last = ftp::reply_code(&line) == Some((code, false));
+            if let Some((kind, lines, size)) = &mut m.collect {
+                *size += line.len();
+                lines.push(line);
+                if *size > MAX_HELD_REPLY {
+                    return self.close(cx, CloseReason::NotClean(Side::Server));
+                }
+                if last {
+                    let (kind, lines) = (*kind, std::mem::take(lines));
+                    self.multi = None;
+                    self.passive_reply(cx, kind, &lines);
+                }
+                return;
+            }
+            self.send(cx, Side::Client, line);
+            if last {
+                self.multi = None;
+                self.final_reply(cx, code);
+            }
+            return;
+        }
+        let Some((code, more)) = ftp::reply_code(&line) else {
+            return self.send(cx, Side::Client, line);
+        };
+        let passive = match code {
+            227 => self.owed_passive(Passive::Pasv),
+            229 => self.owed_passive(Passive::Epsv),
+            _ => None,
+        };
+        match (passive, more) {
+            (Some(kind), true) => {
+                let size = line.len();
+                self.multi = Some(Multi { code, collect: Some((kind, vec![line], size)) });
+            }
+            (Some(kind), false) => self.passive_reply(cx, kind, &[line]),
+            (None, true) => {
+                self.multi = Some(Multi { code, collect: None });
+                self.send(cx, Side::Client, line);
+            }
+            (None, false) => {
+                self.send(cx, Side::Client, line);
+                self.final_reply(cx, code);
+            }
+        }
+    }
+
+    /// Whether a PASV (or EPSV) is still owed its reply. Normally it is the oldest
+    /// outstanding command; if replies and commands fell out of step, any pending one
+    /// counts, since only it can be answered with a 227 (229).
+    fn owed_passive(&self, kind: Passive) -> Option<Passive> {
+        if !self.greeted {
+            return None;
+        }
+        self.expect.iter().any(|e| matches!(e, Expect::Reply(Some(k)) if *k == kind)).then_some(kind)
+    }
+
+    /// A complete reply (not 1xx) was relayed: it answers the oldest command.
+    fn final_reply(&mut self, cx: &mut Cx<'_>, code: u16) {
+        if code < 200 {
+            return;
+        }
+        if !self.greeted {
+            self.greeted = true;
+        } else if matches!(self.expect.front(), Some(Expect::Reply(_))) {
+            self.expect.pop_front();
+        }
+        self.flush_local(cx);
+    }
+
+    /// A 227/229 that answers a PASV/EPSV: rules, then the rewritten reply.
+    fn passive_reply(&mut self, cx: &mut Cx<'_>, kind: Passive, lines: &[Bytes]) {
+        // Drop everything up to and including the command this reply answers.
+        while let Some(e) = self.expect.pop_front() {
+            if matches!(e, Expect::Reply(Some(k)) if k == kind) {
+                break;
+            }
+        }
+        let port = lines.iter().find_map(|l| match kind {
+            Passive::Pasv => ftp::parse_227(l),
+            Passive::Epsv => ftp::parse_229(l),
+        });
+        let Some(port) = port.filter(|&p| p >= MIN_DATA_PORT) else {
+            let shown: Vec<u8> = lines.iter().flat_map(|l| l.iter().copied()).collect();
+            error!("{} bad port in '{}'", self.id, ftp::escape(&shown));
+            debug!("{} proxy: {}", self.id, ftp::escape(REPLY_BAD_PASSIVE.as_bytes()));
+            self.send(cx, Side::Client, Bytes::from_static(REPLY_BAD_PASSIVE.as_bytes()));
+            return self.flush_local(cx);
+        };
+        let Some(proxy_port) = self.pick_port(cx) else {
+            return self.close(cx, CloseReason::Filter(FilterError::Busy));
+        };
+        info!("{} passive: client to server port {} via port {}", self.id, port, proxy_port);
+        let line = match (kind, self.orig_server.ip()) {
+            (Passive::Pasv, IpAddr::V4(v4)) => ftp::format_227(v4, proxy_port),
+            _ => ftp::format_229(proxy_port),
+        };
+        debug!("{} proxy: {}", self.id, ftp::escape(line.as_bytes()));
+        let rules = data_rules(Mode::Passive, &self.addrs(), port, proxy_port, &cx.cfg.rules);
+        self.start_commit(cx, rules.to_vec(), (Side::Client, Bytes::from(line)), proxy_port);
+    }
+
+    /// A proxy port no other live session uses, uniform in 49152..=65534.
+    fn pick_port(&mut self, cx: &mut Cx<'_>) -> Option<u16> {
+        let span = u32::from(PROXY_PORT_END - PROXY_PORT_LOW);
+        // With at most 500 sessions holding two ports each out of 16383, a free port is
+        // found on the first draw almost always; 64 draws make failure impossible in practice.
+        for _ in 0..64 {
+            let port = PROXY_PORT_LOW + cx.rng.uniform(span) as u16;
+            if cx.ports.insert(port) {
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    fn start_commit(&mut self, cx: &mut Cx<'_>, rules: Vec<Rule>, release: (Side, Bytes), port: u16) {
+        let txn = self.next_txn;
+        self.next_txn += 1;
+        self.installed = true;
+        self.emit(cx, Action::CommitRules { txn, anchor: self.anchor, rules: rules.clone() });
+        self.commit = Some(Commit { txn, rules, release, port, retried: false });
+    }
+
+    fn on_commit_result(&mut self, cx: &mut Cx<'_>, txn: u64, result: Result<(), FilterError>) {
+        match self.phase {
+            Phase::Closing { txn: last } if txn == last => {
+                if let Err(e) = result {
+                    error!("{} pf rule removal failed: {e}", self.id);
+                }
+                self.phase = Phase::Done;
+                return;
+            }
+            Phase::Open => {}
+            _ => return,
+        }
+        let Some(commit) = self.commit.as_mut().filter(|c| c.txn == txn) else {
+            debug!("{} stale rules acknowledgement {txn}", self.id);
+            return;
+        };
+        match result {
+            Ok(()) => {
+                let commit = self.commit.take().expect("checked above");
+                if let Some(old) = self.live_port.replace(commit.port) {
+                    cx.ports.remove(&old);
+                }
+                let (side, line) = commit.release;
+                self.send(cx, side, line);
+                self.flush_local(cx);
+                self.pump(cx);
+            }
+            Err(FilterError::Busy) if !commit.retried => {
+                commit.retried = true;
+                self.timers[Timer::CommitRetry as usize] = Some(cx.now + COMMIT_RETRY_DELAY);
+            }
+            Err(e) => self.close(cx, CloseReason::Filter(e)),
+        }
+    }
+
+    /// Ends the session: log, close both sockets, then remove its rules.
+    pub(crate) fn close(&mut self, cx: &mut Cx<'_>, reason: CloseReason) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        match &reason {
+            CloseReason::Eof(_) | CloseReason::Shutdown => info!("{} {reason}", self.id),
+            CloseReason::Timeout(Side::Server) => warn!("{} {reason}", self.id),
+            _ => error!("{} {reason}", self.id),
+        }
+        info!("{} ending session", self.id);
+        self.timers = [None; 3];
+        self.emit(cx, Action::Close(reason));
+        for port in self.live_port.take().into_iter().chain(self.commit.take().map(|c| c.port)) {
+            cx.ports.remove(&port);
+        }
+        if self.installed {
+            let txn = self.next_txn;
+            self.next_txn += 1;
+            self.phase = Phase::Closing { txn };
+            self.emit(cx, Action::CommitRules { txn, anchor: self.anchor, rules: Vec::new() });
+        } else {
+            self.phase = Phase::Done;
+        }
+    }
+}
