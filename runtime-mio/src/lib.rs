@@ -1,1 +1,203 @@
-//! placeholder
+//! The mio event loop that drives [`ftp_proxy_core::Proxy`], and a userspace data relay.
+//!
+//! The core decides everything and touches nothing; this crate owns the sockets, the
+//! clock, the signals and the packet filter (or the relay standing in for it). Its
+//! public surface is what the `ftp-proxy` binary needs, in the order it needs it:
+//! [`listen`] and [`raise_nofile_limit`] while still privileged, then [`run`].
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use nix::errno::Errno;
+
+pub use pfctl_backend::Backend;
+
+mod sys;
+
+/// How the proxy learns where a diverted client originally wanted to go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Divert {
+    /// The accepted socket's local address: pf `divert-to`, Linux TPROXY, and reverse
+    /// mode (where it is simply the listener's address).
+    Getsockname,
+    /// Linux `SO_ORIGINAL_DST` (nftables/iptables `redirect`), falling back to
+    /// `getsockname` when the connection was not NATed.
+    OriginalDst,
+}
+
+/// Who carries the data connections the core negotiates.
+#[derive(Debug)]
+pub enum DataPath<B> {
+    /// The kernel, through packet-filter rules committed by this backend.
+    Kernel(B),
+    /// This process: the rules are executed by a userspace relay (no firewall needed).
+    Relay,
+}
+
+/// What the runtime needs from the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Address and port to listen on (`-b`, `-p`).
+    pub listen: SocketAddr,
+    /// Set `IP_TRANSPARENT` / `IPV6_TRANSPARENT` on the listener (Linux TPROXY).
+    pub transparent: bool,
+    /// How to find the original destination of an accepted connection.
+    pub divert: Divert,
+    /// `-m`: sizes the descriptor limit.
+    pub max_sessions: u32,
+    /// Whether the userspace relay carries data connections (sizes the descriptor limit).
+    pub relay: bool,
+}
+
+/// The listening socket: bound, listening and non-blocking.
+///
+/// Created by [`listen`] before privileges are dropped (ports below 1024 and
+/// `IP_TRANSPARENT` need them), then handed to [`run`].
+#[derive(Debug)]
+pub struct Listener {
+    inner: std::net::TcpListener,
+}
+
+impl Listener {
+    /// The address the socket is bound to (with the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A startup failure. `Display` is the original's message (behavior.md §3), printed
+/// by the binary as `ftp-proxy: <msg>` before it exits 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartError {
+    /// `socket(2)` for the listener failed.
+    Socket(Errno),
+    /// `SO_REUSEADDR` (or `IPV6_V6ONLY`) could not be set.
+    SetSockOpt(Errno),
+    /// `IP_TRANSPARENT` / `IPV6_TRANSPARENT` could not be set (needs CAP_NET_ADMIN).
+    Transparent(Errno),
+    /// `bind(2)` failed.
+    Bind(Errno),
+    /// `listen(2)` failed.
+    Listen(Errno),
+    /// `setrlimit(RLIMIT_NOFILE)` failed.
+    Setrlimit(Errno),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // errx(3) in the original: no strerror.
+            StartError::Socket(_) => f.write_str("socket failed"),
+            StartError::SetSockOpt(e) => write!(f, "setsockopt failed: {}", e.desc()),
+            StartError::Transparent(e) => write!(f, "setsockopt IP_TRANSPARENT failed: {}", e.desc()),
+            StartError::Bind(e) => write!(f, "bind failed: {}", e.desc()),
+            StartError::Listen(e) => write!(f, "listen failed: {}", e.desc()),
+            StartError::Setrlimit(e) => write!(f, "setrlimit: {}", e.desc()),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A failure of the running daemon. `Display` is the message for `ftp-proxy: <msg>`.
+#[derive(Debug)]
+pub enum RunError {
+    /// The poller could not be created or a socket could not be registered.
+    Setup(std::io::Error),
+    /// Installing the signal handlers or their pipe failed.
+    Signals(Errno),
+    /// `poll` itself failed (the original's `event_dispatch error`).
+    Poll(std::io::Error),
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::Setup(e) => write!(f, "event loop setup failed: {e}"),
+            RunError::Signals(e) => write!(f, "signal setup failed: {}", e.desc()),
+            RunError::Poll(e) => write!(f, "event_dispatch error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// Listen backlog. The original uses 10; a burst of clients larger than that would see
+/// SYNs dropped and retried after a second, so we ask for the kernel's usual default.
+pub const LISTEN_BACKLOG: i32 = 128;
+
+/// Creates the listening socket (behavior.md §3 step 9): `SO_REUSEADDR`, optional
+/// transparency, bind, listen with [`LISTEN_BACKLOG`], non-blocking.
+pub fn listen(opts: &Options) -> Result<Listener, StartError> {
+    sys::listener(opts.listen, opts.transparent, LISTEN_BACKLOG as usize)
+        .map(|inner| Listener { inner })
+        .map_err(|e| match e {
+            sys::ListenError::Socket(e) => StartError::Socket(e),
+            sys::ListenError::SetSockOpt(e) => StartError::SetSockOpt(e),
+            sys::ListenError::Transparent(e) => StartError::Transparent(e),
+            sys::ListenError::Bind(e) => StartError::Bind(e),
+            sys::ListenError::Listen(e) => StartError::Listen(e),
+        })
+}
+
+/// Descriptors a proxy with `max_sessions` sessions may need.
+///
+/// The original sets `2*m + 10` (two control sockets per session plus slack). With the
+/// relay each session may also hold a data listener and a data pair, and a pair whose
+/// negotiation was replaced may still be finishing its transfer, so allow `5*m + 10`.
+pub fn nofile_needed(max_sessions: u32, relay: bool) -> u64 {
+    let per = if relay { 5 } else { 2 };
+    u64::from(max_sessions) * per + 10
+}
+
+/// Sets `RLIMIT_NOFILE` soft = hard = [`nofile_needed`], like the original's startup
+/// step 6, but never lowers a limit that is already higher (lowering the hard limit is
+/// irreversible for an unprivileged process and buys nothing).
+pub fn raise_nofile_limit(max_sessions: u32, relay: bool) -> Result<(), StartError> {
+    sys::raise_nofile(nofile_needed(max_sessions, relay)).map_err(StartError::Setrlimit)
+}
+
+/// The kernel's CSPRNG (`getrandom(2)` / `getentropy(2)`), buffered.
+///
+/// Proxy ports must be unpredictable: a guessed port lets an attacker race the data
+/// connection into the rdr-to rule. Draws use the core's rejection sampling
+/// ([`ftp_proxy_core::rand::uniform_from`]) so there is no modulo bias.
+#[derive(Debug, Default)]
+pub struct OsRandom {
+    buf: [u32; 16],
+    left: usize,
+}
+
+impl OsRandom {
+    /// A generator with an empty buffer (filled on first use).
+    pub fn new() -> OsRandom {
+        OsRandom::default()
+    }
+
+    fn next_u32(&mut self) -> u32 {
+        if self.left == 0 {
+            sys::fill_random(&mut self.buf);
+            self.left = self.buf.len();
+        }
+        self.left -= 1;
+        self.buf[self.left]
+    }
+}
+
+impl ftp_proxy_core::RandomSource for OsRandom {
+    fn uniform(&mut self, upper: u32) -> u32 {
+        ftp_proxy_core::rand::uniform_from(upper, || self.next_u32())
+    }
+}
+
+/// Runs the proxy until SIGHUP, SIGINT or SIGTERM, then shuts it down gracefully
+/// (every session's rules removed) and returns `Ok(())`.
+pub fn run<B: Backend>(
+    listener: Listener,
+    opts: &Options,
+    proxy: ftp_proxy_core::Proxy,
+    data: DataPath<B>,
+) -> Result<(), RunError> {
+    let _ = (listener, opts, proxy, data);
+    Err(RunError::Setup(std::io::Error::other("event loop not built yet")))
+}

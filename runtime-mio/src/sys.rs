@@ -1,0 +1,230 @@
+//! Thin wrappers over the system calls std and mio do not offer: socket options,
+//! binds before connect, rlimits, the kernel CSPRNG. All `unsafe` of the crate is here
+//! or in `signal.rs`.
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage};
+
+/// Which step of creating a listener failed.
+#[derive(Debug)]
+pub(crate) enum ListenError {
+    Socket(Errno),
+    SetSockOpt(Errno),
+    Transparent(Errno),
+    Bind(Errno),
+    Listen(Errno),
+}
+
+pub(crate) fn family(addr: &SocketAddr) -> AddressFamily {
+    if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
+}
+
+/// A non-blocking, close-on-exec TCP socket of `addr`'s family.
+pub(crate) fn tcp_socket(addr: &SocketAddr) -> Result<OwnedFd, Errno> {
+    socket::socket(family(addr), SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)
+}
+
+/// Sets `IP_TRANSPARENT` (19) or `IPV6_TRANSPARENT` (75); nix only knows the former.
+fn set_transparent(fd: &OwnedFd, v6: bool) -> Result<(), Errno> {
+    if !v6 {
+        return socket::setsockopt(fd, sockopt::IpTransparent, &true);
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let one: libc::c_int = 1;
+        // SAFETY: fd is a valid socket; the option value is a c_int of the given size.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_IPV6,
+                libc::IPV6_TRANSPARENT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        Errno::result(r).map(drop)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Err(Errno::ENOPROTOOPT)
+    }
+}
+
+/// Socket, `SO_REUSEADDR`, optional transparency, bind, listen, non-blocking.
+pub(crate) fn listener(addr: SocketAddr, transparent: bool, backlog: usize) -> Result<TcpListener, ListenError> {
+    let fd = tcp_socket(&addr).map_err(ListenError::Socket)?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(ListenError::SetSockOpt)?;
+    if addr.is_ipv6() {
+        // An explicit [::] listener serves IPv6 only, as on OpenBSD (which has no
+        // dual-stack sockets); -6 is how IPv6 is asked for.
+        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true).map_err(ListenError::SetSockOpt)?;
+    }
+    if transparent {
+        set_transparent(&fd, addr.is_ipv6()).map_err(ListenError::Transparent)?;
+    }
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(ListenError::Bind)?;
+    let backlog = Backlog::new(backlog.min(i32::MAX as usize) as i32).map_err(ListenError::Listen)?;
+    socket::listen(&fd, backlog).map_err(ListenError::Listen)?;
+    Ok(TcpListener::from(fd))
+}
+
+/// A socket that listens on exactly `addr` for the relay (`SO_REUSEADDR`, non-blocking).
+pub(crate) fn data_listener(addr: SocketAddr) -> Result<TcpListener, Errno> {
+    let fd = tcp_socket(&addr)?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if addr.is_ipv6() {
+        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    socket::listen(&fd, Backlog::new(8)?)?;
+    Ok(TcpListener::from(fd))
+}
+
+/// Starts a non-blocking connect to `to`, bound to `bind` first if given.
+///
+/// Returns the socket whose connect is under way (or already done, on loopback).
+/// The caller learns the outcome from writability, as mio's `TcpStream::connect` docs say.
+pub(crate) fn start_connect(to: SocketAddr, bind: Option<SocketAddr>) -> Result<std::net::TcpStream, ConnectError> {
+    let fd = tcp_socket(&to).map_err(ConnectError::Socket)?;
+    if let Some(b) = bind {
+        if b.is_ipv6() == to.is_ipv6() && b.port() != 0 {
+            // A fixed source port (the relay's port 20): let a lingering TIME_WAIT pair
+            // not block the next transfer.
+            let _ = socket::setsockopt(&fd, sockopt::ReuseAddr, &true);
+        }
+        socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(b)).map_err(ConnectError::Bind)?;
+    }
+    match socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(to)) {
+        Ok(()) | Err(Errno::EINPROGRESS) | Err(Errno::EINTR) => Ok(std::net::TcpStream::from(fd)),
+        Err(e) => Err(ConnectError::Connect(e)),
+    }
+}
+
+/// Which step of [`start_connect`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnectError {
+    Socket(Errno),
+    Bind(Errno),
+    Connect(Errno),
+}
+
+impl ConnectError {
+    pub(crate) fn errno(self) -> Errno {
+        match self {
+            ConnectError::Socket(e) | ConnectError::Bind(e) | ConnectError::Connect(e) => e,
+        }
+    }
+}
+
+/// `SO_KEEPALIVE` on, errors ignored as in the original.
+pub(crate) fn keepalive<F: AsFd>(fd: &F) {
+    let _ = socket::setsockopt(fd, sockopt::KeepAlive, &true);
+}
+
+/// `::ffff:a.b.c.d` becomes `a.b.c.d`; other addresses are returned unchanged.
+pub(crate) fn unmap(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+/// The destination a NATed (`redirect`) connection originally had.
+///
+/// The option is chosen by the peer's family: `SOL_IP` for IPv4 and v4-mapped peers,
+/// `SOL_IPV6` for native IPv6 (linux-netfilter.md §2a). `None` when the connection was
+/// not NATed (ENOENT) or the system has no such option; the caller then uses getsockname.
+#[cfg(target_os = "linux")]
+pub(crate) fn original_dst<F: AsFd>(fd: &F, peer: SocketAddr) -> Option<SocketAddr> {
+    if unmap(peer).is_ipv4() {
+        let sin = socket::getsockopt(fd, sockopt::OriginalDst).ok()?;
+        let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+        Some(SocketAddr::new(IpAddr::V4(ip), u16::from_be(sin.sin_port)))
+    } else {
+        let sin6 = socket::getsockopt(fd, sockopt::Ip6tOriginalDst).ok()?;
+        let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+        Some(SocketAddr::new(IpAddr::V6(ip), u16::from_be(sin6.sin6_port)))
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn original_dst<F: AsFd>(_fd: &F, _peer: SocketAddr) -> Option<SocketAddr> {
+    None
+}
+
+/// Raises `RLIMIT_NOFILE` to `want` (soft and hard) unless both are already at least that.
+pub(crate) fn raise_nofile(want: u64) -> Result<(), Errno> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft >= want && hard >= want {
+        return Ok(());
+    }
+    let new_hard = hard.max(want);
+    let new_soft = soft.max(want);
+    setrlimit(Resource::RLIMIT_NOFILE, new_soft, new_hard)
+}
+
+/// Fills `buf` from the kernel CSPRNG. Panics only if the kernel refuses randomness,
+/// which leaves nothing safe to do (the original's arc4random cannot fail either).
+pub(crate) fn fill_random(buf: &mut [u32]) {
+    let len = std::mem::size_of_val(buf);
+    let ptr = buf.as_mut_ptr().cast::<u8>();
+    let mut done = 0usize;
+    let mut tries = 0;
+    while done < len {
+        #[cfg(target_os = "linux")]
+        // SAFETY: ptr+done..ptr+len lies inside `buf`, which we borrow mutably.
+        let r = unsafe { libc::getrandom(ptr.add(done).cast(), len - done, 0) };
+        #[cfg(not(target_os = "linux"))]
+        // SAFETY: as above; getentropy takes at most 256 bytes and fills all or fails.
+        let r = unsafe {
+            let n = (len - done).min(256);
+            if libc::getentropy(ptr.add(done).cast(), n) == 0 {
+                n as isize
+            } else {
+                -1
+            }
+        };
+        if r > 0 {
+            done += r as usize;
+            continue;
+        }
+        let e = Errno::last();
+        tries += 1;
+        assert!(e == Errno::EINTR && tries < 100, "kernel random source failed: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unmap_turns_mapped_into_v4_only() {
+        let m: SocketAddr = "[::ffff:10.1.2.3]:21".parse().unwrap();
+        assert_eq!(unmap(m), "10.1.2.3:21".parse().unwrap());
+        let v6: SocketAddr = "[2001:db8::1]:21".parse().unwrap();
+        assert_eq!(unmap(v6), v6);
+        let v4: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(unmap(v4), v4);
+    }
+
+    #[test]
+    fn random_fills_whole_buffer() {
+        let mut a = [0u32; 64];
+        fill_random(&mut a);
+        // 64 zero words from a CSPRNG would be a 2^-2048 event: this catches a short fill.
+        assert!(a.iter().any(|&w| w != 0));
+        assert!(a[32..].iter().any(|&w| w != 0));
+    }
+}
