@@ -47,7 +47,10 @@ impl Default for Config {
             idle_timeout_secs: MAX_TIMEOUT_SECS,
             fixed_server: None,
             source_addr: None,
-            rules: RuleOptions { log: RuleLog::None, ..RuleOptions::default() },
+            rules: RuleOptions {
+                log: RuleLog::None,
+                ..RuleOptions::default()
+            },
             pid: 0,
         }
     }
@@ -92,10 +95,20 @@ impl Config {
         if self.idle_timeout_secs > MAX_TIMEOUT_SECS {
             return Err(ConfigError::Timeout(self.idle_timeout_secs));
         }
-        if self.rules.tag.as_ref().is_some_and(|t| t.len() >= PF_NAME_SIZE) {
+        if self
+            .rules
+            .tag
+            .as_ref()
+            .is_some_and(|t| t.len() >= PF_NAME_SIZE)
+        {
             return Err(ConfigError::TagTooLong);
         }
-        if self.rules.queue.as_ref().is_some_and(|q| q.len() >= PF_NAME_SIZE) {
+        if self
+            .rules
+            .queue
+            .as_ref()
+            .is_some_and(|q| q.len() >= PF_NAME_SIZE)
+        {
             return Err(ConfigError::QueueTooLong);
         }
         if self.fixed_server.is_some_and(|s| s.is_ipv6() != self.ipv6) {

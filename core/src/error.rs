@@ -97,7 +97,10 @@ pub enum CloseReason {
 impl CloseReason {
     /// Whether the original logs this at error (`true`) or lower level.
     pub fn is_error(&self) -> bool {
-        !matches!(self, CloseReason::Eof(_) | CloseReason::Shutdown | CloseReason::Timeout(Side::Server))
+        !matches!(
+            self,
+            CloseReason::Eof(_) | CloseReason::Shutdown | CloseReason::Timeout(Side::Server)
+        )
     }
 }
 
@@ -109,8 +112,12 @@ impl fmt::Display for CloseReason {
             CloseReason::ServerRefused => f.write_str("server refused connection"),
             CloseReason::WriteError(side) => write!(f, "{} write error", side.name()),
             CloseReason::Timeout(side) => write!(f, "{} timeout", side.name()),
-            CloseReason::NotClean(Side::Client) => f.write_str("client command too long or not clean"),
-            CloseReason::NotClean(Side::Server) => f.write_str("server reply too long or not clean"),
+            CloseReason::NotClean(Side::Client) => {
+                f.write_str("client command too long or not clean")
+            }
+            CloseReason::NotClean(Side::Server) => {
+                f.write_str("server reply too long or not clean")
+            }
             CloseReason::ConnectFailed { server, error } => {
                 write!(f, "proxy cannot connect to server {server}: {error}")
             }

@@ -30,7 +30,10 @@ fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
 
 /// The line without its trailing CR/LF (and blanks before them).
 fn trim_end(line: &[u8]) -> &[u8] {
-    let end = line.iter().rposition(|b| !matches!(b, b'\r' | b'\n' | b' ' | b'\t')).map_or(0, |i| i + 1);
+    let end = line
+        .iter()
+        .rposition(|b| !matches!(b, b'\r' | b'\n' | b' ' | b'\t'))
+        .map_or(0, |i| i + 1);
     &line[..end]
 }
 
@@ -57,7 +60,9 @@ pub fn classify(line: &[u8]) -> Command {
 /// Whether a `USER` line names an anonymous user (`-A`): `USER ftp` or
 /// `USER anonymous`, case-insensitively, with CRLF or a bare LF.
 pub fn is_anonymous_user(line: &[u8]) -> bool {
-    let body = line.strip_suffix(b"\n").map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let body = line
+        .strip_suffix(b"\n")
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     matches!(body, Some(b) if b.eq_ignore_ascii_case(b"USER ftp") || b.eq_ignore_ascii_case(b"USER anonymous"))
 }
 
@@ -74,7 +79,9 @@ fn number(s: &[u8], max: u32) -> Option<(u32, &[u8])> {
     if digits == 0 || digits > 5 {
         return None;
     }
-    let v = s[..digits].iter().fold(0u32, |v, d| v * 10 + u32::from(d - b'0'));
+    let v = s[..digits]
+        .iter()
+        .fold(0u32, |v, d| v * 10 + u32::from(d - b'0'));
     (v <= max).then_some((v, &s[digits..]))
 }
 
@@ -96,7 +103,11 @@ fn six_tuple(s: &[u8]) -> Option<(Ipv4Addr, u16, &[u8])> {
         *slot = n as u8;
         rest = r;
     }
-    Some((Ipv4Addr::new(v[0], v[1], v[2], v[3]), u16::from(v[4]) << 8 | u16::from(v[5]), rest))
+    Some((
+        Ipv4Addr::new(v[0], v[1], v[2], v[3]),
+        u16::from(v[4]) << 8 | u16::from(v[5]),
+        rest,
+    ))
 }
 
 /// The arguments of `PORT`: exactly a six-tuple, then only blanks.
@@ -123,7 +134,12 @@ pub fn parse_eprt_args(args: &[u8]) -> Option<u16> {
     }
     match af {
         b"1" => addr.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
-        b"2" => addr.split('%').next()?.parse::<Ipv6Addr>().ok().map(IpAddr::V6),
+        b"2" => addr
+            .split('%')
+            .next()?
+            .parse::<Ipv6Addr>()
+            .ok()
+            .map(IpAddr::V6),
         _ => None,
     }?;
     let (p, rest) = number(port, 65535)?;
@@ -159,7 +175,9 @@ pub fn reply_code(line: &[u8]) -> Option<(u16, bool)> {
     if line.len() < 4 || !line[..3].iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let code = line[..3].iter().fold(0u16, |v, d| v * 10 + u16::from(d - b'0'));
+    let code = line[..3]
+        .iter()
+        .fold(0u16, |v, d| v * 10 + u16::from(d - b'0'));
     match line[3] {
         b'-' => Some((code, true)),
         b' ' | b'\r' | b'\n' => Some((code, false)),
@@ -182,7 +200,11 @@ pub fn format_eprt(addr: IpAddr, port: u16) -> String {
 /// The 227 reply that sends the client to the original server's address.
 pub fn format_227(addr: Ipv4Addr, port: u16) -> String {
     let [a, b, c, d] = addr.octets();
-    format!("227 Entering Passive Mode ({a},{b},{c},{d},{},{})\r\n", port >> 8, port & 0xff)
+    format!(
+        "227 Entering Passive Mode ({a},{b},{c},{d},{},{})\r\n",
+        port >> 8,
+        port & 0xff
+    )
 }
 
 /// The 229 reply with the proxy port.
@@ -216,10 +238,16 @@ mod tests {
         assert_eq!(classify(b"pasv\r\n"), Command::Pasv);
         assert_eq!(classify(b"PASVX\r\n"), Command::Pasv);
         assert_eq!(classify(b"EPSV ALL\r\n"), Command::Epsv);
-        assert_eq!(classify(b"port 10,0,0,5,4,1\r\n"), Command::Port(Some(1025)));
+        assert_eq!(
+            classify(b"port 10,0,0,5,4,1\r\n"),
+            Command::Port(Some(1025))
+        );
         assert_eq!(classify(b"PORT\r\n"), Command::Other);
         assert_eq!(classify(b"EPRTX\r\n"), Command::Other);
-        assert_eq!(classify(b"eprt |1|1.2.3.4|5000|\r\n"), Command::Eprt(Some(5000)));
+        assert_eq!(
+            classify(b"eprt |1|1.2.3.4|5000|\r\n"),
+            Command::Eprt(Some(5000))
+        );
         assert_eq!(classify(b"PWD\r\n"), Command::Other);
         assert_eq!(classify(b"Pa\n"), Command::Other);
     }
@@ -255,13 +283,25 @@ mod tests {
 
     #[test]
     fn passive_replies() {
-        assert_eq!(parse_227(b"227 Entering Passive Mode (192,0,2,10,19,137).\r\n"), Some(19 * 256 + 137));
+        assert_eq!(
+            parse_227(b"227 Entering Passive Mode (192,0,2,10,19,137).\r\n"),
+            Some(19 * 256 + 137)
+        );
         assert_eq!(parse_227(b"227 =10,0,0,1,4,1\r\n"), Some(1025));
-        assert_eq!(parse_227(b"227 Entering Passive Mode 10,0,0,1,4,1\r\n"), Some(1025));
-        assert_eq!(parse_227(b"227 Entering Passive Mode (10, 0, 0, 1, 4, 1)\r\n"), Some(1025));
+        assert_eq!(
+            parse_227(b"227 Entering Passive Mode 10,0,0,1,4,1\r\n"),
+            Some(1025)
+        );
+        assert_eq!(
+            parse_227(b"227 Entering Passive Mode (10, 0, 0, 1, 4, 1)\r\n"),
+            Some(1025)
+        );
         assert_eq!(parse_227(b"227 Entering Passive Mode\r\n"), None);
         assert_eq!(parse_227(b"227 (300,0,0,1,4,1)\r\n"), None);
-        assert_eq!(parse_229(b"229 Entering Extended Passive Mode (|||5001|)\r\n"), Some(5001));
+        assert_eq!(
+            parse_229(b"229 Entering Extended Passive Mode (|||5001|)\r\n"),
+            Some(5001)
+        );
         assert_eq!(parse_229(b"229 ok (!!!5001!)\r\n"), Some(5001));
         assert_eq!(parse_229(b"229 ok (|||5001!)\r\n"), None);
         assert_eq!(parse_229(b"229 ok (|||70000|)\r\n"), None);
@@ -279,11 +319,26 @@ mod tests {
 
     #[test]
     fn formats_match_the_original() {
-        assert_eq!(format_port(Ipv4Addr::new(192, 0, 2, 1), 50000), "PORT 192,0,2,1,195,80\r\n");
-        assert_eq!(format_eprt("192.0.2.1".parse().unwrap(), 50000), "EPRT |1|192.0.2.1|50000|\r\n");
-        assert_eq!(format_eprt("2001:db8::1".parse().unwrap(), 50000), "EPRT |2|2001:db8::1|50000|\r\n");
-        assert_eq!(format_227(Ipv4Addr::new(198, 51, 100, 10), 50447), "227 Entering Passive Mode (198,51,100,10,197,15)\r\n");
-        assert_eq!(format_229(50447), "229 Entering Extended Passive Mode (|||50447|)\r\n");
+        assert_eq!(
+            format_port(Ipv4Addr::new(192, 0, 2, 1), 50000),
+            "PORT 192,0,2,1,195,80\r\n"
+        );
+        assert_eq!(
+            format_eprt("192.0.2.1".parse().unwrap(), 50000),
+            "EPRT |1|192.0.2.1|50000|\r\n"
+        );
+        assert_eq!(
+            format_eprt("2001:db8::1".parse().unwrap(), 50000),
+            "EPRT |2|2001:db8::1|50000|\r\n"
+        );
+        assert_eq!(
+            format_227(Ipv4Addr::new(198, 51, 100, 10), 50447),
+            "227 Entering Passive Mode (198,51,100,10,197,15)\r\n"
+        );
+        assert_eq!(
+            format_229(50447),
+            "229 Entering Extended Passive Mode (|||50447|)\r\n"
+        );
     }
 
     #[test]
@@ -293,7 +348,10 @@ mod tests {
             assert_eq!(classify(l.as_bytes()), Command::Port(Some(port)));
             let l = format_eprt("::1".parse().unwrap(), port);
             assert_eq!(classify(l.as_bytes()), Command::Eprt(Some(port)));
-            assert_eq!(parse_227(format_227(Ipv4Addr::LOCALHOST, port).as_bytes()), Some(port));
+            assert_eq!(
+                parse_227(format_227(Ipv4Addr::LOCALHOST, port).as_bytes()),
+                Some(port)
+            );
             assert_eq!(parse_229(format_229(port).as_bytes()), Some(port));
         }
     }

@@ -26,4 +26,7 @@ pub use config::{Config, ConfigError};
 pub use error::{CloseReason, FilterError, Side};
 pub use proxy::{Action, Input, Proxy, Refused, SessionId};
 pub use rand::{Pcg32, RandomSource};
-pub use rules::{data_rules, Anchor, Direction, Family, Mode, PortRange, Rule, RuleLog, RuleOptions, SessionAddrs, Translate, Verdict};
+pub use rules::{
+    data_rules, Anchor, Direction, Family, Mode, PortRange, Rule, RuleLog, RuleOptions,
+    SessionAddrs, Translate, Verdict,
+};

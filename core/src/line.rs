@@ -84,7 +84,14 @@ mod tests {
     #[test]
     fn splits_at_lf_and_keeps_bytes() {
         let out = lines(&[b"USER a\r\nPA", b"SS b\nNO", b"OP\r", b"\n"]).unwrap();
-        assert_eq!(out, vec![b"USER a\r\n".to_vec(), b"PASS b\n".to_vec(), b"NOOP\r\n".to_vec()]);
+        assert_eq!(
+            out,
+            vec![
+                b"USER a\r\n".to_vec(),
+                b"PASS b\n".to_vec(),
+                b"NOOP\r\n".to_vec()
+            ]
+        );
     }
 
     #[test]

@@ -164,7 +164,10 @@ pub struct Proxy {
 
 impl fmt::Debug for Proxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Proxy").field("sessions", &self.sessions.len()).field("next_id", &self.next_id).finish()
+        f.debug_struct("Proxy")
+            .field("sessions", &self.sessions.len())
+            .field("next_id", &self.next_id)
+            .finish()
     }
 }
 
@@ -232,16 +235,37 @@ impl Proxy {
         let id = SessionId(self.next_id);
         self.next_id = self.next_id.wrapping_add(1).max(1);
         let live = self.sessions.len() + 1;
-        let mut cx = Cx { now, rng: &mut *self.rng, cfg: &self.cfg, ports: &mut self.ports, out: &mut self.out, live };
+        let mut cx = Cx {
+            now,
+            rng: &mut *self.rng,
+            cfg: &self.cfg,
+            ports: &mut self.ports,
+            out: &mut self.out,
+            live,
+        };
         let session = Session::new(&mut cx, id, client, orig_dst, client_rdomain);
         self.sessions.insert(id, session);
         Ok(id)
     }
 
-    fn with_session(&mut self, now: Instant, id: SessionId, f: impl FnOnce(&mut Session, &mut Cx<'_>)) {
+    fn with_session(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        f: impl FnOnce(&mut Session, &mut Cx<'_>),
+    ) {
         let live = self.sessions.len();
-        let Some(session) = self.sessions.get_mut(&id) else { return };
-        let mut cx = Cx { now, rng: &mut *self.rng, cfg: &self.cfg, ports: &mut self.ports, out: &mut self.out, live };
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let mut cx = Cx {
+            now,
+            rng: &mut *self.rng,
+            cfg: &self.cfg,
+            ports: &mut self.ports,
+            out: &mut self.out,
+            live,
+        };
         f(session, &mut cx);
         if session.is_done() {
             self.sessions.remove(&id);
@@ -276,7 +300,10 @@ impl Proxy {
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sessions.values().filter_map(Session::next_timeout).min()
+        self.sessions
+            .values()
+            .filter_map(Session::next_timeout)
+            .min()
     }
 
     /// Whether the caller should read more from that side of the session. False

@@ -24,7 +24,10 @@ impl Pcg32 {
 
     /// A generator whose whole output is fixed by `seed`.
     pub fn new(seed: u64) -> Pcg32 {
-        let mut rng = Pcg32 { state: 0, inc: (seed << 1) | 1 };
+        let mut rng = Pcg32 {
+            state: 0,
+            inc: (seed << 1) | 1,
+        };
         rng.next_u32();
         rng.state = rng.state.wrapping_add(seed ^ 0x853c_49e6_748f_ea9b);
         rng.next_u32();

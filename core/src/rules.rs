@@ -18,7 +18,10 @@ pub const PROXY_PORT_END: u16 = 65535;
 /// Lowest data port an endpoint may negotiate (`MIN_PORT`).
 pub const MIN_DATA_PORT: u16 = 1024;
 /// The NAT source-port range pfctl uses by default (`PF_NAT_PROXY_PORT_LOW/HIGH`).
-pub const NAT_PORTS: PortRange = PortRange { low: 50001, high: 65535 };
+pub const NAT_PORTS: PortRange = PortRange {
+    low: 50001,
+    high: 65535,
+};
 /// Source port of active data connections with `-r` and PORT (RFC 959's L-1).
 pub const RFC_ACTIVE_SOURCE_PORT: u16 = 20;
 
@@ -99,7 +102,10 @@ pub struct PortRange {
 impl PortRange {
     /// A range holding one port.
     pub const fn single(port: u16) -> PortRange {
-        PortRange { low: port, high: port }
+        PortRange {
+            low: port,
+            high: port,
+        }
     }
 }
 
@@ -273,7 +279,11 @@ pub fn data_rules(
     opts: &RuleOptions,
 ) -> [Rule; 2] {
     let base = |direction, from, to, port, on_rdomain, rtable, translate| Rule {
-        verdict: if opts.tag.is_some() { Verdict::Match } else { Verdict::Pass },
+        verdict: if opts.tag.is_some() {
+            Verdict::Match
+        } else {
+            Verdict::Pass
+        },
         direction,
         quick: opts.tag.is_none(),
         log: opts.log,
@@ -296,7 +306,10 @@ pub fn data_rules(
                 proxy_port,
                 a.client_rdomain,
                 Some(proxy_rt),
-                Translate::RdrTo { addr: a.server, port },
+                Translate::RdrTo {
+                    addr: a.server,
+                    port,
+                },
             ),
             base(
                 Direction::Out,
@@ -305,7 +318,10 @@ pub fn data_rules(
                 port,
                 proxy_rt,
                 None,
-                Translate::NatTo { addr: a.proxy, ports: NAT_PORTS },
+                Translate::NatTo {
+                    addr: a.proxy,
+                    ports: NAT_PORTS,
+                },
             ),
         ],
         Mode::ActivePort | Mode::ActiveEprt => {
@@ -322,7 +338,10 @@ pub fn data_rules(
                     proxy_port,
                     proxy_rt,
                     Some(a.client_rdomain),
-                    Translate::RdrTo { addr: a.client, port },
+                    Translate::RdrTo {
+                        addr: a.client,
+                        port,
+                    },
                 ),
                 base(
                     Direction::Out,
@@ -331,7 +350,10 @@ pub fn data_rules(
                     port,
                     a.client_rdomain,
                     None,
-                    Translate::NatTo { addr: a.orig_server, ports },
+                    Translate::NatTo {
+                        addr: a.orig_server,
+                        ports,
+                    },
                 ),
             ]
         }

@@ -16,7 +16,9 @@ use crate::ftp::{self, Command};
 use crate::line::LineBuf;
 use crate::proxy::{Action, Input, SessionId};
 use crate::rand::RandomSource;
-use crate::rules::{data_rules, Anchor, Mode, Rule, SessionAddrs, MIN_DATA_PORT, PROXY_PORT_END, PROXY_PORT_LOW};
+use crate::rules::{
+    data_rules, Anchor, Mode, Rule, SessionAddrs, MIN_DATA_PORT, PROXY_PORT_END, PROXY_PORT_LOW,
+};
 
 /// Replies the proxy itself gives in place of the original's dropped connection.
 const REPLY_ANON_ONLY: &str = "500 Only anonymous FTP allowed\r\n";
@@ -78,7 +80,9 @@ struct Commit {
 enum Phase {
     Open,
     /// Ended; waiting for the acknowledgement of the empty rule set.
-    Closing { txn: u64 },
+    Closing {
+        txn: u64,
+    },
     /// Ended and its rules gone: the proxy drops it.
     Done,
 }
@@ -131,7 +135,10 @@ impl Session {
         let server = cx.cfg.fixed_server.unwrap_or(orig_server);
         let mut s = Session {
             id,
-            anchor: Anchor { pid: cx.cfg.pid, session: id.0 },
+            anchor: Anchor {
+                pid: cx.cfg.pid,
+                session: id.0,
+            },
             client,
             orig_server,
             server,
@@ -151,7 +158,13 @@ impl Session {
         debug!("{id} accepted connection from {}", client.ip());
         s.timers[Timer::ServerIdle as usize] = Some(cx.now + CONNECT_TIMEOUT);
         s.timers[Timer::ClientIdle as usize] = cx.cfg.idle_timeout().map(|t| cx.now + t);
-        s.emit(cx, Action::ConnectServer { to: server, bind: cx.cfg.source_addr });
+        s.emit(
+            cx,
+            Action::ConnectServer {
+                to: server,
+                bind: cx.cfg.source_addr,
+            },
+        );
         s
     }
 
@@ -197,7 +210,13 @@ impl Session {
             }
             Input::ServerConnected => debug!("{} connected to server {}", self.id, self.server),
             Input::ServerConnectFailed { error } => {
-                return self.close(cx, CloseReason::ConnectFailed { server: self.server.ip().to_string(), error })
+                return self.close(
+                    cx,
+                    CloseReason::ConnectFailed {
+                        server: self.server.ip().to_string(),
+                        error,
+                    },
+                )
             }
             Input::Data(side, bytes) => {
                 self.inbox[idx(side)].push(&bytes);
@@ -227,7 +246,11 @@ impl Session {
         if due(self.timers[Timer::CommitRetry as usize]) {
             self.timers[Timer::CommitRetry as usize] = None;
             if let Some(c) = &self.commit {
-                let action = Action::CommitRules { txn: c.txn, anchor: self.anchor, rules: c.rules.clone() };
+                let action = Action::CommitRules {
+                    txn: c.txn,
+                    anchor: self.anchor,
+                    rules: c.rules.clone(),
+                };
                 self.emit(cx, action);
             }
         }
@@ -301,13 +324,18 @@ impl Session {
                 error!("PASV and PORT not allowed with IPv6");
                 self.local_reply(cx, REPLY_NO_V4_MODES);
             }
-            Command::Port(port) | Command::Eprt(port) => match port.filter(|&p| p >= MIN_DATA_PORT) {
+            Command::Port(port) | Command::Eprt(port) => match port.filter(|&p| p >= MIN_DATA_PORT)
+            {
                 None => {
                     error!("{} bad port in '{}'", self.id, ftp::escape(&line));
                     self.local_reply(cx, REPLY_BAD_PORT);
                 }
                 Some(port) => {
-                    let mode = if matches!(cmd, Command::Port(_)) { Mode::ActivePort } else { Mode::ActiveEprt };
+                    let mode = if matches!(cmd, Command::Port(_)) {
+                        Mode::ActivePort
+                    } else {
+                        Mode::ActiveEprt
+                    };
                     self.expect(cx, Expect::Reply(None));
                     self.active(cx, mode, port);
                 }
@@ -350,10 +378,18 @@ impl Session {
             (Mode::ActivePort, IpAddr::V4(v4)) => ftp::format_port(v4, proxy_port),
             _ => ftp::format_eprt(proxy, proxy_port),
         };
-        info!("{} active: server to client port {} via port {}", self.id, port, proxy_port);
+        info!(
+            "{} active: server to client port {} via port {}",
+            self.id, port, proxy_port
+        );
         debug!("{} proxy: {}", self.id, ftp::escape(line.as_bytes()));
         let rules = data_rules(mode, &self.addrs(), port, proxy_port, &cx.cfg.rules);
-        self.start_commit(cx, rules.to_vec(), (Side::Server, Bytes::from(line)), proxy_port);
+        self.start_commit(
+            cx,
+            rules.to_vec(),
+            (Side::Server, Bytes::from(line)),
+            proxy_port,
+        );
     }
 
     fn server_line(&mut self, cx: &mut Cx<'_>, line: Bytes) {
@@ -392,11 +428,17 @@ impl Session {
         match (passive, more) {
             (Some(kind), true) => {
                 let size = line.len();
-                self.multi = Some(Multi { code, collect: Some((kind, vec![line], size)) });
+                self.multi = Some(Multi {
+                    code,
+                    collect: Some((kind, vec![line], size)),
+                });
             }
             (Some(kind), false) => self.passive_reply(cx, kind, &[line]),
             (None, true) => {
-                self.multi = Some(Multi { code, collect: None });
+                self.multi = Some(Multi {
+                    code,
+                    collect: None,
+                });
                 self.send(cx, Side::Client, line);
             }
             (None, false) => {
@@ -413,7 +455,10 @@ impl Session {
         if !self.greeted {
             return None;
         }
-        self.expect.iter().any(|e| matches!(e, Expect::Reply(Some(k)) if *k == kind)).then_some(kind)
+        self.expect
+            .iter()
+            .any(|e| matches!(e, Expect::Reply(Some(k)) if *k == kind))
+            .then_some(kind)
     }
 
     /// A complete reply (not 1xx) was relayed: it answers the oldest command.
@@ -444,21 +489,43 @@ impl Session {
         let Some(port) = port.filter(|&p| p >= MIN_DATA_PORT) else {
             let shown: Vec<u8> = lines.iter().flat_map(|l| l.iter().copied()).collect();
             error!("{} bad port in '{}'", self.id, ftp::escape(&shown));
-            debug!("{} proxy: {}", self.id, ftp::escape(REPLY_BAD_PASSIVE.as_bytes()));
-            self.send(cx, Side::Client, Bytes::from_static(REPLY_BAD_PASSIVE.as_bytes()));
+            debug!(
+                "{} proxy: {}",
+                self.id,
+                ftp::escape(REPLY_BAD_PASSIVE.as_bytes())
+            );
+            self.send(
+                cx,
+                Side::Client,
+                Bytes::from_static(REPLY_BAD_PASSIVE.as_bytes()),
+            );
             return self.flush_local(cx);
         };
         let Some(proxy_port) = self.pick_port(cx) else {
             return self.close(cx, CloseReason::Filter(FilterError::Busy));
         };
-        info!("{} passive: client to server port {} via port {}", self.id, port, proxy_port);
+        info!(
+            "{} passive: client to server port {} via port {}",
+            self.id, port, proxy_port
+        );
         let line = match (kind, self.orig_server.ip()) {
             (Passive::Pasv, IpAddr::V4(v4)) => ftp::format_227(v4, proxy_port),
             _ => ftp::format_229(proxy_port),
         };
         debug!("{} proxy: {}", self.id, ftp::escape(line.as_bytes()));
-        let rules = data_rules(Mode::Passive, &self.addrs(), port, proxy_port, &cx.cfg.rules);
-        self.start_commit(cx, rules.to_vec(), (Side::Client, Bytes::from(line)), proxy_port);
+        let rules = data_rules(
+            Mode::Passive,
+            &self.addrs(),
+            port,
+            proxy_port,
+            &cx.cfg.rules,
+        );
+        self.start_commit(
+            cx,
+            rules.to_vec(),
+            (Side::Client, Bytes::from(line)),
+            proxy_port,
+        );
     }
 
     /// A proxy port no other live session uses, uniform in 49152..=65534.
@@ -475,12 +542,31 @@ impl Session {
         None
     }
 
-    fn start_commit(&mut self, cx: &mut Cx<'_>, rules: Vec<Rule>, release: (Side, Bytes), port: u16) {
+    fn start_commit(
+        &mut self,
+        cx: &mut Cx<'_>,
+        rules: Vec<Rule>,
+        release: (Side, Bytes),
+        port: u16,
+    ) {
         let txn = self.next_txn;
         self.next_txn += 1;
         self.installed = true;
-        self.emit(cx, Action::CommitRules { txn, anchor: self.anchor, rules: rules.clone() });
-        self.commit = Some(Commit { txn, rules, release, port, retried: false });
+        self.emit(
+            cx,
+            Action::CommitRules {
+                txn,
+                anchor: self.anchor,
+                rules: rules.clone(),
+            },
+        );
+        self.commit = Some(Commit {
+            txn,
+            rules,
+            release,
+            port,
+            retried: false,
+        });
     }
 
     fn on_commit_result(&mut self, cx: &mut Cx<'_>, txn: u64, result: Result<(), FilterError>) {
@@ -531,14 +617,26 @@ impl Session {
         info!("{} ending session", self.id);
         self.timers = [None; 3];
         self.emit(cx, Action::Close(reason));
-        for port in self.live_port.take().into_iter().chain(self.commit.take().map(|c| c.port)) {
+        for port in self
+            .live_port
+            .take()
+            .into_iter()
+            .chain(self.commit.take().map(|c| c.port))
+        {
             cx.ports.remove(&port);
         }
         if self.installed {
             let txn = self.next_txn;
             self.next_txn += 1;
             self.phase = Phase::Closing { txn };
-            self.emit(cx, Action::CommitRules { txn, anchor: self.anchor, rules: Vec::new() });
+            self.emit(
+                cx,
+                Action::CommitRules {
+                    txn,
+                    anchor: self.anchor,
+                    rules: Vec::new(),
+                },
+            );
         } else {
             self.phase = Phase::Done;
         }

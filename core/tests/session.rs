@@ -1,0 +1,669 @@
+//! Per-session behaviour, one transcript per rule of behavior.md §7-§14 (and our
+//! documented improvements).
+
+mod support;
+
+use std::time::Duration;
+
+use ftp_proxy_core::{
+    Action, CloseReason, Config, FilterError, Input, Proxy, Refused, SessionId, Side,
+};
+use support::*;
+
+#[test]
+fn relays_bytes_unchanged_in_both_directions() {
+    let mut h = H::new(Config::default(), &[0]);
+    assert_eq!(
+        h.client(b"USER bob\r\nPASS s3cret\r\n"),
+        vec![
+            send(Side::Server, b"USER bob\r\n"),
+            send(Side::Server, b"PASS s3cret\r\n")
+        ]
+    );
+    assert_eq!(
+        h.server(b"331 pw\r\n230 ok\r\n"),
+        vec![
+            send(Side::Client, b"331 pw\r\n"),
+            send(Side::Client, b"230 ok\r\n")
+        ]
+    );
+    // Bare LF, high bytes, a partial line that waits for its end.
+    assert_eq!(
+        h.client(b"CWD \xc3\xa9\n"),
+        vec![send(Side::Server, b"CWD \xc3\xa9\n")]
+    );
+    assert_eq!(h.client(b"NO"), vec![]);
+    assert_eq!(h.client(b"OP\r\n"), vec![send(Side::Server, b"NOOP\r\n")]);
+}
+
+#[test]
+fn port_commits_rules_before_forwarding_the_rewritten_line() {
+    let mut h = H::new(Config::default(), &[1295]); // proxy port 50447
+    let a = h.client(b"port 10,9,8,7,19,136\r\n"); // port 5000, address ignored
+    assert_eq!(a.len(), 1, "only the commit, the line waits: {a:?}");
+    let (txn, rules) = commit(&a);
+    assert_eq!(
+        rules,
+        [
+            "pass in quick inet proto tcp from 198.51.100.10 to 198.51.100.1 port 50447 flags S/SA keep state (max 1) rdr-to 203.0.113.10 port 5000",
+            "pass out quick inet proto tcp from 198.51.100.10 to 203.0.113.10 port 5000 flags S/SA keep state (max 1) nat-to 198.51.100.10 port 50001:65535",
+        ]
+    );
+    // Server-side bytes wait too while the commit is in flight, keeping order.
+    assert_eq!(h.server(b"200 x\r\n"), vec![]);
+    assert_eq!(
+        h.ack(txn, Ok(())),
+        vec![
+            send(Side::Server, b"PORT 198,51,100,1,197,15\r\n"),
+            send(Side::Client, b"200 x\r\n")
+        ]
+    );
+}
+
+#[test]
+fn pasv_reply_is_held_until_its_rules_are_committed() {
+    let mut h = H::new(Config::default(), &[1295]);
+    assert_eq!(h.client(b"PASV\r\n"), vec![send(Side::Server, b"PASV\r\n")]);
+    let a = h.server(b"227 Entering Passive Mode (198,51,100,10,117,76).\r\n"); // port 30028
+    let (txn, rules) = commit(&a);
+    assert_eq!(a.len(), 1);
+    assert_eq!(
+        rules,
+        [
+            "pass in quick inet proto tcp from 203.0.113.10 to 198.51.100.10 port 50447 flags S/SA keep state (max 1) rdr-to 198.51.100.10 port 30028",
+            "pass out quick inet proto tcp from 203.0.113.10 to 198.51.100.10 port 30028 flags S/SA keep state (max 1) nat-to 198.51.100.1 port 50001:65535",
+        ]
+    );
+    assert_eq!(
+        h.ack(txn, Ok(())),
+        vec![send(
+            Side::Client,
+            b"227 Entering Passive Mode (198,51,100,10,197,15)\r\n"
+        )]
+    );
+}
+
+#[test]
+fn epsv_and_eprt_rewrites() {
+    let mut h = H::new(Config::default(), &[1295, 1296]);
+    h.client(b"EPSV\r\n");
+    let (txn, _) = commit(&h.server(b"229 Entering Extended Passive Mode (|||30028|)\r\n"));
+    assert_eq!(
+        h.ack(txn, Ok(())),
+        vec![send(
+            Side::Client,
+            b"229 Entering Extended Passive Mode (|||50447|)\r\n"
+        )]
+    );
+    let (txn, rules) = commit(&h.client(b"EPRT |1|10.0.0.1|5000|\r\n"));
+    assert!(rules[1].ends_with("nat-to 198.51.100.10 port 50001:65535"));
+    assert_eq!(
+        h.ack(txn, Ok(())),
+        vec![send(Side::Server, b"EPRT |1|198.51.100.1|50448|\r\n")]
+    );
+}
+
+#[test]
+fn ipv6_mode_rewrites_and_refuses_pasv_and_port_with_a_reply() {
+    let cfg = Config {
+        ipv6: true,
+        ..Config::default()
+    };
+    let mut h = H::with_addrs(
+        cfg,
+        &[1295],
+        "[2001:db8:1::10]:40000",
+        "[2001:db8:2::10]:21",
+        "[2001:db8:2::1]:50000",
+    );
+    let (txn, rules) = commit(&h.client(b"EPRT |2|2001:db8:1::10|5000|\r\n"));
+    assert_eq!(
+        rules,
+        [
+            "pass in quick inet6 proto tcp from 2001:db8:2::10 to 2001:db8:2::1 port 50447 flags S/SA keep state (max 1) rdr-to 2001:db8:1::10 port 5000",
+            "pass out quick inet6 proto tcp from 2001:db8:2::10 to 2001:db8:1::10 port 5000 flags S/SA keep state (max 1) nat-to 2001:db8:2::10 port 50001:65535",
+        ]
+    );
+    assert_eq!(
+        h.ack(txn, Ok(())),
+        vec![send(Side::Server, b"EPRT |2|2001:db8:2::1|50447|\r\n")]
+    );
+    assert_eq!(h.server(b"200 ok\r\n").len(), 1);
+    assert_eq!(
+        h.client(b"PASV\r\n"),
+        vec![send(
+            Side::Client,
+            b"500 PASV and PORT not allowed with IPv6\r\n"
+        )]
+    );
+    assert_eq!(
+        h.client(b"PORT 1,2,3,4,19,136\r\n"),
+        vec![send(
+            Side::Client,
+            b"500 PASV and PORT not allowed with IPv6\r\n"
+        )]
+    );
+    assert!(h.p.is_open(h.id));
+}
+
+#[test]
+fn reverse_mode_rfc_mode_tag_queue_and_logging_shape_the_rules() {
+    use ftp_proxy_core::{RuleLog, RuleOptions};
+    let cfg = Config {
+        fixed_server: Some(addr("198.51.100.20:2121")),
+        rules: RuleOptions {
+            tag: Some("ftpdata".into()),
+            queue: Some("bulk".into()),
+            log: RuleLog::All,
+            rfc_mode: true,
+            proxy_rtable: 0,
+        },
+        ..Config::default()
+    };
+    let mut p = Proxy::new(cfg, Box::new(Script([1295].into()))).unwrap();
+    let now = std::time::Instant::now();
+    let id = p.accept(now, addr(CLIENT), addr(SERVER), 0).unwrap();
+    let Some((_, Action::ConnectServer { to, bind: None })) = p.poll_action() else {
+        panic!()
+    };
+    assert_eq!(
+        to,
+        addr("198.51.100.20:2121"),
+        "-R wins over the diverted destination"
+    );
+    p.handle(now, id, Input::ServerSocketOpened { proxy: addr(PROXY) });
+    p.handle(now, id, Input::Data(Side::Server, "220 x\r\n".into()));
+    p.handle(
+        now,
+        id,
+        Input::Data(Side::Client, "PORT 1,2,3,4,19,136\r\n".into()),
+    );
+    let mut acts = Vec::new();
+    while let Some((_, a)) = p.poll_action() {
+        acts.push(a);
+    }
+    let (_, rules) = commit(&acts);
+    assert_eq!(
+        rules,
+        [
+            "match in log (all) inet proto tcp from 198.51.100.20 to 198.51.100.1 port 50447 flags S/SA keep state (max 1) queue bulk tag ftpdata rdr-to 203.0.113.10 port 5000",
+            "match out log (all) inet proto tcp from 198.51.100.20 to 203.0.113.10 port 5000 flags S/SA keep state (max 1) queue bulk tag ftpdata nat-to 198.51.100.10 port 20",
+        ]
+    );
+}
+
+#[test]
+fn rfc_mode_does_not_apply_to_eprt_and_log_flag() {
+    use ftp_proxy_core::{RuleLog, RuleOptions};
+    let cfg = Config {
+        rules: RuleOptions {
+            rfc_mode: true,
+            log: RuleLog::Log,
+            ..RuleOptions::default()
+        },
+        ..Config::default()
+    };
+    let mut h = H::new(cfg, &[0]);
+    let (_, rules) = commit(&h.client(b"EPRT |1|1.2.3.4|5000|\r\n"));
+    assert!(rules[0].starts_with("pass in log quick inet"));
+    assert!(rules[1].ends_with("nat-to 198.51.100.10 port 50001:65535"));
+}
+
+#[test]
+fn pipelined_pasv_is_not_forgotten() {
+    let mut h = H::new(Config::default(), &[0]);
+    assert_eq!(h.client(b"PASV\r\nNOOP\r\n").len(), 2);
+    let (txn, _) =
+        commit(&h.server(b"227 Entering Passive Mode (198,51,100,10,117,76)\r\n200 noop\r\n"));
+    assert_eq!(
+        h.ack(txn, Ok(())),
+        vec![
+            send(
+                Side::Client,
+                b"227 Entering Passive Mode (198,51,100,10,192,0)\r\n"
+            ),
+            send(Side::Client, b"200 noop\r\n")
+        ]
+    );
+}
+
+#[test]
+fn multi_line_227_and_rfc1123_form_are_rewritten() {
+    let mut h = H::new(Config::default(), &[0, 1]);
+    h.client(b"PASV\r\n");
+    assert_eq!(h.server(b"227-Entering Passive Mode\r\n"), vec![]);
+    let (txn, _) = commit(&h.server(b" here it is =198,51,100,10,117,76\r\n227 done\r\n"));
+    assert_eq!(
+        h.ack(txn, Ok(())),
+        vec![send(
+            Side::Client,
+            b"227 Entering Passive Mode (198,51,100,10,192,0)\r\n"
+        )]
+    );
+    h.client(b"PASV\r\n");
+    let (txn, rules) = commit(&h.server(b"227 =198,51,100,10,117,77\r\n"));
+    assert!(rules[0].ends_with("rdr-to 198.51.100.10 port 30029"));
+    assert_eq!(h.ack(txn, Ok(())).len(), 1);
+}
+
+#[test]
+fn unrelated_multi_line_replies_pass_line_by_line() {
+    let mut h = H::new(Config::default(), &[0]);
+    h.client(b"HELP\r\n");
+    assert_eq!(
+        h.server(b"214-The following\r\n"),
+        vec![send(Side::Client, b"214-The following\r\n")]
+    );
+    assert_eq!(
+        h.server(b"227 not an answer to PASV\r\n"),
+        vec![send(Side::Client, b"227 not an answer to PASV\r\n")]
+    );
+    assert_eq!(
+        h.server(b"214 end\r\n"),
+        vec![send(Side::Client, b"214 end\r\n")]
+    );
+}
+
+#[test]
+fn a_227_without_a_pasv_passes_unchanged() {
+    let mut h = H::new(Config::default(), &[0]);
+    assert_eq!(
+        h.server(b"227 (1,2,3,4,5,6)\r\n"),
+        vec![send(Side::Client, b"227 (1,2,3,4,5,6)\r\n")]
+    );
+}
+
+#[test]
+fn bad_data_ports_get_a_reply_and_the_session_continues() {
+    let mut h = H::new(Config::default(), &[0]);
+    let bad = b"501 Bad data port (below 1024 or malformed), refused by proxy\r\n";
+    assert_eq!(
+        h.client(b"PORT 10,0,0,5,3,255\r\n"),
+        vec![send(Side::Client, bad)]
+    );
+    assert_eq!(
+        h.client(b"PORT 127,0,0,1,0,80\r\n"),
+        vec![send(Side::Client, bad)]
+    );
+    assert_eq!(
+        h.client(b"EPRT |1|1.2.3.4|21|\r\n"),
+        vec![send(Side::Client, bad)]
+    );
+    assert_eq!(
+        h.client(b"EPRT |1|1.2.3|5000|\r\n"),
+        vec![send(Side::Client, bad)]
+    );
+    h.client(b"PASV\r\n");
+    assert_eq!(
+        h.server(b"227 Entering Passive Mode (198,51,100,10,0,22)\r\n"),
+        vec![send(
+            Side::Client,
+            b"425 Cannot open passive connection: bad port from server\r\n"
+        )]
+    );
+    h.client(b"EPSV\r\n");
+    assert_eq!(
+        h.server(b"229 Entering Extended Passive Mode (|||x|)\r\n")
+            .len(),
+        1
+    );
+    assert!(h.p.is_open(h.id));
+}
+
+#[test]
+fn local_replies_keep_reply_order_with_pipelining() {
+    let cfg = Config {
+        anonymous_only: true,
+        ..Config::default()
+    };
+    let mut h = H::new(cfg, &[0]);
+    // NOOP is forwarded; USER bob is answered by the proxy, but only after NOOP's reply.
+    assert_eq!(
+        h.client(b"NOOP\r\nUSER bob\r\n"),
+        vec![send(Side::Server, b"NOOP\r\n")]
+    );
+    assert_eq!(
+        h.server(b"200 noop\r\n"),
+        vec![
+            send(Side::Client, b"200 noop\r\n"),
+            send(Side::Client, b"500 Only anonymous FTP allowed\r\n")
+        ]
+    );
+    assert_eq!(
+        h.client(b"USER anonymous\r\n"),
+        vec![send(Side::Server, b"USER anonymous\r\n")]
+    );
+    assert_eq!(
+        h.client(b"user FTP\n"),
+        vec![send(Side::Server, b"user FTP\n")]
+    );
+}
+
+#[test]
+fn anonymous_reply_waits_for_the_greeting() {
+    let cfg = Config {
+        anonymous_only: true,
+        ..Config::default()
+    };
+    let mut p = Proxy::new(cfg, Box::new(Script([0].into()))).unwrap();
+    let now = std::time::Instant::now();
+    let id = p.accept(now, addr(CLIENT), addr(SERVER), 0).unwrap();
+    p.handle(now, id, Input::ServerSocketOpened { proxy: addr(PROXY) });
+    p.handle(now, id, Input::Data(Side::Client, "USER bob\r\n".into()));
+    p.handle(
+        now,
+        id,
+        Input::Data(Side::Server, "220-multi\r\n220 line\r\n".into()),
+    );
+    let sends: Vec<_> = std::iter::from_fn(|| p.poll_action())
+        .map(|(_, a)| a)
+        .skip(1)
+        .collect();
+    assert_eq!(
+        sends,
+        vec![
+            send(Side::Client, b"220-multi\r\n"),
+            send(Side::Client, b"220 line\r\n"),
+            send(Side::Client, b"500 Only anonymous FTP allowed\r\n")
+        ]
+    );
+}
+
+#[test]
+fn long_lines_and_nul_bytes_end_the_session_and_remove_its_rules() {
+    let mut h = H::new(Config::default(), &[0]);
+    let mut line = vec![b'A'; 498];
+    line.extend_from_slice(b"\r\n");
+    assert_eq!(h.client(&line).len(), 1, "500 bytes is fine");
+    let (txn, _) = commit(&h.client(b"PORT 1,2,3,4,19,136\r\n"));
+    assert_eq!(h.ack(txn, Ok(())).len(), 1);
+    let a = h.client(&[b'B'; 501]);
+    assert_eq!(a[0], Action::Close(CloseReason::NotClean(Side::Client)));
+    assert_eq!(
+        a[0].clone(),
+        Action::Close(CloseReason::NotClean(Side::Client))
+    );
+    let Action::CommitRules { txn, rules, .. } = &a[1] else {
+        panic!("{a:?}")
+    };
+    assert!(rules.is_empty());
+    assert_eq!(h.p.len(), 1, "kept until the removal is acknowledged");
+    h.ack(*txn, Ok(()));
+    assert_eq!(h.p.len(), 0);
+
+    let mut h = H::new(Config::default(), &[0]);
+    let a = h.server(b"200 a\0b\r\n");
+    assert_eq!(
+        a,
+        vec![Action::Close(CloseReason::NotClean(Side::Server))],
+        "no rules were ever added: nothing to remove"
+    );
+    assert_eq!(h.p.len(), 0);
+    assert_eq!(
+        CloseReason::NotClean(Side::Server).to_string(),
+        "server reply too long or not clean"
+    );
+    assert_eq!(
+        CloseReason::NotClean(Side::Client).to_string(),
+        "client command too long or not clean"
+    );
+}
+
+#[test]
+fn busy_is_retried_once_after_five_ms() {
+    let mut h = H::new(Config::default(), &[0, 1]);
+    let (txn, rules) = commit(&h.client(b"PORT 1,2,3,4,19,136\r\n"));
+    assert_eq!(h.ack(txn, Err(FilterError::Busy)), vec![]);
+    assert_eq!(h.p.poll_timeout(), Some(h.now + Duration::from_millis(5)));
+    assert_eq!(h.advance(Duration::from_millis(4)), vec![]);
+    let (txn2, rules2) = commit(&h.advance(Duration::from_millis(1)));
+    assert_eq!((txn2, &rules2), (txn, &rules));
+    assert_eq!(h.ack(txn, Ok(())).len(), 1);
+
+    let (txn, _) = commit(&h.client(b"PORT 1,2,3,4,19,137\r\n"));
+    h.ack(txn, Err(FilterError::Busy));
+    commit(&h.advance(Duration::from_millis(5)));
+    let a = h.ack(txn, Err(FilterError::Busy));
+    assert_eq!(a[0], Action::Close(CloseReason::Filter(FilterError::Busy)));
+    assert_eq!(
+        CloseReason::Filter(FilterError::Busy).to_string(),
+        "pf operation failed: Device busy"
+    );
+}
+
+#[test]
+fn a_failed_commit_ends_the_session_without_sending_the_line() {
+    let mut h = H::new(Config::default(), &[0]);
+    h.client(b"PASV\r\n");
+    let (txn, _) = commit(&h.server(b"227 (198,51,100,10,117,76)\r\n"));
+    let a = h.ack(txn, Err(FilterError::PermissionDenied));
+    assert_eq!(
+        a[0],
+        Action::Close(CloseReason::Filter(FilterError::PermissionDenied))
+    );
+    assert!(a.iter().all(|a| !matches!(a, Action::Send(..))));
+    assert!(matches!(&a[1], Action::CommitRules { rules, .. } if rules.is_empty()));
+}
+
+#[test]
+fn server_gets_thirty_seconds_then_the_idle_timeout_applies() {
+    let cfg = Config {
+        idle_timeout_secs: 100,
+        ..Config::default()
+    };
+    let mut p = Proxy::new(cfg.clone(), Box::new(Script([0].into()))).unwrap();
+    let t0 = std::time::Instant::now();
+    let id = p.accept(t0, addr(CLIENT), addr(SERVER), 0).unwrap();
+    assert_eq!(p.poll_timeout(), Some(t0 + Duration::from_secs(30)));
+    p.handle_timeout(t0 + Duration::from_secs(29));
+    assert!(p.is_open(id));
+    p.handle_timeout(t0 + Duration::from_secs(30));
+    assert!(!p.is_open(id));
+    let acts: Vec<_> = std::iter::from_fn(|| p.poll_action()).collect();
+    assert!(acts.contains(&(id, Action::Close(CloseReason::Timeout(Side::Server)))));
+
+    let mut h = H::new(cfg, &[0]);
+    assert_eq!(h.advance(Duration::from_secs(99)), vec![]);
+    h.client(b"NOOP\r\n"); // re-arms the client timer only
+    let a = h.advance(Duration::from_secs(1));
+    assert_eq!(a, vec![Action::Close(CloseReason::Timeout(Side::Server))]);
+}
+
+#[test]
+fn zero_timeout_means_none_after_the_banner() {
+    let cfg = Config {
+        idle_timeout_secs: 0,
+        ..Config::default()
+    };
+    let h = H::new(cfg, &[0]);
+    assert_eq!(h.p.poll_timeout(), None);
+}
+
+#[test]
+fn eof_reset_and_write_errors_end_the_session_with_the_originals_words() {
+    for (input, text) in [
+        (Input::Eof(Side::Client), "client close"),
+        (Input::Eof(Side::Server), "server close"),
+        (Input::Reset(Side::Client), "client reset connection"),
+        (Input::Reset(Side::Server), "server refused connection"),
+        (Input::WriteError(Side::Client), "client write error"),
+    ] {
+        let mut h = H::new(Config::default(), &[0]);
+        let a = h.input(input);
+        let [Action::Close(reason)] = &a[..] else {
+            panic!("{a:?}")
+        };
+        assert_eq!(reason.to_string(), text);
+        assert!(h.p.is_empty());
+    }
+}
+
+#[test]
+fn session_limit_ids_and_anchors() {
+    let cfg = Config {
+        max_sessions: 2,
+        pid: 4242,
+        ..Config::default()
+    };
+    let mut p = Proxy::new(cfg, Box::new(Script([0, 1].into()))).unwrap();
+    let now = std::time::Instant::now();
+    let a = p.accept(now, addr(CLIENT), addr(SERVER), 0).unwrap();
+    let b = p.accept(now, addr(CLIENT), addr(SERVER), 0).unwrap();
+    assert_eq!((a, b), (SessionId(1), SessionId(2)));
+    assert_eq!(
+        p.accept(now, addr(CLIENT), addr(SERVER), 0),
+        Err(Refused::Limit(2))
+    );
+    p.handle(now, a, Input::Eof(Side::Client));
+    let c = p.accept(now, addr(CLIENT), addr(SERVER), 0).unwrap();
+    assert_eq!(c, SessionId(3), "ids are never reused");
+    p.handle(now, c, Input::ServerSocketOpened { proxy: addr(PROXY) });
+    p.handle(now, c, Input::Data(Side::Server, "220 x\r\n".into()));
+    p.handle(
+        now,
+        c,
+        Input::Data(Side::Client, "PORT 1,2,3,4,19,136\r\n".into()),
+    );
+    let anchor = std::iter::from_fn(|| p.poll_action())
+        .find_map(|(_, a)| match a {
+            Action::CommitRules { anchor, .. } => Some(anchor),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(anchor.to_string(), "ftp-proxy/4242.3");
+}
+
+#[test]
+fn live_sessions_never_share_a_proxy_port() {
+    // The generator offers 0 twice: the second session must draw again.
+    let mut p = Proxy::new(Config::default(), Box::new(Script([0, 0, 7].into()))).unwrap();
+    let now = std::time::Instant::now();
+    let mut ports = Vec::new();
+    for _ in 0..2 {
+        let id = p.accept(now, addr(CLIENT), addr(SERVER), 0).unwrap();
+        p.handle(now, id, Input::ServerSocketOpened { proxy: addr(PROXY) });
+        p.handle(now, id, Input::Data(Side::Server, "220 x\r\n".into()));
+        p.handle(
+            now,
+            id,
+            Input::Data(Side::Client, "PORT 1,2,3,4,19,136\r\n".into()),
+        );
+        let txn = std::iter::from_fn(|| p.poll_action())
+            .find_map(|(_, a)| {
+                if let Action::CommitRules { txn, .. } = a {
+                    Some(txn)
+                } else {
+                    None
+                }
+            })
+            .unwrap();
+        p.handle(
+            now,
+            id,
+            Input::RulesCommitted {
+                txn,
+                result: Ok(()),
+            },
+        );
+        let line = std::iter::from_fn(|| p.poll_action())
+            .find_map(|(_, a)| {
+                if let Action::Send(_, l) = a {
+                    Some(l)
+                } else {
+                    None
+                }
+            })
+            .unwrap();
+        ports.push(line);
+    }
+    assert_eq!(ports[0], "PORT 198,51,100,1,192,0\r\n");
+    assert_eq!(ports[1], "PORT 198,51,100,1,192,7\r\n");
+}
+
+#[test]
+fn shutdown_ends_everything_and_refuses_new_clients() {
+    let mut p = Proxy::new(Config::default(), Box::new(Script([0, 1].into()))).unwrap();
+    let now = std::time::Instant::now();
+    let a = p.accept(now, addr(CLIENT), addr(SERVER), 0).unwrap();
+    p.handle(now, a, Input::ServerSocketOpened { proxy: addr(PROXY) });
+    p.handle(now, a, Input::Data(Side::Server, "220 x\r\n".into()));
+    p.handle(
+        now,
+        a,
+        Input::Data(Side::Client, "PORT 1,2,3,4,19,136\r\n".into()),
+    );
+    let _b = p.accept(now, addr(CLIENT), addr(SERVER), 0).unwrap();
+    while p.poll_action().is_some() {}
+    p.shutdown(now);
+    assert_eq!(
+        p.accept(now, addr(CLIENT), addr(SERVER), 0),
+        Err(Refused::ShuttingDown)
+    );
+    let acts: Vec<_> = std::iter::from_fn(|| p.poll_action()).collect();
+    assert_eq!(
+        acts.iter()
+            .filter(|(_, a)| matches!(a, Action::Close(CloseReason::Shutdown)))
+            .count(),
+        2
+    );
+    let removal: Vec<_> = acts
+        .iter()
+        .filter_map(|(id, a)| match a {
+            Action::CommitRules { txn, rules, .. } if rules.is_empty() => Some((*id, *txn)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        removal.len(),
+        1,
+        "only the session with rules needs a removal"
+    );
+    assert_eq!(p.len(), 1);
+    p.handle(
+        now,
+        removal[0].0,
+        Input::RulesCommitted {
+            txn: removal[0].1,
+            result: Ok(()),
+        },
+    );
+    assert!(p.is_empty());
+}
+
+#[test]
+fn passwords_are_masked_and_config_ranges_checked() {
+    use ftp_proxy_core::ConfigError;
+    assert!(ftp_proxy_core::ftp::is_pass(b"pass x\r\n"));
+    let bad = |cfg: Config| {
+        Proxy::new(cfg, Box::new(Script([0].into())))
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(
+        bad(Config {
+            max_sessions: 0,
+            ..Config::default()
+        }),
+        "max sessions too small"
+    );
+    assert_eq!(
+        bad(Config {
+            max_sessions: 501,
+            ..Config::default()
+        }),
+        "max sessions too large"
+    );
+    assert_eq!(
+        bad(Config {
+            idle_timeout_secs: 86401,
+            ..Config::default()
+        }),
+        "timeout too large"
+    );
+    let mut c = Config::default();
+    c.rules.tag = Some("x".repeat(64));
+    assert_eq!(
+        Proxy::new(c, Box::new(Script([0].into()))).unwrap_err(),
+        ConfigError::TagTooLong
+    );
+}
