@@ -12,7 +12,14 @@ use nix::errno::Errno;
 
 pub use pfctl_backend::Backend;
 
+mod pipe;
+mod relay;
+mod runtime;
+mod signal;
 mod sys;
+mod token;
+
+pub use runtime::{Runtime, ShutdownHandle, SHUTDOWN_GRACE};
 
 /// How the proxy learns where a diverted client originally wanted to go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +205,7 @@ pub fn run<B: Backend>(
     proxy: ftp_proxy_core::Proxy,
     data: DataPath<B>,
 ) -> Result<(), RunError> {
-    let _ = (listener, opts, proxy, data);
-    Err(RunError::Setup(std::io::Error::other("event loop not built yet")))
+    let mut rt = Runtime::new(listener, opts, proxy, data)?;
+    rt.handle_signals()?;
+    rt.run()
 }

@@ -1,0 +1,526 @@
+//! The userspace data relay: executes the core's data-connection rules itself.
+//!
+//! Each negotiation produces an `rdr-to` rule (`pass in from A to B port P rdr-to C
+//! port Q`) and a `nat-to` rule (`pass out from A to C port Q nat-to N port range`).
+//! pf makes the kernel carry such a connection; the relay does the same in this
+//! process: it listens on `B:P`, accepts only connections from `A`, connects to `C:Q`
+//! from `N`, and copies the bytes both ways unchanged, with half-close.
+//!
+//! `keep state (max 1)` becomes: one data connection per negotiation at a time.
+//! Replacing a session's rules drops its listener but lets established data
+//! connections finish, as pf keeps states alive after their rule is removed.
+
+use std::collections::BTreeMap;
+use std::io::{self, ErrorKind};
+use std::net::{IpAddr, Shutdown, SocketAddr};
+
+use ftp_proxy_core::{Anchor, Direction, FilterError, PortRange, Rule, Translate};
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry};
+use nix::errno::Errno;
+
+use crate::pipe::Pipe;
+use crate::sys;
+use crate::token::{End, Tok};
+
+/// Bytes buffered per direction of a data connection: the backpressure window.
+pub(crate) const PIPE_CAPACITY: usize = 64 * 1024;
+/// Reads or writes per data connection per event-loop turn before other sockets get theirs.
+const STEPS_PER_TURN: usize = 16;
+/// Accepts per data listener per turn.
+const ACCEPTS_PER_TURN: usize = 16;
+
+/// One data connection the rules allow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Spec {
+    /// `B:P`: where the originator connects.
+    listen: SocketAddr,
+    /// `A`: the only source allowed.
+    from: IpAddr,
+    /// `C:Q`: the real endpoint.
+    to: SocketAddr,
+    /// `N` and its port range: the source towards the real endpoint.
+    nat: Option<(IpAddr, PortRange)>,
+}
+
+/// Turns a session's rules into relay specs: each rdr-to rule with its nat-to partner.
+fn specs(rules: &[Rule]) -> Result<Vec<Spec>, FilterError> {
+    let mut out = Vec::new();
+    for r in rules {
+        match (r.direction, r.translate) {
+            (Direction::In, Translate::RdrTo { addr, port }) => {
+                let nat = rules.iter().find_map(|n| match n.translate {
+                    Translate::NatTo { addr: nat, ports }
+                        if n.direction == Direction::Out && n.from == r.from && n.to == addr && n.port == port =>
+                    {
+                        Some((nat, ports))
+                    }
+                    _ => None,
+                });
+                out.push(Spec { listen: SocketAddr::new(r.to, r.port), from: r.from, to: SocketAddr::new(addr, port), nat });
+            }
+            (Direction::Out, Translate::NatTo { .. }) => {}
+            _ => return Err(FilterError::Unsupported(format!("relay cannot carry out '{r}'"))),
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug)]
+struct DataListener {
+    sock: TcpListener,
+    spec: Spec,
+    anchor: Anchor,
+    /// The data connection in progress, if any (`max 1`).
+    active: Option<u64>,
+}
+
+/// One socket of a data connection, with its readiness cache.
+#[derive(Debug)]
+struct Sock {
+    sock: TcpStream,
+    readable: bool,
+    writable: bool,
+    /// End of file (or error) read: nothing more comes from this socket.
+    eof: bool,
+    /// `shutdown(Write)` done.
+    shut: bool,
+}
+
+impl Sock {
+    fn new(sock: TcpStream, ready: bool) -> Sock {
+        Sock { sock, readable: ready, writable: ready, eof: false, shut: false }
+    }
+}
+
+/// A relayed data connection.
+#[derive(Debug)]
+struct Pair {
+    listener: u64,
+    accepted: Sock,
+    opened: Sock,
+    /// accepted -> opened.
+    up: Pipe,
+    /// opened -> accepted.
+    down: Pipe,
+    connecting: bool,
+    label: String,
+}
+
+/// Why a data connection ended early.
+#[derive(Debug)]
+enum PairEnd {
+    Done,
+    Failed(&'static str, io::Error),
+}
+
+/// The relay's state: listeners per session anchor and the data connections.
+#[derive(Debug, Default)]
+pub(crate) struct Relay {
+    anchors: BTreeMap<Anchor, Vec<u64>>,
+    listeners: BTreeMap<u64, DataListener>,
+    pairs: BTreeMap<u64, Pair>,
+    next_id: u64,
+    hot: Vec<Tok>,
+    port_fallback_logged: bool,
+    addr_fallback_logged: bool,
+}
+
+impl Relay {
+    pub(crate) fn new() -> Relay {
+        Relay { next_id: 1, ..Relay::default() }
+    }
+
+    fn alloc_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Number of data listeners (for tests and logs).
+    pub(crate) fn listener_count(&self) -> usize {
+        self.listeners.len()
+    }
+
+    /// Number of data connections in progress.
+    pub(crate) fn pair_count(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// Replaces the anchor's rules, like a pf transaction: on error nothing changed.
+    pub(crate) fn commit(&mut self, registry: &Registry, anchor: &Anchor, rules: &[Rule]) -> Result<(), FilterError> {
+        let specs = specs(rules)?;
+        let old: Vec<u64> = self.anchors.get(anchor).cloned().unwrap_or_default();
+        // Listeners that stay: same address as a new spec (binding it again would fail).
+        let mut keep: Vec<(u64, Spec)> = Vec::new();
+        let mut create: Vec<Spec> = Vec::new();
+        for spec in specs {
+            match old.iter().find(|id| self.listeners.get(id).is_some_and(|l| l.spec.listen == spec.listen)) {
+                Some(&id) if !keep.iter().any(|(k, _)| *k == id) => keep.push((id, spec)),
+                _ => create.push(spec),
+            }
+        }
+        let mut created: Vec<(u64, DataListener)> = Vec::new();
+        for spec in create {
+            match sys::data_listener(spec.listen) {
+                Ok(std) => {
+                    let mut sock = TcpListener::from_std(std);
+                    let id = self.alloc_id();
+                    if let Err(e) = registry.register(&mut sock, Tok::DataListener(id).token(), Interest::READABLE) {
+                        self.rollback(registry, created);
+                        return Err(FilterError::Other { errno: e.raw_os_error().unwrap_or(0), text: format!("relay register: {e}") });
+                    }
+                    created.push((id, DataListener { sock, spec, anchor: *anchor, active: None }));
+                }
+                Err(e) => {
+                    self.rollback(registry, created);
+                    return Err(match e {
+                        Errno::EADDRINUSE => FilterError::Busy,
+                        e => FilterError::Other { errno: e as i32, text: format!("relay bind {}: {}", spec.listen, e.desc()) },
+                    });
+                }
+            }
+        }
+        // Success: apply.
+        let mut ids: Vec<u64> = Vec::new();
+        for id in old {
+            if let Some((_, spec)) = keep.iter().find(|(k, _)| *k == id) {
+                if let Some(l) = self.listeners.get_mut(&id) {
+                    l.spec = spec.clone();
+                }
+                ids.push(id);
+            } else if let Some(mut l) = self.listeners.remove(&id) {
+                let _ = registry.deregister(&mut l.sock);
+                debug!("relay: {anchor}: no longer listening on {}", l.spec.listen);
+            }
+        }
+        for (id, l) in created {
+            debug!("relay: {anchor}: listening on {} for {} -> {}", l.spec.listen, l.spec.from, l.spec.to);
+            self.listeners.insert(id, l);
+            ids.push(id);
+            // A connection may already be waiting by the time we register.
+            self.hot.push(Tok::DataListener(id));
+        }
+        if ids.is_empty() {
+            self.anchors.remove(anchor);
+        } else {
+            self.anchors.insert(*anchor, ids);
+        }
+        Ok(())
+    }
+
+    fn rollback(&mut self, registry: &Registry, created: Vec<(u64, DataListener)>) {
+        for (_, mut l) in created {
+            let _ = registry.deregister(&mut l.sock);
+        }
+    }
+
+    /// Drops every listener (at exit). Data connections in progress are left to finish
+    /// while the loop still runs.
+    pub(crate) fn remove_all(&mut self, registry: &Registry) {
+        for (_, mut l) in std::mem::take(&mut self.listeners) {
+            let _ = registry.deregister(&mut l.sock);
+        }
+        self.anchors.clear();
+    }
+
+    /// Whether some socket still has work from an earlier turn.
+    pub(crate) fn is_hot(&self) -> bool {
+        !self.hot.is_empty()
+    }
+
+    /// Handles a readiness event for one of the relay's tokens.
+    pub(crate) fn event(&mut self, registry: &Registry, tok: Tok, ev: &mio::event::Event) {
+        match tok {
+            Tok::DataListener(id) => self.accept(registry, id),
+            Tok::Data(id, end) => {
+                let Some(pair) = self.pairs.get_mut(&id) else { return };
+                let s = match end {
+                    End::Accepted => &mut pair.accepted,
+                    End::Opened => &mut pair.opened,
+                };
+                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                    s.readable = true;
+                }
+                if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+                    s.writable = true;
+                }
+                self.service(registry, id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Serves the sockets left with work by the previous turn.
+    pub(crate) fn run_hot(&mut self, registry: &Registry) {
+        for tok in std::mem::take(&mut self.hot) {
+            match tok {
+                Tok::DataListener(id) => self.accept(registry, id),
+                Tok::Data(id, _) => self.service(registry, id),
+                _ => {}
+            }
+        }
+    }
+
+    fn accept(&mut self, registry: &Registry, id: u64) {
+        for _ in 0..ACCEPTS_PER_TURN {
+            let Some(l) = self.listeners.get_mut(&id) else { return };
+            let (stream, peer) = match l.sock.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted || e.kind() == ErrorKind::ConnectionAborted => continue,
+                Err(e) => {
+                    warn!("relay: accept on {} failed: {e}", l.spec.listen);
+                    return;
+                }
+            };
+            let peer = sys::unmap(peer);
+            if peer.ip() != l.spec.from {
+                info!("relay: refused data connection from {peer} to {}: only {} may connect", l.spec.listen, l.spec.from);
+                continue;
+            }
+            if l.active.is_some() {
+                info!("relay: refused data connection from {peer} to {}: one is already in progress", l.spec.listen);
+                continue;
+            }
+            let spec = l.spec.clone();
+            let anchor = l.anchor;
+            match self.open(&spec) {
+                Ok(opened) => {
+                    let pid = self.alloc_id();
+                    let label = format!("{anchor} {peer} -> {} -> {}", spec.listen, spec.to);
+                    let mut pair = Pair {
+                        listener: id,
+                        accepted: Sock::new(stream, true),
+                        opened: Sock::new(TcpStream::from_std(opened), false),
+                        up: Pipe::new(PIPE_CAPACITY),
+                        down: Pipe::new(PIPE_CAPACITY),
+                        connecting: true,
+                        label,
+                    };
+                    let rw = Interest::READABLE | Interest::WRITABLE;
+                    let r1 = registry.register(&mut pair.accepted.sock, Tok::Data(pid, End::Accepted).token(), rw);
+                    let r2 = registry.register(&mut pair.opened.sock, Tok::Data(pid, End::Opened).token(), rw);
+                    if let Err(e) = r1.and(r2) {
+                        warn!("relay: {}: cannot register: {e}", pair.label);
+                        let _ = registry.deregister(&mut pair.accepted.sock);
+                        let _ = registry.deregister(&mut pair.opened.sock);
+                        continue;
+                    }
+                    debug!("relay: {}: connecting", pair.label);
+                    if let Some(l) = self.listeners.get_mut(&id) {
+                        l.active = Some(pid);
+                    }
+                    self.pairs.insert(pid, pair);
+                    self.service(registry, pid);
+                }
+                Err(e) => {
+                    info!("relay: data connection from {peer} to {}: cannot connect to {}: {}", spec.listen, spec.to, e.desc());
+                    reset(&stream);
+                }
+            }
+        }
+        self.hot.push(Tok::DataListener(id));
+    }
+
+    /// Starts the connection to the real endpoint from the nat-to address.
+    ///
+    /// A single-port range (port 20 with `-r`) needs privilege to bind; without it the
+    /// relay falls back to an ephemeral port (logged once). A range means "any port"
+    /// and the kernel picks an ephemeral one. If the nat-to address is not local (a
+    /// transparent setup without IP_TRANSPARENT), the kernel picks the source (logged once).
+    fn open(&mut self, spec: &Spec) -> Result<std::net::TcpStream, Errno> {
+        let Some((nat, ports)) = spec.nat else {
+            return sys::start_connect(spec.to, None).map_err(|e| e.errno());
+        };
+        let port = if ports.low == ports.high { ports.low } else { 0 };
+        let first = sys::start_connect(spec.to, Some(SocketAddr::new(nat, port)));
+        match first {
+            Err(sys::ConnectError::Bind(e)) if port != 0 && matches!(e, Errno::EACCES | Errno::EPERM | Errno::EADDRINUSE) => {
+                if !self.port_fallback_logged {
+                    self.port_fallback_logged = true;
+                    warn!("relay: cannot bind source port {port} ({}), using an ephemeral port", e.desc());
+                }
+                self.open_from(spec.to, nat)
+            }
+            Err(sys::ConnectError::Bind(Errno::EADDRNOTAVAIL)) => {
+                if !self.addr_fallback_logged {
+                    self.addr_fallback_logged = true;
+                    warn!("relay: {nat} is not a local address, letting the kernel choose the source");
+                }
+                sys::start_connect(spec.to, None).map_err(|e| e.errno())
+            }
+            other => other.map_err(|e| e.errno()),
+        }
+    }
+
+    fn open_from(&mut self, to: SocketAddr, nat: IpAddr) -> Result<std::net::TcpStream, Errno> {
+        match sys::start_connect(to, Some(SocketAddr::new(nat, 0))) {
+            Err(sys::ConnectError::Bind(Errno::EADDRNOTAVAIL)) => sys::start_connect(to, None).map_err(|e| e.errno()),
+            other => other.map_err(|e| e.errno()),
+        }
+    }
+
+    /// Moves bytes of one data connection until it would block or its turn is up.
+    fn service(&mut self, registry: &Registry, id: u64) {
+        let Some(pair) = self.pairs.get_mut(&id) else { return };
+        let outcome = pair.step();
+        match outcome {
+            Ok(true) => self.hot.push(Tok::Data(id, End::Accepted)),
+            Ok(false) => {}
+            Err(end) => self.close(registry, id, end),
+        }
+    }
+
+    fn close(&mut self, registry: &Registry, id: u64, end: PairEnd) {
+        let Some(mut pair) = self.pairs.remove(&id) else { return };
+        let _ = registry.deregister(&mut pair.accepted.sock);
+        let _ = registry.deregister(&mut pair.opened.sock);
+        match end {
+            PairEnd::Done => {
+                debug!("relay: {}: done, {} bytes up, {} bytes down", pair.label, pair.up.moved(), pair.down.moved())
+            }
+            PairEnd::Failed(what, e) => {
+                info!("relay: {}: {what}: {e} (after {} bytes up, {} down)", pair.label, pair.up.moved(), pair.down.moved());
+                // Let the originator see a reset, as it would from the real endpoint.
+                reset(&pair.accepted.sock);
+            }
+        }
+        if let Some(l) = self.listeners.get_mut(&pair.listener) {
+            if l.active == Some(id) {
+                l.active = None;
+                // A connection refused while this one ran is gone; a new one may wait.
+                self.hot.push(Tok::DataListener(pair.listener));
+            }
+        }
+    }
+}
+
+/// Sets `SO_LINGER` to zero so that closing sends RST instead of FIN.
+fn reset<F: std::os::fd::AsFd>(sock: &F) {
+    let _ = nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::Linger, &libc::linger { l_onoff: 1, l_linger: 0 });
+}
+
+impl Pair {
+    /// One bounded round of copying. `Ok(true)`: work is left for the next turn;
+    /// `Ok(false)`: everything would block; `Err`: the connection is over.
+    fn step(&mut self) -> Result<bool, PairEnd> {
+        if self.connecting {
+            if !self.opened.writable {
+                // Nothing to learn yet; the accepted side may still fill its pipe below.
+            } else {
+                match self.opened.sock.take_error() {
+                    Ok(Some(e)) | Err(e) => return Err(PairEnd::Failed("connect", e)),
+                    Ok(None) => {}
+                }
+                match self.opened.sock.peer_addr() {
+                    Ok(_) => {
+                        self.connecting = false;
+                        debug!("relay: {}: connected", self.label);
+                    }
+                    Err(e) if e.kind() == ErrorKind::NotConnected || e.raw_os_error() == Some(libc::EINPROGRESS) => {
+                        self.opened.writable = false;
+                    }
+                    Err(e) => return Err(PairEnd::Failed("connect", e)),
+                }
+            }
+        }
+        for _ in 0..STEPS_PER_TURN {
+            let mut progress = false;
+            progress |= copy(&mut self.up, &mut self.accepted, &mut self.opened, !self.connecting)?;
+            progress |= copy(&mut self.down, &mut self.opened, &mut self.accepted, !self.connecting)?;
+            if self.accepted.shut && self.opened.shut {
+                return Err(PairEnd::Done);
+            }
+            if !progress {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// One direction: write what is buffered, read more if there is room, and pass an
+/// end of file on once everything before it is written. Returns whether anything moved.
+fn copy(pipe: &mut Pipe, src: &mut Sock, dst: &mut Sock, connected: bool) -> Result<bool, PairEnd> {
+    let mut progress = false;
+    if connected && dst.writable && !pipe.is_empty() {
+        match pipe.drain(&mut dst.sock) {
+            Ok(_) => progress = true,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => dst.writable = false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => progress = true,
+            Err(e) => return Err(PairEnd::Failed("write", e)),
+        }
+    }
+    if src.readable && !src.eof && !pipe.is_full() {
+        match pipe.fill(&mut src.sock) {
+            Ok(0) => {
+                src.eof = true;
+                progress = true;
+            }
+            Ok(_) => progress = true,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => src.readable = false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => progress = true,
+            Err(e) => return Err(PairEnd::Failed("read", e)),
+        }
+    }
+    if connected && src.eof && pipe.is_empty() && !dst.shut {
+        dst.shut = true;
+        progress = true;
+        if let Err(e) = dst.sock.shutdown(Shutdown::Write) {
+            if e.kind() != ErrorKind::NotConnected {
+                return Err(PairEnd::Failed("shutdown", e));
+            }
+        }
+    }
+    Ok(progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ftp_proxy_core::{data_rules, Mode, RuleOptions, SessionAddrs};
+
+    fn addrs() -> SessionAddrs {
+        SessionAddrs {
+            client: "127.0.0.2".parse().unwrap(),
+            server: "127.0.0.3".parse().unwrap(),
+            orig_server: "127.0.0.1".parse().unwrap(),
+            proxy: "127.0.0.4".parse().unwrap(),
+            client_rdomain: 0,
+        }
+    }
+
+    #[test]
+    fn passive_rules_become_one_spec() {
+        let rules = data_rules(Mode::Passive, &addrs(), 40000, 50000, &RuleOptions::default());
+        let s = specs(&rules).unwrap();
+        assert_eq!(
+            s,
+            vec![Spec {
+                listen: "127.0.0.1:50000".parse().unwrap(),
+                from: "127.0.0.2".parse().unwrap(),
+                to: "127.0.0.3:40000".parse().unwrap(),
+                nat: Some(("127.0.0.4".parse().unwrap(), ftp_proxy_core::rules::NAT_PORTS)),
+            }]
+        );
+    }
+
+    #[test]
+    fn active_rfc_rules_keep_port_20() {
+        let opts = RuleOptions { rfc_mode: true, ..RuleOptions::default() };
+        let rules = data_rules(Mode::ActivePort, &addrs(), 40000, 50000, &opts);
+        let s = specs(&rules).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].listen, "127.0.0.4:50000".parse().unwrap());
+        assert_eq!(s[0].from, "127.0.0.3".parse::<IpAddr>().unwrap());
+        assert_eq!(s[0].to, "127.0.0.2:40000".parse().unwrap());
+        assert_eq!(s[0].nat, Some(("127.0.0.1".parse().unwrap(), PortRange::single(20))));
+    }
+
+    #[test]
+    fn empty_rules_no_specs() {
+        assert!(specs(&[]).unwrap().is_empty());
+    }
+}

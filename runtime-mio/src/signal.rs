@@ -1,0 +1,87 @@
+//! SIGHUP/SIGINT/SIGTERM delivered through the event loop (the self-pipe trick).
+//!
+//! The handler only does async-signal-safe work: it records the signal in an atomic
+//! bit set and writes one byte to a non-blocking pipe whose read end the poller
+//! watches. This works on Linux and OpenBSD alike (OpenBSD has no signalfd).
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+
+use mio::unix::pipe;
+use nix::errno::Errno;
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+
+/// Write end of the pipe, or -1 when no loop is listening.
+static PIPE_WR: AtomicI32 = AtomicI32::new(-1);
+/// Bit `n` set: signal `n` arrived and was not yet taken.
+static PENDING: AtomicU64 = AtomicU64::new(0);
+
+/// The signals that end the daemon (behavior.md §4).
+const HANDLED: [Signal; 3] = [Signal::SIGHUP, Signal::SIGINT, Signal::SIGTERM];
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    let saved = Errno::last_raw();
+    if (0..64).contains(&sig) {
+        PENDING.fetch_or(1 << sig, Ordering::SeqCst);
+    }
+    let fd = PIPE_WR.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let byte = 1u8;
+        // SAFETY: write(2) is async-signal-safe; fd is the pipe's write end, kept open
+        // while PIPE_WR holds it. A full pipe (EAGAIN) still leaves the loop woken.
+        unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
+    }
+    Errno::set_raw(saved);
+}
+
+/// The installed handlers and the pipe's ends. Dropping it detaches the pipe (the
+/// handlers stay, but only record signals).
+#[derive(Debug)]
+pub(crate) struct Signals {
+    rx: pipe::Receiver,
+    _tx: pipe::Sender,
+}
+
+impl Signals {
+    /// Creates the pipe, installs the handlers and ignores SIGPIPE.
+    pub(crate) fn install() -> Result<Signals, Errno> {
+        let (tx, rx) = pipe::new().map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
+        PIPE_WR.store(tx.as_raw_fd(), Ordering::SeqCst);
+        let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
+        for sig in HANDLED {
+            // SAFETY: the handler only touches atomics and calls write(2).
+            unsafe { sigaction(sig, &action) }?;
+        }
+        let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+        // SAFETY: SIG_IGN installs no code.
+        unsafe { sigaction(Signal::SIGPIPE, &ignore) }?;
+        Ok(Signals { rx, _tx: tx })
+    }
+
+    /// The read end, to register with the poller.
+    pub(crate) fn receiver(&mut self) -> &mut pipe::Receiver {
+        &mut self.rx
+    }
+
+    /// Empties the pipe and returns the signals that arrived, lowest number first.
+    pub(crate) fn take(&mut self) -> Vec<i32> {
+        let mut buf = [0u8; 64];
+        for _ in 0..1024 {
+            match self.rx.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        let bits = PENDING.swap(0, Ordering::SeqCst);
+        (0..64).filter(|n| bits & (1 << n) != 0).collect()
+    }
+}
+
+impl Drop for Signals {
+    fn drop(&mut self) {
+        PIPE_WR.store(-1, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,97 @@
+//! What a mio [`Token`] names.
+//!
+//! The low two bits say which kind of socket it is, the rest which one. Session ids and
+//! relay ids are never reused, so a late event for a socket already closed finds
+//! nothing and is ignored (no generation counter needed).
+
+use ftp_proxy_core::{SessionId, Side};
+use mio::Token;
+
+/// The end of a relayed data connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum End {
+    /// The connection the relay accepted (the data connection's originator).
+    Accepted,
+    /// The connection the relay opened towards the real endpoint.
+    Opened,
+}
+
+/// A decoded token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Tok {
+    /// The control listener.
+    Listener,
+    /// The signal pipe.
+    Signal,
+    /// The cross-thread waker ([`crate::ShutdownHandle`]).
+    Waker,
+    /// A control connection.
+    Control(SessionId, Side),
+    /// A relay listener, by relay id.
+    DataListener(u64),
+    /// One end of a relayed data connection, by relay id.
+    Data(u64, End),
+}
+
+const SPECIAL: usize = 0;
+const CONTROL: usize = 1;
+const DATA_LISTENER: usize = 2;
+const DATA: usize = 3;
+
+impl Tok {
+    pub(crate) fn token(self) -> Token {
+        let (n, kind) = match self {
+            Tok::Listener => (0, SPECIAL),
+            Tok::Signal => (1, SPECIAL),
+            Tok::Waker => (2, SPECIAL),
+            Tok::Control(id, side) => ((id.0 as usize) << 1 | (side == Side::Server) as usize, CONTROL),
+            Tok::DataListener(n) => (n as usize, DATA_LISTENER),
+            Tok::Data(n, end) => ((n as usize) << 1 | (end == End::Opened) as usize, DATA),
+        };
+        Token(n << 2 | kind)
+    }
+
+    pub(crate) fn from_token(t: Token) -> Option<Tok> {
+        let (n, kind) = (t.0 >> 2, t.0 & 3);
+        match kind {
+            SPECIAL => match n {
+                0 => Some(Tok::Listener),
+                1 => Some(Tok::Signal),
+                2 => Some(Tok::Waker),
+                _ => None,
+            },
+            CONTROL => {
+                let side = if n & 1 == 1 { Side::Server } else { Side::Client };
+                Some(Tok::Control(SessionId(u32::try_from(n >> 1).ok()?), side))
+            }
+            DATA_LISTENER => Some(Tok::DataListener(n as u64)),
+            _ => Some(Tok::Data((n >> 1) as u64, if n & 1 == 1 { End::Opened } else { End::Accepted })),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_differ() {
+        let all = [
+            Tok::Listener,
+            Tok::Signal,
+            Tok::Waker,
+            Tok::Control(SessionId(1), Side::Client),
+            Tok::Control(SessionId(1), Side::Server),
+            Tok::Control(SessionId(u32::MAX), Side::Server),
+            Tok::DataListener(1),
+            Tok::Data(1, End::Accepted),
+            Tok::Data(1, End::Opened),
+            Tok::Data(1 << 40, End::Opened),
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        for t in all {
+            assert_eq!(Tok::from_token(t.token()), Some(t));
+            assert!(seen.insert(t.token().0), "{t:?} collides");
+        }
+    }
+}
