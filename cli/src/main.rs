@@ -1,1 +1,274 @@
-fn main() {}
+//! `ftp-proxy`: the daemon. Parses the command line, starts up in the original's
+//! order (behavior.md §3), drops privileges and hands over to the mio runtime.
+//!
+//! Startup, adapted from ftp-proxy.c 1.39:
+//!  1. parse options; default listen address 127.0.0.1 (::1 with `-6`);
+//!  2. logging: stderr with `-d`, syslog otherwise (opened now, before any chroot);
+//!  3. as root: the user and the chroot directory must exist;
+//!  4. raise `RLIMIT_NOFILE`;
+//!  5. resolve `-a`, then `-R`/`-P`;
+//!  6. resolve `-b`/`-p` and listen;
+//!  7. open the backend (pf, nftables) while still privileged;
+//!  8. open `/dev/null` (daemon mode), then drop privileges (root only);
+//!  9. daemonize unless `-d` (the child's pid names the anchors);
+//! 10. log `listening on <addr> port <port>` and run until a signal.
+//!
+//! Without root the daemon still runs (the relay backend needs no privileges); it
+//! logs once that nothing was dropped.
+
+mod args;
+mod backend;
+mod daemon;
+mod logging;
+mod privs;
+mod resolve;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+
+use ftp_proxy_core::{Config, ConfigError, Proxy, RuleLog, RuleOptions};
+use ftp_proxy_runtime::{Divert, OsRandom, RunError, StartError};
+use log::{error, info, warn};
+use nix::unistd::Uid;
+
+use args::{Args, ArgsError, Command, DivertMode};
+use daemon::DaemonError;
+use privs::{DropPlan, PrivError};
+use resolve::{GaiError, Lookup};
+
+/// Every way startup can fail; `Display` is the text after `ftp-proxy: `.
+#[derive(Debug)]
+enum Fatal {
+    /// `-b`/`-p` did not resolve.
+    ListenAddress(GaiError),
+    /// `-a` did not resolve.
+    SourceAddress(GaiError),
+    /// `-R`/`-P` did not resolve.
+    FixedServer(GaiError),
+    /// The user or chroot checks, or the drop itself.
+    Privileges(PrivError),
+    /// Listener or descriptor limit.
+    Start(StartError),
+    /// The packet-filter backend.
+    Backend(backend::BackendError),
+    /// `/dev/null` or the fork.
+    Daemon(DaemonError),
+    /// The core refused the configuration.
+    Config(ConfigError),
+    /// A logger was already installed (cannot happen in the binary).
+    Logger(log::SetLoggerError),
+    /// The event loop failed.
+    Run(RunError),
+    /// An `--divert` mode this system cannot do.
+    Divert(DivertMode),
+}
+
+impl fmt::Display for Fatal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fatal::ListenAddress(e) => write!(f, "getaddrinfo listen address failed: {e}"),
+            Fatal::SourceAddress(e) => write!(f, "getaddrinfo fixed proxy address failed: {e}"),
+            Fatal::FixedServer(e) => write!(f, "getaddrinfo fixed server address failed: {e}"),
+            Fatal::Privileges(e) => e.fmt(f),
+            Fatal::Start(e) => e.fmt(f),
+            Fatal::Backend(e) => e.fmt(f),
+            Fatal::Daemon(e) => e.fmt(f),
+            Fatal::Config(e) => e.fmt(f),
+            Fatal::Logger(e) => write!(f, "cannot set up logging: {e}"),
+            Fatal::Run(e) => e.fmt(f),
+            Fatal::Divert(d) => write!(f, "divert mode {d} is only supported on Linux"),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = match std::env::args_os().map(|a| a.into_string()).collect() {
+        Ok(v) => v,
+        Err(bad) => {
+            eprintln!(
+                "ftp-proxy: argument is not valid UTF-8: {}",
+                bad.to_string_lossy()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let progname = args::progname(&argv).to_owned();
+    let args = match args::parse(&argv) {
+        Ok(Command::Run(a)) => a,
+        Ok(Command::Help(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(ArgsError::Usage(diag)) => {
+            if let Some(d) = diag {
+                eprintln!("{progname}: {d}");
+            }
+            eprint!("{}", args::usage(&progname));
+            return ExitCode::from(1);
+        }
+        Err(ArgsError::Invalid(msg)) => {
+            eprintln!("{progname}: {msg}");
+            return ExitCode::from(1);
+        }
+    };
+    match start(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Before daemonizing stderr is the terminal; afterwards it is /dev/null and
+            // the log carries the message.
+            error!("{e}");
+            eprintln!("{progname}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Startup and run; returns when the daemon has shut down.
+fn start(args: &Args) -> Result<(), Fatal> {
+    if args.foreground {
+        let rust_log = std::env::var("RUST_LOG").ok();
+        logging::init_stderr(args.log_level, rust_log.as_deref()).map_err(Fatal::Logger)?;
+    } else {
+        logging::init_syslog(args.log_level).map_err(Fatal::Logger)?;
+    }
+
+    let (divert, transparent) = divert_mode(args.divert)?;
+    let relay = args.backend == args::BackendKind::Relay;
+    let keep_net_admin = backend::needs_net_admin(args.backend);
+
+    let root = Uid::effective().is_root();
+    let identity = if root {
+        let id = privs::lookup_user(&args.user).map_err(Fatal::Privileges)?;
+        privs::check_chroot_dir(&args.chroot).map_err(Fatal::Privileges)?;
+        privs::check_caps_supported(keep_net_admin).map_err(Fatal::Privileges)?;
+        Some(id)
+    } else {
+        None
+    };
+
+    ftp_proxy_runtime::raise_nofile_limit(args.max_sessions, relay).map_err(Fatal::Start)?;
+
+    let source_addr = match &args.source_address {
+        Some(a) => {
+            let sa = resolve::resolve(a, None, args.ipv6, Lookup::SourceAddress)
+                .map_err(Fatal::SourceAddress)?;
+            info!("using {} to connect to servers", sa.ip());
+            Some(sa.ip())
+        }
+        None => None,
+    };
+    let fixed_server = match &args.fixed_server {
+        Some(s) => {
+            let sa = resolve::resolve(s, Some(&args.server_port), args.ipv6, Lookup::FixedServer)
+                .map_err(Fatal::FixedServer)?;
+            info!("using fixed server {}", sa.ip());
+            Some(sa)
+        }
+        None => None,
+    };
+
+    let listen_addr = resolve::resolve(
+        args.listen_address(),
+        Some(&args.listen_port),
+        args.ipv6,
+        Lookup::Listen,
+    )
+    .map_err(Fatal::ListenAddress)?;
+    let opts = ftp_proxy_runtime::Options {
+        listen: listen_addr,
+        transparent,
+        divert,
+        max_sessions: args.max_sessions,
+        relay,
+    };
+    let listener = ftp_proxy_runtime::listen(&opts).map_err(Fatal::Start)?;
+
+    let data_path = backend::open(args).map_err(Fatal::Backend)?;
+
+    let dev_null = if args.foreground {
+        None
+    } else {
+        Some(daemon::open_dev_null().map_err(Fatal::Daemon)?)
+    };
+
+    match identity {
+        Some(identity) => {
+            let plan = DropPlan {
+                identity,
+                chroot: Some(args.chroot.clone()),
+                keep_net_admin,
+            };
+            privs::drop_privileges(&plan).map_err(Fatal::Privileges)?;
+        }
+        None => warn!("not running as root: privileges not dropped"),
+    }
+
+    if let Some(dev_null) = dev_null {
+        daemon::daemonize(dev_null, !root).map_err(Fatal::Daemon)?;
+    }
+
+    let config = core_config(args, source_addr, fixed_server);
+    let proxy = Proxy::new(config, Box::new(OsRandom::new())).map_err(Fatal::Config)?;
+
+    warn!(
+        "listening on {} port {}",
+        args.listen_address(),
+        args.listen_port
+    );
+    ftp_proxy_runtime::run(listener, &opts, proxy, data_path).map_err(Fatal::Run)
+}
+
+/// The runtime's divert method and listener transparency for `--divert`.
+fn divert_mode(mode: DivertMode) -> Result<(Divert, bool), Fatal> {
+    match mode {
+        DivertMode::Getsockname => Ok((Divert::Getsockname, false)),
+        DivertMode::Redirect if cfg!(target_os = "linux") => Ok((Divert::OriginalDst, false)),
+        DivertMode::Tproxy if cfg!(target_os = "linux") => Ok((Divert::Getsockname, true)),
+        other => Err(Fatal::Divert(other)),
+    }
+}
+
+/// The core's configuration. Called after daemonizing: anchors carry this pid.
+fn core_config(
+    args: &Args,
+    source_addr: Option<IpAddr>,
+    fixed_server: Option<SocketAddr>,
+) -> Config {
+    Config {
+        ipv6: args.ipv6,
+        anonymous_only: args.anonymous_only,
+        max_sessions: args.max_sessions,
+        idle_timeout_secs: args.timeout,
+        fixed_server,
+        source_addr,
+        rules: RuleOptions {
+            tag: args.tag.clone(),
+            queue: args.queue.clone(),
+            log: match args.verbose {
+                0 => RuleLog::None,
+                1 => RuleLog::Log,
+                _ => RuleLog::All,
+            },
+            rfc_mode: args.rfc_mode,
+            proxy_rtable: proxy_rtable(),
+        },
+        pid: std::process::id(),
+    }
+}
+
+/// The routing table the proxy runs in (`getrtable(2)` on OpenBSD, 0 elsewhere).
+#[cfg(target_os = "openbsd")]
+fn proxy_rtable() -> u32 {
+    extern "C" {
+        fn getrtable() -> libc::c_int;
+    }
+    // SAFETY: getrtable(2) takes no arguments and cannot fail.
+    u32::try_from(unsafe { getrtable() }).unwrap_or(0)
+}
+
+/// The routing table the proxy runs in (`getrtable(2)` on OpenBSD, 0 elsewhere).
+#[cfg(not(target_os = "openbsd"))]
+fn proxy_rtable() -> u32 {
+    0
+}
