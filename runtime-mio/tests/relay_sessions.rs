@@ -1,0 +1,156 @@
+//! Whole FTP sessions through the runtime in reverse mode with the userspace relay,
+//! on real loopback sockets: a scripted server, a scripted client, the real core.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener};
+
+use common::*;
+use ftp_proxy_core::Config;
+
+const CLIENT: &str = "127.0.0.2";
+const SERVER: &str = "127.0.0.3";
+const PROXY: &str = "127.0.0.1";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn reverse_cfg(server: SocketAddr) -> Config {
+    Config { fixed_server: Some(server), ipv6: server.is_ipv6(), ..Config::default() }
+}
+
+fn files() -> BTreeMap<String, Vec<u8>> {
+    let mut f = BTreeMap::new();
+    f.insert("small".to_string(), payload(1000, 1));
+    f.insert("big".to_string(), payload(3 << 20, 2));
+    f.insert("both".to_string(), payload(10 << 20, 3));
+    f
+}
+
+#[test]
+fn passive_download_and_upload_through_relay() {
+    let server = ScriptedServer::start(ip(SERVER), files());
+    let proxy = RunningProxy::start(reverse_cfg(server.addr), SocketAddr::new(ip(PROXY), 0), true, None);
+    let mut c = Client::connect(ip(CLIENT), proxy.addr);
+    c.login();
+
+    // Download: the 227 the client sees names the proxy, not the server.
+    let data_addr = c.pasv();
+    assert_eq!(data_addr.ip(), ip(PROXY), "227 must be rewritten to the address the client used");
+    let mut d = connect_from(ip(CLIENT), data_addr).expect("data connect through relay");
+    assert!(c.cmd("RETR big").starts_with("150"));
+    let mut got = Vec::new();
+    d.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), 3 << 20);
+    assert!(got == payload(3 << 20, 2), "downloaded bytes differ");
+    assert!(c.reply().starts_with("226"));
+
+    // Upload on a fresh negotiation.
+    let data_addr = c.pasv();
+    let mut d = connect_from(ip(CLIENT), data_addr).expect("data connect through relay");
+    assert!(c.cmd("STOR up").starts_with("150"));
+    let up = payload(2 << 20, 9);
+    d.write_all(&up).unwrap();
+    drop(d);
+    assert!(c.reply().starts_with("226"));
+    assert!(c.cmd("QUIT").starts_with("221"));
+
+    let log = server.log.lock().unwrap().clone();
+    assert!(log.stored["up"] == up, "uploaded bytes differ");
+    // The server saw the data connections come from the proxy's own address (nat-to).
+    let proxy_ip = log.control_peers[0].ip();
+    assert_eq!(log.data_peers.len(), 2);
+    assert!(log.data_peers.iter().all(|p| p.ip() == proxy_ip), "{:?} vs {proxy_ip}", log.data_peers);
+    assert_ne!(proxy_ip, ip(CLIENT));
+    let fin = proxy.stop();
+    assert_eq!(fin.sessions_left, 0);
+    assert_eq!(fin.relay.0, 0, "relay listeners left after the session ended");
+}
+
+#[test]
+fn active_port_download_through_relay() {
+    let server = ScriptedServer::start(ip(SERVER), files());
+    let proxy = RunningProxy::start(reverse_cfg(server.addr), SocketAddr::new(ip(PROXY), 0), true, None);
+    let mut c = Client::connect(ip(CLIENT), proxy.addr);
+    c.login();
+    let l = TcpListener::bind((ip(CLIENT), 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let r = c.cmd(&format!("PORT 127,0,0,2,{},{}", port >> 8, port & 255));
+    assert!(r.starts_with("200"), "{r:?}");
+    assert!(c.cmd("RETR big").starts_with("150"));
+    let (mut d, peer) = {
+        let s = accept_bounded(&l);
+        let p = s.peer_addr().unwrap();
+        (s, p)
+    };
+    let mut got = Vec::new();
+    d.read_to_end(&mut got).unwrap();
+    assert!(got == payload(3 << 20, 2), "downloaded bytes differ ({} bytes)", got.len());
+    assert!(c.reply().starts_with("226"));
+    // nat-to the original server address: the client sees the proxy address it used.
+    assert_eq!(peer.ip(), ip(PROXY));
+    let log = server.log.lock().unwrap().clone();
+    let port_line = log.lines.iter().find(|l| l.starts_with("PORT")).unwrap();
+    let proxy_ip = log.control_peers[0].ip();
+    let IpAddr::V4(p4) = proxy_ip else { panic!() };
+    let o = p4.octets();
+    assert!(
+        port_line.starts_with(&format!("PORT {},{},{},{},", o[0], o[1], o[2], o[3])),
+        "PORT not rewritten to the proxy: {port_line:?}"
+    );
+    drop(c);
+    assert!(proxy.wait_sessions(|n| n == 0), "session did not end after the client left");
+    proxy.stop();
+}
+
+#[test]
+fn ten_mib_both_ways_with_half_close() {
+    let server = ScriptedServer::start(ip(SERVER), files());
+    let proxy = RunningProxy::start(reverse_cfg(server.addr), SocketAddr::new(ip(PROXY), 0), true, None);
+    let mut c = Client::connect(ip(CLIENT), proxy.addr);
+    c.login();
+    let data_addr = c.pasv();
+    let d = connect_from(ip(CLIENT), data_addr).expect("data connect");
+    assert!(c.cmd("SITE BOTH").starts_with("150"));
+    let up = payload(10 << 20, 4);
+    let mut dw = d.try_clone().unwrap();
+    let up2 = up.clone();
+    let sender = std::thread::spawn(move || {
+        dw.write_all(&up2).unwrap();
+        // Half-close: we are done sending but still receive.
+        dw.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut got = Vec::new();
+    (&d).read_to_end(&mut got).unwrap();
+    sender.join().unwrap();
+    assert_eq!(got.len(), 10 << 20);
+    assert!(got == payload(10 << 20, 3), "bytes from the server differ");
+    assert!(c.reply().starts_with("226"));
+    let log = server.log.lock().unwrap().clone();
+    assert_eq!(log.both_received.len(), 10 << 20);
+    assert!(log.both_received == up, "bytes to the server differ");
+    assert!(proxy.wait_relay(|(_, pairs)| pairs == 0), "data pair not closed after both half-closes");
+    drop(c);
+    proxy.stop();
+}
+
+#[test]
+fn ipv6_epsv_download_through_relay() {
+    let lo6 = ip("::1");
+    let server = ScriptedServer::start(lo6, files());
+    let proxy = RunningProxy::start(reverse_cfg(server.addr), SocketAddr::new(lo6, 0), true, None);
+    let mut c = Client::connect(lo6, proxy.addr);
+    c.login();
+    let port = c.epsv();
+    let mut d = connect_from(lo6, SocketAddr::new(lo6, port)).expect("data connect");
+    assert!(c.cmd("RETR big").starts_with("150"));
+    let mut got = Vec::new();
+    d.read_to_end(&mut got).unwrap();
+    assert!(got == payload(3 << 20, 2), "downloaded bytes differ");
+    assert!(c.reply().starts_with("226"));
+    assert!(c.cmd("QUIT").starts_with("221"));
+    proxy.stop();
+}
