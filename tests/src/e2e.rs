@@ -1,0 +1,33 @@
+//! End-to-end harness: the real `ftp-proxy` binary between real FTP clients (curl,
+//! lftp, Python ftplib) and a real server (pure-ftpd), all on loopback.
+//!
+//! A scenario is a [`Fixture`]: a private directory with random 1 KiB and 10 MiB
+//! files, pure-ftpd serving them (anonymous read-only, user `alice` read-write),
+//! and the proxy in reverse mode in front (`-R`/`-P`), logging at `-D7` to a file
+//! the test can assert on. Every wait is bounded and every process is killed by its
+//! process group when its guard drops, so a failing test leaves nothing behind.
+//!
+//! The scenarios must run as root (CI does): pure-ftpd runs in a private mount
+//! namespace and the proxy chroots and drops privileges. As root, missing programs
+//! fail the test; as another user, the test prints why it did not run and passes.
+
+mod clients;
+mod control;
+mod error;
+mod fixture;
+mod proc;
+mod proxy;
+mod server;
+
+pub use clients::{
+    curl, curl_list, curl_retr, curl_stor, ftp_url, ftplib, ftplib_script, lftp, prove_mode, DataMode, HeldClient,
+    Login, CLIENT_TIMEOUT,
+};
+pub use control::{Control, Reply};
+pub use error::{tail, E2eError, Result};
+pub use fixture::{loopback, preflight, Fixture, DIRECT_ENV, PROXY_CHROOT, PROXY_USER};
+pub use proc::{group_members, run, run_ok, wait_for, ChildGuard};
+pub use proxy::{proxy_binary, ProxyProcess, LISTENING};
+pub use server::{
+    assert_same_file, free_port, FtpServer, Workdir, BIG, BIG_LEN, PASSIVE_RANGE, PASSWORD, SMALL, SMALL_LEN, USER,
+};

@@ -1,0 +1,138 @@
+//! IPv4 transfers through the proxy with curl, lftp and Python ftplib: anonymous and
+//! password logins, LIST, RETR and STOR of 1 KiB and 10 MiB files compared byte for
+//! byte, in each of PASV, EPSV, PORT and EPRT, each proven used.
+
+use ftp_proxy_tests::e2e::*;
+
+#[test]
+fn curl_anonymous_login_list_and_retr() -> Result<()> {
+    let Some(fx) = Fixture::start("curl-anon", false, &[])? else { return Ok(()) };
+    let t = fx.target();
+
+    let log = curl_list(t, Login::Anonymous, DataMode::Epsv)?;
+    for port in prove_mode(&log, DataMode::Epsv)? {
+        fx.check_passive_port(port)?;
+    }
+    if !log.contains("> USER anonymous") || !log.lines().any(|l| l.starts_with("< 230")) {
+        return Err(E2eError::check("anonymous login accepted (USER anonymous, 230)", tail(&log, 3000)));
+    }
+    for name in [SMALL, BIG] {
+        if !log.lines().any(|l| !l.starts_with(['<', '>', '*']) && l.ends_with(name)) {
+            return Err(E2eError::check(format!("LIST shows {name}"), tail(&log, 3000)));
+        }
+    }
+
+    for name in [SMALL, BIG] {
+        let out = fx.work.local().join(name);
+        let log = curl_retr(t, Login::Anonymous, DataMode::Epsv, name, &out)?;
+        prove_mode(&log, DataMode::Epsv)?;
+        assert_same_file(&fx.work.original(name), &out)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn curl_user_retr_and_stor_in_all_four_modes() -> Result<()> {
+    let Some(fx) = Fixture::start("curl-user", false, &[])? else { return Ok(()) };
+    let t = fx.target();
+    for mode in DataMode::ALL {
+        let m = mode.script_name();
+        for name in [SMALL, BIG] {
+            let out = fx.work.local().join(format!("{m}-{name}"));
+            let log = curl_retr(t, Login::User, mode, name, &out)?;
+            if !log.lines().any(|l| l.starts_with("< 230")) {
+                return Err(E2eError::check("password login accepted (230)", tail(&log, 3000)));
+            }
+            check_ports(&fx, &log, mode)?;
+            assert_same_file(&fx.work.original(name), &out)?;
+
+            let remote = format!("up-{m}-{name}");
+            let log = curl_stor(t, Login::User, mode, &fx.work.original(name), &remote)?;
+            check_ports(&fx, &log, mode)?;
+            assert_same_file(&fx.work.original(name), &fx.work.user().join(&remote))?;
+        }
+    }
+    Ok(())
+}
+
+/// Proves `mode` in a transcript and checks each data port against the proxy log.
+fn check_ports(fx: &Fixture, log: &str, mode: DataMode) -> Result<()> {
+    for port in prove_mode(log, mode)? {
+        if mode.is_passive() {
+            fx.check_passive_port(port)?;
+        } else {
+            fx.check_active_port(port)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn lftp_user_passive_and_active() -> Result<()> {
+    let Some(fx) = Fixture::start("lftp", false, &[])? else { return Ok(()) };
+    let t = fx.target();
+    let local = fx.work.local();
+    for (mode, setting) in [(DataMode::Pasv, "set ftp:passive-mode on"), (DataMode::Port, "set ftp:passive-mode off")] {
+        let m = mode.script_name();
+        let got = local.join(format!("lftp-{m}-{BIG}"));
+        let up = format!("lftp-up-{m}.bin");
+        let log = lftp(
+            t,
+            Login::User,
+            &["set ftp:prefer-epsv no", setting],
+            &[
+                "ls".to_string(),
+                format!("get {BIG} -o {}", got.display()),
+                format!("put {} -o {up}", fx.work.original(BIG).display()),
+            ],
+        )?;
+        check_ports(&fx, &log, mode)?;
+        if !log.lines().any(|l| l.starts_with("< 230")) {
+            return Err(E2eError::check("lftp logged in (230)", tail(&log, 3000)));
+        }
+        if !log.lines().any(|l| !l.starts_with(['<', '>']) && l.ends_with(SMALL)) {
+            return Err(E2eError::check(format!("lftp's ls shows {SMALL}"), tail(&log, 3000)));
+        }
+        assert_same_file(&fx.work.original(BIG), &got)?;
+        assert_same_file(&fx.work.original(BIG), &fx.work.user().join(&up))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn ftplib_retr_stor_list_in_all_four_modes() -> Result<()> {
+    let Some(fx) = Fixture::start("ftplib", false, &[])? else { return Ok(()) };
+    let local = fx.work.local();
+    // One session per mode, so that each transcript proves its mode without the
+    // others' commands looking like a fallback.
+    for mode in DataMode::ALL {
+        let m = mode.script_name();
+        let got = local.join(format!("py-{m}-{BIG}"));
+        let up = format!("py-up-{m}.bin");
+        let ops = [
+            format!("login:{USER}:{PASSWORD}"),
+            format!("{m}:list"),
+            format!("{m}:retr:{BIG}:{}", got.display()),
+            format!("{m}:stor:{}:{up}", fx.work.original(SMALL).display()),
+            "quit".into(),
+        ];
+        let log = ftplib(fx.target(), &ops)?;
+        let ports = prove_mode(&log, mode)?;
+        if ports.len() != 3 {
+            return Err(E2eError::check(format!("three {} data connections", mode.command()), tail(&log, 4000)));
+        }
+        for port in ports {
+            if mode.is_passive() {
+                fx.check_passive_port(port)?;
+            } else {
+                fx.check_active_port(port)?;
+            }
+        }
+        if !log.lines().any(|l| l.starts_with("| ") && l.ends_with(BIG)) {
+            return Err(E2eError::check(format!("LIST shows {BIG}"), tail(&log, 4000)));
+        }
+        assert_same_file(&fx.work.original(BIG), &got)?;
+        assert_same_file(&fx.work.original(SMALL), &fx.work.user().join(&up))?;
+    }
+    Ok(())
+}
