@@ -1,0 +1,187 @@
+//! The runtime with a recording packet-filter backend (the kernel data path) and the
+//! relay's refusals: commits and their removal, the session limit, the idle timeout,
+//! graceful shutdown, `max 1` and source checks. Real loopback sockets throughout.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{ErrorKind, Read};
+use std::net::{IpAddr, SocketAddr};
+
+use common::*;
+use ftp_proxy_core::{Config, Direction, Translate};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn files() -> BTreeMap<String, Vec<u8>> {
+    let mut f = BTreeMap::new();
+    f.insert("small".to_string(), payload(1000, 1));
+    f
+}
+
+fn cfg(server: SocketAddr) -> Config {
+    Config { fixed_server: Some(server), ..Config::default() }
+}
+
+/// Reads until EOF or error; returns the kind of ending (`None` = clean EOF).
+fn read_end(s: &mut std::net::TcpStream) -> Option<ErrorKind> {
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return None,
+            Ok(_) => continue,
+            Err(e) => return Some(e.kind()),
+        }
+    }
+}
+
+#[test]
+fn rules_committed_then_removed_at_session_end() {
+    let server = ScriptedServer::start(ip("127.0.0.3"), files());
+    let backend = RecordingBackend::default();
+    let proxy = RunningProxy::start(cfg(server.addr), "127.0.0.1:0".parse().unwrap(), false, Some(backend.clone()));
+    let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
+    c.login();
+    let data = c.pasv();
+    {
+        let log = backend.0.lock().unwrap();
+        assert_eq!(log.current.len(), 1, "one anchor with the passive rules");
+        let rules = log.current.values().next().unwrap();
+        assert_eq!(rules.len(), 2);
+        let rdr = rules.iter().find(|r| r.direction == Direction::In).unwrap();
+        assert_eq!(rdr.from, ip("127.0.0.2"));
+        assert_eq!(rdr.port, data.port());
+        assert!(matches!(rdr.translate, Translate::RdrTo { addr, .. } if addr == ip("127.0.0.3")));
+    }
+    assert!(c.cmd("QUIT").starts_with("221"));
+    drop(c);
+    assert!(proxy.wait_sessions(|n| n == 0), "session did not end");
+    {
+        let log = backend.0.lock().unwrap();
+        assert!(log.current.is_empty(), "rules left after the session: {:?}", log.current);
+        let (anchor, last) = log.commits.last().unwrap();
+        assert!(last.is_empty(), "last commit for {anchor} must remove the rules");
+    }
+    let fin = proxy.stop();
+    assert_eq!(fin.sessions_left, 0);
+    assert_eq!(backend.0.lock().unwrap().remove_all, 1, "remove_all is the exit backstop");
+}
+
+#[test]
+fn shutdown_ends_live_sessions_and_removes_their_rules() {
+    let server = ScriptedServer::start(ip("127.0.0.3"), files());
+    let backend = RecordingBackend::default();
+    let proxy = RunningProxy::start(cfg(server.addr), "127.0.0.1:0".parse().unwrap(), false, Some(backend.clone()));
+    let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
+    c.login();
+    c.pasv();
+    assert_eq!(backend.0.lock().unwrap().current.len(), 1);
+    let fin = proxy.stop();
+    assert_eq!(fin.sessions_left, 0, "every session ended within the grace period");
+    let log = backend.0.lock().unwrap();
+    // The session's own empty commit happened before the backstop.
+    let empties = log.commits.iter().filter(|(_, r)| r.is_empty()).count();
+    assert_eq!(empties, 1);
+    assert!(log.current.is_empty());
+    // The client's control connection was closed by the shutdown.
+    assert_eq!(read_end(&mut c.w), None);
+}
+
+#[test]
+fn session_limit_refuses_extra_clients() {
+    let server = ScriptedServer::start(ip("127.0.0.3"), files());
+    let config = Config { max_sessions: 1, ..cfg(server.addr) };
+    let proxy = RunningProxy::start(config, "127.0.0.1:0".parse().unwrap(), false, None);
+    let mut first = Client::connect(ip("127.0.0.2"), proxy.addr);
+    first.login();
+    let mut second = connect_from(ip("127.0.0.2"), proxy.addr).unwrap();
+    // Refused: closed at once, no FTP reply at all.
+    let mut buf = [0u8; 64];
+    let n = second.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "refused client got {:?}", String::from_utf8_lossy(&buf[..n]));
+    // The first session is unaffected.
+    assert!(first.cmd("USER again").starts_with("331"));
+    assert!(first.cmd("QUIT").starts_with("221"));
+    drop(first);
+    assert!(proxy.wait_sessions(|n| n == 0));
+    // With the slot free, a new client is served.
+    let mut third = Client::connect(ip("127.0.0.2"), proxy.addr);
+    third.login();
+    proxy.stop();
+}
+
+#[test]
+fn idle_timeout_closes_the_session() {
+    let server = ScriptedServer::start(ip("127.0.0.3"), files());
+    let config = Config { idle_timeout_secs: 1, ..cfg(server.addr) };
+    let proxy = RunningProxy::start(config, "127.0.0.1:0".parse().unwrap(), false, None);
+    let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
+    c.login();
+    // Silent client: the proxy must close the control connection (a hang would make
+    // the read fail with a timeout error after 10 s instead of a clean EOF).
+    assert_eq!(read_end(&mut c.w), None);
+    assert!(proxy.wait_sessions(|n| n == 0));
+    proxy.stop();
+}
+
+#[test]
+fn unreachable_server_closes_the_client() {
+    // A port nobody listens on: bind one, note it, close it.
+    let dead = std::net::TcpListener::bind("127.0.0.3:0").unwrap().local_addr().unwrap();
+    let proxy = RunningProxy::start(cfg(dead), "127.0.0.1:0".parse().unwrap(), false, None);
+    let mut c = connect_from(ip("127.0.0.2"), proxy.addr).unwrap();
+    assert_eq!(read_end(&mut c), None, "client must see the connection closed");
+    assert!(proxy.wait_sessions(|n| n == 0));
+    proxy.stop();
+}
+
+#[test]
+fn relay_refuses_strangers_and_a_second_connection() {
+    let server = ScriptedServer::start(ip("127.0.0.3"), files());
+    let proxy = RunningProxy::start(cfg(server.addr), "127.0.0.1:0".parse().unwrap(), true, None);
+    let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
+    c.login();
+    let data = c.pasv();
+    assert!(proxy.wait_relay(|(l, _)| l == 1));
+
+    // Another source address may not use the rule (`from <client>`).
+    let mut stranger = connect_from(ip("127.0.0.5"), data).unwrap();
+    assert_eq!(read_end(&mut stranger), None, "stranger must be closed");
+    assert_eq!(proxy.relay_counts.lock().unwrap().1, 0, "no pair for the stranger");
+
+    // The client's first connection is relayed, a second concurrent one is not (max 1).
+    let mut d = connect_from(ip("127.0.0.2"), data).unwrap();
+    assert!(proxy.wait_relay(|(_, p)| p == 1));
+    let mut again = connect_from(ip("127.0.0.2"), data).unwrap();
+    assert_eq!(read_end(&mut again), None, "second concurrent connection must be closed");
+
+    // The first one still works.
+    assert!(c.cmd("RETR small").starts_with("150"));
+    let mut got = Vec::new();
+    d.read_to_end(&mut got).unwrap();
+    assert!(got == payload(1000, 1));
+    assert!(c.reply().starts_with("226"));
+    // Half-open until the client closes its side too.
+    assert_eq!(proxy.relay_counts.lock().unwrap().1, 1);
+    drop(d);
+    assert!(proxy.wait_relay(|(_, p)| p == 0));
+
+    // After it ended the rule still stands: a new connection is accepted and relayed
+    // again. The scripted server's data listener is gone by now, so the relay's
+    // connect is refused and the client sees a reset, not the clean close of a refusal.
+    let mut late = connect_from(ip("127.0.0.2"), data).unwrap();
+    assert_eq!(read_end(&mut late), Some(ErrorKind::ConnectionReset));
+
+    // A new negotiation replaces the rules: the old listener goes away.
+    let data2 = c.pasv();
+    assert_ne!(data2, data);
+    assert!(proxy.wait_relay(|(l, _)| l == 1));
+    let refused = connect_from(ip("127.0.0.2"), data);
+    assert_eq!(refused.map(drop).map_err(|e| e.kind()), Err(ErrorKind::ConnectionRefused));
+    assert!(c.cmd("QUIT").starts_with("221"));
+    drop(c);
+    assert!(proxy.wait_relay(|(l, _)| l == 0), "listener must go with the session");
+    proxy.stop();
+}
