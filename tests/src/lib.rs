@@ -1,3 +1,5 @@
-//! Shared test support.
+//! Shared test support: the deterministic simulation, and harnesses for the
+//! end-to-end tests with real servers, clients and network namespaces.
 
+pub mod sim;
 pub mod e2e;

@@ -1,0 +1,74 @@
+//! The deterministic simulation: many seeds, each a random world of FTP clients,
+//! servers, a faulty network and a faulty packet filter around the real core.
+//!
+//! * `cargo test -p ftp-proxy-tests --test sim` runs 10,000 seeds (the normal run).
+//! * `FTP_SIM_SEEDS=100000 cargo test --release -p ftp-proxy-tests --test sim` is the soak.
+//! * `FTP_SIM_SEED=n` replays one seed and prints its report.
+
+use std::collections::BTreeMap;
+
+use ftp_proxy_tests::sim::{run_seed, World};
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name} must be a number")))
+}
+
+#[test]
+fn seeds() {
+    if let Some(seed) = env_u64("FTP_SIM_SEED") {
+        match run_seed(seed) {
+            Ok(r) => return println!("seed {seed}: {r:?}"),
+            Err(f) => panic!("{f}"),
+        }
+    }
+    let n = env_u64("FTP_SIM_SEEDS").unwrap_or(10_000);
+    let start = env_u64("FTP_SIM_START").unwrap_or(0);
+    let mut closes: BTreeMap<String, u32> = BTreeMap::new();
+    let (mut sessions, mut refused, mut commits, mut events) = (0u64, 0u64, 0u64, 0u64);
+    for seed in start..start + n {
+        match run_seed(seed) {
+            Ok(r) => {
+                sessions += u64::from(r.sessions);
+                refused += u64::from(r.refused);
+                commits += u64::from(r.commits);
+                events += r.events;
+                for (k, v) in r.closes {
+                    *closes.entry(k).or_default() += v;
+                }
+            }
+            Err(f) => panic!("{f}"),
+        }
+    }
+    println!("{n} seeds: {events} events, {sessions} sessions, {refused} refused, {commits} commits");
+    println!("session ends: {closes:#?}");
+    if n >= 1000 {
+        // The faults the simulation promises must really happen, or it tests less than it says.
+        for kind in [
+            "client close",
+            "server close",
+            "client reset connection",
+            "server refused connection",
+            "client timeout",
+            "server timeout",
+            "client command too long or not clean",
+            "pf operation failed",
+            "proxy cannot connect to server 198.51.100.10",
+            "shutting down",
+        ] {
+            assert!(closes.keys().any(|k| k.starts_with(kind)), "no session ended with '{kind}': {closes:?}");
+        }
+        assert!(refused > 0, "the -m limit was never reached");
+    }
+}
+
+#[test]
+fn same_seed_same_trace() {
+    for seed in 0..300 {
+        let a = World::new(seed, false).run().unwrap_or_else(|f| panic!("{f}"));
+        let b = World::new(seed, true).run().unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!(a, b, "seed {seed} is not deterministic");
+    }
+    let a = World::new(1, false).run().unwrap();
+    let b = World::new(2, false).run().unwrap();
+    assert_ne!(a.trace_hash, b.trace_hash, "different seeds, same trace: the hash sees nothing");
+}
