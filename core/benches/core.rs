@@ -13,9 +13,26 @@ use ftp_proxy_core::{Action, Config, Input, Pcg32, Proxy, SessionId, Side};
 fn session() -> (Proxy, SessionId, Instant) {
     let mut p = Proxy::new(Config::default(), Box::new(Pcg32::new(1))).unwrap();
     let now = Instant::now();
-    let id = p.accept(now, "203.0.113.10:40000".parse().unwrap(), "198.51.100.10:21".parse().unwrap(), 0).unwrap();
-    p.handle(now, id, Input::ServerSocketOpened { proxy: "198.51.100.1:50000".parse().unwrap() });
-    p.handle(now, id, Input::Data(Side::Server, Bytes::from_static(b"220 ready\r\n")));
+    let id = p
+        .accept(
+            now,
+            "203.0.113.10:40000".parse().unwrap(),
+            "198.51.100.10:21".parse().unwrap(),
+            0,
+        )
+        .unwrap();
+    p.handle(
+        now,
+        id,
+        Input::ServerSocketOpened {
+            proxy: "198.51.100.1:50000".parse().unwrap(),
+        },
+    );
+    p.handle(
+        now,
+        id,
+        Input::Data(Side::Server, Bytes::from_static(b"220 ready\r\n")),
+    );
     while p.poll_action().is_some() {}
     (p, id, now)
 }
@@ -58,21 +75,53 @@ fn main() {
         }
     });
 
-    assert!(p.is_open(id), "the relay benchmark must measure a live session");
+    assert!(
+        p.is_open(id),
+        "the relay benchmark must measure a live session"
+    );
 
     let (mut p, id, now) = session();
     let negotiations = rate(budget, 1, || {
-        p.handle(now, id, Input::Data(Side::Client, Bytes::from_static(b"PASV\r\n")));
-        p.handle(now, id, Input::Data(Side::Server, Bytes::from_static(b"227 Entering Passive Mode (198,51,100,10,117,76).\r\n")));
+        p.handle(
+            now,
+            id,
+            Input::Data(Side::Client, Bytes::from_static(b"PASV\r\n")),
+        );
+        p.handle(
+            now,
+            id,
+            Input::Data(
+                Side::Server,
+                Bytes::from_static(b"227 Entering Passive Mode (198,51,100,10,117,76).\r\n"),
+            ),
+        );
         while let Some((_, a)) = p.poll_action() {
             if let Action::CommitRules { txn, .. } = a {
-                p.handle(now, id, Input::RulesCommitted { txn, result: Ok(()) });
+                p.handle(
+                    now,
+                    id,
+                    Input::RulesCommitted {
+                        txn,
+                        result: Ok(()),
+                    },
+                );
             }
         }
     });
 
-    assert!(p.is_open(id), "the negotiation benchmark must measure a live session");
+    assert!(
+        p.is_open(id),
+        "the negotiation benchmark must measure a live session"
+    );
     println!("baseline (split + copy): {:>12.0} lines/s", base);
-    println!("relayed control lines:   {:>12.0} lines/s  ({:.2} x baseline)", relay, relay / base);
-    println!("PASV negotiations:       {:>12.0} per s    ({:.2} x baseline lines)", negotiations, negotiations / base);
+    println!(
+        "relayed control lines:   {:>12.0} lines/s  ({:.2} x baseline)",
+        relay,
+        relay / base
+    );
+    println!(
+        "PASV negotiations:       {:>12.0} per s    ({:.2} x baseline lines)",
+        negotiations,
+        negotiations / base
+    );
 }

@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 use ftp_proxy_tests::sim::{run_seed, World};
 
 fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name} must be a number")))
+    std::env::var(name).ok().map(|v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number"))
+    })
 }
 
 #[test]
@@ -39,7 +42,9 @@ fn seeds() {
             Err(f) => panic!("{f}"),
         }
     }
-    println!("{n} seeds: {events} events, {sessions} sessions, {refused} refused, {commits} commits");
+    println!(
+        "{n} seeds: {events} events, {sessions} sessions, {refused} refused, {commits} commits"
+    );
     println!("session ends: {closes:#?}");
     if n >= 1000 {
         // The faults the simulation promises must really happen, or it tests less than it says.
@@ -55,7 +60,10 @@ fn seeds() {
             "proxy cannot connect to server 198.51.100.10",
             "shutting down",
         ] {
-            assert!(closes.keys().any(|k| k.starts_with(kind)), "no session ended with '{kind}': {closes:?}");
+            assert!(
+                closes.keys().any(|k| k.starts_with(kind)),
+                "no session ended with '{kind}': {closes:?}"
+            );
         }
         assert!(refused > 0, "the -m limit was never reached");
     }
@@ -64,11 +72,18 @@ fn seeds() {
 #[test]
 fn same_seed_same_trace() {
     for seed in 0..300 {
-        let a = World::new(seed, false).run().unwrap_or_else(|f| panic!("{f}"));
-        let b = World::new(seed, true).run().unwrap_or_else(|f| panic!("{f}"));
+        let a = World::new(seed, false)
+            .run()
+            .unwrap_or_else(|f| panic!("{f}"));
+        let b = World::new(seed, true)
+            .run()
+            .unwrap_or_else(|f| panic!("{f}"));
         assert_eq!(a, b, "seed {seed} is not deterministic");
     }
     let a = World::new(1, false).run().unwrap();
     let b = World::new(2, false).run().unwrap();
-    assert_ne!(a.trace_hash, b.trace_hash, "different seeds, same trace: the hash sees nothing");
+    assert_ne!(
+        a.trace_hash, b.trace_hash,
+        "different seeds, same trace: the hash sees nothing"
+    );
 }

@@ -34,7 +34,8 @@ pub enum Step {
 /// Local replies the proxy gives (core/src/session.rs).
 pub const REPLY_ANON: &str = "500 Only anonymous FTP allowed\r\n";
 pub const REPLY_V6: &str = "500 PASV and PORT not allowed with IPv6\r\n";
-pub const REPLY_BAD_PORT: &str = "501 Bad data port (below 1024 or malformed), refused by proxy\r\n";
+pub const REPLY_BAD_PORT: &str =
+    "501 Bad data port (below 1024 or malformed), refused by proxy\r\n";
 pub const REPLY_BAD_PASSIVE: &str = "425 Cannot open passive connection: bad port from server\r\n";
 
 /// Settings the script generator needs to know the fate of each line.
@@ -48,7 +49,11 @@ pub struct Mode {
 
 fn port_line(rng: &mut Pcg32, m: &Mode, eprt: bool) -> (Vec<u8>, Fate) {
     let low = rng.chance(1, 12);
-    let port = if low { rng.range(1, 1023) } else { rng.range(1024, 49151) } as u16;
+    let port = if low {
+        rng.range(1, 1023)
+    } else {
+        rng.range(1024, 49151)
+    } as u16;
     if !eprt {
         let line = format!("PORT 10,1,2,3,{},{}\r\n", port >> 8, port & 0xff);
         let fate = if m.ipv6 {
@@ -58,14 +63,28 @@ fn port_line(rng: &mut Pcg32, m: &Mode, eprt: bool) -> (Vec<u8>, Fate) {
         } else {
             Fate::Same // replaced below
         };
-        return (line.into_bytes(), if fate == Fate::Same { Fate::Rewritten } else { fate });
+        return (
+            line.into_bytes(),
+            if fate == Fate::Same {
+                Fate::Rewritten
+            } else {
+                fate
+            },
+        );
     }
     let delim = if rng.chance(1, 4) { '!' } else { '|' };
     let line = match m.client_ip {
         IpAddr::V4(a) => format!("EPRT {delim}1{delim}{a}{delim}{port}{delim}\r\n"),
         IpAddr::V6(a) => format!("EPRT {delim}2{delim}{a}{delim}{port}{delim}\r\n"),
     };
-    (line.into_bytes(), if low { Fate::Local(REPLY_BAD_PORT) } else { Fate::Rewritten })
+    (
+        line.into_bytes(),
+        if low {
+            Fate::Local(REPLY_BAD_PORT)
+        } else {
+            Fate::Rewritten
+        },
+    )
 }
 
 /// A random client dialog: login, a few data negotiations (sometimes pipelined,
@@ -77,7 +96,11 @@ pub fn script(rng: &mut Pcg32, m: &Mode) -> VecDeque<Step> {
         1 => b"user ftp\r\n",
         _ => b"USER bob\r\n",
     };
-    let user_fate = if m.anonymous_only && user == b"USER bob\r\n" { Fate::Local(REPLY_ANON) } else { Fate::Same };
+    let user_fate = if m.anonymous_only && user == b"USER bob\r\n" {
+        Fate::Local(REPLY_ANON)
+    } else {
+        Fate::Same
+    };
     steps.push_back(Step::Send(vec![(user.to_vec(), user_fate)]));
     steps.push_back(Step::Send(vec![(b"PASS secret\r\n".to_vec(), Fate::Same)]));
     for _ in 0..rng.range(1, 8) {
@@ -86,7 +109,11 @@ pub fn script(rng: &mut Pcg32, m: &Mode) -> VecDeque<Step> {
         for _ in 0..batch {
             lines.push(match rng.uniform(16) {
                 0..=2 => {
-                    let fate = if m.ipv6 { Fate::Local(REPLY_V6) } else { Fate::Same };
+                    let fate = if m.ipv6 {
+                        Fate::Local(REPLY_V6)
+                    } else {
+                        Fate::Same
+                    };
                     (b"PASV\r\n".to_vec(), fate)
                 }
                 3..=5 => (b"EPSV\r\n".to_vec(), Fate::Same),
@@ -197,7 +224,11 @@ impl Server {
         let lines: Vec<Vec<u8>> = if rng.chance(1, 2) {
             vec![b"220 sim ready\r\n".to_vec()]
         } else {
-            vec![b"220-Welcome to the sim\r\n".to_vec(), b"220-You are user 1\r\n".to_vec(), b"220 ready\r\n".to_vec()]
+            vec![
+                b"220-Welcome to the sim\r\n".to_vec(),
+                b"220-You are user 1\r\n".to_vec(),
+                b"220 ready\r\n".to_vec(),
+            ]
         };
         self.push(lines, Unit::Plain)
     }
@@ -213,7 +244,11 @@ impl Server {
         self.received.push(line.to_vec());
         let upper = line.to_ascii_uppercase();
         let good_port = rng.range(1024, 49151) as u16;
-        let (port, unit) = if rng.chance(1, 15) { (rng.range(1, 1023) as u16, Unit::BadPassive) } else { (good_port, Unit::Passive) };
+        let (port, unit) = if rng.chance(1, 15) {
+            (rng.range(1, 1023) as u16, Unit::BadPassive)
+        } else {
+            (good_port, Unit::Passive)
+        };
         let (p1, p2) = (port >> 8, port & 0xff);
         let h = match server_ip {
             IpAddr::V4(a) => a.octets(),
@@ -222,14 +257,26 @@ impl Server {
         let tuple = format!("{},{},{},{},{p1},{p2}", h[0], h[1], h[2], h[3]);
         if upper.starts_with(b"PASV") {
             let lines = match rng.uniform(6) {
-                0 => vec![format!("227-Entering Passive Mode ({tuple})\r\n"), "227 OK\r\n".into()],
+                0 => vec![
+                    format!("227-Entering Passive Mode ({tuple})\r\n"),
+                    "227 OK\r\n".into(),
+                ],
                 1 => vec![format!("227 ={tuple}\r\n")],
                 2 if unit == Unit::Passive && rng.chance(1, 3) => {
-                    return (self.push(vec![b"227 Entering Passive Mode (x)\r\n".to_vec()], Unit::BadPassive), false)
+                    return (
+                        self.push(
+                            vec![b"227 Entering Passive Mode (x)\r\n".to_vec()],
+                            Unit::BadPassive,
+                        ),
+                        false,
+                    )
                 }
                 _ => vec![format!("227 Entering Passive Mode ({tuple}).\r\n")],
             };
-            return (self.push(lines.into_iter().map(String::into_bytes).collect(), unit), false);
+            return (
+                self.push(lines.into_iter().map(String::into_bytes).collect(), unit),
+                false,
+            );
         }
         if upper.starts_with(b"EPSV") {
             let d = if rng.chance(1, 5) { '!' } else { '|' };
@@ -244,11 +291,17 @@ impl Server {
             (b"200 Command okay\r\n", false)
         } else if upper.starts_with(b"LIST") || upper.starts_with(b"RETR") {
             // A preliminary and a final reply: one unit, since nothing may come between them.
-            let lines = vec![b"150 Opening data connection\r\n".to_vec(), b"226 Transfer complete\r\n".to_vec()];
+            let lines = vec![
+                b"150 Opening data connection\r\n".to_vec(),
+                b"226 Transfer complete\r\n".to_vec(),
+            ];
             return (self.push(lines, Unit::Plain), false);
         } else if upper.starts_with(b"QUIT") {
             (b"221 Goodbye\r\n", true)
-        } else if upper.starts_with(b"NOOP") || upper.starts_with(b"SYST") || upper.starts_with(b"CWD") {
+        } else if upper.starts_with(b"NOOP")
+            || upper.starts_with(b"SYST")
+            || upper.starts_with(b"CWD")
+        {
             (b"200 OK\r\n", false)
         } else {
             (b"500 Unknown command\r\n", false)

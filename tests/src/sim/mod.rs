@@ -23,12 +23,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ftp_proxy_core::rules::{PROXY_PORT_END, PROXY_PORT_LOW};
 use ftp_proxy_core::{
-    ftp, Action, Anchor, Config, Direction, FilterError, Input, Pcg32, Proxy, RandomSource, Refused, RuleLog, RuleOptions, SessionId,
-    Side,
+    ftp, Action, Anchor, Config, Direction, FilterError, Input, Pcg32, Proxy, RandomSource,
+    Refused, RuleLog, RuleOptions, SessionId, Side,
 };
 mod filter;
 use filter::MockBackend;
-
 
 use actors::{Client, Fate, Server, Step, Unit};
 
@@ -52,7 +51,11 @@ impl std::fmt::Display for Failure {
         for l in &self.trace_tail {
             writeln!(f, "  {l}")?;
         }
-        write!(f, "rerun with: FTP_SIM_SEED={} cargo test -p ftp-proxy-tests --test sim -- --nocapture", self.seed)
+        write!(
+            f,
+            "rerun with: FTP_SIM_SEED={} cargo test -p ftp-proxy-tests --test sim -- --nocapture",
+            self.seed
+        )
     }
 }
 
@@ -80,7 +83,12 @@ enum Ev {
     ToProxy(SessionId, Input),
     ToClient(usize, Chunk),
     ToServer(usize, Chunk),
-    Ack { sid: SessionId, txn: u64, anchor: Anchor, rules: Vec<ftp_proxy_core::Rule> },
+    Ack {
+        sid: SessionId,
+        txn: u64,
+        anchor: Anchor,
+        rules: Vec<ftp_proxy_core::Rule>,
+    },
     ClientNext(usize),
     Timer,
     Shutdown,
@@ -161,17 +169,29 @@ impl World {
             rules,
             pid: PID,
         };
-        let proxy = Proxy::new(cfg.clone(), Box::new(Pcg32::new(seed ^ 0x5eed))).expect("valid config");
+        let proxy =
+            Proxy::new(cfg.clone(), Box::new(Pcg32::new(seed ^ 0x5eed))).expect("valid config");
         let n = rng.range(1, 8) as usize;
         let mut peers = Vec::with_capacity(n);
         for i in 0..n {
             let addr: SocketAddr = if ipv6 {
-                format!("[2001:db8:1::{:x}]:{}", 10 + i, 40000 + i).parse().unwrap()
+                format!("[2001:db8:1::{:x}]:{}", 10 + i, 40000 + i)
+                    .parse()
+                    .unwrap()
             } else {
-                format!("203.0.113.{}:{}", 10 + i, 40000 + i).parse().unwrap()
+                format!("203.0.113.{}:{}", 10 + i, 40000 + i)
+                    .parse()
+                    .unwrap()
             };
-            let mode = actors::Mode { ipv6, anonymous_only: cfg.anonymous_only, client_ip: addr.ip() };
-            let client = Client { script: actors::script(&mut rng, &mode), ..Client::default() };
+            let mode = actors::Mode {
+                ipv6,
+                anonymous_only: cfg.anonymous_only,
+                client_ip: addr.ip(),
+            };
+            let client = Client {
+                script: actors::script(&mut rng, &mode),
+                ..Client::default()
+            };
             peers.push(Peer {
                 client,
                 server: Server::default(),
@@ -243,14 +263,24 @@ impl World {
     }
 
     fn note(&mut self, tag: &str, sid: u32, bytes: &[u8]) {
-        for chunk in [&self.now.to_le_bytes()[..], tag.as_bytes(), &sid.to_le_bytes(), bytes] {
+        for chunk in [
+            &self.now.to_le_bytes()[..],
+            tag.as_bytes(),
+            &sid.to_le_bytes(),
+            bytes,
+        ] {
             for &b in chunk {
                 self.hash = (self.hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
             }
         }
         if let Some(t) = &mut self.trace {
             let mut line = String::new();
-            let _ = write!(line, "{:>12.6}s #{sid} {tag} {}", self.now as f64 / 1e6, ftp::escape(bytes));
+            let _ = write!(
+                line,
+                "{:>12.6}s #{sid} {tag} {}",
+                self.now as f64 / 1e6,
+                ftp::escape(bytes)
+            );
             t.push_back(line);
             if t.len() > 50 {
                 t.pop_front();
@@ -262,7 +292,11 @@ impl World {
         Failure {
             seed: self.seed,
             message: format!("at {:.6}s: {}", self.now as f64 / 1e6, message.into()),
-            trace_tail: self.trace.as_ref().map(|t| t.iter().cloned().collect()).unwrap_or_default(),
+            trace_tail: self
+                .trace
+                .as_ref()
+                .map(|t| t.iter().cloned().collect())
+                .unwrap_or_default(),
         }
     }
 
@@ -272,7 +306,11 @@ impl World {
         match chunk {
             Chunk::Data(mut b) => {
                 while !b.is_empty() {
-                    let n = if self.rng.chance(1, 3) { self.rng.range(1, b.len() as u32) as usize } else { b.len() };
+                    let n = if self.rng.chance(1, 3) {
+                        self.rng.range(1, b.len() as u32) as usize
+                    } else {
+                        b.len()
+                    };
                     pieces.push(Chunk::Data(b.split_to(n)));
                 }
             }
@@ -317,7 +355,10 @@ impl World {
                 return Err(self.fail("shutdown does not finish"));
             }
             self.now = self.now.max(t);
-            if matches!(ev, Ev::Ack { .. } | Ev::Timer | Ev::ToClient(..) | Ev::ToServer(..)) {
+            if matches!(
+                ev,
+                Ev::Ack { .. } | Ev::Timer | Ev::ToClient(..) | Ev::ToServer(..)
+            ) {
                 self.step(ev)?;
                 self.check()?;
             }
@@ -340,7 +381,10 @@ impl World {
             Ev::Arrive(i) => {
                 let now = self.instant();
                 let live = self.proxy.len();
-                match self.proxy.accept(now, self.peers[i].addr, self.orig_dst(), 0) {
+                match self
+                    .proxy
+                    .accept(now, self.peers[i].addr, self.orig_dst(), 0)
+                {
                     Ok(sid) => {
                         self.note("accept", sid.0, b"");
                         self.report.sessions += 1;
@@ -376,20 +420,33 @@ impl World {
             }
             Ev::ToClient(i, chunk) => self.client_receives(i, chunk),
             Ev::ToServer(i, chunk) => self.server_receives(i, chunk),
-            Ev::Ack { sid, txn, anchor, rules } => {
+            Ev::Ack {
+                sid,
+                txn,
+                anchor,
+                rules,
+            } => {
                 let result = if rules.is_empty() {
                     // Removal is the backend's promise; faults are injected on installs only.
                     self.filter.commit(&anchor, &rules)
                 } else if self.rng.chance(self.busy_rate, 100) {
                     Err(FilterError::Busy)
                 } else if self.rng.chance(self.fail_rate, 100) {
-                    Err(FilterError::Other { errno: 22, text: "Invalid argument".into() })
+                    Err(FilterError::Other {
+                        errno: 22,
+                        text: "Invalid argument".into(),
+                    })
                 } else {
                     self.filter.commit(&anchor, &rules)
                 };
-                self.note(if result.is_ok() { "ack" } else { "nak" }, sid.0, &txn.to_le_bytes());
+                self.note(
+                    if result.is_ok() { "ack" } else { "nak" },
+                    sid.0,
+                    &txn.to_le_bytes(),
+                );
                 let now = self.instant();
-                self.proxy.handle(now, sid, Input::RulesCommitted { txn, result });
+                self.proxy
+                    .handle(now, sid, Input::RulesCommitted { txn, result });
             }
             Ev::ClientNext(i) => self.client_next(i),
             Ev::Timer => {
@@ -400,7 +457,9 @@ impl World {
                 self.proxy.handle_timeout(now);
                 if let Some(t) = self.proxy.poll_timeout() {
                     if t <= now {
-                        return Err(self.fail("poll_timeout() not after now after handle_timeout(now)"));
+                        return Err(
+                            self.fail("poll_timeout() not after now after handle_timeout(now)")
+                        );
                     }
                 }
             }
@@ -425,19 +484,38 @@ impl World {
                     self.note("connect", sid.0, b"");
                     let want = self.cfg.fixed_server.unwrap_or(self.orig_dst());
                     if to != want || bind.is_some() {
-                        return Err(self.fail(format!("connect to {to} (bind {bind:?}), expected {want}")));
+                        return Err(
+                            self.fail(format!("connect to {to} (bind {bind:?}), expected {want}"))
+                        );
                     }
                     let lat = self.rng.range(100, 50_000) as u64;
                     let proxy = self.proxy_addr(i);
                     match self.rng.uniform(40) {
-                        0 => self.at(self.now, Ev::ToProxy(sid, Input::ServerConnectFailed { error: "Network unreachable".into() })),
+                        0 => self.at(
+                            self.now,
+                            Ev::ToProxy(
+                                sid,
+                                Input::ServerConnectFailed {
+                                    error: "Network unreachable".into(),
+                                },
+                            ),
+                        ),
                         1 => {
-                            self.at(self.now, Ev::ToProxy(sid, Input::ServerSocketOpened { proxy }));
+                            self.at(
+                                self.now,
+                                Ev::ToProxy(sid, Input::ServerSocketOpened { proxy }),
+                            );
                             self.at(self.now + lat, Ev::ToProxy(sid, Input::Reset(Side::Server)));
                         }
-                        2 => self.at(self.now, Ev::ToProxy(sid, Input::ServerSocketOpened { proxy })),
+                        2 => self.at(
+                            self.now,
+                            Ev::ToProxy(sid, Input::ServerSocketOpened { proxy }),
+                        ),
                         _ => {
-                            self.at(self.now, Ev::ToProxy(sid, Input::ServerSocketOpened { proxy }));
+                            self.at(
+                                self.now,
+                                Ev::ToProxy(sid, Input::ServerSocketOpened { proxy }),
+                            );
                             self.at(self.now + lat, Ev::ToProxy(sid, Input::ServerConnected));
                             let banner = self.peers[i].server.banner(&mut self.rng);
                             self.peers[i].pipe_at[Pipe::ServerToProxy as usize] = self.now + lat;
@@ -446,25 +524,50 @@ impl World {
                     }
                 }
                 Action::Send(side, bytes) => {
-                    self.note(if side == Side::Client { "p>c" } else { "p>s" }, sid.0, &bytes);
+                    self.note(
+                        if side == Side::Client { "p>c" } else { "p>s" },
+                        sid.0,
+                        &bytes,
+                    );
                     self.check_release(sid, side, &bytes)?;
-                    let pipe = if side == Side::Client { Pipe::ProxyToClient } else { Pipe::ProxyToServer };
+                    let pipe = if side == Side::Client {
+                        Pipe::ProxyToClient
+                    } else {
+                        Pipe::ProxyToServer
+                    };
                     self.pipe(i, pipe, Chunk::Data(bytes));
                 }
                 Action::CommitRules { txn, anchor, rules } => {
                     self.note("commit", sid.0, &txn.to_le_bytes());
                     self.report.commits += 1;
-                    if anchor != (Anchor { pid: PID, session: sid.0 }) {
+                    if anchor
+                        != (Anchor {
+                            pid: PID,
+                            session: sid.0,
+                        })
+                    {
                         return Err(self.fail(format!("{sid} commits to {anchor}")));
                     }
                     let delay = self.rng.range(0, 10_000) as u64;
                     let t = (self.now + delay).max(self.peers[i].ack_at);
                     self.peers[i].ack_at = t;
-                    self.at(t, Ev::Ack { sid, txn, anchor, rules });
+                    self.at(
+                        t,
+                        Ev::Ack {
+                            sid,
+                            txn,
+                            anchor,
+                            rules,
+                        },
+                    );
                 }
                 Action::Close(reason) => {
                     self.note("close", sid.0, reason.to_string().as_bytes());
-                    *self.report.closes.entry(close_kind(&reason.to_string())).or_default() += 1;
+                    *self
+                        .report
+                        .closes
+                        .entry(close_kind(&reason.to_string()))
+                        .or_default() += 1;
                     self.peers[i].proxy_closed = true;
                     self.pipe(i, Pipe::ProxyToClient, Chunk::Eof);
                     self.pipe(i, Pipe::ProxyToServer, Chunk::Eof);
@@ -492,15 +595,31 @@ impl World {
             _ => return Ok(()),
         };
         let Some(port) = advertised else {
-            return Err(self.fail(format!("{sid} sent an unparsable data line {}", ftp::escape(line))));
+            return Err(self.fail(format!(
+                "{sid} sent an unparsable data line {}",
+                ftp::escape(line)
+            )));
         };
         if !(PROXY_PORT_LOW..PROXY_PORT_END).contains(&port) {
-            return Err(self.fail(format!("{sid} leaked an endpoint port: {}", ftp::escape(line))));
+            return Err(self.fail(format!(
+                "{sid} leaked an endpoint port: {}",
+                ftp::escape(line)
+            )));
         }
-        let anchor = Anchor { pid: PID, session: sid.0 };
-        let installed = self.filter.rules(&anchor).iter().any(|r| r.direction == Direction::In && r.port == port);
+        let anchor = Anchor {
+            pid: PID,
+            session: sid.0,
+        };
+        let installed = self
+            .filter
+            .rules(&anchor)
+            .iter()
+            .any(|r| r.direction == Direction::In && r.port == port);
         if !installed {
-            return Err(self.fail(format!("{sid} released {} before its rules were committed", ftp::escape(line))));
+            return Err(self.fail(format!(
+                "{sid} released {} before its rules were committed",
+                ftp::escape(line)
+            )));
         }
         Ok(())
     }
@@ -508,7 +627,11 @@ impl World {
     /// Invariants checked after every event.
     fn check(&self) -> Result<(), Failure> {
         if self.proxy.len() > self.cfg.max_sessions as usize {
-            return Err(self.fail(format!("{} sessions, limit {}", self.proxy.len(), self.cfg.max_sessions)));
+            return Err(self.fail(format!(
+                "{} sessions, limit {}",
+                self.proxy.len(),
+                self.cfg.max_sessions
+            )));
         }
         let live: Vec<u32> = self.proxy.session_ids().map(|s| s.0).collect();
         let mut ports = Vec::new();
@@ -567,7 +690,9 @@ impl World {
         if self.peers[i].client.closed {
             return;
         }
-        let Some(step) = self.peers[i].client.script.pop_front() else { return };
+        let Some(step) = self.peers[i].client.script.pop_front() else {
+            return;
+        };
         match step {
             Step::Send(lines) => {
                 let mut bytes = Vec::new();
@@ -583,7 +708,11 @@ impl World {
             Step::Pause(d) => self.at(self.now + d, Ev::ClientNext(i)),
             Step::Close { reset } => {
                 self.peers[i].client.closed = true;
-                self.pipe(i, Pipe::ClientToProxy, if reset { Chunk::Reset } else { Chunk::Eof });
+                self.pipe(
+                    i,
+                    Pipe::ClientToProxy,
+                    if reset { Chunk::Reset } else { Chunk::Eof },
+                );
             }
         }
     }
@@ -599,12 +728,20 @@ impl World {
                     if self.rng.chance(1, 300) {
                         // The server dies mid-dialog.
                         self.peers[i].server.closed = true;
-                        let c = if self.rng.chance(1, 2) { Chunk::Reset } else { Chunk::Eof };
+                        let c = if self.rng.chance(1, 2) {
+                            Chunk::Reset
+                        } else {
+                            Chunk::Eof
+                        };
                         self.pipe(i, Pipe::ServerToProxy, c);
                         return;
                     }
-                    let server_ip = self.cfg.fixed_server.map_or(self.orig_dst().ip(), |s| s.ip());
-                    let (reply, close) = self.peers[i].server.reply(&mut self.rng, &line, server_ip);
+                    let server_ip = self
+                        .cfg
+                        .fixed_server
+                        .map_or(self.orig_dst().ip(), |s| s.ip());
+                    let (reply, close) =
+                        self.peers[i].server.reply(&mut self.rng, &line, server_ip);
                     self.pipe(i, Pipe::ServerToProxy, Chunk::Data(reply.into()));
                     if close {
                         self.peers[i].server.closed = true;
@@ -632,7 +769,11 @@ impl World {
             .collect();
         let got = &p.server.received;
         if got.len() > expected.len() {
-            return Err(self.fail(format!("{sid}: server got {} lines, client sent {}", got.len(), expected.len())));
+            return Err(self.fail(format!(
+                "{sid}: server got {} lines, client sent {}",
+                got.len(),
+                expected.len()
+            )));
         }
         for (n, (g, (sent, fate))) in got.iter().zip(expected.iter().copied()).enumerate() {
             let ok = match fate {
@@ -663,11 +804,15 @@ impl World {
             match fate {
                 Fate::Local(reply) => expected.push(Expected::Exact(reply.as_bytes().to_vec())),
                 _ => match units.next() {
-                    Some((lines, Unit::Plain)) => expected.extend(lines.iter().map(|l| Expected::Exact(l.clone()))),
-                    Some((_, Unit::BadPassive)) => {
-                        expected.push(Expected::Exact(actors::REPLY_BAD_PASSIVE.as_bytes().to_vec()))
+                    Some((lines, Unit::Plain)) => {
+                        expected.extend(lines.iter().map(|l| Expected::Exact(l.clone())))
                     }
-                    Some((lines, Unit::Passive)) => expected.push(Expected::Passive(lines[0].clone())),
+                    Some((_, Unit::BadPassive)) => expected.push(Expected::Exact(
+                        actors::REPLY_BAD_PASSIVE.as_bytes().to_vec(),
+                    )),
+                    Some((lines, Unit::Passive)) => {
+                        expected.push(Expected::Passive(lines[0].clone()))
+                    }
                     None => break,
                 },
             }
@@ -688,7 +833,10 @@ impl World {
             }
         }
         if let Some(extra) = got.next() {
-            return Err(self.fail(format!("{sid}: client got a line nobody sent: {}", ftp::escape(extra))));
+            return Err(self.fail(format!(
+                "{sid}: client got a line nobody sent: {}",
+                ftp::escape(extra)
+            )));
         }
         Ok(())
     }
@@ -732,11 +880,17 @@ fn rewritten_active(got: &[u8], sent: &[u8], proxy_ip: IpAddr) -> bool {
 /// The client must see the proxy's own 227 (with the original server address) or 229.
 fn rewritten_passive(got: &[u8], first_line: &[u8], orig_ip: IpAddr) -> bool {
     let (expected, port) = if first_line.starts_with(b"227") {
-        let Some(p) = ftp::parse_227(got) else { return false };
-        let IpAddr::V4(v4) = orig_ip else { return false };
+        let Some(p) = ftp::parse_227(got) else {
+            return false;
+        };
+        let IpAddr::V4(v4) = orig_ip else {
+            return false;
+        };
         (ftp::format_227(v4, p), p)
     } else {
-        let Some(p) = ftp::parse_229(got) else { return false };
+        let Some(p) = ftp::parse_229(got) else {
+            return false;
+        };
         (ftp::format_229(p), p)
     };
     got == expected.as_bytes() && (PROXY_PORT_LOW..PROXY_PORT_END).contains(&port)
