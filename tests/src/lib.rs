@@ -1,5 +1,7 @@
 //! Shared test support: the deterministic simulation, and harnesses for the
 //! end-to-end tests with real servers, clients and network namespaces.
 
-pub mod sim;
 pub mod e2e;
+#[cfg(target_os = "linux")]
+pub mod netns;
+pub mod sim;

@@ -1,0 +1,617 @@
+//! Linux nftables backend: per-session data-connection NAT as elements of named maps.
+//!
+//! # Design (docs/linux.md, linux-netfilter.md §3)
+//!
+//! At start the backend creates one table, `inet ftp-proxy-<pid>`, with static chains
+//! and empty maps (by running `nft -f -` once). A session's rules never become nftables
+//! rules: each [`Backend::commit`] turns the two pf-style rules of a negotiation into
+//! three set elements and sends them in **one netlink batch** (one kernel
+//! transaction, all or nothing) over a persistent `NETLINK_NETFILTER` socket, together
+//! with the `NFT_MSG_DESTROYSETELEM` messages that remove the anchor's previous
+//! elements. That is the anchor's replace semantics of pf.
+//!
+//! | rule from the core | elements |
+//! | --- | --- |
+//! | `pass in from A to B port P rdr-to C port Q` | `armN { A . B . P }`, `rdrN { A . B . P : C . Q }` |
+//! | `pass out from A to B port P nat-to C port L:H` | `natN { A . B . P : C . n }` |
+//!
+//! `n` is the single port when `L == H` (20 with `-r` and PORT), otherwise a port the
+//! backend draws uniformly from `L..=H` (50001-65535). A port range as map data would
+//! be closer to pf, but nft 1.0.6 with kernel 6.18 fails IPv6 `addr . port-range` data
+//! with ENODATA (linux-netfilter.md §3), and one code path for both families is worth
+//! more than letting the kernel pick.
+//!
+//! The first SYN of the data connection (`flags S/SA`) that finds its key in `armN`
+//! deletes it from the packet path, then is DNATed by `rdrN`; so, like pf's
+//! `keep state (max 1)`, one negotiation lets exactly one connection through, and a
+//! second connection to the same proxy port is not redirected. Conntrack keeps the
+//! NAT binding, so removing elements mid-transfer does not disturb a transfer.
+//!
+//! # Why one table per process
+//!
+//! The table name carries the pid, as the pf anchors `ftp-proxy/<pid>.<id>` do, so
+//! that several daemons (an IPv4 and an `-6` instance, or two ports) share a
+//! namespace without removing each other's state at start or exit. At start the
+//! backend deletes tables `ftp-proxy-<N>` whose process `N` no longer exists
+//! (`/proc/N` is gone): a crashed daemon's leftovers. Open the backend in the process
+//! that will commit (after any `daemon(3)`/fork), or the table carries the parent's pid
+//! and a later instance will sweep it away.
+//!
+//! # Filtering
+//!
+//! nftables has no `pass` that overrides another base chain's `drop`, so the admin's
+//! forward chain must accept the data connections: `ct status dnat accept` (every proxy
+//! data connection is DNATed) or, more specific, `ct mark <mark> accept`, where
+//! `<mark>` is [`NftBackend::mark`] (0xf7f7 by default, derived from `-T tag` when
+//! given; see [`tag_mark`]).
+//!
+//! # Privileges
+//!
+//! Every netlink request is checked for CAP_NET_ADMIN of the *sending process*, not
+//! only the socket's opener: after a switch to an unprivileged user without keeping
+//! CAP_NET_ADMIN, commits fail with `PermissionDenied` (linux-netfilter.md §5).
+
+mod msg;
+mod socket;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ftp_proxy_core::{Config, Direction, Family, RuleLog, Translate};
+
+use crate::{Anchor, Backend, FilterError, Rule};
+use msg::{addr_port, key, Element};
+use socket::{BatchError, NlSocket};
+
+/// Conntrack mark set on every proxy data connection when `-T` is not given; the
+/// admin may accept `ct mark 0x0000f7f7` instead of `ct status dnat`.
+pub const DEFAULT_MARK: u32 = 0x0000_f7f7;
+
+/// Prefix of the kernel log lines with `-v` (`log prefix "ftp-proxy: "`).
+pub const LOG_PREFIX: &str = "ftp-proxy: ";
+
+/// Table names are this prefix plus the daemon's pid.
+pub const TABLE_PREFIX: &str = "ftp-proxy-";
+
+/// Element capacity of each map and set (nft would give dynamic sets 65535 anyway;
+/// stated so that the limit is visible in `nft list table`).
+pub const SET_SIZE: u32 = 65535;
+
+/// Settings of the nftables backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftOptions {
+    /// Table name in family `inet`, normally `ftp-proxy-<pid>`.
+    pub table: String,
+    /// Conntrack mark put on every data connection the proxy's elements NAT.
+    pub mark: u32,
+    /// `-v`: log the first packet of each data connection; `-vv`: every packet.
+    pub log: RuleLog,
+    /// Lifetime of each element, `None` for no timeout. Elements are removed
+    /// explicitly at the next negotiation and at session end; the timeout only
+    /// cleans up after a daemon that died without removing them.
+    pub element_timeout: Option<Duration>,
+}
+
+impl NftOptions {
+    /// The options for a daemon run with `config`, or the reason an option cannot be
+    /// honoured with nftables.
+    ///
+    /// * `-q queue` is refused: nftables has no queue (ALTQ) concept a rule could name.
+    /// * `-T tag` becomes the conntrack mark [`tag_mark`]`(tag)`.
+    /// * `-t` becomes the element timeout: a negotiation cannot be needed longer than
+    ///   the control connection may stay idle, and `-t 0` means no timeout.
+    pub fn from_config(config: &Config) -> Result<NftOptions, FilterError> {
+        if let Some(q) = &config.rules.queue {
+            return Err(FilterError::Unsupported(format!(
+                "-q {q}: -q has no nftables equivalent (there are no queues to assign); \
+                 use tc or a mark-based rule of your own"
+            )));
+        }
+        if config.rules.proxy_rtable != 0 {
+            return Err(FilterError::Unsupported(
+                "routing tables (rtable) with nftables".into(),
+            ));
+        }
+        Ok(NftOptions {
+            table: format!("{TABLE_PREFIX}{}", config.pid),
+            mark: config.rules.tag.as_deref().map_or(DEFAULT_MARK, tag_mark),
+            log: config.rules.log,
+            element_timeout: config.idle_timeout(),
+        })
+    }
+}
+
+/// The conntrack mark for `-T tag`: the number itself when the tag is a non-zero
+/// number (`0x1234` or `4660`), otherwise the 32-bit FNV-1a hash of the tag's bytes
+/// (with 0, which means "no mark", replaced by 1). The daemon logs the value at start,
+/// and `nft list table inet ftp-proxy-<pid>` shows it.
+pub fn tag_mark(tag: &str) -> u32 {
+    let parsed = match tag.strip_prefix("0x").or_else(|| tag.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => tag.parse::<u32>().ok(),
+    };
+    if let Some(n) = parsed.filter(|&n| n != 0) {
+        return n;
+    }
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in tag.as_bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    if h == 0 {
+        1
+    } else {
+        h
+    }
+}
+
+/// The `nft -f` text that (re)creates the table: the stale-table idiom
+/// `table X; delete table X; table X {...}` makes it replace a leftover of ours.
+pub fn ruleset(opts: &NftOptions) -> String {
+    let t = &opts.table;
+    let log = if opts.log == RuleLog::None {
+        String::new()
+    } else {
+        format!("log prefix \"{LOG_PREFIX}\" ")
+    };
+    let mark = opts.mark;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "table inet {t}\ndelete table inet {t}\ntable inet {t} {{"
+    );
+    let _ = writeln!(
+        s,
+        "\tcomment \"ftp-proxy(8) data connections; managed by the daemon, removed at exit\""
+    );
+    for (v, addr) in [("4", "ipv4_addr"), ("6", "ipv6_addr")] {
+        for m in ["rdr", "nat"] {
+            let _ = writeln!(
+                s,
+                "\tmap {m}{v} {{ type {addr} . {addr} . inet_service : {addr} . inet_service; size {SET_SIZE}; flags timeout; }}"
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\tset arm{v} {{ type {addr} . {addr} . inet_service; size {SET_SIZE}; flags dynamic,timeout; }}"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat - 10; policy accept;"
+    );
+    for (v, ip) in [("4", "ip"), ("6", "ip6")] {
+        let k = format!("{ip} saddr . {ip} daddr . tcp dport");
+        let nfproto = if v == "4" { "ipv4" } else { "ipv6" };
+        let _ = writeln!(
+            s,
+            "\t\tmeta nfproto {nfproto} tcp flags & (syn | ack) == syn {k} @arm{v} delete @arm{v} {{ {k} }} {log}ct mark set {mark:#010x} dnat {ip} to {k} map @rdr{v}"
+        );
+    }
+    let _ = writeln!(s, "\t}}\n\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat - 10; policy accept;");
+    for (v, ip) in [("4", "ip"), ("6", "ip6")] {
+        let nfproto = if v == "4" { "ipv4" } else { "ipv6" };
+        let _ = writeln!(
+            s,
+            "\t\tmeta nfproto {nfproto} snat {ip} to {ip} saddr . {ip} daddr . tcp dport map @nat{v}"
+        );
+    }
+    let _ = writeln!(s, "\t}}");
+    if opts.log == RuleLog::All {
+        // pf's `log (all)`: every packet of the data connections, found by their mark.
+        let _ = writeln!(
+            s,
+            "\tchain forward {{\n\t\ttype filter hook forward priority filter - 10; policy accept;\n\t\tct mark {mark:#010x} log prefix \"{LOG_PREFIX}\"\n\t}}"
+        );
+    }
+    s.push_str("}\n");
+    s
+}
+
+/// The nftables backend. See the module documentation.
+pub struct NftBackend {
+    opts: NftOptions,
+    sock: NlSocket,
+    /// What each anchor holds now, to destroy it at the next commit.
+    anchors: HashMap<Anchor, Vec<Element>>,
+    /// xorshift64* state for NAT source ports.
+    rng: u64,
+}
+
+impl std::fmt::Debug for NftBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NftBackend")
+            .field("opts", &self.opts)
+            .field("anchors", &self.anchors.len())
+            .finish()
+    }
+}
+
+impl NftBackend {
+    /// Creates the table for a daemon run with `config` ([`NftOptions::from_config`])
+    /// and opens the netlink socket. Call it as root (CAP_NET_ADMIN), in the process
+    /// that will commit, before dropping privileges. Runs `nft -f -` once; fails with
+    /// `Unsupported` for options nftables cannot express (`-q`), `PermissionDenied`
+    /// without CAP_NET_ADMIN, and `Other` when `nft` is missing or refuses the ruleset.
+    pub fn open(config: &Config) -> Result<NftBackend, FilterError> {
+        NftBackend::with_options(NftOptions::from_config(config)?)
+    }
+
+    /// As [`NftBackend::open`], with explicit options (tests and benchmarks).
+    pub fn with_options(opts: NftOptions) -> Result<NftBackend, FilterError> {
+        let sock = NlSocket::open().map_err(|e| io_error("netlink socket", &e))?;
+        let mut script = String::new();
+        for stale in stale_tables(&opts.table)? {
+            log::info!("removing table inet {stale} of a process that no longer runs");
+            let _ = writeln!(script, "table inet {stale}\ndelete table inet {stale}");
+        }
+        script.push_str(&ruleset(&opts));
+        run_nft(&["-f", "-"], Some(&script))?;
+        Ok(NftBackend {
+            opts,
+            sock,
+            anchors: HashMap::new(),
+            rng: seed(),
+        })
+    }
+
+    /// The table's name (`ftp-proxy-<pid>`), in family `inet`.
+    pub fn table(&self) -> &str {
+        &self.opts.table
+    }
+
+    /// The conntrack mark of the proxy's data connections, for the admin's
+    /// `ct mark ... accept`.
+    pub fn mark(&self) -> u32 {
+        self.opts.mark
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &NftOptions {
+        &self.opts
+    }
+
+    /// The elements for one rule (two for rdr-to, one for nat-to).
+    fn elements(&mut self, r: &Rule, out: &mut Vec<Element>) -> Result<(), FilterError> {
+        let fam = r.family();
+        let (arm, rdr, nat) = match fam {
+            Family::Inet => ("arm4", "rdr4", "nat4"),
+            Family::Inet6 => ("arm6", "rdr6", "nat6"),
+        };
+        if Family::of(r.to) != fam {
+            return Err(einval(
+                libc::EPROTONOSUPPORT,
+                "source and destination families differ",
+                r,
+            ));
+        }
+        if r.on_rdomain.is_some_and(|d| d != 0) || r.rtable.is_some_and(|t| t != 0) {
+            return Err(FilterError::Unsupported(format!(
+                "routing domains/tables with nftables: {r}"
+            )));
+        }
+        if r.queue.is_some() {
+            return Err(FilterError::Unsupported(
+                "-q has no nftables equivalent".into(),
+            ));
+        }
+        if r.port == 0 || r.from.is_unspecified() || r.to.is_unspecified() {
+            return Err(einval(libc::EINVAL, "zero address or port", r));
+        }
+        let k = key(r.from, r.to, r.port);
+        match (r.direction, r.translate) {
+            (Direction::In, Translate::RdrTo { addr, port }) => {
+                if Family::of(addr) != fam || port == 0 || addr.is_unspecified() {
+                    return Err(einval(libc::EINVAL, "bad rdr-to target", r));
+                }
+                out.push(Element {
+                    set: arm,
+                    key: k.clone(),
+                    data: None,
+                });
+                out.push(Element {
+                    set: rdr,
+                    key: k,
+                    data: Some(addr_port(addr, port)),
+                });
+            }
+            (Direction::Out, Translate::NatTo { addr, ports }) => {
+                if Family::of(addr) != fam || ports.low == 0 || ports.high < ports.low {
+                    return Err(einval(libc::EINVAL, "bad nat-to target", r));
+                }
+                let port = if ports.low == ports.high {
+                    ports.low
+                } else {
+                    let span = u64::from(ports.high - ports.low) + 1;
+                    ports.low + (self.next_random() % span) as u16
+                };
+                out.push(Element {
+                    set: nat,
+                    key: k,
+                    data: Some(addr_port(addr, port)),
+                });
+            }
+            _ => {
+                return Err(FilterError::Unsupported(format!(
+                    "rule shape the nftables backend does not know: {r}"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    fn next_random(&mut self) -> u64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn timeout_ms(&self) -> u64 {
+        self.opts
+            .element_timeout
+            .map_or(0, |d| d.as_millis().max(1) as u64)
+    }
+}
+
+impl Backend for NftBackend {
+    fn name(&self) -> &'static str {
+        "nftables"
+    }
+
+    fn commit(&mut self, anchor: &Anchor, rules: &[Rule]) -> Result<(), FilterError> {
+        let mut new = Vec::with_capacity(rules.len() * 2);
+        for r in rules {
+            self.elements(r, &mut new)?;
+        }
+        let old = self.anchors.get(anchor).map(Vec::as_slice).unwrap_or(&[]);
+        if old.is_empty() && new.is_empty() {
+            return Ok(()); // a session that never negotiated: nothing to do
+        }
+        let timeout = self.timeout_ms();
+        let table = self.opts.table.clone();
+        let mut what = Vec::with_capacity(old.len() + new.len());
+        let mut batch = self.sock.batch();
+        for e in old {
+            batch.destroy_elem(&table, e);
+            what.push(format!("remove {} element", e.set));
+        }
+        for e in &new {
+            batch.new_elem(&table, e, timeout);
+            what.push(format!("add {} element", e.set));
+        }
+        let first = batch.acked_seqs().0;
+        match self.sock.execute(batch) {
+            Ok(()) => {
+                if new.is_empty() {
+                    self.anchors.remove(anchor);
+                } else {
+                    self.anchors.insert(*anchor, new);
+                }
+                Ok(())
+            }
+            Err(e) => Err(batch_error(e, first, &what, &table)),
+        }
+    }
+
+    fn remove_all(&mut self) -> Result<(), FilterError> {
+        let table = self.opts.table.clone();
+        let mut batch = self.sock.batch();
+        batch.del_table(&table);
+        let first = batch.acked_seqs().0;
+        let res = match self.sock.execute(batch) {
+            Ok(()) => Ok(()),
+            Err(BatchError::Kernel { errno, .. }) if errno == libc::ENOENT => Ok(()),
+            Err(e) => Err(batch_error(e, first, &["delete table".to_string()], &table)),
+        };
+        if res.is_ok() {
+            self.anchors.clear();
+        }
+        res
+    }
+}
+
+/// Maps a failed batch to the core's error: EBUSY is `Busy` (the core retries once),
+/// EPERM/EACCES `PermissionDenied`, anything else `Other` with the errno and which
+/// message failed.
+fn batch_error(e: BatchError, first_seq: u32, what: &[String], table: &str) -> FilterError {
+    match e {
+        BatchError::Kernel { errno, .. } if errno == libc::EBUSY => FilterError::Busy,
+        BatchError::Kernel { errno, .. } if errno == libc::EPERM || errno == libc::EACCES => {
+            FilterError::PermissionDenied
+        }
+        BatchError::Kernel { errno, seq } => {
+            let op = what
+                .get(seq.wrapping_sub(first_seq) as usize)
+                .map_or("batch", String::as_str);
+            FilterError::Other {
+                errno,
+                text: format!(
+                    "{} (nftables: {op} in table inet {table})",
+                    std::io::Error::from_raw_os_error(errno)
+                ),
+            }
+        }
+        BatchError::Io(e) => io_error("netlink", &e),
+    }
+}
+
+fn io_error(what: &str, e: &std::io::Error) -> FilterError {
+    match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => FilterError::PermissionDenied,
+        Some(libc::EBUSY) => FilterError::Busy,
+        errno => FilterError::Other {
+            errno: errno.unwrap_or(0),
+            text: format!("{what}: {e}"),
+        },
+    }
+}
+
+fn einval(errno: i32, why: &str, r: &Rule) -> FilterError {
+    FilterError::Other {
+        errno,
+        text: format!("{} ({why}: {r})", std::io::Error::from_raw_os_error(errno)),
+    }
+}
+
+/// Seeds the NAT-port generator from the kernel's random pool.
+fn seed() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: b is valid for 8 bytes of writes.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr() as *mut libc::c_void, b.len(), 0) };
+    let s = if n == 8 { u64::from_ne_bytes(b) } else { 0 };
+    // xorshift must not start at zero; mix in the pid and time for the fallback.
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (s ^ t ^ u64::from(std::process::id())) | 1
+}
+
+/// Tables `ftp-proxy-<N>` (other than `own`) whose process `N` is gone.
+fn stale_tables(own: &str) -> Result<Vec<String>, FilterError> {
+    let out = run_nft(&["list", "tables", "inet"], None)?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("table inet "))
+        .filter(|name| *name != own)
+        .filter(|name| {
+            name.strip_prefix(TABLE_PREFIX)
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .map(str::to_string)
+        .collect())
+}
+
+/// Runs `nft` with `args`, feeding `stdin`, and returns its standard output.
+fn run_nft(args: &[&str], stdin: Option<&str>) -> Result<String, FilterError> {
+    let mut last = None;
+    for prog in ["nft", "/usr/sbin/nft", "/sbin/nft"] {
+        let child = Command::new(prog)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                last = Some(e);
+                continue;
+            }
+            Err(e) => return Err(io_error("cannot run nft", &e)),
+        };
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(text.as_bytes())
+                .map_err(|e| io_error("writing to nft", &e))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| io_error("waiting for nft", &e))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            if stderr.contains("Operation not permitted") {
+                return Err(FilterError::PermissionDenied);
+            }
+            return Err(FilterError::Other {
+                errno: 0,
+                text: format!("nft {}: {}", args.join(" "), stderr.trim()),
+            });
+        }
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    Err(FilterError::Other {
+        errno: libc::ENOENT,
+        text: format!(
+            "cannot run nft (install the nftables package): {}",
+            last.map_or_else(String::new, |e| e.to_string())
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ftp_proxy_core::RuleOptions;
+
+    #[test]
+    fn tag_marks_are_numbers_or_fnv1a() {
+        assert_eq!(tag_mark("0x1234"), 0x1234);
+        assert_eq!(tag_mark("4660"), 4660);
+        // FNV-1a("ftp") computed by hand from the published constants.
+        let mut h: u32 = 0x811c9dc5;
+        for b in *b"ftp" {
+            h = (h ^ u32::from(b)).wrapping_mul(16777619);
+        }
+        assert_eq!(tag_mark("ftp"), h);
+        assert_ne!(tag_mark("0"), 0);
+        assert_ne!(tag_mark("FTPDATA"), tag_mark("ftpdata"));
+    }
+
+    #[test]
+    fn queue_is_refused_and_tag_sets_mark() {
+        let mut c = Config {
+            pid: 42,
+            ..Config::default()
+        };
+        c.rules = RuleOptions {
+            queue: Some("q".into()),
+            ..RuleOptions::default()
+        };
+        match NftOptions::from_config(&c) {
+            Err(FilterError::Unsupported(m)) => {
+                assert!(m.contains("-q has no nftables equivalent"))
+            }
+            other => panic!("{other:?}"),
+        }
+        c.rules = RuleOptions {
+            tag: Some("0xbeef".into()),
+            ..RuleOptions::default()
+        };
+        let o = NftOptions::from_config(&c).unwrap();
+        assert_eq!(o.table, "ftp-proxy-42");
+        assert_eq!(o.mark, 0xbeef);
+        assert_eq!(o.element_timeout, Some(Duration::from_secs(86400)));
+        c.idle_timeout_secs = 0;
+        assert_eq!(NftOptions::from_config(&c).unwrap().element_timeout, None);
+    }
+
+    #[test]
+    fn ruleset_has_maps_chains_mark_and_log() {
+        let o = NftOptions {
+            table: "ftp-proxy-9".into(),
+            mark: 0xf7f7,
+            log: RuleLog::Log,
+            element_timeout: None,
+        };
+        let s = ruleset(&o);
+        assert!(s.starts_with("table inet ftp-proxy-9\ndelete table inet ftp-proxy-9\n"));
+        for m in [
+            "map rdr4", "map rdr6", "map nat4", "map nat6", "set arm4", "set arm6",
+        ] {
+            assert!(s.contains(m), "{m} missing in\n{s}");
+        }
+        assert!(s.contains("priority dstnat - 10"));
+        assert!(s.contains("priority srcnat - 10"));
+        assert!(s.contains("log prefix \"ftp-proxy: \" ct mark set 0x0000f7f7 dnat ip to"));
+        assert!(!s.contains("hook forward"));
+        let all = ruleset(&NftOptions {
+            log: RuleLog::All,
+            ..o.clone()
+        });
+        assert!(all.contains("hook forward"));
+        let none = ruleset(&NftOptions {
+            log: RuleLog::None,
+            ..o
+        });
+        assert!(!none.contains("log prefix"));
+    }
+}

@@ -1,0 +1,440 @@
+//! Encoding of the few nf_tables netlink messages the backend sends.
+//!
+//! Hand-rolled rather than taken from `netlink-packet-netfilter`: the backend needs six
+//! message shapes (batch begin/end, new/destroy set element, delete table, and the
+//! kernel's ack), the crate's API was three months old and does not offer
+//! `NFT_MSG_DESTROYSETELEM`, and the whole wire format fits in this file with unit
+//! tests on its bytes. Constants are from `<linux/netfilter/nfnetlink.h>` and
+//! `<linux/netfilter/nf_tables.h>`.
+
+use std::net::IpAddr;
+
+/// `NLMSG_ERROR`: the kernel's ack (error 0) or error for one request.
+pub(crate) const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_CREATE: u16 = 0x400;
+const NLA_F_NESTED: u16 = 0x8000;
+
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFPROTO_INET: u8 = 1;
+const NFPROTO_UNSPEC: u8 = 0;
+
+const NFT_MSG_DELTABLE: u16 = 2;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+/// Idempotent element delete (Linux 6.3): deleting an absent element is not an error,
+/// so a batch never aborts on an element that already timed out.
+const NFT_MSG_DESTROYSETELEM: u16 = 30;
+
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
+const NFTA_DATA_VALUE: u16 = 1;
+
+/// Size of `struct nlmsghdr`.
+pub(crate) const NLMSG_HDRLEN: usize = 16;
+
+/// Rounds up to netlink's 4-byte alignment.
+pub(crate) const fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// One element of one of the backend's sets or maps.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Element {
+    /// `rdr4`, `nat6`, `arm4`, ...
+    pub set: &'static str,
+    /// Concatenated key `addr . addr . port`, each field padded to 4 bytes.
+    pub key: Vec<u8>,
+    /// Concatenated map data `addr . port`; `None` for the arm sets.
+    pub data: Option<Vec<u8>>,
+}
+
+/// Appends an address in network byte order (4 or 16 bytes, already 4-aligned).
+fn put_addr(out: &mut Vec<u8>, addr: IpAddr) {
+    match addr {
+        IpAddr::V4(a) => out.extend_from_slice(&a.octets()),
+        IpAddr::V6(a) => out.extend_from_slice(&a.octets()),
+    }
+}
+
+/// Appends an `inet_service` field of a concatenation: the port in network byte order
+/// and two bytes of padding, because every field of a concatenation occupies a
+/// multiple of 4 bytes (`NFT_REG32_SIZE`).
+fn put_port(out: &mut Vec<u8>, port: u16) {
+    out.extend_from_slice(&port.to_be_bytes());
+    out.extend_from_slice(&[0, 0]);
+}
+
+/// The key `from . to . port` (12 bytes for IPv4, 36 for IPv6).
+pub(crate) fn key(from: IpAddr, to: IpAddr, port: u16) -> Vec<u8> {
+    let mut k = Vec::with_capacity(36);
+    put_addr(&mut k, from);
+    put_addr(&mut k, to);
+    put_port(&mut k, port);
+    k
+}
+
+/// The map data `addr . port` (8 bytes for IPv4, 20 for IPv6).
+pub(crate) fn addr_port(addr: IpAddr, port: u16) -> Vec<u8> {
+    let mut d = Vec::with_capacity(20);
+    put_addr(&mut d, addr);
+    put_port(&mut d, port);
+    d
+}
+
+/// Builds one batch: `BATCH_BEGIN`, the messages pushed, `BATCH_END`.
+///
+/// Every message between begin and end carries `NLM_F_ACK`, so the kernel answers each
+/// with exactly one `NLMSG_ERROR` (0 for success) after the transaction committed or
+/// aborted; [`Batch::acked_seqs`] lists the sequence numbers to wait for.
+pub(crate) struct Batch {
+    buf: Vec<u8>,
+    next_seq: u32,
+    first_seq: u32,
+}
+
+impl Batch {
+    /// Starts a batch whose messages are numbered from `seq`.
+    pub(crate) fn new(seq: u32) -> Batch {
+        let mut b = Batch {
+            buf: Vec::with_capacity(1024),
+            next_seq: seq,
+            first_seq: seq,
+        };
+        let at = b.begin_msg(
+            NFNL_MSG_BATCH_BEGIN,
+            NLM_F_REQUEST,
+            NFPROTO_UNSPEC,
+            NFNL_SUBSYS_NFTABLES,
+        );
+        b.end_msg(at);
+        b
+    }
+
+    /// Sequence number of the batch-begin message; an error for it (EPERM) means the
+    /// kernel refused the whole batch without looking at its messages.
+    pub(crate) fn begin_seq(&self) -> u32 {
+        self.first_seq
+    }
+
+    /// The messages the kernel will ack: the first one's sequence number, and how
+    /// many follow it (numbers wrap around at `u32::MAX`).
+    pub(crate) fn acked_seqs(&self) -> (u32, u32) {
+        let first = self.first_seq.wrapping_add(1);
+        (first, self.next_seq.wrapping_sub(first))
+    }
+
+    /// Appends `NFT_MSG_NEWSETELEM` for one element with a timeout in milliseconds
+    /// (0: no timeout).
+    pub(crate) fn new_elem(&mut self, table: &str, e: &Element, timeout_ms: u64) {
+        self.elem_msg(NFT_MSG_NEWSETELEM, NLM_F_CREATE, table, e, Some(timeout_ms));
+    }
+
+    /// Appends `NFT_MSG_DESTROYSETELEM` for one element (the key alone identifies it).
+    pub(crate) fn destroy_elem(&mut self, table: &str, e: &Element) {
+        self.elem_msg(NFT_MSG_DESTROYSETELEM, 0, table, e, None);
+    }
+
+    /// Appends `NFT_MSG_DELTABLE` for table `inet <table>`.
+    pub(crate) fn del_table(&mut self, table: &str) {
+        let at = self.begin_msg(
+            nft_type(NFT_MSG_DELTABLE),
+            NLM_F_REQUEST | NLM_F_ACK,
+            NFPROTO_INET,
+            0,
+        );
+        self.attr_str(NFTA_TABLE_NAME, table);
+        self.end_msg(at);
+    }
+
+    fn elem_msg(
+        &mut self,
+        msg: u16,
+        flags: u16,
+        table: &str,
+        e: &Element,
+        timeout_ms: Option<u64>,
+    ) {
+        let at = self.begin_msg(
+            nft_type(msg),
+            NLM_F_REQUEST | NLM_F_ACK | flags,
+            NFPROTO_INET,
+            0,
+        );
+        self.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+        self.attr_str(NFTA_SET_ELEM_LIST_SET, e.set);
+        let elems = self.nest_start(NFTA_SET_ELEM_LIST_ELEMENTS);
+        let elem = self.nest_start(NFTA_LIST_ELEM);
+        let key = self.nest_start(NFTA_SET_ELEM_KEY);
+        self.attr(NFTA_DATA_VALUE, &e.key);
+        self.nest_end(key);
+        if let Some(data) = e.data.as_ref().filter(|_| msg == NFT_MSG_NEWSETELEM) {
+            let d = self.nest_start(NFTA_SET_ELEM_DATA);
+            self.attr(NFTA_DATA_VALUE, data);
+            self.nest_end(d);
+        }
+        if let Some(ms) = timeout_ms.filter(|&ms| ms > 0) {
+            self.attr(NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
+        }
+        self.nest_end(elem);
+        self.nest_end(elems);
+        self.end_msg(at);
+    }
+
+    /// Closes the batch and returns its bytes, ready for one `send`.
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        let at = self.begin_msg(
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            NFPROTO_UNSPEC,
+            NFNL_SUBSYS_NFTABLES,
+        );
+        self.end_msg(at);
+        self.buf
+    }
+
+    /// Writes `nlmsghdr` (length patched by [`Batch::end_msg`]) and `nfgenmsg`.
+    fn begin_msg(&mut self, ty: u16, flags: u16, family: u8, res_id: u16) -> usize {
+        let at = self.buf.len();
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.buf.extend_from_slice(&0u32.to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(&flags.to_ne_bytes());
+        self.buf.extend_from_slice(&seq.to_ne_bytes());
+        self.buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
+                                                         // struct nfgenmsg { u8 family; u8 version = NFNETLINK_V0; be16 res_id; }
+        self.buf.push(family);
+        self.buf.push(0);
+        self.buf.extend_from_slice(&res_id.to_be_bytes());
+        at
+    }
+
+    fn end_msg(&mut self, at: usize) {
+        let len = (self.buf.len() - at) as u32;
+        self.buf[at..at + 4].copy_from_slice(&len.to_ne_bytes());
+    }
+
+    /// One attribute: `nlattr { u16 len; u16 type }`, the payload, zero padding to 4.
+    fn attr(&mut self, ty: u16, payload: &[u8]) {
+        let len = 4 + payload.len();
+        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(payload);
+        self.buf.resize(align4(self.buf.len()), 0);
+    }
+
+    /// A NUL-terminated string attribute (`NLA_STRING` as libnftnl sends it).
+    fn attr_str(&mut self, ty: u16, s: &str) {
+        let mut v = Vec::with_capacity(s.len() + 1);
+        v.extend_from_slice(s.as_bytes());
+        v.push(0);
+        self.attr(ty, &v);
+    }
+
+    fn nest_start(&mut self, ty: u16) -> usize {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&0u16.to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+        at
+    }
+
+    fn nest_end(&mut self, at: usize) {
+        let len = (self.buf.len() - at) as u16;
+        self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+    }
+}
+
+/// The message type of an nf_tables message: subsystem in the high byte.
+const fn nft_type(msg: u16) -> u16 {
+    (NFNL_SUBSYS_NFTABLES << 8) | msg
+}
+
+/// One reply read from the socket: the sequence number it answers and its errno
+/// (0 = ack), from an `NLMSG_ERROR` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ack {
+    /// Sequence number of the request.
+    pub seq: u32,
+    /// Positive errno, 0 for success.
+    pub errno: i32,
+}
+
+/// Parses a datagram from the kernel into the acks and errors it holds. Messages of
+/// other types (there should be none) are skipped; a truncated message ends parsing.
+pub(crate) fn parse_acks(mut buf: &[u8]) -> Vec<Ack> {
+    let mut acks = Vec::new();
+    while buf.len() >= NLMSG_HDRLEN {
+        let len = u32::from_ne_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
+        let ty = u16::from_ne_bytes(buf[4..6].try_into().expect("2 bytes"));
+        let seq = u32::from_ne_bytes(buf[8..12].try_into().expect("4 bytes"));
+        if len < NLMSG_HDRLEN || len > buf.len() {
+            break;
+        }
+        if ty == NLMSG_ERROR && len >= NLMSG_HDRLEN + 4 {
+            // struct nlmsgerr { int error; struct nlmsghdr msg; ... }: error is -errno.
+            let err = i32::from_ne_bytes(buf[16..20].try_into().expect("4 bytes"));
+            acks.push(Ack { seq, errno: -err });
+        }
+        buf = &buf[align4(len).min(buf.len())..];
+    }
+    acks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv4_key_is_twelve_bytes_with_padded_port() {
+        let k = key(v4("203.0.113.10"), v4("198.51.100.10"), 50447);
+        assert_eq!(k, [203, 0, 113, 10, 198, 51, 100, 10, 0xc5, 0x0f, 0, 0]);
+    }
+
+    #[test]
+    fn ipv6_key_and_data_lengths() {
+        let k = key(v4("2001:db8:1::10"), v4("2001:db8:2::10"), 21);
+        assert_eq!(k.len(), 36);
+        assert_eq!(&k[32..], &[0, 21, 0, 0]);
+        assert_eq!(&k[..4], &[0x20, 0x01, 0x0d, 0xb8]);
+        let d = addr_port(v4("2001:db8:2::1"), 65535);
+        assert_eq!(d.len(), 20);
+        assert_eq!(&d[16..], &[0xff, 0xff, 0, 0]);
+    }
+
+    #[test]
+    fn ipv4_data_is_eight_bytes() {
+        assert_eq!(
+            addr_port(v4("198.51.100.1"), 20),
+            [198, 51, 100, 1, 0, 20, 0, 0]
+        );
+    }
+
+    fn u16_at(b: &[u8], at: usize) -> u16 {
+        u16::from_ne_bytes([b[at], b[at + 1]])
+    }
+    fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_ne_bytes(b[at..at + 4].try_into().unwrap())
+    }
+
+    #[test]
+    fn new_elem_message_bytes() {
+        let e = Element {
+            set: "rdr4",
+            key: key(v4("203.0.113.10"), v4("198.51.100.10"), 50447),
+            data: Some(addr_port(v4("198.51.100.10"), 30028)),
+        };
+        let mut b = Batch::new(100);
+        b.new_elem("ftp-proxy-7", &e, 86_400_000);
+        assert_eq!(b.acked_seqs(), (101, 1));
+        let bytes = b.finish();
+
+        // Batch begin: 16-byte header + 4-byte nfgenmsg, res_id = NFNL_SUBSYS_NFTABLES (be).
+        assert_eq!(u32_at(&bytes, 0), 20);
+        assert_eq!(u16_at(&bytes, 4), 0x10);
+        assert_eq!(u32_at(&bytes, 8), 100);
+        assert_eq!(&bytes[16..20], &[0, 0, 0, 10]);
+
+        let m = &bytes[20..];
+        let len = u32_at(m, 0) as usize;
+        assert_eq!(u16_at(m, 4), (10 << 8) | 12);
+        assert_eq!(u16_at(m, 6), 0x1 | 0x4 | 0x400);
+        assert_eq!(u32_at(m, 8), 101);
+        assert_eq!(
+            &m[16..20],
+            &[1, 0, 0, 0],
+            "nfgenmsg: NFPROTO_INET, v0, res_id 0"
+        );
+        let body = &m[20..len];
+        let expected: Vec<u8> = [
+            // NFTA_SET_ELEM_LIST_TABLE "ftp-proxy-7\0": 4 + 12 = 16
+            &[16u8, 0, 1, 0][..],
+            b"ftp-proxy-7\0",
+            // NFTA_SET_ELEM_LIST_SET "rdr4\0": 4 + 5 = 9, padded to 12
+            &[9, 0, 2, 0],
+            b"rdr4\0\0\0\0",
+            // ELEMENTS (nested): 4 + LIST_ELEM(4 + KEY(4+16) + DATA(4+12) + TIMEOUT(12)) = 56
+            &[56, 0, 3, 0x80],
+            &[52, 0, 1, 0x80],
+            &[20, 0, 1, 0x80],
+            &[16, 0, 1, 0],
+            &[203, 0, 113, 10, 198, 51, 100, 10, 0xc5, 0x0f, 0, 0],
+            &[16, 0, 2, 0x80],
+            &[12, 0, 1, 0],
+            &[198, 51, 100, 10, 0x75, 0x4c, 0, 0],
+            &[12, 0, 4, 0],
+            &86_400_000u64.to_be_bytes(),
+        ]
+        .concat();
+        assert_eq!(body, &expected[..]);
+
+        // Batch end follows.
+        let end = &m[len..];
+        assert_eq!(end.len(), 20);
+        assert_eq!(u16_at(end, 4), 0x11);
+        assert_eq!(u32_at(end, 8), 102);
+    }
+
+    #[test]
+    fn destroy_elem_has_key_only_and_type_30() {
+        let e = Element {
+            set: "nat4",
+            key: key(v4("203.0.113.10"), v4("198.51.100.10"), 30028),
+            data: Some(addr_port(v4("198.51.100.1"), 50001)),
+        };
+        let mut b = Batch::new(1);
+        b.destroy_elem("t", &e);
+        let bytes = b.finish();
+        let m = &bytes[20..];
+        let len = u32_at(m, 0) as usize;
+        assert_eq!(u16_at(m, 4), (10 << 8) | 30);
+        assert_eq!(u16_at(m, 6), 0x1 | 0x4);
+        // table "t\0" (8), set "nat4\0" (12), ELEMENTS(4 + LIST(4 + KEY(4 + 16))) = 28
+        assert_eq!(len, 20 + 8 + 12 + 28);
+        assert_eq!(len % 4, 0);
+    }
+
+    #[test]
+    fn del_table_message() {
+        let mut b = Batch::new(5);
+        b.del_table("ftp-proxy-1");
+        assert_eq!(b.acked_seqs(), (6, 1));
+        let bytes = b.finish();
+        let m = &bytes[20..];
+        assert_eq!(u16_at(m, 4), (10 << 8) | 2);
+        assert_eq!(u32_at(m, 0), 20 + 16);
+        assert_eq!(&m[20..36], b"\x10\x00\x01\x00ftp-proxy-1\0");
+    }
+
+    #[test]
+    fn parses_acks_and_errors() {
+        let mut buf = Vec::new();
+        for (seq, err) in [(7u32, 0i32), (8, -17)] {
+            buf.extend_from_slice(&36u32.to_ne_bytes());
+            buf.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+            buf.extend_from_slice(&0u16.to_ne_bytes());
+            buf.extend_from_slice(&seq.to_ne_bytes());
+            buf.extend_from_slice(&0u32.to_ne_bytes());
+            buf.extend_from_slice(&err.to_ne_bytes());
+            buf.extend_from_slice(&[0u8; 16]);
+        }
+        assert_eq!(
+            parse_acks(&buf),
+            vec![Ack { seq: 7, errno: 0 }, Ack { seq: 8, errno: 17 }]
+        );
+        assert_eq!(parse_acks(&buf[..30]), vec![]);
+    }
+}

@@ -1,0 +1,566 @@
+//! Three network namespaces (client, router, server) for the nftables end-to-end tests.
+//!
+//! ```text
+//! <p>c  c0 203.0.113.10/24   2001:db8:1::10/64 --- r0 203.0.113.1/24   2001:db8:1::1/64  <p>r (forwarding)
+//!                                                  r1 198.51.100.1/24  2001:db8:2::1/64
+//! <p>s  s0 198.51.100.10/24  2001:db8:2::10/64 --- r1
+//! ```
+//!
+//! The layout and its pitfalls are linux-netfilter.md §1: sysctls are set before the
+//! veths exist (no DAD on link-local addresses, so IPv6 works at once), global
+//! addresses are added `nodad`, both veth ends are created inside the namespaces, and
+//! nothing ever touches the root namespace. The prefix holds the test process's pid and
+//! a per-test tag, so parallel tests and parallel runs never share a namespace.
+//! [`Topology`]'s `Drop` kills every process it started (by pid), then anything still
+//! inside its namespaces, then deletes them, so a failing test leaves nothing behind.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The client's addresses.
+pub const CLIENT4: &str = "203.0.113.10";
+/// The client's IPv6 address.
+pub const CLIENT6: &str = "2001:db8:1::10";
+/// The router's address on the client side.
+pub const ROUTER_C4: &str = "203.0.113.1";
+/// The router's IPv6 address on the client side.
+pub const ROUTER_C6: &str = "2001:db8:1::1";
+/// The router's address on the server side (the proxy's source address).
+pub const ROUTER_S4: &str = "198.51.100.1";
+/// The router's IPv6 address on the server side.
+pub const ROUTER_S6: &str = "2001:db8:2::1";
+/// The FTP server.
+pub const SERVER4: &str = "198.51.100.10";
+/// The FTP server's IPv6 address.
+pub const SERVER6: &str = "2001:db8:2::10";
+
+/// The virtual FTP user of [`Topology::start_pure_ftpd`].
+pub const FTP_USER: &str = "alice";
+/// Its password.
+pub const FTP_PASSWORD: &str = "netns-Secret-4";
+
+/// What went wrong, with enough context to read the failure without rerunning.
+#[derive(Debug)]
+pub enum NetnsError {
+    /// A command ran and failed (or timed out).
+    Command {
+        /// The command line.
+        cmd: String,
+        /// Exit status text (or `timed out after ...`).
+        status: String,
+        /// Its standard error (tail).
+        stderr: String,
+        /// Its standard output (tail).
+        stdout: String,
+    },
+    /// An I/O operation of the harness failed.
+    Io {
+        /// What the harness was doing.
+        context: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// A condition the test checks did not hold.
+    Check {
+        /// What was expected.
+        what: String,
+        /// What was seen.
+        detail: String,
+    },
+}
+
+impl fmt::Display for NetnsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NetnsError::Command {
+                cmd,
+                status,
+                stderr,
+                stdout,
+            } => {
+                write!(
+                    f,
+                    "`{cmd}` failed ({status})\n--- stderr:\n{stderr}\n--- stdout:\n{stdout}"
+                )
+            }
+            NetnsError::Io { context, source } => write!(f, "{context}: {source}"),
+            NetnsError::Check { what, detail } => write!(f, "expected {what}\n--- seen:\n{detail}"),
+        }
+    }
+}
+
+impl std::error::Error for NetnsError {}
+
+/// Result of the harness.
+pub type Result<T> = std::result::Result<T, NetnsError>;
+
+/// Builds an I/O error mapper with context.
+pub fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> NetnsError {
+    let context = context.into();
+    move |source| NetnsError::Io { context, source }
+}
+
+/// A failed check.
+pub fn check(what: impl Into<String>, detail: impl Into<String>) -> NetnsError {
+    NetnsError::Check {
+        what: what.into(),
+        detail: detail.into(),
+    }
+}
+
+/// The last `max` bytes of a text (for error messages).
+pub fn tail(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut at = text.len() - max;
+    while !text.is_char_boundary(at) {
+        at += 1;
+    }
+    format!("...{}", &text[at..])
+}
+
+/// True when the tests can run (effective uid 0). Otherwise prints why they did not,
+/// so that a non-root `cargo test` passes visibly without pretending to have tested.
+pub fn is_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("{test}: not run: network namespaces and nftables need root (CI runs as root)");
+    }
+    root
+}
+
+/// Runs a command to completion with a time limit, capturing its output.
+pub fn run(cmd: &mut Command, limit: Duration) -> Result<Output> {
+    let text = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io_err(format!("spawning {text}")))?;
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let status = wait_limit(&mut child, limit).map_err(io_err(format!("waiting for {text}")))?;
+    let status = match status {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stdout = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned();
+            let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
+            return Err(NetnsError::Command {
+                cmd: text,
+                status: format!("timed out after {limit:?}"),
+                stderr: tail(&stderr, 3000),
+                stdout: tail(&stdout, 3000),
+            });
+        }
+    };
+    Ok(Output {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    })
+}
+
+/// As [`run`], failing unless the command exits 0; returns its standard output.
+pub fn run_ok(cmd: &mut Command, limit: Duration) -> Result<String> {
+    let text = format!("{cmd:?}");
+    let out = run(cmd, limit)?;
+    if !out.status.success() {
+        return Err(NetnsError::Command {
+            cmd: text,
+            status: out.status.to_string(),
+            stderr: tail(&String::from_utf8_lossy(&out.stderr), 3000),
+            stdout: tail(&String::from_utf8_lossy(&out.stdout), 3000),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Waits for a child at most `limit` (polling every 5 ms).
+pub fn wait_limit(child: &mut Child, limit: Duration) -> io::Result<Option<ExitStatus>> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait()? {
+            return Ok(Some(s));
+        }
+        if Instant::now() >= end {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, at most `limit`.
+pub fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Which namespace of the topology.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ns {
+    /// The FTP client's.
+    Client,
+    /// The router's, where the proxy and nftables run.
+    Router,
+    /// The FTP server's.
+    Server,
+}
+
+/// A process started in the topology, killed by pid on drop.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+/// The three namespaces, a scratch directory in /dev/shm, and the processes started.
+pub struct Topology {
+    prefix: String,
+    dir: PathBuf,
+    procs: Vec<Proc>,
+    created: Vec<String>,
+}
+
+impl Topology {
+    /// Creates the namespaces and links. `tag` tells tests apart (at most 6 characters
+    /// keeps names short); the pid tells test runs apart.
+    pub fn up(tag: &str) -> Result<Topology> {
+        let prefix = format!("fpx{}{}", std::process::id(), tag);
+        let dir = PathBuf::from(format!("/dev/shm/{prefix}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let mut t = Topology {
+            prefix,
+            dir,
+            procs: Vec::new(),
+            created: Vec::new(),
+        };
+        t.build()?;
+        Ok(t)
+    }
+
+    fn build(&mut self) -> Result<()> {
+        let lim = Duration::from_secs(10);
+        for ns in [Ns::Client, Ns::Router, Ns::Server] {
+            let name = self.name(ns);
+            // Leftover from a crashed run with a recycled pid: remove it first.
+            if Path::new("/run/netns").join(&name).exists() {
+                let _ = run(Command::new("ip").args(["netns", "del", &name]), lim);
+            }
+            run_ok(Command::new("ip").args(["netns", "add", &name]), lim)?;
+            self.created.push(name.clone());
+            let mut sysctls = vec![
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+            ];
+            if ns == Ns::Router {
+                sysctls.extend(["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]);
+            }
+            run_ok(
+                Command::new("ip")
+                    .args(["netns", "exec", &name, "sysctl", "-q", "-w"])
+                    .args(&sysctls),
+                lim,
+            )?;
+        }
+        let (c, r, s) = (
+            self.name(Ns::Client),
+            self.name(Ns::Router),
+            self.name(Ns::Server),
+        );
+        let ip = |args: &[&str]| run_ok(Command::new("ip").args(args), lim).map(drop);
+        ip(&[
+            "-n", &c, "link", "add", "c0", "type", "veth", "peer", "name", "r0", "netns", &r,
+        ])?;
+        ip(&[
+            "-n", &s, "link", "add", "s0", "type", "veth", "peer", "name", "r1", "netns", &r,
+        ])?;
+        for (ns, dev, v4, v6) in [
+            (&c, "c0", "203.0.113.10/24", "2001:db8:1::10/64"),
+            (&r, "r0", "203.0.113.1/24", "2001:db8:1::1/64"),
+            (&r, "r1", "198.51.100.1/24", "2001:db8:2::1/64"),
+            (&s, "s0", "198.51.100.10/24", "2001:db8:2::10/64"),
+        ] {
+            ip(&["-n", ns, "addr", "add", v4, "dev", dev])?;
+            ip(&["-n", ns, "-6", "addr", "add", v6, "dev", dev, "nodad"])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        for ns in [&c, &r, &s] {
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        ip(&["-n", &c, "route", "add", "default", "via", ROUTER_C4])?;
+        ip(&["-n", &c, "-6", "route", "add", "default", "via", ROUTER_C6])?;
+        ip(&["-n", &s, "route", "add", "default", "via", ROUTER_S4])?;
+        ip(&["-n", &s, "-6", "route", "add", "default", "via", ROUTER_S6])?;
+        Ok(())
+    }
+
+    /// The namespace's name (`<prefix>c`, `<prefix>r`, `<prefix>s`).
+    pub fn name(&self, ns: Ns) -> String {
+        let suffix = match ns {
+            Ns::Client => 'c',
+            Ns::Router => 'r',
+            Ns::Server => 's',
+        };
+        format!("{}{}", self.prefix, suffix)
+    }
+
+    /// The scratch directory (in /dev/shm, removed on drop).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A command that runs `program` inside namespace `ns` (`ip netns exec`, which
+    /// execs the program, so the child's pid is the program's).
+    pub fn cmd(&self, ns: Ns, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name(ns), program]);
+        c
+    }
+
+    /// Runs `program args` in `ns`, failing unless it exits 0; returns stdout.
+    pub fn exec(&self, ns: Ns, program: &str, args: &[&str], limit: Duration) -> Result<String> {
+        run_ok(self.cmd(ns, program).args(args), limit)
+    }
+
+    /// Runs `nft` in the router with `script` on stdin.
+    pub fn nft_script(&self, script: &str) -> Result<()> {
+        let path = self
+            .dir
+            .join(format!("nft-{}.nft", self.procs.len() + script.len()));
+        fs::write(&path, script).map_err(io_err("writing nft script"))?;
+        self.exec(
+            Ns::Router,
+            "nft",
+            &["-f", path.to_str().expect("utf-8 path")],
+            Duration::from_secs(10),
+        )?;
+        Ok(())
+    }
+
+    /// `nft <args>` in the router, returning its output.
+    pub fn nft(&self, args: &[&str]) -> Result<String> {
+        self.exec(Ns::Router, "nft", args, Duration::from_secs(10))
+    }
+
+    /// Starts a long-running process; it is killed (by pid) when the topology drops.
+    /// Its standard output and error go to `log`.
+    pub fn spawn(&mut self, name: &str, mut cmd: Command, log: &Path) -> Result<u32> {
+        let f = fs::File::create(log).map_err(io_err(format!("creating {}", log.display())))?;
+        let f2 = f.try_clone().map_err(io_err("dup log"))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f)
+            .stderr(f2)
+            .spawn()
+            .map_err(io_err(format!("spawning {name}: {cmd:?}")))?;
+        let pid = child.id();
+        self.procs.push(Proc {
+            name: name.to_string(),
+            child,
+        });
+        Ok(pid)
+    }
+
+    /// Whether the process started as `pid` is still running.
+    pub fn is_running(&mut self, pid: u32) -> bool {
+        self.procs
+            .iter_mut()
+            .find(|p| p.child.id() == pid)
+            .is_some_and(|p| matches!(p.child.try_wait(), Ok(None)))
+    }
+
+    /// Sends `sig` to a process this topology started and waits up to `limit` for it
+    /// to exit. Returns its exit status.
+    pub fn stop(&mut self, pid: u32, sig: i32, limit: Duration) -> Result<ExitStatus> {
+        let i = self
+            .procs
+            .iter()
+            .position(|p| p.child.id() == pid)
+            .ok_or_else(|| check(format!("pid {pid} started by this topology"), "unknown pid"))?;
+        // SAFETY: kill(2) on a child we started and have not reaped (no pid reuse).
+        unsafe { libc::kill(pid as libc::pid_t, sig) };
+        let p = &mut self.procs[i];
+        match wait_limit(&mut p.child, limit).map_err(io_err("waiting for a child"))? {
+            Some(s) => {
+                self.procs.remove(i);
+                Ok(s)
+            }
+            None => Err(check(
+                format!(
+                    "{} (pid {pid}) exits within {limit:?} of signal {sig}",
+                    p.name
+                ),
+                "still running",
+            )),
+        }
+    }
+
+    /// Runs `f` on a thread that has entered namespace `ns` (network namespaces are
+    /// per thread, so the rest of the test process stays where it is). Sockets `f`
+    /// opens, and processes it spawns, live in `ns`.
+    pub fn in_ns<T: Send>(&self, ns: Ns, f: impl FnOnce() -> T + Send) -> Result<T> {
+        let path = Path::new("/run/netns").join(self.name(ns));
+        let file = fs::File::open(&path).map_err(io_err(format!("opening {}", path.display())))?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns on a namespace file we hold open; affects this thread only.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                if rc != 0 {
+                    return Err(NetnsError::Io {
+                        context: format!("setns {}", path.display()),
+                        source: io::Error::last_os_error(),
+                    });
+                }
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
+    /// Starts pure-ftpd in the server namespace on port 21 (IPv4 and IPv6) serving
+    /// `home` to user [`FTP_USER`], with passive ports 30000-39999. Returns its pid once
+    /// it accepts connections.
+    ///
+    /// The user's password line is written with an `openssl passwd -6` hash (a login
+    /// costs 1 ms; `pure-pw useradd` would hash with argon2id, 2.5 s per login).
+    pub fn start_pure_ftpd(&mut self, home: &Path) -> Result<u32> {
+        let lim = Duration::from_secs(10);
+        let hash = run_ok(
+            Command::new("openssl").args(["passwd", "-6", FTP_PASSWORD]),
+            lim,
+        )?;
+        let passwd = self.dir.join("pureftpd.passwd");
+        let pdb = self.dir.join("pureftpd.pdb");
+        let line = format!(
+            "{FTP_USER}:{}:65534:65534::{}/./::::::::::::\n",
+            hash.trim(),
+            home.display()
+        );
+        fs::write(&passwd, line).map_err(io_err("writing pureftpd.passwd"))?;
+        run_ok(
+            Command::new("pure-pw").args([
+                "mkdb",
+                pdb.to_str().expect("utf-8"),
+                "-f",
+                passwd.to_str().expect("utf-8"),
+            ]),
+            lim,
+        )?;
+        let mut cmd = self.cmd(Ns::Server, "pure-ftpd");
+        cmd.args([
+            "-S", "21", "-H", "-E", "-f", "none", "-u", "1", "-c", "50", "-C", "50",
+        ])
+        .args(["-p", "30000:39999", "-I", "60"])
+        .arg(format!("-lpuredb:{}", pdb.display()));
+        let log = self.dir.join("pure-ftpd.log");
+        let pid = self.spawn("pure-ftpd", cmd, &log)?;
+        let name = self.name(Ns::Server);
+        let ready = poll(Duration::from_secs(10), || {
+            let out = run(
+                Command::new("ip")
+                    .args(["netns", "exec", &name, "ss", "-Hltn", "sport", "=", ":21"]),
+                lim,
+            )
+            .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            (text.contains("0.0.0.0:21") || text.contains("*:21")).then_some(())
+        });
+        if ready.is_none() || !self.is_running(pid) {
+            let log = fs::read_to_string(&log).unwrap_or_default();
+            return Err(check(
+                "pure-ftpd listening on port 21 in the server namespace",
+                log,
+            ));
+        }
+        Ok(pid)
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for p in self.procs.iter_mut().rev() {
+            if matches!(p.child.try_wait(), Ok(None)) {
+                // SAFETY: kill(2) on our own unreaped child.
+                unsafe { libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM) };
+                if !matches!(
+                    wait_limit(&mut p.child, Duration::from_secs(2)),
+                    Ok(Some(_))
+                ) {
+                    let _ = p.child.kill();
+                    let _ = p.child.wait();
+                }
+            }
+        }
+        let lim = Duration::from_secs(5);
+        for name in self.created.iter().rev() {
+            // Anything still inside a namespace this test created was started by it
+            // (e.g. a session child); these pids belong to the test alone.
+            if let Ok(out) = run(Command::new("ip").args(["netns", "pids", name]), lim) {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<libc::pid_t>() {
+                        // SAFETY: kill(2) of a process inside our own namespace.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            }
+            let _ = run(Command::new("ip").args(["netns", "del", name]), lim);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Writes `len` bytes of deterministic pseudo-random data (so a corrupted or shifted
+/// byte is caught) to `path`.
+pub fn write_test_file(path: &Path, len: usize, seed: u64) -> Result<()> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    fs::write(path, v).map_err(io_err(format!("writing {}", path.display())))
+}
+
+/// FNV-1a 64 of a file: the checksum the tests compare (and print on mismatch).
+pub fn checksum(path: &Path) -> Result<(usize, u64)> {
+    let data = fs::read(path).map_err(io_err(format!("reading {}", path.display())))?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in &data {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    Ok((data.len(), h))
+}

@@ -1,0 +1,386 @@
+//! The nftables backend against the real kernel, inside a router namespace, without the
+//! proxy binary: the elements each commit leaves (read back with `nft list`), atomic
+//! replace and failure, removal, and real TCP connections NATed by those elements
+//! (passive, active with `-r`, IPv4 and IPv6, and the one-connection "arm" gate).
+//!
+//! Root only: as root every component must be present or the test fails; otherwise it
+//! prints why it did not run.
+
+#![cfg(target_os = "linux")]
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use ftp_proxy_core::{
+    data_rules, Anchor, Config, FilterError, Mode, RuleLog, RuleOptions, SessionAddrs,
+};
+use ftp_proxy_tests::netns::{self, check, Ns, Result, Topology};
+use pfctl_backend::nft::{tag_mark, NftBackend};
+use pfctl_backend::Backend;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("address literal")
+}
+
+/// `nft args` in the calling thread's namespace.
+fn nft(args: &[&str]) -> Result<String> {
+    netns::run_ok(Command::new("nft").args(args), Duration::from_secs(10))
+}
+
+fn addrs4() -> SessionAddrs {
+    SessionAddrs {
+        client: ip(netns::CLIENT4),
+        server: ip(netns::SERVER4),
+        orig_server: ip(netns::SERVER4),
+        proxy: ip(netns::ROUTER_S4),
+        client_rdomain: 0,
+    }
+}
+
+fn addrs6() -> SessionAddrs {
+    SessionAddrs {
+        client: ip(netns::CLIENT6),
+        server: ip(netns::SERVER6),
+        orig_server: ip(netns::SERVER6),
+        proxy: ip(netns::ROUTER_S6),
+        client_rdomain: 0,
+    }
+}
+
+fn must_contain(text: &str, needles: &[&str]) -> Result<()> {
+    for n in needles {
+        if !text.contains(n) {
+            return Err(check(format!("`{n}` in the nft listing"), text));
+        }
+    }
+    Ok(())
+}
+
+fn must_not_contain(text: &str, needles: &[&str]) -> Result<()> {
+    for n in needles {
+        if text.contains(n) {
+            return Err(check(format!("no `{n}` in the nft listing"), text));
+        }
+    }
+    Ok(())
+}
+
+/// The NAT source port the backend chose for the nat element whose key starts with
+/// `key` (`A . B . P : addr . PORT`).
+fn nat_port(listing: &str, key: &str) -> Option<u16> {
+    let at = listing.find(key)?;
+    let rest = &listing[at..];
+    let data = rest[rest.find(':')? + 1..].trim_start();
+    let end = data.find([',', '\n', '}']).unwrap_or(data.len());
+    data[..end].trim().rsplit(". ").next()?.trim().parse().ok()
+}
+
+#[test]
+fn commit_replace_remove_in_router_namespace() -> Result<()> {
+    if !netns::is_root("commit_replace_remove_in_router_namespace") {
+        return Ok(());
+    }
+    let topo = Topology::up("bk")?;
+    topo.in_ns(Ns::Router, || -> Result<()> {
+        let cfg = Config {
+            pid: std::process::id(),
+            ..Config::default()
+        };
+        let mut b = NftBackend::open(&cfg)
+            .map_err(|e| check("NftBackend::open to succeed as root", e.to_string()))?;
+        let t = b.table().to_string();
+        assert_eq!(t, format!("ftp-proxy-{}", std::process::id()));
+        let s1 = Anchor {
+            pid: cfg.pid,
+            session: 1,
+        };
+        let s2 = Anchor {
+            pid: cfg.pid,
+            session: 2,
+        };
+        let s3 = Anchor {
+            pid: cfg.pid,
+            session: 3,
+        };
+
+        // Passive negotiation: arm + rdr + nat.
+        let r = data_rules(Mode::Passive, &addrs4(), 30028, 50447, &cfg.rules);
+        b.commit(&s1, &r)
+            .map_err(|e| check("passive commit", e.to_string()))?;
+        let l = nft(&["list", "table", "inet", &t])?;
+        must_contain(
+            &l,
+            &[
+                "203.0.113.10 . 198.51.100.10 . 50447 timeout 1d",
+                ": 198.51.100.10 . 30028",
+                "203.0.113.10 . 198.51.100.10 . 30028 timeout 1d",
+                ": 198.51.100.1 . ",
+            ],
+        )?;
+        let np = nat_port(&l, "203.0.113.10 . 198.51.100.10 . 30028")
+            .ok_or_else(|| check("a nat4 element", l.clone()))?;
+        assert!(
+            (50001..=65535).contains(&np),
+            "nat port {np} outside 50001-65535"
+        );
+        let arm = nft(&["list", "set", "inet", &t, "arm4"])?;
+        must_contain(&arm, &["203.0.113.10 . 198.51.100.10 . 50447"])?;
+
+        // Replace by an active PORT negotiation with -r: the passive elements go, in
+        // the same transaction, and the nat data is the original server, port 20.
+        let rfc = RuleOptions {
+            rfc_mode: true,
+            ..RuleOptions::default()
+        };
+        let r = data_rules(Mode::ActivePort, &addrs4(), 40000, 50500, &rfc);
+        b.commit(&s1, &r)
+            .map_err(|e| check("active commit", e.to_string()))?;
+        let l = nft(&["list", "table", "inet", &t])?;
+        must_not_contain(&l, &["50447", "30028"])?;
+        must_contain(
+            &l,
+            &[
+                "198.51.100.10 . 198.51.100.1 . 50500",
+                ": 203.0.113.10 . 40000",
+                "198.51.100.10 . 203.0.113.10 . 40000",
+                ": 198.51.100.10 . 20",
+            ],
+        )?;
+
+        // IPv6 in a second anchor.
+        let r6 = data_rules(Mode::Passive, &addrs6(), 31000, 51000, &cfg.rules);
+        b.commit(&s2, &r6)
+            .map_err(|e| check("IPv6 commit", e.to_string()))?;
+        let l6 = nft(&["list", "map", "inet", &t, "rdr6"])?;
+        must_contain(
+            &l6,
+            &[
+                "2001:db8:1::10 . 2001:db8:2::10 . 51000",
+                ": 2001:db8:2::10 . 31000",
+            ],
+        )?;
+
+        // A commit that clashes (same nat key, different data) fails as a whole: none
+        // of its elements appear, and the other anchor's stay.
+        let mut clash = addrs6();
+        clash.proxy = ip("2001:db8:2::99");
+        let r = data_rules(Mode::Passive, &clash, 31000, 52000, &cfg.rules);
+        match b.commit(&s3, &r) {
+            Err(FilterError::Other { errno, .. }) if errno == libc::EEXIST => {}
+            other => {
+                return Err(check(
+                    "EEXIST for a clashing nat6 element",
+                    format!("{other:?}"),
+                ))
+            }
+        }
+        let l = nft(&["list", "table", "inet", &t])?;
+        must_not_contain(&l, &["52000", "2001:db8:2::99"])?;
+        must_contain(&l, &["51000"])?;
+
+        // Empty commits remove; an anchor that never had rules costs nothing.
+        b.commit(&s1, &[])
+            .map_err(|e| check("empty commit", e.to_string()))?;
+        b.commit(&s3, &[])
+            .map_err(|e| check("empty commit of a clean anchor", e.to_string()))?;
+        let l = nft(&["list", "table", "inet", &t])?;
+        must_not_contain(&l, &["50500", "40000"])?;
+        b.commit(&s2, &[])
+            .map_err(|e| check("empty commit", e.to_string()))?;
+        let l = nft(&["list", "table", "inet", &t])?;
+        must_not_contain(&l, &["elements"])?;
+
+        b.remove_all()
+            .map_err(|e| check("remove_all", e.to_string()))?;
+        let tables = nft(&["list", "tables"])?;
+        must_not_contain(&tables, &[&t])?;
+        b.remove_all()
+            .map_err(|e| check("a second remove_all to be a no-op", e.to_string()))?;
+        Ok(())
+    })?
+}
+
+#[test]
+fn options_stale_tables_and_refusals() -> Result<()> {
+    if !netns::is_root("options_stale_tables_and_refusals") {
+        return Ok(());
+    }
+    let topo = Topology::up("op")?;
+    topo.in_ns(Ns::Router, || -> Result<()> {
+        let pid = std::process::id();
+        // A leftover of ours (same pid) with an extra chain, and one of a dead daemon.
+        let script = format!(
+            "table inet ftp-proxy-{pid} {{\n\tchain junk {{\n\t}}\n}}\ntable inet ftp-proxy-999999999\ntable inet other\n"
+        );
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .map_err(netns::io_err("nft"))?;
+        child.stdin.take().expect("piped").write_all(script.as_bytes()).map_err(netns::io_err("nft stdin"))?;
+        assert!(child.wait().map_err(netns::io_err("nft"))?.success());
+
+        let mut cfg = Config { pid, ..Config::default() };
+        cfg.rules.log = RuleLog::All;
+        cfg.rules.tag = Some("FTPDATA".into());
+        cfg.idle_timeout_secs = 600;
+        let mut b = NftBackend::open(&cfg).map_err(|e| check("open", e.to_string()))?;
+        assert_eq!(b.mark(), tag_mark("FTPDATA"));
+        let tables = nft(&["list", "tables"])?;
+        must_not_contain(&tables, &["ftp-proxy-999999999"])?;
+        must_contain(&tables, &["table inet other", &format!("ftp-proxy-{pid}")])?;
+        let l = nft(&["list", "table", "inet", b.table()])?;
+        must_not_contain(&l, &["junk"])?;
+        let mark = format!("ct mark set {:#010x}", tag_mark("FTPDATA"));
+        must_contain(&l, &[&mark, "log prefix \"ftp-proxy: \"", "hook forward", "dstnat - 10", "srcnat - 10"])?;
+        b.commit(&Anchor { pid, session: 1 }, &data_rules(Mode::Passive, &addrs4(), 30001, 50001, &cfg.rules))
+            .map_err(|e| check("commit", e.to_string()))?;
+        let l = nft(&["list", "map", "inet", b.table(), "rdr4"])?;
+        must_contain(&l, &["timeout 10m"])?;
+        b.remove_all().map_err(|e| check("remove_all", e.to_string()))?;
+
+        cfg.rules.queue = Some("std".into());
+        match NftBackend::open(&cfg) {
+            Err(FilterError::Unsupported(m)) if m.contains("-q has no nftables equivalent") => Ok(()),
+            other => Err(check("-q refused at start", format!("{other:?}"))),
+        }
+    })?
+}
+
+/// Accepts one connection on `listener` and returns the peer address and the bytes it
+/// sent, answering `reply`.
+fn serve_once(
+    listener: TcpListener,
+    reply: &'static [u8],
+) -> std::thread::JoinHandle<std::io::Result<(SocketAddr, Vec<u8>)>> {
+    std::thread::spawn(move || {
+        let (mut s, peer) = listener.accept()?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf)?;
+        s.write_all(reply)?;
+        Ok((peer, buf[..n].to_vec()))
+    })
+}
+
+/// Connects (with a timeout) and exchanges one message.
+fn exchange(to: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(msg)?;
+    let mut v = Vec::new();
+    s.read_to_end(&mut v)?;
+    Ok(v)
+}
+
+#[test]
+fn kernel_nats_data_connections_from_committed_elements() -> Result<()> {
+    if !netns::is_root("kernel_nats_data_connections_from_committed_elements") {
+        return Ok(());
+    }
+    let topo = Topology::up("kn")?;
+    let cfg = Config {
+        pid: std::process::id(),
+        ..Config::default()
+    };
+    let rfc = RuleOptions {
+        rfc_mode: true,
+        ..RuleOptions::default()
+    };
+    let mut b = topo
+        .in_ns(Ns::Router, || NftBackend::open(&cfg))?
+        .map_err(|e| check("open", e.to_string()))?;
+    let anchor = Anchor {
+        pid: cfg.pid,
+        session: 1,
+    };
+
+    for (fam, a) in [("IPv4", addrs4()), ("IPv6", addrs6())] {
+        // Passive: client -> orig_server:proxy_port is redirected to server:port and
+        // arrives from the proxy's address with a port in 50001-65535.
+        let (port, pp) = (30028, 50447);
+        b.commit(
+            &anchor,
+            &data_rules(Mode::Passive, &a, port, pp, &cfg.rules),
+        )
+        .map_err(|e| check("passive commit", e.to_string()))?;
+        let l = topo
+            .in_ns(Ns::Server, || {
+                TcpListener::bind(SocketAddr::new(a.server, port))
+            })?
+            .map_err(netns::io_err("server listen"))?;
+        let srv = serve_once(l, b"pong");
+        let to = SocketAddr::new(a.orig_server, pp);
+        let got = topo
+            .in_ns(Ns::Client, || exchange(to, b"ping"))?
+            .map_err(netns::io_err(format!("{fam} passive connect")))?;
+        assert_eq!(got, b"pong");
+        let (peer, sent) = srv
+            .join()
+            .expect("server thread")
+            .map_err(netns::io_err("server"))?;
+        assert_eq!(sent, b"ping");
+        assert_eq!(
+            peer.ip(),
+            a.proxy,
+            "{fam}: passive data must come from the proxy address"
+        );
+        assert!(
+            peer.port() >= 50001,
+            "{fam}: NAT source port {} below 50001",
+            peer.port()
+        );
+
+        // The arm element was consumed by that first SYN: a second connection to the
+        // same proxy port is not redirected (nothing listens on server:pp, so it fails).
+        let again = topo.in_ns(Ns::Client, || exchange(to, b"ping"))?;
+        assert!(
+            again.is_err(),
+            "{fam}: second connection to the proxy port was redirected: {again:?}"
+        );
+        let arm = topo.in_ns(Ns::Router, || {
+            nft(&[
+                "list",
+                "set",
+                "inet",
+                b.table(),
+                if fam == "IPv4" { "arm4" } else { "arm6" },
+            ])
+        })??;
+        must_not_contain(&arm, &[&pp.to_string()])?;
+
+        // Active PORT with -r: server -> proxy:proxy_port is redirected to the client,
+        // and arrives from orig_server port 20.
+        let (cport, pp) = (40000, 50500);
+        b.commit(&anchor, &data_rules(Mode::ActivePort, &a, cport, pp, &rfc))
+            .map_err(|e| check("active commit", e.to_string()))?;
+        let l = topo
+            .in_ns(Ns::Client, || {
+                TcpListener::bind(SocketAddr::new(a.client, cport))
+            })?
+            .map_err(netns::io_err("client listen"))?;
+        let cli = serve_once(l, b"data");
+        let to = SocketAddr::new(a.proxy, pp);
+        let got = topo
+            .in_ns(Ns::Server, || exchange(to, b"hello"))?
+            .map_err(netns::io_err(format!("{fam} active connect")))?;
+        assert_eq!(got, b"data");
+        let (peer, sent) = cli
+            .join()
+            .expect("client thread")
+            .map_err(netns::io_err("client"))?;
+        assert_eq!(sent, b"hello");
+        assert_eq!(
+            peer,
+            SocketAddr::new(a.orig_server, 20),
+            "{fam}: active data with -r comes from port 20"
+        );
+    }
+    b.commit(&anchor, &[])
+        .map_err(|e| check("empty commit", e.to_string()))?;
+    topo.in_ns(Ns::Router, || b.remove_all())?
+        .map_err(|e| check("remove_all", e.to_string()))?;
+    Ok(())
+}
