@@ -314,7 +314,7 @@ impl From<RawArgs> for Args {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Run the proxy.
-    Run(Args),
+    Run(Box<Args>),
     /// `--help`: print this text on standard output and exit 0.
     Help(String),
 }
@@ -681,7 +681,7 @@ pub fn parse(argv: &[String]) -> Result<Command, ArgsError> {
     };
     let refs: Vec<&str> = canonical.iter().map(String::as_str).collect();
     match RawArgs::from_args(&[progname], &refs) {
-        Ok(raw) => Ok(Command::Run(raw.into())),
+        Ok(raw) => Ok(Command::Run(Box::new(raw.into()))),
         // Cannot happen for values `expand` accepted; kept as a plain error, not a panic.
         Err(e) => Err(ArgsError::Invalid(e.output.trim_end().to_owned())),
     }
@@ -719,7 +719,7 @@ mod tests {
 
     fn run(s: &str) -> Args {
         match parse(&argv(s)) {
-            Ok(Command::Run(a)) => a,
+            Ok(Command::Run(a)) => *a,
             other => panic!("{s:?} gave {other:?}"),
         }
     }

@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use ftp_proxy_core::Config;
 use ftp_proxy_runtime::{Backend, DataPath};
 
 use crate::args::{Args, BackendKind};
@@ -16,7 +17,6 @@ pub enum BackendError {
     /// This build or this operating system has no such backend.
     Unsupported(BackendKind, &'static str),
     /// The backend exists but failed to open; the backend's own message.
-    #[allow(dead_code)] // constructed once the nftables/pf backends are wired in
     Open(BackendKind, String),
 }
 
@@ -31,18 +31,48 @@ impl fmt::Display for BackendError {
 
 impl std::error::Error for BackendError {}
 
-/// The data path for `args.backend`.
-pub fn open(args: &Args) -> Result<DataPath<Box<dyn Backend>>, BackendError> {
+/// The data path for `args.backend`, for a proxy running with `config` (in the
+/// process that will commit: the nftables table is named after `config.pid`).
+pub fn open(args: &Args, config: &Config) -> Result<DataPath<Box<dyn Backend>>, BackendError> {
     match args.backend {
         BackendKind::Relay => Ok(DataPath::Relay),
-        BackendKind::Nftables => Err(BackendError::Unsupported(
-            BackendKind::Nftables,
-            "not built into this binary",
-        )),
-        BackendKind::Pf => Err(BackendError::Unsupported(
+        BackendKind::Nftables => open_nftables(config),
+        BackendKind::Pf => open_pf(config),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn open_nftables(config: &Config) -> Result<DataPath<Box<dyn Backend>>, BackendError> {
+    use pfctl_backend::nft::NftBackend;
+    let nft = NftBackend::open(config)
+        .map_err(|e| BackendError::Open(BackendKind::Nftables, e.to_string()))?;
+    log::info!(
+        "nftables: table inet {}, data connections get ct mark {:#010x}",
+        nft.table(),
+        nft.mark()
+    );
+    Ok(DataPath::Kernel(Box::new(nft)))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_nftables(_config: &Config) -> Result<DataPath<Box<dyn Backend>>, BackendError> {
+    Err(BackendError::Unsupported(
+        BackendKind::Nftables,
+        "nftables needs Linux",
+    ))
+}
+
+fn open_pf(_config: &Config) -> Result<DataPath<Box<dyn Backend>>, BackendError> {
+    if cfg!(target_os = "openbsd") {
+        Err(BackendError::Unsupported(
             BackendKind::Pf,
-            "not built into this binary",
-        )),
+            "not built into this binary yet",
+        ))
+    } else {
+        Err(BackendError::Unsupported(
+            BackendKind::Pf,
+            "pf needs OpenBSD",
+        ))
     }
 }
 

@@ -1,14 +1,18 @@
 //! Detaching from the terminal, the way `daemon(3)` does it.
 //!
 //! `/dev/null` is opened *before* the chroot (there is no `/dev` inside
-//! `/var/empty`), the fork happens *after* the privilege drop, as in the original,
-//! so the child that runs the proxy (and whose pid names the anchors) never was root.
+//! `/var/empty`). Unlike the original, the fork comes *before* the backend is
+//! opened and privileges are dropped: the nftables table must carry the pid of the
+//! process that commits to it. The parent waits for the child's verdict so that
+//! startup errors still reach the terminal and the exit status (see [`detach`]).
 
 use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::unistd::{chdir, dup2, fork, setsid, ForkResult};
+use nix::fcntl::OFlag;
+use nix::unistd::{chdir, dup2, fork, pipe2, setsid, ForkResult};
 
 /// An open `/dev/null`, kept until [`daemonize`] puts it on fds 0, 1 and 2.
 #[derive(Debug)]
@@ -44,32 +48,93 @@ pub fn open_dev_null() -> Result<DevNull, DaemonError> {
     Ok(DevNull(f.into()))
 }
 
-/// Forks (the parent exits 0 at once), starts a new session and puts `/dev/null`
-/// on standard input, output and error. With `chdir_root` the working directory
-/// becomes `/` (unneeded after a chroot, which already did that).
+/// The child's side of [`detach`]: the report pipe to the waiting parent and the
+/// `/dev/null` descriptor for [`Detached::ready`].
+#[derive(Debug)]
+pub struct Detached {
+    report: File,
+    dev_null: DevNull,
+}
+
+/// What the child sends when startup finished.
+const READY: &[u8] = b"ok";
+
+/// Forks and starts a new session. The parent does not exit at once: it waits
+/// until the child reports through a pipe, then exits 0 when the child is
+/// [`ready`](Detached::ready), or prints the child's error as
+/// `<progname>: <message>` and exits 1 (also when the child dies without a word).
+///
+/// This lets the child finish the privileged startup itself (the nftables table
+/// is named after the pid of the process that commits, so it must be the child's)
+/// while startup errors still reach the terminal and the exit status, as they do
+/// when the original fails before `daemon(3)`.
 ///
 /// Must be called while the process has a single thread.
-pub fn daemonize(dev_null: DevNull, chdir_root: bool) -> Result<(), DaemonError> {
+pub fn detach(dev_null: DevNull, progname: &str) -> Result<Detached, DaemonError> {
+    let (rd, wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| DaemonError::Step("pipe", e))?;
     // SAFETY: the process is single-threaded here (nothing has spawned a thread), so
-    // the child may run arbitrary code; the parent only calls _exit.
+    // the child may run arbitrary code.
     match unsafe { fork() }.map_err(|e| DaemonError::Step("fork", e))? {
-        // SAFETY: _exit skips destructors and atexit handlers that belong to the child now.
-        ForkResult::Parent { .. } => unsafe { libc::_exit(0) },
+        ForkResult::Parent { .. } => {
+            drop(wr);
+            let mut msg = Vec::new();
+            let _ = File::from(rd).read_to_end(&mut msg);
+            let code = if msg == READY {
+                0
+            } else {
+                let text = String::from_utf8_lossy(&msg);
+                let text = if text.is_empty() {
+                    "daemon exited during startup".into()
+                } else {
+                    text
+                };
+                eprintln!("{progname}: {text}");
+                1
+            };
+            // SAFETY: _exit skips destructors and atexit handlers; the listener and
+            // the rest belong to the child now.
+            unsafe { libc::_exit(code) }
+        }
         ForkResult::Child => {}
     }
+    drop(rd);
     setsid().map_err(|e| DaemonError::Step("setsid", e))?;
-    if chdir_root {
-        chdir("/").map_err(|e| DaemonError::Step("chdir", e))?;
-    }
-    let fd = dev_null.0.as_raw_fd();
-    for target in 0..=2 {
-        if fd != target {
-            dup2(fd, target).map_err(|e| DaemonError::Step("dup2", e))?;
+    Ok(Detached {
+        report: File::from(wr),
+        dev_null,
+    })
+}
+
+impl Detached {
+    /// Startup succeeded: tells the parent to exit 0, then puts `/dev/null` on
+    /// standard input, output and error. With `chdir_root` the working directory
+    /// becomes `/` (unneeded after a chroot, which already did that).
+    pub fn ready(mut self, chdir_root: bool) -> Result<(), DaemonError> {
+        if chdir_root {
+            chdir("/").map_err(|e| DaemonError::Step("chdir", e))?;
         }
+        let _ = self.report.write_all(READY);
+        drop(self.report);
+        let fd = self.dev_null.0.as_raw_fd();
+        for target in 0..=2 {
+            if fd != target {
+                dup2(fd, target).map_err(|e| DaemonError::Step("dup2", e))?;
+            }
+        }
+        if fd <= 2 {
+            // The descriptor is one of 0..2 now and must stay open.
+            std::mem::forget(self.dev_null);
+        }
+        Ok(())
     }
-    if fd <= 2 {
-        // The descriptor is one of 0..2 now and must stay open.
-        std::mem::forget(dev_null);
+
+    /// Startup failed: hands `message` to the parent, which prints it and exits 1.
+    pub fn fail(mut self, message: &str) {
+        let text = if message.as_bytes() == READY {
+            "ok (startup failed)"
+        } else {
+            message
+        };
+        let _ = self.report.write_all(text.as_bytes());
     }
-    Ok(())
 }

@@ -8,10 +8,16 @@
 //!  4. raise `RLIMIT_NOFILE`;
 //!  5. resolve `-a`, then `-R`/`-P`;
 //!  6. resolve `-b`/`-p` and listen;
-//!  7. open the backend (pf, nftables) while still privileged;
-//!  8. open `/dev/null` (daemon mode), then drop privileges (root only);
-//!  9. daemonize unless `-d` (the child's pid names the anchors);
-//! 10. log `listening on <addr> port <port>` and run until a signal.
+//!  7. unless `-d`: open `/dev/null` and fork; the parent waits for the child's
+//!     verdict and exits 0, or 1 with the child's error (see `daemon::detach`);
+//!  8. build the core's configuration (the pid names anchors and the nft table);
+//!  9. open the backend (pf, nftables) while still privileged;
+//! 10. drop privileges (root only: chroot, user; CAP_NET_ADMIN kept for nftables);
+//! 11. report readiness to the parent and put `/dev/null` on fds 0-2;
+//! 12. log `listening on <addr> port <port>` and run until a signal.
+//!
+//! The original forks after the drop; here the fork comes first because the
+//! nftables table must carry the pid of the process that commits to it.
 //!
 //! Without root the daemon still runs (the relay backend needs no privileges); it
 //! logs once that nothing was dropped.
@@ -33,7 +39,7 @@ use log::{error, info, warn};
 use nix::unistd::Uid;
 
 use args::{Args, ArgsError, Command, DivertMode};
-use daemon::DaemonError;
+use daemon::{DaemonError, Detached};
 use privs::{DropPlan, PrivError};
 use resolve::{GaiError, Lookup};
 
@@ -95,7 +101,7 @@ fn main() -> ExitCode {
     };
     let progname = args::progname(&argv).to_owned();
     let args = match args::parse(&argv) {
-        Ok(Command::Run(a)) => a,
+        Ok(Command::Run(a)) => *a,
         Ok(Command::Help(text)) => {
             print!("{text}");
             return ExitCode::SUCCESS;
@@ -112,20 +118,29 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match start(&args) {
+    let mut detached = None;
+    match start(&args, &progname, &mut detached) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // Before daemonizing stderr is the terminal; afterwards it is /dev/null and
-            // the log carries the message.
-            error!("{e}");
-            eprintln!("{progname}: {e}");
+            if !args.foreground {
+                // In the foreground the message below is the log.
+                error!("{e}");
+            }
+            match detached.take() {
+                // A starting daemon: the waiting parent prints it and exits 1.
+                Some(d) => d.fail(&e.to_string()),
+                // In the foreground (or before the fork) stderr is the terminal; in a
+                // running daemon it is /dev/null and the log above carries it.
+                None => eprintln!("{progname}: {e}"),
+            }
             ExitCode::from(1)
         }
     }
 }
 
-/// Startup and run; returns when the daemon has shut down.
-fn start(args: &Args) -> Result<(), Fatal> {
+/// Startup and run; returns when the daemon has shut down. `detached` holds the
+/// report pipe to the waiting parent while a daemonizing child is starting up.
+fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result<(), Fatal> {
     if args.foreground {
         let rust_log = std::env::var("RUST_LOG").ok();
         logging::init_stderr(args.log_level, rust_log.as_deref()).map_err(Fatal::Logger)?;
@@ -184,13 +199,19 @@ fn start(args: &Args) -> Result<(), Fatal> {
     };
     let listener = ftp_proxy_runtime::listen(&opts).map_err(Fatal::Start)?;
 
-    let data_path = backend::open(args).map_err(Fatal::Backend)?;
-
     let dev_null = if args.foreground {
         None
     } else {
         Some(daemon::open_dev_null().map_err(Fatal::Daemon)?)
     };
+    if let Some(dev_null) = dev_null {
+        *detached = Some(daemon::detach(dev_null, progname).map_err(Fatal::Daemon)?);
+    }
+
+    // From here on this is the process that runs the proxy: its pid names the anchors
+    // and the nftables table.
+    let config = core_config(args, source_addr, fixed_server);
+    let data_path = backend::open(args, &config).map_err(Fatal::Backend)?;
 
     match identity {
         Some(identity) => {
@@ -204,12 +225,11 @@ fn start(args: &Args) -> Result<(), Fatal> {
         None => warn!("not running as root: privileges not dropped"),
     }
 
-    if let Some(dev_null) = dev_null {
-        daemon::daemonize(dev_null, !root).map_err(Fatal::Daemon)?;
-    }
-
-    let config = core_config(args, source_addr, fixed_server);
     let proxy = Proxy::new(config, Box::new(OsRandom::new())).map_err(Fatal::Config)?;
+
+    if let Some(d) = detached.take() {
+        d.ready(!root).map_err(Fatal::Daemon)?;
+    }
 
     warn!(
         "listening on {} port {}",
