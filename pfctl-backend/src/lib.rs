@@ -6,6 +6,13 @@
 
 pub use ftp_proxy_core::{Anchor, FilterError, Rule};
 
+// OpenBSD pf over `/dev/pf` ioctls; structures, encoding and transactions are
+// compiled and tested on every host, the ioctl calls exist only on OpenBSD.
+pub mod pf;
+
+// A recording filter with seeded fault injection, for simulations and tests.
+pub mod mock;
+
 /// Linux nftables: per-session elements of named maps, committed over netlink (docs/linux.md).
 #[cfg(target_os = "linux")]
 pub mod nft;

@@ -1,0 +1,326 @@
+//! The ioctl seam: [`PfDevice`] is everything the backend asks of `/dev/pf`.
+//!
+//! [`DevPf`] is the real device. Its ioctl calls exist only on OpenBSD; elsewhere the
+//! type exists (so code naming it compiles everywhere) but cannot be constructed.
+//! Tests use a model of the kernel's transaction rules behind the same trait.
+
+use std::fmt;
+
+use super::abi::{
+    PfStatus, PfiocRuleset, PfiocTrans, PfiocTransE, Pod, PATH_MAX, PF_TRANS_RULESET,
+};
+use super::encode::{c_str, put_c_str, strerror, RuleIoc};
+
+/// An errno from an ioctl.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Errno(pub i32);
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&strerror(self.0))
+    }
+}
+
+/// A one-element transaction (`struct pfioc_trans` pointing at one `pfioc_trans_e`), as
+/// ftp-proxy builds it for every begin, commit and rollback of an anchor.
+///
+/// The element lives in a `Box` so that the header's `array` address stays valid when
+/// the `Transaction` moves.
+#[derive(Debug)]
+pub struct Transaction {
+    header: PfiocTrans,
+    element: Box<PfiocTransE>,
+}
+
+impl Transaction {
+    /// `{ size = 1, esize = 1032, array = { type = PF_TRANS_RULESET, anchor, ticket = 0 } }`.
+    /// `None` if the anchor path does not fit `PATH_MAX` with its NUL.
+    pub fn new(anchor: &str) -> Option<Transaction> {
+        let mut element = Box::new(PfiocTransE::zeroed());
+        element.type_ = PF_TRANS_RULESET;
+        put_c_str(&mut element.anchor, anchor)?;
+        let header = PfiocTrans {
+            size: 1,
+            esize: std::mem::size_of::<PfiocTransE>() as i32,
+            array: 0,
+        };
+        let mut t = Transaction { header, element };
+        t.refresh_array();
+        Some(t)
+    }
+
+    fn refresh_array(&mut self) {
+        self.header.array = (&mut *self.element as *mut PfiocTransE) as usize as u64;
+    }
+
+    /// The `struct pfioc_trans` header.
+    pub fn header(&self) -> &PfiocTrans {
+        &self.header
+    }
+
+    /// The single element.
+    pub fn element(&self) -> &PfiocTransE {
+        &self.element
+    }
+
+    /// The single element, for a device to write the ticket into.
+    pub fn element_mut(&mut self) -> &mut PfiocTransE {
+        &mut self.element
+    }
+
+    /// The element's anchor path.
+    pub fn anchor(&self) -> &[u8] {
+        c_str(&self.element.anchor)
+    }
+
+    /// The ticket DIOCXBEGIN wrote back.
+    pub fn ticket(&self) -> u32 {
+        self.element.ticket
+    }
+
+    /// Whether `array` points at this transaction's own element.
+    pub fn array_points_at_element(&self) -> bool {
+        self.header.array == (&*self.element as *const PfiocTransE) as usize as u64
+    }
+
+    /// The ioctl argument; `array` is re-derived so the kernel writes into `element`.
+    pub fn as_mut_ptr(&mut self) -> *mut std::ffi::c_void {
+        self.refresh_array();
+        (&mut self.header as *mut PfiocTrans).cast()
+    }
+}
+
+/// A `struct pfioc_ruleset` for listing the children of `path`.
+pub fn ruleset_query(path: &str, nr: u32) -> Option<PfiocRuleset> {
+    let mut rs = PfiocRuleset::zeroed();
+    rs.nr = nr;
+    put_c_str(&mut rs.path, path)?;
+    debug_assert!(rs.path.len() == PATH_MAX);
+    Some(rs)
+}
+
+/// The pf ioctls ftp-proxy uses. Each method is one ioctl on `/dev/pf` with the given
+/// argument, returning the kernel's errno on failure; the argument is updated in place
+/// as the kernel would.
+pub trait PfDevice {
+    /// `DIOCGETSTATUS`.
+    fn get_status(&mut self, status: &mut PfStatus) -> Result<(), Errno>;
+    /// `DIOCXBEGIN`: writes the ticket into the element.
+    fn xbegin(&mut self, t: &mut Transaction) -> Result<(), Errno>;
+    /// `DIOCADDRULE` with the request number of `rule`'s layout.
+    fn add_rule(&mut self, rule: &mut RuleIoc) -> Result<(), Errno>;
+    /// `DIOCXCOMMIT`.
+    fn xcommit(&mut self, t: &mut Transaction) -> Result<(), Errno>;
+    /// `DIOCXROLLBACK`.
+    fn xrollback(&mut self, t: &mut Transaction) -> Result<(), Errno>;
+    /// `DIOCGETRULESETS`: writes the number of children of `path` into `nr`.
+    fn get_rulesets(&mut self, rs: &mut PfiocRuleset) -> Result<(), Errno>;
+    /// `DIOCGETRULESET`: writes the name of child number `nr` of `path` into `name`.
+    fn get_ruleset(&mut self, rs: &mut PfiocRuleset) -> Result<(), Errno>;
+}
+
+impl<D: PfDevice + ?Sized> PfDevice for &mut D {
+    fn get_status(&mut self, status: &mut PfStatus) -> Result<(), Errno> {
+        (**self).get_status(status)
+    }
+    fn xbegin(&mut self, t: &mut Transaction) -> Result<(), Errno> {
+        (**self).xbegin(t)
+    }
+    fn add_rule(&mut self, rule: &mut RuleIoc) -> Result<(), Errno> {
+        (**self).add_rule(rule)
+    }
+    fn xcommit(&mut self, t: &mut Transaction) -> Result<(), Errno> {
+        (**self).xcommit(t)
+    }
+    fn xrollback(&mut self, t: &mut Transaction) -> Result<(), Errno> {
+        (**self).xrollback(t)
+    }
+    fn get_rulesets(&mut self, rs: &mut PfiocRuleset) -> Result<(), Errno> {
+        (**self).get_rulesets(rs)
+    }
+    fn get_ruleset(&mut self, rs: &mut PfiocRuleset) -> Result<(), Errno> {
+        (**self).get_ruleset(rs)
+    }
+}
+
+/// `/dev/pf`, opened read-write (the kernel refuses changes on a read-only descriptor
+/// with EACCES). Only constructible on OpenBSD.
+#[derive(Debug)]
+pub struct DevPf {
+    #[cfg_attr(not(target_os = "openbsd"), allow(dead_code))]
+    inner: sys::Fd,
+}
+
+impl DevPf {
+    /// Opens `/dev/pf` read-write.
+    #[cfg(target_os = "openbsd")]
+    pub fn open() -> std::io::Result<DevPf> {
+        use std::os::fd::OwnedFd;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/pf")?;
+        Ok(DevPf {
+            inner: sys::Fd(OwnedFd::from(file)),
+        })
+    }
+}
+
+#[cfg(target_os = "openbsd")]
+mod sys {
+    use std::ffi::c_void;
+    use std::os::fd::{AsRawFd, OwnedFd};
+
+    use super::Errno;
+
+    // The structures mirror the LP64 layouts; refuse to build where they would be wrong.
+    const _: () = assert!(
+        std::mem::size_of::<usize>() == 8,
+        "pf structures are mirrored for 64-bit OpenBSD"
+    );
+
+    #[derive(Debug)]
+    pub(super) struct Fd(pub(super) OwnedFd);
+
+    impl Fd {
+        /// One `ioctl(2)`; `arg` must point at the structure `request` encodes.
+        pub(super) fn ioctl(&self, request: u64, arg: *mut c_void) -> Result<(), Errno> {
+            // SAFETY: every caller passes a pointer to a live, exclusively borrowed
+            // structure whose size is the one encoded in `request` (the numbers are
+            // computed from `size_of` of these very types), so the kernel's copyin and
+            // copyout stay inside it. Transactions point `array` at their own boxed
+            // element, which the same borrow keeps alive.
+            let rc = unsafe { libc::ioctl(self.0.as_raw_fd(), request as libc::c_ulong, arg) };
+            if rc == -1 {
+                Err(Errno(
+                    std::io::Error::last_os_error()
+                        .raw_os_error()
+                        .unwrap_or(libc::EIO),
+                ))
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(not(target_os = "openbsd"))]
+mod sys {
+    /// No value: `/dev/pf` cannot be opened off OpenBSD.
+    #[derive(Debug)]
+    pub(super) enum Fd {}
+}
+
+#[cfg(target_os = "openbsd")]
+impl PfDevice for DevPf {
+    fn get_status(&mut self, status: &mut PfStatus) -> Result<(), Errno> {
+        self.inner
+            .ioctl(super::abi::DIOCGETSTATUS, (status as *mut PfStatus).cast())
+    }
+    fn xbegin(&mut self, t: &mut Transaction) -> Result<(), Errno> {
+        self.inner.ioctl(super::abi::DIOCXBEGIN, t.as_mut_ptr())
+    }
+    fn add_rule(&mut self, rule: &mut RuleIoc) -> Result<(), Errno> {
+        let request = rule.layout().diocaddrule();
+        self.inner.ioctl(request, rule.as_mut_ptr())
+    }
+    fn xcommit(&mut self, t: &mut Transaction) -> Result<(), Errno> {
+        self.inner.ioctl(super::abi::DIOCXCOMMIT, t.as_mut_ptr())
+    }
+    fn xrollback(&mut self, t: &mut Transaction) -> Result<(), Errno> {
+        self.inner.ioctl(super::abi::DIOCXROLLBACK, t.as_mut_ptr())
+    }
+    fn get_rulesets(&mut self, rs: &mut PfiocRuleset) -> Result<(), Errno> {
+        self.inner.ioctl(
+            super::abi::DIOCGETRULESETS,
+            (rs as *mut PfiocRuleset).cast(),
+        )
+    }
+    fn get_ruleset(&mut self, rs: &mut PfiocRuleset) -> Result<(), Errno> {
+        self.inner
+            .ioctl(super::abi::DIOCGETRULESET, (rs as *mut PfiocRuleset).cast())
+    }
+}
+
+#[cfg(not(target_os = "openbsd"))]
+impl PfDevice for DevPf {
+    fn get_status(&mut self, _: &mut PfStatus) -> Result<(), Errno> {
+        match self.inner {}
+    }
+    fn xbegin(&mut self, _: &mut Transaction) -> Result<(), Errno> {
+        match self.inner {}
+    }
+    fn add_rule(&mut self, _: &mut RuleIoc) -> Result<(), Errno> {
+        match self.inner {}
+    }
+    fn xcommit(&mut self, _: &mut Transaction) -> Result<(), Errno> {
+        match self.inner {}
+    }
+    fn xrollback(&mut self, _: &mut Transaction) -> Result<(), Errno> {
+        match self.inner {}
+    }
+    fn get_rulesets(&mut self, _: &mut PfiocRuleset) -> Result<(), Errno> {
+        match self.inner {}
+    }
+    fn get_ruleset(&mut self, _: &mut PfiocRuleset) -> Result<(), Errno> {
+        match self.inner {}
+    }
+}
+
+/// Whether process `pid` exists (`kill(pid, 0)` succeeds or fails only with EPERM).
+/// Used to decide that a stale anchor's owner is gone.
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return true;
+    };
+    if pid <= 0 {
+        return true;
+    }
+    // SAFETY: signal 0 only checks for existence and permission; nothing is delivered.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transaction_shape() {
+        let t = Transaction::new("ftp-proxy/1.2").unwrap();
+        assert_eq!(t.header().size, 1);
+        assert_eq!(t.header().esize, 1032);
+        assert_eq!(t.element().type_, 0);
+        assert_eq!(t.anchor(), b"ftp-proxy/1.2");
+        assert_eq!(t.ticket(), 0);
+        assert!(t.array_points_at_element());
+        // Moving the transaction keeps `array` pointing at its element.
+        let moved = [t];
+        assert!(moved[0].array_points_at_element());
+        assert!(Transaction::new(&"x".repeat(1024)).is_none());
+        assert!(Transaction::new(&"x".repeat(1023)).is_some());
+    }
+
+    #[test]
+    fn liveness() {
+        assert!(process_alive(std::process::id()));
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = child.id();
+        child.wait().expect("wait");
+        // Reaped: the pid is free until the kernel hands it out again, which takes a
+        // full wrap of the pid space.
+        assert!(!process_alive(pid));
+        assert!(
+            process_alive(u32::MAX),
+            "pids beyond pid_t are never claimed dead"
+        );
+    }
+
+    #[cfg(not(target_os = "openbsd"))]
+    #[test]
+    fn errno_text() {
+        assert_eq!(Errno(libc::EBUSY).to_string(), "Device or resource busy");
+    }
+}
