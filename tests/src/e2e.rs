@@ -20,8 +20,8 @@ mod proxy;
 mod server;
 
 pub use clients::{
-    curl, curl_list, curl_retr, curl_stor, ftp_url, ftplib, ftplib_script, lftp, prove_mode, DataMode, HeldClient,
-    Login, CLIENT_TIMEOUT,
+    curl, curl_list, curl_retr, curl_stor, ftp_url, ftplib, ftplib_script, lftp, prove_mode,
+    DataMode, HeldClient, Login, CLIENT_TIMEOUT,
 };
 pub use control::{Control, Reply};
 pub use error::{tail, E2eError, Result};
@@ -29,5 +29,6 @@ pub use fixture::{loopback, preflight, Fixture, DIRECT_ENV, PROXY_CHROOT, PROXY_
 pub use proc::{group_members, run, run_ok, wait_for, ChildGuard};
 pub use proxy::{proxy_binary, ProxyProcess, LISTENING};
 pub use server::{
-    assert_same_file, free_port, FtpServer, Workdir, BIG, BIG_LEN, PASSIVE_RANGE, PASSWORD, SMALL, SMALL_LEN, USER,
+    assert_same_file, free_port, FtpServer, Workdir, BIG, BIG_LEN, PASSIVE_RANGE, PASSWORD, SMALL,
+    SMALL_LEN, USER,
 };

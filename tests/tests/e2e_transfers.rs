@@ -6,7 +6,9 @@ use ftp_proxy_tests::e2e::*;
 
 #[test]
 fn curl_anonymous_login_list_and_retr() -> Result<()> {
-    let Some(fx) = Fixture::start("curl-anon", false, &[])? else { return Ok(()) };
+    let Some(fx) = Fixture::start("curl-anon", false, &[])? else {
+        return Ok(());
+    };
     let t = fx.target();
 
     let log = curl_list(t, Login::Anonymous, DataMode::Epsv)?;
@@ -14,11 +16,20 @@ fn curl_anonymous_login_list_and_retr() -> Result<()> {
         fx.check_passive_port(port)?;
     }
     if !log.contains("> USER anonymous") || !log.lines().any(|l| l.starts_with("< 230")) {
-        return Err(E2eError::check("anonymous login accepted (USER anonymous, 230)", tail(&log, 3000)));
+        return Err(E2eError::check(
+            "anonymous login accepted (USER anonymous, 230)",
+            tail(&log, 3000),
+        ));
     }
     for name in [SMALL, BIG] {
-        if !log.lines().any(|l| !l.starts_with(['<', '>', '*']) && l.ends_with(name)) {
-            return Err(E2eError::check(format!("LIST shows {name}"), tail(&log, 3000)));
+        if !log
+            .lines()
+            .any(|l| !l.starts_with(['<', '>', '*']) && l.ends_with(name))
+        {
+            return Err(E2eError::check(
+                format!("LIST shows {name}"),
+                tail(&log, 3000),
+            ));
         }
     }
 
@@ -33,7 +44,9 @@ fn curl_anonymous_login_list_and_retr() -> Result<()> {
 
 #[test]
 fn curl_user_retr_and_stor_in_all_four_modes() -> Result<()> {
-    let Some(fx) = Fixture::start("curl-user", false, &[])? else { return Ok(()) };
+    let Some(fx) = Fixture::start("curl-user", false, &[])? else {
+        return Ok(());
+    };
     let t = fx.target();
     for mode in DataMode::ALL {
         let m = mode.script_name();
@@ -41,7 +54,10 @@ fn curl_user_retr_and_stor_in_all_four_modes() -> Result<()> {
             let out = fx.work.local().join(format!("{m}-{name}"));
             let log = curl_retr(t, Login::User, mode, name, &out)?;
             if !log.lines().any(|l| l.starts_with("< 230")) {
-                return Err(E2eError::check("password login accepted (230)", tail(&log, 3000)));
+                return Err(E2eError::check(
+                    "password login accepted (230)",
+                    tail(&log, 3000),
+                ));
             }
             check_ports(&fx, &log, mode)?;
             assert_same_file(&fx.work.original(name), &out)?;
@@ -69,10 +85,15 @@ fn check_ports(fx: &Fixture, log: &str, mode: DataMode) -> Result<()> {
 
 #[test]
 fn lftp_user_passive_and_active() -> Result<()> {
-    let Some(fx) = Fixture::start("lftp", false, &[])? else { return Ok(()) };
+    let Some(fx) = Fixture::start("lftp", false, &[])? else {
+        return Ok(());
+    };
     let t = fx.target();
     let local = fx.work.local();
-    for (mode, setting) in [(DataMode::Pasv, "set ftp:passive-mode on"), (DataMode::Port, "set ftp:passive-mode off")] {
+    for (mode, setting) in [
+        (DataMode::Pasv, "set ftp:passive-mode on"),
+        (DataMode::Port, "set ftp:passive-mode off"),
+    ] {
         let m = mode.script_name();
         let got = local.join(format!("lftp-{m}-{BIG}"));
         let up = format!("lftp-up-{m}.bin");
@@ -90,8 +111,14 @@ fn lftp_user_passive_and_active() -> Result<()> {
         if !log.lines().any(|l| l.starts_with("< 230")) {
             return Err(E2eError::check("lftp logged in (230)", tail(&log, 3000)));
         }
-        if !log.lines().any(|l| !l.starts_with(['<', '>']) && l.ends_with(SMALL)) {
-            return Err(E2eError::check(format!("lftp's ls shows {SMALL}"), tail(&log, 3000)));
+        if !log
+            .lines()
+            .any(|l| !l.starts_with(['<', '>']) && l.ends_with(SMALL))
+        {
+            return Err(E2eError::check(
+                format!("lftp's ls shows {SMALL}"),
+                tail(&log, 3000),
+            ));
         }
         assert_same_file(&fx.work.original(BIG), &got)?;
         assert_same_file(&fx.work.original(BIG), &fx.work.user().join(&up))?;
@@ -101,7 +128,9 @@ fn lftp_user_passive_and_active() -> Result<()> {
 
 #[test]
 fn ftplib_retr_stor_list_in_all_four_modes() -> Result<()> {
-    let Some(fx) = Fixture::start("ftplib", false, &[])? else { return Ok(()) };
+    let Some(fx) = Fixture::start("ftplib", false, &[])? else {
+        return Ok(());
+    };
     let local = fx.work.local();
     // One session per mode, so that each transcript proves its mode without the
     // others' commands looking like a fallback.
@@ -119,7 +148,10 @@ fn ftplib_retr_stor_list_in_all_four_modes() -> Result<()> {
         let log = ftplib(fx.target(), &ops)?;
         let ports = prove_mode(&log, mode)?;
         if ports.len() != 3 {
-            return Err(E2eError::check(format!("three {} data connections", mode.command()), tail(&log, 4000)));
+            return Err(E2eError::check(
+                format!("three {} data connections", mode.command()),
+                tail(&log, 4000),
+            ));
         }
         for port in ports {
             if mode.is_passive() {
@@ -129,7 +161,10 @@ fn ftplib_retr_stor_list_in_all_four_modes() -> Result<()> {
             }
         }
         if !log.lines().any(|l| l.starts_with("| ") && l.ends_with(BIG)) {
-            return Err(E2eError::check(format!("LIST shows {BIG}"), tail(&log, 4000)));
+            return Err(E2eError::check(
+                format!("LIST shows {BIG}"),
+                tail(&log, 4000),
+            ));
         }
         assert_same_file(&fx.work.original(BIG), &got)?;
         assert_same_file(&fx.work.original(SMALL), &fx.work.user().join(&up))?;

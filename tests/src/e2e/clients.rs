@@ -47,7 +47,12 @@ pub enum DataMode {
 
 impl DataMode {
     /// All four.
-    pub const ALL: [DataMode; 4] = [DataMode::Pasv, DataMode::Epsv, DataMode::Port, DataMode::Eprt];
+    pub const ALL: [DataMode; 4] = [
+        DataMode::Pasv,
+        DataMode::Epsv,
+        DataMode::Port,
+        DataMode::Eprt,
+    ];
 
     /// The command the client sends.
     pub fn command(self) -> &'static str {
@@ -110,20 +115,38 @@ impl DataMode {
 pub fn prove_mode(transcript: &str, mode: DataMode) -> Result<Vec<u16>> {
     let lines: Vec<&str> = transcript.lines().map(str::trim_end).collect();
     let is_cmd = |l: &str, cmd: &str| {
-        l.strip_prefix("> ").and_then(|c| c.get(..4)).is_some_and(|c| c.eq_ignore_ascii_case(cmd))
+        l.strip_prefix("> ")
+            .and_then(|c| c.get(..4))
+            .is_some_and(|c| c.eq_ignore_ascii_case(cmd))
     };
     if lines.iter().any(|l| is_cmd(l, mode.fallback())) {
         return Err(E2eError::check(
-            format!("{} used without falling back to {}", mode.command(), mode.fallback()),
+            format!(
+                "{} used without falling back to {}",
+                mode.command(),
+                mode.fallback()
+            ),
             tail(transcript, 4000),
         ));
     }
     let mut ports = Vec::new();
-    for (i, line) in lines.iter().enumerate().filter(|(_, l)| is_cmd(l, mode.command())) {
-        let reply = lines[i + 1..].iter().find(|l| l.starts_with("< ")).copied().unwrap_or("");
+    for (i, line) in lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| is_cmd(l, mode.command()))
+    {
+        let reply = lines[i + 1..]
+            .iter()
+            .find(|l| l.starts_with("< "))
+            .copied()
+            .unwrap_or("");
         if !reply[2.min(reply.len())..].starts_with(mode.ok_code()) {
             return Err(E2eError::check(
-                format!("{} answered with {}, got {reply:?}", mode.command(), mode.ok_code()),
+                format!(
+                    "{} answered with {}, got {reply:?}",
+                    mode.command(),
+                    mode.ok_code()
+                ),
                 tail(transcript, 4000),
             ));
         }
@@ -131,15 +154,25 @@ pub fn prove_mode(transcript: &str, mode: DataMode) -> Result<Vec<u16>> {
             DataMode::Pasv => parse_comma_port(&reply[2..]),
             DataMode::Epsv => parse_ext_port(reply.split_once('(').map_or("", |(_, r)| r)),
             DataMode::Port => parse_comma_port(&line[2..]),
-            DataMode::Eprt => parse_ext_port(line[2..].trim_start_matches(|c: char| c.is_ascii_alphabetic()).trim()),
+            DataMode::Eprt => parse_ext_port(
+                line[2..]
+                    .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                    .trim(),
+            ),
         };
         let port = port.ok_or_else(|| {
-            E2eError::check(format!("a data port in {line:?} / {reply:?}"), tail(transcript, 4000))
+            E2eError::check(
+                format!("a data port in {line:?} / {reply:?}"),
+                tail(transcript, 4000),
+            )
         })?;
         ports.push(port);
     }
     if ports.is_empty() {
-        return Err(E2eError::check(format!("the client sent {}", mode.command()), tail(transcript, 4000)));
+        return Err(E2eError::check(
+            format!("the client sent {}", mode.command()),
+            tail(transcript, 4000),
+        ));
     }
     Ok(ports)
 }
@@ -153,7 +186,13 @@ fn parse_comma_port(text: &str) -> Option<u16> {
         .collect();
     // Skip the reply code if present: we need at least h1..h4,p1,p2.
     let n = nums.len();
-    (n >= 6).then(|| nums[n - 2].checked_mul(256).and_then(|hi| hi.checked_add(nums[n - 1]))).flatten()
+    (n >= 6)
+        .then(|| {
+            nums[n - 2]
+                .checked_mul(256)
+                .and_then(|hi| hi.checked_add(nums[n - 1]))
+        })
+        .flatten()
 }
 
 /// The port in `|af|addr|port|` or `|||port|` (any delimiter).
@@ -172,12 +211,21 @@ pub fn ftp_url(target: SocketAddr, login: Login, path: &str) -> String {
         SocketAddr::V4(a) => a.ip().to_string(),
         SocketAddr::V6(a) => format!("[{}]", a.ip()),
     };
-    format!("ftp://{auth}{host}:{}/{}", target.port(), path.trim_start_matches('/'))
+    format!(
+        "ftp://{auth}{host}:{}/{}",
+        target.port(),
+        path.trim_start_matches('/')
+    )
 }
 
 /// Runs curl with `-sS -v` (verbose log returned) and the given arguments.
 pub fn curl(args: &[String]) -> Result<String> {
-    let mut all = vec!["-sS".to_string(), "-v".into(), "--max-time".into(), "60".into()];
+    let mut all = vec![
+        "-sS".to_string(),
+        "-v".into(),
+        "--max-time".into(),
+        "60".into(),
+    ];
     all.extend_from_slice(args);
     let out = run("curl", &all, CLIENT_TIMEOUT)?;
     if !out.status.success() {
@@ -189,16 +237,36 @@ pub fn curl(args: &[String]) -> Result<String> {
 }
 
 /// curl downloads `remote` to `local` using `mode`; returns the verbose log.
-pub fn curl_retr(target: SocketAddr, login: Login, mode: DataMode, remote: &str, local: &Path) -> Result<String> {
+pub fn curl_retr(
+    target: SocketAddr,
+    login: Login,
+    mode: DataMode,
+    remote: &str,
+    local: &Path,
+) -> Result<String> {
     let mut args: Vec<String> = mode.curl_args().iter().map(|s| s.to_string()).collect();
-    args.extend([ftp_url(target, login, remote), "-o".into(), local.display().to_string()]);
+    args.extend([
+        ftp_url(target, login, remote),
+        "-o".into(),
+        local.display().to_string(),
+    ]);
     curl(&args)
 }
 
 /// curl uploads `local` as `remote` using `mode`; returns the verbose log.
-pub fn curl_stor(target: SocketAddr, login: Login, mode: DataMode, local: &Path, remote: &str) -> Result<String> {
+pub fn curl_stor(
+    target: SocketAddr,
+    login: Login,
+    mode: DataMode,
+    local: &Path,
+    remote: &str,
+) -> Result<String> {
     let mut args: Vec<String> = mode.curl_args().iter().map(|s| s.to_string()).collect();
-    args.extend(["-T".into(), local.display().to_string(), ftp_url(target, login, remote)]);
+    args.extend([
+        "-T".into(),
+        local.display().to_string(),
+        ftp_url(target, login, remote),
+    ]);
     curl(&args)
 }
 
@@ -213,7 +281,12 @@ pub fn curl_list(target: SocketAddr, login: Login, mode: DataMode) -> Result<Str
 /// Runs lftp with debug output on `commands` after logging in; `settings` are extra
 /// `set` commands (e.g. `set ftp:passive-mode off`). Returns the debug transcript
 /// normalised to `> CMD` / `< REPLY` lines (other lines are kept as they are).
-pub fn lftp(target: SocketAddr, login: Login, settings: &[&str], commands: &[String]) -> Result<String> {
+pub fn lftp(
+    target: SocketAddr,
+    login: Login,
+    settings: &[&str],
+    commands: &[String],
+) -> Result<String> {
     // Without these, a failure retries for minutes (test-servers.md).
     let mut script = String::from(
         "set net:max-retries 1; set net:timeout 10; set cmd:fail-exit yes; set ftp:ssl-allow no; \
@@ -229,7 +302,10 @@ pub fn lftp(target: SocketAddr, login: Login, settings: &[&str], commands: &[Str
     };
     match login {
         Login::Anonymous => script.push_str(&format!("open ftp://{host}:{}; ", target.port())),
-        Login::User => script.push_str(&format!("open -u {USER},{PASSWORD} ftp://{host}:{}; ", target.port())),
+        Login::User => script.push_str(&format!(
+            "open -u {USER},{PASSWORD} ftp://{host}:{}; ",
+            target.port()
+        )),
     }
     script.push_str(&commands.join("; "));
     let args = ["-d".to_string(), "-c".into(), script];
@@ -237,14 +313,20 @@ pub fn lftp(target: SocketAddr, login: Login, settings: &[&str], commands: &[Str
     if !out.status.success() {
         return Err(command_error("lftp", &args, &out));
     }
-    let raw = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    let raw = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     Ok(raw
         .lines()
-        .map(|l| match (l.strip_prefix("---> "), l.strip_prefix("<--- ")) {
-            (Some(c), _) => format!("> {c}\n"),
-            (_, Some(r)) => format!("< {r}\n"),
-            _ => format!("{l}\n"),
-        })
+        .map(
+            |l| match (l.strip_prefix("---> "), l.strip_prefix("<--- ")) {
+                (Some(c), _) => format!("> {c}\n"),
+                (_, Some(r)) => format!("< {r}\n"),
+                _ => format!("{l}\n"),
+            },
+        )
         .collect())
 }
 
@@ -254,7 +336,11 @@ pub fn ftplib_script() -> &'static str {
 }
 
 fn ftplib_args(target: SocketAddr, ops: &[String]) -> Vec<String> {
-    let mut args = vec![ftplib_script().to_string(), target.ip().to_string(), target.port().to_string()];
+    let mut args = vec![
+        ftplib_script().to_string(),
+        target.ip().to_string(),
+        target.port().to_string(),
+    ];
     args.extend_from_slice(ops);
     args
 }
@@ -295,18 +381,32 @@ impl HeldClient {
         let sink = Arc::clone(&out);
         // The reader thread ends at EOF, which the guard guarantees by killing the child.
         thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
+            for line in BufReader::new(stdout)
+                .lines()
+                .map_while(std::result::Result::ok)
+            {
                 let mut s = sink.lock().expect("transcript lock");
                 s.push_str(&line);
                 s.push('\n');
             }
         });
-        let held = HeldClient { guard, stdin, out, stderr: stderr.to_path_buf() };
+        let held = HeldClient {
+            guard,
+            stdin,
+            out,
+            stderr: stderr.to_path_buf(),
+        };
         wait_for(
             "ftp_client.py to log in and print READY",
             Duration::from_secs(15),
             || Ok(held.transcript().contains("READY").then_some(())),
-            || format!("{}{}", held.transcript(), fs::read_to_string(&held.stderr).unwrap_or_default()),
+            || {
+                format!(
+                    "{}{}",
+                    held.transcript(),
+                    fs::read_to_string(&held.stderr).unwrap_or_default()
+                )
+            },
         )?;
         Ok(held)
     }
@@ -317,8 +417,19 @@ impl HeldClient {
         wait_for(
             &format!("ftp_client.py to reach wait #{count}"),
             limit,
-            || Ok((self.transcript().lines().filter(|l| *l == "READY").count() >= count).then_some(())),
-            || format!("{}{}", self.transcript(), fs::read_to_string(&self.stderr).unwrap_or_default()),
+            || {
+                Ok(
+                    (self.transcript().lines().filter(|l| *l == "READY").count() >= count)
+                        .then_some(()),
+                )
+            },
+            || {
+                format!(
+                    "{}{}",
+                    self.transcript(),
+                    fs::read_to_string(&self.stderr).unwrap_or_default()
+                )
+            },
         )
     }
 
@@ -329,8 +440,14 @@ impl HeldClient {
 
     /// Lets it continue past `wait`.
     pub fn go(&mut self) -> Result<()> {
-        let stdin = self.stdin.as_mut().ok_or_else(|| E2eError::check("client still waiting", ""))?;
-        stdin.write_all(b"go\n").and_then(|()| stdin.flush()).map_err(E2eError::io("write to ftp_client.py"))
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| E2eError::check("client still waiting", ""))?;
+        stdin
+            .write_all(b"go\n")
+            .and_then(|()| stdin.flush())
+            .map_err(E2eError::io("write to ftp_client.py"))
     }
 
     /// Waits up to `limit` for it to finish; a non-zero exit is an error.
@@ -338,12 +455,28 @@ impl HeldClient {
         self.stdin = None;
         let status = self.guard.wait_timeout(limit)?;
         // Give the reader thread a moment to collect the last lines.
-        let _ = wait_for("client output", Duration::from_secs(2), || Ok(self.transcript().contains("DONE").then_some(())), String::new);
-        let text = format!("{}{}", self.transcript(), fs::read_to_string(&self.stderr).unwrap_or_default());
+        let _ = wait_for(
+            "client output",
+            Duration::from_secs(2),
+            || Ok(self.transcript().contains("DONE").then_some(())),
+            String::new,
+        );
+        let text = format!(
+            "{}{}",
+            self.transcript(),
+            fs::read_to_string(&self.stderr).unwrap_or_default()
+        );
         match status {
             Some(s) if s.success() => Ok(self.transcript()),
-            Some(s) => Err(E2eError::check(format!("ftp_client.py succeeds (exit {s})"), tail(&text, 4000))),
-            None => Err(E2eError::Timeout { what: "ftp_client.py to finish".into(), waited: limit, detail: tail(&text, 4000) }),
+            Some(s) => Err(E2eError::check(
+                format!("ftp_client.py succeeds (exit {s})"),
+                tail(&text, 4000),
+            )),
+            None => Err(E2eError::Timeout {
+                what: "ftp_client.py to finish".into(),
+                waited: limit,
+                detail: tail(&text, 4000),
+            }),
         }
     }
 }
@@ -353,13 +486,17 @@ mod tests {
     use super::*;
 
     const CURL_EPSV: &str = "> EPSV\n* Connect data stream passively\n< 229 Extended Passive mode OK (|||50123|)\n> RETR x\n";
-    const CURL_FELL_BACK: &str = "> EPSV\n< 500 no\n> PASV\n< 227 Entering Passive Mode (127,0,0,1,195,250)\n";
+    const CURL_FELL_BACK: &str =
+        "> EPSV\n< 500 no\n> PASV\n< 227 Entering Passive Mode (127,0,0,1,195,250)\n";
 
     #[test]
     fn passive_ports_come_from_the_reply() {
         assert_eq!(prove_mode(CURL_EPSV, DataMode::Epsv).unwrap(), vec![50123]);
         let pasv = "> PASV\n< 227 Entering Passive Mode (127,0,0,1,195,250).\n";
-        assert_eq!(prove_mode(pasv, DataMode::Pasv).unwrap(), vec![195 * 256 + 250]);
+        assert_eq!(
+            prove_mode(pasv, DataMode::Pasv).unwrap(),
+            vec![195 * 256 + 250]
+        );
     }
 
     #[test]
@@ -367,20 +504,28 @@ mod tests {
         let port = "> PORT 127,0,0,1,4,1\n< 200 PORT command successful\n";
         assert_eq!(prove_mode(port, DataMode::Port).unwrap(), vec![1025]);
         let eprt = "> EPRT |2|::1|40000|\n< 200 ok\n> EPRT |1|127.0.0.1|40001|\n< 200 ok\n";
-        assert_eq!(prove_mode(eprt, DataMode::Eprt).unwrap(), vec![40000, 40001]);
+        assert_eq!(
+            prove_mode(eprt, DataMode::Eprt).unwrap(),
+            vec![40000, 40001]
+        );
     }
 
     #[test]
     fn a_silent_fallback_is_caught() {
         assert!(prove_mode(CURL_FELL_BACK, DataMode::Epsv).is_err());
         assert!(prove_mode(CURL_FELL_BACK, DataMode::Pasv).is_err());
-        let eprt_then_port = "> EPRT |1|127.0.0.1|40001|\n< 500 ?\n> PORT 127,0,0,1,4,1\n< 200 ok\n";
+        let eprt_then_port =
+            "> EPRT |1|127.0.0.1|40001|\n< 500 ?\n> PORT 127,0,0,1,4,1\n< 200 ok\n";
         assert!(prove_mode(eprt_then_port, DataMode::Eprt).is_err());
     }
 
     #[test]
     fn a_refused_or_missing_command_is_caught() {
-        assert!(prove_mode("> PORT 127,0,0,1,0,80\n< 501 Bad data port\n", DataMode::Port).is_err());
+        assert!(prove_mode(
+            "> PORT 127,0,0,1,0,80\n< 501 Bad data port\n",
+            DataMode::Port
+        )
+        .is_err());
         assert!(prove_mode("> RETR x\n< 150 ok\n", DataMode::Epsv).is_err());
     }
 }

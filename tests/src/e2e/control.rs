@@ -35,9 +35,17 @@ impl Control {
     pub fn connect(addr: SocketAddr, read_timeout: Duration) -> Result<Control> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .map_err(E2eError::io(format!("connect to {addr}")))?;
-        stream.set_read_timeout(Some(read_timeout)).map_err(E2eError::io("set read timeout"))?;
-        stream.set_write_timeout(Some(Duration::from_secs(10))).map_err(E2eError::io("set write timeout"))?;
-        Ok(Control { stream, buf: Vec::new(), transcript: String::new() })
+        stream
+            .set_read_timeout(Some(read_timeout))
+            .map_err(E2eError::io("set read timeout"))?;
+        stream
+            .set_write_timeout(Some(Duration::from_secs(10)))
+            .map_err(E2eError::io("set write timeout"))?;
+        Ok(Control {
+            stream,
+            buf: Vec::new(),
+            transcript: String::new(),
+        })
     }
 
     /// Everything sent (`> `) and received (`< `) so far.
@@ -47,8 +55,13 @@ impl Control {
 
     /// Sends bytes exactly as given (no CRLF added).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        self.transcript.push_str(&format!("> {}\n", String::from_utf8_lossy(bytes).escape_debug()));
-        self.stream.write_all(bytes).map_err(E2eError::io("write control connection"))
+        self.transcript.push_str(&format!(
+            "> {}\n",
+            String::from_utf8_lossy(bytes).escape_debug()
+        ));
+        self.stream
+            .write_all(bytes)
+            .map_err(E2eError::io("write control connection"))
     }
 
     /// Sends `line` plus CRLF and reads the reply.
@@ -75,7 +88,10 @@ impl Control {
                     }
                 }
                 _ if first && code.is_none() => {
-                    return Err(E2eError::check("a reply line starting with a code", self.transcript.clone()))
+                    return Err(E2eError::check(
+                        "a reply line starting with a code",
+                        self.transcript.clone(),
+                    ))
                 }
                 _ => {}
             }
@@ -105,7 +121,12 @@ impl Control {
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     return Err(E2eError::Timeout {
                         what: "a reply line".into(),
-                        waited: self.stream.read_timeout().ok().flatten().unwrap_or_default(),
+                        waited: self
+                            .stream
+                            .read_timeout()
+                            .ok()
+                            .flatten()
+                            .unwrap_or_default(),
                         detail: tail(&self.transcript, 3000),
                     })
                 }
@@ -125,17 +146,28 @@ impl Control {
                 return Err(E2eError::Timeout {
                     what: "the connection to be closed".into(),
                     waited: limit,
-                    detail: format!("{}received: {:?}", tail(&self.transcript, 3000), String::from_utf8_lossy(&got)),
+                    detail: format!(
+                        "{}received: {:?}",
+                        tail(&self.transcript, 3000),
+                        String::from_utf8_lossy(&got)
+                    ),
                 });
             }
-            self.stream.set_read_timeout(Some(left)).map_err(E2eError::io("set read timeout"))?;
+            self.stream
+                .set_read_timeout(Some(left))
+                .map_err(E2eError::io("set read timeout"))?;
             let mut chunk = [0u8; 4096];
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Ok((got, start.elapsed())),
                 Ok(n) => got.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+                    ) =>
+                {
                     return Ok((got, start.elapsed()))
                 }
                 Err(e) => return Err(E2eError::io("read control connection")(e)),

@@ -57,7 +57,10 @@ impl E2eError {
 
     /// An [`E2eError::Check`].
     pub fn check(what: impl Into<String>, detail: impl Into<String>) -> E2eError {
-        E2eError::Check { what: what.into(), detail: detail.into() }
+        E2eError::Check {
+            what: what.into(),
+            detail: detail.into(),
+        }
     }
 }
 
@@ -65,16 +68,32 @@ impl fmt::Display for E2eError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             E2eError::MissingTool { tool, package } => {
-                write!(f, "required program `{tool}` not found (apt-get install {package}); see .ci/run")
+                write!(
+                    f,
+                    "required program `{tool}` not found (apt-get install {package}); see .ci/run"
+                )
             }
             E2eError::Io { context, source } => write!(f, "{context}: {source}"),
-            E2eError::Command { what, status, output } => {
+            E2eError::Command {
+                what,
+                status,
+                output,
+            } => {
                 write!(f, "`{what}` failed ({status})\n--- output ---\n{output}")
             }
-            E2eError::Timeout { what, waited, detail } => {
-                write!(f, "timed out after {waited:?} waiting for {what}\n--- detail ---\n{detail}")
+            E2eError::Timeout {
+                what,
+                waited,
+                detail,
+            } => {
+                write!(
+                    f,
+                    "timed out after {waited:?} waiting for {what}\n--- detail ---\n{detail}"
+                )
             }
-            E2eError::Check { what, detail } => write!(f, "check failed: {what}\n--- evidence ---\n{detail}"),
+            E2eError::Check { what, detail } => {
+                write!(f, "check failed: {what}\n--- evidence ---\n{detail}")
+            }
         }
     }
 }

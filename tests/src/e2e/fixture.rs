@@ -40,7 +40,9 @@ const TOOLS: [(&str, &str); 9] = [
 pub fn preflight() -> Result<bool> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("e2e: not run: needs root (unshare -m for pure-ftpd, chroot and setuid in ftp-proxy)");
+        eprintln!(
+            "e2e: not run: needs root (unshare -m for pure-ftpd, chroot and setuid in ftp-proxy)"
+        );
         return Ok(false);
     }
     for (tool, package) in TOOLS {
@@ -60,13 +62,25 @@ fn ensure_proxy_account() -> Result<()> {
     let dir = Path::new(PROXY_CHROOT);
     if !dir.is_dir() {
         fs::create_dir_all(dir).map_err(E2eError::io("mkdir /var/empty"))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(E2eError::io("chmod /var/empty"))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+            .map_err(E2eError::io("chmod /var/empty"))?;
     }
     if run("getent", &["passwd", PROXY_USER], 10)?.status.success() {
         return Ok(());
     }
-    let useradd = which("useradd").map_or_else(|| "/usr/sbin/useradd".to_string(), |p| p.display().to_string());
-    let args = ["--system", "--no-create-home", "--home-dir", PROXY_CHROOT, "--shell", "/usr/sbin/nologin", PROXY_USER];
+    let useradd = which("useradd").map_or_else(
+        || "/usr/sbin/useradd".to_string(),
+        |p| p.display().to_string(),
+    );
+    let args = [
+        "--system",
+        "--no-create-home",
+        "--home-dir",
+        PROXY_CHROOT,
+        "--shell",
+        "/usr/sbin/nologin",
+        PROXY_USER,
+    ];
     let out = run(&useradd, &args, 30)?;
     // Another test binary may have created it in the meantime: re-check before failing.
     if !out.status.success() {
@@ -106,29 +120,53 @@ impl Fixture {
         let proxy = if std::env::var_os(DIRECT_ENV).is_some() {
             None
         } else {
-            Some(ProxyProcess::start(ip, server.addr(), proxy_args, &work.root().join("ftp-proxy.log"))?)
+            Some(ProxyProcess::start(
+                ip,
+                server.addr(),
+                proxy_args,
+                &work.root().join("ftp-proxy.log"),
+            )?)
         };
-        Ok(Some(Fixture { proxy, server, work }))
+        Ok(Some(Fixture {
+            proxy,
+            server,
+            work,
+        }))
     }
 
     /// Where clients connect: the proxy (or the server itself with [`DIRECT_ENV`]).
     pub fn target(&self) -> SocketAddr {
-        self.proxy.as_ref().map_or(self.server.addr(), ProxyProcess::addr)
+        self.proxy
+            .as_ref()
+            .map_or(self.server.addr(), ProxyProcess::addr)
     }
 
     /// The proxy; an error when running without it.
     pub fn proxy(&self) -> Result<&ProxyProcess> {
-        self.proxy.as_ref().ok_or_else(|| E2eError::check("a proxy-only scenario has a proxy", format!("{DIRECT_ENV} is set")))
+        self.proxy.as_ref().ok_or_else(|| {
+            E2eError::check(
+                "a proxy-only scenario has a proxy",
+                format!("{DIRECT_ENV} is set"),
+            )
+        })
     }
 
     /// The proxy, mutably (to signal it).
     pub fn proxy_mut(&mut self) -> Result<&mut ProxyProcess> {
-        self.proxy.as_mut().ok_or_else(|| E2eError::check("a proxy-only scenario has a proxy", format!("{DIRECT_ENV} is set")))
+        self.proxy.as_mut().ok_or_else(|| {
+            E2eError::check(
+                "a proxy-only scenario has a proxy",
+                format!("{DIRECT_ENV} is set"),
+            )
+        })
     }
 
     /// The proxy's log so far (empty without a proxy).
     pub fn proxy_log(&self) -> String {
-        self.proxy.as_ref().map(ProxyProcess::log).unwrap_or_default()
+        self.proxy
+            .as_ref()
+            .map(ProxyProcess::log)
+            .unwrap_or_default()
     }
 
     /// Checks that the passive port a client was given came from the proxy (it
@@ -137,10 +175,16 @@ impl Fixture {
     pub fn check_passive_port(&self, port: u16) -> Result<()> {
         match &self.proxy {
             None if (PASSIVE_RANGE.0..=PASSIVE_RANGE.1).contains(&port) => Ok(()),
-            None => Err(E2eError::check(format!("passive port {port} in pure-ftpd's range"), String::new())),
+            None => Err(E2eError::check(
+                format!("passive port {port} in pure-ftpd's range"),
+                String::new(),
+            )),
             Some(p) => {
                 let log = p.log();
-                let mapped = log.lines().any(|l| l.contains("passive: client to server port") && l.ends_with(&format!("via port {port}")));
+                let mapped = log.lines().any(|l| {
+                    l.contains("passive: client to server port")
+                        && l.ends_with(&format!("via port {port}"))
+                });
                 if port >= 49152 && mapped {
                     Ok(())
                 } else {
@@ -158,10 +202,16 @@ impl Fixture {
     pub fn check_active_port(&self, port: u16) -> Result<()> {
         let Some(p) = &self.proxy else { return Ok(()) };
         let log = p.log();
-        if log.lines().any(|l| l.contains(&format!("active: server to client port {port} via port"))) {
+        if log
+            .lines()
+            .any(|l| l.contains(&format!("active: server to client port {port} via port")))
+        {
             Ok(())
         } else {
-            Err(E2eError::check(format!("the proxy logged active mode to client port {port}"), tail(&log, 3000)))
+            Err(E2eError::check(
+                format!("the proxy logged active mode to client port {port}"),
+                tail(&log, 3000),
+            ))
         }
     }
 }

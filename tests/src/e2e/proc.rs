@@ -26,8 +26,15 @@ impl ChildGuard {
     /// Spawns `cmd` as the leader of a new process group.
     pub fn spawn(cmd: &mut Command, name: impl Into<String>) -> Result<ChildGuard> {
         let name = name.into();
-        let child = cmd.process_group(0).spawn().map_err(E2eError::io(format!("spawn {name}")))?;
-        Ok(ChildGuard { child, name, status: None })
+        let child = cmd
+            .process_group(0)
+            .spawn()
+            .map_err(E2eError::io(format!("spawn {name}")))?;
+        Ok(ChildGuard {
+            child,
+            name,
+            status: None,
+        })
     }
 
     /// The process id, which is also its process group id.
@@ -43,7 +50,10 @@ impl ChildGuard {
     /// The exit status if it has exited (reaping it), without blocking.
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
         if self.status.is_none() {
-            self.status = self.child.try_wait().map_err(E2eError::io(format!("wait for {}", self.name)))?;
+            self.status = self
+                .child
+                .try_wait()
+                .map_err(E2eError::io(format!("wait for {}", self.name)))?;
         }
         Ok(self.status)
     }
@@ -68,9 +78,11 @@ impl ChildGuard {
         // through `try_wait`), so the pid cannot have been reused.
         let rc = unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
         if rc != 0 {
-            return Err(E2eError::io(format!("kill -{signal} {} ({})", self.pid(), self.name))(
-                std::io::Error::last_os_error(),
-            ));
+            return Err(E2eError::io(format!(
+                "kill -{signal} {} ({})",
+                self.pid(),
+                self.name
+            ))(std::io::Error::last_os_error()));
         }
         Ok(())
     }
@@ -98,14 +110,28 @@ impl Drop for ChildGuard {
 /// Whether any process still belongs to process group `pgid` (scans `/proc`).
 pub fn group_members(pgid: u32) -> Vec<u32> {
     let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return found };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         // Fields after the parenthesised command name: state ppid pgrp ...
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid) && fields.first() != Some(&"Z") {
+        if fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid)
+            && fields.first() != Some(&"Z")
+        {
             found.push(pid);
         }
     }
@@ -115,14 +141,18 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
 /// Finds `tool` in `PATH`.
 pub fn which(tool: &str) -> Option<PathBuf> {
     let path = env::var_os("PATH")?;
-    env::split_paths(&path).map(|d| d.join(tool)).find(|p| p.is_file())
+    env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
 }
 
 /// Runs a program to completion under coreutils `timeout` (SIGTERM after `secs`,
 /// SIGKILL 5 s later), stdin closed. Returns its output whatever the exit status.
 pub fn run<S: AsRef<OsStr>>(program: &str, args: &[S], secs: u64) -> Result<Output> {
     let mut cmd = Command::new("timeout");
-    cmd.args(["-k", "5", &secs.to_string(), program]).args(args).stdin(Stdio::null());
+    cmd.args(["-k", "5", &secs.to_string(), program])
+        .args(args)
+        .stdin(Stdio::null());
     cmd.output().map_err(E2eError::io(format!("run {program}")))
 }
 
@@ -137,13 +167,24 @@ pub fn run_ok<S: AsRef<OsStr>>(program: &str, args: &[S], secs: u64) -> Result<O
 
 /// The error for a failed run, with the tail of its output.
 pub fn command_error<S: AsRef<OsStr>>(program: &str, args: &[S], out: &Output) -> E2eError {
-    let line: Vec<String> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
+    let line: Vec<String> = args
+        .iter()
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .collect();
     let mut what = format!("{program} {}", line.join(" "));
     if what.len() > 300 {
         what = format!("{}...", &what[..what.floor_char_boundary_compat(300)]);
     }
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    E2eError::Command { what, status: out.status, output: tail(&text, 6000) }
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    E2eError::Command {
+        what,
+        status: out.status,
+        output: tail(&text, 6000),
+    }
 }
 
 /// `str::floor_char_boundary` is unstable; this is the same for our short messages.
@@ -173,7 +214,11 @@ pub fn wait_for<T>(
             return Ok(v);
         }
         if Instant::now() >= deadline {
-            return Err(E2eError::Timeout { what: what.to_string(), waited: limit, detail: detail() });
+            return Err(E2eError::Timeout {
+                what: what.to_string(),
+                waited: limit,
+                detail: detail(),
+            });
         }
         thread::sleep(POLL);
     }

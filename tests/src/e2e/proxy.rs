@@ -36,12 +36,19 @@ fn locate_and_build() -> Result<PathBuf> {
     }
     let exe = std::env::current_exe().map_err(E2eError::io("current_exe"))?;
     // <target>/<profile>/deps/<test>-<hash>
-    let profile_dir = exe
+    let profile_dir = exe.parent().and_then(Path::parent).ok_or_else(|| {
+        E2eError::check(
+            "test executable lives in <target>/<profile>/deps",
+            exe.display().to_string(),
+        )
+    })?;
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| E2eError::check("test executable lives in <target>/<profile>/deps", exe.display().to_string()))?;
-    let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace");
+        .expect("tests/ is inside the workspace");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut args = vec![
         "build".to_string(),
@@ -63,7 +70,10 @@ fn locate_and_build() -> Result<PathBuf> {
     }
     let bin = profile_dir.join("ftp-proxy");
     if !bin.is_file() {
-        return Err(E2eError::check("cargo build produced ftp-proxy", bin.display().to_string()));
+        return Err(E2eError::check(
+            "cargo build produced ftp-proxy",
+            bin.display().to_string(),
+        ));
     }
     Ok(bin)
 }
@@ -78,13 +88,19 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Starts the proxy in front of `server`, listening on a free port of `ip`, with
     /// `extra` options (e.g. `-m 2`), and waits for its `listening on` line.
-    pub fn start(ip: IpAddr, server: SocketAddr, extra: &[&str], log: &Path) -> Result<ProxyProcess> {
+    pub fn start(
+        ip: IpAddr,
+        server: SocketAddr,
+        extra: &[&str],
+        log: &Path,
+    ) -> Result<ProxyProcess> {
         let bin = proxy_binary()?;
         let mut last = String::new();
         // The chosen port may be taken before the proxy binds it: retry a few times.
         for _ in 0..3 {
             let port = free_port(ip)?;
-            let out = fs::File::create(log).map_err(E2eError::io(format!("create {}", log.display())))?;
+            let out =
+                fs::File::create(log).map_err(E2eError::io(format!("create {}", log.display())))?;
             let err = out.try_clone().map_err(E2eError::io("dup log fd"))?;
             let mut cmd = Command::new(&bin);
             cmd.args(["-d", "-D", "7"]);
@@ -108,7 +124,10 @@ impl ProxyProcess {
                 "the proxy's `listening on` log line",
                 Duration::from_secs(15),
                 || {
-                    if fs::read_to_string(log).unwrap_or_default().contains(LISTENING) {
+                    if fs::read_to_string(log)
+                        .unwrap_or_default()
+                        .contains(LISTENING)
+                    {
                         return Ok(Some(true));
                     }
                     Ok(guard.try_wait()?.map(|_| false))
@@ -116,11 +135,18 @@ impl ProxyProcess {
                 || tail(&fs::read_to_string(log).unwrap_or_default(), 3000),
             )?;
             if up {
-                return Ok(ProxyProcess { guard, listen: SocketAddr::new(ip, port), log: log.to_path_buf() });
+                return Ok(ProxyProcess {
+                    guard,
+                    listen: SocketAddr::new(ip, port),
+                    log: log.to_path_buf(),
+                });
             }
             last = fs::read_to_string(log).unwrap_or_default();
         }
-        Err(E2eError::check("ftp-proxy starts and logs `listening on`", tail(&last, 3000)))
+        Err(E2eError::check(
+            "ftp-proxy starts and logs `listening on`",
+            tail(&last, 3000),
+        ))
     }
 
     /// Where clients connect.
@@ -151,11 +177,13 @@ impl ProxyProcess {
     /// Sends `signal` and waits up to `limit` for the exit.
     pub fn stop_with(&mut self, signal: i32, limit: Duration) -> Result<ExitStatus> {
         self.guard.signal(signal)?;
-        self.guard.wait_timeout(limit)?.ok_or_else(|| E2eError::Timeout {
-            what: format!("ftp-proxy to exit after signal {signal}"),
-            waited: limit,
-            detail: tail(&self.log(), 3000),
-        })
+        self.guard
+            .wait_timeout(limit)?
+            .ok_or_else(|| E2eError::Timeout {
+                what: format!("ftp-proxy to exit after signal {signal}"),
+                waited: limit,
+                detail: tail(&self.log(), 3000),
+            })
     }
 
     /// Processes still in the proxy's process group (helpers it forked, say).

@@ -50,7 +50,8 @@ impl Workdir {
     pub fn new(tag: &str) -> Result<Workdir> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let root = std::env::temp_dir().join(format!("ftp-proxy-e2e.{}.{n}.{tag}", std::process::id()));
+        let root =
+            std::env::temp_dir().join(format!("ftp-proxy-e2e.{}.{n}.{tag}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         let w = Workdir { root };
         for d in ["", "anon", "user", "local"] {
@@ -64,8 +65,10 @@ impl Workdir {
             let data = random_bytes(len)?;
             let path = w.anon().join(name);
             fs::write(&path, &data).map_err(E2eError::io(format!("write {}", path.display())))?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).map_err(E2eError::io("chmod file"))?;
-            fs::hard_link(&path, w.user().join(name)).map_err(E2eError::io("link into user dir"))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
+                .map_err(E2eError::io("chmod file"))?;
+            fs::hard_link(&path, w.user().join(name))
+                .map_err(E2eError::io("link into user dir"))?;
         }
         Ok(w)
     }
@@ -125,10 +128,18 @@ pub fn assert_same_file(expected: &Path, got: &Path) -> Result<()> {
     if a == b {
         return Ok(());
     }
-    let first = a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+    let first = a
+        .iter()
+        .zip(&b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
     Err(E2eError::check(
         format!("{} is a copy of {}", got.display(), expected.display()),
-        format!("expected {} bytes, got {}; first difference at offset {first}", a.len(), b.len()),
+        format!(
+            "expected {} bytes, got {}; first difference at offset {first}",
+            a.len(),
+            b.len()
+        ),
     ))
 }
 
@@ -163,7 +174,9 @@ impl FtpServer {
                 .arg(format!("{ip},{port}"))
                 .arg(if ip.is_ipv4() { "-4" } else { "-6" })
                 // No DNS, chroot everyone, anonymous may not upload, no syslog.
-                .args(["-H", "-A", "-i", "-f", "none", "-u", "1", "-c", "200", "-C", "200", "-I", "5"])
+                .args([
+                    "-H", "-A", "-i", "-f", "none", "-u", "1", "-c", "200", "-C", "200", "-I", "5",
+                ])
                 .arg("-p")
                 .arg(format!("{}:{}", PASSIVE_RANGE.0, PASSIVE_RANGE.1))
                 .arg("-l")
@@ -179,8 +192,12 @@ impl FtpServer {
                     if guard.try_wait()?.is_some() {
                         return Ok(Some(false));
                     }
-                    let Ok(mut c) = Control::connect(addr, Duration::from_secs(5)) else { return Ok(None) };
-                    let Ok(banner) = c.read_reply() else { return Ok(None) };
+                    let Ok(mut c) = Control::connect(addr, Duration::from_secs(5)) else {
+                        return Ok(None);
+                    };
+                    let Ok(banner) = c.read_reply() else {
+                        return Ok(None);
+                    };
                     let _ = c.command("QUIT");
                     Ok(Some(banner.code == 220))
                 },
@@ -191,7 +208,10 @@ impl FtpServer {
             }
             last = Some(fs::read_to_string(&log).unwrap_or_default());
         }
-        Err(E2eError::check("pure-ftpd starts", last.unwrap_or_default()))
+        Err(E2eError::check(
+            "pure-ftpd starts",
+            last.unwrap_or_default(),
+        ))
     }
 
     /// Where it listens.
@@ -213,11 +233,19 @@ impl FtpServer {
 /// `/etc/passwd` plus an `ftp` user whose home is the anonymous directory.
 fn write_passwd(work: &Workdir) -> Result<PathBuf> {
     let mut text = fs::read_to_string("/etc/passwd").map_err(E2eError::io("read /etc/passwd"))?;
-    text = text.lines().filter(|l| !l.starts_with("ftp:")).map(|l| format!("{l}\n")).collect();
-    text.push_str(&format!("ftp:x:{FTP_UID}:{FTP_UID}:e2e anonymous FTP:{}:/usr/sbin/nologin\n", work.anon().display()));
+    text = text
+        .lines()
+        .filter(|l| !l.starts_with("ftp:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    text.push_str(&format!(
+        "ftp:x:{FTP_UID}:{FTP_UID}:e2e anonymous FTP:{}:/usr/sbin/nologin\n",
+        work.anon().display()
+    ));
     let path = work.root().join("passwd");
     fs::write(&path, text).map_err(E2eError::io("write passwd copy"))?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).map_err(E2eError::io("chmod passwd copy"))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
+        .map_err(E2eError::io("chmod passwd copy"))?;
     Ok(path)
 }
 
@@ -225,7 +253,10 @@ fn write_passwd(work: &Workdir) -> Result<PathBuf> {
 fn write_puredb(work: &Workdir) -> Result<PathBuf> {
     let out = run_ok("openssl", &["passwd", "-6", PASSWORD], 30)?;
     let hash = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let line = format!("{USER}:{hash}:{FTP_UID}:{FTP_UID}::{}/./::::::::::::\n", work.user().display());
+    let line = format!(
+        "{USER}:{hash}:{FTP_UID}:{FTP_UID}::{}/./::::::::::::\n",
+        work.user().display()
+    );
     let passwd = work.root().join("users.passwd");
     fs::write(&passwd, line).map_err(E2eError::io("write users.passwd"))?;
     let pdb = work.root().join("users.pdb");

@@ -1,0 +1,58 @@
+//! Shutdown: SIGTERM ends every session, logs `exiting on signal 15`, exits 0, and
+//! leaves no process behind.
+
+use std::time::Duration;
+
+use ftp_proxy_tests::e2e::*;
+
+#[test]
+fn sigterm_exits_zero_and_leaves_nothing_behind() -> Result<()> {
+    let Some(mut fx) = Fixture::start("sigterm", false, &[])? else {
+        return Ok(());
+    };
+    let target = fx.target();
+    let mut session = Control::connect(target, Duration::from_secs(10))?;
+    let banner = session.read_reply()?;
+    let user = session.command(&format!("USER {USER}"))?;
+    let pass = session.command(&format!("PASS {PASSWORD}"))?;
+    if (banner.code, user.code, pass.code) != (220, 331, 230) {
+        return Err(E2eError::check(
+            "login through the proxy",
+            session.transcript().to_string(),
+        ));
+    }
+    let proxy = fx.proxy_mut()?;
+    proxy.wait_log("session 1/100 started", Duration::from_secs(5))?;
+
+    let status = proxy.stop_with(libc::SIGTERM, Duration::from_secs(10))?;
+    let log = proxy.log();
+    if status.code() != Some(0) {
+        return Err(E2eError::check(
+            format!("exit status 0 after SIGTERM, got {status}"),
+            tail(&log, 3000),
+        ));
+    }
+    if !log.contains("exiting on signal 15") {
+        return Err(E2eError::check(
+            "log line `exiting on signal 15`",
+            tail(&log, 3000),
+        ));
+    }
+    // The open session was ended, not abandoned.
+    session.expect_closed(Duration::from_secs(5))?;
+    let left = proxy.leftovers();
+    if !left.is_empty() {
+        return Err(E2eError::check(
+            "no process left in the proxy's process group",
+            format!("{left:?}"),
+        ));
+    }
+    // Nothing listens on the proxy's port any more.
+    if std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)).is_ok() {
+        return Err(E2eError::check(
+            format!("{target} no longer accepts connections"),
+            tail(&log, 3000),
+        ));
+    }
+    Ok(())
+}
