@@ -15,7 +15,11 @@ use crate::args::{Args, BackendKind};
 #[derive(Debug)]
 pub enum BackendError {
     /// This build or this operating system has no such backend.
+    #[cfg_attr(target_os = "linux", allow(dead_code))] // only nftables off Linux
     Unsupported(BackendKind, &'static str),
+    /// pf could not be used; the original's own message (`pf is disabled`,
+    /// `open /dev/pf: ...`), printed without a prefix as the original does.
+    Pf(String),
     /// The backend exists but failed to open; the backend's own message.
     Open(BackendKind, String),
 }
@@ -24,6 +28,7 @@ impl fmt::Display for BackendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BackendError::Unsupported(k, why) => write!(f, "unsupported backend {k}: {why}"),
+            BackendError::Pf(e) => f.write_str(e),
             BackendError::Open(k, e) => write!(f, "cannot open backend {k}: {e}"),
         }
     }
@@ -63,17 +68,11 @@ fn open_nftables(_config: &Config) -> Result<DataPath<Box<dyn Backend>>, Backend
 }
 
 fn open_pf(_config: &Config) -> Result<DataPath<Box<dyn Backend>>, BackendError> {
-    if cfg!(target_os = "openbsd") {
-        Err(BackendError::Unsupported(
-            BackendKind::Pf,
-            "not built into this binary yet",
-        ))
-    } else {
-        Err(BackendError::Unsupported(
-            BackendKind::Pf,
-            "pf needs OpenBSD",
-        ))
-    }
+    // The anchors are named by the core from `config.pid`; the backend uses this
+    // process's pid (the same one) to sweep anchors of dead ftp-proxy processes.
+    let pf =
+        pfctl_backend::pf::PfBackend::open_auto().map_err(|e| BackendError::Pf(e.to_string()))?;
+    Ok(DataPath::Kernel(Box::new(pf)))
 }
 
 /// Whether the privilege drop must keep CAP_NET_ADMIN for this backend.

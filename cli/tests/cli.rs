@@ -574,6 +574,8 @@ fn daemon_mode_detaches_and_runs_in_the_child() {
     drop(guard);
 }
 
+/// (Not on OpenBSD, where pf may well open.)
+#[cfg(not(target_os = "openbsd"))]
 #[test]
 fn daemon_startup_failure_after_the_fork_reaches_the_terminal() {
     // The backend is opened in the child; its failure must still make the command
@@ -584,12 +586,10 @@ fn daemon_startup_failure_after_the_fork_reaches_the_terminal() {
     args.extend(unprivileged_user_opts(&chroot.0));
     let o = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(o.status.code(), Some(1), "{o:?}");
-    let expected = if cfg!(target_os = "openbsd") {
-        "ftp-proxy: unsupported backend pf: not built into this binary yet\n"
-    } else {
-        "ftp-proxy: unsupported backend pf: pf needs OpenBSD\n"
-    };
-    assert_eq!(stderr_of(&o), expected);
+    assert_eq!(
+        stderr_of(&o),
+        "ftp-proxy: pf is only available on OpenBSD\n"
+    );
 }
 
 /// A network namespace created for one test and deleted on drop.
@@ -723,4 +723,111 @@ fn nftables_backend_refuses_a_queue() {
     );
     assert!(err.contains("-q q1"), "{err}");
     assert_eq!(ns.exec(&["nft", "list", "tables"]), "");
+}
+
+/// Daemon mode logs through syslog(3): this test gives the daemon a private `/dev`
+/// (a mount namespace holding only `null` and a `log` socket the test listens on)
+/// and checks the datagrams: facility LOG_DAEMON, the child's pid, and the priority
+/// of each level (NOTICE for warn, INFO, DEBUG, ERR).
+#[cfg(target_os = "linux")]
+#[test]
+fn daemon_mode_logs_to_syslog_with_the_childs_pid() {
+    use std::os::unix::net::UnixDatagram;
+
+    if !is_root() {
+        eprintln!("not root: the syslog test needs a mount namespace");
+        return;
+    }
+    let server = banner_server();
+    let port = free_port();
+    let base = TempDir::new("syslog");
+    let dev = base.0.join("dev");
+    let chroot = base.0.join("empty");
+    std::fs::create_dir_all(&dev).unwrap();
+    std::fs::create_dir_all(&chroot).unwrap();
+    std::fs::write(dev.join("null"), b"").unwrap();
+    let log_sock = UnixDatagram::bind(dev.join("log")).expect("bind log socket");
+    log_sock
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(base.0.clone());
+
+    let mut argv: Vec<String> = vec![BIN.into()];
+    argv.extend(
+        [
+            "-D7",
+            "-p",
+            &port.to_string(),
+            "-R",
+            "127.0.0.1",
+            "-P",
+            &server.port.to_string(),
+        ]
+        .map(String::from),
+    );
+    argv.extend(unprivileged_user_opts(&chroot));
+    let script = format!(
+        "mount --bind /dev/null {dev}/null && mount --bind {dev} /dev && exec \"$@\"",
+        dev = dev.display()
+    );
+    let o = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script, "sh"])
+        .args(&argv)
+        .stdin(Stdio::null())
+        .output()
+        .expect("unshare");
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let pids = pids_with_cmdline(&argv);
+    assert_eq!(pids.len(), 1, "daemon processes: {pids:?}");
+    let pid = pids[0];
+    let _guard = KillOnDrop(pid);
+
+    let (client, banner) = read_banner(port);
+    assert_eq!(banner, "220 hi\r\n");
+    drop(client);
+    let _ = server.received.recv_timeout(Duration::from_secs(20));
+    // SAFETY: kill(2) of the daemon this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+
+    let mut msgs = Vec::new();
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !msgs
+        .iter()
+        .any(|m: &String| m.ends_with("exiting on signal 15"))
+    {
+        assert!(Instant::now() < deadline, "syslog so far: {msgs:#?}");
+        let n = log_sock.recv(&mut buf).expect("syslog datagram");
+        msgs.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    // <priority>timestamp ftp-proxy[pid]: message; LOG_DAEMON is 3 << 3.
+    let find = |prio: u32, text: &str| {
+        msgs.iter().any(|m| {
+            m.starts_with(&format!("<{prio}>"))
+                && m.ends_with(&format!(" ftp-proxy[{pid}]: {text}"))
+        })
+    };
+    // Resolved before the fork: logged by the parent, under the parent's pid.
+    assert!(
+        msgs.iter().any(|m| m.starts_with("<30>")
+            && m.contains(" ftp-proxy[")
+            && !m.contains(&format!("[{pid}]"))
+            && m.ends_with("]: using fixed server 127.0.0.1")),
+        "{msgs:#?}"
+    );
+    assert!(
+        find(24 + 5, &format!("listening on 127.0.0.1 port {port}")),
+        "{msgs:#?}"
+    );
+    assert!(
+        find(24 + 7, "#1 accepted connection from 127.0.0.1"),
+        "{msgs:#?}"
+    );
+    assert!(find(24 + 3, "exiting on signal 15"), "{msgs:#?}");
 }
