@@ -9,7 +9,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use ftp_proxy_core::{Config, Proxy};
-use ftp_proxy_runtime::{listen, DataPath, Divert, OsRandom, Options, Runtime};
+use ftp_proxy_runtime::{listen, DataPath, Divert, Options, OsRandom, Runtime};
 
 const CHUNK: usize = 256 * 1024;
 
@@ -82,12 +82,19 @@ fn ftp_server(total: u64) -> SocketAddr {
         let mut data = None;
         let mut line = String::new();
         while r.read_line(&mut line).unwrap() > 0 {
-            let cmd = line.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+            let cmd = line
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_uppercase();
             match cmd.as_str() {
                 "PASV" => {
                     let dl = TcpListener::bind("127.0.0.1:0").unwrap();
                     let p = dl.local_addr().unwrap().port();
-                    w.write_all(format!("227 ok (127,0,0,1,{},{})\r\n", p >> 8, p & 255).as_bytes()).unwrap();
+                    w.write_all(
+                        format!("227 ok (127,0,0,1,{},{})\r\n", p >> 8, p & 255).as_bytes(),
+                    )
+                    .unwrap();
                     data = Some(dl);
                 }
                 "RETR" => {
@@ -119,10 +126,18 @@ fn relay(total: u64) -> Duration {
             max_sessions: 10,
             relay: true,
         };
-        let cfg = Config { fixed_server: Some(server), ..Config::default() };
+        let cfg = Config {
+            fixed_server: Some(server),
+            ..Config::default()
+        };
         let proxy = Proxy::new(cfg, Box::new(OsRandom::new())).unwrap();
-        let mut rt = Runtime::<Box<dyn ftp_proxy_runtime::Backend>>::new(listen(&opts).unwrap(), &opts, proxy, DataPath::Relay)
-            .unwrap();
+        let mut rt = Runtime::<Box<dyn ftp_proxy_runtime::Backend>>::new(
+            listen(&opts).unwrap(),
+            &opts,
+            proxy,
+            DataPath::Relay,
+        )
+        .unwrap();
         tx.send((rt.local_addr(), rt.shutdown_handle())).unwrap();
         while !rt.is_finished() {
             rt.turn(None).unwrap();
@@ -163,7 +178,10 @@ fn relay(total: u64) -> Duration {
 }
 
 fn main() {
-    let mib: u64 = std::env::var("RELAY_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let mib: u64 = std::env::var("RELAY_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
     let total = mib << 20;
     let rate = |d: Duration| (total as f64 / (1 << 20) as f64) / d.as_secs_f64();
     println!("transfer of {mib} MiB over loopback, best of 3:");

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use ftp_proxy_core::{Config, Proxy};
-use ftp_proxy_runtime::{listen, raise_nofile_limit, run, DataPath, Divert, OsRandom, Options};
+use ftp_proxy_runtime::{listen, raise_nofile_limit, run, DataPath, Divert, Options, OsRandom};
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -17,8 +17,16 @@ fn main() {
     }
     let listen_addr: SocketAddr = args[1].parse().expect("LISTEN address:port");
     let server: SocketAddr = args[2].parse().expect("SERVER address:port");
-    let max_sessions: u32 = args.get(3).map_or(100, |m| m.parse().expect("MAX_SESSIONS"));
-    let opts = Options { listen: listen_addr, transparent: false, divert: Divert::Getsockname, max_sessions, relay: true };
+    let max_sessions: u32 = args
+        .get(3)
+        .map_or(100, |m| m.parse().expect("MAX_SESSIONS"));
+    let opts = Options {
+        listen: listen_addr,
+        transparent: false,
+        divert: Divert::Getsockname,
+        max_sessions,
+        relay: true,
+    };
     let fail = |msg: String| -> ! {
         eprintln!("reverse_relay: {msg}");
         std::process::exit(1)
@@ -33,6 +41,11 @@ fn main() {
         ..Config::default()
     };
     let proxy = Proxy::new(cfg, Box::new(OsRandom::new())).unwrap_or_else(|e| fail(e.to_string()));
-    log::info!("listening on {} port {}", listen_addr.ip(), listener.local_addr().map_or(0, |a| a.port()));
-    run::<Box<dyn ftp_proxy_runtime::Backend>>(listener, &opts, proxy, DataPath::Relay).unwrap_or_else(|e| fail(e.to_string()));
+    log::info!(
+        "listening on {} port {}",
+        listen_addr.ip(),
+        listener.local_addr().map_or(0, |a| a.port())
+    );
+    run::<Box<dyn ftp_proxy_runtime::Backend>>(listener, &opts, proxy, DataPath::Relay)
+        .unwrap_or_else(|e| fail(e.to_string()));
 }

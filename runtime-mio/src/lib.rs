@@ -96,7 +96,9 @@ impl fmt::Display for StartError {
             // errx(3) in the original: no strerror.
             StartError::Socket(_) => f.write_str("socket failed"),
             StartError::SetSockOpt(e) => write!(f, "setsockopt failed: {}", e.desc()),
-            StartError::Transparent(e) => write!(f, "setsockopt IP_TRANSPARENT failed: {}", e.desc()),
+            StartError::Transparent(e) => {
+                write!(f, "setsockopt IP_TRANSPARENT failed: {}", e.desc())
+            }
             StartError::Bind(e) => write!(f, "bind failed: {}", e.desc()),
             StartError::Listen(e) => write!(f, "listen failed: {}", e.desc()),
             StartError::Setrlimit(e) => write!(f, "setrlimit: {}", e.desc()),

@@ -21,7 +21,12 @@ pub(crate) struct Pipe {
 impl Pipe {
     /// An empty pipe holding at most `cap` bytes.
     pub(crate) fn new(cap: usize) -> Pipe {
-        Pipe { buf: vec![0; cap].into_boxed_slice(), start: 0, end: 0, moved: 0 }
+        Pipe {
+            buf: vec![0; cap].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            moved: 0,
+        }
     }
 
     /// Whether nothing is waiting to be written.
@@ -95,7 +100,10 @@ mod tests {
     fn bytes_come_out_in_order_across_compaction() {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let mut src = &data[..];
-        let mut dst = Slow { out: Vec::new(), max: 13 };
+        let mut dst = Slow {
+            out: Vec::new(),
+            max: 13,
+        };
         let mut p = Pipe::new(64);
         loop {
             if !p.is_full() && p.fill(&mut src).unwrap() == 0 && p.is_empty() {
@@ -115,7 +123,10 @@ mod tests {
         let mut src: &[u8] = b"abcdef";
         assert_eq!(p.fill(&mut src).unwrap(), 4);
         assert!(p.is_full());
-        let mut dst = Slow { out: Vec::new(), max: 1 };
+        let mut dst = Slow {
+            out: Vec::new(),
+            max: 1,
+        };
         p.drain(&mut dst).unwrap();
         assert!(!p.is_full());
         assert_eq!(p.fill(&mut src).unwrap(), 1);

@@ -52,16 +52,28 @@ fn specs(rules: &[Rule]) -> Result<Vec<Spec>, FilterError> {
             (Direction::In, Translate::RdrTo { addr, port }) => {
                 let nat = rules.iter().find_map(|n| match n.translate {
                     Translate::NatTo { addr: nat, ports }
-                        if n.direction == Direction::Out && n.from == r.from && n.to == addr && n.port == port =>
+                        if n.direction == Direction::Out
+                            && n.from == r.from
+                            && n.to == addr
+                            && n.port == port =>
                     {
                         Some((nat, ports))
                     }
                     _ => None,
                 });
-                out.push(Spec { listen: SocketAddr::new(r.to, r.port), from: r.from, to: SocketAddr::new(addr, port), nat });
+                out.push(Spec {
+                    listen: SocketAddr::new(r.to, r.port),
+                    from: r.from,
+                    to: SocketAddr::new(addr, port),
+                    nat,
+                });
             }
             (Direction::Out, Translate::NatTo { .. }) => {}
-            _ => return Err(FilterError::Unsupported(format!("relay cannot carry out '{r}'"))),
+            _ => {
+                return Err(FilterError::Unsupported(format!(
+                    "relay cannot carry out '{r}'"
+                )))
+            }
         }
     }
     Ok(out)
@@ -90,7 +102,13 @@ struct Sock {
 
 impl Sock {
     fn new(sock: TcpStream, ready: bool) -> Sock {
-        Sock { sock, readable: ready, writable: ready, eof: false, shut: false }
+        Sock {
+            sock,
+            readable: ready,
+            writable: ready,
+            eof: false,
+            shut: false,
+        }
     }
 }
 
@@ -129,7 +147,10 @@ pub(crate) struct Relay {
 
 impl Relay {
     pub(crate) fn new() -> Relay {
-        Relay { next_id: 1, ..Relay::default() }
+        Relay {
+            next_id: 1,
+            ..Relay::default()
+        }
     }
 
     fn alloc_id(&mut self) -> u64 {
@@ -149,14 +170,23 @@ impl Relay {
     }
 
     /// Replaces the anchor's rules, like a pf transaction: on error nothing changed.
-    pub(crate) fn commit(&mut self, registry: &Registry, anchor: &Anchor, rules: &[Rule]) -> Result<(), FilterError> {
+    pub(crate) fn commit(
+        &mut self,
+        registry: &Registry,
+        anchor: &Anchor,
+        rules: &[Rule],
+    ) -> Result<(), FilterError> {
         let specs = specs(rules)?;
         let old: Vec<u64> = self.anchors.get(anchor).cloned().unwrap_or_default();
         // Listeners that stay: same address as a new spec (binding it again would fail).
         let mut keep: Vec<(u64, Spec)> = Vec::new();
         let mut create: Vec<Spec> = Vec::new();
         for spec in specs {
-            match old.iter().find(|id| self.listeners.get(id).is_some_and(|l| l.spec.listen == spec.listen)) {
+            match old.iter().find(|id| {
+                self.listeners
+                    .get(id)
+                    .is_some_and(|l| l.spec.listen == spec.listen)
+            }) {
                 Some(&id) if !keep.iter().any(|(k, _)| *k == id) => keep.push((id, spec)),
                 _ => create.push(spec),
             }
@@ -167,17 +197,35 @@ impl Relay {
                 Ok(std) => {
                     let mut sock = TcpListener::from_std(std);
                     let id = self.alloc_id();
-                    if let Err(e) = registry.register(&mut sock, Tok::DataListener(id).token(), Interest::READABLE) {
+                    if let Err(e) = registry.register(
+                        &mut sock,
+                        Tok::DataListener(id).token(),
+                        Interest::READABLE,
+                    ) {
                         self.rollback(registry, created);
-                        return Err(FilterError::Other { errno: e.raw_os_error().unwrap_or(0), text: format!("relay register: {e}") });
+                        return Err(FilterError::Other {
+                            errno: e.raw_os_error().unwrap_or(0),
+                            text: format!("relay register: {e}"),
+                        });
                     }
-                    created.push((id, DataListener { sock, spec, anchor: *anchor, active: None }));
+                    created.push((
+                        id,
+                        DataListener {
+                            sock,
+                            spec,
+                            anchor: *anchor,
+                            active: None,
+                        },
+                    ));
                 }
                 Err(e) => {
                     self.rollback(registry, created);
                     return Err(match e {
                         Errno::EADDRINUSE => FilterError::Busy,
-                        e => FilterError::Other { errno: e as i32, text: format!("relay bind {}: {}", spec.listen, e.desc()) },
+                        e => FilterError::Other {
+                            errno: e as i32,
+                            text: format!("relay bind {}: {}", spec.listen, e.desc()),
+                        },
                     });
                 }
             }
@@ -196,7 +244,10 @@ impl Relay {
             }
         }
         for (id, l) in created {
-            debug!("relay: {anchor}: listening on {} for {} -> {}", l.spec.listen, l.spec.from, l.spec.to);
+            debug!(
+                "relay: {anchor}: listening on {} for {} -> {}",
+                l.spec.listen, l.spec.from, l.spec.to
+            );
             self.listeners.insert(id, l);
             ids.push(id);
             // A connection may already be waiting by the time we register.
@@ -235,7 +286,9 @@ impl Relay {
         match tok {
             Tok::DataListener(id) => self.accept(registry, id),
             Tok::Data(id, end) => {
-                let Some(pair) = self.pairs.get_mut(&id) else { return };
+                let Some(pair) = self.pairs.get_mut(&id) else {
+                    return;
+                };
                 let s = match end {
                     End::Accepted => &mut pair.accepted,
                     End::Opened => &mut pair.opened,
@@ -265,11 +318,18 @@ impl Relay {
 
     fn accept(&mut self, registry: &Registry, id: u64) {
         for _ in 0..ACCEPTS_PER_TURN {
-            let Some(l) = self.listeners.get_mut(&id) else { return };
+            let Some(l) = self.listeners.get_mut(&id) else {
+                return;
+            };
             let (stream, peer) = match l.sock.accept() {
                 Ok(x) => x,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted || e.kind() == ErrorKind::ConnectionAborted => continue,
+                Err(e)
+                    if e.kind() == ErrorKind::Interrupted
+                        || e.kind() == ErrorKind::ConnectionAborted =>
+                {
+                    continue
+                }
                 Err(e) => {
                     warn!("relay: accept on {} failed: {e}", l.spec.listen);
                     return;
@@ -277,11 +337,17 @@ impl Relay {
             };
             let peer = sys::unmap(peer);
             if peer.ip() != l.spec.from {
-                info!("relay: refused data connection from {peer} to {}: only {} may connect", l.spec.listen, l.spec.from);
+                info!(
+                    "relay: refused data connection from {peer} to {}: only {} may connect",
+                    l.spec.listen, l.spec.from
+                );
                 continue;
             }
             if l.active.is_some() {
-                info!("relay: refused data connection from {peer} to {}: one is already in progress", l.spec.listen);
+                info!(
+                    "relay: refused data connection from {peer} to {}: one is already in progress",
+                    l.spec.listen
+                );
                 continue;
             }
             let spec = l.spec.clone();
@@ -300,8 +366,16 @@ impl Relay {
                         label,
                     };
                     let rw = Interest::READABLE | Interest::WRITABLE;
-                    let r1 = registry.register(&mut pair.accepted.sock, Tok::Data(pid, End::Accepted).token(), rw);
-                    let r2 = registry.register(&mut pair.opened.sock, Tok::Data(pid, End::Opened).token(), rw);
+                    let r1 = registry.register(
+                        &mut pair.accepted.sock,
+                        Tok::Data(pid, End::Accepted).token(),
+                        rw,
+                    );
+                    let r2 = registry.register(
+                        &mut pair.opened.sock,
+                        Tok::Data(pid, End::Opened).token(),
+                        rw,
+                    );
                     if let Err(e) = r1.and(r2) {
                         warn!("relay: {}: cannot register: {e}", pair.label);
                         let _ = registry.deregister(&mut pair.accepted.sock);
@@ -316,7 +390,12 @@ impl Relay {
                     self.service(registry, pid);
                 }
                 Err(e) => {
-                    info!("relay: data connection from {peer} to {}: cannot connect to {}: {}", spec.listen, spec.to, e.desc());
+                    info!(
+                        "relay: data connection from {peer} to {}: cannot connect to {}: {}",
+                        spec.listen,
+                        spec.to,
+                        e.desc()
+                    );
                     reset(&stream);
                 }
             }
@@ -334,20 +413,31 @@ impl Relay {
         let Some((nat, ports)) = spec.nat else {
             return sys::start_connect(spec.to, None).map_err(|e| e.errno());
         };
-        let port = if ports.low == ports.high { ports.low } else { 0 };
+        let port = if ports.low == ports.high {
+            ports.low
+        } else {
+            0
+        };
         let first = sys::start_connect(spec.to, Some(SocketAddr::new(nat, port)));
         match first {
-            Err(sys::ConnectError::Bind(e)) if port != 0 && matches!(e, Errno::EACCES | Errno::EPERM | Errno::EADDRINUSE) => {
+            Err(sys::ConnectError::Bind(e))
+                if port != 0 && matches!(e, Errno::EACCES | Errno::EPERM | Errno::EADDRINUSE) =>
+            {
                 if !self.port_fallback_logged {
                     self.port_fallback_logged = true;
-                    warn!("relay: cannot bind source port {port} ({}), using an ephemeral port", e.desc());
+                    warn!(
+                        "relay: cannot bind source port {port} ({}), using an ephemeral port",
+                        e.desc()
+                    );
                 }
                 self.open_from(spec.to, nat)
             }
             Err(sys::ConnectError::Bind(Errno::EADDRNOTAVAIL)) => {
                 if !self.addr_fallback_logged {
                     self.addr_fallback_logged = true;
-                    warn!("relay: {nat} is not a local address, letting the kernel choose the source");
+                    warn!(
+                        "relay: {nat} is not a local address, letting the kernel choose the source"
+                    );
                 }
                 sys::start_connect(spec.to, None).map_err(|e| e.errno())
             }
@@ -357,14 +447,18 @@ impl Relay {
 
     fn open_from(&mut self, to: SocketAddr, nat: IpAddr) -> Result<std::net::TcpStream, Errno> {
         match sys::start_connect(to, Some(SocketAddr::new(nat, 0))) {
-            Err(sys::ConnectError::Bind(Errno::EADDRNOTAVAIL)) => sys::start_connect(to, None).map_err(|e| e.errno()),
+            Err(sys::ConnectError::Bind(Errno::EADDRNOTAVAIL)) => {
+                sys::start_connect(to, None).map_err(|e| e.errno())
+            }
             other => other.map_err(|e| e.errno()),
         }
     }
 
     /// Moves bytes of one data connection until it would block or its turn is up.
     fn service(&mut self, registry: &Registry, id: u64) {
-        let Some(pair) = self.pairs.get_mut(&id) else { return };
+        let Some(pair) = self.pairs.get_mut(&id) else {
+            return;
+        };
         let outcome = pair.step();
         match outcome {
             Ok(true) => self.hot.push(Tok::Data(id, End::Accepted)),
@@ -374,15 +468,27 @@ impl Relay {
     }
 
     fn close(&mut self, registry: &Registry, id: u64, end: PairEnd) {
-        let Some(mut pair) = self.pairs.remove(&id) else { return };
+        let Some(mut pair) = self.pairs.remove(&id) else {
+            return;
+        };
         let _ = registry.deregister(&mut pair.accepted.sock);
         let _ = registry.deregister(&mut pair.opened.sock);
         match end {
             PairEnd::Done => {
-                debug!("relay: {}: done, {} bytes up, {} bytes down", pair.label, pair.up.moved(), pair.down.moved())
+                debug!(
+                    "relay: {}: done, {} bytes up, {} bytes down",
+                    pair.label,
+                    pair.up.moved(),
+                    pair.down.moved()
+                )
             }
             PairEnd::Failed(what, e) => {
-                info!("relay: {}: {what}: {e} (after {} bytes up, {} down)", pair.label, pair.up.moved(), pair.down.moved());
+                info!(
+                    "relay: {}: {what}: {e} (after {} bytes up, {} down)",
+                    pair.label,
+                    pair.up.moved(),
+                    pair.down.moved()
+                );
                 // Let the originator see a reset, as it would from the real endpoint.
                 reset(&pair.accepted.sock);
             }
@@ -399,7 +505,14 @@ impl Relay {
 
 /// Sets `SO_LINGER` to zero so that closing sends RST instead of FIN.
 fn reset<F: std::os::fd::AsFd>(sock: &F) {
-    let _ = nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::Linger, &libc::linger { l_onoff: 1, l_linger: 0 });
+    let _ = nix::sys::socket::setsockopt(
+        sock,
+        nix::sys::socket::sockopt::Linger,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    );
 }
 
 impl Pair {
@@ -419,7 +532,10 @@ impl Pair {
                         self.connecting = false;
                         debug!("relay: {}: connected", self.label);
                     }
-                    Err(e) if e.kind() == ErrorKind::NotConnected || e.raw_os_error() == Some(libc::EINPROGRESS) => {
+                    Err(e)
+                        if e.kind() == ErrorKind::NotConnected
+                            || e.raw_os_error() == Some(libc::EINPROGRESS) =>
+                    {
                         self.opened.writable = false;
                     }
                     Err(e) => return Err(PairEnd::Failed("connect", e)),
@@ -428,8 +544,18 @@ impl Pair {
         }
         for _ in 0..STEPS_PER_TURN {
             let mut progress = false;
-            progress |= copy(&mut self.up, &mut self.accepted, &mut self.opened, !self.connecting)?;
-            progress |= copy(&mut self.down, &mut self.opened, &mut self.accepted, !self.connecting)?;
+            progress |= copy(
+                &mut self.up,
+                &mut self.accepted,
+                &mut self.opened,
+                !self.connecting,
+            )?;
+            progress |= copy(
+                &mut self.down,
+                &mut self.opened,
+                &mut self.accepted,
+                !self.connecting,
+            )?;
             if self.accepted.shut && self.opened.shut {
                 return Err(PairEnd::Done);
             }
@@ -494,7 +620,13 @@ mod tests {
 
     #[test]
     fn passive_rules_become_one_spec() {
-        let rules = data_rules(Mode::Passive, &addrs(), 40000, 50000, &RuleOptions::default());
+        let rules = data_rules(
+            Mode::Passive,
+            &addrs(),
+            40000,
+            50000,
+            &RuleOptions::default(),
+        );
         let s = specs(&rules).unwrap();
         assert_eq!(
             s,
@@ -502,21 +634,115 @@ mod tests {
                 listen: "127.0.0.1:50000".parse().unwrap(),
                 from: "127.0.0.2".parse().unwrap(),
                 to: "127.0.0.3:40000".parse().unwrap(),
-                nat: Some(("127.0.0.4".parse().unwrap(), ftp_proxy_core::rules::NAT_PORTS)),
+                nat: Some((
+                    "127.0.0.4".parse().unwrap(),
+                    ftp_proxy_core::rules::NAT_PORTS
+                )),
             }]
         );
     }
 
     #[test]
     fn active_rfc_rules_keep_port_20() {
-        let opts = RuleOptions { rfc_mode: true, ..RuleOptions::default() };
+        let opts = RuleOptions {
+            rfc_mode: true,
+            ..RuleOptions::default()
+        };
         let rules = data_rules(Mode::ActivePort, &addrs(), 40000, 50000, &opts);
         let s = specs(&rules).unwrap();
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].listen, "127.0.0.4:50000".parse().unwrap());
         assert_eq!(s[0].from, "127.0.0.3".parse::<IpAddr>().unwrap());
         assert_eq!(s[0].to, "127.0.0.2:40000".parse().unwrap());
-        assert_eq!(s[0].nat, Some(("127.0.0.1".parse().unwrap(), PortRange::single(20))));
+        assert_eq!(
+            s[0].nat,
+            Some(("127.0.0.1".parse().unwrap(), PortRange::single(20)))
+        );
+    }
+
+    fn rules_for(listen_ip: &str, proxy_port: u16) -> Vec<Rule> {
+        let a = SessionAddrs {
+            orig_server: listen_ip.parse().unwrap(),
+            ..addrs()
+        };
+        data_rules(
+            Mode::Passive,
+            &a,
+            40000,
+            proxy_port,
+            &RuleOptions::default(),
+        )
+        .to_vec()
+    }
+
+    const ANCHOR: Anchor = Anchor { pid: 1, session: 1 };
+
+    #[test]
+    fn commit_listens_and_empty_commit_removes() {
+        let poll = mio::Poll::new().unwrap();
+        let mut relay = Relay::new();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        relay
+            .commit(poll.registry(), &ANCHOR, &rules_for("127.0.0.1", port))
+            .unwrap();
+        assert_eq!(relay.listener_count(), 1);
+        // Really listening: a connect succeeds.
+        std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // The same rules again keep the same socket (rebinding would fail).
+        relay
+            .commit(poll.registry(), &ANCHOR, &rules_for("127.0.0.1", port))
+            .unwrap();
+        assert_eq!(relay.listener_count(), 1);
+        relay.commit(poll.registry(), &ANCHOR, &[]).unwrap();
+        assert_eq!(relay.listener_count(), 0);
+        assert!(relay.anchors.is_empty());
+        let e = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ConnectionRefused);
+    }
+
+    #[test]
+    fn port_in_use_is_busy_and_changes_nothing() {
+        let poll = mio::Poll::new().unwrap();
+        let mut relay = Relay::new();
+        let free = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        relay
+            .commit(poll.registry(), &ANCHOR, &rules_for("127.0.0.1", free))
+            .unwrap();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken_port = taken.local_addr().unwrap().port();
+        let r = relay.commit(
+            poll.registry(),
+            &ANCHOR,
+            &rules_for("127.0.0.1", taken_port),
+        );
+        assert_eq!(r, Err(FilterError::Busy));
+        // The old rules are still in force.
+        assert_eq!(relay.listener_count(), 1);
+        std::net::TcpStream::connect(("127.0.0.1", free)).unwrap();
+    }
+
+    #[test]
+    fn foreign_address_is_a_filter_error_with_errno() {
+        let poll = mio::Poll::new().unwrap();
+        let mut relay = Relay::new();
+        // 203.0.113.0/24 (TEST-NET-3) is on no interface of a test machine.
+        let r = relay.commit(poll.registry(), &ANCHOR, &rules_for("203.0.113.7", 50000));
+        match r {
+            Err(FilterError::Other { errno, text }) => {
+                assert_eq!(errno, libc::EADDRNOTAVAIL);
+                assert!(text.starts_with("relay bind 203.0.113.7:50000: "), "{text}");
+            }
+            other => panic!("expected Other, got {other:?}"),
+        }
+        assert_eq!(relay.listener_count(), 0);
     }
 
     #[test]

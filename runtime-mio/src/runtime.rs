@@ -53,7 +53,14 @@ struct Conn {
 
 impl Conn {
     fn new(sock: TcpStream, ready: bool) -> Conn {
-        Conn { sock, readable: ready, writable: ready, read_done: false, out: VecDeque::new(), queued: 0 }
+        Conn {
+            sock,
+            readable: ready,
+            writable: ready,
+            read_done: false,
+            out: VecDeque::new(),
+            queued: 0,
+        }
     }
 
     fn push(&mut self, b: Bytes) {
@@ -161,13 +168,24 @@ pub struct Runtime<B: Backend> {
 
 impl<B: Backend> Runtime<B> {
     /// A loop around `listener`, with no signal handling (see [`crate::run`]).
-    pub fn new(listener: Listener, opts: &Options, proxy: Proxy, data: DataPath<B>) -> Result<Runtime<B>, RunError> {
+    pub fn new(
+        listener: Listener,
+        opts: &Options,
+        proxy: Proxy,
+        data: DataPath<B>,
+    ) -> Result<Runtime<B>, RunError> {
         let poll = Poll::new().map_err(RunError::Setup)?;
         let listen_addr = listener.inner.local_addr().map_err(RunError::Setup)?;
-        listener.inner.set_nonblocking(true).map_err(RunError::Setup)?;
+        listener
+            .inner
+            .set_nonblocking(true)
+            .map_err(RunError::Setup)?;
         let mut l = TcpListener::from_std(listener.inner);
-        poll.registry().register(&mut l, Tok::Listener.token(), Interest::READABLE).map_err(RunError::Setup)?;
-        let waker = Arc::new(Waker::new(poll.registry(), Tok::Waker.token()).map_err(RunError::Setup)?);
+        poll.registry()
+            .register(&mut l, Tok::Listener.token(), Interest::READABLE)
+            .map_err(RunError::Setup)?;
+        let waker =
+            Arc::new(Waker::new(poll.registry(), Tok::Waker.token()).map_err(RunError::Setup)?);
         Ok(Runtime {
             poll,
             events: Events::with_capacity(256),
@@ -206,7 +224,10 @@ impl<B: Backend> Runtime<B> {
 
     /// A handle that starts the shutdown from any thread.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle { flag: self.stop.clone(), waker: self.waker.clone() }
+        ShutdownHandle {
+            flag: self.stop.clone(),
+            waker: self.waker.clone(),
+        }
     }
 
     /// The listener's address.
@@ -287,7 +308,14 @@ impl<B: Backend> Runtime<B> {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        [self.proxy.poll_timeout(), self.accept_paused_until, self.shutdown_deadline].into_iter().flatten().min()
+        [
+            self.proxy.poll_timeout(),
+            self.accept_paused_until,
+            self.shutdown_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// One round: waits for events (at most `max_wait`, if given), handles them, the
@@ -298,7 +326,9 @@ impl<B: Backend> Runtime<B> {
             Some(Duration::ZERO)
         } else {
             let now = Instant::now();
-            let t = self.next_deadline().map(|d| d.saturating_duration_since(now));
+            let t = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(now));
             match (t, max_wait) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -372,7 +402,9 @@ impl<B: Backend> Runtime<B> {
                 }
             }
             Tok::Control(id, side) => {
-                let Some(s) = self.sessions.get_mut(&id) else { return };
+                let Some(s) = self.sessions.get_mut(&id) else {
+                    return;
+                };
                 if let Some(c) = s.conn(side) {
                     c.readable |= r;
                     c.writable |= w;
@@ -403,7 +435,12 @@ impl<B: Backend> Runtime<B> {
                     self.listener_ready = false;
                     return;
                 }
-                Err(e) if e.kind() == ErrorKind::Interrupted || e.kind() == ErrorKind::ConnectionAborted => continue,
+                Err(e)
+                    if e.kind() == ErrorKind::Interrupted
+                        || e.kind() == ErrorKind::ConnectionAborted =>
+                {
+                    continue
+                }
                 Err(e) => {
                     error!("accept() failed: {e}");
                     if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
@@ -423,22 +460,42 @@ impl<B: Backend> Runtime<B> {
             };
             let orig = match self.divert {
                 Divert::Getsockname => local,
-                Divert::OriginalDst => sys::original_dst(&sock, peer).map(sys::unmap).unwrap_or(local),
+                Divert::OriginalDst => sys::original_dst(&sock, peer)
+                    .map(sys::unmap)
+                    .unwrap_or(local),
             };
             match self.proxy.accept(now, client, orig, 0) {
                 Ok(id) => {
                     let mut sock = sock;
                     sys::keepalive(&sock);
                     let rw = Interest::READABLE | Interest::WRITABLE;
-                    if let Err(e) = self.poll.registry().register(&mut sock, Tok::Control(id, Side::Client).token(), rw) {
+                    if let Err(e) = self.poll.registry().register(
+                        &mut sock,
+                        Tok::Control(id, Side::Client).token(),
+                        rw,
+                    ) {
                         error!("{id} cannot register client socket: {e}");
-                        self.sessions.insert(id, Session { client: Conn::new(sock, false), server: None, connecting: false });
+                        self.sessions.insert(
+                            id,
+                            Session {
+                                client: Conn::new(sock, false),
+                                server: None,
+                                connecting: false,
+                            },
+                        );
                         self.proxy.handle(now, id, Input::Reset(Side::Client));
                         self.drain(now);
                         continue;
                     }
                     // A fresh socket is assumed ready; WouldBlock will say otherwise.
-                    self.sessions.insert(id, Session { client: Conn::new(sock, true), server: None, connecting: false });
+                    self.sessions.insert(
+                        id,
+                        Session {
+                            client: Conn::new(sock, true),
+                            server: None,
+                            connecting: false,
+                        },
+                    );
                     self.drain(now);
                     self.hot.insert((id, Side::Client));
                 }
@@ -451,7 +508,9 @@ impl<B: Backend> Runtime<B> {
 
     /// Learns whether the server connect finished (mio's `TcpStream::connect` recipe).
     fn check_connect(&mut self, id: SessionId) {
-        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
         let Some(c) = s.server.as_mut() else { return };
         if !c.writable && !c.readable {
             return;
@@ -463,7 +522,10 @@ impl<B: Backend> Runtime<B> {
             }
             Ok(None) => match c.sock.peer_addr() {
                 Ok(_) => Some(Input::ServerConnected),
-                Err(e) if e.kind() == ErrorKind::NotConnected || e.raw_os_error() == Some(libc::EINPROGRESS) => {
+                Err(e)
+                    if e.kind() == ErrorKind::NotConnected
+                        || e.raw_os_error() == Some(libc::EINPROGRESS) =>
+                {
                     c.writable = false;
                     c.readable = false;
                     None
@@ -493,7 +555,9 @@ impl<B: Backend> Runtime<B> {
             return;
         }
         for _ in 0..READS_PER_TURN {
-            let Some(s) = self.sessions.get_mut(&id) else { return };
+            let Some(s) = self.sessions.get_mut(&id) else {
+                return;
+            };
             if side == Side::Server && s.connecting {
                 return;
             }
@@ -534,7 +598,9 @@ impl<B: Backend> Runtime<B> {
     /// Flushes one side's output if the socket can take it. Returns false if the
     /// session is gone (or just ended because of a write error).
     fn flush(&mut self, id: SessionId, side: Side) -> bool {
-        let Some(s) = self.sessions.get_mut(&id) else { return false };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return false;
+        };
         let connecting = s.connecting;
         let Some(c) = s.conn(side) else { return true };
         if c.queued == 0 || !c.writable || (side == Side::Server && connecting) {
@@ -572,7 +638,9 @@ impl<B: Backend> Runtime<B> {
         match action {
             Action::ConnectServer { to, bind } => self.connect_server(now, id, to, bind),
             Action::Send(side, bytes) => {
-                let Some(s) = self.sessions.get_mut(&id) else { return };
+                let Some(s) = self.sessions.get_mut(&id) else {
+                    return;
+                };
                 match s.conn(side) {
                     Some(c) => c.push(bytes),
                     None => {
@@ -583,7 +651,9 @@ impl<B: Backend> Runtime<B> {
                 self.flush(id, side);
             }
             Action::Close(_) => {
-                let Some(mut s) = self.sessions.remove(&id) else { return };
+                let Some(mut s) = self.sessions.remove(&id) else {
+                    return;
+                };
                 let registry = self.poll.registry();
                 // One best-effort flush of what is queued, errors ignored (§13.4).
                 let _ = s.client.flush();
@@ -602,18 +672,27 @@ impl<B: Backend> Runtime<B> {
                     Data::Kernel(b) => b.commit(&anchor, &rules),
                     Data::Relay(r) => r.commit(self.poll.registry(), &anchor, &rules),
                 };
-                self.proxy.handle(now, id, Input::RulesCommitted { txn, result });
+                self.proxy
+                    .handle(now, id, Input::RulesCommitted { txn, result });
             }
         }
     }
 
-    fn connect_server(&mut self, now: Instant, id: SessionId, to: SocketAddr, bind: Option<std::net::IpAddr>) {
+    fn connect_server(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        to: SocketAddr,
+        bind: Option<std::net::IpAddr>,
+    ) {
         if !self.sessions.contains_key(&id) {
             return;
         }
         let started = sys::start_connect(to, bind.map(|ip| SocketAddr::new(ip, 0)));
         let input = match started {
-            Err(e) => Input::ServerConnectFailed { error: e.errno().desc().to_string() },
+            Err(e) => Input::ServerConnectFailed {
+                error: e.errno().desc().to_string(),
+            },
             Ok(std) => {
                 let mut sock = TcpStream::from_std(std);
                 let rw = Interest::READABLE | Interest::WRITABLE;
@@ -628,11 +707,15 @@ impl<B: Backend> Runtime<B> {
                             s.server = Some(Conn::new(sock, false));
                             s.connecting = true;
                         }
-                        Input::ServerSocketOpened { proxy: sys::unmap(local) }
+                        Input::ServerSocketOpened {
+                            proxy: sys::unmap(local),
+                        }
                     }
                     Err(e) => {
                         let _ = self.poll.registry().deregister(&mut sock);
-                        Input::ServerConnectFailed { error: e.to_string() }
+                        Input::ServerConnectFailed {
+                            error: e.to_string(),
+                        }
                     }
                 }
             }

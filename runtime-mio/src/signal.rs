@@ -48,7 +48,11 @@ impl Signals {
     pub(crate) fn install() -> Result<Signals, Errno> {
         let (tx, rx) = pipe::new().map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
         PIPE_WR.store(tx.as_raw_fd(), Ordering::SeqCst);
-        let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
+        let action = SigAction::new(
+            SigHandler::Handler(on_signal),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
         for sig in HANDLED {
             // SAFETY: the handler only touches atomics and calls write(2).
             unsafe { sigaction(sig, &action) }?;

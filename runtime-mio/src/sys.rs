@@ -6,7 +6,9 @@ use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::sys::socket::{self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage};
+use nix::sys::socket::{
+    self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage,
+};
 
 /// Which step of creating a listener failed.
 #[derive(Debug)]
@@ -28,7 +30,12 @@ pub(crate) fn family(addr: &SocketAddr) -> AddressFamily {
 
 /// A non-blocking, close-on-exec TCP socket of `addr`'s family.
 pub(crate) fn tcp_socket(addr: &SocketAddr) -> Result<OwnedFd, Errno> {
-    socket::socket(family(addr), SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)
+    socket::socket(
+        family(addr),
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
 }
 
 /// Sets `IP_TRANSPARENT` (19) or `IPV6_TRANSPARENT` (75); nix only knows the former.
@@ -58,7 +65,11 @@ fn set_transparent(fd: &OwnedFd, v6: bool) -> Result<(), Errno> {
 }
 
 /// Socket, `SO_REUSEADDR`, optional transparency, bind, listen, non-blocking.
-pub(crate) fn listener(addr: SocketAddr, transparent: bool, backlog: usize) -> Result<TcpListener, ListenError> {
+pub(crate) fn listener(
+    addr: SocketAddr,
+    transparent: bool,
+    backlog: usize,
+) -> Result<TcpListener, ListenError> {
     let fd = tcp_socket(&addr).map_err(ListenError::Socket)?;
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(ListenError::SetSockOpt)?;
     if addr.is_ipv6() {
@@ -70,7 +81,8 @@ pub(crate) fn listener(addr: SocketAddr, transparent: bool, backlog: usize) -> R
         set_transparent(&fd, addr.is_ipv6()).map_err(ListenError::Transparent)?;
     }
     socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(ListenError::Bind)?;
-    let backlog = Backlog::new(backlog.min(i32::MAX as usize) as i32).map_err(ListenError::Listen)?;
+    let backlog =
+        Backlog::new(backlog.min(i32::MAX as usize) as i32).map_err(ListenError::Listen)?;
     socket::listen(&fd, backlog).map_err(ListenError::Listen)?;
     Ok(TcpListener::from(fd))
 }
@@ -91,7 +103,10 @@ pub(crate) fn data_listener(addr: SocketAddr) -> Result<TcpListener, Errno> {
 ///
 /// Returns the socket whose connect is under way (or already done, on loopback).
 /// The caller learns the outcome from writability, as mio's `TcpStream::connect` docs say.
-pub(crate) fn start_connect(to: SocketAddr, bind: Option<SocketAddr>) -> Result<std::net::TcpStream, ConnectError> {
+pub(crate) fn start_connect(
+    to: SocketAddr,
+    bind: Option<SocketAddr>,
+) -> Result<std::net::TcpStream, ConnectError> {
     let fd = tcp_socket(&to).map_err(ConnectError::Socket)?;
     if let Some(b) = bind {
         if b.is_ipv6() == to.is_ipv6() && b.port() != 0 {
@@ -153,7 +168,10 @@ pub(crate) fn original_dst<F: AsFd>(fd: &F, peer: SocketAddr) -> Option<SocketAd
     } else {
         let sin6 = socket::getsockopt(fd, sockopt::Ip6tOriginalDst).ok()?;
         let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-        Some(SocketAddr::new(IpAddr::V6(ip), u16::from_be(sin6.sin6_port)))
+        Some(SocketAddr::new(
+            IpAddr::V6(ip),
+            u16::from_be(sin6.sin6_port),
+        ))
     }
 }
 
@@ -201,7 +219,10 @@ pub(crate) fn fill_random(buf: &mut [u32]) {
         }
         let e = Errno::last();
         tries += 1;
-        assert!(e == Errno::EINTR && tries < 100, "kernel random source failed: {e}");
+        assert!(
+            e == Errno::EINTR && tries < 100,
+            "kernel random source failed: {e}"
+        );
     }
 }
 

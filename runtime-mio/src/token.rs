@@ -44,7 +44,10 @@ impl Tok {
             Tok::Listener => (0, SPECIAL),
             Tok::Signal => (1, SPECIAL),
             Tok::Waker => (2, SPECIAL),
-            Tok::Control(id, side) => ((id.0 as usize) << 1 | (side == Side::Server) as usize, CONTROL),
+            Tok::Control(id, side) => (
+                (id.0 as usize) << 1 | (side == Side::Server) as usize,
+                CONTROL,
+            ),
             Tok::DataListener(n) => (n as usize, DATA_LISTENER),
             Tok::Data(n, end) => ((n as usize) << 1 | (end == End::Opened) as usize, DATA),
         };
@@ -61,11 +64,22 @@ impl Tok {
                 _ => None,
             },
             CONTROL => {
-                let side = if n & 1 == 1 { Side::Server } else { Side::Client };
+                let side = if n & 1 == 1 {
+                    Side::Server
+                } else {
+                    Side::Client
+                };
                 Some(Tok::Control(SessionId(u32::try_from(n >> 1).ok()?), side))
             }
             DATA_LISTENER => Some(Tok::DataListener(n as u64)),
-            _ => Some(Tok::Data((n >> 1) as u64, if n & 1 == 1 { End::Opened } else { End::Accepted })),
+            _ => Some(Tok::Data(
+                (n >> 1) as u64,
+                if n & 1 == 1 {
+                    End::Opened
+                } else {
+                    End::Accepted
+                },
+            )),
         }
     }
 }

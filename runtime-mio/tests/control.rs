@@ -22,7 +22,10 @@ fn files() -> BTreeMap<String, Vec<u8>> {
 }
 
 fn cfg(server: SocketAddr) -> Config {
-    Config { fixed_server: Some(server), ..Config::default() }
+    Config {
+        fixed_server: Some(server),
+        ..Config::default()
+    }
 }
 
 /// Reads until EOF or error; returns the kind of ending (`None` = clean EOF).
@@ -41,7 +44,12 @@ fn read_end(s: &mut std::net::TcpStream) -> Option<ErrorKind> {
 fn rules_committed_then_removed_at_session_end() {
     let server = ScriptedServer::start(ip("127.0.0.3"), files());
     let backend = RecordingBackend::default();
-    let proxy = RunningProxy::start(cfg(server.addr), "127.0.0.1:0".parse().unwrap(), false, Some(backend.clone()));
+    let proxy = RunningProxy::start(
+        cfg(server.addr),
+        "127.0.0.1:0".parse().unwrap(),
+        false,
+        Some(backend.clone()),
+    );
     let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
     c.login();
     let data = c.pasv();
@@ -60,26 +68,45 @@ fn rules_committed_then_removed_at_session_end() {
     assert!(proxy.wait_sessions(|n| n == 0), "session did not end");
     {
         let log = backend.0.lock().unwrap();
-        assert!(log.current.is_empty(), "rules left after the session: {:?}", log.current);
+        assert!(
+            log.current.is_empty(),
+            "rules left after the session: {:?}",
+            log.current
+        );
         let (anchor, last) = log.commits.last().unwrap();
-        assert!(last.is_empty(), "last commit for {anchor} must remove the rules");
+        assert!(
+            last.is_empty(),
+            "last commit for {anchor} must remove the rules"
+        );
     }
     let fin = proxy.stop();
     assert_eq!(fin.sessions_left, 0);
-    assert_eq!(backend.0.lock().unwrap().remove_all, 1, "remove_all is the exit backstop");
+    assert_eq!(
+        backend.0.lock().unwrap().remove_all,
+        1,
+        "remove_all is the exit backstop"
+    );
 }
 
 #[test]
 fn shutdown_ends_live_sessions_and_removes_their_rules() {
     let server = ScriptedServer::start(ip("127.0.0.3"), files());
     let backend = RecordingBackend::default();
-    let proxy = RunningProxy::start(cfg(server.addr), "127.0.0.1:0".parse().unwrap(), false, Some(backend.clone()));
+    let proxy = RunningProxy::start(
+        cfg(server.addr),
+        "127.0.0.1:0".parse().unwrap(),
+        false,
+        Some(backend.clone()),
+    );
     let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
     c.login();
     c.pasv();
     assert_eq!(backend.0.lock().unwrap().current.len(), 1);
     let fin = proxy.stop();
-    assert_eq!(fin.sessions_left, 0, "every session ended within the grace period");
+    assert_eq!(
+        fin.sessions_left, 0,
+        "every session ended within the grace period"
+    );
     let log = backend.0.lock().unwrap();
     // The session's own empty commit happened before the backstop.
     let empties = log.commits.iter().filter(|(_, r)| r.is_empty()).count();
@@ -92,7 +119,10 @@ fn shutdown_ends_live_sessions_and_removes_their_rules() {
 #[test]
 fn session_limit_refuses_extra_clients() {
     let server = ScriptedServer::start(ip("127.0.0.3"), files());
-    let config = Config { max_sessions: 1, ..cfg(server.addr) };
+    let config = Config {
+        max_sessions: 1,
+        ..cfg(server.addr)
+    };
     let proxy = RunningProxy::start(config, "127.0.0.1:0".parse().unwrap(), false, None);
     let mut first = Client::connect(ip("127.0.0.2"), proxy.addr);
     first.login();
@@ -100,7 +130,12 @@ fn session_limit_refuses_extra_clients() {
     // Refused: closed at once, no FTP reply at all.
     let mut buf = [0u8; 64];
     let n = second.read(&mut buf).unwrap_or(0);
-    assert_eq!(n, 0, "refused client got {:?}", String::from_utf8_lossy(&buf[..n]));
+    assert_eq!(
+        n,
+        0,
+        "refused client got {:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
     // The first session is unaffected.
     assert!(first.cmd("USER again").starts_with("331"));
     assert!(first.cmd("QUIT").starts_with("221"));
@@ -115,7 +150,10 @@ fn session_limit_refuses_extra_clients() {
 #[test]
 fn idle_timeout_closes_the_session() {
     let server = ScriptedServer::start(ip("127.0.0.3"), files());
-    let config = Config { idle_timeout_secs: 1, ..cfg(server.addr) };
+    let config = Config {
+        idle_timeout_secs: 1,
+        ..cfg(server.addr)
+    };
     let proxy = RunningProxy::start(config, "127.0.0.1:0".parse().unwrap(), false, None);
     let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
     c.login();
@@ -129,10 +167,17 @@ fn idle_timeout_closes_the_session() {
 #[test]
 fn unreachable_server_closes_the_client() {
     // A port nobody listens on: bind one, note it, close it.
-    let dead = std::net::TcpListener::bind("127.0.0.3:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.3:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let proxy = RunningProxy::start(cfg(dead), "127.0.0.1:0".parse().unwrap(), false, None);
     let mut c = connect_from(ip("127.0.0.2"), proxy.addr).unwrap();
-    assert_eq!(read_end(&mut c), None, "client must see the connection closed");
+    assert_eq!(
+        read_end(&mut c),
+        None,
+        "client must see the connection closed"
+    );
     assert!(proxy.wait_sessions(|n| n == 0));
     proxy.stop();
 }
@@ -149,13 +194,21 @@ fn relay_refuses_strangers_and_a_second_connection() {
     // Another source address may not use the rule (`from <client>`).
     let mut stranger = connect_from(ip("127.0.0.5"), data).unwrap();
     assert_eq!(read_end(&mut stranger), None, "stranger must be closed");
-    assert_eq!(proxy.relay_counts.lock().unwrap().1, 0, "no pair for the stranger");
+    assert_eq!(
+        proxy.relay_counts.lock().unwrap().1,
+        0,
+        "no pair for the stranger"
+    );
 
     // The client's first connection is relayed, a second concurrent one is not (max 1).
     let mut d = connect_from(ip("127.0.0.2"), data).unwrap();
     assert!(proxy.wait_relay(|(_, p)| p == 1));
     let mut again = connect_from(ip("127.0.0.2"), data).unwrap();
-    assert_eq!(read_end(&mut again), None, "second concurrent connection must be closed");
+    assert_eq!(
+        read_end(&mut again),
+        None,
+        "second concurrent connection must be closed"
+    );
 
     // The first one still works.
     assert!(c.cmd("RETR small").starts_with("150"));
@@ -179,9 +232,15 @@ fn relay_refuses_strangers_and_a_second_connection() {
     assert_ne!(data2, data);
     assert!(proxy.wait_relay(|(l, _)| l == 1));
     let refused = connect_from(ip("127.0.0.2"), data);
-    assert_eq!(refused.map(drop).map_err(|e| e.kind()), Err(ErrorKind::ConnectionRefused));
+    assert_eq!(
+        refused.map(drop).map_err(|e| e.kind()),
+        Err(ErrorKind::ConnectionRefused)
+    );
     assert!(c.cmd("QUIT").starts_with("221"));
     drop(c);
-    assert!(proxy.wait_relay(|(l, _)| l == 0), "listener must go with the session");
+    assert!(
+        proxy.wait_relay(|(l, _)| l == 0),
+        "listener must go with the session"
+    );
     proxy.stop();
 }

@@ -19,7 +19,11 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn reverse_cfg(server: SocketAddr) -> Config {
-    Config { fixed_server: Some(server), ipv6: server.is_ipv6(), ..Config::default() }
+    Config {
+        fixed_server: Some(server),
+        ipv6: server.is_ipv6(),
+        ..Config::default()
+    }
 }
 
 fn files() -> BTreeMap<String, Vec<u8>> {
@@ -33,13 +37,22 @@ fn files() -> BTreeMap<String, Vec<u8>> {
 #[test]
 fn passive_download_and_upload_through_relay() {
     let server = ScriptedServer::start(ip(SERVER), files());
-    let proxy = RunningProxy::start(reverse_cfg(server.addr), SocketAddr::new(ip(PROXY), 0), true, None);
+    let proxy = RunningProxy::start(
+        reverse_cfg(server.addr),
+        SocketAddr::new(ip(PROXY), 0),
+        true,
+        None,
+    );
     let mut c = Client::connect(ip(CLIENT), proxy.addr);
     c.login();
 
     // Download: the 227 the client sees names the proxy, not the server.
     let data_addr = c.pasv();
-    assert_eq!(data_addr.ip(), ip(PROXY), "227 must be rewritten to the address the client used");
+    assert_eq!(
+        data_addr.ip(),
+        ip(PROXY),
+        "227 must be rewritten to the address the client used"
+    );
     let mut d = connect_from(ip(CLIENT), data_addr).expect("data connect through relay");
     assert!(c.cmd("RETR big").starts_with("150"));
     let mut got = Vec::new();
@@ -63,17 +76,29 @@ fn passive_download_and_upload_through_relay() {
     // The server saw the data connections come from the proxy's own address (nat-to).
     let proxy_ip = log.control_peers[0].ip();
     assert_eq!(log.data_peers.len(), 2);
-    assert!(log.data_peers.iter().all(|p| p.ip() == proxy_ip), "{:?} vs {proxy_ip}", log.data_peers);
+    assert!(
+        log.data_peers.iter().all(|p| p.ip() == proxy_ip),
+        "{:?} vs {proxy_ip}",
+        log.data_peers
+    );
     assert_ne!(proxy_ip, ip(CLIENT));
     let fin = proxy.stop();
     assert_eq!(fin.sessions_left, 0);
-    assert_eq!(fin.relay.0, 0, "relay listeners left after the session ended");
+    assert_eq!(
+        fin.relay.0, 0,
+        "relay listeners left after the session ended"
+    );
 }
 
 #[test]
 fn active_port_download_through_relay() {
     let server = ScriptedServer::start(ip(SERVER), files());
-    let proxy = RunningProxy::start(reverse_cfg(server.addr), SocketAddr::new(ip(PROXY), 0), true, None);
+    let proxy = RunningProxy::start(
+        reverse_cfg(server.addr),
+        SocketAddr::new(ip(PROXY), 0),
+        true,
+        None,
+    );
     let mut c = Client::connect(ip(CLIENT), proxy.addr);
     c.login();
     let l = TcpListener::bind((ip(CLIENT), 0)).unwrap();
@@ -88,7 +113,11 @@ fn active_port_download_through_relay() {
     };
     let mut got = Vec::new();
     d.read_to_end(&mut got).unwrap();
-    assert!(got == payload(3 << 20, 2), "downloaded bytes differ ({} bytes)", got.len());
+    assert!(
+        got == payload(3 << 20, 2),
+        "downloaded bytes differ ({} bytes)",
+        got.len()
+    );
     assert!(c.reply().starts_with("226"));
     // nat-to the original server address: the client sees the proxy address it used.
     assert_eq!(peer.ip(), ip(PROXY));
@@ -102,14 +131,22 @@ fn active_port_download_through_relay() {
         "PORT not rewritten to the proxy: {port_line:?}"
     );
     drop(c);
-    assert!(proxy.wait_sessions(|n| n == 0), "session did not end after the client left");
+    assert!(
+        proxy.wait_sessions(|n| n == 0),
+        "session did not end after the client left"
+    );
     proxy.stop();
 }
 
 #[test]
 fn ten_mib_both_ways_with_half_close() {
     let server = ScriptedServer::start(ip(SERVER), files());
-    let proxy = RunningProxy::start(reverse_cfg(server.addr), SocketAddr::new(ip(PROXY), 0), true, None);
+    let proxy = RunningProxy::start(
+        reverse_cfg(server.addr),
+        SocketAddr::new(ip(PROXY), 0),
+        true,
+        None,
+    );
     let mut c = Client::connect(ip(CLIENT), proxy.addr);
     c.login();
     let data_addr = c.pasv();
@@ -132,7 +169,10 @@ fn ten_mib_both_ways_with_half_close() {
     let log = server.log.lock().unwrap().clone();
     assert_eq!(log.both_received.len(), 10 << 20);
     assert!(log.both_received == up, "bytes to the server differ");
-    assert!(proxy.wait_relay(|(_, pairs)| pairs == 0), "data pair not closed after both half-closes");
+    assert!(
+        proxy.wait_relay(|(_, pairs)| pairs == 0),
+        "data pair not closed after both half-closes"
+    );
     drop(c);
     proxy.stop();
 }
@@ -141,7 +181,12 @@ fn ten_mib_both_ways_with_half_close() {
 fn ipv6_epsv_download_through_relay() {
     let lo6 = ip("::1");
     let server = ScriptedServer::start(lo6, files());
-    let proxy = RunningProxy::start(reverse_cfg(server.addr), SocketAddr::new(lo6, 0), true, None);
+    let proxy = RunningProxy::start(
+        reverse_cfg(server.addr),
+        SocketAddr::new(lo6, 0),
+        true,
+        None,
+    );
     let mut c = Client::connect(lo6, proxy.addr);
     c.login();
     let port = c.epsv();
@@ -152,5 +197,41 @@ fn ipv6_epsv_download_through_relay() {
     assert!(got == payload(3 << 20, 2), "downloaded bytes differ");
     assert!(c.reply().starts_with("226"));
     assert!(c.cmd("QUIT").starts_with("221"));
+    proxy.stop();
+}
+
+#[test]
+fn rfc_mode_active_data_comes_from_port_20() {
+    let server = ScriptedServer::start(ip(SERVER), files());
+    let mut cfg = reverse_cfg(server.addr);
+    cfg.rules.rfc_mode = true;
+    let proxy = RunningProxy::start(cfg, SocketAddr::new(ip(PROXY), 0), true, None);
+    let mut c = Client::connect(ip(CLIENT), proxy.addr);
+    c.login();
+    for round in 0..2 {
+        let l = TcpListener::bind((ip(CLIENT), 0)).unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(c
+            .cmd(&format!("PORT 127,0,0,2,{},{}", port >> 8, port & 255))
+            .starts_with("200"));
+        assert!(c.cmd("RETR small").starts_with("150"));
+        let mut d = accept_bounded(&l);
+        let peer = d.peer_addr().unwrap();
+        let mut got = Vec::new();
+        d.read_to_end(&mut got).unwrap();
+        assert!(got == payload(1000, 1), "round {round}: bytes differ");
+        assert!(c.reply().starts_with("226"));
+        assert_eq!(peer.ip(), ip(PROXY));
+        // Binding port 20 needs privilege; without it the relay uses an ephemeral port.
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(
+                peer.port(),
+                20,
+                "round {round}: -r active data must come from port 20"
+            );
+        } else {
+            eprintln!("not root: port 20 not checked (peer port {})", peer.port());
+        }
+    }
     proxy.stop();
 }

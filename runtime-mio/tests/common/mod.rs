@@ -11,7 +11,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ftp_proxy_core::{Anchor, Config, FilterError, Proxy, Rule};
-use ftp_proxy_runtime::{listen, Backend, DataPath, Divert, OsRandom, Options, Runtime, ShutdownHandle};
+use ftp_proxy_runtime::{
+    listen, Backend, DataPath, Divert, Options, OsRandom, Runtime, ShutdownHandle,
+};
 
 /// Every read and connect in the tests gives up after this (a hang fails, not blocks).
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,7 +76,12 @@ pub struct RunningProxy {
 
 impl RunningProxy {
     /// Starts a proxy listening on `listen_addr` (port 0 picks one).
-    pub fn start(cfg: Config, listen_addr: SocketAddr, relay: bool, backend: Option<RecordingBackend>) -> RunningProxy {
+    pub fn start(
+        cfg: Config,
+        listen_addr: SocketAddr,
+        relay: bool,
+        backend: Option<RecordingBackend>,
+    ) -> RunningProxy {
         let (tx, rx) = mpsc::channel();
         let counts = Arc::new(Mutex::new((0, 0)));
         let live = Arc::new(Mutex::new(0));
@@ -102,20 +109,36 @@ impl RunningProxy {
                 rt.turn(Some(Duration::from_millis(50))).expect("turn");
                 *counts2.lock().unwrap() = rt.relay_counts();
                 *live2.lock().unwrap() = rt.proxy().len();
-                assert!(start.elapsed() < Duration::from_secs(60), "runtime never finished");
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "runtime never finished"
+                );
             }
-            let fin = Finished { sessions_left: rt.proxy().len(), relay: rt.relay_counts() };
+            let fin = Finished {
+                sessions_left: rt.proxy().len(),
+                relay: rt.relay_counts(),
+            };
             rt.finish();
             fin
         });
         let (addr, handle) = rx.recv_timeout(IO_TIMEOUT).expect("runtime started");
-        RunningProxy { addr, handle, join: Some(join), relay_counts: counts, live_sessions: live }
+        RunningProxy {
+            addr,
+            handle,
+            join: Some(join),
+            relay_counts: counts,
+            live_sessions: live,
+        }
     }
 
     /// Starts the graceful shutdown and waits for the loop to end.
     pub fn stop(mut self) -> Finished {
         self.handle.shutdown();
-        self.join.take().unwrap().join().expect("runtime thread panicked")
+        self.join
+            .take()
+            .unwrap()
+            .join()
+            .expect("runtime thread panicked")
     }
 
     /// Waits (bounded) until `f` holds for the live session count.
@@ -165,11 +188,20 @@ pub fn payload(len: usize, seed: u32) -> Vec<u8> {
 
 /// A TCP connection from `from` (port 0) to `to`.
 pub fn connect_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    use nix::sys::socket::{
+        bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrStorage,
+    };
     use std::os::fd::AsRawFd;
-    let fam = if to.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fam = if to.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
     let fd = socket(fam, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    bind(fd.as_raw_fd(), &SockaddrStorage::from(SocketAddr::new(from, 0)))?;
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrStorage::from(SocketAddr::new(from, 0)),
+    )?;
     connect(fd.as_raw_fd(), &SockaddrStorage::from(to))?;
     let s = TcpStream::from(fd);
     s.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -218,7 +250,11 @@ impl ScriptedServer {
                 });
             }
         });
-        ScriptedServer { addr, log, _join: join }
+        ScriptedServer {
+            addr,
+            log,
+            _join: join,
+        }
     }
 }
 
@@ -229,7 +265,11 @@ enum DataMode {
 }
 
 fn parse_port_args(s: &str) -> Option<SocketAddr> {
-    let v: Vec<u16> = s.trim().split(',').map(|x| x.trim().parse().ok()).collect::<Option<_>>()?;
+    let v: Vec<u16> = s
+        .trim()
+        .split(',')
+        .map(|x| x.trim().parse().ok())
+        .collect::<Option<_>>()?;
     if v.len() != 6 {
         return None;
     }
@@ -247,7 +287,11 @@ fn parse_eprt(s: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-fn open_data(mode: &mut DataMode, own_ip: IpAddr, log: &Mutex<ServerLog>) -> std::io::Result<TcpStream> {
+fn open_data(
+    mode: &mut DataMode,
+    own_ip: IpAddr,
+    log: &Mutex<ServerLog>,
+) -> std::io::Result<TcpStream> {
     let s = match std::mem::replace(mode, DataMode::None) {
         DataMode::Passive(l) => {
             // Bounded wait for the client's (relayed) data connection.
@@ -276,7 +320,12 @@ fn open_data(mode: &mut DataMode, own_ip: IpAddr, log: &Mutex<ServerLog>) -> std
     Ok(s)
 }
 
-fn serve(conn: TcpStream, own_ip: IpAddr, log: &Mutex<ServerLog>, files: &BTreeMap<String, Vec<u8>>) -> std::io::Result<()> {
+fn serve(
+    conn: TcpStream,
+    own_ip: IpAddr,
+    log: &Mutex<ServerLog>,
+    files: &BTreeMap<String, Vec<u8>>,
+) -> std::io::Result<()> {
     conn.set_read_timeout(Some(IO_TIMEOUT))?;
     log.lock().unwrap().control_peers.push(conn.peer_addr()?);
     let mut w = conn.try_clone()?;
@@ -289,14 +338,19 @@ fn serve(conn: TcpStream, own_ip: IpAddr, log: &Mutex<ServerLog>, files: &BTreeM
             return Ok(());
         }
         log.lock().unwrap().lines.push(line.clone());
-        let (cmd, arg) = line.trim_end().split_once(' ').unwrap_or((line.trim_end(), ""));
+        let (cmd, arg) = line
+            .trim_end()
+            .split_once(' ')
+            .unwrap_or((line.trim_end(), ""));
         match cmd.to_ascii_uppercase().as_str() {
             "USER" => w.write_all(b"331 password please\r\n")?,
             "PASS" => w.write_all(b"230 logged in\r\n")?,
             "PASV" => {
                 let l = TcpListener::bind(SocketAddr::new(own_ip, 0))?;
                 let a = l.local_addr()?;
-                let IpAddr::V4(ip) = a.ip() else { unreachable!("PASV on IPv6") };
+                let IpAddr::V4(ip) = a.ip() else {
+                    unreachable!("PASV on IPv6")
+                };
                 let o = ip.octets();
                 let reply = format!(
                     "227 Entering Passive Mode ({},{},{},{},{},{})\r\n",
@@ -312,7 +366,10 @@ fn serve(conn: TcpStream, own_ip: IpAddr, log: &Mutex<ServerLog>, files: &BTreeM
             }
             "EPSV" => {
                 let l = TcpListener::bind(SocketAddr::new(own_ip, 0))?;
-                let reply = format!("229 Entering Extended Passive Mode (|||{}|)\r\n", l.local_addr()?.port());
+                let reply = format!(
+                    "229 Entering Extended Passive Mode (|||{}|)\r\n",
+                    l.local_addr()?.port()
+                );
                 mode = DataMode::Passive(l);
                 w.write_all(reply.as_bytes())?;
             }
@@ -384,7 +441,11 @@ pub struct Client {
 impl Client {
     pub fn connect(from: IpAddr, proxy: SocketAddr) -> Client {
         let s = connect_from(from, proxy).expect("connect to proxy");
-        Client { w: s.try_clone().unwrap(), r: BufReader::new(s), ip: from }
+        Client {
+            w: s.try_clone().unwrap(),
+            r: BufReader::new(s),
+            ip: from,
+        }
     }
 
     /// Reads one reply line.
@@ -434,7 +495,9 @@ pub fn accept_bounded(l: &TcpListener) -> TcpStream {
                 s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
                 return s;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
             Err(e) => panic!("accept: {e}"),
         }
     }
