@@ -226,7 +226,11 @@ struct BannerServer {
 }
 
 fn banner_server() -> BannerServer {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    banner_server_on("127.0.0.1:0")
+}
+
+fn banner_server_on(addr: &str) -> BannerServer {
+    let l = TcpListener::bind(addr).unwrap();
     let port = l.local_addr().unwrap().port();
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
@@ -306,6 +310,7 @@ impl Daemon {
 
     /// Sends `sig` and waits (at most 20 s) for the exit code; collects the rest of the log.
     fn signal_and_wait(&mut self, sig: i32) -> Option<i32> {
+        wait_for_handler(self.pid(), sig);
         // SAFETY: kill(2) to our own child's pid.
         unsafe { libc::kill(self.pid(), sig) };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -335,6 +340,26 @@ impl Drop for Daemon {
     }
 }
 
+/// Waits (at most 20 s) until `pid` catches `sig` (its `SigCgt` mask in
+/// /proc/PID/status has the bit). The runtime installs its handlers when `run()`
+/// starts, just after `listening on` is logged, so a signal sent right after that
+/// line could otherwise still meet the default action.
+fn wait_for_handler(pid: i32, sig: i32) {
+    let bit = 1u64 << (sig - 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let caught = u64::from_str_radix(&proc_status_field(pid, "SigCgt:"), 16).unwrap();
+        if caught & bit != 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} never installed a handler for signal {sig}"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// A temporary empty directory to chroot into, removed on drop.
 struct TempDir(PathBuf);
 
@@ -361,7 +386,11 @@ fn proc_status_field(pid: i32, field: &str) -> String {
 
 /// Connects through the proxy and returns the banner line it relays.
 fn read_banner(port: u16) -> (TcpStream, String) {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect to proxy");
+    read_banner_from("127.0.0.1", port)
+}
+
+fn read_banner_from(host: &str, port: u16) -> (TcpStream, String) {
+    let mut c = TcpStream::connect((host, port)).expect("connect to proxy");
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut banner = Vec::new();
     let mut byte = [0u8; 1];
@@ -482,6 +511,67 @@ fn default_log_level_hides_info_and_debug() {
     }
 }
 
+#[test]
+fn rust_log_overrides_the_debug_level() {
+    let server = banner_server();
+    let port = free_port();
+    let chroot = TempDir::new("rustlog");
+    let mut cmd = Command::new(BIN);
+    cmd.env("RUST_LOG", "info")
+        .args([
+            "-d",
+            "-D0",
+            "-p",
+            &port.to_string(),
+            "-R",
+            "127.0.0.1",
+            "-P",
+            &server.port.to_string(),
+        ])
+        .args(unprivileged_user_opts(&chroot.0));
+    let mut d = Daemon::spawn(&mut cmd);
+    d.wait_for("using fixed server 127.0.0.1");
+    d.wait_for(&format!("listening on 127.0.0.1 port {port}"));
+    assert_eq!(d.signal_and_wait(libc::SIGTERM), Some(0));
+}
+
+#[test]
+fn ipv6_mode_listens_on_the_ipv6_loopback_by_default() {
+    let server = banner_server_on("[::1]:0");
+    let port = free_port();
+    let chroot = TempDir::new("v6");
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "-6dD7",
+        "-p",
+        &port.to_string(),
+        "-R",
+        "::1",
+        "-P",
+        &server.port.to_string(),
+    ])
+    .args(unprivileged_user_opts(&chroot.0));
+    let mut d = Daemon::spawn(&mut cmd);
+    assert_eq!(d.wait_for("using fixed server"), "using fixed server ::1");
+    d.wait_for(&format!("listening on ::1 port {port}"));
+    let (client, banner) = read_banner_from("::1", port);
+    assert_eq!(banner, "220 hi\r\n");
+    drop(client);
+    assert_eq!(
+        server
+            .received
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap(),
+        b""
+    );
+    assert_eq!(d.signal_and_wait(libc::SIGTERM), Some(0));
+    assert!(
+        d.log.iter().any(|l| l == "#1 accepted connection from ::1"),
+        "{:?}",
+        d.log
+    );
+}
+
 /// Pids of running processes whose command line is exactly `argv`.
 fn pids_with_cmdline(argv: &[String]) -> Vec<i32> {
     let want: Vec<u8> = argv
@@ -559,6 +649,7 @@ fn daemon_mode_detaches_and_runs_in_the_child() {
     drop(client);
     let _ = server.received.recv_timeout(Duration::from_secs(20));
 
+    wait_for_handler(pid, libc::SIGTERM);
     // SAFETY: kill(2) of the daemon this test started.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -792,6 +883,7 @@ fn daemon_mode_logs_to_syslog_with_the_childs_pid() {
     assert_eq!(banner, "220 hi\r\n");
     drop(client);
     let _ = server.received.recv_timeout(Duration::from_secs(20));
+    wait_for_handler(pid, libc::SIGTERM);
     // SAFETY: kill(2) of the daemon this test started.
     unsafe { libc::kill(pid, libc::SIGTERM) };
 
