@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{ErrorKind, Read};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 
 use common::*;
@@ -43,7 +43,7 @@ fn read_end(s: &mut std::net::TcpStream) -> Option<ErrorKind> {
 #[test]
 fn rules_committed_then_removed_at_session_end() {
     let server = ScriptedServer::start(ip("127.0.0.3"), files());
-    let backend = RecordingBackend::default();
+    let backend = MockHandle::new();
     let proxy = RunningProxy::start(
         cfg(server.addr),
         "127.0.0.1:0".parse().unwrap(),
@@ -54,9 +54,9 @@ fn rules_committed_then_removed_at_session_end() {
     c.login();
     let data = c.pasv();
     {
-        let log = backend.0.lock().unwrap();
-        assert_eq!(log.current.len(), 1, "one anchor with the passive rules");
-        let rules = log.current.values().next().unwrap();
+        let anchors = backend.anchors();
+        assert_eq!(anchors.len(), 1, "one anchor with the passive rules");
+        let rules = anchors.values().next().unwrap();
         assert_eq!(rules.len(), 2);
         let rdr = rules.iter().find(|r| r.direction == Direction::In).unwrap();
         assert_eq!(rdr.from, ip("127.0.0.2"));
@@ -67,22 +67,22 @@ fn rules_committed_then_removed_at_session_end() {
     drop(c);
     assert!(proxy.wait_sessions(|n| n == 0), "session did not end");
     {
-        let log = backend.0.lock().unwrap();
+        let anchors = backend.anchors();
         assert!(
-            log.current.is_empty(),
-            "rules left after the session: {:?}",
-            log.current
+            anchors.is_empty(),
+            "rules left after the session: {anchors:?}"
         );
-        let (anchor, last) = log.commits.last().unwrap();
+        let commits = backend.commits();
+        let (anchor, last, result) = commits.last().unwrap();
         assert!(
-            last.is_empty(),
+            last.is_empty() && result.is_ok(),
             "last commit for {anchor} must remove the rules"
         );
     }
     let fin = proxy.stop();
     assert_eq!(fin.sessions_left, 0);
     assert_eq!(
-        backend.0.lock().unwrap().remove_all,
+        backend.lock().remove_all_calls(),
         1,
         "remove_all is the exit backstop"
     );
@@ -91,7 +91,7 @@ fn rules_committed_then_removed_at_session_end() {
 #[test]
 fn shutdown_ends_live_sessions_and_removes_their_rules() {
     let server = ScriptedServer::start(ip("127.0.0.3"), files());
-    let backend = RecordingBackend::default();
+    let backend = MockHandle::new();
     let proxy = RunningProxy::start(
         cfg(server.addr),
         "127.0.0.1:0".parse().unwrap(),
@@ -101,17 +101,20 @@ fn shutdown_ends_live_sessions_and_removes_their_rules() {
     let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
     c.login();
     c.pasv();
-    assert_eq!(backend.0.lock().unwrap().current.len(), 1);
+    assert_eq!(backend.anchors().len(), 1);
     let fin = proxy.stop();
     assert_eq!(
         fin.sessions_left, 0,
         "every session ended within the grace period"
     );
-    let log = backend.0.lock().unwrap();
     // The session's own empty commit happened before the backstop.
-    let empties = log.commits.iter().filter(|(_, r)| r.is_empty()).count();
+    let empties = backend
+        .commits()
+        .iter()
+        .filter(|(_, r, _)| r.is_empty())
+        .count();
     assert_eq!(empties, 1);
-    assert!(log.current.is_empty());
+    assert!(backend.anchors().is_empty());
     // The client's control connection was closed by the shutdown.
     assert_eq!(read_end(&mut c.w), None);
 }
@@ -242,5 +245,61 @@ fn relay_refuses_strangers_and_a_second_connection() {
         proxy.wait_relay(|(l, _)| l == 0),
         "listener must go with the session"
     );
+    proxy.stop();
+}
+
+#[test]
+fn busy_commit_is_retried_and_the_reply_follows() {
+    let server = ScriptedServer::start(ip("127.0.0.3"), files());
+    let backend = MockHandle::new();
+    backend
+        .lock()
+        .push_result(Err(ftp_proxy_core::FilterError::Busy));
+    let proxy = RunningProxy::start(
+        cfg(server.addr),
+        "127.0.0.1:0".parse().unwrap(),
+        false,
+        Some(backend.clone()),
+    );
+    let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
+    c.login();
+    // Pipelined: the USER behind the PASV waits for the retried commit.
+    c.w.write_all(b"PASV\r\nUSER again\r\n").unwrap();
+    let r = c.reply();
+    assert!(r.starts_with("227 "), "{r:?}");
+    assert!(c.reply().starts_with("331"));
+    let commits = backend.commits();
+    assert_eq!(commits.len(), 2, "{commits:?}");
+    assert_eq!(commits[0].2, Err(ftp_proxy_core::FilterError::Busy));
+    assert_eq!(
+        commits[0].1, commits[1].1,
+        "the retry commits the same rules"
+    );
+    assert!(commits[1].2.is_ok());
+    proxy.stop();
+}
+
+#[test]
+fn failed_commit_ends_the_session() {
+    let server = ScriptedServer::start(ip("127.0.0.3"), files());
+    let backend = MockHandle::new();
+    backend
+        .lock()
+        .push_result(Err(ftp_proxy_core::FilterError::PermissionDenied));
+    let proxy = RunningProxy::start(
+        cfg(server.addr),
+        "127.0.0.1:0".parse().unwrap(),
+        false,
+        Some(backend.clone()),
+    );
+    let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
+    c.login();
+    c.w.write_all(b"PASV\r\n").unwrap();
+    // No 227: the connection just closes.
+    let mut rest = String::new();
+    let n = c.r.read_to_string(&mut rest).unwrap_or(0);
+    assert!(rest.is_empty(), "got {n} bytes: {rest:?}");
+    assert!(proxy.wait_sessions(|n| n == 0));
+    assert!(backend.anchors().is_empty());
     proxy.stop();
 }

@@ -1,4 +1,4 @@
-//! Shared test fixtures: a runtime in a thread, a recording backend, a scripted FTP
+//! Shared test fixtures: a runtime in a thread (with the mock filter or the relay), a scripted FTP
 //! server and a small FTP client, all on real loopback sockets.
 #![allow(dead_code)]
 
@@ -10,50 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use ftp_proxy_core::{Anchor, Config, FilterError, Proxy, Rule};
-use ftp_proxy_runtime::{
-    listen, Backend, DataPath, Divert, Options, OsRandom, Runtime, ShutdownHandle,
-};
+use ftp_proxy_core::{Config, Proxy};
+use ftp_proxy_runtime::{listen, DataPath, Divert, Options, OsRandom, Runtime, ShutdownHandle};
+pub use pfctl_backend::mock::MockHandle;
 
 /// Every read and connect in the tests gives up after this (a hang fails, not blocks).
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What a [`RecordingBackend`] saw.
-#[derive(Debug, Default, Clone)]
-pub struct FilterLog {
-    /// Every commit, in order.
-    pub commits: Vec<(Anchor, Vec<Rule>)>,
-    /// Rules in force per anchor.
-    pub current: BTreeMap<Anchor, Vec<Rule>>,
-    /// `remove_all` calls.
-    pub remove_all: u32,
-}
-
-/// A backend that accepts every commit and records it (the pf stand-in).
-#[derive(Debug, Clone, Default)]
-pub struct RecordingBackend(pub Arc<Mutex<FilterLog>>);
-
-impl Backend for RecordingBackend {
-    fn name(&self) -> &'static str {
-        "recording"
-    }
-    fn commit(&mut self, anchor: &Anchor, rules: &[Rule]) -> Result<(), FilterError> {
-        let mut log = self.0.lock().unwrap();
-        log.commits.push((*anchor, rules.to_vec()));
-        if rules.is_empty() {
-            log.current.remove(anchor);
-        } else {
-            log.current.insert(*anchor, rules.to_vec());
-        }
-        Ok(())
-    }
-    fn remove_all(&mut self) -> Result<(), FilterError> {
-        let mut log = self.0.lock().unwrap();
-        log.remove_all += 1;
-        log.current.clear();
-        Ok(())
-    }
-}
 
 /// What the runtime thread reports when it ends.
 #[derive(Debug)]
@@ -80,7 +42,7 @@ impl RunningProxy {
         cfg: Config,
         listen_addr: SocketAddr,
         relay: bool,
-        backend: Option<RecordingBackend>,
+        backend: Option<MockHandle>,
     ) -> RunningProxy {
         let (tx, rx) = mpsc::channel();
         let counts = Arc::new(Mutex::new((0, 0)));
@@ -99,7 +61,7 @@ impl RunningProxy {
             let data = match (relay, backend) {
                 (true, _) => DataPath::Relay,
                 (false, Some(b)) => DataPath::Kernel(b),
-                (false, None) => DataPath::Kernel(RecordingBackend::default()),
+                (false, None) => DataPath::Kernel(MockHandle::new()),
             };
             let mut rt = Runtime::new(listener, &opts, proxy, data).expect("runtime");
             tx.send((rt.local_addr(), rt.shutdown_handle())).unwrap();
