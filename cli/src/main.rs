@@ -34,7 +34,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 
 use ftp_proxy_core::{Config, ConfigError, Proxy, RuleLog, RuleOptions};
-use ftp_proxy_runtime::{Divert, OsRandom, RunError, StartError};
+use ftp_proxy_runtime::{Backend, DataPath, Divert, OsRandom, RunError, StartError};
 use log::{error, info, warn};
 use nix::unistd::Uid;
 
@@ -211,8 +211,22 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
     // From here on this is the process that runs the proxy: its pid names the anchors
     // and the nftables table.
     let config = core_config(args, source_addr, fixed_server);
-    let data_path = backend::open(args, &config).map_err(Fatal::Backend)?;
+    config.validate().map_err(Fatal::Config)?;
+    let mut data_path = backend::open(args, &config).map_err(Fatal::Backend)?;
 
+    // The backend may already hold state (the nftables table): remove it when
+    // startup fails from here on, as the running daemon would at exit.
+    let mut cleanup_on = |e: Fatal| {
+        if let DataPath::Kernel(b) = &mut data_path {
+            if let Err(err) = b.remove_all() {
+                warn!(
+                    "removing the {} rules after a failed start: {err}",
+                    b.name()
+                );
+            }
+        }
+        e
+    };
     match identity {
         Some(identity) => {
             let plan = DropPlan {
@@ -220,12 +234,13 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
                 chroot: Some(args.chroot.clone()),
                 keep_net_admin,
             };
-            privs::drop_privileges(&plan).map_err(Fatal::Privileges)?;
+            privs::drop_privileges(&plan).map_err(|e| cleanup_on(Fatal::Privileges(e)))?;
         }
         None => warn!("not running as root: privileges not dropped"),
     }
 
-    let proxy = Proxy::new(config, Box::new(OsRandom::new())).map_err(Fatal::Config)?;
+    let proxy =
+        Proxy::new(config, Box::new(OsRandom::new())).map_err(|e| cleanup_on(Fatal::Config(e)))?;
 
     if let Some(d) = detached.take() {
         d.ready(!root).map_err(Fatal::Daemon)?;
