@@ -45,7 +45,6 @@ pub const FTP_USER: &str = "alice";
 pub const FTP_PASSWORD: &str = "netns-Secret-4";
 
 /// What went wrong, with enough context to read the failure without rerunning.
-#[derive(Debug)]
 pub enum NetnsError {
     /// A command ran and failed (or timed out).
     Command {
@@ -91,6 +90,13 @@ impl fmt::Display for NetnsError {
             NetnsError::Io { context, source } => write!(f, "{context}: {source}"),
             NetnsError::Check { what, detail } => write!(f, "expected {what}\n--- seen:\n{detail}"),
         }
+    }
+}
+
+/// `Debug` is what a failing `#[test] fn ... -> Result` prints: make it readable.
+impl fmt::Debug for NetnsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
@@ -563,4 +569,349 @@ pub fn checksum(path: &Path) -> Result<(usize, u64)> {
         h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
     }
     Ok((data.len(), h))
+}
+
+/// Path of the built `ftp-proxy`, after `cargo build -p ftp-proxy-cli` in the test's
+/// own profile (once per test process; a no-op when it is fresh).
+///
+/// The tests crate cannot see another package's `CARGO_BIN_EXE_*`, so the binary is
+/// found next to the test executable (`<target>/<profile>/deps/<test>` →
+/// `<target>/<profile>/ftp-proxy`), which follows `CARGO_TARGET_DIR` and the profile.
+/// `FTP_PROXY_BIN=/path` overrides both the search and the build.
+pub fn proxy_binary() -> Result<PathBuf> {
+    static BIN: std::sync::OnceLock<std::result::Result<PathBuf, String>> =
+        std::sync::OnceLock::new();
+    BIN.get_or_init(|| build_proxy().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(|e| check("the ftp-proxy binary builds", e))
+}
+
+fn build_proxy() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("FTP_PROXY_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let exe = std::env::current_exe().map_err(io_err("current_exe"))?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| {
+            check(
+                "the test executable in <target>/<profile>/deps",
+                exe.display().to_string(),
+            )
+        })?
+        .to_path_buf();
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_string();
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", "ftp-proxy-cli", "--manifest-path"])
+        .arg(&manifest);
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    // Other builds on a shared machine may hold cargo's lock for a while.
+    run_ok(&mut cmd, Duration::from_secs(900))?;
+    let bin = profile_dir.join("ftp-proxy");
+    if !bin.is_file() {
+        return Err(check(
+            "cargo build to produce ftp-proxy",
+            bin.display().to_string(),
+        ));
+    }
+    Ok(bin)
+}
+
+/// How the admin's forward chain (`policy drop`) lets the proxy's data connections
+/// through: the one line docs/linux.md asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAccept {
+    /// `ct status dnat accept`: every proxy data connection is DNATed.
+    CtStatusDnat,
+    /// `ct mark <mark> accept`, the backend's mark (0xf7f7 unless `-T`).
+    CtMark(u32),
+    /// No firewall at all in the router (plain forwarding, for baselines).
+    Open,
+}
+
+/// The admin's table in the router: the control-connection divert (REDIRECT to
+/// :8021, linux-netfilter.md §2a), a `policy drop` forward chain, and two named
+/// counters: `forwarded` (bytes the router forwarded) and `local_in` (TCP bytes that ended
+/// on the router's own sockets, the proxy's among them).
+pub fn admin_ruleset(accept: AdminAccept) -> String {
+    let (policy, line) = match accept {
+        AdminAccept::CtStatusDnat => ("drop", "ct status dnat accept".to_string()),
+        AdminAccept::CtMark(m) => ("drop", format!("ct mark {m:#010x} accept")),
+        AdminAccept::Open => ("accept", String::new()),
+    };
+    format!(
+        "table inet admin {{
+\tcounter forwarded {{
+\t}}
+\tcounter local_in {{
+\t}}
+\tchain divert {{
+\t\ttype nat hook prerouting priority dstnat - 20; policy accept;
+\t\tiifname \"r0\" tcp dport 21 redirect to :8021
+\t}}
+\tchain forward {{
+\t\ttype filter hook forward priority filter; policy {policy};
+\t\tcounter name \"forwarded\"
+\t\tct state established,related accept
+\t\ttcp dport 21 accept
+\t\t{line}
+\t}}
+\tchain input {{
+\t\ttype filter hook input priority filter; policy accept;
+\t\tmeta l4proto tcp counter name \"local_in\"
+\t}}
+}}
+"
+    )
+}
+
+/// A running `ftp-proxy` in the router namespace.
+#[derive(Debug, Clone)]
+pub struct ProxyRun {
+    /// Its pid (also the suffix of its nftables table).
+    pub pid: u32,
+    /// `ftp-proxy-<pid>`.
+    pub table: String,
+    /// Where its standard error goes.
+    pub log: PathBuf,
+}
+
+impl ProxyRun {
+    /// The proxy's log so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A topology with pure-ftpd serving `small.bin` (1 KiB) and `big.bin` (10 MiB), and
+/// the admin's ruleset in the router.
+pub struct Lab {
+    /// The namespaces.
+    pub topo: Topology,
+    /// The FTP user's home (the server's files, uploads land here).
+    pub home: PathBuf,
+    /// The client's directory for downloads and upload sources.
+    pub local: PathBuf,
+}
+
+/// Size of `small.bin`.
+pub const SMALL_LEN: usize = 1024;
+/// Size of `big.bin`.
+pub const BIG_LEN: usize = 10 << 20;
+
+impl Lab {
+    /// Builds the topology, files, admin ruleset and server.
+    pub fn new(tag: &str, accept: AdminAccept) -> Result<Lab> {
+        let mut topo = Topology::up(tag)?;
+        let home = topo.dir().join("home");
+        let local = topo.dir().join("local");
+        for d in [&home, &local] {
+            fs::create_dir_all(d).map_err(io_err(format!("creating {}", d.display())))?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        // The FTP user maps to uid 65534; uploads must be able to land in its home.
+        fs::set_permissions(&home, fs::Permissions::from_mode(0o777))
+            .map_err(io_err("chmod home"))?;
+        write_test_file(&home.join("small.bin"), SMALL_LEN, 0x5eed_0001)?;
+        write_test_file(&home.join("big.bin"), BIG_LEN, 0x5eed_0002)?;
+        write_test_file(&local.join("up-small.bin"), SMALL_LEN, 0x5eed_0003)?;
+        write_test_file(&local.join("up-big.bin"), BIG_LEN, 0x5eed_0004)?;
+        topo.nft_script(&admin_ruleset(accept))?;
+        topo.start_pure_ftpd(&home)?;
+        Ok(Lab { topo, home, local })
+    }
+
+    /// Starts `ftp-proxy -d -D7 --backend nftables --user nobody <args>` in the router
+    /// and waits until its table exists and it listens on `port`.
+    pub fn start_proxy(&mut self, args: &[&str], port: u16) -> Result<ProxyRun> {
+        let bin = proxy_binary()?;
+        let log = self.topo.dir().join(format!(
+            "proxy-{}.log",
+            args.join("_").replace(['/', ':'], "")
+        ));
+        let mut cmd = self.topo.cmd(Ns::Router, bin.to_str().expect("utf-8 path"));
+        cmd.args(["-d", "-D7", "--backend", "nftables", "--user", "nobody"])
+            .args(args);
+        let pid = self.topo.spawn("ftp-proxy", cmd, &log)?;
+        let table = format!("ftp-proxy-{pid}");
+        let router = self.topo.name(Ns::Router);
+        let lim = Duration::from_secs(5);
+        let ready = poll(Duration::from_secs(10), || {
+            let tables = run(
+                Command::new("ip").args(["netns", "exec", &router, "nft", "list", "tables"]),
+                lim,
+            )
+            .ok()?;
+            let ss = run(
+                Command::new("ip").args([
+                    "netns",
+                    "exec",
+                    &router,
+                    "ss",
+                    "-Hltn",
+                    "sport",
+                    "=",
+                    &format!(":{port}"),
+                ]),
+                lim,
+            )
+            .ok()?;
+            (String::from_utf8_lossy(&tables.stdout).contains(&table) && !ss.stdout.is_empty())
+                .then_some(())
+        });
+        let run = ProxyRun { pid, table, log };
+        if ready.is_none() || !self.topo.is_running(pid) {
+            return Err(check(
+                format!(
+                    "ftp-proxy {args:?} to create table {} and listen on port {port}",
+                    run.table
+                ),
+                run.log_text(),
+            ));
+        }
+        Ok(run)
+    }
+
+    /// Reads a named counter of the admin table: (packets, bytes).
+    pub fn counter(&self, name: &str) -> Result<(u64, u64)> {
+        let out = self.topo.nft(&["list", "counter", "inet", "admin", name])?;
+        let num = |key: &str| {
+            out.split_whitespace()
+                .skip_while(|w| *w != key)
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        match (num("packets"), num("bytes")) {
+            (Some(p), Some(b)) => Ok((p, b)),
+            _ => Err(check(format!("counter {name} in the admin table"), out)),
+        }
+    }
+
+    /// Every element of the proxy's maps and sets, as listed by nft (empty when the
+    /// proxy holds no negotiation).
+    pub fn elements(&self, p: &ProxyRun) -> Result<String> {
+        let l = self.topo.nft(&["list", "table", "inet", &p.table])?;
+        Ok(l.lines()
+            .filter(|l| {
+                l.contains("elements =") || l.trim_start().starts_with(|c: char| c.is_ascii_digit())
+            })
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
+    /// Waits (up to 3 s: the proxy sees the client's QUIT/EOF asynchronously) until the
+    /// proxy's maps and sets are empty again.
+    pub fn expect_no_elements(&self, p: &ProxyRun, after: &str) -> Result<()> {
+        let mut last = String::new();
+        let gone = poll(Duration::from_secs(3), || match self.elements(p) {
+            Ok(e) if e.is_empty() => Some(()),
+            Ok(e) => {
+                last = e;
+                None
+            }
+            Err(e) => {
+                last = e.to_string();
+                None
+            }
+        });
+        gone.ok_or_else(|| {
+            check(
+                format!("no elements left in table {} after {after}", p.table),
+                last,
+            )
+        })
+    }
+
+    /// Stops the proxy with SIGTERM and checks that its table went with it.
+    pub fn stop_proxy(&mut self, p: &ProxyRun) -> Result<()> {
+        let status = self
+            .topo
+            .stop(p.pid, libc::SIGTERM, Duration::from_secs(5))?;
+        let tables = self.topo.nft(&["list", "tables"])?;
+        if tables.contains(&p.table) {
+            return Err(check(
+                format!("table {} removed at SIGTERM (exit {status})", p.table),
+                tables,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs curl in the client namespace with `-v` and returns its verbose log.
+    pub fn curl(&self, args: &[&str]) -> Result<String> {
+        let user = format!("{FTP_USER}:{FTP_PASSWORD}");
+        let out = run(
+            self.topo
+                .cmd(Ns::Client, "curl")
+                .args([
+                    "-sS",
+                    "-v",
+                    "-g",
+                    "--max-time",
+                    "60",
+                    "--connect-timeout",
+                    "5",
+                    "-u",
+                    &user,
+                ])
+                .args(args),
+            Duration::from_secs(90),
+        )?;
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            return Err(check(format!("curl {args:?} to succeed"), tail(&log, 4000)));
+        }
+        Ok(log)
+    }
+
+    /// Runs lftp in the client namespace with `cmds` after opening `url`; returns its
+    /// debug log (the FTP commands it sent).
+    pub fn lftp(&self, url: &str, settings: &str, cmds: &str) -> Result<String> {
+        let script = format!(
+            "set net:max-retries 1; set net:timeout 5; set cmd:fail-exit yes; set ftp:ssl-allow no; {settings}; \
+             open -u {FTP_USER},{FTP_PASSWORD} {url}; {cmds}"
+        );
+        let out = run(
+            self.topo
+                .cmd(Ns::Client, "lftp")
+                .args(["-d", "-c", &script]),
+            Duration::from_secs(90),
+        )?;
+        let log = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            return Err(check(
+                format!("lftp `{script}` to succeed"),
+                tail(&log, 4000),
+            ));
+        }
+        Ok(log)
+    }
+
+    /// Fails unless two files have the same size and checksum.
+    pub fn same_file(&self, a: &Path, b: &Path) -> Result<()> {
+        let (ca, cb) = (checksum(a)?, checksum(b)?);
+        if ca != cb {
+            return Err(check(
+                format!("{} and {} identical", a.display(), b.display()),
+                format!("(len, fnv1a64) {ca:?} vs {cb:?}"),
+            ));
+        }
+        Ok(())
+    }
 }
