@@ -31,6 +31,8 @@
 //! * [`abi`]: size, alignment and every field offset of both `struct pf_rule` layouts and
 //!   of the other structures, against behavior.md §15's tables, and that no structure
 //!   has implicit padding; the ioctl request numbers against §15.10;
+//! * `c_layout`: the same offsets and sizes against a C compiler, which lays out a
+//!   replica of the structures written with natural C types (`testdata/pfvar_replica.h`);
 //! * [`encode`]: the exact bytes of the rdr and nat rules of every negotiation kind
 //!   (passive, PORT with and without `-r`, EPRT), IPv4 and IPv6, with `-T`, `-q`, `-v`,
 //!   `-vv` and routing domains, built through `ftp_proxy_core::data_rules`, compared
@@ -40,10 +42,11 @@
 //!   stale-anchor removal, against [`model::KernelModel`], a model of the kernel's
 //!   ticket and anchor rules.
 //!
-//! Only on OpenBSD: the `ioctl(2)` calls in [`device`] (a few lines, also type-checked
-//! on Linux by building them there in a scratch copy), and whether §15's layouts and the
-//! probe's inferred ENODEV/EINVAL answers hold for the release at hand. Nothing here
-//! has run against a real OpenBSD kernel yet.
+//! Only on OpenBSD (compiled there only; type-checked on Linux by building a scratch
+//! copy with the `cfg` switched): the `ioctl(2)` calls in [`device`]; `c_layout`'s check
+//! against the system's `<net/pfvar.h>`; `live_tests`, which commit, replace and remove
+//! rules in the running kernel and read them back with `pfctl -sr` (root, pf enabled).
+//! None of these has run on a real OpenBSD host yet.
 
 pub mod abi;
 pub mod device;
@@ -388,5 +391,9 @@ fn session_anchor_pid(name: &str) -> Option<u32> {
     pid.parse().ok()
 }
 
+#[cfg(test)]
+mod c_layout;
+#[cfg(all(test, target_os = "openbsd"))]
+mod live_tests;
 #[cfg(test)]
 mod tests;
