@@ -3,7 +3,10 @@
 //! a network namespace this test creates) with a real TCP server behind the proxy.
 //!
 //! Tests that need root fail when a required component is missing while running as
-//! root; without root they print why they did not run.
+//! root; without root they print why they did not run. The tests that run the
+//! daemon read /proc and are Linux-only.
+
+#![cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -403,6 +406,7 @@ fn read_banner_from(host: &str, port: u16) -> (TcpStream, String) {
     (c, String::from_utf8_lossy(&banner).into_owned())
 }
 
+#[cfg(target_os = "linux")] // reads /proc
 #[test]
 fn foreground_smoke_test_relays_the_banner_and_exits_on_sigterm() {
     let server = banner_server();
@@ -473,6 +477,7 @@ fn foreground_smoke_test_relays_the_banner_and_exits_on_sigterm() {
     );
 }
 
+#[cfg(target_os = "linux")] // reads /proc
 #[test]
 fn default_log_level_hides_info_and_debug() {
     let server = banner_server();
@@ -511,6 +516,7 @@ fn default_log_level_hides_info_and_debug() {
     }
 }
 
+#[cfg(target_os = "linux")] // reads /proc
 #[test]
 fn rust_log_overrides_the_debug_level() {
     let server = banner_server();
@@ -535,6 +541,7 @@ fn rust_log_overrides_the_debug_level() {
     assert_eq!(d.signal_and_wait(libc::SIGTERM), Some(0));
 }
 
+#[cfg(target_os = "linux")] // reads /proc
 #[test]
 fn ipv6_mode_listens_on_the_ipv6_loopback_by_default() {
     let server = banner_server_on("[::1]:0");
@@ -600,6 +607,7 @@ impl Drop for KillOnDrop {
     }
 }
 
+#[cfg(target_os = "linux")] // reads /proc
 #[test]
 fn daemon_mode_detaches_and_runs_in_the_child() {
     let server = banner_server();
