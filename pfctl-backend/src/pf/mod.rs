@@ -92,11 +92,10 @@ impl fmt::Display for PfOpenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PfOpenError::NotOpenBsd => f.write_str("pf is only available on OpenBSD"),
-            PfOpenError::Open(e) => write!(
-                f,
-                "open /dev/pf: {}",
-                strerror(e.raw_os_error().unwrap_or(0))
-            ),
+            PfOpenError::Open(e) => match e.raw_os_error() {
+                Some(errno) => write!(f, "open /dev/pf: {}", strerror(errno)),
+                None => write!(f, "open /dev/pf: {e}"),
+            },
             PfOpenError::Status(e) => write!(f, "DIOCGETSTATUS: {e}"),
             PfOpenError::Disabled => f.write_str("pf is disabled"),
             PfOpenError::LayoutMismatch(l) => {
@@ -183,6 +182,8 @@ impl<D: PfDevice> PfBackend<D> {
     }
 
     /// As [`with_device`](Self::with_device), with the first of [`Layout::ALL`] that fits.
+    /// At securelevel > 1 every probe gets EPERM and the newest layout is taken; no
+    /// rule can be added there anyway, and a lower securelevel needs a reboot.
     pub fn with_device_auto(mut dev: D, pid: u32) -> Result<PfBackend<D>, PfOpenError> {
         check_running(&mut dev)?;
         let layout = Layout::ALL
@@ -221,7 +222,8 @@ impl<D: PfDevice> PfBackend<D> {
     /// nor alive according to `alive`. Other children of `ftp-proxy` (not of that form)
     /// are left alone. Returns the anchors removed; an anchor whose removal fails is
     /// logged and skipped. Fails only if the anchors cannot be listed; no `ftp-proxy`
-    /// anchor at all (EINVAL) is an empty list.
+    /// anchor at all (EINVAL) is an empty list. A dead proxy's pid that was reused by a
+    /// live process keeps its anchors: removing too little is the safe mistake.
     pub fn clear_stale_anchors(
         &mut self,
         own_pid: u32,
