@@ -44,6 +44,17 @@ impl RunningProxy {
         relay: bool,
         backend: Option<MockHandle>,
     ) -> RunningProxy {
+        RunningProxy::start_divert(cfg, listen_addr, relay, backend, Divert::Getsockname)
+    }
+
+    /// [`start`](Self::start) with a choice of how the original destination is found.
+    pub fn start_divert(
+        cfg: Config,
+        listen_addr: SocketAddr,
+        relay: bool,
+        backend: Option<MockHandle>,
+        divert: Divert,
+    ) -> RunningProxy {
         let (tx, rx) = mpsc::channel();
         let counts = Arc::new(Mutex::new((0, 0)));
         let live = Arc::new(Mutex::new(0));
@@ -52,7 +63,7 @@ impl RunningProxy {
             let opts = Options {
                 listen: listen_addr,
                 transparent: false,
-                divert: Divert::Getsockname,
+                divert,
                 max_sessions: cfg.max_sessions,
                 relay,
             };
