@@ -56,3 +56,50 @@ fn sigterm_exits_zero_and_leaves_nothing_behind() -> Result<()> {
     }
     Ok(())
 }
+
+/// Started as root, the proxy runs chrooted to /var/empty as `_ftp_proxy` with no
+/// capabilities left (the relay needs none), and still serves transfers.
+#[test]
+fn runs_chrooted_as_the_proxy_user_without_capabilities() -> Result<()> {
+    let Some(fx) = Fixture::start("privs", false, &[])? else {
+        return Ok(());
+    };
+    let pid = fx.proxy()?.pid();
+    let out = run_ok("getent", &["passwd", PROXY_USER], 10)?;
+    let entry = String::from_utf8_lossy(&out.stdout).into_owned();
+    let uid = entry.split(':').nth(2).unwrap_or("?").to_string();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(E2eError::io(format!("read /proc/{pid}/status")))?;
+    let field = |name: &str| -> String {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or("")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    if field("Uid:") != [uid.as_str(); 4].join(" ") {
+        return Err(E2eError::check(
+            format!("real, effective, saved and fs uid are {PROXY_USER}'s ({uid})"),
+            status,
+        ));
+    }
+    if field("CapEff:") != "0000000000000000" || field("CapPrm:") != "0000000000000000" {
+        return Err(E2eError::check(
+            "no capabilities are left with the relay data path",
+            status,
+        ));
+    }
+    let root = std::fs::read_link(format!("/proc/{pid}/root"))
+        .map_err(E2eError::io("readlink /proc/PID/root"))?;
+    if root != std::path::Path::new(PROXY_CHROOT) {
+        return Err(E2eError::check(
+            format!("chrooted to {PROXY_CHROOT}"),
+            root.display().to_string(),
+        ));
+    }
+    let got = fx.work.local().join(SMALL);
+    curl_retr(fx.target(), Login::Anonymous, DataMode::Pasv, SMALL, &got)?;
+    assert_same_file(&fx.work.original(SMALL), &got)
+}
