@@ -303,3 +303,31 @@ fn failed_commit_ends_the_session() {
     assert!(backend.anchors().is_empty());
     proxy.stop();
 }
+
+#[test]
+fn control_backpressure_loses_nothing() {
+    // 200k lines (4.4 MB) towards a client that does not read at first: the proxy must
+    // stop reading the server (bounded buffers) and resume when the client drains.
+    let server = ScriptedServer::start(ip("127.0.0.3"), files());
+    let proxy = RunningProxy::start(
+        cfg(server.addr),
+        "127.0.0.1:0".parse().unwrap(),
+        false,
+        None,
+    );
+    let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
+    c.login();
+    const N: usize = 200_000;
+    c.w.write_all(format!("SITE FLOOD {N}\r\n").as_bytes())
+        .unwrap();
+    // Let every buffer on the way fill up.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for i in 0..N {
+        let line = c.reply();
+        assert_eq!(line, format!("211-line {i:010}\r\n"));
+    }
+    assert_eq!(c.reply(), "211 flood done\r\n");
+    // The session is still usable.
+    assert!(c.cmd("USER x").starts_with("331"));
+    proxy.stop();
+}

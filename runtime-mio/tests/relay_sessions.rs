@@ -235,3 +235,33 @@ fn rfc_mode_active_data_comes_from_port_20() {
     }
     proxy.stop();
 }
+
+#[test]
+fn transfer_outlives_its_control_session() {
+    // pf keeps states after their rules are removed; the relay keeps the data pair.
+    let server = ScriptedServer::start(ip(SERVER), files());
+    let proxy = RunningProxy::start(
+        reverse_cfg(server.addr),
+        SocketAddr::new(ip(PROXY), 0),
+        true,
+        None,
+    );
+    let mut c = Client::connect(ip(CLIENT), proxy.addr);
+    c.login();
+    let data_addr = c.pasv();
+    let mut d = connect_from(ip(CLIENT), data_addr).expect("data connect");
+    assert!(c.cmd("RETR big").starts_with("150"));
+    drop(c);
+    assert!(proxy.wait_sessions(|n| n == 0), "control session must end");
+    assert!(proxy.wait_relay(|(l, _)| l == 0), "its listener must go");
+    let mut got = Vec::new();
+    d.read_to_end(&mut got).unwrap();
+    assert!(
+        got == payload(3 << 20, 2),
+        "transfer cut short: {} bytes",
+        got.len()
+    );
+    drop(d);
+    assert!(proxy.wait_relay(|(_, p)| p == 0));
+    proxy.stop();
+}

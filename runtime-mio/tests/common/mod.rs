@@ -395,6 +395,16 @@ fn serve(
                 log.lock().unwrap().both_received = got;
                 w.write_all(b"226 both done\r\n")?;
             }
+            "SITE" if arg.to_ascii_uppercase().starts_with("FLOOD ") => {
+                // A long multi-line reply, written as fast as the proxy takes it.
+                let n: usize = arg[6..].trim().parse().unwrap_or(0);
+                let mut out = Vec::with_capacity(n * 24);
+                for i in 0..n {
+                    out.extend_from_slice(format!("211-line {i:010}\r\n").as_bytes());
+                }
+                out.extend_from_slice(b"211 flood done\r\n");
+                w.write_all(&out)?;
+            }
             "QUIT" => {
                 w.write_all(b"221 bye\r\n")?;
                 return Ok(());
