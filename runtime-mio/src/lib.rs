@@ -4,6 +4,57 @@
 //! clock, the signals and the packet filter (or the relay standing in for it). Its
 //! public surface is what the `ftp-proxy` binary needs, in the order it needs it:
 //! [`listen`] and [`raise_nofile_limit`] while still privileged, then [`run`].
+//! [`Runtime`] is the loop itself, for tests and embedders that drive it turn by turn.
+//!
+//! # The event loop
+//!
+//! * mio is edge-triggered, so every socket keeps a readiness cache: an event sets
+//!   `readable`/`writable`, only `WouldBlock` clears them. Each socket gets bounded work
+//!   per turn (16 reads, 64 accepts); one with work left goes on a hot list and the
+//!   next poll does not wait.
+//! * Control output is queued per connection. Reading a side stops while its peer has
+//!   64 KiB unwritten (or while the core's `wants_read` says no) and resumes once the
+//!   peer is below 16 KiB, so memory per session is bounded although the original's is not.
+//! * After every input the core's actions are drained and executed in order;
+//!   `CommitRules` runs synchronously and its acknowledgement is fed back at once.
+//! * Tokens encode the session id and side (or relay id); ids are never reused, so a
+//!   late event for a closed socket finds nothing.
+//! * Signals use the self-pipe trick (portable to OpenBSD). The first SIGHUP, SIGINT
+//!   or SIGTERM logs `exiting on signal N`, stops accepting and ends every session;
+//!   the loop returns once all sessions are gone (their rules removed) or after
+//!   [`SHUTDOWN_GRACE`]; a second signal returns at once. `remove_all` is the backstop.
+//! * `EMFILE`/`ENFILE` on accept pause accepting for one second, as the original does.
+//!
+//! # The userspace relay ([`DataPath::Relay`])
+//!
+//! The relay executes the core's rules instead of a packet filter: for each
+//! `rdr-to` rule (`from A to B port P rdr-to C port Q`) it listens on `B:P`, accepts
+//! connections from `A` only, connects to `C:Q` from the paired `nat-to` address and
+//! copies both ways, passing half-closes on. Differences from the kernel path, all
+//! deliberate:
+//!
+//! * `keep state (max 1)`: a connection arriving while one is in progress is accepted
+//!   and closed at once (pf would drop its SYN). Other sources are closed the same way.
+//! * Source ports: a `nat-to` range lets the kernel pick an ephemeral port (pf picks
+//!   from 50001-65535). A single port (20, with `-r`) is bound; without the privilege
+//!   to bind it the relay logs a warning once and uses an ephemeral port. A `nat-to`
+//!   address that is not local (transparent setups) falls back to the kernel's choice.
+//! * A failed connect to the real endpoint resets the accepted connection.
+//! * Bind failures are commit failures: `EADDRINUSE` is [`FilterError::Busy`](ftp_proxy_core::FilterError)
+//!   (retried once by the core), anything else `Other` with the errno; the session then
+//!   ends with `pf operation failed: ...`.
+//! * Data connections in progress survive the replacement or removal of their rules
+//!   (as pf states do), but not the end of the process.
+//! * Tags, queues, logging and routing-table options of the rules have no meaning in
+//!   userspace and are ignored.
+//!
+//! # Platform notes
+//!
+//! IPv6 listeners are `IPV6_V6ONLY` (as on OpenBSD, where there are no dual-stack
+//! sockets); v4-mapped addresses are still unmapped before they reach the core.
+//! `Divert::OriginalDst` picks `SOL_IP` or `SOL_IPV6` by the peer's family.
+
+#![warn(missing_docs)]
 
 use std::fmt;
 use std::net::SocketAddr;
