@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ftp_proxy_core::rules::{PROXY_PORT_END, PROXY_PORT_LOW};
 use ftp_proxy_core::{
-    ftp, Action, Anchor, Config, Direction, FilterError, Input, Pcg32, Proxy, RandomSource,
-    Refused, RuleLog, RuleOptions, SessionId, Side,
+    ftp, Action, Anchor, Config, Direction, Input, Pcg32, Proxy, RandomSource, Refused, RuleLog,
+    RuleOptions, SessionId, Side,
 };
-mod filter;
-use filter::MockBackend;
+use pfctl_backend::mock::{FaultRates, MockBackend};
+use pfctl_backend::Backend;
 
 use actors::{Client, Fate, Server, Step, Unit};
 
@@ -131,8 +131,6 @@ pub struct World {
     by_sid: BTreeMap<SessionId, usize>,
     timer_at: Option<u64>,
     shut_down: bool,
-    busy_rate: u32,
-    fail_rate: u32,
     report: Report,
     hash: u64,
     trace: Option<VecDeque<String>>,
@@ -203,8 +201,10 @@ impl World {
                 proxy_closed: false,
             });
         }
-        let busy_rate = [0, 5, 30][rng.uniform(3) as usize];
-        let fail_rate = [0, 0, 2][rng.uniform(3) as usize];
+        let faults = FaultRates {
+            busy: ([0, 5, 30][rng.uniform(3) as usize], 100),
+            fail: ([0, 0, 2][rng.uniform(3) as usize], 100),
+        };
         let mut w = World {
             seed,
             rng,
@@ -214,13 +214,11 @@ impl World {
             queue: BTreeMap::new(),
             proxy,
             cfg,
-            filter: MockBackend::new(),
+            filter: MockBackend::new().with_faults(seed ^ 0xf11e, faults),
             peers,
             by_sid: BTreeMap::new(),
             timer_at: None,
             shut_down: false,
-            busy_rate,
-            fail_rate,
             report: Report::default(),
             hash: 0xcbf2_9ce4_8422_2325,
             trace: tracing.then(VecDeque::new),
@@ -426,19 +424,9 @@ impl World {
                 anchor,
                 rules,
             } => {
-                let result = if rules.is_empty() {
-                    // Removal is the backend's promise; faults are injected on installs only.
-                    self.filter.commit(&anchor, &rules)
-                } else if self.rng.chance(self.busy_rate, 100) {
-                    Err(FilterError::Busy)
-                } else if self.rng.chance(self.fail_rate, 100) {
-                    Err(FilterError::Other {
-                        errno: 22,
-                        text: "Invalid argument".into(),
-                    })
-                } else {
-                    self.filter.commit(&anchor, &rules)
-                };
+                // The mock decides, with its own seeded faults (installs only: removal
+                // is the backend's promise, and the runtime's remove_all backs it up).
+                let result = self.filter.commit(&anchor, &rules);
                 self.note(
                     if result.is_ok() { "ack" } else { "nak" },
                     sid.0,
