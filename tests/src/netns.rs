@@ -640,29 +640,38 @@ pub enum AdminAccept {
     CtStatusDnat,
     /// `ct mark <mark> accept`, the backend's mark (0xf7f7 unless `-T`).
     CtMark(u32),
-    /// No firewall at all in the router (plain forwarding, for baselines).
+    /// No divert and a forward chain that accepts everything: plain forwarding with
+    /// the counters only, for baselines without the proxy.
     Open,
 }
 
 /// The admin's table in the router: the control-connection divert (REDIRECT to
 /// :8021, linux-netfilter.md §2a), a `policy drop` forward chain, and two named
-/// counters: `forwarded` (bytes the router forwarded) and `local_in` (TCP bytes that ended
-/// on the router's own sockets, the proxy's among them).
+/// counters: `forwarded` (bytes the router forwarded) and `local_in` (TCP bytes that
+/// ended on the router's own sockets, the proxy's among them). Loading it replaces an
+/// earlier admin table.
 pub fn admin_ruleset(accept: AdminAccept) -> String {
     let (policy, line) = match accept {
         AdminAccept::CtStatusDnat => ("drop", "ct status dnat accept".to_string()),
         AdminAccept::CtMark(m) => ("drop", format!("ct mark {m:#010x} accept")),
         AdminAccept::Open => ("accept", String::new()),
     };
+    let divert = if accept == AdminAccept::Open {
+        ""
+    } else {
+        "iifname \"r0\" tcp dport 21 redirect to :8021"
+    };
     format!(
-        "table inet admin {{
+        "table inet admin
+delete table inet admin
+table inet admin {{
 \tcounter forwarded {{
 \t}}
 \tcounter local_in {{
 \t}}
 \tchain divert {{
 \t\ttype nat hook prerouting priority dstnat - 20; policy accept;
-\t\tiifname \"r0\" tcp dport 21 redirect to :8021
+\t\t{divert}
 \t}}
 \tchain forward {{
 \t\ttype filter hook forward priority filter; policy {policy};
