@@ -108,12 +108,13 @@ pub(crate) fn start_connect(
     bind: Option<SocketAddr>,
 ) -> Result<std::net::TcpStream, ConnectError> {
     let fd = tcp_socket(&to).map_err(ConnectError::Socket)?;
+    // SO_REUSEADDR on every outgoing socket: on Linux a relay listener may then bind a
+    // proxy port that one of our connected sockets (or its TIME_WAIT) already uses as
+    // its local port, since neither is listening. Without it the random proxy port
+    // collides with our own ephemeral ports (both draw from 49152-60999) now and then.
+    // It also lets a fixed source port (20 with -r) be reused while TIME_WAIT lingers.
+    let _ = socket::setsockopt(&fd, sockopt::ReuseAddr, &true);
     if let Some(b) = bind {
-        if b.is_ipv6() == to.is_ipv6() && b.port() != 0 {
-            // A fixed source port (the relay's port 20): let a lingering TIME_WAIT pair
-            // not block the next transfer.
-            let _ = socket::setsockopt(&fd, sockopt::ReuseAddr, &true);
-        }
         socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(b)).map_err(ConnectError::Bind)?;
     }
     match socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(to)) {

@@ -265,3 +265,53 @@ fn transfer_outlives_its_control_session() {
     assert!(proxy.wait_relay(|(_, p)| p == 0));
     proxy.stop();
 }
+
+#[test]
+fn forty_concurrent_sessions_each_get_their_own_bytes() {
+    let mut f = BTreeMap::new();
+    for i in 0..40u32 {
+        f.insert(
+            format!("f{i}"),
+            payload(200_000 + i as usize * 1000, 100 + i),
+        );
+    }
+    let server = ScriptedServer::start(ip(SERVER), f);
+    let proxy = RunningProxy::start(
+        reverse_cfg(server.addr),
+        SocketAddr::new(ip(PROXY), 0),
+        true,
+        None,
+    );
+    let addr = proxy.addr;
+    let workers: Vec<_> = (0..40u32)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(ip(CLIENT), addr);
+                c.login();
+                for round in 0..2 {
+                    let data_addr = c.pasv();
+                    let mut d = connect_from(ip(CLIENT), data_addr).expect("data connect");
+                    assert!(c.cmd(&format!("RETR f{i}")).starts_with("150"));
+                    let mut got = Vec::new();
+                    d.read_to_end(&mut got).unwrap();
+                    assert!(
+                        got == payload(200_000 + i as usize * 1000, 100 + i),
+                        "session {i} round {round}: wrong bytes ({} received)",
+                        got.len()
+                    );
+                    assert!(c.reply().starts_with("226"));
+                }
+                assert!(c.cmd("QUIT").starts_with("221"));
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("client thread failed");
+    }
+    assert!(proxy.wait_sessions(|n| n == 0));
+    assert!(
+        proxy.wait_relay(|(l, p)| l == 0 && p == 0),
+        "relay state left behind"
+    );
+    proxy.stop();
+}

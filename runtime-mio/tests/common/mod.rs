@@ -215,7 +215,7 @@ impl ScriptedServer {
         let log2 = log.clone();
         let files = Arc::new(files);
         let join = std::thread::spawn(move || {
-            for conn in l.incoming().take(16) {
+            for conn in l.incoming().take(128) {
                 let Ok(conn) = conn else { return };
                 let (log, files) = (log2.clone(), files.clone());
                 std::thread::spawn(move || {
