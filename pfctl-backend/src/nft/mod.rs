@@ -554,6 +554,8 @@ mod tests {
         assert_eq!(tag_mark("ftp"), h);
         assert_ne!(tag_mark("0"), 0);
         assert_ne!(tag_mark("FTPDATA"), tag_mark("ftpdata"));
+        // The example in docs/linux.md.
+        assert_eq!(tag_mark("ftpdata"), 0x4586_de05);
     }
 
     #[test]
