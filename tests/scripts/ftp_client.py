@@ -15,7 +15,7 @@ Usage: ftp_client.py HOST PORT OP...   where OP is one of
   wait                         print READY, block until a line arrives on stdin
   quit                         QUIT
 MODE is pasv, epsv, port or eprt. Every command is printed as "> CMD" and every
-reply as "< REPLY" (PASS hidden), so the caller can prove what was exchanged.
+reply line as "< LINE" (PASS hidden), so the caller can prove what was exchanged.
 Exit status: 0 when every step succeeded, 1 otherwise (reason on stderr).
 """
 
@@ -30,15 +30,21 @@ def say(line):
     print(line, flush=True)
 
 
+def say_reply(text):
+    """Prints a reply, every line of a multi-line one prefixed with "< "."""
+    for line in str(text).split("\n"):
+        say("< " + line)
+
+
 def send(ftp, text):
     """Sends one command and returns its reply (1xx/2xx/3xx), logging both."""
     say("> " + ("PASS ****" if text.upper().startswith("PASS ") else text))
     try:
         resp = ftp.sendcmd(text)
     except ftplib.Error as e:
-        say("< " + str(e))
+        say_reply(e)
         raise
-    say("< " + resp)
+    say_reply(resp)
     return resp
 
 
@@ -88,7 +94,7 @@ def retr(ftp, mode, remote, local):
             out.write(chunk)
             total += len(chunk)
     conn.close()
-    say("< " + ftp.voidresp())
+    say_reply(ftp.voidresp())
     say("= retr %s %d bytes" % (remote, total))
 
 
@@ -104,7 +110,7 @@ def stor(ftp, mode, local, remote):
             conn.sendall(chunk)
             total += len(chunk)
     conn.close()
-    say("< " + ftp.voidresp())
+    say_reply(ftp.voidresp())
     say("= stor %s %d bytes" % (remote, total))
 
 
@@ -118,7 +124,7 @@ def listing(ftp, mode):
             break
         data += chunk
     conn.close()
-    say("< " + ftp.voidresp())
+    say_reply(ftp.voidresp())
     for line in data.decode("utf-8", "replace").splitlines():
         say("| " + line)
 
@@ -129,7 +135,7 @@ def main(argv):
         return 2
     host, port, ops = argv[1], int(argv[2]), argv[3:]
     ftp = ftplib.FTP(timeout=TIMEOUT)
-    say("< " + ftp.connect(host, port))
+    say_reply(ftp.connect(host, port))
     for op in ops:
         if op == "wait":
             say("READY")

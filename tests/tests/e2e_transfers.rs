@@ -171,3 +171,51 @@ fn ftplib_retr_stor_list_in_all_four_modes() -> Result<()> {
     }
     Ok(())
 }
+
+/// lftp with `ftp:sync-mode off` sends its login and setup commands without waiting
+/// for each reply; the proxy must still pair every 227/229 with its PASV/EPSV.
+#[test]
+fn lftp_pipelined_commands() -> Result<()> {
+    let Some(fx) = Fixture::start("lftp-pipe", false, &[])? else {
+        return Ok(());
+    };
+    let local = fx.work.local();
+    for (mode, setting) in [
+        (DataMode::Pasv, "set ftp:prefer-epsv no"),
+        (DataMode::Epsv, "set ftp:prefer-epsv yes"),
+    ] {
+        let m = mode.script_name();
+        let got = local.join(format!("pipe-{m}-{BIG}"));
+        let up = format!("pipe-up-{m}.bin");
+        let log = lftp(
+            fx.target(),
+            Login::User,
+            &["set ftp:sync-mode off", setting],
+            &[
+                format!("get {BIG} -o {}", got.display()),
+                format!("put {} -o {up}", fx.work.original(SMALL).display()),
+                format!(
+                    "get {SMALL} -o {}",
+                    local.join(format!("pipe-{m}-{SMALL}")).display()
+                ),
+            ],
+        )?;
+        check_ports(&fx, &log, mode)?;
+        // Proof of pipelining: lftp sent its first command before the banner came.
+        let first_cmd = log.lines().position(|l| l.starts_with("> "));
+        let first_reply = log.lines().position(|l| l.starts_with("< "));
+        if first_cmd.is_none() || first_cmd > first_reply {
+            return Err(E2eError::check(
+                "lftp pipelined (a command before the banner)",
+                tail(&log, 3000),
+            ));
+        }
+        assert_same_file(&fx.work.original(BIG), &got)?;
+        assert_same_file(&fx.work.original(SMALL), &fx.work.user().join(&up))?;
+        assert_same_file(
+            &fx.work.original(SMALL),
+            &local.join(format!("pipe-{m}-{SMALL}")),
+        )?;
+    }
+    Ok(())
+}

@@ -129,17 +129,27 @@ pub fn prove_mode(transcript: &str, mode: DataMode) -> Result<Vec<u16>> {
             tail(transcript, 4000),
         ));
     }
+    // Replies come in command order, also when a client pipelines (lftp with
+    // ftp:sync-mode off): the k-th command gets the (k+1)-th final reply, the first
+    // being the banner. A final reply line is `< ddd text`; 1xx replies are
+    // preliminary and belong to the same command as the final one after them.
+    let commands: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("> "))
+        .collect();
+    let finals: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| final_reply_code(l).is_some_and(|c| c >= 200))
+        .collect();
     let mut ports = Vec::new();
-    for (i, line) in lines
+    for (k, line) in commands
         .iter()
         .enumerate()
         .filter(|(_, l)| is_cmd(l, mode.command()))
     {
-        let reply = lines[i + 1..]
-            .iter()
-            .find(|l| l.starts_with("< "))
-            .copied()
-            .unwrap_or("");
+        let reply = finals.get(k + 1).copied().unwrap_or("");
         if !reply[2.min(reply.len())..].starts_with(mode.ok_code()) {
             return Err(E2eError::check(
                 format!(
@@ -175,6 +185,13 @@ pub fn prove_mode(transcript: &str, mode: DataMode) -> Result<Vec<u16>> {
         ));
     }
     Ok(ports)
+}
+
+/// The code of a transcript line that ends a reply (`< ddd text` or `< ddd`).
+fn final_reply_code(line: &str) -> Option<u16> {
+    let text = line.strip_prefix("< ")?;
+    let code = text.get(..3)?.parse::<u16>().ok()?;
+    matches!(text.as_bytes().get(3), None | Some(b' ')).then_some(code)
 }
 
 /// The port in `h1,h2,h3,h4,p1,p2` (the last two numbers of the text).
@@ -485,14 +502,14 @@ impl HeldClient {
 mod tests {
     use super::*;
 
-    const CURL_EPSV: &str = "> EPSV\n* Connect data stream passively\n< 229 Extended Passive mode OK (|||50123|)\n> RETR x\n";
+    const CURL_EPSV: &str = "< 220 hi\n> EPSV\n* Connect data stream passively\n< 229 Extended Passive mode OK (|||50123|)\n> RETR x\n";
     const CURL_FELL_BACK: &str =
         "> EPSV\n< 500 no\n> PASV\n< 227 Entering Passive Mode (127,0,0,1,195,250)\n";
 
     #[test]
     fn passive_ports_come_from_the_reply() {
         assert_eq!(prove_mode(CURL_EPSV, DataMode::Epsv).unwrap(), vec![50123]);
-        let pasv = "> PASV\n< 227 Entering Passive Mode (127,0,0,1,195,250).\n";
+        let pasv = "< 220 hi\n> PASV\n< 227 Entering Passive Mode (127,0,0,1,195,250).\n";
         assert_eq!(
             prove_mode(pasv, DataMode::Pasv).unwrap(),
             vec![195 * 256 + 250]
@@ -501,13 +518,26 @@ mod tests {
 
     #[test]
     fn active_ports_come_from_the_command() {
-        let port = "> PORT 127,0,0,1,4,1\n< 200 PORT command successful\n";
+        let port = "< 220 hi\n> PORT 127,0,0,1,4,1\n< 200 PORT command successful\n";
         assert_eq!(prove_mode(port, DataMode::Port).unwrap(), vec![1025]);
-        let eprt = "> EPRT |2|::1|40000|\n< 200 ok\n> EPRT |1|127.0.0.1|40001|\n< 200 ok\n";
+        let eprt =
+            "< 220 hi\n> EPRT |2|::1|40000|\n< 200 ok\n> EPRT |1|127.0.0.1|40001|\n< 200 ok\n";
         assert_eq!(
             prove_mode(eprt, DataMode::Eprt).unwrap(),
             vec![40000, 40001]
         );
+    }
+
+    #[test]
+    fn pipelined_replies_pair_with_commands_in_order() {
+        // Commands sent before the banner arrived; multi-line replies; a 150 before 226.
+        let t = "> USER a\n> PASS ****\n> TYPE I\n> PASV\n> RETR x\n< 220-Welcome\n< 220 hi\n\
+                 < 331 pass\n< 230-ok\n< 230 ok\n< 200 TYPE\n< 227 Entering (127,0,0,1,200,7)\n\
+                 < 150 go\n< 226 done\n";
+        assert_eq!(prove_mode(t, DataMode::Pasv).unwrap(), vec![200 * 256 + 7]);
+        // Shift the replies by one (the PASV's reply is the TYPE one): caught.
+        let shifted = t.replace("< 331 pass\n", "");
+        assert!(prove_mode(&shifted, DataMode::Pasv).is_err());
     }
 
     #[test]
@@ -526,6 +556,6 @@ mod tests {
             DataMode::Port
         )
         .is_err());
-        assert!(prove_mode("> RETR x\n< 150 ok\n", DataMode::Epsv).is_err());
+        assert!(prove_mode("< 220 hi\n> RETR x\n< 150 ok\n", DataMode::Epsv).is_err());
     }
 }
