@@ -489,8 +489,10 @@ impl Relay {
                     pair.up.moved(),
                     pair.down.moved()
                 );
-                // Let the originator see a reset, as it would from the real endpoint.
+                // An abort on one side is an abort on both, as when the kernel
+                // forwards a reset: neither end may mistake it for a complete transfer.
                 reset(&pair.accepted.sock);
+                reset(&pair.opened.sock);
             }
         }
         if let Some(l) = self.listeners.get_mut(&pair.listener) {
