@@ -41,7 +41,7 @@ if ! command -v cargo >/dev/null && [ -x "${HOME:-/root}/.cargo/bin/cargo" ]; th
 fi
 echo "demo: building ftp-proxy (cargo build -p ftp-proxy-cli)"
 cargo build --quiet -p ftp-proxy-cli
-target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+target_dir=$(cargo metadata --format-version 1 --no-deps | grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)
 proxy_bin="$target_dir/debug/ftp-proxy"
 
 dir=$(mktemp -d /tmp/ftp-proxy-demo.XXXXXX)
