@@ -219,3 +219,67 @@ fn lftp_pipelined_commands() -> Result<()> {
     }
     Ok(())
 }
+
+/// Eight clients at once, two per mode, each downloading 10 MiB and uploading
+/// 1 KiB: every file arrives intact, so the relay keeps data connections apart.
+#[test]
+fn eight_concurrent_clients_in_mixed_modes() -> Result<()> {
+    let Some(fx) = Fixture::start("concurrent", false, &[])? else {
+        return Ok(());
+    };
+    let target = fx.target();
+    let jobs: Vec<(usize, DataMode)> = (0..8).map(|i| (i, DataMode::ALL[i % 4])).collect();
+    let handles: Vec<_> = jobs
+        .iter()
+        .map(|&(i, mode)| {
+            let m = mode.script_name();
+            let ops = [
+                format!("login:{USER}:{PASSWORD}"),
+                format!(
+                    "{m}:retr:{BIG}:{}",
+                    fx.work.local().join(format!("c{i}.bin")).display()
+                ),
+                format!("{m}:stor:{}:c{i}-up.bin", fx.work.original(SMALL).display()),
+                "quit".into(),
+            ];
+            std::thread::spawn(move || ftplib(target, &ops))
+        })
+        .collect();
+    for ((i, mode), h) in jobs.into_iter().zip(handles) {
+        let log = h
+            .join()
+            .map_err(|_| E2eError::check("client thread did not panic", ""))??;
+        check_ports(&fx, &log, mode)?;
+        assert_same_file(
+            &fx.work.original(BIG),
+            &fx.work.local().join(format!("c{i}.bin")),
+        )?;
+        assert_same_file(
+            &fx.work.original(SMALL),
+            &fx.work.user().join(format!("c{i}-up.bin")),
+        )?;
+    }
+    // They really overlapped: some session started while others were live.
+    if !fx.proxy_log().is_empty() {
+        let most = fx
+            .proxy_log()
+            .lines()
+            .filter_map(|l| {
+                l.split("FTP session ")
+                    .nth(1)?
+                    .split('/')
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(0);
+        if most < 2 {
+            return Err(E2eError::check(
+                "at least two sessions live at once",
+                tail(&fx.proxy_log(), 3000),
+            ));
+        }
+    }
+    Ok(())
+}
