@@ -123,6 +123,13 @@ impl Listener {
     }
 }
 
+impl std::os::fd::AsFd for Listener {
+    /// The listening socket, for socket options the runtime does not set itself.
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.inner.as_fd()
+    }
+}
+
 /// A startup failure. `Display` is the original's message (behavior.md §3), printed
 /// by the binary as `ftp-proxy: <msg>` before it exits 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
