@@ -39,6 +39,14 @@
 //!   from 50001-65535). A single port (20, with `-r`) is bound; without the privilege
 //!   to bind it the relay logs a warning once and uses an ephemeral port. A `nat-to`
 //!   address that is not local (transparent setups) falls back to the kernel's choice.
+//! * The relay listens on the rule's destination `B`, so `B` must be an address of
+//!   this host: true in reverse mode (`-R`, where `B` is the address the client
+//!   connected to) and for active mode (`B` is the proxy's own address). A diverted
+//!   passive connection to a foreign server address needs the packet filter
+//!   ([`DataPath::Kernel`]); the commit fails with `EADDRNOTAVAIL` otherwise.
+//! * Proxy ports are bound for real, so one that another socket of this host holds
+//!   fails the commit (`EADDRINUSE`, reported as busy). The proxy's own outgoing
+//!   sockets carry `SO_REUSEADDR` and never block a relay listener this way.
 //! * A failed connect to the real endpoint resets the accepted connection.
 //! * Bind failures are commit failures: `EADDRINUSE` is [`FilterError::Busy`](ftp_proxy_core::FilterError)
 //!   (retried once by the core), anything else `Other` with the errno; the session then
