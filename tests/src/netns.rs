@@ -651,15 +651,43 @@ pub enum AdminAccept {
 /// ended on the router's own sockets, the proxy's among them). Loading it replaces an
 /// earlier admin table.
 pub fn admin_ruleset(accept: AdminAccept) -> String {
+    admin_ruleset_with(accept, AdminDivert::Redirect)
+}
+
+/// How the admin diverts control connections to the proxy's port 8021.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminDivert {
+    /// `redirect to :8021` in a nat prerouting chain (linux-netfilter.md §2a); the
+    /// proxy reads SO_ORIGINAL_DST.
+    Redirect,
+    /// `tproxy to :8021` plus `meta mark set 0x1`, with the policy routing that
+    /// [`Lab::new_with`] adds (§2b); the proxy's listener is transparent and reads
+    /// getsockname.
+    Tproxy,
+}
+
+/// [`admin_ruleset`] with a choice of divert.
+pub fn admin_ruleset_with(accept: AdminAccept, divert: AdminDivert) -> String {
     let (policy, line) = match accept {
         AdminAccept::CtStatusDnat => ("drop", "ct status dnat accept".to_string()),
         AdminAccept::CtMark(m) => ("drop", format!("ct mark {m:#010x} accept")),
         AdminAccept::Open => ("accept", String::new()),
     };
-    let divert = if accept == AdminAccept::Open {
-        ""
-    } else {
-        "iifname \"r0\" tcp dport 21 redirect to :8021"
+    let divert = match (accept, divert) {
+        (AdminAccept::Open, _) => String::new(),
+        (_, AdminDivert::Redirect) => "\tchain divert {
+\t\ttype nat hook prerouting priority dstnat - 20; policy accept;
+\t\tiifname \"r0\" tcp dport 21 redirect to :8021
+\t}
+"
+        .to_string(),
+        (_, AdminDivert::Tproxy) => "\tchain divert {
+\t\ttype filter hook prerouting priority mangle; policy accept;
+\t\tiifname \"r0\" meta l4proto tcp socket transparent 1 meta mark set 0x1 accept
+\t\tiifname \"r0\" tcp dport 21 tproxy to :8021 meta mark set 0x1 accept
+\t}
+"
+        .to_string(),
     };
     format!(
         "table inet admin
@@ -669,11 +697,7 @@ table inet admin {{
 \t}}
 \tcounter local_in {{
 \t}}
-\tchain divert {{
-\t\ttype nat hook prerouting priority dstnat - 20; policy accept;
-\t\t{divert}
-\t}}
-\tchain forward {{
+{divert}\tchain forward {{
 \t\ttype filter hook forward priority filter; policy {policy};
 \t\tcounter name \"forwarded\"
 \t\tct state established,related accept
@@ -726,7 +750,37 @@ pub const BIG_LEN: usize = 10 << 20;
 impl Lab {
     /// Builds the topology, files, admin ruleset and server.
     pub fn new(tag: &str, accept: AdminAccept) -> Result<Lab> {
+        Lab::new_with(tag, accept, AdminDivert::Redirect)
+    }
+
+    /// As [`Lab::new`], with a choice of divert. For TPROXY it also adds the router's
+    /// policy routing: packets marked 0x1 are delivered locally (table 100).
+    pub fn new_with(tag: &str, accept: AdminAccept, divert: AdminDivert) -> Result<Lab> {
         let mut topo = Topology::up(tag)?;
+        if divert == AdminDivert::Tproxy {
+            let r = topo.name(Ns::Router);
+            let lim = Duration::from_secs(10);
+            for args in [
+                &["-4", "rule", "add", "fwmark", "0x1", "lookup", "100"][..],
+                &[
+                    "-4",
+                    "route",
+                    "add",
+                    "local",
+                    "0.0.0.0/0",
+                    "dev",
+                    "lo",
+                    "table",
+                    "100",
+                ],
+                &["-6", "rule", "add", "fwmark", "0x1", "lookup", "100"],
+                &[
+                    "-6", "route", "add", "local", "::/0", "dev", "lo", "table", "100",
+                ],
+            ] {
+                run_ok(Command::new("ip").args(["-n", &r]).args(args), lim)?;
+            }
+        }
         let home = topo.dir().join("home");
         let local = topo.dir().join("local");
         for d in [&home, &local] {
@@ -740,7 +794,7 @@ impl Lab {
         write_test_file(&home.join("big.bin"), BIG_LEN, 0x5eed_0002)?;
         write_test_file(&local.join("up-small.bin"), SMALL_LEN, 0x5eed_0003)?;
         write_test_file(&local.join("up-big.bin"), BIG_LEN, 0x5eed_0004)?;
-        topo.nft_script(&admin_ruleset(accept))?;
+        topo.nft_script(&admin_ruleset_with(accept, divert))?;
         topo.start_pure_ftpd(&home)?;
         Ok(Lab { topo, home, local })
     }

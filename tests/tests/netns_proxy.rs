@@ -14,7 +14,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use ftp_proxy_tests::netns::{self, check, AdminAccept, Lab, Ns, ProxyRun, Result, BIG_LEN};
+use ftp_proxy_tests::netns::{
+    self, check, AdminAccept, AdminDivert, Lab, Ns, ProxyRun, Result, BIG_LEN,
+};
 use pfctl_backend::nft::{tag_mark, DEFAULT_MARK};
 
 const URL4: &str = "ftp://198.51.100.10";
@@ -448,4 +450,43 @@ fn queue_option_is_refused_at_start() -> Result<()> {
         return Err(check("no table left behind by the refused start", tables));
     }
     Ok(())
+}
+
+#[test]
+fn tproxy_divert_ipv4_and_ipv6() -> Result<()> {
+    if !netns::is_root("tproxy_divert_ipv4_and_ipv6") {
+        return Ok(());
+    }
+    // The data path is the same as with REDIRECT; only the admin's divert and the
+    // proxy's listener (transparent, original destination from getsockname) differ.
+    let mut lab = Lab::new_with("tp", AdminAccept::CtStatusDnat, AdminDivert::Tproxy)?;
+    let p4 = lab.start_proxy(&["-b", "0.0.0.0", "--divert", "tproxy"], 8021)?;
+    let p6 = lab.start_proxy(&["-6", "-b", "::", "--divert", "tproxy"], 8021)?;
+    download_big_bypassing_proxy(&lab, &p4, URL4, &["--disable-epsv"], "PASV", &["EPSV"])?;
+    upload_small(
+        &lab,
+        &p4,
+        URL4,
+        &["-P", "-", "--disable-eprt"],
+        "PORT",
+        &["EPRT"],
+        "tp-port.bin",
+    )?;
+    download_big_bypassing_proxy(&lab, &p6, URL6, &[], "EPSV", &["PASV"])?;
+    upload_small(
+        &lab,
+        &p6,
+        URL6,
+        &["-P", "-"],
+        "EPRT",
+        &["PORT"],
+        "tp6-eprt.bin",
+    )?;
+    for p in [&p4, &p6] {
+        if !p.log_text().contains("FTP session") {
+            return Err(check("the session to go through the proxy", p.log_text()));
+        }
+    }
+    lab.stop_proxy(&p6)?;
+    lab.stop_proxy(&p4)
 }
