@@ -36,9 +36,16 @@ for port in "$FTP_PORT" "$PROXY_PORT"; do
     fi
 done
 
-if ! command -v cargo >/dev/null && [ -x "${HOME:-/root}/.cargo/bin/cargo" ]; then
-    PATH="${HOME:-/root}/.cargo/bin:$PATH"
+# sudo may drop ~/.cargo/bin from PATH.
+if ! command -v cargo >/dev/null; then
+    for d in "${HOME:-/root}/.cargo/bin" "${SUDO_USER:+$(getent passwd "$SUDO_USER" | cut -d: -f6)/.cargo/bin}"; do
+        if [ -n "$d" ] && [ -x "$d/cargo" ]; then
+            PATH="$d:$PATH"
+            break
+        fi
+    done
 fi
+command -v cargo >/dev/null || die "cargo not found (install Rust: https://rustup.rs)"
 echo "demo: building ftp-proxy (cargo build -p ftp-proxy-cli)"
 cargo build --quiet -p ftp-proxy-cli
 target_dir=$(cargo metadata --format-version 1 --no-deps | grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)
