@@ -128,6 +128,18 @@ fn commit_replace_remove_in_router_namespace() -> Result<()> {
         let arm = nft(&["list", "set", "inet", &t, "arm4"])?;
         must_contain(&arm, &["203.0.113.10 . 198.51.100.10 . 50447"])?;
 
+        // The same negotiation again: destroy and re-add of the same keys in one batch.
+        b.commit(&s1, &r)
+            .map_err(|e| check("re-commit of the same rules", e.to_string()))?;
+        let l = nft(&["list", "table", "inet", &t])?;
+        must_contain(
+            &l,
+            &[
+                "203.0.113.10 . 198.51.100.10 . 50447 timeout 1d",
+                "203.0.113.10 . 198.51.100.10 . 30028 timeout 1d",
+            ],
+        )?;
+
         // Replace by an active PORT negotiation with -r: the passive elements go, in
         // the same transaction, and the nat data is the original server, port 20.
         let rfc = RuleOptions {
@@ -381,6 +393,87 @@ fn kernel_nats_data_connections_from_committed_elements() -> Result<()> {
     b.commit(&anchor, &[])
         .map_err(|e| check("empty commit", e.to_string()))?;
     topo.in_ns(Ns::Router, || b.remove_all())?
+        .map_err(|e| check("remove_all", e.to_string()))?;
+    Ok(())
+}
+
+/// Clears CAP_NET_ADMIN from the calling thread's effective set (capabilities are per
+/// thread on Linux, so the rest of the test process keeps it).
+fn drop_net_admin_in_this_thread() -> std::io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_NET_ADMIN: u32 = 12;
+    let mut h = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut d = [Data::default(); 2];
+    // SAFETY: capget/capset with a v3 header and two data structs, as the ABI requires.
+    unsafe {
+        if libc::syscall(libc::SYS_capget, &mut h as *mut Header, d.as_mut_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        d[0].effective &= !(1 << CAP_NET_ADMIN);
+        if libc::syscall(libc::SYS_capset, &mut h as *mut Header, d.as_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn commit_without_cap_net_admin_is_permission_denied() -> Result<()> {
+    if !netns::is_root("commit_without_cap_net_admin_is_permission_denied") {
+        return Ok(());
+    }
+    let topo = Topology::up("cp")?;
+    let cfg = Config {
+        pid: std::process::id(),
+        ..Config::default()
+    };
+    let mut b = topo
+        .in_ns(Ns::Router, || NftBackend::open(&cfg))?
+        .map_err(|e| check("open", e.to_string()))?;
+    let anchor = Anchor {
+        pid: cfg.pid,
+        session: 1,
+    };
+    let rules = data_rules(Mode::Passive, &addrs4(), 30028, 50447, &cfg.rules);
+    // The kernel checks the *sending* thread's capability, not only the socket opener's
+    // (linux-netfilter.md §5): a socket opened as root does not help after a drop.
+    let res = std::thread::scope(|s| {
+        s.spawn(|| {
+            drop_net_admin_in_this_thread().map_err(netns::io_err("capset"))?;
+            Ok::<_, netns::NetnsError>(b.commit(&anchor, &rules))
+        })
+        .join()
+        .expect("thread")
+    })?;
+    match res {
+        Err(FilterError::PermissionDenied) => {}
+        other => {
+            return Err(check(
+                "PermissionDenied without CAP_NET_ADMIN",
+                format!("{other:?}"),
+            ))
+        }
+    }
+    // With the capability (this thread) the same commit works, and nothing of the
+    // refused one was applied before it.
+    b.commit(&anchor, &rules)
+        .map_err(|e| check("commit with CAP_NET_ADMIN", e.to_string()))?;
+    b.remove_all()
         .map_err(|e| check("remove_all", e.to_string()))?;
     Ok(())
 }

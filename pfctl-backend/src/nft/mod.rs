@@ -394,7 +394,22 @@ impl Backend for NftBackend {
                 }
                 Ok(())
             }
-            Err(e) => Err(batch_error(e, first, &what, &table)),
+            Err(e @ BatchError::Kernel { .. }) => {
+                // The kernel aborted the transaction: the anchor holds what it held.
+                Err(batch_error(e, first, &what, &table))
+            }
+            Err(e @ BatchError::Io(_)) => {
+                // No answer: the batch may or may not have been applied. Remember both
+                // the old and the new elements, so the next commit's (idempotent)
+                // destroys cover whichever is in force, and nothing leaks.
+                let entry = self.anchors.entry(*anchor).or_default();
+                for e in new {
+                    if !entry.contains(&e) {
+                        entry.push(e);
+                    }
+                }
+                Err(batch_error(e, first, &what, &table))
+            }
         }
     }
 
