@@ -72,10 +72,17 @@ impl ChildGuard {
         }
     }
 
-    /// Sends `signal` to the process itself (not its group).
-    pub fn signal(&self, signal: i32) -> Result<()> {
-        // SAFETY: kill(2) with a pid we spawned and have not reaped (checked by caller
-        // through `try_wait`), so the pid cannot have been reused.
+    /// Sends `signal` to the process itself (not its group); an error if it has
+    /// already exited.
+    pub fn signal(&mut self, signal: i32) -> Result<()> {
+        if let Some(status) = self.try_wait()? {
+            return Err(E2eError::check(
+                format!("{} still running to receive signal {signal}", self.name),
+                status.to_string(),
+            ));
+        }
+        // SAFETY: kill(2) on a child that `try_wait` just found unreaped, so its pid
+        // cannot have been reused.
         let rc = unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
         if rc != 0 {
             return Err(E2eError::io(format!(
