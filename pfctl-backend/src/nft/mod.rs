@@ -275,75 +275,6 @@ impl NftBackend {
         &self.opts
     }
 
-    /// The elements for one rule (two for rdr-to, one for nat-to).
-    fn elements(&mut self, r: &Rule, out: &mut Vec<Element>) -> Result<(), FilterError> {
-        let fam = r.family();
-        let (arm, rdr, nat) = match fam {
-            Family::Inet => ("arm4", "rdr4", "nat4"),
-            Family::Inet6 => ("arm6", "rdr6", "nat6"),
-        };
-        if Family::of(r.to) != fam {
-            return Err(einval(
-                libc::EPROTONOSUPPORT,
-                "source and destination families differ",
-                r,
-            ));
-        }
-        if r.on_rdomain.is_some_and(|d| d != 0) || r.rtable.is_some_and(|t| t != 0) {
-            return Err(FilterError::Unsupported(format!(
-                "routing domains/tables with nftables: {r}"
-            )));
-        }
-        if r.queue.is_some() {
-            return Err(FilterError::Unsupported(
-                "-q has no nftables equivalent".into(),
-            ));
-        }
-        if r.port == 0 || r.from.is_unspecified() || r.to.is_unspecified() {
-            return Err(einval(libc::EINVAL, "zero address or port", r));
-        }
-        let k = key(r.from, r.to, r.port);
-        match (r.direction, r.translate) {
-            (Direction::In, Translate::RdrTo { addr, port }) => {
-                if Family::of(addr) != fam || port == 0 || addr.is_unspecified() {
-                    return Err(einval(libc::EINVAL, "bad rdr-to target", r));
-                }
-                out.push(Element {
-                    set: arm,
-                    key: k.clone(),
-                    data: None,
-                });
-                out.push(Element {
-                    set: rdr,
-                    key: k,
-                    data: Some(addr_port(addr, port)),
-                });
-            }
-            (Direction::Out, Translate::NatTo { addr, ports }) => {
-                if Family::of(addr) != fam || ports.low == 0 || ports.high < ports.low {
-                    return Err(einval(libc::EINVAL, "bad nat-to target", r));
-                }
-                let port = if ports.low == ports.high {
-                    ports.low
-                } else {
-                    let span = u64::from(ports.high - ports.low) + 1;
-                    ports.low + (self.next_random() % span) as u16
-                };
-                out.push(Element {
-                    set: nat,
-                    key: k,
-                    data: Some(addr_port(addr, port)),
-                });
-            }
-            _ => {
-                return Err(FilterError::Unsupported(format!(
-                    "rule shape the nftables backend does not know: {r}"
-                )))
-            }
-        }
-        Ok(())
-    }
-
     fn next_random(&mut self) -> u64 {
         self.rng ^= self.rng >> 12;
         self.rng ^= self.rng << 25;
@@ -366,7 +297,8 @@ impl Backend for NftBackend {
     fn commit(&mut self, anchor: &Anchor, rules: &[Rule]) -> Result<(), FilterError> {
         let mut new = Vec::with_capacity(rules.len() * 2);
         for r in rules {
-            self.elements(r, &mut new)?;
+            let mut random = || self.next_random();
+            elements(r, &mut random, &mut new)?;
         }
         let old = self.anchors.get(anchor).map(Vec::as_slice).unwrap_or(&[]);
         if old.is_empty() && new.is_empty() {
@@ -428,6 +360,84 @@ impl Backend for NftBackend {
         }
         res
     }
+}
+
+/// The elements for one rule (two for rdr-to, one for nat-to). IPv4-mapped IPv6
+/// addresses (from a dual-stack listener) are unmapped first, or the elements would
+/// land in the IPv6 maps and never match an IPv4 packet. `random` draws NAT ports.
+fn elements(
+    r: &Rule,
+    random: &mut dyn FnMut() -> u64,
+    out: &mut Vec<Element>,
+) -> Result<(), FilterError> {
+    let (from, to) = (r.from.to_canonical(), r.to.to_canonical());
+    let fam = Family::of(from);
+    let (arm, rdr, nat) = match fam {
+        Family::Inet => ("arm4", "rdr4", "nat4"),
+        Family::Inet6 => ("arm6", "rdr6", "nat6"),
+    };
+    if Family::of(to) != fam {
+        return Err(einval(
+            libc::EPROTONOSUPPORT,
+            "source and destination families differ",
+            r,
+        ));
+    }
+    if r.on_rdomain.is_some_and(|d| d != 0) || r.rtable.is_some_and(|t| t != 0) {
+        return Err(FilterError::Unsupported(format!(
+            "routing domains/tables with nftables: {r}"
+        )));
+    }
+    if r.queue.is_some() {
+        return Err(FilterError::Unsupported(
+            "-q has no nftables equivalent".into(),
+        ));
+    }
+    if r.port == 0 || from.is_unspecified() || to.is_unspecified() {
+        return Err(einval(libc::EINVAL, "zero address or port", r));
+    }
+    let k = key(from, to, r.port);
+    match (r.direction, r.translate) {
+        (Direction::In, Translate::RdrTo { addr, port }) => {
+            let addr = addr.to_canonical();
+            if Family::of(addr) != fam || port == 0 || addr.is_unspecified() {
+                return Err(einval(libc::EINVAL, "bad rdr-to target", r));
+            }
+            out.push(Element {
+                set: arm,
+                key: k.clone(),
+                data: None,
+            });
+            out.push(Element {
+                set: rdr,
+                key: k,
+                data: Some(addr_port(addr, port)),
+            });
+        }
+        (Direction::Out, Translate::NatTo { addr, ports }) => {
+            let addr = addr.to_canonical();
+            if Family::of(addr) != fam || ports.low == 0 || ports.high < ports.low {
+                return Err(einval(libc::EINVAL, "bad nat-to target", r));
+            }
+            let port = if ports.low == ports.high {
+                ports.low
+            } else {
+                let span = u64::from(ports.high - ports.low) + 1;
+                ports.low + (random() % span) as u16
+            };
+            out.push(Element {
+                set: nat,
+                key: k,
+                data: Some(addr_port(addr, port)),
+            });
+        }
+        _ => {
+            return Err(FilterError::Unsupported(format!(
+                "rule shape the nftables backend does not know: {r}"
+            )))
+        }
+    }
+    Ok(())
 }
 
 /// Maps a failed batch to the core's error: EBUSY is `Busy` (the core retries once),
@@ -556,6 +566,7 @@ fn run_nft(args: &[&str], stdin: Option<&str>) -> Result<String, FilterError> {
 mod tests {
     use super::*;
     use ftp_proxy_core::RuleOptions;
+    use std::net::IpAddr;
 
     #[test]
     fn tag_marks_are_numbers_or_fnv1a() {
@@ -630,5 +641,114 @@ mod tests {
             ..o
         });
         assert!(!none.contains("log prefix"));
+    }
+
+    fn addrs(client: &str, server: &str, proxy: &str) -> ftp_proxy_core::SessionAddrs {
+        ftp_proxy_core::SessionAddrs {
+            client: client.parse().unwrap(),
+            server: server.parse().unwrap(),
+            orig_server: server.parse().unwrap(),
+            proxy: proxy.parse().unwrap(),
+            client_rdomain: 0,
+        }
+    }
+
+    fn all_elements(rules: &[Rule], random: u64) -> Result<Vec<Element>, FilterError> {
+        let mut out = Vec::new();
+        let mut rng = || random;
+        for r in rules {
+            elements(r, &mut rng, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn passive_rules_become_arm_rdr_nat() {
+        use ftp_proxy_core::{data_rules, Mode};
+        let a = addrs("203.0.113.10", "198.51.100.10", "198.51.100.1");
+        let rules = data_rules(Mode::Passive, &a, 30028, 50447, &RuleOptions::default());
+        let e = all_elements(&rules, 7).unwrap();
+        let sets: Vec<_> = e.iter().map(|e| e.set).collect();
+        assert_eq!(sets, ["arm4", "rdr4", "nat4"]);
+        let client: IpAddr = "203.0.113.10".parse().unwrap();
+        let server: IpAddr = "198.51.100.10".parse().unwrap();
+        assert_eq!(e[0].key, key(client, server, 50447));
+        assert_eq!(e[0].data, None);
+        assert_eq!(e[1].key, e[0].key);
+        assert_eq!(e[1].data, Some(addr_port(server, 30028)));
+        assert_eq!(e[2].key, key(client, server, 30028));
+        // 50001 + 7 % 15535: the drawn port lies in pfctl's NAT range.
+        assert_eq!(
+            e[2].data,
+            Some(addr_port("198.51.100.1".parse().unwrap(), 50008))
+        );
+        let last = all_elements(&rules, 15534).unwrap();
+        assert_eq!(
+            last[2].data,
+            Some(addr_port("198.51.100.1".parse().unwrap(), 65535))
+        );
+    }
+
+    #[test]
+    fn rfc_port_gets_port_20_and_eprt_does_not() {
+        use ftp_proxy_core::{data_rules, Mode};
+        let a = addrs("2001:db8:1::10", "2001:db8:2::10", "2001:db8:2::1");
+        let rfc = RuleOptions {
+            rfc_mode: true,
+            ..RuleOptions::default()
+        };
+        let server: IpAddr = "2001:db8:2::10".parse().unwrap();
+        let e = all_elements(&data_rules(Mode::ActivePort, &a, 40000, 50500, &rfc), 0).unwrap();
+        assert_eq!(
+            e.iter().map(|e| e.set).collect::<Vec<_>>(),
+            ["arm6", "rdr6", "nat6"]
+        );
+        assert_eq!(e[0].key.len(), 36);
+        assert_eq!(e[2].data, Some(addr_port(server, 20)));
+        let e = all_elements(&data_rules(Mode::ActiveEprt, &a, 40000, 50500, &rfc), 0).unwrap();
+        assert_eq!(e[2].data, Some(addr_port(server, 50001)));
+    }
+
+    #[test]
+    fn mapped_addresses_are_unmapped_and_bad_rules_refused() {
+        use ftp_proxy_core::{data_rules, Mode};
+        let a = addrs(
+            "::ffff:203.0.113.10",
+            "::ffff:198.51.100.10",
+            "198.51.100.1",
+        );
+        let e = all_elements(
+            &data_rules(Mode::Passive, &a, 30028, 50447, &RuleOptions::default()),
+            0,
+        )
+        .unwrap();
+        assert_eq!(e[0].set, "arm4");
+        assert_eq!(e[0].key.len(), 12);
+
+        let mixed = addrs("203.0.113.10", "2001:db8:2::10", "198.51.100.1");
+        match all_elements(
+            &data_rules(Mode::Passive, &mixed, 30028, 50447, &RuleOptions::default()),
+            0,
+        ) {
+            Err(FilterError::Other { errno, .. }) => assert_eq!(errno, libc::EPROTONOSUPPORT),
+            other => panic!("{other:?}"),
+        }
+        let mut r = data_rules(
+            Mode::Passive,
+            &addrs("203.0.113.10", "198.51.100.10", "198.51.100.1"),
+            1,
+            2,
+            &RuleOptions::default(),
+        );
+        r[0].rtable = Some(3);
+        assert!(matches!(
+            all_elements(&r[..1], 0),
+            Err(FilterError::Unsupported(_))
+        ));
+        r[1].port = 0;
+        match all_elements(&r[1..], 0) {
+            Err(FilterError::Other { errno, .. }) => assert_eq!(errno, libc::EINVAL),
+            other => panic!("{other:?}"),
+        }
     }
 }
