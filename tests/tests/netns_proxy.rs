@@ -490,3 +490,66 @@ fn tproxy_divert_ipv4_and_ipv6() -> Result<()> {
     lab.stop_proxy(&p6)?;
     lab.stop_proxy(&p4)
 }
+
+#[test]
+fn concurrent_sessions_and_crash_leftovers() -> Result<()> {
+    if !netns::is_root("concurrent_sessions_and_crash_leftovers") {
+        return Ok(());
+    }
+    let mut lab = Lab::new("cc", AdminAccept::CtStatusDnat)?;
+    let p = lab.start_proxy(&["-b", "0.0.0.0"], 8021)?;
+
+    // 16 sessions at once, half passive and half active: each commit is its own batch
+    // on the one socket, and none may disturb another's elements.
+    const N: usize = 16;
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..N)
+            .map(|i| {
+                let lab = &lab;
+                s.spawn(move || -> Result<()> {
+                    let out = lab.local.join(format!("cc-{i}.bin"));
+                    let src = format!("{URL4}/big.bin");
+                    let mode: &[&str] = if i % 2 == 0 {
+                        &["--disable-epsv"]
+                    } else {
+                        &["-P", "-"]
+                    };
+                    let mut args = mode.to_vec();
+                    args.extend([src.as_str(), "-o", out.to_str().expect("utf-8")]);
+                    lab.curl(&args)?;
+                    lab.same_file(&lab.home.join("big.bin"), &out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("curl thread"))
+            .collect()
+    });
+    for r in results {
+        r?;
+    }
+    lab.expect_no_elements(&p, "16 concurrent sessions")?;
+
+    // A daemon killed with SIGKILL cannot remove its table; the next daemon's start
+    // sweeps it, because its pid no longer exists.
+    lab.topo
+        .stop(p.pid, libc::SIGKILL, Duration::from_secs(5))?;
+    let tables = lab.topo.nft(&["list", "tables"])?;
+    if !tables.contains(&p.table) {
+        return Err(check(
+            format!("{} still there after SIGKILL", p.table),
+            tables,
+        ));
+    }
+    let q = lab.start_proxy(&["-b", "0.0.0.0"], 8021)?;
+    let tables = lab.topo.nft(&["list", "tables"])?;
+    if tables.contains(&p.table) || !tables.contains(&q.table) {
+        return Err(check(
+            format!("{} swept and {} created at start", p.table, q.table),
+            tables,
+        ));
+    }
+    upload_small(&lab, &q, URL4, &[], "EPSV", &["PASV"], "after-crash.bin")?;
+    lab.stop_proxy(&q)
+}
