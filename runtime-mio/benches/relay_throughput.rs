@@ -1,6 +1,7 @@
 //! Throughput of a passive download through the userspace relay, against the same
 //! transfer over a direct loopback connection and through a plain two-thread
-//! `std::io::copy` forwarder. Run with
+//! `std::io::copy` forwarder; the relay both copying through user space and with
+//! `splice(2)`. Run with
 //! `cargo bench -p ftp-proxy-runtime --bench relay_throughput` (`RELAY_BENCH_MIB`
 //! sets the size, default 1024).
 
@@ -115,7 +116,7 @@ fn ftp_server(total: u64) -> SocketAddr {
     a
 }
 
-fn relay(total: u64) -> Duration {
+fn relay(total: u64, zero_copy: bool) -> Duration {
     let server = ftp_server(total);
     let (tx, rx) = std::sync::mpsc::channel();
     let rt_thread = std::thread::spawn(move || {
@@ -138,6 +139,7 @@ fn relay(total: u64) -> Duration {
             DataPath::Relay,
         )
         .unwrap();
+        rt.set_relay_zero_copy(zero_copy);
         tx.send((rt.local_addr(), rt.shutdown_handle())).unwrap();
         while !rt.is_finished() {
             rt.turn(None).unwrap();
@@ -188,7 +190,8 @@ fn main() {
     for (name, f) in [
         ("direct", direct as fn(u64) -> Duration),
         ("std::io::copy forwarder", std_forwarder),
-        ("ftp-proxy relay", relay),
+        ("relay, copying", |t| relay(t, false)),
+        ("relay, splice(2)", |t| relay(t, true)),
     ] {
         let best = (0..3).map(|_| f(total)).min().unwrap();
         println!("  {name:<24} {:>8.0} MiB/s  ({best:.2?})", rate(best));

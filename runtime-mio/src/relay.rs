@@ -20,7 +20,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry};
 use nix::errno::Errno;
 
-use crate::pipe::Pipe;
+use crate::pipe::{Filled, Pipe};
 use crate::sys;
 use crate::token::{End, Tok};
 
@@ -143,14 +143,23 @@ pub(crate) struct Relay {
     hot: Vec<Tok>,
     port_fallback_logged: bool,
     addr_fallback_logged: bool,
+    /// Move data with `splice(2)` through kernel pipes where possible.
+    zero_copy: bool,
 }
 
 impl Relay {
     pub(crate) fn new() -> Relay {
         Relay {
             next_id: 1,
+            zero_copy: cfg!(target_os = "linux"),
             ..Relay::default()
         }
+    }
+
+    /// Chooses between `splice(2)` (Linux) and copying through user space for data
+    /// connections accepted from now on.
+    pub(crate) fn set_zero_copy(&mut self, on: bool) {
+        self.zero_copy = on;
     }
 
     fn alloc_id(&mut self) -> u64 {
@@ -360,8 +369,8 @@ impl Relay {
                         listener: id,
                         accepted: Sock::new(stream, true),
                         opened: Sock::new(TcpStream::from_std(opened), false),
-                        up: Pipe::new(PIPE_CAPACITY),
-                        down: Pipe::new(PIPE_CAPACITY),
+                        up: Pipe::new(PIPE_CAPACITY, self.zero_copy),
+                        down: Pipe::new(PIPE_CAPACITY, self.zero_copy),
                         connecting: true,
                         label,
                     };
@@ -583,12 +592,14 @@ fn copy(pipe: &mut Pipe, src: &mut Sock, dst: &mut Sock, connected: bool) -> Res
     }
     if src.readable && !src.eof && !pipe.is_full() {
         match pipe.fill(&mut src.sock) {
-            Ok(0) => {
+            Ok(Filled::Eof) => {
                 src.eof = true;
                 progress = true;
             }
-            Ok(_) => progress = true,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => src.readable = false,
+            Ok(Filled::Bytes(_)) => progress = true,
+            Ok(Filled::SourceEmpty) => src.readable = false,
+            // Nothing moved; the drain above makes room once the destination can take it.
+            Ok(Filled::NoRoom) => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => progress = true,
             Err(e) => return Err(PairEnd::Failed("read", e)),
         }

@@ -256,6 +256,15 @@ impl<B: Backend> Runtime<B> {
         }
     }
 
+    /// Chooses how the relay moves data for connections accepted from now on:
+    /// `splice(2)` through kernel pipes (Linux; the default there) or copying through
+    /// user space. Without the relay this does nothing.
+    pub fn set_relay_zero_copy(&mut self, on: bool) {
+        if let Data::Relay(r) = &mut self.data {
+            r.set_zero_copy(on);
+        }
+    }
+
     /// Whether a shutdown has started.
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown_deadline.is_some()

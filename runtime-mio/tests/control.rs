@@ -188,7 +188,12 @@ fn unreachable_server_closes_the_client() {
 #[test]
 fn relay_refuses_strangers_and_a_second_connection() {
     let server = ScriptedServer::start(ip("127.0.0.3"), files());
-    let proxy = RunningProxy::start(cfg(server.addr), "127.0.0.1:0".parse().unwrap(), true, None);
+    // Addresses of its own for the relay's ports (see relay_sessions.rs).
+    let config = Config {
+        source_addr: Some(ip("127.0.0.24")),
+        ..cfg(server.addr)
+    };
+    let proxy = RunningProxy::start(config, "127.0.0.23:0".parse().unwrap(), true, None);
     let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
     c.login();
     let data = c.pasv();

@@ -12,7 +12,12 @@ use ftp_proxy_core::Config;
 
 const CLIENT: &str = "127.0.0.2";
 const SERVER: &str = "127.0.0.3";
-const PROXY: &str = "127.0.0.1";
+/// The proxy listens here and connects to the server from `PROXY_OUT` (`-a`): loopback
+/// addresses no other program on the machine uses, so that no foreign socket (say a
+/// TIME_WAIT from someone's FTP test on 127.0.0.1) holds the random proxy port the relay
+/// must bind. The relay listens on these addresses.
+const PROXY: &str = "127.0.0.21";
+const PROXY_OUT: &str = "127.0.0.22";
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -22,6 +27,7 @@ fn reverse_cfg(server: SocketAddr) -> Config {
     Config {
         fixed_server: Some(server),
         ipv6: server.is_ipv6(),
+        source_addr: server.is_ipv4().then(|| ip(PROXY_OUT)),
         ..Config::default()
     }
 }
@@ -205,7 +211,10 @@ fn rfc_mode_active_data_comes_from_port_20() {
     let server = ScriptedServer::start(ip(SERVER), files());
     let mut cfg = reverse_cfg(server.addr);
     cfg.rules.rfc_mode = true;
-    let proxy = RunningProxy::start(cfg, SocketAddr::new(ip(PROXY), 0), true, None);
+    // An address of its own: a TIME_WAIT left on 127.0.0.1:20 by another program (an
+    // FTP server sending active data as root) would block binding port 20 there.
+    let own = ip("127.0.0.6");
+    let proxy = RunningProxy::start(cfg, SocketAddr::new(own, 0), true, None);
     let mut c = Client::connect(ip(CLIENT), proxy.addr);
     c.login();
     for round in 0..2 {
@@ -221,7 +230,7 @@ fn rfc_mode_active_data_comes_from_port_20() {
         d.read_to_end(&mut got).unwrap();
         assert!(got == payload(1000, 1), "round {round}: bytes differ");
         assert!(c.reply().starts_with("226"));
-        assert_eq!(peer.ip(), ip(PROXY));
+        assert_eq!(peer.ip(), own);
         // Binding port 20 needs privilege; without it the relay uses an ephemeral port.
         if nix::unistd::geteuid().is_root() {
             assert_eq!(

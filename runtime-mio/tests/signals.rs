@@ -47,7 +47,7 @@ fn example_path() -> std::path::PathBuf {
 
 fn start(server: SocketAddr) -> (ChildGuard, SocketAddr, BufReader<std::process::ChildStderr>) {
     let child = Command::new(example_path())
-        .args(["127.0.0.1:0", &server.to_string()])
+        .args(["127.0.0.25:0", &server.to_string()])
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -57,7 +57,8 @@ fn start(server: SocketAddr) -> (ChildGuard, SocketAddr, BufReader<std::process:
     let mut guard = ChildGuard(child);
     let mut err = BufReader::new(guard.0.stderr.take().unwrap());
     let mut line = String::new();
-    // The first line names the port ("listening on 127.0.0.1 port N").
+    // The first line names the port ("listening on 127.0.0.25 port N"). The relay
+    // listens on that address: one no other program uses (see relay_sessions.rs).
     err.read_line(&mut line).unwrap();
     let port: u16 = line
         .trim()
@@ -66,7 +67,7 @@ fn start(server: SocketAddr) -> (ChildGuard, SocketAddr, BufReader<std::process:
         .unwrap()
         .parse()
         .unwrap_or_else(|_| panic!("{line:?}"));
-    (guard, SocketAddr::from(([127, 0, 0, 1], port)), err)
+    (guard, SocketAddr::from(([127, 0, 0, 25], port)), err)
 }
 
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
@@ -131,7 +132,7 @@ fn out_of_descriptors_pauses_accepting_and_recovers() {
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();
     let server = ScriptedServer::start(ip("127.0.0.3"), BTreeMap::new());
     let mut cmd = Command::new(example_path());
-    cmd.args(["127.0.0.1:0", &server.addr.to_string(), "100"])
+    cmd.args(["127.0.0.26:0", &server.addr.to_string(), "100"])
         .env("RUST_LOG", "info")
         .env("REVERSE_RELAY_KEEP_RLIMIT", "1")
         .stdin(Stdio::null())
@@ -155,7 +156,7 @@ fn out_of_descriptors_pauses_accepting_and_recovers() {
         .unwrap()
         .parse()
         .unwrap_or_else(|_| panic!("{first:?}"));
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let addr = SocketAddr::from(([127, 0, 0, 26], port));
     let log = Arc::new(Mutex::new(String::new()));
     let log2 = log.clone();
     std::thread::spawn(move || {

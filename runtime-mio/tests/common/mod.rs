@@ -55,6 +55,8 @@ impl RunningProxy {
         backend: Option<MockHandle>,
         divert: Divert,
     ) -> RunningProxy {
+        // RUST_LOG=debug shows the proxy's log when a test fails.
+        let _ = env_logger::builder().is_test(true).try_init();
         let (tx, rx) = mpsc::channel();
         let counts = Arc::new(Mutex::new((0, 0)));
         let live = Arc::new(Mutex::new(0));
