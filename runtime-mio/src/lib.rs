@@ -231,11 +231,24 @@ pub fn nofile_needed(max_sessions: u32, relay: bool) -> u64 {
     u64::from(max_sessions) * per + 10
 }
 
+/// Descriptors the relay cannot do without: its pipes for `splice(2)` are optional
+/// (a pair without them copies through user space), its sockets are not.
+const RELAY_NOFILE_MIN_PER_SESSION: u64 = 5;
+
 /// Sets `RLIMIT_NOFILE` soft = hard = [`nofile_needed`], like the original's startup
 /// step 6, but never lowers a limit that is already higher (lowering the hard limit is
 /// irreversible for an unprivileged process and buys nothing).
+///
+/// With the relay, if the hard limit cannot be raised that far (no `CAP_SYS_RESOURCE`),
+/// `5*m + 10` is enough: data connections then copy instead of splicing when short.
 pub fn raise_nofile_limit(max_sessions: u32, relay: bool) -> Result<(), StartError> {
-    sys::raise_nofile(nofile_needed(max_sessions, relay)).map_err(StartError::Setrlimit)
+    match sys::raise_nofile(nofile_needed(max_sessions, relay)) {
+        Err(Errno::EPERM) if relay => {
+            let min = u64::from(max_sessions) * RELAY_NOFILE_MIN_PER_SESSION + 10;
+            sys::raise_nofile(min).map_err(StartError::Setrlimit)
+        }
+        other => other.map_err(StartError::Setrlimit),
+    }
 }
 
 /// The kernel's CSPRNG (`getrandom(2)` / `getentropy(2)`), buffered.
