@@ -74,7 +74,25 @@ struct Commit {
     release: (Side, Bytes),
     port: u16,
     retried: bool,
+    /// What the rules were built from, to build them again on another port.
+    negotiation: Negotiation,
+    /// Proxy ports tried so far for this negotiation.
+    port_tries: u32,
 }
+
+/// One data-connection negotiation: everything its rules and line are made from,
+/// except the proxy port.
+#[derive(Debug, Clone, Copy)]
+struct Negotiation {
+    mode: Mode,
+    /// For passive mode, which reply to write (227 or 229).
+    passive: Option<Passive>,
+    /// The endpoint's own data port.
+    port: u16,
+}
+
+/// Proxy ports tried for one negotiation when the filter reports each in use.
+const MAX_PORT_TRIES: u32 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -370,25 +388,13 @@ impl Session {
 
     /// PORT/EPRT: rules first, then the rewritten command (servers may connect at once).
     fn active(&mut self, cx: &mut Cx<'_>, mode: Mode, port: u16) {
-        let Some(proxy_port) = self.pick_port(cx) else {
-            return self.close(cx, CloseReason::Filter(FilterError::Busy));
-        };
-        let proxy = self.addrs().proxy;
-        let line = match (mode, proxy) {
-            (Mode::ActivePort, IpAddr::V4(v4)) => ftp::format_port(v4, proxy_port),
-            _ => ftp::format_eprt(proxy, proxy_port),
-        };
-        info!(
-            "{} active: server to client port {} via port {}",
-            self.id, port, proxy_port
-        );
-        debug!("{} proxy: {}", self.id, ftp::escape(line.as_bytes()));
-        let rules = data_rules(mode, &self.addrs(), port, proxy_port, &cx.cfg.rules);
-        self.start_commit(
+        self.negotiate(
             cx,
-            rules.to_vec(),
-            (Side::Server, Bytes::from(line)),
-            proxy_port,
+            Negotiation {
+                mode,
+                passive: None,
+                port,
+            },
         );
     }
 
@@ -501,31 +507,73 @@ impl Session {
             );
             return self.flush_local(cx);
         };
+        let negotiation = Negotiation {
+            mode: Mode::Passive,
+            passive: Some(kind),
+            port,
+        };
+        self.negotiate(cx, negotiation);
+    }
+
+    /// Picks a proxy port, builds the rules and the rewritten line, and commits.
+    fn negotiate(&mut self, cx: &mut Cx<'_>, negotiation: Negotiation) {
         let Some(proxy_port) = self.pick_port(cx) else {
             return self.close(cx, CloseReason::Filter(FilterError::Busy));
         };
-        info!(
-            "{} passive: client to server port {} via port {}",
-            self.id, port, proxy_port
+        let (rules, release) = self.render(cx, negotiation, proxy_port);
+        let txn = self.next_txn;
+        self.next_txn += 1;
+        self.installed = true;
+        self.emit(
+            cx,
+            Action::CommitRules {
+                txn,
+                anchor: self.anchor,
+                rules: rules.clone(),
+            },
         );
-        let line = match (kind, self.orig_server.ip()) {
-            (Passive::Pasv, IpAddr::V4(v4)) => ftp::format_227(v4, proxy_port),
-            _ => ftp::format_229(proxy_port),
+        let port_tries = self.commit.as_ref().map_or(0, |c| c.port_tries) + 1;
+        self.commit = Some(Commit {
+            txn,
+            rules,
+            release,
+            port: proxy_port,
+            retried: false,
+            negotiation,
+            port_tries,
+        });
+    }
+
+    /// The rules of a negotiation on `proxy_port`, and the line they release.
+    fn render(&self, cx: &Cx<'_>, n: Negotiation, proxy_port: u16) -> (Vec<Rule>, (Side, Bytes)) {
+        let addrs = self.addrs();
+        let (side, line) = match n.passive {
+            Some(kind) => {
+                info!(
+                    "{} passive: client to server port {} via port {}",
+                    self.id, n.port, proxy_port
+                );
+                let line = match (kind, addrs.orig_server) {
+                    (Passive::Pasv, IpAddr::V4(v4)) => ftp::format_227(v4, proxy_port),
+                    _ => ftp::format_229(proxy_port),
+                };
+                (Side::Client, line)
+            }
+            None => {
+                info!(
+                    "{} active: server to client port {} via port {}",
+                    self.id, n.port, proxy_port
+                );
+                let line = match (n.mode, addrs.proxy) {
+                    (Mode::ActivePort, IpAddr::V4(v4)) => ftp::format_port(v4, proxy_port),
+                    _ => ftp::format_eprt(addrs.proxy, proxy_port),
+                };
+                (Side::Server, line)
+            }
         };
         debug!("{} proxy: {}", self.id, ftp::escape(line.as_bytes()));
-        let rules = data_rules(
-            Mode::Passive,
-            &self.addrs(),
-            port,
-            proxy_port,
-            &cx.cfg.rules,
-        );
-        self.start_commit(
-            cx,
-            rules.to_vec(),
-            (Side::Client, Bytes::from(line)),
-            proxy_port,
-        );
+        let rules = data_rules(n.mode, &addrs, n.port, proxy_port, &cx.cfg.rules);
+        (rules.to_vec(), (side, Bytes::from(line)))
     }
 
     /// A proxy port no other live session uses, uniform in 49152..=65534.
@@ -540,33 +588,6 @@ impl Session {
             }
         }
         None
-    }
-
-    fn start_commit(
-        &mut self,
-        cx: &mut Cx<'_>,
-        rules: Vec<Rule>,
-        release: (Side, Bytes),
-        port: u16,
-    ) {
-        let txn = self.next_txn;
-        self.next_txn += 1;
-        self.installed = true;
-        self.emit(
-            cx,
-            Action::CommitRules {
-                txn,
-                anchor: self.anchor,
-                rules: rules.clone(),
-            },
-        );
-        self.commit = Some(Commit {
-            txn,
-            rules,
-            release,
-            port,
-            retried: false,
-        });
     }
 
     fn on_commit_result(&mut self, cx: &mut Cx<'_>, txn: u64, result: Result<(), FilterError>) {
@@ -599,6 +620,15 @@ impl Session {
             Err(FilterError::Busy) if !commit.retried => {
                 commit.retried = true;
                 self.timers[Timer::CommitRetry as usize] = Some(cx.now + COMMIT_RETRY_DELAY);
+            }
+            Err(FilterError::AddrInUse) if commit.port_tries < MAX_PORT_TRIES => {
+                // Something else holds the port (the relay binds it for real): take
+                // another one. The line is rebuilt, so it always names the port in force.
+                let (old, negotiation) = (commit.port, commit.negotiation);
+                info!("{} proxy port {old} in use, trying another", self.id);
+                cx.ports.remove(&old);
+                self.timers[Timer::CommitRetry as usize] = None;
+                self.negotiate(cx, negotiation);
             }
             Err(e) => self.close(cx, CloseReason::Filter(e)),
         }

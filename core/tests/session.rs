@@ -667,3 +667,33 @@ fn passwords_are_masked_and_config_ranges_checked() {
         ConfigError::TagTooLong
     );
 }
+
+#[test]
+fn a_port_in_use_is_replaced_by_another_and_the_line_follows() {
+    let mut h = H::new(Config::default(), &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    h.client(b"PASV\r\n");
+    let (txn, rules) = commit(&h.server(b"227 (198,51,100,10,117,76)\r\n"));
+    assert!(rules[0].contains(" port 49152 "));
+    let (txn2, rules2) = commit(&h.ack(txn, Err(FilterError::AddrInUse)));
+    assert_ne!(txn2, txn);
+    assert!(rules2[0].contains(" port 49153 "), "{rules2:?}");
+    assert_eq!(
+        h.ack(txn2, Ok(())),
+        vec![send(
+            Side::Client,
+            b"227 Entering Passive Mode (198,51,100,10,192,1)\r\n"
+        )]
+    );
+    // Eight ports in use in a row: the session gives up.
+    let mut a = h.client(b"PORT 1,2,3,4,19,136\r\n");
+    for _ in 0..7 {
+        let (txn, _) = commit(&a);
+        a = h.ack(txn, Err(FilterError::AddrInUse));
+    }
+    let (txn, _) = commit(&a);
+    let a = h.ack(txn, Err(FilterError::AddrInUse));
+    assert_eq!(
+        a[0],
+        Action::Close(CloseReason::Filter(FilterError::AddrInUse))
+    );
+}

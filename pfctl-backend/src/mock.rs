@@ -30,6 +30,9 @@ pub struct FaultRates {
     pub busy: (u32, u32),
     /// Chance a commit fails with [`injected_failure`].
     pub fail: (u32, u32),
+    /// Chance a commit finds its proxy port taken ([`FilterError::AddrInUse`], as the
+    /// relay reports a port another socket holds).
+    pub in_use: (u32, u32),
 }
 
 impl FaultRates {
@@ -37,6 +40,7 @@ impl FaultRates {
     pub const NONE: FaultRates = FaultRates {
         busy: (0, 1),
         fail: (0, 1),
+        in_use: (0, 1),
     };
 }
 
@@ -142,12 +146,15 @@ impl MockBackend {
         }
         match &mut self.faults {
             Some(f) if !removal || self.removal_faults => {
-                // Always two draws, so the stream position depends only on the number
-                // of faultable commits.
+                // Always three draws, so the stream position depends only on the
+                // number of faultable commits.
                 let fail = f.rng.chance(f.rates.fail.0, f.rates.fail.1);
                 let busy = f.rng.chance(f.rates.busy.0, f.rates.busy.1);
+                let in_use = f.rng.chance(f.rates.in_use.0, f.rates.in_use.1);
                 if fail {
                     Err(injected_failure())
+                } else if in_use {
+                    Err(FilterError::AddrInUse)
                 } else if busy {
                     Err(FilterError::Busy)
                 } else {
@@ -316,6 +323,7 @@ mod tests {
         let rates = FaultRates {
             busy: (1, 3),
             fail: (1, 10),
+            ..FaultRates::NONE
         };
         let a = outcomes(17, rates, 400);
         assert_eq!(a, outcomes(17, rates, 400), "same seed, same faults");
@@ -345,7 +353,8 @@ mod tests {
             1,
             FaultRates {
                 busy: (1, 1),
-                fail: (0, 1)
+                fail: (0, 1),
+                ..FaultRates::NONE
             },
             20
         )
@@ -355,7 +364,8 @@ mod tests {
             1,
             FaultRates {
                 busy: (1, 1),
-                fail: (1, 1)
+                fail: (1, 1),
+                ..FaultRates::NONE
             },
             20
         )
@@ -369,6 +379,7 @@ mod tests {
         let always = FaultRates {
             busy: (1, 1),
             fail: (0, 1),
+            ..FaultRates::NONE
         };
         let mut m = MockBackend::new().with_faults(3, always);
         assert_eq!(m.commit(&A1, &rules(5001)), Err(FilterError::Busy));
@@ -387,6 +398,7 @@ mod tests {
             FaultRates {
                 busy: (1, 0),
                 fail: (0, 1),
+                ..FaultRates::NONE
             },
         );
     }

@@ -45,12 +45,13 @@
 //!   passive connection to a foreign server address needs the packet filter
 //!   ([`DataPath::Kernel`]); the commit fails with `EADDRNOTAVAIL` otherwise.
 //! * Proxy ports are bound for real, so one that another socket of this host holds
-//!   fails the commit (`EADDRINUSE`, reported as busy). The proxy's own outgoing
+//!   fails the commit (`EADDRINUSE`, reported as `AddrInUse`, on which the core picks
+//!   another proxy port, up to 8 times). The proxy's own outgoing
 //!   sockets carry `SO_REUSEADDR` and never block a relay listener this way.
 //! * A failed connect to the real endpoint resets the accepted connection.
-//! * Bind failures are commit failures: `EADDRINUSE` is [`FilterError::Busy`](ftp_proxy_core::FilterError)
-//!   (retried once by the core), anything else `Other` with the errno; the session then
-//!   ends with `pf operation failed: ...`.
+//! * Bind failures are commit failures: `EADDRINUSE` is [`FilterError::AddrInUse`](ftp_proxy_core::FilterError)
+//!   (the core moves to another port), anything else `Other` with the errno; the session
+//!   then ends with `pf operation failed: ...`.
 //! * Data connections in progress survive the replacement or removal of their rules
 //!   (as pf states do), but not the end of the process.
 //! * Tags, queues, logging and routing-table options of the rules have no meaning in

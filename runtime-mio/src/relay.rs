@@ -230,7 +230,7 @@ impl Relay {
                 Err(e) => {
                     self.rollback(registry, created);
                     return Err(match e {
-                        Errno::EADDRINUSE => FilterError::Busy,
+                        Errno::EADDRINUSE => FilterError::AddrInUse,
                         e => FilterError::Other {
                             errno: e as i32,
                             text: format!("relay bind {}: {}", spec.listen, e.desc()),
@@ -736,7 +736,7 @@ mod tests {
             &ANCHOR,
             &rules_for("127.0.0.1", taken_port),
         );
-        assert_eq!(r, Err(FilterError::Busy));
+        assert_eq!(r, Err(FilterError::AddrInUse));
         // The old rules are still in force.
         assert_eq!(relay.listener_count(), 1);
         std::net::TcpStream::connect(("127.0.0.1", free)).unwrap();

@@ -28,12 +28,14 @@ fn seeds() {
     let start = env_u64("FTP_SIM_START").unwrap_or(0);
     let mut closes: BTreeMap<String, u32> = BTreeMap::new();
     let (mut sessions, mut refused, mut commits, mut events) = (0u64, 0u64, 0u64, 0u64);
+    let mut in_use = 0u64;
     for seed in start..start + n {
         match run_seed(seed) {
             Ok(r) => {
                 sessions += u64::from(r.sessions);
                 refused += u64::from(r.refused);
                 commits += u64::from(r.commits);
+                in_use += u64::from(r.ports_in_use);
                 events += r.events;
                 for (k, v) in r.closes {
                     *closes.entry(k).or_default() += v;
@@ -43,7 +45,7 @@ fn seeds() {
         }
     }
     println!(
-        "{n} seeds: {events} events, {sessions} sessions, {refused} refused, {commits} commits"
+        "{n} seeds: {events} events, {sessions} sessions, {refused} refused, {commits} commits, {in_use} ports in use"
     );
     println!("session ends: {closes:#?}");
     if n >= 1000 {
@@ -66,6 +68,7 @@ fn seeds() {
             );
         }
         assert!(refused > 0, "the -m limit was never reached");
+        assert!(in_use > 0, "no proxy port was ever found in use");
     }
 }
 

@@ -67,6 +67,8 @@ pub struct Report {
     pub sessions: u32,
     pub refused: u32,
     pub commits: u32,
+    /// Commits answered "proxy port in use", each followed by a new port.
+    pub ports_in_use: u32,
     pub closes: BTreeMap<String, u32>,
 }
 
@@ -204,6 +206,7 @@ impl World {
         let faults = FaultRates {
             busy: ([0, 5, 30][rng.uniform(3) as usize], 100),
             fail: ([0, 0, 2][rng.uniform(3) as usize], 100),
+            in_use: ([0, 3, 20][rng.uniform(3) as usize], 100),
         };
         let mut w = World {
             seed,
@@ -427,6 +430,9 @@ impl World {
                 // The mock decides, with its own seeded faults (installs only: removal
                 // is the backend's promise, and the runtime's remove_all backs it up).
                 let result = self.filter.commit(&anchor, &rules);
+                if result == Err(ftp_proxy_core::FilterError::AddrInUse) {
+                    self.report.ports_in_use += 1;
+                }
                 self.note(
                     if result.is_ok() { "ack" } else { "nak" },
                     sid.0,
