@@ -34,7 +34,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 
 use ftp_proxy_core::{Config, ConfigError, Proxy, RuleLog, RuleOptions};
-use ftp_proxy_runtime::{Backend, DataPath, Divert, OsRandom, RunError, StartError};
+use ftp_proxy_runtime::{Backend, DataPath, Divert, OsRandom, RunError, Runtime, StartError};
 use log::{error, info, warn};
 use nix::unistd::Uid;
 
@@ -242,6 +242,12 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
     let proxy =
         Proxy::new(config, Box::new(OsRandom::new())).map_err(|e| cleanup_on(Fatal::Config(e)))?;
 
+    // The signal handlers go in before anyone is told the daemon is up: a SIGTERM
+    // right after `listening on` (or after the parent exited) must reach the
+    // graceful shutdown, not the default action.
+    let mut runtime = Runtime::new(listener, &opts, proxy, data_path).map_err(Fatal::Run)?;
+    runtime.handle_signals().map_err(Fatal::Run)?;
+
     if let Some(d) = detached.take() {
         d.ready(!root).map_err(Fatal::Daemon)?;
     }
@@ -251,7 +257,7 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
         args.listen_address(),
         args.listen_port
     );
-    ftp_proxy_runtime::run(listener, &opts, proxy, data_path).map_err(Fatal::Run)
+    runtime.run().map_err(Fatal::Run)
 }
 
 /// The runtime's divert method and listener transparency for `--divert`.
