@@ -35,7 +35,10 @@ fn stats(name: &str, v: &mut [Duration]) {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let med = ms(v[v.len() / 2]);
     let p90 = ms(v[v.len() * 9 / 10]);
-    println!("{name:<42} median {med:>8.3} ms   p90 {p90:>8.3} ms   (n={})", v.len());
+    println!(
+        "{name:<42} median {med:>8.3} ms   p90 {p90:>8.3} ms   (n={})",
+        v.len()
+    );
 }
 
 fn nft_batch(script: &str) {
@@ -44,26 +47,46 @@ fn nft_batch(script: &str) {
         .stdin(Stdio::piped())
         .spawn()
         .expect("spawn nft");
-    c.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("write");
-    assert!(c.wait().expect("wait nft").success(), "nft failed on:\n{script}");
+    c.stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("write");
+    assert!(
+        c.wait().expect("wait nft").success(),
+        "nft failed on:\n{script}"
+    );
 }
 
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(200);
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("nft_commit_bench must run as root (it creates a network namespace)");
         std::process::exit(2);
     }
     let ns = format!("fpxbench{}", std::process::id());
-    let ok = Command::new("ip").args(["netns", "add", &ns]).status().expect("ip");
+    let ok = Command::new("ip")
+        .args(["netns", "add", &ns])
+        .status()
+        .expect("ip");
     assert!(ok.success(), "ip netns add {ns}");
     let _guard = NsGuard(ns.clone());
     let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns file");
     // SAFETY: setns on an open namespace file; this process is single-threaded here.
-    assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+    assert_eq!(
+        unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) },
+        0,
+        "setns"
+    );
 
-    let cfg = Config { pid: std::process::id(), ..Config::default() };
+    let cfg = Config {
+        pid: std::process::id(),
+        ..Config::default()
+    };
     let mut b = NftBackend::open(&cfg).expect("open backend");
     let table = b.table().to_string();
     let a = SessionAddrs {
@@ -75,7 +98,10 @@ fn main() {
     };
     let (mut add, mut replace, mut remove) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..n {
-        let anchor = Anchor { pid: cfg.pid, session: i as u32 };
+        let anchor = Anchor {
+            pid: cfg.pid,
+            session: i as u32,
+        };
         let pp = 49152 + (i % 8000) as u16;
         let r1 = data_rules(Mode::Passive, &a, 30000 + (i % 9000) as u16, pp, &cfg.rules);
         let r2 = data_rules(Mode::Passive, &a, 39500, pp + 8000, &cfg.rules);
@@ -118,7 +144,10 @@ fn main() {
         nadd.push(t.elapsed());
         let (x2, y2, z2) = el(a.client, a.server, pp + 8000, 39500, 60001 + i as u16);
         let t = Instant::now();
-        nft_batch(&format!("{}add {x2}\nadd {y2}\nadd {z2}\n", del(a.client, a.server, pp, port)));
+        nft_batch(&format!(
+            "{}add {x2}\nadd {y2}\nadd {z2}\n",
+            del(a.client, a.server, pp, port)
+        ));
         nrep.push(t.elapsed());
         let t = Instant::now();
         nft_batch(&del(a.client, a.server, pp + 8000, 39500));
