@@ -130,36 +130,60 @@ impl fmt::Display for Refused {
 /// A session ends with [`Action::Close`], followed by an empty `CommitRules` if it
 /// ever had rules; it is forgotten once that commit is acknowledged.
 ///
+/// The caller owns the clock and passes `now` in (a complete program that reads it
+/// is `core/examples/drive.rs`):
+///
 /// ```
 /// use std::time::Instant;
 /// use ftp_proxy_core::{Action, Config, Input, Pcg32, Proxy, Side};
 ///
-/// let mut proxy = Proxy::new(Config::default(), Box::new(Pcg32::new(1))).unwrap();
-/// let now = Instant::now();
-/// let id = proxy
-///     .accept(now, "10.0.0.5:40000".parse().unwrap(), "192.0.2.10:21".parse().unwrap(), 0)
-///     .unwrap();
-/// assert!(matches!(proxy.poll_action(), Some((_, Action::ConnectServer { .. }))));
-/// proxy.handle(now, id, Input::ServerSocketOpened { proxy: "192.0.2.1:50000".parse().unwrap() });
-/// proxy.handle(now, id, Input::Data(Side::Server, "220 hi\r\n".into()));
-/// assert_eq!(proxy.poll_action(), Some((id, Action::Send(Side::Client, "220 hi\r\n".into()))));
+/// fn walk_through(now: Instant) {
+///     let mut proxy = Proxy::new(Config::default(), Box::new(Pcg32::new(1))).unwrap();
+///     let client = "203.0.113.10:40000".parse().unwrap();
+///     let id = proxy.accept(now, client, "198.51.100.10:21".parse().unwrap(), 0).unwrap();
+///     assert!(matches!(proxy.poll_action(), Some((_, Action::ConnectServer { .. }))));
+///     let local = "198.51.100.1:50000".parse().unwrap();
+///     proxy.handle(now, id, Input::ServerSocketOpened { proxy: local });
+///     proxy.handle(now, id, Input::Data(Side::Server, "220 hi\r\n".into()));
+///     assert_eq!(proxy.poll_action(), Some((id, Action::Send(Side::Client, "220 hi\r\n".into()))));
 ///
-/// proxy.handle(now, id, Input::Data(Side::Client, "PORT 10,0,0,5,4,1\r\n".into()));
-/// let Some((_, Action::CommitRules { txn, rules, .. })) = proxy.poll_action() else { panic!() };
-/// assert_eq!(rules.len(), 2);
-/// assert_eq!(proxy.poll_action(), None); // the rewritten PORT waits for the rules
-/// proxy.handle(now, id, Input::RulesCommitted { txn, result: Ok(()) });
-/// let Some((_, Action::Send(Side::Server, line))) = proxy.poll_action() else { panic!() };
-/// assert!(line.starts_with(b"PORT 192,0,2,1,"));
+///     proxy.handle(now, id, Input::Data(Side::Client, "PORT 10,0,0,5,4,1\r\n".into()));
+///     let Some((_, Action::CommitRules { txn, rules, .. })) = proxy.poll_action() else { panic!() };
+///     assert_eq!(rules.len(), 2);
+///     assert_eq!(proxy.poll_action(), None); // the rewritten PORT waits for the rules
+///     proxy.handle(now, id, Input::RulesCommitted { txn, result: Ok(()) });
+///     let Some((_, Action::Send(Side::Server, line))) = proxy.poll_action() else { panic!() };
+///     assert!(line.starts_with(b"PORT 198,51,100,1,"));
+/// }
 /// ```
 pub struct Proxy {
-    cfg: Config,
-    rng: Box<dyn RandomSource>,
+    shared: Shared,
     sessions: BTreeMap<SessionId, Session>,
     next_id: u32,
+    shutting_down: bool,
+}
+
+/// What the proxy lends its sessions on every call (kept apart from `sessions`
+/// so that one session and the shared state can be borrowed at once).
+struct Shared {
+    cfg: Config,
+    rng: Box<dyn RandomSource>,
+    /// Proxy ports held by live sessions.
     ports: BTreeSet<u16>,
     out: VecDeque<(SessionId, Action)>,
-    shutting_down: bool,
+}
+
+impl Shared {
+    fn cx(&mut self, now: Instant, live: usize) -> Cx<'_> {
+        Cx {
+            now,
+            rng: &mut *self.rng,
+            cfg: &self.cfg,
+            ports: &mut self.ports,
+            out: &mut self.out,
+            live,
+        }
+    }
 }
 
 impl fmt::Debug for Proxy {
@@ -176,19 +200,21 @@ impl Proxy {
     pub fn new(cfg: Config, rng: Box<dyn RandomSource>) -> Result<Proxy, ConfigError> {
         cfg.validate()?;
         Ok(Proxy {
-            cfg,
-            rng,
+            shared: Shared {
+                cfg,
+                rng,
+                ports: BTreeSet::new(),
+                out: VecDeque::new(),
+            },
             sessions: BTreeMap::new(),
             next_id: 1,
-            ports: BTreeSet::new(),
-            out: VecDeque::new(),
             shutting_down: false,
         })
     }
 
     /// The configuration.
     pub fn config(&self) -> &Config {
-        &self.cfg
+        &self.shared.cfg
     }
 
     /// Live sessions, including ended ones whose rules are still being removed.
@@ -224,25 +250,18 @@ impl Proxy {
         if self.shutting_down {
             return Err(Refused::ShuttingDown);
         }
-        if self.sessions.len() >= self.cfg.max_sessions as usize {
+        if self.sessions.len() >= self.shared.cfg.max_sessions as usize {
             error!(
                 "client limit ({}) reached, refusing connection from {}",
-                self.cfg.max_sessions,
+                self.shared.cfg.max_sessions,
                 client.ip()
             );
-            return Err(Refused::Limit(self.cfg.max_sessions));
+            return Err(Refused::Limit(self.shared.cfg.max_sessions));
         }
         let id = SessionId(self.next_id);
         self.next_id = self.next_id.wrapping_add(1).max(1);
         let live = self.sessions.len() + 1;
-        let mut cx = Cx {
-            now,
-            rng: &mut *self.rng,
-            cfg: &self.cfg,
-            ports: &mut self.ports,
-            out: &mut self.out,
-            live,
-        };
+        let mut cx = self.shared.cx(now, live);
         let session = Session::new(&mut cx, id, client, orig_dst, client_rdomain);
         self.sessions.insert(id, session);
         Ok(id)
@@ -258,14 +277,7 @@ impl Proxy {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
-        let mut cx = Cx {
-            now,
-            rng: &mut *self.rng,
-            cfg: &self.cfg,
-            ports: &mut self.ports,
-            out: &mut self.out,
-            live,
-        };
+        let mut cx = self.shared.cx(now, live);
         f(session, &mut cx);
         if session.is_done() {
             self.sessions.remove(&id);
@@ -294,7 +306,7 @@ impl Proxy {
     /// The next action to execute, oldest first.
     #[must_use]
     pub fn poll_action(&mut self) -> Option<(SessionId, Action)> {
-        self.out.pop_front()
+        self.shared.out.pop_front()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
