@@ -49,8 +49,13 @@ pub fn open(args: &Args, config: &Config) -> Result<DataPath<Box<dyn Backend>>, 
 #[cfg(target_os = "linux")]
 fn open_nftables(config: &Config) -> Result<DataPath<Box<dyn Backend>>, BackendError> {
     use pfctl_backend::nft::NftBackend;
-    let nft = NftBackend::open(config)
-        .map_err(|e| BackendError::Open(BackendKind::Nftables, e.to_string()))?;
+    let nft = NftBackend::open(config).map_err(|e| {
+        let hint = match e {
+            ftp_proxy_core::FilterError::PermissionDenied => " (needs root or CAP_NET_ADMIN)",
+            _ => "",
+        };
+        BackendError::Open(BackendKind::Nftables, format!("{e}{hint}"))
+    })?;
     log::info!(
         "nftables: table inet {}, data connections get ct mark {:#010x}",
         nft.table(),

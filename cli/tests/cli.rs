@@ -931,3 +931,33 @@ fn daemon_mode_logs_to_syslog_with_the_childs_pid() {
     );
     assert!(find(24 + 3, "exiting on signal 15"), "{msgs:#?}");
 }
+
+/// A backend that cannot start (here nftables without CAP_NET_ADMIN; pf off OpenBSD
+/// is covered above) ends start-up with a clear message and exit status 1.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_backend_that_cannot_start_fails_with_exit_1() {
+    let port = free_port().to_string();
+    let o = if is_root() {
+        // Drop to nobody with no capabilities before the proxy starts.
+        Command::new("setpriv")
+            .args([
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "--inh-caps=-all",
+                BIN,
+            ])
+            .args(["-d", "--backend", "nftables", "-p", &port])
+            .stdin(Stdio::null())
+            .output()
+            .expect("setpriv (util-linux) is needed for this test as root")
+    } else {
+        run(&["-d", "--backend", "nftables", "-p", &port])
+    };
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert_eq!(
+        stderr_of(&o),
+        "ftp-proxy: cannot open backend nftables: Operation not permitted (needs root or CAP_NET_ADMIN)\n"
+    );
+}
