@@ -147,10 +147,10 @@ impl World {
     pub fn new(seed: u64, tracing: bool) -> World {
         let mut rng = Pcg32::new(seed);
         let ipv6 = rng.chance(1, 5);
-        let (orig, fixed) = if ipv6 {
-            ("[2001:db8:2::10]:21", "[2001:db8:2::20]:2121")
+        let fixed = if ipv6 {
+            "[2001:db8:2::20]:2121"
         } else {
-            ("198.51.100.10:21", "198.51.100.20:2121")
+            "198.51.100.20:2121"
         };
         let rules = RuleOptions {
             tag: rng.chance(1, 5).then(|| "ftpdata".to_string()),
@@ -234,7 +234,6 @@ impl World {
             let at = w.rng.range(0, 120_000_000) as u64;
             w.at(at, Ev::Shutdown);
         }
-        let _ = orig;
         w
     }
 
@@ -837,11 +836,19 @@ impl World {
 }
 
 /// One line the client should receive.
-#[derive(Debug)]
 enum Expected {
     Exact(Vec<u8>),
     /// The rewritten form of the passive reply whose first line this is.
     Passive(Vec<u8>),
+}
+
+impl std::fmt::Debug for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expected::Exact(l) => write!(f, "'{}'", ftp::escape(l)),
+            Expected::Passive(l) => write!(f, "the rewrite of '{}'", ftp::escape(l)),
+        }
+    }
 }
 
 fn to_input(side: Side, chunk: Chunk) -> Input {
