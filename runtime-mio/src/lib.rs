@@ -15,6 +15,8 @@
 //! * Control output is queued per connection. Reading a side stops while its peer has
 //!   64 KiB unwritten (or while the core's `wants_read` says no) and resumes once the
 //!   peer is below 16 KiB, so memory per session is bounded although the original's is not.
+//!   The client is also not read while its own queue is that full: the proxy answers
+//!   some of its commands itself, and a client that never reads would grow it forever.
 //! * After every input the core's actions are drained and executed in order;
 //!   `CommitRules` runs synchronously and its acknowledgement is fed back at once.
 //! * Tokens encode the session id and side (or relay id); ids are never reused, so a

@@ -30,9 +30,10 @@ const READS_PER_TURN: usize = 16;
 const ACCEPTS_PER_TURN: usize = 64;
 /// Size of one read from a control socket.
 const READ_SIZE: usize = 16 * 1024;
-/// Stop reading a side while its peer has this much unwritten output.
+/// Stop reading a side while its peer (or, for the client, itself) has this much
+/// unwritten output.
 const HIGH_WATER: usize = 64 * 1024;
-/// Resume reading once the peer's output is below this.
+/// Resume reading once that output is below this.
 const LOW_WATER: usize = 16 * 1024;
 /// How long accepting pauses after EMFILE/ENFILE (the original's `pause_accept_ev`).
 const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
@@ -570,9 +571,13 @@ impl<B: Backend> Runtime<B> {
             if side == Side::Server && s.connecting {
                 return;
             }
-            let peer_full = s.queued(side.peer()) >= HIGH_WATER;
+            // Reading one side feeds its peer's queue, and the client's own: the core
+            // answers some client commands itself. A client that reads none of those
+            // answers must stop being read, or its queue grows without bound.
+            let backlog = s.queued(side.peer()) >= HIGH_WATER
+                || (side == Side::Client && s.client.queued >= HIGH_WATER);
             let Some(c) = s.conn(side) else { return };
-            if !c.readable || c.read_done || peer_full || !self.proxy.wants_read(id, side) {
+            if !c.readable || c.read_done || backlog || !self.proxy.wants_read(id, side) {
                 return;
             }
             let now;
@@ -619,8 +624,10 @@ impl<B: Backend> Runtime<B> {
         match c.flush() {
             Ok(()) => {
                 if before >= LOW_WATER && c.queued < LOW_WATER {
-                    // The peer may have stopped reading because of us.
+                    // The peer may have stopped reading because of us, and so may
+                    // this side (the client, for the proxy's own replies).
                     self.hot.insert((id, side.peer()));
+                    self.hot.insert((id, side));
                 }
                 true
             }

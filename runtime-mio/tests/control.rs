@@ -336,3 +336,71 @@ fn control_backpressure_loses_nothing() {
     assert!(c.cmd("USER x").starts_with("331"));
     proxy.stop();
 }
+
+#[test]
+fn client_that_never_reads_proxy_replies_is_not_read_without_bound() {
+    // With -A the proxy itself answers `USER bob` (500, 32 bytes for 10): a client that
+    // floods such commands and never reads would make the proxy queue replies without
+    // end if only the server-bound backlog stopped reading the client. The proxy must
+    // stop reading it instead, lose nothing, and resume once the client reads.
+    const BUDGET: usize = 16 << 20;
+    const LINE: &[u8] = b"USER bob\r\n";
+    let server = ScriptedServer::start(ip("127.0.0.3"), files());
+    let proxy = RunningProxy::start(
+        Config {
+            anonymous_only: true,
+            ..cfg(server.addr)
+        },
+        "127.0.0.1:0".parse().unwrap(),
+        false,
+        None,
+    );
+    let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
+    assert!(c.reply().starts_with("220"));
+    let chunk = LINE.repeat(6553);
+    // A small send buffer keeps the kernel's share of what is taken small.
+    nix::sys::socket::setsockopt(&c.w, nix::sys::socket::sockopt::SndBuf, &(64 << 10)).unwrap();
+    c.w.set_nonblocking(true).unwrap();
+    let mut sent = 0usize;
+    let mut last_progress = std::time::Instant::now();
+    // Bounded: stops at the budget or after 500 ms without progress.
+    while sent < BUDGET && last_progress.elapsed() < std::time::Duration::from_millis(500) {
+        let off = sent % chunk.len();
+        match c.w.write(&chunk[off..]) {
+            Ok(n) => {
+                sent += n;
+                last_progress = std::time::Instant::now();
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    eprintln!("the proxy took {sent} bytes from a client that reads nothing");
+    assert!(
+        sent < BUDGET / 2,
+        "the proxy kept reading a client that reads none of its replies: {sent} bytes taken"
+    );
+    // Finish the line in progress and log in (from a thread: the proxy reads again only
+    // once the replies below are read), then read every reply.
+    c.w.set_nonblocking(false).unwrap();
+    let mut rest = match sent % LINE.len() {
+        0 => Vec::new(),
+        partial => LINE[partial..].to_vec(),
+    };
+    let lines = sent.div_ceil(LINE.len());
+    rest.extend_from_slice(b"USER anonymous\r\n");
+    let mut w = c.w.try_clone().unwrap();
+    let writer = std::thread::spawn(move || w.write_all(&rest));
+    for i in 0..lines {
+        let r = c.reply();
+        assert_eq!(
+            r, "500 Only anonymous FTP allowed\r\n",
+            "reply {i} of {lines}"
+        );
+    }
+    assert!(c.reply().starts_with("331"), "the session goes on");
+    writer.join().unwrap().unwrap();
+    proxy.stop();
+}
