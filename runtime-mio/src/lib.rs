@@ -55,7 +55,8 @@
 //!   (the core moves to another port), anything else `Other` with the errno; the session
 //!   then ends with `pf operation failed: ...`.
 //! * Data connections in progress survive the replacement or removal of their rules
-//!   (as pf states do), but not the end of the process.
+//!   (as pf states do), but not the end of the process: at exit each is reset on both
+//!   sides, so that no receiver takes a cut-short stream-mode transfer for a whole one.
 //! * Tags, queues, logging and routing-table options of the rules have no meaning in
 //!   userspace and are ignored.
 //!

@@ -276,13 +276,29 @@ impl Relay {
         }
     }
 
-    /// Drops every listener (at exit). Data connections in progress are left to finish
-    /// while the loop still runs.
+    /// Drops every listener and data connection (at exit, when the loop stops).
+    ///
+    /// Unlike pf states, relayed connections cannot outlive the process. Each one still
+    /// in progress is reset on both sides: closing it normally would send an end of
+    /// file, which in stream mode tells the receiver the transfer is complete.
     pub(crate) fn remove_all(&mut self, registry: &Registry) {
         for (_, mut l) in std::mem::take(&mut self.listeners) {
             let _ = registry.deregister(&mut l.sock);
         }
         self.anchors.clear();
+        for (_, mut pair) in std::mem::take(&mut self.pairs) {
+            info!(
+                "relay: {}: reset at exit (after {} bytes up, {} down)",
+                pair.label,
+                pair.up.moved(),
+                pair.down.moved()
+            );
+            let _ = registry.deregister(&mut pair.accepted.sock);
+            let _ = registry.deregister(&mut pair.opened.sock);
+            reset(&pair.accepted.sock);
+            reset(&pair.opened.sock);
+        }
+        self.hot.clear();
     }
 
     /// Whether some socket still has work from an earlier turn.

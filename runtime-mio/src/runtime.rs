@@ -290,7 +290,8 @@ impl<B: Backend> Runtime<B> {
         Ok(())
     }
 
-    /// Removes every rule this process installed; called once the loop is done.
+    /// Removes every rule this process installed (and, with the relay, resets the data
+    /// connections still in progress); called once the loop is done.
     pub fn finish(&mut self) {
         match &mut self.data {
             Data::Kernel(b) => {

@@ -324,3 +324,46 @@ fn forty_concurrent_sessions_each_get_their_own_bytes() {
     );
     proxy.stop();
 }
+
+#[test]
+fn shutdown_resets_data_connections_in_progress() {
+    // The relay dies with the process: a transfer it cuts short must end in a reset on
+    // both sides, never in the end of file that says "complete" in stream mode.
+    let server = ScriptedServer::start(ip(SERVER), files());
+    let proxy = RunningProxy::start(
+        reverse_cfg(server.addr),
+        SocketAddr::new(ip(PROXY), 0),
+        true,
+        None,
+    );
+    let mut c = Client::connect(ip(CLIENT), proxy.addr);
+    c.login();
+    let data_addr = c.pasv();
+    let mut d = connect_from(ip(CLIENT), data_addr).expect("data connect");
+    // A small window so that most of the 3 MiB is still on the way at the shutdown.
+    nix::sys::socket::setsockopt(&d, nix::sys::socket::sockopt::RcvBuf, &4096).unwrap();
+    assert!(c.cmd("RETR big").starts_with("150"));
+    let mut first = [0u8; 4096];
+    d.read_exact(&mut first).unwrap();
+    assert!(proxy.wait_relay(|(_, p)| p == 1), "the transfer is relayed");
+    let fin = proxy.stop();
+    assert_eq!(fin.relay.1, 1, "the transfer was still in progress");
+    let mut got = first.len();
+    let mut buf = [0u8; 65536];
+    let end = loop {
+        match d.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => got += n,
+            Err(e) => break Err(e.kind()),
+        }
+    };
+    assert!(
+        got < 3 << 20,
+        "the whole file arrived: nothing was cut short"
+    );
+    assert_eq!(
+        end,
+        Err(std::io::ErrorKind::ConnectionReset),
+        "a transfer cut short after {got} bytes must not end cleanly"
+    );
+}
