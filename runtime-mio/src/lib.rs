@@ -54,6 +54,10 @@
 //! * Bind failures are commit failures: `EADDRINUSE` is [`FilterError::AddrInUse`](ftp_proxy_core::FilterError)
 //!   (the core moves to another port), anything else `Other` with the errno; the session
 //!   then ends with `pf operation failed: ...`.
+//! * At most `max_sessions` (`-m`) data connections are relayed at once; one more is
+//!   accepted and reset. Pairs outlive their sessions, so without this bound a client
+//!   could pile up stalled transfers beyond the session limit and exhaust the
+//!   descriptors [`nofile_needed`] budgets (one pair per session).
 //! * Data connections in progress survive the replacement or removal of their rules
 //!   (as pf states do), but not the end of the process: at exit each is reset on both
 //!   sides, so that no receiver takes a cut-short stream-mode transfer for a whole one.

@@ -145,13 +145,19 @@ pub(crate) struct Relay {
     addr_fallback_logged: bool,
     /// Move data with `splice(2)` through kernel pipes where possible.
     zero_copy: bool,
+    /// Data connections carried at most at once: the session limit (`-m`). Pairs
+    /// outlive their sessions, so the session limit alone does not bound them, and the
+    /// descriptor budget ([`crate::nofile_needed`]) counts one pair per session.
+    max_pairs: usize,
 }
 
 impl Relay {
-    pub(crate) fn new() -> Relay {
+    /// A relay carrying at most `max_pairs` data connections at once.
+    pub(crate) fn new(max_pairs: usize) -> Relay {
         Relay {
             next_id: 1,
             zero_copy: cfg!(target_os = "linux"),
+            max_pairs,
             ..Relay::default()
         }
     }
@@ -373,6 +379,15 @@ impl Relay {
                     "relay: refused data connection from {peer} to {}: one is already in progress",
                     l.spec.listen
                 );
+                continue;
+            }
+            if self.pairs.len() >= self.max_pairs {
+                info!(
+                    "relay: refused data connection from {peer} to {}: {} data connections in progress, the most there may be",
+                    l.spec.listen,
+                    self.pairs.len()
+                );
+                reset(&stream);
                 continue;
             }
             let spec = l.spec.clone();
@@ -709,7 +724,7 @@ mod tests {
     #[test]
     fn commit_listens_and_empty_commit_removes() {
         let poll = mio::Poll::new().unwrap();
-        let mut relay = Relay::new();
+        let mut relay = Relay::new(8);
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -736,7 +751,7 @@ mod tests {
     #[test]
     fn port_in_use_is_busy_and_changes_nothing() {
         let poll = mio::Poll::new().unwrap();
-        let mut relay = Relay::new();
+        let mut relay = Relay::new(8);
         let free = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -761,7 +776,7 @@ mod tests {
     #[test]
     fn foreign_address_is_a_filter_error_with_errno() {
         let poll = mio::Poll::new().unwrap();
-        let mut relay = Relay::new();
+        let mut relay = Relay::new(8);
         // 203.0.113.0/24 (TEST-NET-3) is on no interface of a test machine.
         let r = relay.commit(poll.registry(), &ANCHOR, &rules_for("203.0.113.7", 50000));
         match r {

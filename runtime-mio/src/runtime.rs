@@ -198,7 +198,7 @@ impl<B: Backend> Runtime<B> {
             proxy,
             data: match data {
                 DataPath::Kernel(b) => Data::Kernel(b),
-                DataPath::Relay => Data::Relay(Relay::new()),
+                DataPath::Relay => Data::Relay(Relay::new(opts.max_sessions as usize)),
             },
             sessions: BTreeMap::new(),
             hot: BTreeSet::new(),

@@ -367,3 +367,63 @@ fn shutdown_resets_data_connections_in_progress() {
         "a transfer cut short after {got} bytes must not end cleanly"
     );
 }
+
+#[test]
+fn data_connections_outliving_their_sessions_stay_within_the_session_limit() {
+    // Transfers outlive their sessions, so a client could start a download, never read
+    // it, drop the control connection and do it again: each round frees its session
+    // slot but leaves a relayed pair (six descriptors) behind, and the descriptor budget
+    // (9 per session, `nofile_needed`) runs out for everyone. The relay carries at most
+    // as many data connections as there may be sessions; the next is refused.
+    let server = ScriptedServer::start(ip(SERVER), files());
+    let proxy = RunningProxy::start(
+        Config {
+            max_sessions: 2,
+            ..reverse_cfg(server.addr)
+        },
+        SocketAddr::new(ip(PROXY), 0),
+        true,
+        None,
+    );
+    let mut stalled = Vec::new();
+    for i in 0..2 {
+        let mut c = Client::connect(ip(CLIENT), proxy.addr);
+        c.login();
+        let d = connect_from(ip(CLIENT), c.pasv()).expect("data connect");
+        assert!(c.cmd("RETR big").starts_with("150"));
+        drop(c);
+        assert!(proxy.wait_sessions(|n| n == 0), "session {i} ends");
+        assert!(
+            proxy.wait_relay(|(_, p)| p == i + 1),
+            "its transfer goes on"
+        );
+        stalled.push(d);
+    }
+    // Two transfers and no session: a third data connection is one too many.
+    let mut c = Client::connect(ip(CLIENT), proxy.addr);
+    c.login();
+    let mut d = connect_from(ip(CLIENT), c.pasv()).expect("data connect");
+    // Refused: closed at once. Relayed: nothing to read until the read times out.
+    d.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let refused = d.read(&mut buf).map_err(|e| e.kind());
+    assert!(
+        matches!(refused, Ok(0) | Err(std::io::ErrorKind::ConnectionReset)),
+        "a third relayed data connection: {refused:?}"
+    );
+    assert!(
+        proxy.wait_relay(|(_, p)| p == 2),
+        "no more pairs than sessions allowed"
+    );
+    // Once the stalled ones go, transfers work again.
+    drop(stalled);
+    assert!(proxy.wait_relay(|(_, p)| p == 0));
+    let mut d = connect_from(ip(CLIENT), c.pasv()).expect("data connect");
+    assert!(c.cmd("RETR small").starts_with("150"));
+    let mut got = Vec::new();
+    d.read_to_end(&mut got).unwrap();
+    assert!(got == payload(1000, 1), "download after the refusal");
+    assert!(c.reply().starts_with("226"));
+    proxy.stop();
+}
