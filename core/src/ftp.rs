@@ -116,13 +116,19 @@ pub fn parse_port_args(args: &[u8]) -> Option<u16> {
     rest.is_empty().then_some(port)
 }
 
+/// An RFC 2428 delimiter: printable ASCII 33 to 126, not a digit (which would be
+/// ambiguous next to the port).
+fn is_delimiter(d: u8) -> bool {
+    (33..=126).contains(&d) && !d.is_ascii_digit()
+}
+
 /// The arguments of `EPRT`: `<d>af<d>addr<d>port<d>` with any delimiter from ASCII
 /// 33 to 126 (RFC 2428). The address must be valid for its family but is otherwise
 /// ignored; only the port is returned.
 pub fn parse_eprt_args(args: &[u8]) -> Option<u16> {
     let s = trim_end(skip_blanks(args));
     let (&d, s) = s.split_first()?;
-    if !(33..=126).contains(&d) || d.is_ascii_digit() {
+    if !is_delimiter(d) {
         return None;
     }
     let mut fields = s.split(|&b| b == d);
@@ -161,7 +167,7 @@ pub fn parse_229(line: &[u8]) -> Option<u16> {
     let open = text.iter().position(|&b| b == b'(')?;
     let s = &text[open + 1..];
     let &d = s.first()?;
-    if !(33..=126).contains(&d) || d.is_ascii_digit() {
+    if !is_delimiter(d) {
         return None;
     }
     let s = s.strip_prefix(&[d, d, d][..])?;

@@ -171,13 +171,7 @@ fn reverse_mode_rfc_mode_tag_queue_and_logging_shape_the_rules() {
         addr("198.51.100.20:2121"),
         "-R wins over the diverted destination"
     );
-    p.handle(now, id, Input::ServerSocketOpened { proxy: addr(PROXY) });
-    p.handle(now, id, Input::Data(Side::Server, "220 x\r\n".into()));
-    p.handle(
-        now,
-        id,
-        Input::Data(Side::Client, "PORT 1,2,3,4,19,136\r\n".into()),
-    );
+    greet_and_port(&mut p, now, id);
     let mut acts = Vec::new();
     while let Some((_, a)) = p.poll_action() {
         acts.push(a);
@@ -517,13 +511,7 @@ fn session_limit_ids_and_anchors() {
     p.handle(now, a, Input::Eof(Side::Client));
     let c = p.accept(now, addr(CLIENT), addr(SERVER), 0).unwrap();
     assert_eq!(c, SessionId(3), "ids are never reused");
-    p.handle(now, c, Input::ServerSocketOpened { proxy: addr(PROXY) });
-    p.handle(now, c, Input::Data(Side::Server, "220 x\r\n".into()));
-    p.handle(
-        now,
-        c,
-        Input::Data(Side::Client, "PORT 1,2,3,4,19,136\r\n".into()),
-    );
+    greet_and_port(&mut p, now, c);
     let anchor = std::iter::from_fn(|| p.poll_action())
         .find_map(|(_, a)| match a {
             Action::CommitRules { anchor, .. } => Some(anchor),
@@ -541,13 +529,7 @@ fn live_sessions_never_share_a_proxy_port() {
     let mut ports = Vec::new();
     for _ in 0..2 {
         let id = p.accept(now, addr(CLIENT), addr(SERVER), 0).unwrap();
-        p.handle(now, id, Input::ServerSocketOpened { proxy: addr(PROXY) });
-        p.handle(now, id, Input::Data(Side::Server, "220 x\r\n".into()));
-        p.handle(
-            now,
-            id,
-            Input::Data(Side::Client, "PORT 1,2,3,4,19,136\r\n".into()),
-        );
+        greet_and_port(&mut p, now, id);
         let txn = std::iter::from_fn(|| p.poll_action())
             .find_map(|(_, a)| {
                 if let Action::CommitRules { txn, .. } = a {
@@ -585,13 +567,7 @@ fn shutdown_ends_everything_and_refuses_new_clients() {
     let mut p = Proxy::new(Config::default(), Box::new(Script([0, 1].into()))).unwrap();
     let now = std::time::Instant::now();
     let a = p.accept(now, addr(CLIENT), addr(SERVER), 0).unwrap();
-    p.handle(now, a, Input::ServerSocketOpened { proxy: addr(PROXY) });
-    p.handle(now, a, Input::Data(Side::Server, "220 x\r\n".into()));
-    p.handle(
-        now,
-        a,
-        Input::Data(Side::Client, "PORT 1,2,3,4,19,136\r\n".into()),
-    );
+    greet_and_port(&mut p, now, a);
     let _b = p.accept(now, addr(CLIENT), addr(SERVER), 0).unwrap();
     while p.poll_action().is_some() {}
     p.shutdown(now);

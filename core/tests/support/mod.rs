@@ -106,3 +106,15 @@ pub fn commit(actions: &[Action]) -> (u64, Vec<String>) {
     }
     panic!("no commit in {actions:?}")
 }
+
+/// Opens the server side of session `id`, relays a banner, and sends a PORT
+/// (port 5000), leaving the proxy's actions undrained.
+pub fn greet_and_port(p: &mut Proxy, now: Instant, id: SessionId) {
+    p.handle(now, id, Input::ServerSocketOpened { proxy: addr(PROXY) });
+    p.handle(now, id, Input::Data(Side::Server, "220 x\r\n".into()));
+    p.handle(
+        now,
+        id,
+        Input::Data(Side::Client, "PORT 1,2,3,4,19,136\r\n".into()),
+    );
+}
