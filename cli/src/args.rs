@@ -317,6 +317,25 @@ pub enum Command {
     Run(Box<Args>),
     /// `--help`: print this text on standard output and exit 0.
     Help(String),
+    /// `--version`: print this line on standard output and exit 0.
+    Version(String),
+}
+
+/// What the getopt pass found: options to run with, or a request to print something.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expanded {
+    /// The canonical argument list for argh.
+    Run(Vec<String>),
+    /// `--help` was given (anywhere before the end of the options).
+    Help,
+    /// `--version` was given (anywhere before the end of the options).
+    Version,
+}
+
+/// The `--version` line: the program name and the package version, which is the
+/// workspace version and the Debian package's upstream version.
+pub fn version_line(progname: &str) -> String {
+    format!("{progname} {}\n", env!("CARGO_PKG_VERSION"))
 }
 
 /// Why the command line was refused. Every variant exits with status 1.
@@ -573,10 +592,10 @@ fn record(
 
 /// Pass 1: getopt over `args` (without the program name).
 ///
-/// Returns the canonical argument list for argh, or `Ok(None)` when `--help`
-/// was given. Parsing stops at `--` or at the first argument that is not an option;
+/// Returns the canonical argument list for argh, or which of `--help` and
+/// `--version` was given (the first one wins). Parsing stops at `--` or at the first argument that is not an option;
 /// the remaining arguments are ignored, as the original ignores them.
-pub fn expand(args: &[String]) -> Result<Option<Vec<String>>, ArgsError> {
+pub fn expand(args: &[String]) -> Result<Expanded, ArgsError> {
     let mut occ: Vec<Occurrence> = Vec::new();
     let mut verbose = 0u8;
     let mut i = 0;
@@ -588,7 +607,10 @@ pub fn expand(args: &[String]) -> Result<Option<Vec<String>>, ArgsError> {
         }
         if let Some(long) = arg.strip_prefix("--") {
             if long == "help" {
-                return Ok(None);
+                return Ok(Expanded::Help);
+            }
+            if long == "version" {
+                return Ok(Expanded::Version);
             }
             let (name, attached) = match long.split_once('=') {
                 Some((n, v)) => (n, Some(v)),
@@ -644,7 +666,7 @@ pub fn expand(args: &[String]) -> Result<Option<Vec<String>>, ArgsError> {
             record(&mut occ, spec, None, &mut verbose)?;
         }
     }
-    Ok(Some(canonical(&occ)))
+    Ok(Expanded::Run(canonical(&occ)))
 }
 
 /// Keeps the last occurrence of every option (every `-v`), in order of last
@@ -670,8 +692,9 @@ pub fn parse(argv: &[String]) -> Result<Command, ArgsError> {
     let progname = progname(argv);
     let rest = argv.get(1..).unwrap_or(&[]);
     let canonical = match expand(rest)? {
-        Some(c) => c,
-        None => {
+        Expanded::Run(c) => c,
+        Expanded::Version => return Ok(Command::Version(version_line(progname))),
+        Expanded::Help => {
             return match RawArgs::from_args(&[progname], &["--help"]) {
                 Err(e) if e.status.is_ok() => Ok(Command::Help(help_text(progname, &e.output))),
                 Err(e) => Err(ArgsError::Invalid(e.output)),
@@ -694,7 +717,11 @@ fn help_text(progname: &str, argh_output: &str) -> String {
         Some((first, rest)) if first.starts_with("Usage:") => rest,
         _ => argh_output,
     };
-    format!("{}\n{body}", usage(progname))
+    // argh lists only the fields of `RawArgs`; --version is handled before argh.
+    format!(
+        "{}\n{body}  --version         print the program name and version, and exit\n",
+        usage(progname)
+    )
 }
 
 /// The program name for messages: the last path component of `argv[0]`, like
@@ -968,6 +995,33 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn version_wins_over_other_options() {
+        let want = format!("ftp-proxy {}\n", env!("CARGO_PKG_VERSION"));
+        for line in ["--version", "-d --version", "-m 7 --version -x"] {
+            assert_eq!(
+                parse(&argv(line)),
+                Ok(Command::Version(want.clone())),
+                "{line}"
+            );
+        }
+        // After the end of the options it is an ignored argument, as in getopt.
+        assert!(matches!(parse(&argv("-- --version")), Ok(Command::Run(_))));
+        // A bad value before it is still reported first.
+        assert_eq!(
+            parse(&argv("-m 0 --version")),
+            Err(ArgsError::Invalid("max sessions too small".into()))
+        );
+    }
+
+    #[test]
+    fn help_mentions_version() {
+        let Ok(Command::Help(text)) = parse(&argv("--help")) else {
+            panic!("no help")
+        };
+        assert!(text.ends_with("  --version         print the program name and version, and exit\n"), "{text}");
     }
 
     #[test]

@@ -102,7 +102,7 @@ fn main() -> ExitCode {
     let progname = args::progname(&argv).to_owned();
     let args = match args::parse(&argv) {
         Ok(Command::Run(a)) => *a,
-        Ok(Command::Help(text)) => {
+        Ok(Command::Help(text) | Command::Version(text)) => {
             print!("{text}");
             return ExitCode::SUCCESS;
         }
