@@ -1021,7 +1021,10 @@ mod tests {
         let Ok(Command::Help(text)) = parse(&argv("--help")) else {
             panic!("no help")
         };
-        assert!(text.ends_with("  --version         print the program name and version, and exit\n"), "{text}");
+        assert!(
+            text.ends_with("  --version         print the program name and version, and exit\n"),
+            "{text}"
+        );
     }
 
     #[test]

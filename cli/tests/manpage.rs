@@ -91,7 +91,15 @@ fn every_option_of_help_is_in_the_manual_page() {
     let help = help();
     let options = help_options(&help);
     // The parser below must see the whole list, or the comparison proves nothing.
-    for o in ["-6", "--ipv6", "-t", "--backend", "--chroot", "--help", "--version"] {
+    for o in [
+        "-6",
+        "--ipv6",
+        "-t",
+        "--backend",
+        "--chroot",
+        "--help",
+        "--version",
+    ] {
         assert!(options.contains(o), "{o} not found in --help:\n{help}");
     }
     let missing = missing(&help, &page());
@@ -144,8 +152,19 @@ fn manual_page_renders_with_man() {
         .expect("man not found (Debian package man-db)");
     assert!(o.status.success(), "man -l: {o:?}");
     let text = String::from_utf8_lossy(&o.stdout);
-    for want in ["NAME", "SYNOPSIS", "OPTIONS", "SIGNALS", "FILES", "EXIT STATUS", "SEE ALSO"] {
-        assert!(text.contains(want), "{want} missing from the rendered page:\n{text}");
+    for want in [
+        "NAME",
+        "SYNOPSIS",
+        "OPTIONS",
+        "SIGNALS",
+        "FILES",
+        "EXIT STATUS",
+        "SEE ALSO",
+    ] {
+        assert!(
+            text.contains(want),
+            "{want} missing from the rendered page:\n{text}"
+        );
     }
     assert!(text.contains("--backend"), "{text}");
 }

@@ -339,13 +339,13 @@ impl Session {
         let cmd = ftp::classify(&line);
         match cmd {
             Command::Pasv | Command::Port(_) if cx.cfg.ipv6 => {
-                error!("PASV and PORT not allowed with IPv6");
+                error!(priority = "crit"; "PASV and PORT not allowed with IPv6");
                 self.local_reply(cx, REPLY_NO_V4_MODES);
             }
             Command::Port(port) | Command::Eprt(port) => match port.filter(|&p| p >= MIN_DATA_PORT)
             {
                 None => {
-                    error!("{} bad port in '{}'", self.id, ftp::escape(&line));
+                    error!(priority = "crit"; "{} bad port in '{}'", self.id, ftp::escape(&line));
                     self.local_reply(cx, REPLY_BAD_PORT);
                 }
                 Some(port) => {
@@ -494,7 +494,7 @@ impl Session {
         });
         let Some(port) = port.filter(|&p| p >= MIN_DATA_PORT) else {
             let shown: Vec<u8> = lines.iter().flat_map(|l| l.iter().copied()).collect();
-            error!("{} bad port in '{}'", self.id, ftp::escape(&shown));
+            error!(priority = "crit"; "{} bad port in '{}'", self.id, ftp::escape(&shown));
             debug!(
                 "{} proxy: {}",
                 self.id,
@@ -594,7 +594,7 @@ impl Session {
         match self.phase {
             Phase::Closing { txn: last } if txn == last => {
                 if let Err(e) = result {
-                    error!("{} pf rule removal failed: {e}", self.id);
+                    error!(priority = "crit"; "{} pf rule removal failed: {e}", self.id);
                 }
                 self.phase = Phase::Done;
                 return;
@@ -642,6 +642,10 @@ impl Session {
         match &reason {
             CloseReason::Eof(_) | CloseReason::Shutdown => info!("{} {reason}", self.id),
             CloseReason::Timeout(Side::Server) => warn!("{} {reason}", self.id),
+            // The original's CRIT ones (cli/src/logging.rs reads the key).
+            CloseReason::ConnectFailed { .. } | CloseReason::Filter(_) => {
+                error!(priority = "crit"; "{} {reason}", self.id)
+            }
             _ => error!("{} {reason}", self.id),
         }
         info!("{} ending session", self.id);

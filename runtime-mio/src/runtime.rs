@@ -296,7 +296,7 @@ impl<B: Backend> Runtime<B> {
         match &mut self.data {
             Data::Kernel(b) => {
                 if let Err(e) = b.remove_all() {
-                    error!("pf rule removal failed: {e}");
+                    error!(priority = "crit"; "pf rule removal failed: {e}");
                 }
             }
             Data::Relay(r) => r.remove_all(self.poll.registry()),
@@ -453,7 +453,7 @@ impl<B: Backend> Runtime<B> {
                     continue
                 }
                 Err(e) => {
-                    error!("accept() failed: {e}");
+                    error!(priority = "crit"; "accept() failed: {e}");
                     if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
                         self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
                     }
@@ -465,7 +465,7 @@ impl<B: Backend> Runtime<B> {
             let local = match sock.local_addr() {
                 Ok(a) => sys::unmap(a),
                 Err(e) => {
-                    error!("getsockname failed: {e}");
+                    error!(priority = "crit"; "getsockname failed: {e}");
                     continue;
                 }
             };
@@ -485,7 +485,7 @@ impl<B: Backend> Runtime<B> {
                         Tok::Control(id, Side::Client).token(),
                         rw,
                     ) {
-                        error!("{id} cannot register client socket: {e}");
+                        error!(priority = "crit"; "{id} cannot register client socket: {e}");
                         self.sessions.insert(
                             id,
                             Session {
