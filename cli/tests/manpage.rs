@@ -1,6 +1,7 @@
 //! The manual page, `docs/ftp-proxy.8`, against the binary: every option that
 //! `ftp-proxy --help` lists must have its own entry in the page's OPTIONS list, and
-//! the page must be clean for `mandoc -T lint` and render with `man -l`.
+//! the page must be clean for `mandoc -T lint` and render with `man -l`. And
+//! `--version`, which the page documents, prints the version.
 //!
 //! Options are added in parallel to `cli/src/args.rs`; this test is what catches a
 //! page that was not updated, and its message names the missing option.
@@ -108,6 +109,21 @@ fn every_option_of_help_is_in_the_manual_page() {
         "docs/ftp-proxy.8 has no OPTIONS entry (.It Fl ...) for {}: add it to the page",
         missing.join(", ")
     );
+}
+
+#[test]
+fn version_prints_the_name_and_the_package_version() {
+    let o = Command::new(BIN)
+        .args(["-d", "--version"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ftp-proxy --version");
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!("ftp-proxy {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    assert!(o.stderr.is_empty(), "{o:?}");
 }
 
 #[test]
