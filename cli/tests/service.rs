@@ -32,7 +32,7 @@ fn unit() -> String {
 fn unit_value(unit: &str, key: &str) -> String {
     unit.lines()
         .filter_map(|l| l.strip_prefix(&format!("{key}=")))
-        .last()
+        .next_back()
         .unwrap_or_else(|| panic!("{key}= missing in the unit"))
         .to_owned()
 }
