@@ -52,19 +52,17 @@
 //! CAP_NET_ADMIN, commits fail with `PermissionDenied` (linux-netfilter.md §5).
 
 mod msg;
+mod ruleset;
 mod socket;
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::io::Write as _;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ftp_proxy_core::{Config, Direction, Family, RuleLog, Translate};
 
 use crate::{Anchor, Backend, FilterError, Rule};
 use msg::{addr_port, key, Element};
+pub use msg::{parse_table_dump, DumpPart, TableInfo};
 use socket::{BatchError, NlSocket};
 
 /// Conntrack mark set on every proxy data connection when `-T` is not given; the
@@ -117,7 +115,7 @@ impl NftOptions {
             ));
         }
         Ok(NftOptions {
-            table: format!("{TABLE_PREFIX}{}", config.pid),
+            table: table_name(config.pid, own_pid_namespace()),
             mark: config.rules.tag.as_deref().map_or(DEFAULT_MARK, tag_mark),
             log: config.rules.log,
             element_timeout: config.idle_timeout(),
@@ -149,73 +147,12 @@ pub fn tag_mark(tag: &str) -> u32 {
     }
 }
 
-/// The `nft -f` text that (re)creates the table: the stale-table idiom
-/// `table X; delete table X; table X {...}` makes it replace a leftover of ours.
-pub fn ruleset(opts: &NftOptions) -> String {
-    let t = &opts.table;
-    let log = if opts.log == RuleLog::None {
-        String::new()
-    } else {
-        format!("log prefix \"{LOG_PREFIX}\" ")
-    };
-    let mark = opts.mark;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "table inet {t}\ndelete table inet {t}\ntable inet {t} {{"
-    );
-    let _ = writeln!(
-        s,
-        "\tcomment \"ftp-proxy(8) data connections; managed by the daemon, removed at exit\""
-    );
-    for (v, addr) in [("4", "ipv4_addr"), ("6", "ipv6_addr")] {
-        for m in ["rdr", "nat"] {
-            let _ = writeln!(
-                s,
-                "\tmap {m}{v} {{ type {addr} . {addr} . inet_service : {addr} . inet_service; size {SET_SIZE}; flags timeout; }}"
-            );
-        }
-        let _ = writeln!(
-            s,
-            "\tset arm{v} {{ type {addr} . {addr} . inet_service; size {SET_SIZE}; flags dynamic,timeout; }}"
-        );
-    }
-    let _ = writeln!(
-        s,
-        "\tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat - 10; policy accept;"
-    );
-    for (v, ip) in [("4", "ip"), ("6", "ip6")] {
-        let k = format!("{ip} saddr . {ip} daddr . tcp dport");
-        let nfproto = if v == "4" { "ipv4" } else { "ipv6" };
-        let _ = writeln!(
-            s,
-            "\t\tmeta nfproto {nfproto} tcp flags & (syn | ack) == syn {k} @arm{v} delete @arm{v} {{ {k} }} {log}ct mark set {mark:#010x} dnat {ip} to {k} map @rdr{v}"
-        );
-    }
-    let _ = writeln!(s, "\t}}\n\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat - 10; policy accept;");
-    for (v, ip) in [("4", "ip"), ("6", "ip6")] {
-        let nfproto = if v == "4" { "ipv4" } else { "ipv6" };
-        let _ = writeln!(
-            s,
-            "\t\tmeta nfproto {nfproto} snat {ip} to {ip} saddr . {ip} daddr . tcp dport map @nat{v}"
-        );
-    }
-    let _ = writeln!(s, "\t}}");
-    if opts.log == RuleLog::All {
-        // pf's `log (all)`: every packet of the data connections, found by their mark.
-        let _ = writeln!(
-            s,
-            "\tchain forward {{\n\t\ttype filter hook forward priority filter - 10; policy accept;\n\t\tct mark {mark:#010x} log prefix \"{LOG_PREFIX}\"\n\t}}"
-        );
-    }
-    s.push_str("}\n");
-    s
-}
-
 /// The nftables backend. See the module documentation.
 pub struct NftBackend {
     opts: NftOptions,
     sock: NlSocket,
+    /// Whether the table carries `NFT_TABLE_F_OWNER`.
+    owner: bool,
     /// What each anchor holds now, to destroy it at the next commit.
     anchors: HashMap<Anchor, Vec<Element>>,
     /// xorshift64* state for NAT source ports.
@@ -243,20 +180,59 @@ impl NftBackend {
 
     /// As [`NftBackend::open`], with explicit options (tests and benchmarks).
     pub fn with_options(opts: NftOptions) -> Result<NftBackend, FilterError> {
-        let sock = NlSocket::open().map_err(|e| io_error("netlink socket", &e))?;
-        let mut script = String::new();
-        for stale in stale_tables(&opts.table)? {
-            log::info!("removing table inet {stale} of a process that no longer runs");
-            let _ = writeln!(script, "table inet {stale}\ndelete table inet {stale}");
+        let mut sock = NlSocket::open().map_err(|e| io_error("netlink socket", &e))?;
+        let tables = sock
+            .tables()
+            .map_err(|e| batch_error(e, 0, &[], "(listing tables)"))?;
+        let stale = stale_tables(&tables, &opts.table, own_pid_namespace(), process_alive);
+        if !stale.is_empty() {
+            let mut batch = sock.batch();
+            for name in &stale {
+                log::info!("removing table inet {name} of a process that no longer runs");
+                batch.del_table(name);
+            }
+            let first = batch.acked_seqs().0;
+            let what: Vec<String> = stale.iter().map(|n| format!("delete table {n}")).collect();
+            match sock.execute(batch) {
+                Ok(()) => {}
+                // Another daemon swept it first.
+                Err(BatchError::Kernel { errno, .. }) if errno == libc::ENOENT => {}
+                Err(e) => return Err(batch_error(e, first, &what, &opts.table)),
+            }
         }
-        script.push_str(&ruleset(&opts));
-        run_nft(&["-f", "-"], Some(&script))?;
+        let owner = match create_table(&mut sock, &opts, true) {
+            Ok(()) => true,
+            // Before Linux 5.12 the kernel refuses unknown table flags.
+            Err(BatchError::Kernel { errno, .. }) if errno == libc::EOPNOTSUPP => {
+                log::warn!(
+                    "this kernel cannot tie table inet {} to the daemon (no owner flag, \
+                     Linux < 5.12): after a crash it stays until the next start sweeps it",
+                    opts.table
+                );
+                create_table(&mut sock, &opts, false)
+                    .map_err(|e| batch_error(e, 0, &[], &opts.table))?;
+                false
+            }
+            Err(e) => return Err(batch_error(e, 0, &[], &opts.table)),
+        };
         Ok(NftBackend {
             opts,
             sock,
+            owner,
             anchors: HashMap::new(),
             rng: seed(),
         })
+    }
+
+    /// Whether the kernel deletes the table when this backend's socket closes
+    /// (`NFT_TABLE_F_OWNER`, Linux 5.12).
+    pub fn owned(&self) -> bool {
+        self.owner
+    }
+
+    /// The port id of the netlink socket that owns the table.
+    pub fn port_id(&self) -> std::io::Result<u32> {
+        self.sock.port_id()
     }
 
     /// The table's name (`ftp-proxy-<pid>`), in family `inet`.
@@ -496,70 +472,87 @@ fn seed() -> u64 {
     (s ^ t ^ u64::from(std::process::id())) | 1
 }
 
-/// Tables `ftp-proxy-<N>` (other than `own`) whose process `N` is gone.
-fn stale_tables(own: &str) -> Result<Vec<String>, FilterError> {
-    let out = run_nft(&["list", "tables", "inet"], None)?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("table inet "))
-        .filter(|name| *name != own)
-        .filter(|name| {
-            name.strip_prefix(TABLE_PREFIX)
-                .and_then(|pid| pid.parse::<u32>().ok())
-                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-        })
-        .map(str::to_string)
-        .collect())
+/// Creates the table, its maps and chains in one transaction over `sock`, which then
+/// owns it when `owner` is set.
+fn create_table(sock: &mut NlSocket, opts: &NftOptions, owner: bool) -> Result<(), BatchError> {
+    let mut batch = sock.batch();
+    ruleset::create(&mut batch, opts, owner);
+    sock.execute(batch)
 }
 
-/// Runs `nft` with `args`, feeding `stdin`, and returns its standard output.
-fn run_nft(args: &[&str], stdin: Option<&str>) -> Result<String, FilterError> {
-    let mut last = None;
-    for prog in ["nft", "/usr/sbin/nft", "/sbin/nft"] {
-        let child = Command::new(prog)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn();
-        let mut child = match child {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                last = Some(e);
-                continue;
-            }
-            Err(e) => return Err(io_error("cannot run nft", &e)),
-        };
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(text.as_bytes())
-                .map_err(|e| io_error("writing to nft", &e))?;
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| io_error("waiting for nft", &e))?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() {
-            if stderr.contains("Operation not permitted") {
-                return Err(FilterError::PermissionDenied);
-            }
-            return Err(FilterError::Other {
-                errno: 0,
-                text: format!("nft {}: {}", args.join(" "), stderr.trim()),
-            });
-        }
-        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+/// The table name for process `pid` in the PID namespace with inode `pidns`:
+/// `ftp-proxy-<pid>-<pidns>`, or `ftp-proxy-<pid>` when the namespace is unknown.
+///
+/// The pid alone does not name an instance: daemons in different PID namespaces that
+/// share a network namespace are often all pid 1. The namespace's inode number (what
+/// `readlink /proc/self/ns/pid` shows) tells them apart, and tells a sweeping daemon
+/// whether a pid in a name is one it can check.
+pub fn table_name(pid: u32, pidns: Option<u64>) -> String {
+    match pidns {
+        Some(ns) => format!("{TABLE_PREFIX}{pid}-{ns}"),
+        None => format!("{TABLE_PREFIX}{pid}"),
     }
-    Err(FilterError::Other {
-        errno: libc::ENOENT,
-        text: format!(
-            "cannot run nft (install the nftables package): {}",
-            last.map_or_else(String::new, |e| e.to_string())
-        ),
-    })
+}
+
+/// The inode number of this process's PID namespace, from `/proc/self/ns/pid`
+/// (`pid:[4026531836]`); `None` without `/proc`.
+pub fn own_pid_namespace() -> Option<u64> {
+    let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    let text = link.to_str()?;
+    text.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Whether process `pid` of this PID namespace exists (`kill(pid, 0)`: only ESRCH
+/// means gone; EPERM is a live process of another user).
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 performs only the existence and permission checks.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// The tables of `tables` to delete before creating `own`: leftovers of daemons of
+/// this PID namespace (`pidns`) that no longer run, as `alive` says.
+///
+/// * Tables with the owner flag are never touched: they live exactly as long as
+///   their daemon's socket, and only that socket may change them anyway.
+/// * A table named `own` without the owner flag cannot be ours (we have not
+///   created it yet): a leftover of an earlier process with our pid.
+/// * Names with another PID namespace, or none (`ftp-proxy-<pid>`, as earlier
+///   versions named them), are left alone: their pid means nothing here. Their
+///   elements expire with `-t`; an admin removes such tables by hand.
+pub fn stale_tables(
+    tables: &[TableInfo],
+    own: &str,
+    pidns: Option<u64>,
+    alive: impl Fn(u32) -> bool,
+) -> Vec<String> {
+    let Some(ns) = pidns else {
+        return Vec::new();
+    };
+    tables
+        .iter()
+        .filter(|t| !t.owned())
+        .filter(|t| {
+            if t.name == own {
+                return true;
+            }
+            let Some((pid, tns)) = t
+                .name
+                .strip_prefix(TABLE_PREFIX)
+                .and_then(|rest| rest.split_once('-'))
+            else {
+                return false;
+            };
+            match (pid.parse::<u32>(), tns.parse::<u64>()) {
+                (Ok(pid), Ok(tns)) => tns == ns && !alive(pid),
+                _ => false,
+            }
+        })
+        .map(|t| t.name.clone())
+        .collect()
 }
 
 #[cfg(test)]
