@@ -598,42 +598,52 @@ mod tests {
             ..RuleOptions::default()
         };
         let o = NftOptions::from_config(&c).unwrap();
-        assert_eq!(o.table, "ftp-proxy-42");
+        assert_eq!(o.table, table_name(42, own_pid_namespace()));
         assert_eq!(o.mark, 0xbeef);
         assert_eq!(o.element_timeout, Some(Duration::from_secs(86400)));
         c.idle_timeout_secs = 0;
         assert_eq!(NftOptions::from_config(&c).unwrap().element_timeout, None);
     }
 
-    #[test]
-    fn ruleset_has_maps_chains_mark_and_log() {
-        let o = NftOptions {
-            table: "ftp-proxy-9".into(),
-            mark: 0xf7f7,
-            log: RuleLog::Log,
-            element_timeout: None,
-        };
-        let s = ruleset(&o);
-        assert!(s.starts_with("table inet ftp-proxy-9\ndelete table inet ftp-proxy-9\n"));
-        for m in [
-            "map rdr4", "map rdr6", "map nat4", "map nat6", "set arm4", "set arm6",
-        ] {
-            assert!(s.contains(m), "{m} missing in\n{s}");
+    fn info(name: &str, flags: u32) -> TableInfo {
+        TableInfo {
+            name: name.into(),
+            flags,
+            owner: None,
         }
-        assert!(s.contains("priority dstnat - 10"));
-        assert!(s.contains("priority srcnat - 10"));
-        assert!(s.contains("log prefix \"ftp-proxy: \" ct mark set 0x0000f7f7 dnat ip to"));
-        assert!(!s.contains("hook forward"));
-        let all = ruleset(&NftOptions {
-            log: RuleLog::All,
-            ..o.clone()
-        });
-        assert!(all.contains("hook forward"));
-        let none = ruleset(&NftOptions {
-            log: RuleLog::None,
-            ..o
-        });
-        assert!(!none.contains("log prefix"));
+    }
+
+    #[test]
+    fn sweep_only_unowned_dead_tables_of_this_pid_namespace() {
+        let ns = 4026531836;
+        let tables = [
+            info("ftp-proxy-7-4026531836", 0), // dead, ours: swept
+            info("ftp-proxy-8-4026531836", 0), // alive: kept
+            info("ftp-proxy-9-4026531836", 2), // owner flag: never
+            info("ftp-proxy-7-4026532000", 0), // other PID namespace
+            info("ftp-proxy-7", 0),            // old bare-pid name
+            info("ftp-proxy-1-4026531836", 0), // our own name, unowned leftover
+            info("ftp-proxy-x-4026531836", 0), // not a pid
+            info("other-7-4026531836", 0),     // not ours at all
+        ];
+        let alive = |pid: u32| pid == 8 || pid == 1;
+        assert_eq!(
+            stale_tables(&tables, "ftp-proxy-1-4026531836", Some(ns), alive),
+            ["ftp-proxy-7-4026531836", "ftp-proxy-1-4026531836"]
+        );
+        assert!(stale_tables(&tables, "ftp-proxy-1", None, alive).is_empty());
+    }
+
+    #[test]
+    fn table_names_carry_the_pid_namespace() {
+        assert_eq!(
+            table_name(1809, Some(4026532201)),
+            "ftp-proxy-1809-4026532201"
+        );
+        assert_eq!(table_name(1809, None), "ftp-proxy-1809");
+        let ns = own_pid_namespace().expect("/proc/self/ns/pid on Linux");
+        assert!(ns > 0);
+        assert!(process_alive(std::process::id()));
     }
 
     fn addrs(client: &str, server: &str, proxy: &str) -> ftp_proxy_core::SessionAddrs {

@@ -413,6 +413,15 @@ mod tests {
         out
     }
 
+    /// The 8 bytes after the NFTA_TABLE_NAME attribute of the batch's NEWTABLE.
+    fn after_table_name(bytes: &[u8]) -> &[u8] {
+        // batch begin (20), table header (16 + 4), name attribute (aligned).
+        let name_at = 40;
+        let len = usize::from(u16::from_ne_bytes([bytes[name_at], bytes[name_at + 1]]));
+        let next = name_at + ((len + 3) & !3);
+        &bytes[next..next + 8]
+    }
+
     #[test]
     fn owner_table_six_sets_two_chains_four_rules() {
         let mut b = Batch::new(1);
@@ -442,8 +451,7 @@ mod tests {
         );
         assert_eq!(count as usize, m.len() - 2);
         // The owner flag, big-endian, right after the name.
-        let flags = [8u8, 0, 2, 0, 0, 0, 0, 2];
-        assert!(bytes.windows(8).any(|w| w == flags));
+        assert_eq!(after_table_name(&bytes), [8u8, 0, 2, 0, 0, 0, 0, 2]);
         assert!(!bytes.windows(10).any(|w| w == b"ftp-proxy:"));
     }
 
@@ -453,7 +461,8 @@ mod tests {
         create(&mut b, &opts(RuleLog::All), false);
         let bytes = b.finish();
         let m = messages(&bytes);
-        assert!(!bytes.windows(8).any(|w| w == [8u8, 0, 2, 0, 0, 0, 0, 2]));
+        // No NFTA_TABLE_FLAGS: the user data (type 6) follows the name.
+        assert_eq!(&after_table_name(&bytes)[2..4], [6u8, 0]);
         let chains = m.iter().filter(|&&(t, _)| t == (10 << 8) | 3).count();
         assert_eq!(chains, 3);
         assert!(bytes.windows(6).any(|w| w == b"filter"));
