@@ -583,4 +583,75 @@ mod tests {
         );
         assert_eq!(parse_acks(&buf[..30]), vec![]);
     }
+
+    /// One netlink message: header, then `body` (already padded).
+    fn nlmsg(ty: u16, seq: u32, body: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&ty.to_ne_bytes());
+        m.extend_from_slice(&2u16.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn table_msg(seq: u32, name: &str, flags: Option<u32>, owner: Option<u32>) -> Vec<u8> {
+        let mut b = Batch::new(0);
+        b.buf.clear();
+        b.buf.extend_from_slice(&[1, 0, 0, 0]); // nfgenmsg
+        b.attr_str(NFTA_TABLE_NAME, name);
+        if let Some(f) = flags {
+            b.attr_be32(NFTA_TABLE_FLAGS, f);
+        }
+        b.attr(3, &1u32.to_be_bytes()); // NFTA_TABLE_USE: skipped
+        if let Some(o) = owner {
+            b.attr_be32(NFTA_TABLE_OWNER, o);
+        }
+        nlmsg(nft_type(NFT_MSG_NEWTABLE), seq, &b.buf)
+    }
+
+    #[test]
+    fn table_dump_request_is_a_get_dump() {
+        let r = table_dump_request(9);
+        assert_eq!(r.len(), 20);
+        assert_eq!(u16_at(&r, 4), (10 << 8) | 1);
+        assert_eq!(u16_at(&r, 6), 0x1 | 0x300);
+        assert_eq!(u32_at(&r, 8), 9);
+        assert_eq!(r[16], 1);
+    }
+
+    #[test]
+    fn parses_a_table_dump() {
+        let mut d = table_msg(9, "ftp-proxy-1-4026531836", Some(2), Some(3141));
+        d.extend(table_msg(9, "other", Some(0), None));
+        d.extend(table_msg(8, "late-answer", None, None));
+        let part = parse_table_dump(&d, 9);
+        assert_eq!(part.end, None);
+        assert_eq!(
+            part.tables,
+            [
+                TableInfo {
+                    name: "ftp-proxy-1-4026531836".into(),
+                    flags: 2,
+                    owner: Some(3141)
+                },
+                TableInfo {
+                    name: "other".into(),
+                    flags: 0,
+                    owner: None
+                }
+            ]
+        );
+        assert!(part.tables[0].owned() && !part.tables[1].owned());
+        d.extend(nlmsg(NLMSG_DONE, 9, &0i32.to_ne_bytes()));
+        assert_eq!(parse_table_dump(&d, 9).end, Some(0));
+        let err = nlmsg(NLMSG_ERROR, 9, &(-1i32).to_ne_bytes());
+        assert_eq!(parse_table_dump(&err, 9).end, Some(1));
+        // Truncations never panic and keep what was complete.
+        for cut in 0..d.len() {
+            let p = parse_table_dump(&d[..cut], 9);
+            assert!(p.tables.len() <= 2);
+        }
+    }
 }
