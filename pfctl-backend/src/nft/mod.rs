@@ -2,8 +2,9 @@
 //!
 //! # Design (docs/linux.md, linux-netfilter.md §3)
 //!
-//! At start the backend creates one table, `inet ftp-proxy-<pid>`, with static chains
-//! and empty maps (by running `nft -f -` once). A session's rules never become nftables
+//! At start the backend creates one table, `inet ftp-proxy-<pid>-<pidns>`, with static
+//! chains and empty maps, in one netlink batch over its own socket (`nft/ruleset.rs` shows
+//! the table as `nft list` prints it). A session's rules never become nftables
 //! rules: each [`Backend::commit`] turns the two pf-style rules of a negotiation into
 //! three set elements and sends them in **one netlink batch** (one kernel
 //! transaction, all or nothing) over a persistent `NETLINK_NETFILTER` socket, together
@@ -27,15 +28,28 @@
 //! second connection to the same proxy port is not redirected. Conntrack keeps the
 //! NAT binding, so removing elements mid-transfer does not disturb a transfer.
 //!
-//! # Why one table per process
+//! # Table lifetime: one table per process, owned by its socket
 //!
-//! The table name carries the pid, as the pf anchors `ftp-proxy/<pid>.<id>` do, so
-//! that several daemons (an IPv4 and an `-6` instance, or two ports) share a
-//! namespace without removing each other's state at start or exit. At start the
-//! backend deletes tables `ftp-proxy-<N>` whose process `N` no longer exists
-//! (`/proc/N` is gone): a crashed daemon's leftovers. Open the backend in the process
-//! that will commit (after any `daemon(3)`/fork), or the table carries the parent's pid
-//! and a later instance will sweep it away.
+//! The table carries `NFT_TABLE_F_OWNER` (Linux 5.12): it belongs to the netlink
+//! socket that created it, only that socket may change it, and the kernel deletes it,
+//! elements included, the moment the socket closes, whatever ended the process
+//! (SIGKILL, a panic, the OOM killer). A crashed daemon leaves no armed elements
+//! behind that could still DNAT a client into a server. Consequences:
+//!
+//! * the socket that creates the table is the one [`Backend::commit`] uses for the
+//!   life of the backend, and it must be opened by the process that runs the proxy
+//!   (after any `daemon(3)`/fork: a parent that exits would take the table with it);
+//!   it is close-on-exec, so no child inherits it;
+//! * other processes (`nft list`) can read the table but not change or delete it.
+//!
+//! The name carries the pid *and* the PID namespace's inode ([`table_name`]): daemons
+//! in separate PID namespaces that share a network namespace are often all pid 1.
+//!
+//! At start the backend lists the `inet` tables and deletes only leftovers it can
+//! judge ([`stale_tables`]): tables without the owner flag (from a kernel without it,
+//! where the backend falls back to an unowned table) named for a pid of *its own* PID
+//! namespace that no longer exists (`kill(pid, 0)` gives ESRCH). Owned tables are
+//! never touched, and names of other PID namespaces are left alone.
 //!
 //! # Filtering
 //!
@@ -82,7 +96,7 @@ pub const SET_SIZE: u32 = 65535;
 /// Settings of the nftables backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NftOptions {
-    /// Table name in family `inet`, normally `ftp-proxy-<pid>`.
+    /// Table name in family `inet`, normally [`table_name`]`(pid, pidns)`.
     pub table: String,
     /// Conntrack mark put on every data connection the proxy's elements NAT.
     pub mark: u32,
@@ -170,10 +184,12 @@ impl std::fmt::Debug for NftBackend {
 
 impl NftBackend {
     /// Creates the table for a daemon run with `config` ([`NftOptions::from_config`])
-    /// and opens the netlink socket. Call it as root (CAP_NET_ADMIN), in the process
-    /// that will commit, before dropping privileges. Runs `nft -f -` once; fails with
-    /// `Unsupported` for options nftables cannot express (`-q`), `PermissionDenied`
-    /// without CAP_NET_ADMIN, and `Other` when `nft` is missing or refuses the ruleset.
+    /// and opens the netlink socket that owns it. Call it with CAP_NET_ADMIN, in the
+    /// process that will commit (the table dies with this backend's socket), before
+    /// dropping privileges. Fails with `Unsupported` for options nftables cannot
+    /// express (`-q`), `PermissionDenied` without CAP_NET_ADMIN, and `Other` when the
+    /// kernel refuses the table (e.g. EEXIST: a table of that name owned by another
+    /// socket).
     pub fn open(config: &Config) -> Result<NftBackend, FilterError> {
         NftBackend::with_options(NftOptions::from_config(config)?)
     }
@@ -209,11 +225,10 @@ impl NftBackend {
                      Linux < 5.12): after a crash it stays until the next start sweeps it",
                     opts.table
                 );
-                create_table(&mut sock, &opts, false)
-                    .map_err(|e| batch_error(e, 0, &[], &opts.table))?;
+                create_table(&mut sock, &opts, false).map_err(|e| create_error(e, &opts.table))?;
                 false
             }
-            Err(e) => return Err(batch_error(e, 0, &[], &opts.table)),
+            Err(e) => return Err(create_error(e, &opts.table)),
         };
         Ok(NftBackend {
             opts,
@@ -235,7 +250,7 @@ impl NftBackend {
         self.sock.port_id()
     }
 
-    /// The table's name (`ftp-proxy-<pid>`), in family `inet`.
+    /// The table's name (`ftp-proxy-<pid>-<pidns>`), in family `inet`.
     pub fn table(&self) -> &str {
         &self.opts.table
     }
@@ -470,6 +485,24 @@ fn seed() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     (s ^ t ^ u64::from(std::process::id())) | 1
+}
+
+/// The error for a failed table creation, saying what was being created.
+fn create_error(e: BatchError, table: &str) -> FilterError {
+    match e {
+        BatchError::Kernel { errno, .. }
+            if errno != libc::EPERM && errno != libc::EACCES && errno != libc::EBUSY =>
+        {
+            FilterError::Other {
+                errno,
+                text: format!(
+                    "creating table inet {table}: {}",
+                    std::io::Error::from_raw_os_error(errno)
+                ),
+            }
+        }
+        e => batch_error(e, 0, &[], table),
+    }
 }
 
 /// Creates the table, its maps and chains in one transaction over `sock`, which then

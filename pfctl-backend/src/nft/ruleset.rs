@@ -400,7 +400,7 @@ mod tests {
         while rest.len() >= 16 {
             let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap()) as usize;
             assert!(
-                len >= 20 && len <= rest.len() && len % 4 == 0,
+                len >= 20 && len <= rest.len() && len.is_multiple_of(4),
                 "bad length {len}"
             );
             out.push((
@@ -480,7 +480,7 @@ mod tests {
             assert!(f.reg_port() < REG_DATA);
             assert!(REG_DATA + f.data_len() / 4 <= REG_MARK);
         }
-        assert!(REG_MARK <= 23);
+        const { assert!(REG_MARK <= 23) };
         assert_eq!(V6.reg_port(), 16);
         assert_eq!(V4.reg_data_port(), 18);
         assert_eq!(V6.reg_data_port(), 21);
