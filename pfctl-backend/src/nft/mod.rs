@@ -140,7 +140,7 @@ impl NftOptions {
 /// The conntrack mark for `-T tag`: the number itself when the tag is a non-zero
 /// number (`0x1234` or `4660`), otherwise the 32-bit FNV-1a hash of the tag's bytes
 /// (with 0, which means "no mark", replaced by 1). The daemon logs the value at start,
-/// and `nft list table inet ftp-proxy-<pid>` shows it.
+/// and `nft list table inet ftp-proxy-<pid>-<pidns>` shows it.
 pub fn tag_mark(tag: &str) -> u32 {
     let parsed = match tag.strip_prefix("0x").or_else(|| tag.strip_prefix("0X")) {
         Some(hex) => u32::from_str_radix(hex, 16).ok(),
