@@ -245,11 +245,6 @@ impl NftBackend {
         self.owner
     }
 
-    /// The port id of the netlink socket that owns the table.
-    pub fn port_id(&self) -> std::io::Result<u32> {
-        self.sock.port_id()
-    }
-
     /// The table's name (`ftp-proxy-<pid>-<pidns>`), in family `inet`.
     pub fn table(&self) -> &str {
         &self.opts.table

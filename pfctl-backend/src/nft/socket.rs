@@ -181,26 +181,6 @@ impl NlSocket {
         )))
     }
 
-    /// The port id the kernel gave this socket: the owner of the tables it creates
-    /// with `NFT_TABLE_F_OWNER`.
-    pub(crate) fn port_id(&self) -> io::Result<u32> {
-        // SAFETY: zeroed sockaddr_nl is valid; getsockname writes at most len bytes.
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-        // SAFETY: sa and len are valid for writes and outlive the call.
-        let rc = unsafe {
-            libc::getsockname(
-                self.fd.as_raw_fd(),
-                &mut sa as *mut libc::sockaddr_nl as *mut libc::sockaddr,
-                &mut len,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(sa.nl_pid)
-    }
-
     fn send(&self, bytes: &[u8]) -> io::Result<()> {
         // SAFETY: sockaddr_nl zeroed = the kernel (pid 0, no groups).
         let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
