@@ -2,8 +2,9 @@
 //!
 //! `/dev/null` is opened *before* the chroot (there is no `/dev` inside
 //! `/var/empty`). Unlike the original, the fork comes *before* the backend is
-//! opened and privileges are dropped: the nftables table must carry the pid of the
-//! process that commits to it. The parent waits for the child's verdict so that
+//! opened and privileges are dropped: the nftables table belongs to the netlink
+//! socket of the process that commits to it (the kernel deletes it when that socket
+//! closes) and carries that process's pid. The parent waits for the child's verdict so that
 //! startup errors still reach the terminal and the exit status (see [`detach`]).
 
 use std::fs::{File, OpenOptions};
@@ -65,7 +66,7 @@ const READY: &[u8] = b"ok";
 /// `<progname>: <message>` and exits 1 (also when the child dies without a word).
 ///
 /// This lets the child finish the privileged startup itself (the nftables table
-/// is named after the pid of the process that commits, so it must be the child's)
+/// is owned by the socket of the process that commits, so it must be the child's)
 /// while startup errors still reach the terminal and the exit status, as they do
 /// when the original fails before `daemon(3)`.
 ///

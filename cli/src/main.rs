@@ -2,9 +2,10 @@
 //! order (behavior.md §3), drops privileges and hands over to the mio runtime.
 //!
 //! Startup, adapted from ftp-proxy.c 1.39:
+//!  0. close every inherited descriptor above 2;
 //!  1. parse options; default listen address 127.0.0.1 (::1 with `-6`);
 //!  2. logging: stderr with `-d`, syslog otherwise (opened now, before any chroot);
-//!  3. as root: the user and the chroot directory must exist;
+//!  3. as root: the user (not uid 0) and the chroot directory must exist;
 //!  4. raise `RLIMIT_NOFILE`;
 //!  5. resolve `-a`, then `-R`/`-P`;
 //!  6. resolve `-b`/`-p` and listen;
@@ -12,15 +13,19 @@
 //!     verdict and exits 0, or 1 with the child's error (see `daemon::detach`);
 //!  8. build the core's configuration (the pid names anchors and the nft table);
 //!  9. open the backend (pf, nftables) while still privileged;
-//! 10. drop privileges (root only: chroot, user; CAP_NET_ADMIN kept for nftables);
+//! 10. drop privileges (root: chroot, user; CAP_NET_ADMIN kept for nftables; in
+//!     any case the capability sets cut down to the backend's needs and
+//!     NoNewPrivs, see `privs`);
 //! 11. report readiness to the parent and put `/dev/null` on fds 0-2;
 //! 12. log `listening on <addr> port <port>` and run until a signal.
 //!
 //! The original forks after the drop; here the fork comes first because the
-//! nftables table must carry the pid of the process that commits to it.
+//! nftables table belongs to the netlink socket that created it (and carries the pid
+//! of the process that commits to it): it must be opened by the process that runs.
 //!
 //! Without root the daemon still runs (the relay backend needs no privileges); it
-//! logs once that nothing was dropped.
+//! sheds the capabilities it was handed beyond the backend's needs and logs what it
+//! kept.
 
 mod args;
 mod backend;
@@ -89,6 +94,9 @@ impl fmt::Display for Fatal {
 }
 
 fn main() -> ExitCode {
+    // Before anything of ours is open: descriptors a caller left open (without
+    // close-on-exec) must not live on in the daemon.
+    privs::close_inherited_fds();
     let argv: Vec<String> = match std::env::args_os().map(|a| a.into_string()).collect() {
         Ok(v) => v,
         Err(bad) => {
@@ -236,7 +244,19 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
             };
             privs::drop_privileges(&plan).map_err(|e| cleanup_on(Fatal::Privileges(e)))?;
         }
-        None => warn!("not running as root: privileges not dropped"),
+        None => {
+            let r = privs::restrict_unprivileged(keep_net_admin)
+                .map_err(|e| cleanup_on(Fatal::Privileges(e)))?;
+            warn!(
+                "not running as root: no user switch or chroot; capabilities kept: {:#x}{}",
+                r.kept,
+                if r.bounding_limited {
+                    ""
+                } else {
+                    " (bounding set unchanged: no CAP_SETPCAP)"
+                }
+            );
+        }
     }
 
     let proxy =

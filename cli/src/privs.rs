@@ -1,4 +1,5 @@
-//! Dropping privileges: chroot, user switch and, for nftables, CAP_NET_ADMIN alone.
+//! Dropping privileges: chroot, user switch and, for nftables, CAP_NET_ADMIN alone;
+//! closing inherited descriptors; refusing to "drop" to uid 0.
 //!
 //! The original chroots to `/var/empty` and becomes `_ftp_proxy` once the listener
 //! and `/dev/pf` are open; pf keeps accepting ioctls on the already open descriptor.
@@ -6,8 +7,15 @@
 //! CAP_NET_ADMIN of the *sending* process too, so an nftables socket opened as root
 //! fails with EPERM after a plain user switch. For that backend the switch keeps
 //! exactly CAP_NET_ADMIN: `PR_SET_KEEPCAPS` before `setresuid`, then `capset` to
-//! CAP_NET_ADMIN in the permitted and effective sets only, and `PR_SET_NO_NEW_PRIVS`
-//! so no exec can ever widen that again.
+//! CAP_NET_ADMIN in the permitted and effective sets only.
+//!
+//! Whatever the backend, the capability sets end as small as it allows (docs/linux.md,
+//! "Privileges"): the bounding set keeps only what the backend needs (CAP_NET_ADMIN for
+//! nftables, nothing otherwise), the inheritable and ambient sets are emptied, and
+//! `PR_SET_NO_NEW_PRIVS` is set, so no exec can ever widen them again. A daemon started
+//! without root gets the same treatment of the capabilities it was handed (an ambient
+//! CAP_NET_ADMIN from systemd or `setpriv`), except that without CAP_SETPCAP it cannot
+//! shrink its bounding set.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -50,6 +58,8 @@ pub enum PrivError {
     Drop(&'static str, Errno),
     /// CAP_NET_ADMIN was requested on a system without Linux capabilities.
     CapsUnsupported,
+    /// `--user` names an account with uid 0: switching to it drops nothing.
+    RootUser(String),
 }
 
 impl fmt::Display for PrivError {
@@ -62,15 +72,22 @@ impl fmt::Display for PrivError {
             PrivError::CapsUnsupported => {
                 f.write_str("cannot drop privileges: keeping CAP_NET_ADMIN needs Linux")
             }
+            PrivError::RootUser(u) => write!(
+                f,
+                "refusing to run as user {u}: it has uid 0, which drops no privileges; \
+                 name an unprivileged account with --user"
+            ),
         }
     }
 }
 
 impl std::error::Error for PrivError {}
 
-/// Looks up `name` in the user database (`getpwnam`).
+/// Looks up `name` in the user database (`getpwnam`). An account with uid 0 (`root`,
+/// `toor`, ...) is refused: the daemon would keep every privilege it meant to drop.
 pub fn lookup_user(name: &str) -> Result<Identity, PrivError> {
     match User::from_name(name) {
+        Ok(Some(u)) if u.uid.is_root() => Err(PrivError::RootUser(name.to_owned())),
         Ok(Some(u)) => Ok(Identity {
             name: name.to_owned(),
             uid: u.uid,
@@ -91,11 +108,41 @@ pub fn check_chroot_dir(dir: &Path) -> Result<(), PrivError> {
     }
 }
 
+/// Closes every descriptor above 2 that the process inherited (a caller's open files
+/// and sockets must not leak into the daemon). Call first thing in `main`, before
+/// anything of our own is open. `close_range(2)` (Linux 5.9), else one `close` per
+/// entry of `/proc/self/fd` (or of 3..1024 without `/proc`).
+pub fn close_inherited_fds() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: close_range takes (first, last, flags); nothing of ours is open yet.
+        let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+        if rc == 0 {
+            return;
+        }
+    }
+    let fds: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|&fd| fd > 2)
+            .collect(),
+        Err(_) => (3..1024).collect(),
+    };
+    for fd in fds {
+        // SAFETY: closing descriptors inherited from the caller; the directory handle
+        // used to list them is already closed (EBADF for it is harmless).
+        unsafe { libc::close(fd) };
+    }
+}
+
 /// Performs the switch, in the original's order: chroot, `chdir("/")`, one
-/// supplementary group, `setresgid`, `setresuid`; then the capability steps when
-/// `keep_net_admin` is set.
+/// supplementary group, `setresgid`, `setresuid`; around it the capability steps:
+/// the bounding set is cut down while still root (that needs CAP_SETPCAP), the
+/// ambient set cleared, CAP_NET_ADMIN carried through the uid change when
+/// `keep_net_admin` is set, and `PR_SET_NO_NEW_PRIVS` set in any case.
 pub fn drop_privileges(plan: &DropPlan) -> Result<(), PrivError> {
     let step = |name: &'static str| move |e: Errno| PrivError::Drop(name, e);
+    let keep = keep_mask(plan.keep_net_admin);
     if let Some(dir) = &plan.chroot {
         chroot(dir.as_path()).map_err(step("chroot"))?;
         chdir("/").map_err(step("chdir"))?;
@@ -103,21 +150,62 @@ pub fn drop_privileges(plan: &DropPlan) -> Result<(), PrivError> {
     let Identity { uid, gid, .. } = plan.identity;
     setgroups(&[gid]).map_err(step("setgroups"))?;
     setresgid(gid, gid, gid).map_err(step("setresgid"))?;
-    if plan.keep_net_admin {
+    caps::limit_bounding_set(keep).map_err(step("prctl(PR_CAPBSET_DROP)"))?;
+    caps::clear_ambient().map_err(step("prctl(PR_CAP_AMBIENT_CLEAR_ALL)"))?;
+    if keep != 0 {
         caps::set_keepcaps(true).map_err(step("prctl(PR_SET_KEEPCAPS)"))?;
     }
     setresuid(uid, uid, uid).map_err(step("setresuid"))?;
-    if plan.keep_net_admin {
-        caps::only_net_admin().map_err(step("capset"))?;
+    if keep != 0 {
         caps::set_keepcaps(false).map_err(step("prctl(PR_SET_KEEPCAPS)"))?;
-        caps::set_no_new_privs().map_err(step("prctl(PR_SET_NO_NEW_PRIVS)"))?;
     }
+    caps::set_caps(keep).map_err(step("capset"))?;
+    caps::set_no_new_privs().map_err(step("prctl(PR_SET_NO_NEW_PRIVS)"))?;
     Ok(())
+}
+
+/// What a start without root could do about its capabilities; the caller logs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restricted {
+    /// The bounding set could be cut down (the process had CAP_SETPCAP).
+    pub bounding_limited: bool,
+    /// The capabilities kept in the permitted and effective sets.
+    pub kept: u64,
+}
+
+/// For a daemon started without root: empties the inheritable and ambient sets,
+/// keeps in the permitted and effective sets only what the backend needs (and the
+/// process has), cuts down the bounding set if it may, and sets
+/// `PR_SET_NO_NEW_PRIVS`.
+pub fn restrict_unprivileged(keep_net_admin: bool) -> Result<Restricted, PrivError> {
+    let step = |name: &'static str| move |e: Errno| PrivError::Drop(name, e);
+    let (effective, permitted) = caps::get_caps().map_err(step("capget"))?;
+    let keep = keep_mask(keep_net_admin) & permitted;
+    let bounding_limited = effective & caps::CAP_SETPCAP_BIT != 0;
+    if bounding_limited {
+        caps::limit_bounding_set(keep).map_err(step("prctl(PR_CAPBSET_DROP)"))?;
+    }
+    caps::clear_ambient().map_err(step("prctl(PR_CAP_AMBIENT_CLEAR_ALL)"))?;
+    caps::set_caps(keep).map_err(step("capset"))?;
+    caps::set_no_new_privs().map_err(step("prctl(PR_SET_NO_NEW_PRIVS)"))?;
+    Ok(Restricted {
+        bounding_limited,
+        kept: keep,
+    })
+}
+
+/// The capability mask the backend needs after the drop.
+fn keep_mask(keep_net_admin: bool) -> u64 {
+    if keep_net_admin {
+        caps::CAP_NET_ADMIN_BIT
+    } else {
+        0
+    }
 }
 
 #[cfg(target_os = "linux")]
 mod caps {
-    //! The two prctls and `capset(2)` with the version-3 header, through `libc`
+    //! The prctls and `capget`/`capset(2)` with the version-3 header, through `libc`
     //! (the kernel ABI is three small structs; no crate is needed for it).
 
     use nix::errno::Errno;
@@ -125,7 +213,13 @@ mod caps {
     /// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
     const CAP_VERSION_3: u32 = 0x2008_0522;
     /// `CAP_NET_ADMIN` is capability 12.
-    pub(super) const CAP_NET_ADMIN_BIT: u32 = 1 << 12;
+    pub(super) const CAP_NET_ADMIN_BIT: u64 = 1 << 12;
+    /// `CAP_SETPCAP` (8): needed to drop from the bounding set.
+    pub(super) const CAP_SETPCAP_BIT: u64 = 1 << 8;
+    /// Capabilities are numbered below 64 in the version-3 ABI.
+    const CAP_COUNT: u32 = 64;
+    const PR_CAP_AMBIENT: libc::c_int = 47;
+    const PR_CAP_AMBIENT_CLEAR_ALL: libc::c_ulong = 4;
 
     #[repr(C)]
     struct CapHeader {
@@ -134,11 +228,18 @@ mod caps {
     }
 
     #[repr(C)]
-    #[derive(Clone, Copy)]
+    #[derive(Clone, Copy, Default)]
     struct CapData {
         effective: u32,
         permitted: u32,
         inheritable: u32,
+    }
+
+    fn header() -> CapHeader {
+        CapHeader {
+            version: CAP_VERSION_3,
+            pid: 0,
+        }
     }
 
     pub(super) fn set_keepcaps(on: bool) -> Result<(), Errno> {
@@ -153,45 +254,106 @@ mod caps {
         Errno::result(rc).map(drop)
     }
 
-    /// Permitted = effective = {CAP_NET_ADMIN}, inheritable = {} for this thread,
-    /// which is the whole process: the daemon is single-threaded.
-    pub(super) fn only_net_admin() -> Result<(), Errno> {
-        let header = CapHeader {
-            version: CAP_VERSION_3,
-            pid: 0,
+    /// Empties the ambient set (no privilege needed; EINVAL before Linux 4.3, where
+    /// there is no ambient set to empty).
+    pub(super) fn clear_ambient() -> Result<(), Errno> {
+        // SAFETY: PR_CAP_AMBIENT with CLEAR_ALL takes three zeros.
+        let rc = unsafe { libc::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
+        match Errno::result(rc) {
+            Ok(_) | Err(Errno::EINVAL) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Drops every capability not in `keep` from the bounding set (needs CAP_SETPCAP).
+    /// Stops at the first number the kernel does not know (EINVAL).
+    pub(super) fn limit_bounding_set(keep: u64) -> Result<(), Errno> {
+        for cap in 0..CAP_COUNT {
+            if keep & (1 << cap) != 0 {
+                continue;
+            }
+            // SAFETY: PR_CAPBSET_DROP takes the capability number.
+            let rc =
+                unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
+            match Errno::result(rc) {
+                Ok(_) => {}
+                Err(Errno::EINVAL) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The (effective, permitted) sets of this thread.
+    pub(super) fn get_caps() -> Result<(u64, u64), Errno> {
+        let mut h = header();
+        let mut data = [CapData::default(); 2];
+        // SAFETY: capget writes two CapData for version 3; both live across the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_capget,
+                &mut h as *mut CapHeader,
+                data.as_mut_ptr(),
+            )
         };
+        Errno::result(rc)?;
+        let join = |lo: u32, hi: u32| u64::from(lo) | (u64::from(hi) << 32);
+        Ok((
+            join(data[0].effective, data[1].effective),
+            join(data[0].permitted, data[1].permitted),
+        ))
+    }
+
+    /// Permitted = effective = `keep`, inheritable = {} for this thread, which is the
+    /// whole process: the daemon is single-threaded.
+    pub(super) fn set_caps(keep: u64) -> Result<(), Errno> {
+        let h = header();
+        let (lo, hi) = (keep as u32, (keep >> 32) as u32);
         let data = [
             CapData {
-                effective: CAP_NET_ADMIN_BIT,
-                permitted: CAP_NET_ADMIN_BIT,
+                effective: lo,
+                permitted: lo,
                 inheritable: 0,
             },
             CapData {
-                effective: 0,
-                permitted: 0,
+                effective: hi,
+                permitted: hi,
                 inheritable: 0,
             },
         ];
         // SAFETY: header and a two-element data array are what capset(2) reads for
         // version 3; both live across the call.
-        let rc =
-            unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
+        let rc = unsafe { libc::syscall(libc::SYS_capset, &h as *const CapHeader, data.as_ptr()) };
         Errno::result(rc).map(drop)
     }
 }
 
 #[cfg(not(target_os = "linux"))]
 mod caps {
+    //! Without Linux capabilities there is nothing to keep or clear; keeping
+    //! CAP_NET_ADMIN is refused earlier by `check_caps_supported`.
     use nix::errno::Errno;
+
+    pub(super) const CAP_NET_ADMIN_BIT: u64 = 1 << 12;
+    pub(super) const CAP_SETPCAP_BIT: u64 = 1 << 8;
 
     pub(super) fn set_keepcaps(_on: bool) -> Result<(), Errno> {
         Err(Errno::ENOSYS)
     }
     pub(super) fn set_no_new_privs() -> Result<(), Errno> {
-        Err(Errno::ENOSYS)
+        Ok(())
     }
-    pub(super) fn only_net_admin() -> Result<(), Errno> {
-        Err(Errno::ENOSYS)
+    pub(super) fn clear_ambient() -> Result<(), Errno> {
+        Ok(())
+    }
+    pub(super) fn limit_bounding_set(_keep: u64) -> Result<(), Errno> {
+        Ok(())
+    }
+    pub(super) fn get_caps() -> Result<(u64, u64), Errno> {
+        Ok((0, 0))
+    }
+    pub(super) fn set_caps(_keep: u64) -> Result<(), Errno> {
+        Ok(())
     }
 }
 
@@ -220,6 +382,8 @@ mod tests {
         cap_eff: String,
         cap_prm: String,
         cap_inh: String,
+        cap_bnd: String,
+        cap_amb: String,
         no_new_privs: String,
         so_mark: String,
     }
@@ -237,6 +401,8 @@ mod tests {
             cap_eff: field("CapEff:"),
             cap_prm: field("CapPrm:"),
             cap_inh: field("CapInh:"),
+            cap_bnd: field("CapBnd:"),
+            cap_amb: field("CapAmb:"),
             no_new_privs: field("NoNewPrivs:"),
             so_mark: field("SoMark:"),
         }
@@ -356,6 +522,8 @@ mod tests {
         assert_eq!(st.cap_eff, "0000000000001000", "{st:?}");
         assert_eq!(st.cap_prm, "0000000000001000", "{st:?}");
         assert_eq!(st.cap_inh, "0000000000000000", "{st:?}");
+        assert_eq!(st.cap_bnd, "0000000000001000", "{st:?}");
+        assert_eq!(st.cap_amb, "0000000000000000", "{st:?}");
         assert_eq!(st.no_new_privs, "1", "{st:?}");
         assert_eq!(st.so_mark, "ok", "{st:?}");
     }
@@ -379,6 +547,9 @@ mod tests {
         );
         assert_eq!(st.cap_eff, "0000000000000000", "{st:?}");
         assert_eq!(st.cap_prm, "0000000000000000", "{st:?}");
+        assert_eq!(st.cap_bnd, "0000000000000000", "{st:?}");
+        assert_eq!(st.cap_amb, "0000000000000000", "{st:?}");
+        assert_eq!(st.no_new_privs, "1", "{st:?}");
         assert_eq!(st.so_mark, "EPERM", "{st:?}");
     }
 
@@ -397,6 +568,17 @@ mod tests {
             err,
             "cannot drop privileges: chroot: No such file or directory"
         );
+    }
+
+    #[test]
+    fn uid_zero_accounts_are_refused() {
+        assert_eq!(lookup_user("root"), Err(PrivError::RootUser("root".into())));
+        assert_eq!(
+            PrivError::RootUser("root".into()).to_string(),
+            "refusing to run as user root: it has uid 0, which drops no privileges; \
+             name an unprivileged account with --user"
+        );
+        assert!(lookup_user("nobody").is_ok());
     }
 
     #[test]

@@ -450,7 +450,7 @@ fn foreground_smoke_test_relays_the_banner_and_exits_on_sigterm() {
         assert!(d
             .log
             .iter()
-            .any(|l| l == "not running as root: privileges not dropped"));
+            .any(|l| l == "not running as root: no user switch or chroot; capabilities kept: 0x0"));
     }
 
     let (mut client, banner) = read_banner(port);
@@ -754,7 +754,15 @@ fn nftables_backend_keeps_cap_net_admin_after_the_drop() {
     let mut d = Daemon::spawn(&mut cmd);
     d.wait_for("listening on 127.0.0.1 port 18021");
     let pid = d.pid();
-    let table = format!("ftp-proxy-{pid}");
+    // The table is named for the pid and the PID namespace (docs/linux.md).
+    let pidns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap();
+    let pidns = pidns
+        .to_str()
+        .and_then(|t| t.strip_prefix("pid:["))
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap()
+        .to_owned();
+    let table = format!("ftp-proxy-{pid}-{pidns}");
     assert!(
         d.log
             .iter()

@@ -716,9 +716,12 @@ table inet admin {{
 /// A running `ftp-proxy` in the router namespace.
 #[derive(Debug, Clone)]
 pub struct ProxyRun {
-    /// Its pid (also the suffix of its nftables table).
+    /// The pid of the process the test started: the daemon itself, or the
+    /// `unshare --pid --fork` that runs it in a new PID namespace.
     pub pid: u32,
-    /// `ftp-proxy-<pid>`.
+    /// The daemon's pid as this test sees it (equal to `pid` without `unshare`).
+    pub daemon_pid: u32,
+    /// `ftp-proxy-<pid in its own PID namespace>-<PID namespace inode>`.
     pub table: String,
     /// Where its standard error goes.
     pub log: PathBuf,
@@ -729,6 +732,26 @@ impl ProxyRun {
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// The nftables table of the running daemon `pid` (as this process sees it): its
+/// pid in its own PID namespace (the last `NSpid` field) and that namespace's inode.
+pub fn table_of(pid: u32) -> Result<String> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(io_err(format!("reading /proc/{pid}/status")))?;
+    let own = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|v| v.split_whitespace().last())
+        .ok_or_else(|| check("an NSpid line", status.clone()))?;
+    let link = fs::read_link(format!("/proc/{pid}/ns/pid"))
+        .map_err(io_err(format!("reading /proc/{pid}/ns/pid")))?;
+    let ns = link
+        .to_str()
+        .and_then(|t| t.strip_prefix("pid:["))
+        .and_then(|t| t.strip_suffix(']'))
+        .ok_or_else(|| check("pid:[inode]", link.display().to_string()))?;
+    Ok(format!("ftp-proxy-{own}-{ns}"))
 }
 
 /// A topology with pure-ftpd serving `small.bin` (1 KiB) and `big.bin` (10 MiB), and
@@ -802,16 +825,45 @@ impl Lab {
     /// Starts `ftp-proxy -d -D7 --backend nftables --user nobody <args>` in the router
     /// and waits until its table exists and it listens on `port`.
     pub fn start_proxy(&mut self, args: &[&str], port: u16) -> Result<ProxyRun> {
+        self.start_proxy_in(false, args, port)
+    }
+
+    /// As [`Lab::start_proxy`]; with `own_pid_ns` the daemon runs under
+    /// `unshare --pid --fork --kill-child` (pid 1 of a new PID namespace, sharing the
+    /// router's network namespace).
+    pub fn start_proxy_in(
+        &mut self,
+        own_pid_ns: bool,
+        args: &[&str],
+        port: u16,
+    ) -> Result<ProxyRun> {
         let bin = proxy_binary()?;
         let log = self.topo.dir().join(format!(
-            "proxy-{}.log",
+            "proxy-{}{}.log",
+            if own_pid_ns { "pidns-" } else { "" },
             args.join("_").replace(['/', ':'], "")
         ));
-        let mut cmd = self.topo.cmd(Ns::Router, bin.to_str().expect("utf-8 path"));
+        let bin = bin.to_str().expect("utf-8 path");
+        let mut cmd = if own_pid_ns {
+            let mut c = self.topo.cmd(Ns::Router, "unshare");
+            c.args(["--pid", "--fork", "--kill-child", bin]);
+            c
+        } else {
+            self.topo.cmd(Ns::Router, bin)
+        };
         cmd.args(["-d", "-D7", "--backend", "nftables", "--user", "nobody"])
             .args(args);
         let pid = self.topo.spawn("ftp-proxy", cmd, &log)?;
-        let table = format!("ftp-proxy-{pid}");
+        let daemon_pid = if own_pid_ns {
+            poll(Duration::from_secs(5), || {
+                let c = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+                c.split_whitespace().next()?.parse().ok()
+            })
+            .ok_or_else(|| check("unshare to start the daemon", "no child"))?
+        } else {
+            pid
+        };
+        let table = table_of(daemon_pid)?;
         let router = self.topo.name(Ns::Router);
         let lim = Duration::from_secs(5);
         let ready = poll(Duration::from_secs(10), || {
@@ -834,10 +886,17 @@ impl Lab {
                 lim,
             )
             .ok()?;
-            (String::from_utf8_lossy(&tables.stdout).contains(&table) && !ss.stdout.is_empty())
-                .then_some(())
+            let listed = String::from_utf8_lossy(&tables.stdout)
+                .lines()
+                .any(|l| l.trim() == format!("table inet {table}"));
+            (listed && !ss.stdout.is_empty()).then_some(())
         });
-        let run = ProxyRun { pid, table, log };
+        let run = ProxyRun {
+            pid,
+            daemon_pid,
+            table,
+            log,
+        };
         if ready.is_none() || !self.topo.is_running(pid) {
             return Err(check(
                 format!(
@@ -902,9 +961,7 @@ impl Lab {
 
     /// Stops the proxy with SIGTERM and checks that its table went with it.
     pub fn stop_proxy(&mut self, p: &ProxyRun) -> Result<()> {
-        let status = self
-            .topo
-            .stop(p.pid, libc::SIGTERM, Duration::from_secs(5))?;
+        let status = self.signal_proxy(p, libc::SIGTERM)?;
         let tables = self.topo.nft(&["list", "tables"])?;
         if tables.contains(&p.table) {
             return Err(check(
@@ -913,6 +970,22 @@ impl Lab {
             ));
         }
         Ok(())
+    }
+
+    /// Sends `sig` to the daemon and waits (5 s at most) for the process the test
+    /// started to end; returns its exit status.
+    pub fn signal_proxy(&mut self, p: &ProxyRun, sig: i32) -> Result<ExitStatus> {
+        let lim = Duration::from_secs(5);
+        if p.daemon_pid == p.pid {
+            return self.topo.stop(p.pid, sig, lim);
+        }
+        // SAFETY: kill(2) of the daemon our own unshare child forked; unshare has not
+        // reaped it while it still runs (checked just before).
+        if self.topo.is_running(p.pid) {
+            unsafe { libc::kill(p.daemon_pid as libc::pid_t, sig) };
+        }
+        // Signal 0: only wait for unshare, which ends with its child.
+        self.topo.stop(p.pid, 0, lim)
     }
 
     /// Runs curl in the client namespace with `-v` and returns its verbose log.

@@ -17,7 +17,7 @@ use ftp_proxy_core::{
     data_rules, Anchor, Config, FilterError, Mode, RuleLog, RuleOptions, SessionAddrs,
 };
 use ftp_proxy_tests::netns::{self, check, Ns, Result, Topology};
-use pfctl_backend::nft::{tag_mark, NftBackend};
+use pfctl_backend::nft::{own_pid_namespace, table_name, tag_mark, NftBackend};
 use pfctl_backend::Backend;
 
 fn ip(s: &str) -> IpAddr {
@@ -91,7 +91,10 @@ fn commit_replace_remove_in_router_namespace() -> Result<()> {
         let mut b = NftBackend::open(&cfg)
             .map_err(|e| check("NftBackend::open to succeed as root", e.to_string()))?;
         let t = b.table().to_string();
-        assert_eq!(t, format!("ftp-proxy-{}", std::process::id()));
+        assert_eq!(t, table_name(std::process::id(), own_pid_namespace()));
+        assert!(b.owned(), "table {t} without the owner flag on this kernel");
+        let listed = nft(&["list", "table", "inet", &t])?;
+        must_contain(&listed, &["flags owner"])?;
         let s1 = Anchor {
             pid: cfg.pid,
             session: 1,
@@ -222,9 +225,15 @@ fn options_stale_tables_and_refusals() -> Result<()> {
     let topo = Topology::up("op")?;
     topo.in_ns(Ns::Router, || -> Result<()> {
         let pid = std::process::id();
-        // A leftover of ours (same pid) with an extra chain, and one of a dead daemon.
+        let ns = own_pid_namespace().expect("/proc/self/ns/pid");
+        let own = table_name(pid, Some(ns));
+        // A leftover with our name (an earlier process with our pid) holding an extra
+        // chain, one of a dead daemon of this PID namespace, one of another PID
+        // namespace whose pid means nothing here, and an old-style bare-pid name.
+        let dead = format!("ftp-proxy-999999999-{ns}");
+        let foreign = format!("ftp-proxy-1-{}", ns + 1);
         let script = format!(
-            "table inet ftp-proxy-{pid} {{\n\tchain junk {{\n\t}}\n}}\ntable inet ftp-proxy-999999999\ntable inet other\n"
+            "table inet {own} {{\n\tchain junk {{\n\t}}\n}}\ntable inet {dead}\ntable inet {foreign}\ntable inet ftp-proxy-999999998\ntable inet other\n"
         );
         let mut child = Command::new("nft")
             .args(["-f", "-"])
@@ -241,8 +250,8 @@ fn options_stale_tables_and_refusals() -> Result<()> {
         let mut b = NftBackend::open(&cfg).map_err(|e| check("open", e.to_string()))?;
         assert_eq!(b.mark(), tag_mark("FTPDATA"));
         let tables = nft(&["list", "tables"])?;
-        must_not_contain(&tables, &["ftp-proxy-999999999"])?;
-        must_contain(&tables, &["table inet other", &format!("ftp-proxy-{pid}")])?;
+        must_not_contain(&tables, &[&dead])?;
+        must_contain(&tables, &["table inet other", &own, &foreign, "table inet ftp-proxy-999999998\n"])?;
         let l = nft(&["list", "table", "inet", b.table()])?;
         must_not_contain(&l, &["junk"])?;
         let mark = format!("ct mark set {:#010x}", tag_mark("FTPDATA"));
@@ -252,6 +261,8 @@ fn options_stale_tables_and_refusals() -> Result<()> {
         let l = nft(&["list", "map", "inet", b.table(), "rdr4"])?;
         must_contain(&l, &["timeout 10m"])?;
         b.remove_all().map_err(|e| check("remove_all", e.to_string()))?;
+        nft(&["delete", "table", "inet", &foreign])?;
+        nft(&["delete", "table", "inet", "ftp-proxy-999999998"])?;
 
         cfg.rules.queue = Some("std".into());
         match NftBackend::open(&cfg) {

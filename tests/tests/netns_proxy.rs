@@ -282,6 +282,29 @@ fn second_connection_is_not_redirected(lab: &Lab) -> Result<String> {
         .map_err(netns::io_err("hand-driven PASV session"))
 }
 
+/// Logs in through the proxy and negotiates PASV, without connecting to the data
+/// port: the returned control connection keeps the session's elements in place.
+fn hold_pasv_negotiation(lab: &Lab) -> Result<BufReader<TcpStream>> {
+    lab.topo
+        .in_ns(Ns::Client, || -> std::io::Result<BufReader<TcpStream>> {
+            let ctl = TcpStream::connect_timeout(
+                &"198.51.100.10:21".parse().expect("addr"),
+                Duration::from_secs(5),
+            )?;
+            ctl.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let mut r = BufReader::new(ctl);
+            let mut t = reply(&mut r)?;
+            t += &command(&mut r, &format!("USER {}", netns::FTP_USER))?;
+            t += &command(&mut r, &format!("PASS {}", netns::FTP_PASSWORD))?;
+            let pasv = command(&mut r, "PASV")?;
+            if !pasv.starts_with("227 ") {
+                return Err(std::io::Error::other(format!("PASV refused: {t}{pasv}")));
+            }
+            Ok(r)
+        })?
+        .map_err(netns::io_err("PASV negotiation"))
+}
+
 /// conntrack entries of the router as text.
 fn conntrack(lab: &Lab) -> Result<String> {
     lab.topo.exec(
@@ -531,25 +554,74 @@ fn concurrent_sessions_and_crash_leftovers() -> Result<()> {
     }
     lab.expect_no_elements(&p, "16 concurrent sessions")?;
 
-    // A daemon killed with SIGKILL cannot remove its table; the next daemon's start
-    // sweeps it, because its pid no longer exists.
-    lab.topo
-        .stop(p.pid, libc::SIGKILL, Duration::from_secs(5))?;
+    // A daemon killed with SIGKILL in the middle of a negotiation: its table belongs
+    // to its netlink socket (NFT_TABLE_F_OWNER), so the kernel removes the table and
+    // its armed elements as the process dies, before anyone starts a sweep.
+    let ctl = hold_pasv_negotiation(&lab)?;
+    let armed = lab.elements(&p)?;
+    if !armed.contains("203.0.113.10 . 198.51.100.10") {
+        return Err(check("elements of the held PASV negotiation", armed));
+    }
+    lab.signal_proxy(&p, libc::SIGKILL)?;
     let tables = lab.topo.nft(&["list", "tables"])?;
-    if !tables.contains(&p.table) {
+    if tables.contains(&p.table) {
         return Err(check(
-            format!("{} still there after SIGKILL", p.table),
+            format!("{} gone as soon as the daemon died of SIGKILL", p.table),
             tables,
         ));
     }
+    drop(ctl);
     let q = lab.start_proxy(&["-b", "0.0.0.0"], 8021)?;
-    let tables = lab.topo.nft(&["list", "tables"])?;
-    if tables.contains(&p.table) || !tables.contains(&q.table) {
-        return Err(check(
-            format!("{} swept and {} created at start", p.table, q.table),
-            tables,
-        ));
+    if q.log_text().contains("removing table") {
+        return Err(check("nothing to sweep after SIGKILL", q.log_text()));
     }
     upload_small(&lab, &q, URL4, &[], "EPSV", &["PASV"], "after-crash.bin")?;
     lab.stop_proxy(&q)
+}
+
+#[test]
+fn instances_in_separate_pid_namespaces_keep_their_tables() -> Result<()> {
+    if !netns::is_root("instances_in_separate_pid_namespaces_keep_their_tables") {
+        return Ok(());
+    }
+    // Two daemons, each pid 1 of its own PID namespace, in one network namespace: the
+    // second one's start must neither sweep nor collide with the first one's table,
+    // and the first keeps working.
+    let mut lab = Lab::new("pn", AdminAccept::CtStatusDnat)?;
+    let a = lab.start_proxy_in(true, &["-b", "0.0.0.0"], 8021)?;
+    let b = lab.start_proxy_in(true, &["-6", "-b", "::"], 8021)?;
+    for p in [&a, &b] {
+        if !p.table.starts_with("ftp-proxy-1-") {
+            return Err(check(
+                "a daemon that is pid 1 in its namespace",
+                p.table.clone(),
+            ));
+        }
+    }
+    if a.table == b.table {
+        return Err(check("two distinct table names", a.table.clone()));
+    }
+    let tables = lab.topo.nft(&["list", "tables"])?;
+    if !tables.contains(&a.table) || b.log_text().contains("removing table") {
+        return Err(check(
+            format!("{} kept by the start of {}", a.table, b.table),
+            format!("{tables}\n{}", b.log_text()),
+        ));
+    }
+    upload_small(&lab, &a, URL4, &[], "EPSV", &["PASV"], "pidns-a.bin")?;
+    upload_small(&lab, &b, URL6, &[], "EPSV", &["PASV"], "pidns-b.bin")?;
+    // SIGKILL of one takes its table only.
+    lab.signal_proxy(&b, libc::SIGKILL)?;
+    let tables = lab.topo.nft(&["list", "tables"])?;
+    if tables.contains(&b.table) || !tables.contains(&a.table) {
+        return Err(check(
+            format!(
+                "{} gone and {} kept after SIGKILL of the second",
+                b.table, a.table
+            ),
+            tables,
+        ));
+    }
+    download_big_bypassing_proxy(&lab, &a, URL4, &["--disable-epsv"], "PASV", &["EPSV"])?;
+    lab.stop_proxy(&a)
 }

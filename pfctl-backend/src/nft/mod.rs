@@ -2,8 +2,9 @@
 //!
 //! # Design (docs/linux.md, linux-netfilter.md §3)
 //!
-//! At start the backend creates one table, `inet ftp-proxy-<pid>`, with static chains
-//! and empty maps (by running `nft -f -` once). A session's rules never become nftables
+//! At start the backend creates one table, `inet ftp-proxy-<pid>-<pidns>`, with static
+//! chains and empty maps, in one netlink batch over its own socket (`nft/ruleset.rs` shows
+//! the table as `nft list` prints it). A session's rules never become nftables
 //! rules: each [`Backend::commit`] turns the two pf-style rules of a negotiation into
 //! three set elements and sends them in **one netlink batch** (one kernel
 //! transaction, all or nothing) over a persistent `NETLINK_NETFILTER` socket, together
@@ -27,15 +28,28 @@
 //! second connection to the same proxy port is not redirected. Conntrack keeps the
 //! NAT binding, so removing elements mid-transfer does not disturb a transfer.
 //!
-//! # Why one table per process
+//! # Table lifetime: one table per process, owned by its socket
 //!
-//! The table name carries the pid, as the pf anchors `ftp-proxy/<pid>.<id>` do, so
-//! that several daemons (an IPv4 and an `-6` instance, or two ports) share a
-//! namespace without removing each other's state at start or exit. At start the
-//! backend deletes tables `ftp-proxy-<N>` whose process `N` no longer exists
-//! (`/proc/N` is gone): a crashed daemon's leftovers. Open the backend in the process
-//! that will commit (after any `daemon(3)`/fork), or the table carries the parent's pid
-//! and a later instance will sweep it away.
+//! The table carries `NFT_TABLE_F_OWNER` (Linux 5.12): it belongs to the netlink
+//! socket that created it, only that socket may change it, and the kernel deletes it,
+//! elements included, the moment the socket closes, whatever ended the process
+//! (SIGKILL, a panic, the OOM killer). A crashed daemon leaves no armed elements
+//! behind that could still DNAT a client into a server. Consequences:
+//!
+//! * the socket that creates the table is the one [`Backend::commit`] uses for the
+//!   life of the backend, and it must be opened by the process that runs the proxy
+//!   (after any `daemon(3)`/fork: a parent that exits would take the table with it);
+//!   it is close-on-exec, so no child inherits it;
+//! * other processes (`nft list`) can read the table but not change or delete it.
+//!
+//! The name carries the pid *and* the PID namespace's inode ([`table_name`]): daemons
+//! in separate PID namespaces that share a network namespace are often all pid 1.
+//!
+//! At start the backend lists the `inet` tables and deletes only leftovers it can
+//! judge ([`stale_tables`]): tables without the owner flag (from a kernel without it,
+//! where the backend falls back to an unowned table) named for a pid of *its own* PID
+//! namespace that no longer exists (`kill(pid, 0)` gives ESRCH). Owned tables are
+//! never touched, and names of other PID namespaces are left alone.
 //!
 //! # Filtering
 //!
@@ -52,19 +66,17 @@
 //! CAP_NET_ADMIN, commits fail with `PermissionDenied` (linux-netfilter.md §5).
 
 mod msg;
+mod ruleset;
 mod socket;
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::io::Write as _;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ftp_proxy_core::{Config, Direction, Family, RuleLog, Translate};
 
 use crate::{Anchor, Backend, FilterError, Rule};
 use msg::{addr_port, key, Element};
+pub use msg::{parse_table_dump, DumpPart, TableInfo};
 use socket::{BatchError, NlSocket};
 
 /// Conntrack mark set on every proxy data connection when `-T` is not given; the
@@ -84,7 +96,7 @@ pub const SET_SIZE: u32 = 65535;
 /// Settings of the nftables backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NftOptions {
-    /// Table name in family `inet`, normally `ftp-proxy-<pid>`.
+    /// Table name in family `inet`, normally [`table_name`]`(pid, pidns)`.
     pub table: String,
     /// Conntrack mark put on every data connection the proxy's elements NAT.
     pub mark: u32,
@@ -117,7 +129,7 @@ impl NftOptions {
             ));
         }
         Ok(NftOptions {
-            table: format!("{TABLE_PREFIX}{}", config.pid),
+            table: table_name(config.pid, own_pid_namespace()),
             mark: config.rules.tag.as_deref().map_or(DEFAULT_MARK, tag_mark),
             log: config.rules.log,
             element_timeout: config.idle_timeout(),
@@ -128,7 +140,7 @@ impl NftOptions {
 /// The conntrack mark for `-T tag`: the number itself when the tag is a non-zero
 /// number (`0x1234` or `4660`), otherwise the 32-bit FNV-1a hash of the tag's bytes
 /// (with 0, which means "no mark", replaced by 1). The daemon logs the value at start,
-/// and `nft list table inet ftp-proxy-<pid>` shows it.
+/// and `nft list table inet ftp-proxy-<pid>-<pidns>` shows it.
 pub fn tag_mark(tag: &str) -> u32 {
     let parsed = match tag.strip_prefix("0x").or_else(|| tag.strip_prefix("0X")) {
         Some(hex) => u32::from_str_radix(hex, 16).ok(),
@@ -149,73 +161,12 @@ pub fn tag_mark(tag: &str) -> u32 {
     }
 }
 
-/// The `nft -f` text that (re)creates the table: the stale-table idiom
-/// `table X; delete table X; table X {...}` makes it replace a leftover of ours.
-pub fn ruleset(opts: &NftOptions) -> String {
-    let t = &opts.table;
-    let log = if opts.log == RuleLog::None {
-        String::new()
-    } else {
-        format!("log prefix \"{LOG_PREFIX}\" ")
-    };
-    let mark = opts.mark;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "table inet {t}\ndelete table inet {t}\ntable inet {t} {{"
-    );
-    let _ = writeln!(
-        s,
-        "\tcomment \"ftp-proxy(8) data connections; managed by the daemon, removed at exit\""
-    );
-    for (v, addr) in [("4", "ipv4_addr"), ("6", "ipv6_addr")] {
-        for m in ["rdr", "nat"] {
-            let _ = writeln!(
-                s,
-                "\tmap {m}{v} {{ type {addr} . {addr} . inet_service : {addr} . inet_service; size {SET_SIZE}; flags timeout; }}"
-            );
-        }
-        let _ = writeln!(
-            s,
-            "\tset arm{v} {{ type {addr} . {addr} . inet_service; size {SET_SIZE}; flags dynamic,timeout; }}"
-        );
-    }
-    let _ = writeln!(
-        s,
-        "\tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat - 10; policy accept;"
-    );
-    for (v, ip) in [("4", "ip"), ("6", "ip6")] {
-        let k = format!("{ip} saddr . {ip} daddr . tcp dport");
-        let nfproto = if v == "4" { "ipv4" } else { "ipv6" };
-        let _ = writeln!(
-            s,
-            "\t\tmeta nfproto {nfproto} tcp flags & (syn | ack) == syn {k} @arm{v} delete @arm{v} {{ {k} }} {log}ct mark set {mark:#010x} dnat {ip} to {k} map @rdr{v}"
-        );
-    }
-    let _ = writeln!(s, "\t}}\n\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat - 10; policy accept;");
-    for (v, ip) in [("4", "ip"), ("6", "ip6")] {
-        let nfproto = if v == "4" { "ipv4" } else { "ipv6" };
-        let _ = writeln!(
-            s,
-            "\t\tmeta nfproto {nfproto} snat {ip} to {ip} saddr . {ip} daddr . tcp dport map @nat{v}"
-        );
-    }
-    let _ = writeln!(s, "\t}}");
-    if opts.log == RuleLog::All {
-        // pf's `log (all)`: every packet of the data connections, found by their mark.
-        let _ = writeln!(
-            s,
-            "\tchain forward {{\n\t\ttype filter hook forward priority filter - 10; policy accept;\n\t\tct mark {mark:#010x} log prefix \"{LOG_PREFIX}\"\n\t}}"
-        );
-    }
-    s.push_str("}\n");
-    s
-}
-
 /// The nftables backend. See the module documentation.
 pub struct NftBackend {
     opts: NftOptions,
     sock: NlSocket,
+    /// Whether the table carries `NFT_TABLE_F_OWNER`.
+    owner: bool,
     /// What each anchor holds now, to destroy it at the next commit.
     anchors: HashMap<Anchor, Vec<Element>>,
     /// xorshift64* state for NAT source ports.
@@ -233,33 +184,68 @@ impl std::fmt::Debug for NftBackend {
 
 impl NftBackend {
     /// Creates the table for a daemon run with `config` ([`NftOptions::from_config`])
-    /// and opens the netlink socket. Call it as root (CAP_NET_ADMIN), in the process
-    /// that will commit, before dropping privileges. Runs `nft -f -` once; fails with
-    /// `Unsupported` for options nftables cannot express (`-q`), `PermissionDenied`
-    /// without CAP_NET_ADMIN, and `Other` when `nft` is missing or refuses the ruleset.
+    /// and opens the netlink socket that owns it. Call it with CAP_NET_ADMIN, in the
+    /// process that will commit (the table dies with this backend's socket), before
+    /// dropping privileges. Fails with `Unsupported` for options nftables cannot
+    /// express (`-q`), `PermissionDenied` without CAP_NET_ADMIN, and `Other` when the
+    /// kernel refuses the table (e.g. EEXIST: a table of that name owned by another
+    /// socket).
     pub fn open(config: &Config) -> Result<NftBackend, FilterError> {
         NftBackend::with_options(NftOptions::from_config(config)?)
     }
 
     /// As [`NftBackend::open`], with explicit options (tests and benchmarks).
     pub fn with_options(opts: NftOptions) -> Result<NftBackend, FilterError> {
-        let sock = NlSocket::open().map_err(|e| io_error("netlink socket", &e))?;
-        let mut script = String::new();
-        for stale in stale_tables(&opts.table)? {
-            log::info!("removing table inet {stale} of a process that no longer runs");
-            let _ = writeln!(script, "table inet {stale}\ndelete table inet {stale}");
+        let mut sock = NlSocket::open().map_err(|e| io_error("netlink socket", &e))?;
+        let tables = sock
+            .tables()
+            .map_err(|e| batch_error(e, 0, &[], "(listing tables)"))?;
+        let stale = stale_tables(&tables, &opts.table, own_pid_namespace(), process_alive);
+        if !stale.is_empty() {
+            let mut batch = sock.batch();
+            for name in &stale {
+                log::info!("removing table inet {name} of a process that no longer runs");
+                batch.del_table(name);
+            }
+            let first = batch.acked_seqs().0;
+            let what: Vec<String> = stale.iter().map(|n| format!("delete table {n}")).collect();
+            match sock.execute(batch) {
+                Ok(()) => {}
+                // Another daemon swept it first.
+                Err(BatchError::Kernel { errno, .. }) if errno == libc::ENOENT => {}
+                Err(e) => return Err(batch_error(e, first, &what, &opts.table)),
+            }
         }
-        script.push_str(&ruleset(&opts));
-        run_nft(&["-f", "-"], Some(&script))?;
+        let owner = match create_table(&mut sock, &opts, true) {
+            Ok(()) => true,
+            // Before Linux 5.12 the kernel refuses unknown table flags.
+            Err(BatchError::Kernel { errno, .. }) if errno == libc::EOPNOTSUPP => {
+                log::warn!(
+                    "this kernel cannot tie table inet {} to the daemon (no owner flag, \
+                     Linux < 5.12): after a crash it stays until the next start sweeps it",
+                    opts.table
+                );
+                create_table(&mut sock, &opts, false).map_err(|e| create_error(e, &opts.table))?;
+                false
+            }
+            Err(e) => return Err(create_error(e, &opts.table)),
+        };
         Ok(NftBackend {
             opts,
             sock,
+            owner,
             anchors: HashMap::new(),
             rng: seed(),
         })
     }
 
-    /// The table's name (`ftp-proxy-<pid>`), in family `inet`.
+    /// Whether the kernel deletes the table when this backend's socket closes
+    /// (`NFT_TABLE_F_OWNER`, Linux 5.12).
+    pub fn owned(&self) -> bool {
+        self.owner
+    }
+
+    /// The table's name (`ftp-proxy-<pid>-<pidns>`), in family `inet`.
     pub fn table(&self) -> &str {
         &self.opts.table
     }
@@ -496,70 +482,105 @@ fn seed() -> u64 {
     (s ^ t ^ u64::from(std::process::id())) | 1
 }
 
-/// Tables `ftp-proxy-<N>` (other than `own`) whose process `N` is gone.
-fn stale_tables(own: &str) -> Result<Vec<String>, FilterError> {
-    let out = run_nft(&["list", "tables", "inet"], None)?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("table inet "))
-        .filter(|name| *name != own)
-        .filter(|name| {
-            name.strip_prefix(TABLE_PREFIX)
-                .and_then(|pid| pid.parse::<u32>().ok())
-                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-        })
-        .map(str::to_string)
-        .collect())
+/// The error for a failed table creation, saying what was being created.
+fn create_error(e: BatchError, table: &str) -> FilterError {
+    match e {
+        BatchError::Kernel { errno, .. }
+            if errno != libc::EPERM && errno != libc::EACCES && errno != libc::EBUSY =>
+        {
+            FilterError::Other {
+                errno,
+                text: format!(
+                    "creating table inet {table}: {}",
+                    std::io::Error::from_raw_os_error(errno)
+                ),
+            }
+        }
+        e => batch_error(e, 0, &[], table),
+    }
 }
 
-/// Runs `nft` with `args`, feeding `stdin`, and returns its standard output.
-fn run_nft(args: &[&str], stdin: Option<&str>) -> Result<String, FilterError> {
-    let mut last = None;
-    for prog in ["nft", "/usr/sbin/nft", "/sbin/nft"] {
-        let child = Command::new(prog)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn();
-        let mut child = match child {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                last = Some(e);
-                continue;
-            }
-            Err(e) => return Err(io_error("cannot run nft", &e)),
-        };
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(text.as_bytes())
-                .map_err(|e| io_error("writing to nft", &e))?;
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| io_error("waiting for nft", &e))?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() {
-            if stderr.contains("Operation not permitted") {
-                return Err(FilterError::PermissionDenied);
-            }
-            return Err(FilterError::Other {
-                errno: 0,
-                text: format!("nft {}: {}", args.join(" "), stderr.trim()),
-            });
-        }
-        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+/// Creates the table, its maps and chains in one transaction over `sock`, which then
+/// owns it when `owner` is set.
+fn create_table(sock: &mut NlSocket, opts: &NftOptions, owner: bool) -> Result<(), BatchError> {
+    let mut batch = sock.batch();
+    ruleset::create(&mut batch, opts, owner);
+    sock.execute(batch)
+}
+
+/// The table name for process `pid` in the PID namespace with inode `pidns`:
+/// `ftp-proxy-<pid>-<pidns>`, or `ftp-proxy-<pid>` when the namespace is unknown.
+///
+/// The pid alone does not name an instance: daemons in different PID namespaces that
+/// share a network namespace are often all pid 1. The namespace's inode number (what
+/// `readlink /proc/self/ns/pid` shows) tells them apart, and tells a sweeping daemon
+/// whether a pid in a name is one it can check.
+pub fn table_name(pid: u32, pidns: Option<u64>) -> String {
+    match pidns {
+        Some(ns) => format!("{TABLE_PREFIX}{pid}-{ns}"),
+        None => format!("{TABLE_PREFIX}{pid}"),
     }
-    Err(FilterError::Other {
-        errno: libc::ENOENT,
-        text: format!(
-            "cannot run nft (install the nftables package): {}",
-            last.map_or_else(String::new, |e| e.to_string())
-        ),
-    })
+}
+
+/// The inode number of this process's PID namespace, from `/proc/self/ns/pid`
+/// (`pid:[4026531836]`); `None` without `/proc`.
+pub fn own_pid_namespace() -> Option<u64> {
+    let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    let text = link.to_str()?;
+    text.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Whether process `pid` of this PID namespace exists (`kill(pid, 0)`: only ESRCH
+/// means gone; EPERM is a live process of another user).
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 performs only the existence and permission checks.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// The tables of `tables` to delete before creating `own`: leftovers of daemons of
+/// this PID namespace (`pidns`) that no longer run, as `alive` says.
+///
+/// * Tables with the owner flag are never touched: they live exactly as long as
+///   their daemon's socket, and only that socket may change them anyway.
+/// * A table named `own` without the owner flag cannot be ours (we have not
+///   created it yet): a leftover of an earlier process with our pid.
+/// * Names with another PID namespace, or none (`ftp-proxy-<pid>`, as earlier
+///   versions named them), are left alone: their pid means nothing here. Their
+///   elements expire with `-t`; an admin removes such tables by hand.
+pub fn stale_tables(
+    tables: &[TableInfo],
+    own: &str,
+    pidns: Option<u64>,
+    alive: impl Fn(u32) -> bool,
+) -> Vec<String> {
+    let Some(ns) = pidns else {
+        return Vec::new();
+    };
+    tables
+        .iter()
+        .filter(|t| !t.owned())
+        .filter(|t| {
+            if t.name == own {
+                return true;
+            }
+            let Some((pid, tns)) = t
+                .name
+                .strip_prefix(TABLE_PREFIX)
+                .and_then(|rest| rest.split_once('-'))
+            else {
+                return false;
+            };
+            match (pid.parse::<u32>(), tns.parse::<u64>()) {
+                (Ok(pid), Ok(tns)) => tns == ns && !alive(pid),
+                _ => false,
+            }
+        })
+        .map(|t| t.name.clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -605,42 +626,52 @@ mod tests {
             ..RuleOptions::default()
         };
         let o = NftOptions::from_config(&c).unwrap();
-        assert_eq!(o.table, "ftp-proxy-42");
+        assert_eq!(o.table, table_name(42, own_pid_namespace()));
         assert_eq!(o.mark, 0xbeef);
         assert_eq!(o.element_timeout, Some(Duration::from_secs(86400)));
         c.idle_timeout_secs = 0;
         assert_eq!(NftOptions::from_config(&c).unwrap().element_timeout, None);
     }
 
-    #[test]
-    fn ruleset_has_maps_chains_mark_and_log() {
-        let o = NftOptions {
-            table: "ftp-proxy-9".into(),
-            mark: 0xf7f7,
-            log: RuleLog::Log,
-            element_timeout: None,
-        };
-        let s = ruleset(&o);
-        assert!(s.starts_with("table inet ftp-proxy-9\ndelete table inet ftp-proxy-9\n"));
-        for m in [
-            "map rdr4", "map rdr6", "map nat4", "map nat6", "set arm4", "set arm6",
-        ] {
-            assert!(s.contains(m), "{m} missing in\n{s}");
+    fn info(name: &str, flags: u32) -> TableInfo {
+        TableInfo {
+            name: name.into(),
+            flags,
+            owner: None,
         }
-        assert!(s.contains("priority dstnat - 10"));
-        assert!(s.contains("priority srcnat - 10"));
-        assert!(s.contains("log prefix \"ftp-proxy: \" ct mark set 0x0000f7f7 dnat ip to"));
-        assert!(!s.contains("hook forward"));
-        let all = ruleset(&NftOptions {
-            log: RuleLog::All,
-            ..o.clone()
-        });
-        assert!(all.contains("hook forward"));
-        let none = ruleset(&NftOptions {
-            log: RuleLog::None,
-            ..o
-        });
-        assert!(!none.contains("log prefix"));
+    }
+
+    #[test]
+    fn sweep_only_unowned_dead_tables_of_this_pid_namespace() {
+        let ns = 4026531836;
+        let tables = [
+            info("ftp-proxy-7-4026531836", 0), // dead, ours: swept
+            info("ftp-proxy-8-4026531836", 0), // alive: kept
+            info("ftp-proxy-9-4026531836", 2), // owner flag: never
+            info("ftp-proxy-7-4026532000", 0), // other PID namespace
+            info("ftp-proxy-7", 0),            // old bare-pid name
+            info("ftp-proxy-1-4026531836", 0), // our own name, unowned leftover
+            info("ftp-proxy-x-4026531836", 0), // not a pid
+            info("other-7-4026531836", 0),     // not ours at all
+        ];
+        let alive = |pid: u32| pid == 8 || pid == 1;
+        assert_eq!(
+            stale_tables(&tables, "ftp-proxy-1-4026531836", Some(ns), alive),
+            ["ftp-proxy-7-4026531836", "ftp-proxy-1-4026531836"]
+        );
+        assert!(stale_tables(&tables, "ftp-proxy-1", None, alive).is_empty());
+    }
+
+    #[test]
+    fn table_names_carry_the_pid_namespace() {
+        assert_eq!(
+            table_name(1809, Some(4026532201)),
+            "ftp-proxy-1809-4026532201"
+        );
+        assert_eq!(table_name(1809, None), "ftp-proxy-1809");
+        let ns = own_pid_namespace().expect("/proc/self/ns/pid on Linux");
+        assert!(ns > 0);
+        assert!(process_alive(std::process::id()));
     }
 
     fn addrs(client: &str, server: &str, proxy: &str) -> ftp_proxy_core::SessionAddrs {

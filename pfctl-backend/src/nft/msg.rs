@@ -1,8 +1,8 @@
 //! Encoding of the few nf_tables netlink messages the backend sends.
 //!
-//! Hand-rolled rather than taken from `netlink-packet-netfilter`: the backend needs six
-//! message shapes (batch begin/end, new/destroy set element, delete table, and the
-//! kernel's ack), the crate's API was three months old and does not offer
+//! Hand-rolled rather than taken from `netlink-packet-netfilter`: the backend needs a
+//! handful of message shapes (batch begin/end, new table/set/chain/rule, new/destroy set
+//! element, delete table, the table dump and the kernel's ack), the crate's API was three months old and does not offer
 //! `NFT_MSG_DESTROYSETELEM`, and the whole wire format fits in this file with unit
 //! tests on its bytes. Constants are from `<linux/netfilter/nfnetlink.h>` and
 //! `<linux/netfilter/nf_tables.h>`.
@@ -13,7 +13,12 @@ use std::net::IpAddr;
 pub(crate) const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
-const NLM_F_CREATE: u16 = 0x400;
+/// `NLMSG_DONE`: the end of a dump.
+pub(crate) const NLMSG_DONE: u16 = 3;
+pub(crate) const NLM_F_CREATE: u16 = 0x400;
+pub(crate) const NLM_F_EXCL: u16 = 0x200;
+pub(crate) const NLM_F_APPEND: u16 = 0x800;
+const NLM_F_DUMP: u16 = 0x300;
 const NLA_F_NESTED: u16 = 0x8000;
 
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
@@ -22,6 +27,8 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFPROTO_INET: u8 = 1;
 const NFPROTO_UNSPEC: u8 = 0;
 
+pub(crate) const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 /// Idempotent element delete (Linux 6.3): deleting an absent element is not an error,
@@ -29,6 +36,8 @@ const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DESTROYSETELEM: u16 = 30;
 
 const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_FLAGS: u16 = 2;
+const NFTA_TABLE_OWNER: u16 = 7;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -143,6 +152,22 @@ impl Batch {
         self.elem_msg(NFT_MSG_DESTROYSETELEM, 0, table, e, None);
     }
 
+    /// Starts an nf_tables message of type `msg` (family `inet`, acked) whose
+    /// attributes the caller appends; close it with [`Batch::end_msg`].
+    pub(crate) fn nft_msg(&mut self, msg: u16, flags: u16) -> usize {
+        self.begin_msg(
+            nft_type(msg),
+            NLM_F_REQUEST | NLM_F_ACK | flags,
+            NFPROTO_INET,
+            0,
+        )
+    }
+
+    /// A big-endian 32-bit attribute (`NLA_BE32`, how nf_tables takes numbers).
+    pub(crate) fn attr_be32(&mut self, ty: u16, v: u32) {
+        self.attr(ty, &v.to_be_bytes());
+    }
+
     /// Appends `NFT_MSG_DELTABLE` for table `inet <table>`.
     pub(crate) fn del_table(&mut self, table: &str) {
         let at = self.begin_msg(
@@ -202,7 +227,7 @@ impl Batch {
     }
 
     /// Writes `nlmsghdr` (length patched by [`Batch::end_msg`]) and `nfgenmsg`.
-    fn begin_msg(&mut self, ty: u16, flags: u16, family: u8, res_id: u16) -> usize {
+    pub(crate) fn begin_msg(&mut self, ty: u16, flags: u16, family: u8, res_id: u16) -> usize {
         let at = self.buf.len();
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
@@ -218,13 +243,13 @@ impl Batch {
         at
     }
 
-    fn end_msg(&mut self, at: usize) {
+    pub(crate) fn end_msg(&mut self, at: usize) {
         let len = (self.buf.len() - at) as u32;
         self.buf[at..at + 4].copy_from_slice(&len.to_ne_bytes());
     }
 
     /// One attribute: `nlattr { u16 len; u16 type }`, the payload, zero padding to 4.
-    fn attr(&mut self, ty: u16, payload: &[u8]) {
+    pub(crate) fn attr(&mut self, ty: u16, payload: &[u8]) {
         let len = 4 + payload.len();
         self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
         self.buf.extend_from_slice(&ty.to_ne_bytes());
@@ -233,14 +258,14 @@ impl Batch {
     }
 
     /// A NUL-terminated string attribute (`NLA_STRING` as libnftnl sends it).
-    fn attr_str(&mut self, ty: u16, s: &str) {
+    pub(crate) fn attr_str(&mut self, ty: u16, s: &str) {
         let mut v = Vec::with_capacity(s.len() + 1);
         v.extend_from_slice(s.as_bytes());
         v.push(0);
         self.attr(ty, &v);
     }
 
-    fn nest_start(&mut self, ty: u16) -> usize {
+    pub(crate) fn nest_start(&mut self, ty: u16) -> usize {
         let at = self.buf.len();
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
         self.buf
@@ -248,15 +273,136 @@ impl Batch {
         at
     }
 
-    fn nest_end(&mut self, at: usize) {
+    pub(crate) fn nest_end(&mut self, at: usize) {
         let len = (self.buf.len() - at) as u16;
         self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
     }
 }
 
 /// The message type of an nf_tables message: subsystem in the high byte.
-const fn nft_type(msg: u16) -> u16 {
+pub(crate) const fn nft_type(msg: u16) -> u16 {
     (NFNL_SUBSYS_NFTABLES << 8) | msg
+}
+
+/// The request for a dump of every `inet` table (not part of a batch: the kernel
+/// answers `GET` requests outside transactions).
+pub(crate) fn table_dump_request(seq: u32) -> Vec<u8> {
+    let mut b = Batch {
+        buf: Vec::with_capacity(20),
+        next_seq: seq,
+        first_seq: seq,
+    };
+    let at = b.begin_msg(
+        nft_type(NFT_MSG_GETTABLE),
+        NLM_F_REQUEST | NLM_F_DUMP,
+        NFPROTO_INET,
+        0,
+    );
+    b.end_msg(at);
+    b.buf
+}
+
+/// `NFT_TABLE_F_OWNER`: the table belongs to the netlink socket that created it and
+/// the kernel deletes it when that socket closes (Linux 5.12).
+pub(crate) const NFT_TABLE_F_OWNER: u32 = 0x2;
+
+/// One table of a dump: its name, flags, and owning netlink port id if it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    /// The table's name.
+    pub name: String,
+    /// `NFTA_TABLE_FLAGS` (`NFT_TABLE_F_OWNER` = 0x2).
+    pub flags: u32,
+    /// `NFTA_TABLE_OWNER`: the port id of the owning socket.
+    pub owner: Option<u32>,
+}
+
+impl TableInfo {
+    /// Whether the kernel deletes this table with its creator's socket.
+    pub fn owned(&self) -> bool {
+        self.flags & NFT_TABLE_F_OWNER != 0
+    }
+}
+
+/// What one datagram of a table dump held.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DumpPart {
+    /// The tables described in it.
+    pub tables: Vec<TableInfo>,
+    /// `Some(0)` when the dump ended (`NLMSG_DONE`), `Some(errno)` when the kernel
+    /// refused it; `None` when more datagrams follow.
+    pub end: Option<i32>,
+}
+
+/// Parses one datagram of the answer to [`table_dump_request`] for `seq`. Messages
+/// for other sequence numbers, other types and unknown attributes are skipped;
+/// a truncated message or attribute ends parsing (the part holds what came before).
+/// Takes any bytes: it is the parser the fuzz target drives.
+pub fn parse_table_dump(mut buf: &[u8], seq: u32) -> DumpPart {
+    let mut part = DumpPart::default();
+    while buf.len() >= NLMSG_HDRLEN {
+        let len = u32::from_ne_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
+        let ty = u16::from_ne_bytes(buf[4..6].try_into().expect("2 bytes"));
+        let mseq = u32::from_ne_bytes(buf[8..12].try_into().expect("4 bytes"));
+        if len < NLMSG_HDRLEN || len > buf.len() {
+            break;
+        }
+        let body = &buf[NLMSG_HDRLEN..len];
+        buf = &buf[align4(len).min(buf.len())..];
+        if mseq != seq {
+            continue;
+        }
+        match ty {
+            NLMSG_DONE => {
+                part.end = Some(0);
+                break;
+            }
+            NLMSG_ERROR if body.len() >= 4 => {
+                let err = i32::from_ne_bytes(body[0..4].try_into().expect("4 bytes"));
+                part.end = Some(-err);
+                break;
+            }
+            t if t == nft_type(NFT_MSG_NEWTABLE) && body.len() >= 4 => {
+                if let Some(t) = parse_table(&body[4..]) {
+                    part.tables.push(t);
+                }
+            }
+            _ => {}
+        }
+    }
+    part
+}
+
+/// The attributes of one `NFT_MSG_NEWTABLE` (after `nfgenmsg`); `None` without a name.
+fn parse_table(mut attrs: &[u8]) -> Option<TableInfo> {
+    let (mut name, mut flags, mut owner) = (None, 0, None);
+    while attrs.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+        let ty = u16::from_ne_bytes([attrs[2], attrs[3]]) & !NLA_F_NESTED;
+        if len < 4 || len > attrs.len() {
+            break;
+        }
+        let v = &attrs[4..len];
+        match ty {
+            NFTA_TABLE_NAME => {
+                let end = v.iter().position(|&c| c == 0).unwrap_or(v.len());
+                name = Some(String::from_utf8_lossy(&v[..end]).into_owned());
+            }
+            NFTA_TABLE_FLAGS if v.len() == 4 => {
+                flags = u32::from_be_bytes(v.try_into().expect("4 bytes"));
+            }
+            NFTA_TABLE_OWNER if v.len() == 4 => {
+                owner = Some(u32::from_be_bytes(v.try_into().expect("4 bytes")));
+            }
+            _ => {}
+        }
+        attrs = &attrs[align4(len).min(attrs.len())..];
+    }
+    Some(TableInfo {
+        name: name?,
+        flags,
+        owner,
+    })
 }
 
 /// One reply read from the socket: the sequence number it answers and its errno
@@ -436,5 +582,76 @@ mod tests {
             vec![Ack { seq: 7, errno: 0 }, Ack { seq: 8, errno: 17 }]
         );
         assert_eq!(parse_acks(&buf[..30]), vec![]);
+    }
+
+    /// One netlink message: header, then `body` (already padded).
+    fn nlmsg(ty: u16, seq: u32, body: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&ty.to_ne_bytes());
+        m.extend_from_slice(&2u16.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn table_msg(seq: u32, name: &str, flags: Option<u32>, owner: Option<u32>) -> Vec<u8> {
+        let mut b = Batch::new(0);
+        b.buf.clear();
+        b.buf.extend_from_slice(&[1, 0, 0, 0]); // nfgenmsg
+        b.attr_str(NFTA_TABLE_NAME, name);
+        if let Some(f) = flags {
+            b.attr_be32(NFTA_TABLE_FLAGS, f);
+        }
+        b.attr(3, &1u32.to_be_bytes()); // NFTA_TABLE_USE: skipped
+        if let Some(o) = owner {
+            b.attr_be32(NFTA_TABLE_OWNER, o);
+        }
+        nlmsg(nft_type(NFT_MSG_NEWTABLE), seq, &b.buf)
+    }
+
+    #[test]
+    fn table_dump_request_is_a_get_dump() {
+        let r = table_dump_request(9);
+        assert_eq!(r.len(), 20);
+        assert_eq!(u16_at(&r, 4), (10 << 8) | 1);
+        assert_eq!(u16_at(&r, 6), 0x1 | 0x300);
+        assert_eq!(u32_at(&r, 8), 9);
+        assert_eq!(r[16], 1);
+    }
+
+    #[test]
+    fn parses_a_table_dump() {
+        let mut d = table_msg(9, "ftp-proxy-1-4026531836", Some(2), Some(3141));
+        d.extend(table_msg(9, "other", Some(0), None));
+        d.extend(table_msg(8, "late-answer", None, None));
+        let part = parse_table_dump(&d, 9);
+        assert_eq!(part.end, None);
+        assert_eq!(
+            part.tables,
+            [
+                TableInfo {
+                    name: "ftp-proxy-1-4026531836".into(),
+                    flags: 2,
+                    owner: Some(3141)
+                },
+                TableInfo {
+                    name: "other".into(),
+                    flags: 0,
+                    owner: None
+                }
+            ]
+        );
+        assert!(part.tables[0].owned() && !part.tables[1].owned());
+        d.extend(nlmsg(NLMSG_DONE, 9, &0i32.to_ne_bytes()));
+        assert_eq!(parse_table_dump(&d, 9).end, Some(0));
+        let err = nlmsg(NLMSG_ERROR, 9, &(-1i32).to_ne_bytes());
+        assert_eq!(parse_table_dump(&err, 9).end, Some(1));
+        // Truncations never panic and keep what was complete.
+        for cut in 0..d.len() {
+            let p = parse_table_dump(&d[..cut], 9);
+            assert!(p.tables.len() <= 2);
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-use super::msg::{parse_acks, Ack, Batch};
+use super::msg::{parse_acks, parse_table_dump, table_dump_request, Ack, Batch, TableInfo};
 
 /// `SOL_NETLINK` options (`<linux/netlink.h>`).
 const SOL_NETLINK: libc::c_int = 270;
@@ -154,6 +154,31 @@ impl NlSocket {
                 seq: e.seq,
             }),
         }
+    }
+
+    /// Lists every `inet` table with its flags and owner (`nft list tables`, over this
+    /// socket). Bounded: each datagram either ends the dump or adds to it, and a silent
+    /// kernel ends it with a timeout; at most 10 000 datagrams are read.
+    pub(crate) fn tables(&mut self) -> Result<Vec<TableInfo>, BatchError> {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        self.send(&table_dump_request(seq))
+            .map_err(BatchError::Io)?;
+        let mut tables = Vec::new();
+        for _ in 0..10_000 {
+            let n = self.recv().map_err(BatchError::Io)?;
+            let part = parse_table_dump(&self.buf[..n], seq);
+            tables.extend(part.tables);
+            match part.end {
+                None => {}
+                Some(0) => return Ok(tables),
+                Some(errno) => return Err(BatchError::Kernel { errno, seq }),
+            }
+        }
+        Err(BatchError::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "table dump did not end",
+        )))
     }
 
     fn send(&self, bytes: &[u8]) -> io::Result<()> {
