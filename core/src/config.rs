@@ -142,7 +142,7 @@ impl Config {
         port >= MIN_DATA_PORT
             && self
                 .server_data_ports
-                .map_or(true, |r| (r.low..=r.high).contains(&port))
+                .is_none_or(|r| (r.low..=r.high).contains(&port))
     }
 
     /// The idle timeout, `None` for `-t 0`.

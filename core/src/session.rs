@@ -531,11 +531,10 @@ impl Session {
             }
             return;
         }
-        let Some((code, more)) = ftp::reply_code(&line) else {
-            return self.send(cx, Side::Client, line);
-        };
-        // 421 (service closing) may come at any time, unasked.
-        if code != 421 && self.greeted {
+        let reply = ftp::reply_code(&line);
+        // 421 (service closing) may come at any time, unasked. Anything else outside a
+        // reply must answer an outstanding command and must not predate the PASV/EPSV.
+        if self.greeted && !matches!(reply, Some((421, _))) {
             if stale {
                 return self.desync(cx, &line, "was sent before the server saw PASV/EPSV");
             }
@@ -543,6 +542,9 @@ impl Session {
                 return self.desync(cx, &line, "answers no command");
             }
         }
+        let Some((code, more)) = reply else {
+            return self.send(cx, Side::Client, line);
+        };
         let passive = match code {
             227 => self.owed_passive(Passive::Pasv),
             229 => self.owed_passive(Passive::Epsv),

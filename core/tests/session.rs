@@ -273,6 +273,12 @@ fn a_reply_when_none_is_owed_ends_the_session() {
         h.server(b"227 (1,2,3,4,5,6)\r\n"),
         vec![Action::Close(CloseReason::ReplyDesync)]
     );
+    // So does text outside any reply.
+    let mut h = H::new(Config::default(), &[0]);
+    assert_eq!(
+        h.server(b"just text\r\n"),
+        vec![Action::Close(CloseReason::ReplyDesync)]
+    );
     // Whereas a 421 may come unasked (a server's idle timeout).
     let mut h = H::new(Config::default(), &[0]);
     assert_eq!(
