@@ -1,0 +1,154 @@
+//! A server reply the client shapes must not become the answer to a PASV.
+//!
+//! pure-ftpd's `STAT -1` lists file names inside its multi-line 213 reply. A file
+//! named `213 a` ends that reply early for anyone reading it line by line, and a
+//! file named `227 Entering Passive Mode (127,0,0,1,p1,p2)` then looks like the
+//! answer to a PASV the client pipelined behind the STAT. Taken as that answer, the
+//! proxy would open a data path to any port of the server host. These scenarios put
+//! such files on a real pure-ftpd and check that the proxy ends the session instead,
+//! that it never logs a passive mapping to the forged port, and that a listener on
+//! that port never sees a connection.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use ftp_proxy_tests::e2e::*;
+
+/// Creates an empty file in the user's directory.
+fn touch(fx: &Fixture, name: &str) -> Result<()> {
+    let path = fx.work.user().join(name);
+    fs::write(&path, b"").map_err(E2eError::io(format!("create {}", path.display())))
+}
+
+/// The internal service the forged 227 points at: a listener on the server's host.
+fn internal_service(fx: &Fixture) -> Result<(TcpListener, u16)> {
+    let ip = fx.server.addr().ip();
+    let l = TcpListener::bind(SocketAddr::new(ip, 0))
+        .map_err(E2eError::io("bind the internal service"))?;
+    l.set_nonblocking(true)
+        .map_err(E2eError::io("nonblocking listener"))?;
+    let port = l.local_addr().map_err(E2eError::io("local_addr"))?.port();
+    Ok((l, port))
+}
+
+/// Logs in, sends `STAT -1` and `PASV` in one write, and checks that the session
+/// ends without a passive mapping to `port` and without a connection to `service`.
+fn attack(fx: &Fixture, service: &TcpListener, port: u16) -> Result<()> {
+    let proxy = fx.proxy()?;
+    let mut c = Control::connect(fx.target(), Duration::from_secs(10))?;
+    let banner = c.read_reply()?;
+    if banner.code != 220 {
+        return Err(E2eError::check("a 220 banner", c.transcript().to_string()));
+    }
+    if c.command(&format!("USER {USER}"))?.code != 331
+        || c.command(&format!("PASS {PASSWORD}"))?.code != 230
+    {
+        return Err(E2eError::check("login", c.transcript().to_string()));
+    }
+    c.send_raw(b"STAT -1\r\nPASV\r\n")?;
+    let (got, _) = c.expect_closed(Duration::from_secs(20))?;
+    let got = String::from_utf8_lossy(&got).into_owned();
+    // The listing really reached the early end: the scenario is the real attack.
+    if !got.contains("\r\n213 a\r\n") {
+        return Err(E2eError::check(
+            "pure-ftpd listed the file `213 a` as a line of its STAT reply",
+            got,
+        ));
+    }
+    let (p1, p2) = (port >> 8, port & 0xff);
+    if got.contains(&format!(",{p1},{p2})")) || got.lines().any(|l| l.starts_with("227 ")) {
+        return Err(E2eError::check("no 227 reached the client", got));
+    }
+    let log = proxy.log();
+    if log.contains(&format!("passive: client to server port {port} ")) {
+        return Err(E2eError::check(
+            format!("no passive mapping to the forged port {port}"),
+            tail(&log, 4000),
+        ));
+    }
+    if !log.contains("server reply answers no command") {
+        return Err(E2eError::check(
+            "the session ended as `server reply answers no command`",
+            tail(&log, 4000),
+        ));
+    }
+    match service.accept() {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(()),
+        Ok((_, from)) => Err(E2eError::check(
+            "no connection to the internal service",
+            format!("one came from {from}"),
+        )),
+        Err(e) => Err(E2eError::io("accept on the internal service")(e)),
+    }
+}
+
+#[test]
+fn forged_227_right_after_the_early_end() -> Result<()> {
+    let Some(fx) = Fixture::start("desync-same", false, &[])? else {
+        return Ok(());
+    };
+    let (service, port) = internal_service(&fx)?;
+    touch(&fx, "213 a")?;
+    touch(
+        &fx,
+        &format!(
+            "227 Entering Passive Mode (127,0,0,1,{},{})",
+            port >> 8,
+            port & 0xff
+        ),
+    )?;
+    attack(&fx, &service, port)
+}
+
+#[test]
+fn forged_227_far_behind_the_early_end() -> Result<()> {
+    let Some(fx) = Fixture::start("desync-later", false, &[])? else {
+        return Ok(());
+    };
+    let (service, port) = internal_service(&fx)?;
+    touch(&fx, "213 a")?;
+    // About 150 KB of names that sort between `213 a` and `227 ...`, so that the
+    // forged line comes in a later read than the early end.
+    for n in 0..700 {
+        touch(&fx, &format!("22 fill {n:04} {}", "x".repeat(200)))?;
+    }
+    touch(
+        &fx,
+        &format!(
+            "227 Entering Passive Mode (127,0,0,1,{},{})",
+            port >> 8,
+            port & 0xff
+        ),
+    )?;
+    attack(&fx, &service, port)
+}
+
+#[test]
+fn a_pasv_pipelined_behind_an_honest_stat_still_works() -> Result<()> {
+    let Some(fx) = Fixture::start("desync-honest", false, &[])? else {
+        return Ok(());
+    };
+    let mut c = Control::connect(fx.target(), Duration::from_secs(10))?;
+    c.read_reply()?;
+    c.command(&format!("USER {USER}"))?;
+    c.command(&format!("PASS {PASSWORD}"))?;
+    c.send_raw(b"STAT -1\r\nPASV\r\n")?;
+    let stat = c.read_reply()?;
+    let pasv = c.read_reply()?;
+    if stat.code != 213 || pasv.code != 227 {
+        return Err(E2eError::check(
+            "213 then 227",
+            c.transcript().to_string(),
+        ));
+    }
+    let port = pasv
+        .last()
+        .rsplit(',')
+        .take(2)
+        .map(|s| s.trim_end_matches(|ch: char| !ch.is_ascii_digit()).parse::<u16>())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|_| E2eError::check("a parsable 227", pasv.last().to_string()))?;
+    fx.check_passive_port(port[1] * 256 + port[0])
+}
