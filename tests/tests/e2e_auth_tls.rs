@@ -78,7 +78,14 @@ fn the_proxy_refuses_tls_in_ftp_and_hides_it_from_feat() -> Result<()> {
     }
     let mut c = Control::connect(fx.target(), Duration::from_secs(10))?;
     c.read_reply()?;
-    for cmd in ["AUTH TLS", "AUTH SSL", "AUTH TLS-C", "AUTH TLS-P", "PBSZ 0", "PROT P"] {
+    for cmd in [
+        "AUTH TLS",
+        "AUTH SSL",
+        "AUTH TLS-C",
+        "AUTH TLS-P",
+        "PBSZ 0",
+        "PROT P",
+    ] {
         let r = c.command(cmd)?;
         if r.code != 534 {
             return Err(E2eError::check(

@@ -138,17 +138,59 @@ fn a_pasv_pipelined_behind_an_honest_stat_still_works() -> Result<()> {
     let stat = c.read_reply()?;
     let pasv = c.read_reply()?;
     if stat.code != 213 || pasv.code != 227 {
-        return Err(E2eError::check(
-            "213 then 227",
-            c.transcript().to_string(),
-        ));
+        return Err(E2eError::check("213 then 227", c.transcript().to_string()));
     }
     let port = pasv
         .last()
         .rsplit(',')
         .take(2)
-        .map(|s| s.trim_end_matches(|ch: char| !ch.is_ascii_digit()).parse::<u16>())
+        .map(|s| {
+            s.trim_end_matches(|ch: char| !ch.is_ascii_digit())
+                .parse::<u16>()
+        })
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|_| E2eError::check("a parsable 227", pasv.last().to_string()))?;
     fx.check_passive_port(port[1] * 256 + port[0])
+}
+
+#[test]
+fn server_data_ports_admit_the_passive_range_and_refuse_the_rest() -> Result<()> {
+    // pure-ftpd's passive range is allowed: transfers work.
+    let range = format!("{}:{}", PASSIVE_RANGE.0, PASSIVE_RANGE.1);
+    let Some(fx) = Fixture::start("data-ports-ok", false, &["--server-data-ports", &range])? else {
+        return Ok(());
+    };
+    let out = fx.work.local().join(SMALL);
+    for mode in [DataMode::Pasv, DataMode::Epsv] {
+        curl_retr(fx.target(), Login::User, mode, SMALL, &out)?;
+        assert_same_file(&fx.work.original(SMALL), &out)?;
+    }
+    // A range that leaves it out: PASV and EPSV get the proxy's 425.
+    let Some(fx) = Fixture::start(
+        "data-ports-refused",
+        false,
+        &["--server-data-ports", "1024-2048"],
+    )?
+    else {
+        return Ok(());
+    };
+    let mut c = Control::connect(fx.target(), Duration::from_secs(10))?;
+    c.read_reply()?;
+    c.command(&format!("USER {USER}"))?;
+    c.command(&format!("PASS {PASSWORD}"))?;
+    for cmd in ["PASV", "EPSV"] {
+        if c.command(cmd)?.code != 425 {
+            return Err(E2eError::check(
+                format!("425 to {cmd}"),
+                c.transcript().to_string(),
+            ));
+        }
+    }
+    if c.command("NOOP")?.code != 200 {
+        return Err(E2eError::check(
+            "the session goes on",
+            c.transcript().to_string(),
+        ));
+    }
+    Ok(())
 }
