@@ -1,7 +1,8 @@
 //! FTP command and reply recognition, port parsing and the proxy's own lines.
 //!
 //! Recognition follows the original (case-insensitive prefixes `PASV`, `PORT `,
-//! `EPSV`, `EPRT `). Parsing is more tolerant than the original where RFCs allow
+//! `EPSV`, `EPRT `), judged after leading blanks and Telnet IAC sequences, which
+//! servers skip too. Parsing is more tolerant than the original where RFCs allow
 //! more (any RFC 2428 delimiter, the RFC 1123 `227 =h,h,h,h,p,p` form, blanks
 //! around commas); every divergence is listed in docs/behavior.md.
 

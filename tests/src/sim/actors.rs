@@ -99,12 +99,14 @@ fn port_line(rng: &mut Pcg32, m: &Mode, eprt: bool) -> (Vec<u8>, Fate) {
 /// sometimes malformed), pauses, and an end.
 pub fn script(rng: &mut Pcg32, m: &Mode) -> VecDeque<Step> {
     let mut steps = VecDeque::new();
-    let user: &[u8] = match rng.uniform(3) {
+    let user: &[u8] = match rng.uniform(5) {
         0 => b"USER anonymous\r\n",
         1 => b"user ftp\r\n",
+        // Blanks and Telnet commands before the word: judged like the plain line.
+        2 => b" \xff\xf4\xff\xf2USER bob\r\n",
         _ => b"USER bob\r\n",
     };
-    let user_fate = if m.anonymous_only && user == b"USER bob\r\n" {
+    let user_fate = if m.anonymous_only && user.ends_with(b"USER bob\r\n") {
         Fate::Local(REPLY_ANON)
     } else {
         Fate::Same
