@@ -229,12 +229,12 @@ impl Session {
     /// Whether client lines must wait: a PASV/EPSV is held back, or one was forwarded
     /// and its reply has not come. Until then the server owes nothing else, so any
     /// other reply line is out of step.
+    ///
+    /// A forwarded PASV/EPSV is always the newest entry: it goes out only when no
+    /// reply is owed, and nothing is queued behind it while client lines wait.
     fn client_blocked(&self) -> bool {
         self.held.is_some()
-            || self
-                .expect
-                .iter()
-                .any(|e| matches!(e, Expect::Reply(ReplyTo::Passive(_))))
+            || matches!(self.expect.back(), Some(Expect::Reply(ReplyTo::Passive(_))))
     }
 
     /// Whether the server owes a reply to some forwarded command.
