@@ -10,21 +10,23 @@
 //! that port never sees a connection.
 
 use std::fs;
-use std::io::ErrorKind;
-use std::net::{SocketAddr, TcpListener};
-use std::time::Duration;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use ftp_proxy_tests::e2e::*;
 
 /// Creates an empty file in the user's directory.
-fn touch(fx: &Fixture, name: &str) -> Result<()> {
-    let path = fx.work.user().join(name);
+fn touch(dir: &Path, name: &str) -> Result<()> {
+    let path = dir.join(name);
     fs::write(&path, b"").map_err(E2eError::io(format!("create {}", path.display())))
 }
 
 /// The internal service the forged 227 points at: a listener on the server's host.
-fn internal_service(fx: &Fixture) -> Result<(TcpListener, u16)> {
-    let ip = fx.server.addr().ip();
+fn internal_service(fx: &FtpServer) -> Result<(TcpListener, u16)> {
+    let ip = fx.addr().ip();
     let l = TcpListener::bind(SocketAddr::new(ip, 0))
         .map_err(E2eError::io("bind the internal service"))?;
     l.set_nonblocking(true)
@@ -35,9 +37,8 @@ fn internal_service(fx: &Fixture) -> Result<(TcpListener, u16)> {
 
 /// Logs in, sends `STAT -1` and `PASV` in one write, and checks that the session
 /// ends without a passive mapping to `port` and without a connection to `service`.
-fn attack(fx: &Fixture, service: &TcpListener, port: u16) -> Result<()> {
-    let proxy = fx.proxy()?;
-    let mut c = Control::connect(fx.target(), Duration::from_secs(10))?;
+fn attack(proxy: &ProxyProcess, service: &TcpListener, port: u16) -> Result<()> {
+    let mut c = Control::connect(proxy.addr(), Duration::from_secs(10))?;
     let banner = c.read_reply()?;
     if banner.code != 220 {
         return Err(E2eError::check("a 220 banner", c.transcript().to_string()));
@@ -89,17 +90,122 @@ fn forged_227_right_after_the_early_end() -> Result<()> {
     let Some(fx) = Fixture::start("desync-same", false, &[])? else {
         return Ok(());
     };
-    let (service, port) = internal_service(&fx)?;
-    touch(&fx, "213 a")?;
+    let (service, port) = internal_service(&fx.server)?;
+    touch(&fx.work.user(), "213 a")?;
     touch(
-        &fx,
+        &fx.work.user(),
         &format!(
             "227 Entering Passive Mode (127,0,0,1,{},{})",
             port >> 8,
             port & 0xff
         ),
     )?;
-    attack(&fx, &service, port)
+    attack(fx.proxy()?, &service, port)
+}
+
+/// The forged name as pure-ftpd lists it.
+fn forged_name(port: u16) -> String {
+    format!(
+        "227 Entering Passive Mode (127,0,0,1,{},{})",
+        port >> 8,
+        port & 0xff
+    )
+}
+
+/// A one-connection TCP forwarder between the proxy and pure-ftpd that passes the
+/// server's bytes up to and including `marker` at once and the rest `pause` later,
+/// so that what follows the marker reaches the proxy in a later read.
+fn splitting_forwarder(
+    server: SocketAddr,
+    marker: &'static [u8],
+    pause: Duration,
+) -> Result<SocketAddr> {
+    let l = TcpListener::bind((server.ip(), 0)).map_err(E2eError::io("bind forwarder"))?;
+    let addr = l.local_addr().map_err(E2eError::io("forwarder address"))?;
+    l.set_nonblocking(true)
+        .map_err(E2eError::io("nonblocking forwarder"))?;
+    thread::spawn(move || -> std::io::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut client = loop {
+            match l.accept() {
+                Ok((c, _)) => break c,
+                Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        client.set_nonblocking(false)?;
+        let mut upstream = TcpStream::connect(server)?;
+        upstream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let (mut c2, mut u2) = (client.try_clone()?, upstream.try_clone()?);
+        c2.set_read_timeout(Some(Duration::from_secs(30)))?;
+        thread::spawn(move || {
+            let _ = std::io::copy(&mut c2, &mut u2);
+            let _ = u2.shutdown(Shutdown::Write);
+        });
+        let mut pending: Vec<u8> = Vec::new();
+        let mut split = false;
+        let mut buf = [0u8; 65536];
+        loop {
+            let n = upstream.read(&mut buf)?;
+            if n == 0 {
+                client.write_all(&pending)?;
+                return client.shutdown(Shutdown::Write);
+            }
+            pending.extend_from_slice(&buf[..n]);
+            if split {
+                client.write_all(&pending)?;
+                pending.clear();
+            } else if let Some(at) = pending.windows(marker.len()).position(|w| w == marker) {
+                let cut = at + marker.len();
+                client.write_all(&pending[..cut])?;
+                thread::sleep(pause);
+                client.write_all(&pending[cut..])?;
+                pending.clear();
+                split = true;
+            } else {
+                // Keep only a tail that could be the start of the marker.
+                let keep = (1..marker.len().min(pending.len() + 1))
+                    .rev()
+                    .find(|&k| pending.ends_with(&marker[..k]))
+                    .unwrap_or(0);
+                let send: Vec<u8> = pending.drain(..pending.len() - keep).collect();
+                client.write_all(&send)?;
+            }
+        }
+    });
+    Ok(addr)
+}
+
+#[test]
+fn forged_227_in_a_later_read_than_the_early_end() -> Result<()> {
+    if !preflight()? {
+        return Ok(());
+    }
+    let work = Workdir::new("desync-split")?;
+    let server = FtpServer::start(&work, loopback(false))?;
+    let (service, port) = internal_service(&server)?;
+    touch(&work.user(), "213 a")?;
+    touch(&work.user(), &forged_name(port))?;
+    // pure-ftpd writes the listing at once; the forwarder makes the proxy read the
+    // forged line and the rest only after it has sent the PASV on.
+    let fwd = splitting_forwarder(server.addr(), b"213 a\r\n", Duration::from_millis(300))?;
+    let proxy = ProxyProcess::start(
+        loopback(false),
+        fwd,
+        &[],
+        &work.root().join("ftp-proxy.log"),
+    )?;
+    attack(&proxy, &service, port)?;
+    let log = proxy.log();
+    if !log.contains("is followed by more server output") {
+        return Err(E2eError::check(
+            "the forged 227 was refused for the listing behind it",
+            tail(&log, 4000),
+        ));
+    }
+    Ok(())
 }
 
 #[test]
@@ -107,22 +213,25 @@ fn forged_227_far_behind_the_early_end() -> Result<()> {
     let Some(fx) = Fixture::start("desync-later", false, &[])? else {
         return Ok(());
     };
-    let (service, port) = internal_service(&fx)?;
-    touch(&fx, "213 a")?;
-    // About 150 KB of names that sort between `213 a` and `227 ...`, so that the
-    // forged line comes in a later read than the early end.
+    let (service, port) = internal_service(&fx.server)?;
+    touch(&fx.work.user(), "213 a")?;
+    // About 150 KB of names that sort between `213 a` and `227 ...`: the forged line
+    // comes many reads after the early end, behind text that answers no command.
     for n in 0..700 {
-        touch(&fx, &format!("22 fill {n:04} {}", "x".repeat(200)))?;
+        touch(
+            &fx.work.user(),
+            &format!("22 fill {n:04} {}", "x".repeat(200)),
+        )?;
     }
     touch(
-        &fx,
+        &fx.work.user(),
         &format!(
             "227 Entering Passive Mode (127,0,0,1,{},{})",
             port >> 8,
             port & 0xff
         ),
     )?;
-    attack(&fx, &service, port)
+    attack(fx.proxy()?, &service, port)
 }
 
 #[test]
