@@ -113,11 +113,11 @@ fn forged_name(port: u16) -> String {
 }
 
 /// A one-connection TCP forwarder between the proxy and pure-ftpd that passes the
-/// server's bytes up to and including `marker` at once and the rest `pause` later,
-/// so that what follows the marker reaches the proxy in a later read.
+/// server's bytes up to and including each of `markers` (in turn) at once and the
+/// rest `pause` later, so that what follows a marker reaches the proxy in a later read.
 fn splitting_forwarder(
     server: SocketAddr,
-    marker: &'static [u8],
+    markers: Vec<Vec<u8>>,
     pause: Duration,
 ) -> Result<SocketAddr> {
     let l = TcpListener::bind((server.ip(), 0)).map_err(E2eError::io("bind forwarder"))?;
@@ -144,8 +144,9 @@ fn splitting_forwarder(
             let _ = std::io::copy(&mut c2, &mut u2);
             let _ = u2.shutdown(Shutdown::Write);
         });
+        let mut markers = markers.into_iter();
+        let mut marker = markers.next();
         let mut pending: Vec<u8> = Vec::new();
-        let mut split = false;
         let mut buf = [0u8; 65536];
         loop {
             let n = upstream.read(&mut buf)?;
@@ -154,25 +155,28 @@ fn splitting_forwarder(
                 return client.shutdown(Shutdown::Write);
             }
             pending.extend_from_slice(&buf[..n]);
-            if split {
+            while let Some(m) = &marker {
+                let Some(at) = pending.windows(m.len()).position(|w| w == &m[..]) else {
+                    break;
+                };
+                let rest = pending.split_off(at + m.len());
+                client.write_all(&pending)?;
+                thread::sleep(pause);
+                pending = rest;
+                marker = markers.next();
+            }
+            let Some(marker) = &marker else {
                 client.write_all(&pending)?;
                 pending.clear();
-            } else if let Some(at) = pending.windows(marker.len()).position(|w| w == marker) {
-                let cut = at + marker.len();
-                client.write_all(&pending[..cut])?;
-                thread::sleep(pause);
-                client.write_all(&pending[cut..])?;
-                pending.clear();
-                split = true;
-            } else {
-                // Keep only a tail that could be the start of the marker.
-                let keep = (1..marker.len().min(pending.len() + 1))
-                    .rev()
-                    .find(|&k| pending.ends_with(&marker[..k]))
-                    .unwrap_or(0);
-                let send: Vec<u8> = pending.drain(..pending.len() - keep).collect();
-                client.write_all(&send)?;
-            }
+                continue;
+            };
+            // Keep only a tail that could be the start of the marker.
+            let keep = (1..marker.len().min(pending.len() + 1))
+                .rev()
+                .find(|&k| pending.ends_with(&marker[..k]))
+                .unwrap_or(0);
+            let send: Vec<u8> = pending.drain(..pending.len() - keep).collect();
+            client.write_all(&send)?;
         }
     });
     Ok(addr)
@@ -190,7 +194,11 @@ fn forged_227_in_a_later_read_than_the_early_end() -> Result<()> {
     touch(&work.user(), &forged_name(port))?;
     // pure-ftpd writes the listing at once; the forwarder makes the proxy read the
     // forged line and the rest only after it has sent the PASV on.
-    let fwd = splitting_forwarder(server.addr(), b"213 a\r\n", Duration::from_millis(300))?;
+    let fwd = splitting_forwarder(
+        server.addr(),
+        vec![b"213 a\r\n".to_vec()],
+        Duration::from_millis(300),
+    )?;
     let proxy = ProxyProcess::start(
         loopback(false),
         fwd,
@@ -302,4 +310,43 @@ fn server_data_ports_admit_the_passive_range_and_refuse_the_rest() -> Result<()>
         ));
     }
     Ok(())
+}
+
+#[test]
+fn server_data_ports_refuse_a_forged_227_that_arrives_alone() -> Result<()> {
+    // The one order the desync checks cannot see: the forged line in a read of its
+    // own, after the PASV went out and before the rest of the listing. Restricted to
+    // pure-ftpd's passive range, the proxy refuses the forged port all the same.
+    if !preflight()? {
+        return Ok(());
+    }
+    let work = Workdir::new("desync-alone")?;
+    let server = FtpServer::start(&work, loopback(false))?;
+    let mut tries = 0;
+    let (service, port) = loop {
+        let (l, p) = internal_service(&server)?;
+        if !(PASSIVE_RANGE.0..=PASSIVE_RANGE.1).contains(&p) {
+            break (l, p);
+        }
+        tries += 1;
+        if tries > 20 {
+            return Err(E2eError::check("a port outside the passive range", ""));
+        }
+    };
+    touch(&work.user(), "213 a")?;
+    let forged = forged_name(port);
+    touch(&work.user(), &forged)?;
+    let fwd = splitting_forwarder(
+        server.addr(),
+        vec![b"213 a\r\n".to_vec(), format!("{forged}\r\n").into_bytes()],
+        Duration::from_millis(300),
+    )?;
+    let range = format!("{}:{}", PASSIVE_RANGE.0, PASSIVE_RANGE.1);
+    let proxy = ProxyProcess::start(
+        loopback(false),
+        fwd,
+        &["--server-data-ports", &range],
+        &work.root().join("ftp-proxy.log"),
+    )?;
+    attack(&proxy, &service, port)
 }
