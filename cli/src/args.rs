@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use argh::FromArgs;
+use ftp_proxy_core::PortRange;
 
 /// The original's getopt option string (ftp-proxy.c 1.39); `OPTIONS` must agree
 /// with it, which a test checks.
@@ -140,6 +141,30 @@ impl fmt::Display for DivertMode {
     }
 }
 
+/// `--server-data-ports`: `LOW:HIGH`, `LOW-HIGH` or one port, all from 1024 up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataPorts(pub PortRange);
+
+impl FromStr for DataPorts {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("server data ports {s}: expected LOW:HIGH with 1024 <= LOW <= HIGH <= 65535")
+        };
+        let (low, high) = s.split_once([':', '-']).unwrap_or((s, s));
+        let port = |p: &str| {
+            strtonum(p, 1024, 65535)
+                .map(|n| n as u16)
+                .map_err(|_| bad())
+        };
+        let (low, high) = (port(low)?, port(high)?);
+        if low > high {
+            return Err(bad());
+        }
+        Ok(DataPorts(PortRange { low, high }))
+    }
+}
+
 // The typed command line as argh sees it after `expand`. (A plain comment: argh
 // turns doc comments on this struct into the --help description.)
 //
@@ -221,6 +246,10 @@ pub struct RawArgs {
     #[argh(option)]
     pub divert: Option<DivertMode>,
 
+    /// only accept server passive replies (227/229) that name a port in LOW:HIGH, e.g. the server's passive range (default: any port from 1024)
+    #[argh(option)]
+    pub server_data_ports: Option<DataPorts>,
+
     /// user to switch to when started as root (default _ftp_proxy)
     #[argh(option, default = "String::from(\"_ftp_proxy\")")]
     pub user: String,
@@ -267,6 +296,8 @@ pub struct Args {
     pub backend: BackendKind,
     /// `--divert`.
     pub divert: DivertMode,
+    /// `--server-data-ports`.
+    pub server_data_ports: Option<PortRange>,
     /// `--user`.
     pub user: String,
     /// `--chroot`.
@@ -304,6 +335,7 @@ impl From<RawArgs> for Args {
             verbose: r.verbose,
             backend: r.backend.unwrap_or_else(BackendKind::platform_default),
             divert: r.divert.unwrap_or_else(DivertMode::platform_default),
+            server_data_ports: r.server_data_ports.map(|d| d.0),
             user: r.user,
             chroot: r.chroot,
         }
@@ -411,6 +443,10 @@ fn divert(v: &str) -> Result<String, String> {
     v.parse::<DivertMode>().map(|d| d.as_str().to_owned())
 }
 
+fn data_ports(v: &str) -> Result<String, String> {
+    v.parse::<DataPorts>().map(|d| d.0.to_string())
+}
+
 fn nonempty(v: &str) -> Result<String, String> {
     if v.is_empty() {
         return Err("empty value".into());
@@ -504,6 +540,11 @@ const OPTIONS: &[OptSpec] = &[
         short: None,
         long: "divert",
         kind: Kind::Value(divert),
+    },
+    OptSpec {
+        short: None,
+        long: "server-data-ports",
+        kind: Kind::Value(data_ports),
     },
     OptSpec {
         short: None,
@@ -878,6 +919,20 @@ mod tests {
         assert_eq!(run("--backend=relay").backend, BackendKind::Relay);
         assert_eq!(run("--backend=pf").backend, BackendKind::Pf);
         assert_eq!(run("--divert redirect").divert, DivertMode::Redirect);
+        let range = |low, high| Some(PortRange { low, high });
+        assert_eq!(
+            run("--server-data-ports 30000:30100").server_data_ports,
+            range(30000, 30100)
+        );
+        assert_eq!(
+            run("--server-data-ports 30000-30100").server_data_ports,
+            range(30000, 30100)
+        );
+        assert_eq!(
+            run("--server-data-ports 30000").server_data_ports,
+            range(30000, 30000)
+        );
+        assert_eq!(run("").server_data_ports, None);
         assert_eq!(run("--divert divert-to").divert, DivertMode::Getsockname);
         assert_eq!(run("--max-sessions 3 --ipv6 --foreground").max_sessions, 3);
     }
@@ -918,6 +973,9 @@ mod tests {
         assert_eq!(run("-D +7").log_level, 7);
         assert!(invalid("--backend ipfw").starts_with("unknown backend ipfw"));
         assert!(invalid("--divert x").starts_with("unknown divert mode x"));
+        assert!(invalid("--server-data-ports 80:90").starts_with("server data ports 80:90"));
+        assert!(invalid("--server-data-ports 3000:2000").starts_with("server data ports"));
+        assert!(invalid("--server-data-ports x").starts_with("server data ports"));
     }
 
     #[test]

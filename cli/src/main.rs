@@ -315,6 +315,7 @@ fn core_config(
             proxy_rtable: proxy_rtable(),
         },
         pid: std::process::id(),
+        server_data_ports: args.server_data_ports,
     }
 }
 

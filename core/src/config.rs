@@ -4,7 +4,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::rules::{RuleLog, RuleOptions};
+use crate::rules::{PortRange, RuleLog, RuleOptions, MIN_DATA_PORT};
 
 /// Highest `-m` value the original accepts.
 pub const MAX_SESSIONS_LIMIT: u32 = 500;
@@ -36,6 +36,11 @@ pub struct Config {
     pub rules: RuleOptions,
     /// Process id used in anchor names (`ftp-proxy/<pid>.<id>`).
     pub pid: u32,
+    /// `--server-data-ports`: the only server ports a 227/229 reply may name (the
+    /// server's passive range). `None` (the default, as the original) accepts any
+    /// port from 1024 up. Beyond the original: it bounds what a server reply the
+    /// client managed to shape could open (docs/behavior.md).
+    pub server_data_ports: Option<PortRange>,
 }
 
 impl Default for Config {
@@ -52,6 +57,7 @@ impl Default for Config {
                 ..RuleOptions::default()
             },
             pid: 0,
+            server_data_ports: None,
         }
     }
 }
@@ -69,6 +75,8 @@ pub enum ConfigError {
     QueueTooLong,
     /// An address of the wrong family for the mode (`-6` or not).
     Family(&'static str),
+    /// A server data-port range that is empty or reaches below 1024.
+    DataPorts(PortRange),
 }
 
 impl fmt::Display for ConfigError {
@@ -80,6 +88,10 @@ impl fmt::Display for ConfigError {
             ConfigError::TagTooLong => f.write_str("tagname too long"),
             ConfigError::QueueTooLong => f.write_str("queuename too long"),
             ConfigError::Family(what) => write!(f, "{what} address family does not match the mode"),
+            ConfigError::DataPorts(r) => write!(
+                f,
+                "server data ports {r}: need low <= high, both from {MIN_DATA_PORT} up"
+            ),
         }
     }
 }
@@ -117,7 +129,20 @@ impl Config {
         if self.source_addr.is_some_and(|s| s.is_ipv6() != self.ipv6) {
             return Err(ConfigError::Family("source"));
         }
+        if let Some(r) = self.server_data_ports {
+            if r.low > r.high || r.low < MIN_DATA_PORT {
+                return Err(ConfigError::DataPorts(r));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether a 227/229 reply may name this server data port.
+    pub fn server_data_port_allowed(&self, port: u16) -> bool {
+        port >= MIN_DATA_PORT
+            && self
+                .server_data_ports
+                .is_none_or(|r| (r.low..=r.high).contains(&port))
     }
 
     /// The idle timeout, `None` for `-t 0`.

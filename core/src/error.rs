@@ -94,6 +94,12 @@ pub enum CloseReason {
     Filter(FilterError),
     /// The client pipelined more commands than the proxy tracks without reading replies.
     TooManyPipelined,
+    /// A server reply line arrived that answers no command: the server sent it
+    /// before it could have seen the command it would answer, or when nothing was
+    /// owed. Commands and replies are out of step (a reply ended early by a line the
+    /// client controls, e.g. a file name in a `STAT` listing), so no later reply can
+    /// be trusted to answer a PASV/EPSV.
+    ReplyDesync,
     /// The daemon is shutting down.
     Shutdown,
 }
@@ -127,6 +133,9 @@ impl fmt::Display for CloseReason {
             }
             CloseReason::Filter(e) => write!(f, "pf operation failed: {e}"),
             CloseReason::TooManyPipelined => f.write_str("client pipelined too many commands"),
+            CloseReason::ReplyDesync => {
+                f.write_str("server reply answers no command (replies out of step)")
+            }
             CloseReason::Shutdown => f.write_str("shutting down"),
         }
     }

@@ -1,7 +1,8 @@
 //! FTP command and reply recognition, port parsing and the proxy's own lines.
 //!
 //! Recognition follows the original (case-insensitive prefixes `PASV`, `PORT `,
-//! `EPSV`, `EPRT `). Parsing is more tolerant than the original where RFCs allow
+//! `EPSV`, `EPRT `), judged after leading blanks and Telnet IAC sequences, which
+//! servers skip too. Parsing is more tolerant than the original where RFCs allow
 //! more (any RFC 2428 delimiter, the RFC 1123 `227 =h,h,h,h,p,p` form, blanks
 //! around commas); every divergence is listed in docs/behavior.md.
 
@@ -20,6 +21,14 @@ pub enum Command {
     Eprt(Option<u16>),
     /// `USER ...`.
     User,
+    /// `AUTH ...` (any mechanism): the proxy cannot carry a TLS control channel.
+    Auth,
+    /// `PBSZ ...`, part of RFC 4217 security only.
+    Pbsz,
+    /// `PROT ...`, part of RFC 4217 security only.
+    Prot,
+    /// `FEAT`: its reply is filtered so that clients do not offer `AUTH`.
+    Feat,
     /// Anything else: forwarded untouched.
     Other,
 }
@@ -37,12 +46,50 @@ fn trim_end(line: &[u8]) -> &[u8] {
     &line[..end]
 }
 
-/// Classifies one client line (LF included).
+/// Telnet `IAC` (RFC 854), which may prefix control-channel commands.
+const IAC: u8 = 0xff;
+
+/// The line from its command word on: leading blanks and Telnet IAC sequences
+/// (`IAC cmd`, or `IAC WILL/WONT/DO/DONT option`) skipped, as servers that
+/// tolerate them skip them before reading the command. Judging the line after
+/// this is what keeps `-A` from being bypassed with ` USER bob`.
+pub fn command_start(line: &[u8]) -> &[u8] {
+    let mut s = line;
+    loop {
+        match s {
+            [b' ' | b'\t', rest @ ..] => s = rest,
+            [IAC, 251..=254, _, rest @ ..] => s = rest,
+            [IAC, _, rest @ ..] => s = rest,
+            _ => return s,
+        }
+    }
+}
+
+/// Whether the command word of `line` (up to a blank or the line end) is `word`.
+fn word_is(line: &[u8], word: &[u8]) -> bool {
+    let end = line
+        .iter()
+        .position(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        .unwrap_or(line.len());
+    line[..end].eq_ignore_ascii_case(word)
+}
+
+/// Classifies one client line (LF included), from its command word on
+/// ([`command_start`]).
 pub fn classify(line: &[u8]) -> Command {
+    let line = command_start(line);
     if line.len() < 4 {
         return Command::Other;
     }
-    if starts_with_ci(line, b"PASV") {
+    if word_is(line, b"AUTH") {
+        Command::Auth
+    } else if word_is(line, b"PBSZ") {
+        Command::Pbsz
+    } else if word_is(line, b"PROT") {
+        Command::Prot
+    } else if word_is(line, b"FEAT") {
+        Command::Feat
+    } else if starts_with_ci(line, b"PASV") {
         Command::Pasv
     } else if starts_with_ci(line, b"PORT ") {
         Command::Port(parse_port_args(&line[5..]))
@@ -60,7 +107,7 @@ pub fn classify(line: &[u8]) -> Command {
 /// Whether a `USER` line names an anonymous user (`-A`): `USER ftp` or
 /// `USER anonymous`, case-insensitively, with CRLF or a bare LF.
 pub fn is_anonymous_user(line: &[u8]) -> bool {
-    let body = line
+    let body = command_start(line)
         .strip_suffix(b"\n")
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     matches!(body, Some(b) if b.eq_ignore_ascii_case(b"USER ftp") || b.eq_ignore_ascii_case(b"USER anonymous"))
@@ -68,7 +115,16 @@ pub fn is_anonymous_user(line: &[u8]) -> bool {
 
 /// Whether a line carries a password, which the debug log must not show.
 pub fn is_pass(line: &[u8]) -> bool {
-    starts_with_ci(line, b"PASS")
+    starts_with_ci(command_start(line), b"PASS")
+}
+
+/// Whether a line of a `FEAT` reply announces RFC 4217 security (`AUTH`, `PBSZ`,
+/// `PROT`), which the proxy refuses: such lines are not relayed.
+pub fn is_security_feature(line: &[u8]) -> bool {
+    let s = command_start(line);
+    [&b"AUTH"[..], b"PBSZ", b"PROT"]
+        .iter()
+        .any(|w| word_is(s, w))
 }
 
 /// Parses a decimal number of at most `max` from the front of `s`, skipping leading
@@ -360,6 +416,41 @@ mod tests {
             );
             assert_eq!(parse_229(format_229(port).as_bytes()), Some(port));
         }
+    }
+
+    #[test]
+    fn leading_blanks_and_telnet_commands_are_skipped() {
+        assert_eq!(classify(b" USER bob\r\n"), Command::User);
+        assert_eq!(classify(b"\t\tUSER bob\r\n"), Command::User);
+        assert_eq!(classify(b"\xff\xf4\xff\xf2USER bob\r\n"), Command::User);
+        assert_eq!(classify(b"\xff\xfb\x01USER bob\r\n"), Command::User);
+        assert_eq!(classify(b"\xff\xf4\xff\xf2ABOR\r\n"), Command::Other);
+        assert_eq!(classify(b"  PASV\r\n"), Command::Pasv);
+        assert!(is_anonymous_user(b" USER ftp\r\n"));
+        assert!(is_anonymous_user(b"\xff\xf1USER anonymous\r\n"));
+        assert!(!is_anonymous_user(b"\xff\xf1USER bob\r\n"));
+        assert!(is_pass(b" PASS x\r\n"));
+    }
+
+    #[test]
+    fn security_commands_and_feat_lines() {
+        for l in [
+            &b"AUTH TLS\r\n"[..],
+            b"auth ssl\r\n",
+            b"AUTH TLS-C\r\n",
+            b"AUTH\r\n",
+        ] {
+            assert_eq!(classify(l), Command::Auth);
+        }
+        assert_eq!(classify(b"PBSZ 0\r\n"), Command::Pbsz);
+        assert_eq!(classify(b"prot P\r\n"), Command::Prot);
+        assert_eq!(classify(b"FEAT\r\n"), Command::Feat);
+        assert_eq!(classify(b"AUTHX\r\n"), Command::Other);
+        assert!(is_security_feature(b" AUTH TLS\r\n"));
+        assert!(is_security_feature(b" PBSZ\r\n"));
+        assert!(is_security_feature(b" PROT\r\n"));
+        assert!(!is_security_feature(b" EPSV\r\n"));
+        assert!(!is_security_feature(b" AUTHORS\r\n"));
     }
 
     #[test]

@@ -14,7 +14,8 @@ use crate::rand::RandomSource;
 use crate::rules::{Anchor, Rule};
 use crate::session::{Cx, Session};
 
-/// A session's id: starts at 1, never reused while the process lives. It names the
+/// A session's id: starts at 1 and counts up; after `u32::MAX` accepts it wraps to
+/// 1, skipping ids still live, so no two live sessions ever share one. It names the
 /// anchor (`ftp-proxy/<pid>.<id>`) and prefixes log lines (`#id`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SessionId(pub u32);
@@ -258,13 +259,26 @@ impl Proxy {
             );
             return Err(Refused::Limit(self.shared.cfg.max_sessions));
         }
-        let id = SessionId(self.next_id);
-        self.next_id = self.next_id.wrapping_add(1).max(1);
+        let id = self.fresh_id();
         let live = self.sessions.len() + 1;
         let mut cx = self.shared.cx(now, live);
         let session = Session::new(&mut cx, id, client, orig_dst, client_rdomain);
         self.sessions.insert(id, session);
         Ok(id)
+    }
+
+    /// The next id no live session holds. Ids count up from 1 and wrap to 1 after
+    /// `u32::MAX`; a wrapped id that still names a live (or closing) session is
+    /// skipped, so its rules and log lines are never confused with a new one's. At
+    /// most `max_sessions` (500) ids are live, so the search ends within 501 steps.
+    fn fresh_id(&mut self) -> SessionId {
+        loop {
+            let id = SessionId(self.next_id);
+            self.next_id = self.next_id.wrapping_add(1).max(1);
+            if !self.sessions.contains_key(&id) {
+                return id;
+            }
+        }
     }
 
     fn with_session(
@@ -332,5 +346,35 @@ impl Proxy {
         for id in ids {
             self.with_session(now, id, |s, cx| s.close(cx, CloseReason::Shutdown));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rand::Pcg32;
+
+    #[test]
+    fn ids_wrap_around_live_sessions() {
+        let mut p = Proxy::new(Config::default(), Box::new(Pcg32::new(1))).unwrap();
+        let now = Instant::now();
+        let client: SocketAddr = "203.0.113.10:40000".parse().unwrap();
+        let server: SocketAddr = "198.51.100.10:21".parse().unwrap();
+        let first = p.accept(now, client, server, 0).unwrap();
+        let second = p.accept(now, client, server, 0).unwrap();
+        assert_eq!((first, second), (SessionId(1), SessionId(2)));
+        p.next_id = u32::MAX;
+        let last = p.accept(now, client, server, 0).unwrap();
+        assert_eq!(last, SessionId(u32::MAX));
+        // 1 and 2 are live: the wrap skips them (and 0 is never used).
+        assert_eq!(p.accept(now, client, server, 0).unwrap(), SessionId(3));
+        assert_eq!(p.len(), 4);
+        assert!(p.is_open(first) && p.is_open(second));
+        // An ended id becomes free again after the next wrap.
+        p.handle(now, first, Input::Eof(Side::Client));
+        assert!(!p.is_open(first));
+        p.next_id = u32::MAX;
+        // u32::MAX is live, so the next is 1 again.
+        assert_eq!(p.accept(now, client, server, 0).unwrap(), SessionId(1));
     }
 }

@@ -25,6 +25,11 @@ const REPLY_ANON_ONLY: &str = "500 Only anonymous FTP allowed\r\n";
 const REPLY_NO_V4_MODES: &str = "500 PASV and PORT not allowed with IPv6\r\n";
 const REPLY_BAD_PORT: &str = "501 Bad data port (below 1024 or malformed), refused by proxy\r\n";
 const REPLY_BAD_PASSIVE: &str = "425 Cannot open passive connection: bad port from server\r\n";
+/// The answer to `AUTH`, `PBSZ` and `PROT`: the proxy must read every control line,
+/// so a TLS control channel cannot pass; saying so lets clients fall back to plain
+/// text (or give up at once) instead of handshaking into a dead session.
+const REPLY_NO_TLS: &str =
+    "534 Request denied for policy reasons: this proxy carries plain-text FTP only\r\n";
 
 /// How many client commands may await their replies before the session is ended.
 const MAX_PIPELINED: usize = 4096;
@@ -51,11 +56,22 @@ enum Passive {
     Epsv,
 }
 
+/// Which forwarded command a server reply answers, where the proxy treats it apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplyTo {
+    /// PASV or EPSV: its 227/229 is rewritten.
+    Passive(Passive),
+    /// FEAT: security features are dropped from its list.
+    Feat,
+    /// Anything else: relayed as it is.
+    Other,
+}
+
 /// What a client command waits for from the server, in order.
 #[derive(Debug)]
 enum Expect {
     /// The server's final reply to a forwarded command.
-    Reply(Option<Passive>),
+    Reply(ReplyTo),
     /// A reply the proxy gives itself, sent when every earlier reply has been relayed.
     Local(&'static str),
 }
@@ -63,6 +79,8 @@ enum Expect {
 /// A multi-line reply in progress.
 struct Multi {
     code: u16,
+    /// The reply answers FEAT: its security-feature lines are not relayed.
+    feat: bool,
     /// The held lines of a 227/229 reply that will be rewritten as a whole.
     collect: Option<(Passive, Vec<Bytes>, usize)>,
 }
@@ -126,6 +144,14 @@ pub(crate) struct Session {
     expect: VecDeque<Expect>,
     greeted: bool,
     multi: Option<Multi>,
+    /// A PASV/EPSV line that waits until no earlier reply is owed (and every client
+    /// line after it waits behind it), so that nothing the server says in an earlier
+    /// reply can be taken for its answer.
+    held: Option<(Passive, Bytes)>,
+    /// Server bytes that were already buffered when the last PASV/EPSV was
+    /// forwarded: the server sent them before it could see the command, so no line
+    /// made of them answers it.
+    stale: usize,
     commit: Option<Commit>,
     next_txn: u64,
     /// Whether any commit was issued, so that the end must remove rules.
@@ -167,6 +193,8 @@ impl Session {
             expect: VecDeque::new(),
             greeted: false,
             multi: None,
+            held: None,
+            stale: 0,
             commit: None,
             next_txn: 1,
             installed: false,
@@ -196,6 +224,22 @@ impl Session {
 
     pub(crate) fn next_timeout(&self) -> Option<Instant> {
         self.timers.iter().flatten().min().copied()
+    }
+
+    /// Whether client lines must wait: a PASV/EPSV is held back, or one was forwarded
+    /// and its reply has not come. Until then the server owes nothing else, so any
+    /// other reply line is out of step.
+    ///
+    /// A forwarded PASV/EPSV is always the newest entry: it goes out only when no
+    /// reply is owed, and nothing is queued behind it while client lines wait.
+    fn client_blocked(&self) -> bool {
+        self.held.is_some()
+            || matches!(self.expect.back(), Some(Expect::Reply(ReplyTo::Passive(_))))
+    }
+
+    /// Whether the server owes a reply to some forwarded command.
+    fn reply_owed(&self) -> bool {
+        self.expect.iter().any(|e| matches!(e, Expect::Reply(_)))
     }
 
     pub(crate) fn wants_read(&self, side: Side) -> bool {
@@ -281,16 +325,26 @@ impl Session {
         loop {
             let mut progressed = false;
             for side in [Side::Server, Side::Client] {
-                if side == Side::Client && self.proxy.is_none() {
-                    continue;
+                if side == Side::Client {
+                    if self.proxy.is_none() {
+                        continue;
+                    }
+                    progressed |= self.release_held(cx);
                 }
-                while self.phase == Phase::Open && self.commit.is_none() {
+                while self.phase == Phase::Open
+                    && self.commit.is_none()
+                    && !(side == Side::Client && self.client_blocked())
+                {
                     match self.inbox[idx(side)].next_line() {
                         Ok(Some(line)) => {
                             progressed = true;
                             match side {
                                 Side::Client => self.client_line(cx, line),
-                                Side::Server => self.server_line(cx, line),
+                                Side::Server => {
+                                    let stale = self.stale > 0;
+                                    self.stale = self.stale.saturating_sub(line.len());
+                                    self.server_line(cx, line, stale)
+                                }
                             }
                         }
                         Ok(None) => break,
@@ -338,6 +392,14 @@ impl Session {
         }
         let cmd = ftp::classify(&line);
         match cmd {
+            Command::Auth | Command::Pbsz | Command::Prot => {
+                info!(
+                    "{} refusing '{}': no TLS through the proxy",
+                    self.id,
+                    ftp::escape(&line)
+                );
+                self.local_reply(cx, REPLY_NO_TLS);
+            }
             Command::Pasv | Command::Port(_) if cx.cfg.ipv6 => {
                 error!(priority = "crit"; "PASV and PORT not allowed with IPv6");
                 self.local_reply(cx, REPLY_NO_V4_MODES);
@@ -354,26 +416,66 @@ impl Session {
                     } else {
                         Mode::ActiveEprt
                     };
-                    self.expect(cx, Expect::Reply(None));
+                    self.expect(cx, Expect::Reply(ReplyTo::Other));
                     self.active(cx, mode, port);
                 }
             },
             Command::User if cx.cfg.anonymous_only && !ftp::is_anonymous_user(&line) => {
                 self.local_reply(cx, REPLY_ANON_ONLY);
             }
+            Command::Pasv | Command::Epsv => {
+                let kind = if cmd == Command::Pasv {
+                    Passive::Pasv
+                } else {
+                    Passive::Epsv
+                };
+                self.held = Some((kind, line));
+                self.release_held(cx);
+            }
             _ => {
-                let passive = match cmd {
-                    Command::Pasv => Some(Passive::Pasv),
-                    Command::Epsv => Some(Passive::Epsv),
-                    _ => None,
+                let to = if cmd == Command::Feat {
+                    ReplyTo::Feat
+                } else {
+                    ReplyTo::Other
                 };
                 // Lines shorter than a command get no reply from servers.
                 if line.len() >= 4 {
-                    self.expect(cx, Expect::Reply(passive));
+                    self.expect(cx, Expect::Reply(to));
                 }
                 self.send(cx, Side::Server, line);
             }
         }
+    }
+
+    /// Forwards the held PASV/EPSV once the server owes nothing else: greeted, no
+    /// reply in progress or outstanding. Returns whether it went out.
+    fn release_held(&mut self, cx: &mut Cx<'_>) -> bool {
+        if self.phase != Phase::Open
+            || self.commit.is_some()
+            || !self.greeted
+            || self.multi.is_some()
+            || self.reply_owed()
+        {
+            return false;
+        }
+        let Some((kind, line)) = self.held.take() else {
+            return false;
+        };
+        // Whatever the server already sent cannot answer a command it has not seen.
+        self.stale = self.inbox[idx(Side::Server)].len();
+        self.expect(cx, Expect::Reply(ReplyTo::Passive(kind)));
+        self.send(cx, Side::Server, line);
+        true
+    }
+
+    /// Ends the session on a reply line that answers nothing the proxy forwarded.
+    fn desync(&mut self, cx: &mut Cx<'_>, line: &[u8], why: &str) {
+        error!(
+            "{} server reply '{}' {why}: replies out of step with commands",
+            self.id,
+            ftp::escape(line)
+        );
+        self.close(cx, CloseReason::ReplyDesync);
     }
 
     fn addrs(&self) -> SessionAddrs {
@@ -398,7 +500,8 @@ impl Session {
         );
     }
 
-    fn server_line(&mut self, cx: &mut Cx<'_>, line: Bytes) {
+    /// One server line; `stale` if it was buffered before the last PASV/EPSV went out.
+    fn server_line(&mut self, cx: &mut Cx<'_>, line: Bytes, stale: bool) {
         debug!("{} server: {}", self.id, ftp::escape(&line));
         if let Some(m) = &mut self.multi {
             let code = m.code;
@@ -416,14 +519,30 @@ impl Session {
                 }
                 return;
             }
-            self.send(cx, Side::Client, line);
+            let drop = m.feat && !last && ftp::is_security_feature(&line);
+            if drop {
+                debug!("{} proxy: not relaying FEAT line", self.id);
+            } else {
+                self.send(cx, Side::Client, line);
+            }
             if last {
                 self.multi = None;
                 self.final_reply(cx, code);
             }
             return;
         }
-        let Some((code, more)) = ftp::reply_code(&line) else {
+        let reply = ftp::reply_code(&line);
+        // 421 (service closing) may come at any time, unasked. Anything else outside a
+        // reply must answer an outstanding command and must not predate the PASV/EPSV.
+        if self.greeted && !matches!(reply, Some((421, _))) {
+            if stale {
+                return self.desync(cx, &line, "was sent before the server saw PASV/EPSV");
+            }
+            if !self.reply_owed() {
+                return self.desync(cx, &line, "answers no command");
+            }
+        }
+        let Some((code, more)) = reply else {
             return self.send(cx, Side::Client, line);
         };
         let passive = match code {
@@ -436,13 +555,16 @@ impl Session {
                 let size = line.len();
                 self.multi = Some(Multi {
                     code,
+                    feat: false,
                     collect: Some((kind, vec![line], size)),
                 });
             }
             (Some(kind), false) => self.passive_reply(cx, kind, &[line]),
             (None, true) => {
+                let feat = code == 211 && self.oldest_reply() == Some(ReplyTo::Feat);
                 self.multi = Some(Multi {
                     code,
+                    feat,
                     collect: None,
                 });
                 self.send(cx, Side::Client, line);
@@ -454,17 +576,21 @@ impl Session {
         }
     }
 
-    /// Whether a PASV (or EPSV) is still owed its reply. Normally it is the oldest
-    /// outstanding command; if replies and commands fell out of step, any pending one
-    /// counts, since only it can be answered with a 227 (229).
+    /// What the oldest outstanding reply answers.
+    fn oldest_reply(&self) -> Option<ReplyTo> {
+        self.expect.iter().find_map(|e| match e {
+            Expect::Reply(to) => Some(*to),
+            Expect::Local(_) => None,
+        })
+    }
+
+    /// Whether this 227 (229) answers a PASV (EPSV). A PASV/EPSV goes out only when
+    /// nothing else is owed, so its reply is the oldest outstanding one.
     fn owed_passive(&self, kind: Passive) -> Option<Passive> {
         if !self.greeted {
             return None;
         }
-        self.expect
-            .iter()
-            .any(|e| matches!(e, Expect::Reply(Some(k)) if *k == kind))
-            .then_some(kind)
+        (self.oldest_reply() == Some(ReplyTo::Passive(kind))).then_some(kind)
     }
 
     /// A complete reply (not 1xx) was relayed: it answers the oldest command.
@@ -484,7 +610,7 @@ impl Session {
     fn passive_reply(&mut self, cx: &mut Cx<'_>, kind: Passive, lines: &[Bytes]) {
         // Drop everything up to and including the command this reply answers.
         while let Some(e) = self.expect.pop_front() {
-            if matches!(e, Expect::Reply(Some(k)) if k == kind) {
+            if matches!(e, Expect::Reply(ReplyTo::Passive(k)) if k == kind) {
                 break;
             }
         }
@@ -492,7 +618,7 @@ impl Session {
             Passive::Pasv => ftp::parse_227(l),
             Passive::Epsv => ftp::parse_229(l),
         });
-        let Some(port) = port.filter(|&p| p >= MIN_DATA_PORT) else {
+        let Some(port) = port.filter(|&p| cx.cfg.server_data_port_allowed(p)) else {
             let shown: Vec<u8> = lines.iter().flat_map(|l| l.iter().copied()).collect();
             error!(priority = "crit"; "{} bad port in '{}'", self.id, ftp::escape(&shown));
             debug!(
@@ -507,6 +633,13 @@ impl Session {
             );
             return self.flush_local(cx);
         };
+        // The server owes nothing after this reply (later client lines wait for it),
+        // so more bytes behind it mean the replies are out of step: the 227/229 may be
+        // text of an earlier reply that was cut short.
+        if !self.inbox[idx(Side::Server)].is_empty() {
+            let shown: Vec<u8> = lines.iter().flat_map(|l| l.iter().copied()).collect();
+            return self.desync(cx, &shown, "is followed by more server output");
+        }
         let negotiation = Negotiation {
             mode: Mode::Passive,
             passive: Some(kind),

@@ -204,11 +204,15 @@ fn rfc_mode_does_not_apply_to_eprt_and_log_flag() {
 }
 
 #[test]
-fn pipelined_pasv_is_not_forgotten() {
+fn pipelined_pasv_is_not_forgotten_and_later_commands_wait_for_its_reply() {
     let mut h = H::new(Config::default(), &[0]);
-    assert_eq!(h.client(b"PASV\r\nNOOP\r\n").len(), 2);
-    let (txn, _) =
-        commit(&h.server(b"227 Entering Passive Mode (198,51,100,10,117,76)\r\n200 noop\r\n"));
+    // Only the PASV goes out: the NOOP waits until the 227 has been handled, so the
+    // server owes nothing else while its answer is awaited.
+    assert_eq!(
+        h.client(b"PASV\r\nNOOP\r\n"),
+        vec![send(Side::Server, b"PASV\r\n")]
+    );
+    let (txn, _) = commit(&h.server(b"227 Entering Passive Mode (198,51,100,10,117,76)\r\n"));
     assert_eq!(
         h.ack(txn, Ok(())),
         vec![
@@ -216,8 +220,12 @@ fn pipelined_pasv_is_not_forgotten() {
                 Side::Client,
                 b"227 Entering Passive Mode (198,51,100,10,192,0)\r\n"
             ),
-            send(Side::Client, b"200 noop\r\n")
+            send(Side::Server, b"NOOP\r\n")
         ]
+    );
+    assert_eq!(
+        h.server(b"200 noop\r\n"),
+        vec![send(Side::Client, b"200 noop\r\n")]
     );
 }
 
@@ -259,11 +267,23 @@ fn unrelated_multi_line_replies_pass_line_by_line() {
 }
 
 #[test]
-fn a_227_without_a_pasv_passes_unchanged() {
+fn a_reply_when_none_is_owed_ends_the_session() {
     let mut h = H::new(Config::default(), &[0]);
     assert_eq!(
         h.server(b"227 (1,2,3,4,5,6)\r\n"),
-        vec![send(Side::Client, b"227 (1,2,3,4,5,6)\r\n")]
+        vec![Action::Close(CloseReason::ReplyDesync)]
+    );
+    // So does text outside any reply.
+    let mut h = H::new(Config::default(), &[0]);
+    assert_eq!(
+        h.server(b"just text\r\n"),
+        vec![Action::Close(CloseReason::ReplyDesync)]
+    );
+    // Whereas a 421 may come unasked (a server's idle timeout).
+    let mut h = H::new(Config::default(), &[0]);
+    assert_eq!(
+        h.server(b"421 Timeout\r\n"),
+        vec![send(Side::Client, b"421 Timeout\r\n")]
     );
 }
 
@@ -671,5 +691,225 @@ fn a_port_in_use_is_replaced_by_another_and_the_line_follows() {
     assert_eq!(
         a[0],
         Action::Close(CloseReason::Filter(FilterError::AddrInUse))
+    );
+}
+
+/// The STAT -1 listing of a directory holding files named `213 a` and
+/// `227 Entering Passive Mode (127,0,0,1,11,190)`: the first ends the reply early
+/// for anyone reading it line by line, the second looks like a PASV answer.
+const STAT_HEAD: &[u8] = b"213-STAT\r\n213 a\r\n";
+const FORGED: &[u8] = b"227 Entering Passive Mode (127,0,0,1,11,190)\r\n";
+const STAT_TAIL: &[u8] = b"213 End.\r\n";
+
+fn no_rules(actions: &[Action]) {
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::CommitRules { rules, .. } if !rules.is_empty())),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn forged_227_in_the_same_segment_as_an_early_reply_end_opens_nothing() {
+    let mut h = H::new(Config::default(), &[0]);
+    // The PASV is held while the STAT reply is owed.
+    assert_eq!(
+        h.client(b"STAT -1\r\nPASV\r\n"),
+        vec![send(Side::Server, b"STAT -1\r\n")]
+    );
+    let mut seg = STAT_HEAD.to_vec();
+    seg.extend_from_slice(FORGED);
+    seg.extend_from_slice(STAT_TAIL);
+    let a = h.server(&seg);
+    no_rules(&a);
+    assert!(!a.contains(&send(Side::Server, b"PASV\r\n")), "{a:?}");
+    assert_eq!(a.last(), Some(&Action::Close(CloseReason::ReplyDesync)));
+}
+
+#[test]
+fn forged_227_in_a_later_segment_opens_nothing() {
+    let mut h = H::new(Config::default(), &[0]);
+    h.client(b"STAT -1\r\nPASV\r\n");
+    let a = h.server(STAT_HEAD);
+    // The reply looked complete, so the PASV goes out now.
+    assert_eq!(
+        a,
+        vec![
+            send(Side::Client, b"213-STAT\r\n"),
+            send(Side::Client, b"213 a\r\n"),
+            send(Side::Server, b"PASV\r\n")
+        ]
+    );
+    let mut seg = FORGED.to_vec();
+    seg.extend_from_slice(STAT_TAIL);
+    let a = h.server(&seg);
+    no_rules(&a);
+    assert_eq!(a, vec![Action::Close(CloseReason::ReplyDesync)]);
+}
+
+#[test]
+fn forged_227_split_across_the_pasv_is_stale() {
+    // The forged line had begun to arrive before the PASV went out.
+    let mut h = H::new(Config::default(), &[0]);
+    h.client(b"STAT -1\r\nPASV\r\n");
+    let mut seg = STAT_HEAD.to_vec();
+    seg.extend_from_slice(&FORGED[..10]);
+    let a = h.server(&seg);
+    assert_eq!(a.last(), Some(&send(Side::Server, b"PASV\r\n")));
+    let a = h.server(&FORGED[10..]);
+    no_rules(&a);
+    assert_eq!(a, vec![Action::Close(CloseReason::ReplyDesync)]);
+}
+
+#[test]
+fn forged_epsv_answer_is_refused_too() {
+    let mut h = H::new(Config::default(), &[0]);
+    h.client(b"STAT -1\r\nEPSV\r\n");
+    let a = h.server(b"213-STAT\r\n213 a\r\n229 Entering Extended Passive Mode (|||3006|)\r\n");
+    no_rules(&a);
+    assert_eq!(a.last(), Some(&Action::Close(CloseReason::ReplyDesync)));
+}
+
+#[test]
+fn a_pasv_after_a_complete_multi_line_reply_works() {
+    let mut h = H::new(Config::default(), &[0]);
+    assert_eq!(h.client(b"STAT -1\r\nPASV\r\n").len(), 1);
+    let a = h.server(b"213-STAT\r\n 213 a\r\n213 End.\r\n");
+    assert_eq!(a.last(), Some(&send(Side::Server, b"PASV\r\n")));
+    let (txn, rules) = commit(&h.server(b"227 Entering Passive Mode (198,51,100,10,117,76)\r\n"));
+    assert!(
+        rules[0].ends_with("rdr-to 198.51.100.10 port 30028"),
+        "{rules:?}"
+    );
+    assert_eq!(h.ack(txn, Ok(())).len(), 1);
+}
+
+#[test]
+fn server_data_ports_bound_what_a_227_may_name() {
+    let cfg = Config {
+        server_data_ports: Some(ftp_proxy_core::PortRange {
+            low: 30000,
+            high: 30100,
+        }),
+        ..Config::default()
+    };
+    let mut h = H::new(cfg, &[0]);
+    h.client(b"PASV\r\n");
+    assert_eq!(
+        h.server(b"227 Entering Passive Mode (198,51,100,10,11,190)\r\n"),
+        vec![send(
+            Side::Client,
+            b"425 Cannot open passive connection: bad port from server\r\n"
+        )]
+    );
+    h.client(b"EPSV\r\n");
+    assert_eq!(
+        h.server(b"229 x (|||30101|)\r\n"),
+        vec![send(
+            Side::Client,
+            b"425 Cannot open passive connection: bad port from server\r\n"
+        )]
+    );
+    h.client(b"EPSV\r\n");
+    let (_, rules) = commit(&h.server(b"229 x (|||30100|)\r\n"));
+    assert!(rules[0].ends_with("port 30100"), "{rules:?}");
+    let bad = Config {
+        server_data_ports: Some(ftp_proxy_core::PortRange {
+            low: 2000,
+            high: 1999,
+        }),
+        ..Config::default()
+    };
+    assert!(Proxy::new(bad, Box::new(Script([0].into()))).is_err());
+    let low = Config {
+        server_data_ports: Some(ftp_proxy_core::PortRange {
+            low: 21,
+            high: 2000,
+        }),
+        ..Config::default()
+    };
+    assert!(Proxy::new(low, Box::new(Script([0].into()))).is_err());
+}
+
+#[test]
+fn auth_pbsz_and_prot_are_answered_by_the_proxy() {
+    let mut h = H::new(Config::default(), &[0]);
+    for l in [
+        &b"AUTH TLS\r\n"[..],
+        b"AUTH SSL\r\n",
+        b"auth tls-c\r\n",
+        b"AUTH TLS-P\r\n",
+        b"PBSZ 0\r\n",
+        b"PROT P\r\n",
+    ] {
+        assert_eq!(
+            h.client(l),
+            vec![send(
+                Side::Client,
+                b"534 Request denied for policy reasons: this proxy carries plain-text FTP only\r\n"
+            )],
+            "{}",
+            String::from_utf8_lossy(l)
+        );
+    }
+    // In order behind a pipelined command.
+    assert_eq!(
+        h.client(b"NOOP\r\nAUTH TLS\r\n"),
+        vec![send(Side::Server, b"NOOP\r\n")]
+    );
+    let a = h.server(b"200 ok\r\n");
+    assert_eq!(a[0], send(Side::Client, b"200 ok\r\n"));
+    assert!(
+        a[1] == send(
+            Side::Client,
+            b"534 Request denied for policy reasons: this proxy carries plain-text FTP only\r\n"
+        )
+    );
+}
+
+#[test]
+fn feat_replies_lose_their_security_lines() {
+    let mut h = H::new(Config::default(), &[0]);
+    h.client(b"FEAT\r\n");
+    let a = h.server(
+        b"211-Extensions supported:\r\n EPRT\r\n AUTH TLS\r\n PBSZ\r\n PROT\r\n EPSV\r\n211 End.\r\n",
+    );
+    assert_eq!(
+        a,
+        vec![
+            send(Side::Client, b"211-Extensions supported:\r\n"),
+            send(Side::Client, b" EPRT\r\n"),
+            send(Side::Client, b" EPSV\r\n"),
+            send(Side::Client, b"211 End.\r\n"),
+        ]
+    );
+    // Other multi-line replies keep such lines.
+    h.client(b"HELP\r\n");
+    assert_eq!(h.server(b"214-x\r\n AUTH TLS\r\n214 y\r\n").len(), 3);
+}
+
+#[test]
+fn anonymous_only_judges_user_after_blanks_and_telnet_commands() {
+    let cfg = Config {
+        anonymous_only: true,
+        ..Config::default()
+    };
+    let mut h = H::new(cfg, &[0]);
+    for l in [
+        &b" USER bob\r\n"[..],
+        b"\t USER bob\r\n",
+        b"\xff\xf4\xff\xf2USER bob\r\n",
+        b"\xff\xfd\x03 user bob\r\n",
+    ] {
+        assert_eq!(
+            h.client(l),
+            vec![send(Side::Client, b"500 Only anonymous FTP allowed\r\n")],
+            "{l:?}"
+        );
+    }
+    assert_eq!(
+        h.client(b" USER ftp\r\n"),
+        vec![send(Side::Server, b" USER ftp\r\n")]
     );
 }

@@ -28,7 +28,7 @@ fn seeds() {
     let start = env_u64("FTP_SIM_START").unwrap_or(0);
     let mut closes: BTreeMap<String, u32> = BTreeMap::new();
     let (mut sessions, mut refused, mut commits, mut events) = (0u64, 0u64, 0u64, 0u64);
-    let mut in_use = 0u64;
+    let (mut in_use, mut forged, mut forged_opened) = (0u64, 0u64, 0u64);
     for seed in start..start + n {
         match run_seed(seed) {
             Ok(r) => {
@@ -36,6 +36,8 @@ fn seeds() {
                 refused += u64::from(r.refused);
                 commits += u64::from(r.commits);
                 in_use += u64::from(r.ports_in_use);
+                forged += u64::from(r.forged);
+                forged_opened += u64::from(r.forged_opened);
                 events += r.events;
                 for (k, v) in r.closes {
                     *closes.entry(k).or_default() += v;
@@ -46,6 +48,9 @@ fn seeds() {
     }
     println!(
         "{n} seeds: {events} events, {sessions} sessions, {refused} refused, {commits} commits, {in_use} ports in use"
+    );
+    println!(
+        "{forged} forged STAT listings, {forged_opened} of them opened the forged port (split segments)"
     );
     println!("session ends: {closes:#?}");
     if n >= 1000 {
@@ -61,6 +66,7 @@ fn seeds() {
             "pf operation failed",
             "proxy cannot connect to server 198.51.100.10",
             "shutting down",
+            "server reply answers no command",
         ] {
             assert!(
                 closes.keys().any(|k| k.starts_with(kind)),
@@ -69,6 +75,7 @@ fn seeds() {
         }
         assert!(refused > 0, "the -m limit was never reached");
         assert!(in_use > 0, "no proxy port was ever found in use");
+        assert!(forged > 0, "no forged STAT listing was ever sent");
     }
 }
 

@@ -111,12 +111,25 @@ impl Fixture {
     /// Starts pure-ftpd on loopback (`::1` if `ipv6`) and the proxy in front of it
     /// with `proxy_args` added to `-d -D7 [-6] -b -p -R -P`. `Ok(None)` when not root.
     pub fn start(tag: &str, ipv6: bool, proxy_args: &[&str]) -> Result<Option<Fixture>> {
+        Fixture::start_with(tag, ipv6, proxy_args, |_| Ok(Vec::new()))
+    }
+
+    /// Like [`start`](Self::start); `server_args` gets the work directory (to write
+    /// files the server needs, such as a certificate) and returns extra pure-ftpd options.
+    pub fn start_with(
+        tag: &str,
+        ipv6: bool,
+        proxy_args: &[&str],
+        server_args: impl FnOnce(&Workdir) -> Result<Vec<String>>,
+    ) -> Result<Option<Fixture>> {
         if !preflight()? {
             return Ok(None);
         }
         let work = Workdir::new(tag)?;
         let ip = loopback(ipv6);
-        let server = FtpServer::start(&work, ip)?;
+        let extra = server_args(&work)?;
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let server = FtpServer::start_with(&work, ip, &extra)?;
         let proxy = if std::env::var_os(DIRECT_ENV).is_some() {
             None
         } else {

@@ -154,6 +154,11 @@ impl FtpServer {
     /// Starts pure-ftpd on `ip` (127.0.0.1 or ::1) serving `work`, and waits until it
     /// answers with its banner.
     pub fn start(work: &Workdir, ip: IpAddr) -> Result<FtpServer> {
+        FtpServer::start_with(work, ip, &[])
+    }
+
+    /// Like [`start`](Self::start), with extra pure-ftpd options (e.g. `-Y 1` for TLS).
+    pub fn start_with(work: &Workdir, ip: IpAddr, extra: &[&str]) -> Result<FtpServer> {
         let passwd = write_passwd(work)?;
         let pdb = write_puredb(work)?;
         let log = work.root().join("pure-ftpd.log");
@@ -181,6 +186,7 @@ impl FtpServer {
                 .arg(format!("{}:{}", PASSIVE_RANGE.0, PASSIVE_RANGE.1))
                 .arg("-l")
                 .arg(format!("puredb:{}", pdb.display()))
+                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(out))
                 .stderr(Stdio::from(err));

@@ -37,6 +37,14 @@ pub const REPLY_V6: &str = "500 PASV and PORT not allowed with IPv6\r\n";
 pub const REPLY_BAD_PORT: &str =
     "501 Bad data port (below 1024 or malformed), refused by proxy\r\n";
 pub const REPLY_BAD_PASSIVE: &str = "425 Cannot open passive connection: bad port from server\r\n";
+pub const REPLY_NO_TLS: &str =
+    "534 Request denied for policy reasons: this proxy carries plain-text FTP only\r\n";
+
+/// The server port a forged 227 inside a `STAT -1` listing names (an internal
+/// service); the sim's servers never offer it for real.
+pub const FORGED_PORT: u16 = 3006;
+/// The line of a `STAT -1` listing that ends the reply early (a file named `213 a`).
+pub const EARLY_END: &[u8] = b"213 a\r\n";
 
 /// Settings the script generator needs to know the fate of each line.
 #[derive(Debug, Clone, Copy)]
@@ -91,12 +99,14 @@ fn port_line(rng: &mut Pcg32, m: &Mode, eprt: bool) -> (Vec<u8>, Fate) {
 /// sometimes malformed), pauses, and an end.
 pub fn script(rng: &mut Pcg32, m: &Mode) -> VecDeque<Step> {
     let mut steps = VecDeque::new();
-    let user: &[u8] = match rng.uniform(3) {
+    let user: &[u8] = match rng.uniform(5) {
         0 => b"USER anonymous\r\n",
         1 => b"user ftp\r\n",
+        // Blanks and Telnet commands before the word: judged like the plain line.
+        2 => b" \xff\xf4\xff\xf2USER bob\r\n",
         _ => b"USER bob\r\n",
     };
-    let user_fate = if m.anonymous_only && user == b"USER bob\r\n" {
+    let user_fate = if m.anonymous_only && user.ends_with(b"USER bob\r\n") {
         Fate::Local(REPLY_ANON)
     } else {
         Fate::Same
@@ -107,7 +117,14 @@ pub fn script(rng: &mut Pcg32, m: &Mode) -> VecDeque<Step> {
         let batch = if rng.chance(1, 4) { rng.range(2, 4) } else { 1 };
         let mut lines = Vec::new();
         for _ in 0..batch {
-            lines.push(match rng.uniform(16) {
+            if rng.chance(1, 25) {
+                // A listing with client-chosen file names, then a pipelined PASV/EPSV.
+                lines.push((b"STAT -1\r\n".to_vec(), Fate::Same));
+                let passive: &[u8] = if m.ipv6 { b"EPSV\r\n" } else { b"PASV\r\n" };
+                lines.push((passive.to_vec(), Fate::Same));
+                continue;
+            }
+            lines.push(match rng.uniform(20) {
                 0..=2 => {
                     let fate = if m.ipv6 {
                         Fate::Local(REPLY_V6)
@@ -124,6 +141,16 @@ pub fn script(rng: &mut Pcg32, m: &Mode) -> VecDeque<Step> {
                 12 => (b"CWD /pub/\xc3\xa9t\xc3\xa9\r\n".to_vec(), Fate::Same),
                 13 => (b"SYST\n".to_vec(), Fate::Same),
                 14 => (b"EPRT |9|x|1|\r\n".to_vec(), Fate::Local(REPLY_BAD_PORT)),
+                16 => (b"AUTH TLS\r\n".to_vec(), Fate::Local(REPLY_NO_TLS)),
+                17 => {
+                    let l: &[u8] = if rng.chance(1, 2) {
+                        b"PBSZ 0\r\n"
+                    } else {
+                        b"PROT P\r\n"
+                    };
+                    (l.to_vec(), Fate::Local(REPLY_NO_TLS))
+                }
+                18 => (b"FEAT\r\n".to_vec(), Fate::Same),
                 _ => (b"RETR file.bin\r\n".to_vec(), Fate::Same),
             });
         }
@@ -206,6 +233,11 @@ pub enum Unit {
     Passive,
     /// A 227/229 with a bad port: replaced by the proxy's 425.
     BadPassive,
+    /// A FEAT list: relayed without its AUTH/PBSZ/PROT lines.
+    Feat,
+    /// A `STAT -1` listing whose file names end it early and forge a PASV/EPSV
+    /// answer: the session must end after the early end.
+    Forged,
 }
 
 /// A scripted server for one session.
@@ -243,7 +275,10 @@ impl Server {
     pub fn reply(&mut self, rng: &mut Pcg32, line: &[u8], server_ip: IpAddr) -> (Vec<u8>, bool) {
         self.received.push(line.to_vec());
         let upper = line.to_ascii_uppercase();
-        let good_port = rng.range(1024, 49151) as u16;
+        let good_port = match rng.range(1024, 49151) as u16 {
+            FORGED_PORT => FORGED_PORT + 1,
+            p => p,
+        };
         let (port, unit) = if rng.chance(1, 15) {
             (rng.range(1, 1023) as u16, Unit::BadPassive)
         } else {
@@ -275,6 +310,40 @@ impl Server {
             };
             return (
                 self.push(lines.into_iter().map(String::into_bytes).collect(), unit),
+                false,
+            );
+        }
+        if upper.starts_with(b"STAT") {
+            let forged = if server_ip.is_ipv4() {
+                format!(
+                    "227 Entering Passive Mode (127,0,0,1,{},{})\r\n",
+                    FORGED_PORT >> 8,
+                    FORGED_PORT & 0xff
+                )
+            } else {
+                format!("229 Entering Extended Passive Mode (|||{FORGED_PORT}|)\r\n")
+            };
+            let lines = vec![
+                b"213-STAT\r\n".to_vec(),
+                b"-rw-r--r-- 1 ftp ftp 0 file\r\n".to_vec(),
+                EARLY_END.to_vec(),
+                forged.into_bytes(),
+                b"213 End.\r\n".to_vec(),
+            ];
+            return (self.push(lines, Unit::Forged), false);
+        }
+        if upper.starts_with(b"FEAT") {
+            let lines = [
+                &b"211-Extensions supported:\r\n"[..],
+                b" EPRT\r\n",
+                b" AUTH TLS\r\n",
+                b" PBSZ\r\n",
+                b" PROT\r\n",
+                b" EPSV\r\n",
+                b"211 End.\r\n",
+            ];
+            return (
+                self.push(lines.iter().map(|l| l.to_vec()).collect(), Unit::Feat),
                 false,
             );
         }

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use ftp_proxy_core::rules::{PROXY_PORT_END, PROXY_PORT_LOW};
 use ftp_proxy_core::{
     ftp, Action, Anchor, Config, Direction, Input, Pcg32, Proxy, RandomSource, Refused, RuleLog,
-    RuleOptions, SessionId, Side,
+    RuleOptions, SessionId, Side, Translate,
 };
 use pfctl_backend::mock::{FaultRates, MockBackend};
 use pfctl_backend::Backend;
@@ -69,6 +69,11 @@ pub struct Report {
     pub commits: u32,
     /// Commits answered "proxy port in use", each followed by a new port.
     pub ports_in_use: u32,
+    /// Forged STAT listings the server sent (sessions that must end in a desync).
+    pub forged: u32,
+    /// Rule sets committed for the forged port: only possible when the forged line
+    /// and the rest of the listing arrive in separate segments (docs/behavior.md).
+    pub forged_opened: u32,
     pub closes: BTreeMap<String, u32>,
 }
 
@@ -168,6 +173,7 @@ impl World {
             source_addr: None,
             rules,
             pid: PID,
+            server_data_ports: None,
         };
         let proxy =
             Proxy::new(cfg.clone(), Box::new(Pcg32::new(seed ^ 0x5eed))).expect("valid config");
@@ -533,6 +539,11 @@ impl World {
                 Action::CommitRules { txn, anchor, rules } => {
                     self.note("commit", sid.0, &txn.to_le_bytes());
                     self.report.commits += 1;
+                    if rules.iter().any(|r| {
+                        matches!(r.translate, Translate::RdrTo { port, .. } if port == actors::FORGED_PORT)
+                    }) {
+                        self.report.forged_opened += 1;
+                    }
                     if anchor
                         != (Anchor {
                             pid: PID,
@@ -735,6 +746,9 @@ impl World {
                         .map_or(self.orig_dst().ip(), |s| s.ip());
                     let (reply, close) =
                         self.peers[i].server.reply(&mut self.rng, &line, server_ip);
+                    if matches!(self.peers[i].server.sent.last(), Some((_, Unit::Forged))) {
+                        self.report.forged += 1;
+                    }
                     self.pipe(i, Pipe::ServerToProxy, Chunk::Data(reply.into()));
                     if close {
                         self.peers[i].server.closed = true;
@@ -806,18 +820,39 @@ impl World {
                     Some((lines, Unit::Passive)) => {
                         expected.push(Expected::Passive(lines[0].clone()))
                     }
+                    Some((lines, Unit::Feat)) => expected.extend(
+                        lines
+                            .iter()
+                            .filter(|l| l.starts_with(b"211") || !ftp::is_security_feature(l))
+                            .map(|l| Expected::Exact(l.clone())),
+                    ),
+                    Some((lines, Unit::Forged)) => {
+                        // Up to the early end; then at most the rewrite of the forged
+                        // line (separate segments), and nothing more: the session ends.
+                        let end = lines.iter().position(|l| l == actors::EARLY_END).unwrap();
+                        expected.extend(lines[..=end].iter().map(|l| Expected::Exact(l.clone())));
+                        expected.push(Expected::ForgedRewrite);
+                        break;
+                    }
                     None => break,
                 },
             }
         }
         let orig_ip = self.orig_dst().ip();
-        let mut got = p.client.received.iter();
+        let mut got = p.client.received.iter().peekable();
         for want in &expected {
-            let Some(g) = got.next() else { return Ok(()) };
+            let Some(&g) = got.peek() else { return Ok(()) };
             let ok = match want {
                 Expected::Exact(w) => g == w,
                 Expected::Passive(first) => rewritten_passive(g, first, orig_ip),
+                Expected::ForgedRewrite => {
+                    if g.starts_with(b"22") {
+                        got.next();
+                    }
+                    continue;
+                }
             };
+            got.next();
             if !ok {
                 return Err(self.fail(format!(
                     "{sid}: client expected {want:?}, got {}",
@@ -840,6 +875,8 @@ enum Expected {
     Exact(Vec<u8>),
     /// The rewritten form of the passive reply whose first line this is.
     Passive(Vec<u8>),
+    /// Optionally, the rewrite of a forged passive answer.
+    ForgedRewrite,
 }
 
 impl std::fmt::Debug for Expected {
@@ -847,6 +884,7 @@ impl std::fmt::Debug for Expected {
         match self {
             Expected::Exact(l) => write!(f, "'{}'", ftp::escape(l)),
             Expected::Passive(l) => write!(f, "the rewrite of '{}'", ftp::escape(l)),
+            Expected::ForgedRewrite => f.write_str("the rewrite of a forged answer, or nothing"),
         }
     }
 }
