@@ -390,6 +390,7 @@ impl Relay {
                 reset(&stream);
                 continue;
             }
+            sys::nodelay(&stream);
             let spec = l.spec.clone();
             let anchor = l.anchor;
             match self.open(&spec) {

@@ -6,7 +6,7 @@
 //! (the core's driving contract).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,6 +26,8 @@ use crate::{Backend, DataPath, Divert, Listener, Options, RunError};
 
 /// Reads per control socket per turn before other sockets get theirs.
 const READS_PER_TURN: usize = 16;
+/// Queued pieces handed to one `writev` of a control socket (well under `IOV_MAX`).
+const IOV_PER_WRITE: usize = 64;
 /// Accepts per turn on the control listener.
 const ACCEPTS_PER_TURN: usize = 64;
 /// Size of one read from a control socket.
@@ -72,18 +74,20 @@ impl Conn {
     }
 
     /// Writes queued output until it is gone or the socket would block.
+    ///
+    /// The whole queue goes out in one `writev` (up to [`IOV_PER_WRITE`] pieces), so a
+    /// burst of reply lines leaves as one segment rather than one per line.
     fn flush(&mut self) -> io::Result<()> {
-        while let Some(front) = self.out.front_mut() {
-            match self.sock.write(front) {
+        while !self.out.is_empty() {
+            let iov: Vec<IoSlice<'_>> = self
+                .out
+                .iter()
+                .take(IOV_PER_WRITE)
+                .map(|b| IoSlice::new(b))
+                .collect();
+            match self.sock.write_vectored(&iov) {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.queued -= n;
-                    if n == front.len() {
-                        self.out.pop_front();
-                    } else {
-                        let _ = front.split_to(n);
-                    }
-                }
+                Ok(n) => self.consume(n),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.writable = false;
                     return Ok(());
@@ -93,6 +97,23 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// Drops the first `n` queued bytes (written).
+    fn consume(&mut self, mut n: usize) {
+        self.queued -= n;
+        while n > 0 {
+            let Some(front) = self.out.front_mut() else {
+                return;
+            };
+            if n >= front.len() {
+                n -= front.len();
+                self.out.pop_front();
+            } else {
+                let _ = front.split_to(n);
+                n = 0;
+            }
+        }
     }
 }
 
@@ -157,6 +178,8 @@ pub struct Runtime<B: Backend> {
     sessions: BTreeMap<SessionId, Session>,
     /// Control sockets with work left from the previous turn.
     hot: BTreeSet<(SessionId, Side)>,
+    /// Control sockets with output queued by the actions being drained.
+    unflushed: BTreeSet<(SessionId, Side)>,
     signals: Option<Signals>,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
@@ -202,6 +225,7 @@ impl<B: Backend> Runtime<B> {
             },
             sessions: BTreeMap::new(),
             hot: BTreeSet::new(),
+            unflushed: BTreeSet::new(),
             signals: None,
             stop: Arc::new(AtomicBool::new(false)),
             waker,
@@ -479,6 +503,7 @@ impl<B: Backend> Runtime<B> {
                 Ok(id) => {
                     let mut sock = sock;
                     sys::keepalive(&sock);
+                    sys::nodelay(&sock);
                     let rw = Interest::READABLE | Interest::WRITABLE;
                     if let Err(e) = self.poll.registry().register(
                         &mut sock,
@@ -644,10 +669,19 @@ impl<B: Backend> Runtime<B> {
         }
     }
 
-    /// Executes every pending action (the core's drain rule).
+    /// Executes every pending action (the core's drain rule), then writes what they
+    /// queued: lines produced by one input leave in one write per socket.
     fn drain(&mut self, now: Instant) {
-        while let Some((id, action)) = self.proxy.poll_action() {
-            self.execute(now, id, action);
+        loop {
+            while let Some((id, action)) = self.proxy.poll_action() {
+                self.execute(now, id, action);
+            }
+            if self.unflushed.is_empty() {
+                return;
+            }
+            for (id, side) in std::mem::take(&mut self.unflushed) {
+                self.flush(id, side);
+            }
         }
     }
 
@@ -665,7 +699,7 @@ impl<B: Backend> Runtime<B> {
                         return;
                     }
                 }
-                self.flush(id, side);
+                self.unflushed.insert((id, side));
             }
             Action::Close(_) => {
                 let Some(mut s) = self.sessions.remove(&id) else {
