@@ -91,6 +91,7 @@ mod signal;
 mod sys;
 mod token;
 
+pub use relay::RelayLimits;
 pub use runtime::{Runtime, ShutdownHandle, SHUTDOWN_GRACE};
 
 /// How the proxy learns where a diverted client originally wanted to go.

@@ -18,7 +18,7 @@ use log::{debug, error, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Waker};
 
-use crate::relay::Relay;
+use crate::relay::{Relay, RelayLimits};
 use crate::signal::Signals;
 use crate::sys;
 use crate::token::Tok;
@@ -290,6 +290,14 @@ impl<B: Backend> Runtime<B> {
         }
     }
 
+    /// Sets the per-session cap and the timeouts of relayed data connections. Without
+    /// the relay this does nothing.
+    pub fn set_relay_limits(&mut self, limits: RelayLimits) {
+        if let Data::Relay(r) = &mut self.data {
+            r.set_limits(limits);
+        }
+    }
+
     /// Whether a shutdown has started.
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown_deadline.is_some()
@@ -347,6 +355,10 @@ impl<B: Backend> Runtime<B> {
             self.proxy.poll_timeout(),
             self.accept_paused_until,
             self.shutdown_deadline,
+            match &self.data {
+                Data::Relay(r) => r.poll_timeout(),
+                Data::Kernel(_) => None,
+            },
         ]
         .into_iter()
         .flatten()
@@ -393,6 +405,7 @@ impl<B: Backend> Runtime<B> {
         }
         if let Data::Relay(relay) = &mut self.data {
             relay.run_hot(self.poll.registry());
+            relay.sweep(self.poll.registry(), Instant::now());
         }
         if std::mem::take(&mut self.accept_hot) {
             self.accept();
@@ -499,6 +512,15 @@ impl<B: Backend> Runtime<B> {
                     .map(sys::unmap)
                     .unwrap_or(local),
             };
+            if self.is_own_listener(orig) {
+                // Not diverted: serving it would connect to ourselves, and that
+                // connection again, until the session limit (docs/linux.md).
+                warn!(
+                    "refused connection from {client}: its destination {orig} is this proxy's own listener, not a diverted FTP server"
+                );
+                drop(sock);
+                continue;
+            }
             match self.proxy.accept(now, client, orig, 0) {
                 Ok(id) => {
                     let mut sock = sock;
@@ -540,6 +562,21 @@ impl<B: Backend> Runtime<B> {
         }
         // Turn is up with connections possibly still waiting.
         self.accept_hot = true;
+    }
+
+    /// Whether `orig`, the original destination of an accepted connection, is the
+    /// proxy's own listening socket. Only when the core connects to that destination
+    /// (no fixed server, `-R`): with a fixed server it is the normal case.
+    fn is_own_listener(&self, orig: SocketAddr) -> bool {
+        if self.proxy.config().fixed_server.is_some() || orig.port() != self.listen_addr.port() {
+            return false;
+        }
+        let listen_ip = sys::unmap(self.listen_addr).ip();
+        if listen_ip.is_unspecified() {
+            sys::is_local(orig.ip())
+        } else {
+            orig.ip() == listen_ip
+        }
     }
 
     /// Learns whether the server connect finished (mio's `TcpStream::connect` recipe).
@@ -705,6 +742,9 @@ impl<B: Backend> Runtime<B> {
                 let Some(mut s) = self.sessions.remove(&id) else {
                     return;
                 };
+                if let Data::Relay(r) = &mut self.data {
+                    r.session_ended(id.0);
+                }
                 let registry = self.poll.registry();
                 // One best-effort flush of what is queued, errors ignored (§13.4).
                 let _ = s.client.flush();

@@ -153,6 +153,11 @@ pub(crate) fn nodelay<F: AsFd>(fd: &F) {
     let _ = socket::setsockopt(fd, sockopt::TcpNoDelay, &true);
 }
 
+/// Whether `ip` is an address of this host (a socket can be bound to it).
+pub(crate) fn is_local(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
 /// `SO_KEEPALIVE` on, errors ignored as in the original.
 pub(crate) fn keepalive<F: AsFd>(fd: &F) {
     let _ = socket::setsockopt(fd, sockopt::KeepAlive, &true);
