@@ -257,6 +257,18 @@ pub struct RawArgs {
     /// directory to chroot into when started as root (default /var/empty)
     #[argh(option, default = "PathBuf::from(\"/var/empty\")")]
     pub chroot: PathBuf,
+
+    /// relay: data connections one session may have in progress, 1..500 (default 2)
+    #[argh(option, default = "2")]
+    pub relay_per_session: u32,
+
+    /// relay: seconds without a byte either way before a data connection is reset, 1..86400 (default 600)
+    #[argh(option, default = "600")]
+    pub relay_idle_timeout: u32,
+
+    /// relay: the same for a half-closed data connection or one whose session ended, 1..86400 (default 15)
+    #[argh(option, default = "15")]
+    pub relay_linger: u32,
 }
 
 /// The parsed command line, every default filled in.
@@ -302,6 +314,12 @@ pub struct Args {
     pub user: String,
     /// `--chroot`.
     pub chroot: PathBuf,
+    /// `--relay-per-session`, 1..=500.
+    pub relay_per_session: u32,
+    /// `--relay-idle-timeout`, seconds, 1..=86400.
+    pub relay_idle_timeout: u32,
+    /// `--relay-linger`, seconds, 1..=86400.
+    pub relay_linger: u32,
 }
 
 impl Args {
@@ -338,6 +356,9 @@ impl From<RawArgs> for Args {
             server_data_ports: r.server_data_ports.map(|d| d.0),
             user: r.user,
             chroot: r.chroot,
+            relay_per_session: r.relay_per_session,
+            relay_idle_timeout: r.relay_idle_timeout,
+            relay_linger: r.relay_linger,
         }
     }
 }
@@ -419,6 +440,18 @@ fn timeout(v: &str) -> Result<String, String> {
     strtonum(v, 0, 86400)
         .map(|n| n.to_string())
         .map_err(|e| format!("timeout {e}"))
+}
+
+fn relay_per_session(v: &str) -> Result<String, String> {
+    strtonum(v, 1, 500)
+        .map(|n| n.to_string())
+        .map_err(|e| format!("relay per-session limit {e}"))
+}
+
+fn relay_seconds(v: &str) -> Result<String, String> {
+    strtonum(v, 1, 86400)
+        .map(|n| n.to_string())
+        .map_err(|e| format!("relay timeout {e}"))
 }
 
 fn queue(v: &str) -> Result<String, String> {
@@ -555,6 +588,21 @@ const OPTIONS: &[OptSpec] = &[
         short: None,
         long: "chroot",
         kind: Kind::Value(nonempty),
+    },
+    OptSpec {
+        short: None,
+        long: "relay-per-session",
+        kind: Kind::Value(relay_per_session),
+    },
+    OptSpec {
+        short: None,
+        long: "relay-idle-timeout",
+        kind: Kind::Value(relay_seconds),
+    },
+    OptSpec {
+        short: None,
+        long: "relay-linger",
+        kind: Kind::Value(relay_seconds),
     },
 ];
 
@@ -935,6 +983,25 @@ mod tests {
         assert_eq!(run("").server_data_ports, None);
         assert_eq!(run("--divert divert-to").divert, DivertMode::Getsockname);
         assert_eq!(run("--max-sessions 3 --ipv6 --foreground").max_sessions, 3);
+    }
+
+    #[test]
+    fn relay_limits_default_and_range() {
+        let a = run("");
+        assert_eq!(
+            (a.relay_per_session, a.relay_idle_timeout, a.relay_linger),
+            (2, 600, 15)
+        );
+        let a = run("--relay-per-session 1 --relay-idle-timeout 30 --relay-linger=5");
+        assert_eq!(
+            (a.relay_per_session, a.relay_idle_timeout, a.relay_linger),
+            (1, 30, 5)
+        );
+        assert_eq!(
+            invalid("--relay-per-session 0"),
+            "relay per-session limit too small"
+        );
+        assert_eq!(invalid("--relay-linger 86401"), "relay timeout too large");
     }
 
     #[test]

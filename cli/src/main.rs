@@ -37,9 +37,12 @@ mod resolve;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use ftp_proxy_core::{Config, ConfigError, Proxy, RuleLog, RuleOptions};
-use ftp_proxy_runtime::{Backend, DataPath, Divert, OsRandom, RunError, Runtime, StartError};
+use ftp_proxy_runtime::{
+    Backend, DataPath, Divert, OsRandom, RelayLimits, RunError, Runtime, StartError,
+};
 use log::{error, info, warn};
 use nix::unistd::Uid;
 
@@ -267,6 +270,11 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
     // graceful shutdown, not the default action.
     let mut runtime = Runtime::new(listener, &opts, proxy, data_path).map_err(Fatal::Run)?;
     runtime.handle_signals().map_err(Fatal::Run)?;
+    runtime.set_relay_limits(RelayLimits {
+        per_session: args.relay_per_session as usize,
+        idle: Duration::from_secs(args.relay_idle_timeout.into()),
+        linger: Duration::from_secs(args.relay_linger.into()),
+    });
 
     if let Some(d) = detached.take() {
         d.ready(!root).map_err(Fatal::Daemon)?;

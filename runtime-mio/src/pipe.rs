@@ -12,10 +12,13 @@ use std::io::{self, ErrorKind, Read, Write};
 
 use mio::net::TcpStream;
 
-/// A kernel pipe asks for this many times the copy buffer's capacity (256 KiB for the
-/// relay's 64 KiB): measured 2170 MiB/s against 1750 for copying on loopback, where a
-/// 64 KiB pipe was slower than copying.
-const SPLICE_WINDOW_FACTOR: usize = 4;
+/// A kernel pipe asks for this many times the copy buffer's capacity (1 MiB for the
+/// relay's 64 KiB). A splice from a socket fills one pipe slot per page fragment, so
+/// the slot count, not the byte size, bounds each call: 256 KiB pipes moved about
+/// 190 KB per call, 1 MiB pipes cut the splice and epoll_wait calls per GiB and the
+/// relay's CPU time (docs/performance.md). The pages are the kernel's, lent while in
+/// flight: an idle pipe costs no memory, and the proxy's RSS does not grow.
+const SPLICE_WINDOW_FACTOR: usize = 16;
 
 /// What one fill attempt achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,10 +207,18 @@ pub(crate) mod splice {
             }
             // SAFETY: pipe2 succeeded, so both are fresh descriptors we now own.
             let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-            // Ask for `cap`; the kernel may round up, or refuse above pipe-max-size
-            // (then the default, 64 KiB, stays). Use whatever it reports.
-            // SAFETY: fcntl on a descriptor we own.
-            unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, cap as libc::c_int) };
+            // Ask for `cap`; the kernel may round up, or refuse above pipe-max-size or
+            // once this user's pipes hold pipe-user-pages-soft pages (64 MiB by default:
+            // 32 pairs at 1 MiB). Then a quarter, then the default (64 KiB) stays. Use
+            // whatever it reports.
+            for want in [cap, cap / 4] {
+                // SAFETY: fcntl on a descriptor we own.
+                let r =
+                    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, want as libc::c_int) };
+                if r > 0 {
+                    break;
+                }
+            }
             // SAFETY: as above.
             let got = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) };
             if got <= 0 {

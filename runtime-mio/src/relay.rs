@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, ErrorKind};
 use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
 
 use ftp_proxy_core::{Anchor, Direction, FilterError, PortRange, Rule, Translate};
 use log::{debug, info, warn};
@@ -30,6 +31,34 @@ pub(crate) const PIPE_CAPACITY: usize = 64 * 1024;
 const STEPS_PER_TURN: usize = 16;
 /// Accepts per data listener per turn.
 const ACCEPTS_PER_TURN: usize = 16;
+/// How often data connections are checked against their timeouts.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Bounds on the data connections the relay carries, beyond the global `-m` cap.
+///
+/// pf keeps a state for as long as packets flow and expires it by its own timers;
+/// the relay holds two sockets per connection, so a client that keeps its sockets
+/// open could otherwise hold slots of the shared cap forever (docs/behavior.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Data connections one session may have in progress at once.
+    pub per_session: usize,
+    /// A data connection that moves no byte for this long is reset.
+    pub idle: Duration,
+    /// The shorter idle limit of a connection that one side has closed, or whose
+    /// control session has ended.
+    pub linger: Duration,
+}
+
+impl Default for RelayLimits {
+    fn default() -> RelayLimits {
+        RelayLimits {
+            per_session: 2,
+            idle: Duration::from_secs(600),
+            linger: Duration::from_secs(15),
+        }
+    }
+}
 
 /// One data connection the rules allow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +153,24 @@ struct Pair {
     down: Pipe,
     connecting: bool,
     label: String,
+    /// The control session that negotiated it ([`Anchor::session`]).
+    session: u32,
+    /// That session has ended.
+    orphan: bool,
+    /// Bytes moved both ways at the last sweep, and when that count last changed.
+    seen: u64,
+    last_active: Instant,
+}
+
+impl Pair {
+    fn moved(&self) -> u64 {
+        self.up.moved() + self.down.moved()
+    }
+
+    /// One side has sent its end of file (or failed): only the other may still send.
+    fn half_closed(&self) -> bool {
+        self.accepted.eof || self.opened.eof || self.accepted.shut || self.opened.shut
+    }
 }
 
 /// Why a data connection ended early.
@@ -131,6 +178,8 @@ struct Pair {
 enum PairEnd {
     Done,
     Failed(&'static str, io::Error),
+    /// No byte moved for the given time; the text says which limit applied.
+    Idle(&'static str, Duration),
 }
 
 /// The relay's state: listeners per session anchor and the data connections.
@@ -149,6 +198,9 @@ pub(crate) struct Relay {
     /// outlive their sessions, so the session limit alone does not bound them, and the
     /// descriptor budget ([`crate::nofile_needed`]) counts one pair per session.
     max_pairs: usize,
+    limits: RelayLimits,
+    /// When the data connections are next checked against their timeouts.
+    next_sweep: Option<Instant>,
 }
 
 impl Relay {
@@ -166,6 +218,58 @@ impl Relay {
     /// connections accepted from now on.
     pub(crate) fn set_zero_copy(&mut self, on: bool) {
         self.zero_copy = on;
+    }
+
+    /// Sets the per-session cap and the timeouts of data connections.
+    pub(crate) fn set_limits(&mut self, limits: RelayLimits) {
+        self.limits = limits;
+    }
+
+    /// The control session `session` has ended: its data connections in progress may
+    /// finish, but now idle out after the short limit.
+    pub(crate) fn session_ended(&mut self, session: u32) {
+        for p in self.pairs.values_mut().filter(|p| p.session == session) {
+            p.orphan = true;
+        }
+    }
+
+    /// When [`sweep`](Self::sweep) is next due (`None` without data connections).
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.next_sweep
+    }
+
+    /// Resets the data connections that moved no byte for longer than their limit.
+    pub(crate) fn sweep(&mut self, registry: &Registry, now: Instant) {
+        match self.next_sweep {
+            Some(t) if t <= now => {}
+            _ => return,
+        }
+        let limits = self.limits;
+        let expired: Vec<(u64, PairEnd)> = self
+            .pairs
+            .iter_mut()
+            .filter_map(|(&id, p)| {
+                let moved = p.moved();
+                if moved != p.seen {
+                    p.seen = moved;
+                    p.last_active = now;
+                    return None;
+                }
+                let (why, limit) = if p.orphan {
+                    ("its session has ended", limits.linger)
+                } else if p.half_closed() {
+                    ("half-closed", limits.linger)
+                } else {
+                    ("idle", limits.idle)
+                };
+                (now.duration_since(p.last_active) >= limit)
+                    .then_some((id, PairEnd::Idle(why, limit)))
+            })
+            .collect();
+        for (id, end) in expired {
+            self.close(registry, id, end);
+        }
+        self.next_sweep = (!self.pairs.is_empty()).then(|| now + SWEEP_EVERY);
     }
 
     fn alloc_id(&mut self) -> u64 {
@@ -305,6 +409,7 @@ impl Relay {
             reset(&pair.opened.sock);
         }
         self.hot.clear();
+        self.next_sweep = None;
     }
 
     /// Whether some socket still has work from an earlier turn.
@@ -367,11 +472,14 @@ impl Relay {
                 }
             };
             let peer = sys::unmap(peer);
+            // Every refusal is a reset: a clean close would look like an empty
+            // transfer to whoever connected.
             if peer.ip() != l.spec.from {
                 info!(
                     "relay: refused data connection from {peer} to {}: only {} may connect",
                     l.spec.listen, l.spec.from
                 );
+                reset(&stream);
                 continue;
             }
             if l.active.is_some() {
@@ -379,6 +487,17 @@ impl Relay {
                     "relay: refused data connection from {peer} to {}: one is already in progress",
                     l.spec.listen
                 );
+                reset(&stream);
+                continue;
+            }
+            let session = l.anchor.session;
+            let of_session = self.pairs.values().filter(|p| p.session == session).count();
+            if of_session >= self.limits.per_session {
+                info!(
+                    "relay: refused data connection from {peer} to {}: its session has {of_session} data connections in progress, the most one may have",
+                    l.spec.listen
+                );
+                reset(&stream);
                 continue;
             }
             if self.pairs.len() >= self.max_pairs {
@@ -390,6 +509,7 @@ impl Relay {
                 reset(&stream);
                 continue;
             }
+            sys::nodelay(&stream);
             let spec = l.spec.clone();
             let anchor = l.anchor;
             match self.open(&spec) {
@@ -404,6 +524,10 @@ impl Relay {
                         down: Pipe::new(PIPE_CAPACITY, self.zero_copy),
                         connecting: true,
                         label,
+                        session,
+                        orphan: false,
+                        seen: 0,
+                        last_active: Instant::now(),
                     };
                     let rw = Interest::READABLE | Interest::WRITABLE;
                     let r1 = registry.register(
@@ -427,6 +551,9 @@ impl Relay {
                         l.active = Some(pid);
                     }
                     self.pairs.insert(pid, pair);
+                    if self.next_sweep.is_none() {
+                        self.next_sweep = Some(Instant::now() + SWEEP_EVERY);
+                    }
                     self.service(registry, pid);
                 }
                 Err(e) => {
@@ -522,6 +649,17 @@ impl Relay {
                     pair.down.moved()
                 )
             }
+            PairEnd::Idle(why, limit) => {
+                info!(
+                    "relay: {}: no data for {} s ({why}), reset (after {} bytes up, {} down)",
+                    pair.label,
+                    limit.as_secs(),
+                    pair.up.moved(),
+                    pair.down.moved()
+                );
+                reset(&pair.accepted.sock);
+                reset(&pair.opened.sock);
+            }
             PairEnd::Failed(what, e) => {
                 info!(
                     "relay: {}: {what}: {e} (after {} bytes up, {} down)",
@@ -534,6 +672,9 @@ impl Relay {
                 reset(&pair.accepted.sock);
                 reset(&pair.opened.sock);
             }
+        }
+        if self.pairs.is_empty() {
+            self.next_sweep = None;
         }
         if let Some(l) = self.listeners.get_mut(&pair.listener) {
             if l.active == Some(id) {

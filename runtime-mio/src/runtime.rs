@@ -6,7 +6,7 @@
 //! (the core's driving contract).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use log::{debug, error, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Waker};
 
-use crate::relay::Relay;
+use crate::relay::{Relay, RelayLimits};
 use crate::signal::Signals;
 use crate::sys;
 use crate::token::Tok;
@@ -26,6 +26,8 @@ use crate::{Backend, DataPath, Divert, Listener, Options, RunError};
 
 /// Reads per control socket per turn before other sockets get theirs.
 const READS_PER_TURN: usize = 16;
+/// Queued pieces handed to one `writev` of a control socket (well under `IOV_MAX`).
+const IOV_PER_WRITE: usize = 64;
 /// Accepts per turn on the control listener.
 const ACCEPTS_PER_TURN: usize = 64;
 /// Size of one read from a control socket.
@@ -72,18 +74,20 @@ impl Conn {
     }
 
     /// Writes queued output until it is gone or the socket would block.
+    ///
+    /// The whole queue goes out in one `writev` (up to [`IOV_PER_WRITE`] pieces), so a
+    /// burst of reply lines leaves as one segment rather than one per line.
     fn flush(&mut self) -> io::Result<()> {
-        while let Some(front) = self.out.front_mut() {
-            match self.sock.write(front) {
+        while !self.out.is_empty() {
+            let iov: Vec<IoSlice<'_>> = self
+                .out
+                .iter()
+                .take(IOV_PER_WRITE)
+                .map(|b| IoSlice::new(b))
+                .collect();
+            match self.sock.write_vectored(&iov) {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.queued -= n;
-                    if n == front.len() {
-                        self.out.pop_front();
-                    } else {
-                        let _ = front.split_to(n);
-                    }
-                }
+                Ok(n) => self.consume(n),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.writable = false;
                     return Ok(());
@@ -93,6 +97,23 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// Drops the first `n` queued bytes (written).
+    fn consume(&mut self, mut n: usize) {
+        self.queued -= n;
+        while n > 0 {
+            let Some(front) = self.out.front_mut() else {
+                return;
+            };
+            if n >= front.len() {
+                n -= front.len();
+                self.out.pop_front();
+            } else {
+                let _ = front.split_to(n);
+                n = 0;
+            }
+        }
     }
 }
 
@@ -157,6 +178,8 @@ pub struct Runtime<B: Backend> {
     sessions: BTreeMap<SessionId, Session>,
     /// Control sockets with work left from the previous turn.
     hot: BTreeSet<(SessionId, Side)>,
+    /// Control sockets with output queued by the actions being drained.
+    unflushed: BTreeSet<(SessionId, Side)>,
     signals: Option<Signals>,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
@@ -202,6 +225,7 @@ impl<B: Backend> Runtime<B> {
             },
             sessions: BTreeMap::new(),
             hot: BTreeSet::new(),
+            unflushed: BTreeSet::new(),
             signals: None,
             stop: Arc::new(AtomicBool::new(false)),
             waker,
@@ -266,6 +290,14 @@ impl<B: Backend> Runtime<B> {
         }
     }
 
+    /// Sets the per-session cap and the timeouts of relayed data connections. Without
+    /// the relay this does nothing.
+    pub fn set_relay_limits(&mut self, limits: RelayLimits) {
+        if let Data::Relay(r) = &mut self.data {
+            r.set_limits(limits);
+        }
+    }
+
     /// Whether a shutdown has started.
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown_deadline.is_some()
@@ -323,6 +355,10 @@ impl<B: Backend> Runtime<B> {
             self.proxy.poll_timeout(),
             self.accept_paused_until,
             self.shutdown_deadline,
+            match &self.data {
+                Data::Relay(r) => r.poll_timeout(),
+                Data::Kernel(_) => None,
+            },
         ]
         .into_iter()
         .flatten()
@@ -369,6 +405,7 @@ impl<B: Backend> Runtime<B> {
         }
         if let Data::Relay(relay) = &mut self.data {
             relay.run_hot(self.poll.registry());
+            relay.sweep(self.poll.registry(), Instant::now());
         }
         if std::mem::take(&mut self.accept_hot) {
             self.accept();
@@ -475,10 +512,20 @@ impl<B: Backend> Runtime<B> {
                     .map(sys::unmap)
                     .unwrap_or(local),
             };
+            if self.is_own_listener(orig) {
+                // Not diverted: serving it would connect to ourselves, and that
+                // connection again, until the session limit (docs/linux.md).
+                warn!(
+                    "refused connection from {client}: its destination {orig} is this proxy's own listener, not a diverted FTP server"
+                );
+                drop(sock);
+                continue;
+            }
             match self.proxy.accept(now, client, orig, 0) {
                 Ok(id) => {
                     let mut sock = sock;
                     sys::keepalive(&sock);
+                    sys::nodelay(&sock);
                     let rw = Interest::READABLE | Interest::WRITABLE;
                     if let Err(e) = self.poll.registry().register(
                         &mut sock,
@@ -515,6 +562,21 @@ impl<B: Backend> Runtime<B> {
         }
         // Turn is up with connections possibly still waiting.
         self.accept_hot = true;
+    }
+
+    /// Whether `orig`, the original destination of an accepted connection, is the
+    /// proxy's own listening socket. Only when the core connects to that destination
+    /// (no fixed server, `-R`): with a fixed server it is the normal case.
+    fn is_own_listener(&self, orig: SocketAddr) -> bool {
+        if self.proxy.config().fixed_server.is_some() || orig.port() != self.listen_addr.port() {
+            return false;
+        }
+        let listen_ip = sys::unmap(self.listen_addr).ip();
+        if listen_ip.is_unspecified() {
+            sys::is_local(orig.ip())
+        } else {
+            orig.ip() == listen_ip
+        }
     }
 
     /// Learns whether the server connect finished (mio's `TcpStream::connect` recipe).
@@ -644,10 +706,19 @@ impl<B: Backend> Runtime<B> {
         }
     }
 
-    /// Executes every pending action (the core's drain rule).
+    /// Executes every pending action (the core's drain rule), then writes what they
+    /// queued: lines produced by one input leave in one write per socket.
     fn drain(&mut self, now: Instant) {
-        while let Some((id, action)) = self.proxy.poll_action() {
-            self.execute(now, id, action);
+        loop {
+            while let Some((id, action)) = self.proxy.poll_action() {
+                self.execute(now, id, action);
+            }
+            if self.unflushed.is_empty() {
+                return;
+            }
+            for (id, side) in std::mem::take(&mut self.unflushed) {
+                self.flush(id, side);
+            }
         }
     }
 
@@ -665,12 +736,15 @@ impl<B: Backend> Runtime<B> {
                         return;
                     }
                 }
-                self.flush(id, side);
+                self.unflushed.insert((id, side));
             }
             Action::Close(_) => {
                 let Some(mut s) = self.sessions.remove(&id) else {
                     return;
                 };
+                if let Data::Relay(r) = &mut self.data {
+                    r.session_ended(id.0);
+                }
                 let registry = self.poll.registry();
                 // One best-effort flush of what is queued, errors ignored (§13.4).
                 let _ = s.client.flush();

@@ -201,7 +201,12 @@ fn relay_refuses_strangers_and_a_second_connection() {
 
     // Another source address may not use the rule (`from <client>`).
     let mut stranger = connect_from(ip("127.0.0.5"), data).unwrap();
-    assert_eq!(read_end(&mut stranger), None, "stranger must be closed");
+    // Reset, not closed: a clean close would look like an empty transfer.
+    assert_eq!(
+        read_end(&mut stranger),
+        Some(ErrorKind::ConnectionReset),
+        "stranger must be reset"
+    );
     assert_eq!(
         proxy.relay_counts.lock().unwrap().1,
         0,
@@ -214,8 +219,8 @@ fn relay_refuses_strangers_and_a_second_connection() {
     let mut again = connect_from(ip("127.0.0.2"), data).unwrap();
     assert_eq!(
         read_end(&mut again),
-        None,
-        "second concurrent connection must be closed"
+        Some(ErrorKind::ConnectionReset),
+        "second concurrent connection must be reset"
     );
 
     // The first one still works.
@@ -231,7 +236,7 @@ fn relay_refuses_strangers_and_a_second_connection() {
 
     // After it ended the rule still stands: a new connection is accepted and relayed
     // again. The scripted server's data listener is gone by now, so the relay's
-    // connect is refused and the client sees a reset, not the clean close of a refusal.
+    // connect is refused and the client sees a reset.
     let mut late = connect_from(ip("127.0.0.2"), data).unwrap();
     assert_eq!(read_end(&mut late), Some(ErrorKind::ConnectionReset));
 

@@ -36,6 +36,30 @@ fn listener_is_nonblocking_reuseaddr_and_reports_its_port() {
     assert!(getsockopt(&l6.as_fd(), sockopt::Ipv6V6Only).unwrap());
 }
 
+/// A burst of clients as large as the session limit fits in the accept queue: `ss`
+/// shows a listening socket's backlog in its Send-Q column.
+#[test]
+fn listen_backlog_holds_a_burst_of_500() {
+    let l = listen(&opts("127.0.0.1:0", false)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let out = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let backlog: u32 = text
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Send-Q in {text:?}"));
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .map_or(4096, |v| v.trim().parse().unwrap_or(4096));
+    assert!(
+        backlog >= 500.min(somaxconn),
+        "listen backlog {backlog}: a burst of 500 clients would overflow it"
+    );
+}
+
 #[test]
 fn address_in_use_gives_the_originals_message() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -11,7 +11,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ftp_proxy_core::{Config, Proxy};
-use ftp_proxy_runtime::{listen, DataPath, Divert, Options, OsRandom, Runtime, ShutdownHandle};
+use ftp_proxy_runtime::{
+    listen, DataPath, Divert, Options, OsRandom, RelayLimits, Runtime, ShutdownHandle,
+};
 pub use pfctl_backend::mock::MockHandle;
 
 /// Every read and connect in the tests gives up after this (a hang fails, not blocks).
@@ -34,6 +36,8 @@ pub struct RunningProxy {
     /// Periodic snapshots of `relay_counts()` (latest last), for tests that wait on them.
     pub relay_counts: Arc<Mutex<(usize, usize)>>,
     pub live_sessions: Arc<Mutex<usize>>,
+    /// The most sessions seen open at the end of any turn.
+    pub peak_sessions: Arc<Mutex<usize>>,
 }
 
 impl RunningProxy {
@@ -55,12 +59,40 @@ impl RunningProxy {
         backend: Option<MockHandle>,
         divert: Divert,
     ) -> RunningProxy {
+        RunningProxy::start_full(cfg, listen_addr, relay, backend, divert, None)
+    }
+
+    /// A relay proxy with these data-connection limits.
+    pub fn start_limited(
+        cfg: Config,
+        listen_addr: SocketAddr,
+        limits: RelayLimits,
+    ) -> RunningProxy {
+        RunningProxy::start_full(
+            cfg,
+            listen_addr,
+            true,
+            None,
+            Divert::Getsockname,
+            Some(limits),
+        )
+    }
+
+    fn start_full(
+        cfg: Config,
+        listen_addr: SocketAddr,
+        relay: bool,
+        backend: Option<MockHandle>,
+        divert: Divert,
+        limits: Option<RelayLimits>,
+    ) -> RunningProxy {
         // RUST_LOG=debug shows the proxy's log when a test fails.
         let _ = env_logger::builder().is_test(true).try_init();
         let (tx, rx) = mpsc::channel();
         let counts = Arc::new(Mutex::new((0, 0)));
         let live = Arc::new(Mutex::new(0));
-        let (counts2, live2) = (counts.clone(), live.clone());
+        let peak = Arc::new(Mutex::new(0));
+        let (counts2, live2, peak2) = (counts.clone(), live.clone(), peak.clone());
         let join = std::thread::spawn(move || {
             let opts = Options {
                 listen: listen_addr,
@@ -77,6 +109,9 @@ impl RunningProxy {
                 (false, None) => DataPath::Kernel(MockHandle::new()),
             };
             let mut rt = Runtime::new(listener, &opts, proxy, data).expect("runtime");
+            if let Some(l) = limits {
+                rt.set_relay_limits(l);
+            }
             tx.send((rt.local_addr(), rt.shutdown_handle())).unwrap();
             // Bounded: a runtime that never finishes fails the test after a minute.
             let start = std::time::Instant::now();
@@ -84,6 +119,8 @@ impl RunningProxy {
                 rt.turn(Some(Duration::from_millis(50))).expect("turn");
                 *counts2.lock().unwrap() = rt.relay_counts();
                 *live2.lock().unwrap() = rt.proxy().len();
+                let mut p = peak2.lock().unwrap();
+                *p = (*p).max(rt.proxy().len());
                 assert!(
                     start.elapsed() < Duration::from_secs(60),
                     "runtime never finished"
@@ -103,6 +140,7 @@ impl RunningProxy {
             join: Some(join),
             relay_counts: counts,
             live_sessions: live,
+            peak_sessions: peak,
         }
     }
 

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# What users see, side by side in one run, on loopback only:
+#   sudo scripts/bench.sh            # N=200 sessions, 1 GiB, 3 runs, 500 idle sessions
+#   N=50 SIZE_MIB=256 RUNS=3 IDLE=0 sudo scripts/bench.sh    # a quicker run
+# Starts pure-ftpd on 127.0.0.1 serving a 1 KiB and a SIZE_MIB file, then measures
+# the same workload directly, through ftp-proxy (release build, userspace relay) and,
+# when Debian's `ftp-proxy` (SuSE proxy-suite) is installed, through it as the peer:
+#   - N sequential sessions (login, PASV, RETR 1 KiB, QUIT): ms per session
+#   - N concurrent sessions: wall time
+#   - a SIZE_MIB PASV download: MB/s, and the proxy's CPU seconds per GiB
+#   - the proxy's PSS/RSS with N (and IDLE) logged-in sessions open
+# and, as this machine's limit for a relay, a raw TCP stream of the same size
+# directly and through a trivial one-thread splice relay. Prints medians of RUNS
+# (min-max) and the ratio to direct. Everything it starts it stops by PID; the
+# whole run is bounded by BENCH_TIMEOUT seconds (default 900).
+set -euo pipefail
+
+N=${N:-200}
+SIZE_MIB=${SIZE_MIB:-1024}
+RUNS=${RUNS:-3}
+IDLE=${IDLE:-500}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-900}
+cd "$(dirname "$0")/.."
+
+die() { echo "bench: $*" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || die "run as root (pure-ftpd runs in a private mount namespace): sudo $0"
+
+missing=()
+for tool in pure-ftpd python3 unshare ss; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "bench: installing pure-ftpd python3 util-linux iproute2"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y pure-ftpd python3 util-linux iproute2 </dev/null
+fi
+suse=/usr/sbin/ftp-proxy
+[ -x "$suse" ] || { echo "bench: Debian's ftp-proxy is not installed (apt-get install ftp-proxy): no peer column" >&2; suse=""; }
+mkdir -p /var/empty
+getent passwd _ftp_proxy >/dev/null ||
+    useradd --system --no-create-home --home-dir /var/empty --shell /usr/sbin/nologin _ftp_proxy
+
+if ! command -v cargo >/dev/null; then
+    for d in "${HOME:-/root}/.cargo/bin" "${SUDO_USER:+$(getent passwd "$SUDO_USER" | cut -d: -f6)/.cargo/bin}"; do
+        if [ -n "$d" ] && [ -x "$d/cargo" ]; then PATH="$d:$PATH"; break; fi
+    done
+fi
+command -v cargo >/dev/null || die "cargo not found"
+echo "bench: building ftp-proxy (cargo build --release -p ftp-proxy-cli)" >&2
+cargo build --quiet --release -p ftp-proxy-cli
+target_dir=$(cargo metadata --format-version 1 --no-deps | grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)
+ours="$target_dir/release/ftp-proxy"
+
+# Free loopback ports, chosen by the kernel.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+FTP_PORT=$(free_port); OUR_PORT=$(free_port); SUSE_PORT=$(free_port)
+RAW_PORT=$(free_port); RELAY_PORT=$(free_port)
+
+dir=$(mktemp -d /var/tmp/ftp-proxy-bench.XXXXXX)
+chmod 755 "$dir"
+pids=()
+server_pid=""
+cleanup() {
+    trap - EXIT INT TERM
+    # pure-ftpd forks per session: its whole process group (setsid made it a leader).
+    [ -n "$server_pid" ] && kill -TERM -- "-$server_pid" 2>/dev/null || true
+    [ -n "$server_pid" ] && wait "$server_pid" 2>/dev/null || true
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    if [ -n "${KEEP:-}" ]; then echo "bench: kept $dir" >&2; else rm -rf "$dir"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+mkdir -p "$dir/ftp"
+head -c 1024 /dev/urandom >"$dir/ftp/small"
+dd if=/dev/zero of="$dir/ftp/big" bs=1M count="$SIZE_MIB" status=none
+chmod 644 "$dir/ftp/small" "$dir/ftp/big"
+
+wait_port() {
+    for _ in $(seq 100); do
+        ss -Hltn "sport = :$1" | grep -q . && return 0
+        sleep 0.1
+    done
+    tail -n 5 "$dir"/*.log "$dir"/*.out 2>/dev/null >&2 || true
+    die "nothing listens on port $1"
+}
+
+# pure-ftpd serves anonymous users from the home of user `ftp`: an `ftp` account
+# pointing at our files, visible only inside pure-ftpd's private mount namespace.
+# A 10,000-port passive range: pure-ftpd caps clients at half the range.
+{ grep -v '^ftp:' /etc/passwd; echo "ftp:x:65534:65534:bench:$dir/ftp:/usr/sbin/nologin"; } >"$dir/passwd"
+chmod 644 "$dir/passwd"
+setsid unshare -m --propagation private sh -c 'mount --bind "$0" /etc/passwd && exec "$@"' "$dir/passwd" \
+    pure-ftpd -S "127.0.0.1,$FTP_PORT" -4 -H -A -i -f none -u 1 \
+    -c 4000 -C 4000 -p 30000:39999 -I 300 >"$dir/pure-ftpd.log" 2>&1 &
+server_pid=$!
+wait_port "$FTP_PORT"
+
+"$ours" -d -D5 -m 500 -R 127.0.0.1 -P "$FTP_PORT" -b 127.0.0.1 -p "$OUR_PORT" >"$dir/ours.log" 2>&1 &
+our_pid=$!
+pids+=("$our_pid")
+wait_port "$OUR_PORT"
+
+targets=(--target "direct=$FTP_PORT" --target "ftp-proxy=$OUR_PORT:$our_pid")
+if [ -n "$suse" ]; then
+    cat >"$dir/suse.conf" <<EOF
+[-Global-]
+ServerType standalone
+Listen 127.0.0.1
+Port $SUSE_PORT
+DestinationAddress 127.0.0.1
+DestinationPort $FTP_PORT
+MaxClients 512
+ForkLimit 100000
+TimeOut 300
+LogDestination $dir/suse/suse.log
+LogLevel ERR
+PidFile $dir/suse.pid
+User nobody
+Group nogroup
+EOF
+    # It (re)creates its log after dropping to nobody.
+    mkdir "$dir/suse" && chown nobody "$dir/suse"
+    "$suse" -d -n -f "$dir/suse.conf" >"$dir/suse.out" 2>&1 &
+    suse_pid=$!
+    pids+=("$suse_pid")
+    wait_port "$SUSE_PORT"
+    targets+=(--target "SuSE ftp-proxy=$SUSE_PORT:$suse_pid")
+fi
+
+python3 scripts/bench.py source "$RAW_PORT" "$dir/ftp/big" &
+pids+=($!)
+python3 scripts/bench.py relay "$RELAY_PORT" "$RAW_PORT" &
+relay_pid=$!
+pids+=("$relay_pid")
+wait_port "$RAW_PORT"
+wait_port "$RELAY_PORT"
+
+echo "bench: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg); N=$N SIZE_MIB=$SIZE_MIB RUNS=$RUNS IDLE=$IDLE" >&2
+timeout "$BENCH_TIMEOUT" python3 scripts/bench.py measure "${targets[@]}" \
+    --raw "raw TCP direct=$RAW_PORT" --raw "trivial splice relay=$RELAY_PORT:$relay_pid" \
+    --n "$N" --idle "$IDLE" --runs "$RUNS" --size $((SIZE_MIB << 20))
