@@ -245,7 +245,11 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
                 chroot: Some(args.chroot.clone()),
                 keep_net_admin,
             };
-            privs::drop_privileges(&plan).map_err(|e| cleanup_on(Fatal::Privileges(e)))?;
+            let bounding_limited =
+                privs::drop_privileges(&plan).map_err(|e| cleanup_on(Fatal::Privileges(e)))?;
+            if !bounding_limited {
+                info!("bounding set left to the service manager: no CAP_SETPCAP");
+            }
         }
         None => {
             let r = privs::restrict_unprivileged(keep_net_admin)

@@ -140,9 +140,16 @@ pub fn close_inherited_fds() {
 /// the bounding set is cut down while still root (that needs CAP_SETPCAP), the
 /// ambient set cleared, CAP_NET_ADMIN carried through the uid change when
 /// `keep_net_admin` is set, and `PR_SET_NO_NEW_PRIVS` set in any case.
-pub fn drop_privileges(plan: &DropPlan) -> Result<(), PrivError> {
+///
+/// Returns whether the bounding set was cut down: a root start whose service manager
+/// already withheld CAP_SETPCAP (systemd's `CapabilityBoundingSet=`) cannot, and
+/// need not: its bounding set is the manager's, and with no capabilities left after
+/// the switch and NoNewPrivs set nothing can be regained from it.
+pub fn drop_privileges(plan: &DropPlan) -> Result<bool, PrivError> {
     let step = |name: &'static str| move |e: Errno| PrivError::Drop(name, e);
     let keep = keep_mask(plan.keep_net_admin);
+    let (effective, _) = caps::get_caps().map_err(step("capget"))?;
+    let bounding_limited = effective & caps::CAP_SETPCAP_BIT != 0;
     if let Some(dir) = &plan.chroot {
         chroot(dir.as_path()).map_err(step("chroot"))?;
         chdir("/").map_err(step("chdir"))?;
@@ -150,7 +157,9 @@ pub fn drop_privileges(plan: &DropPlan) -> Result<(), PrivError> {
     let Identity { uid, gid, .. } = plan.identity;
     setgroups(&[gid]).map_err(step("setgroups"))?;
     setresgid(gid, gid, gid).map_err(step("setresgid"))?;
-    caps::limit_bounding_set(keep).map_err(step("prctl(PR_CAPBSET_DROP)"))?;
+    if bounding_limited {
+        caps::limit_bounding_set(keep).map_err(step("prctl(PR_CAPBSET_DROP)"))?;
+    }
     caps::clear_ambient().map_err(step("prctl(PR_CAP_AMBIENT_CLEAR_ALL)"))?;
     if keep != 0 {
         caps::set_keepcaps(true).map_err(step("prctl(PR_SET_KEEPCAPS)"))?;
@@ -161,7 +170,7 @@ pub fn drop_privileges(plan: &DropPlan) -> Result<(), PrivError> {
     }
     caps::set_caps(keep).map_err(step("capset"))?;
     caps::set_no_new_privs().map_err(step("prctl(PR_SET_NO_NEW_PRIVS)"))?;
-    Ok(())
+    Ok(bounding_limited)
 }
 
 /// What a start without root could do about its capabilities; the caller logs it.
@@ -426,7 +435,7 @@ mod tests {
                 let out = match std::fs::File::open("/proc/self/status") {
                     Err(e) => format!("err\nopen /proc/self/status: {e}"),
                     Ok(mut status_file) => match drop_privileges(plan) {
-                        Ok(()) => {
+                        Ok(_) => {
                             let mut s = String::new();
                             let _ = status_file.seek(SeekFrom::Start(0));
                             let _ = status_file.read_to_string(&mut s);
