@@ -282,8 +282,12 @@ pub(crate) fn parse_acks(mut buf: &[u8]) -> Vec<Ack> {
         }
         if ty == NLMSG_ERROR && len >= NLMSG_HDRLEN + 4 {
             // struct nlmsgerr { int error; struct nlmsghdr msg; ... }: error is -errno.
+            // Saturating: a reply claiming i32::MIN must not panic the daemon.
             let err = i32::from_ne_bytes(buf[16..20].try_into().expect("4 bytes"));
-            acks.push(Ack { seq, errno: -err });
+            acks.push(Ack {
+                seq,
+                errno: err.saturating_neg(),
+            });
         }
         buf = &buf[align4(len).min(buf.len())..];
     }
@@ -436,5 +440,24 @@ mod tests {
             vec![Ack { seq: 7, errno: 0 }, Ack { seq: 8, errno: 17 }]
         );
         assert_eq!(parse_acks(&buf[..30]), vec![]);
+    }
+
+    #[test]
+    fn error_code_that_cannot_be_negated_does_not_panic() {
+        // Found by fuzz/ (nft_acks): `-i32::MIN` overflowed.
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&20u32.to_ne_bytes());
+        buf.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        buf.extend_from_slice(&0u16.to_ne_bytes());
+        buf.extend_from_slice(&9u32.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        buf.extend_from_slice(&i32::MIN.to_ne_bytes());
+        assert_eq!(
+            parse_acks(&buf),
+            vec![Ack {
+                seq: 9,
+                errno: i32::MAX
+            }]
+        );
     }
 }
