@@ -67,6 +67,17 @@ use crate::{Anchor, Backend, FilterError, Rule};
 use msg::{addr_port, key, Element};
 use socket::{BatchError, NlSocket};
 
+/// The netlink reply parser as `(seq, errno)` pairs, for the fuzz target in fuzz/
+/// (docs/fuzzing.md). Not an API: it exists only with the `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub fn fuzz_parse_acks(datagram: &[u8]) -> Vec<(u32, i32)> {
+    msg::parse_acks(datagram)
+        .into_iter()
+        .map(|a| (a.seq, a.errno))
+        .collect()
+}
+
 /// Conntrack mark set on every proxy data connection when `-T` is not given; the
 /// admin may accept `ct mark 0x0000f7f7` instead of `ct status dnat`.
 pub const DEFAULT_MARK: u32 = 0x0000_f7f7;
