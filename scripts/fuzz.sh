@@ -34,8 +34,9 @@ for t in "${targets[@]}"; do
     if ! cargo fuzz run --sanitizer none "$t" "$work/$t" "corpus/$t" -- \
         -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 >"$log" 2>&1; then
-        echo "fuzz: $t FAILED; the end of its log:" >&2
-        tail -n 60 "$log" >&2
+        echo "fuzz: $t FAILED:" >&2
+        grep -E -A3 "panicked at|^==[0-9]+== ERROR|^SUMMARY|Test unit written" "$log" >&2 || tail -n 40 "$log" >&2
+        echo "fuzz: reproduce with: (cd fuzz && cargo fuzz run --sanitizer none $t artifacts/$t/<file>)" >&2
         exit 1
     fi
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
