@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use bytes::Bytes;
+use ftp_proxy_core::ftp::{self, Command};
 use ftp_proxy_core::line::MAX_LINE;
 use ftp_proxy_core::rules::{
     MIN_DATA_PORT, NAT_PORTS, PROXY_PORT_END, PROXY_PORT_LOW, RFC_ACTIVE_SOURCE_PORT,
@@ -149,6 +150,8 @@ struct Peer {
     closed: bool,
     /// The last rule set committed for its anchor, acknowledged or not.
     last_commit: Option<Vec<Rule>>,
+    /// The rules of the last commit acknowledged as taken: what the filter holds.
+    installed: Vec<Rule>,
 }
 
 struct Harness {
@@ -158,7 +161,7 @@ struct Harness {
     ids: Vec<SessionId>,
     peers: BTreeMap<SessionId, Peer>,
     /// Commits not yet acknowledged, oldest first.
-    pending: Vec<(SessionId, u64)>,
+    pending: Vec<(SessionId, u64, Vec<Rule>)>,
     shut_down: bool,
 }
 
@@ -264,6 +267,7 @@ impl Harness {
                                 connected: false,
                                 closed: false,
                                 last_commit: None,
+                                installed: Vec::new(),
                             },
                         );
                     }
@@ -336,7 +340,7 @@ impl Harness {
                 if self.pending.is_empty() {
                     return;
                 }
-                let (id, txn) = self.pending.remove(usize::from(i) % self.pending.len());
+                let (id, txn, rules) = self.pending.remove(usize::from(i) % self.pending.len());
                 let result = match result % 8 {
                     0..=3 => Ok(()),
                     4 => Err(FilterError::Busy),
@@ -347,6 +351,10 @@ impl Harness {
                         text: "Invalid argument".into(),
                     }),
                 };
+                if result.is_ok() {
+                    // Commits are atomic: on error what was there before stays.
+                    self.peers.get_mut(&id).expect("known").installed = rules;
+                }
                 self.proxy
                     .handle(self.now, id, Input::RulesCommitted { txn, result });
             }
@@ -401,6 +409,9 @@ impl Harness {
                         bytes.iter().position(|&b| b == b'\n') == Some(bytes.len() - 1),
                         "{id}: Send is not exactly one line: {bytes:?}"
                     );
+                    if side == Side::Server {
+                        check_active_release(id, p, &bytes);
+                    }
                 }
                 Action::CommitRules { txn, anchor, rules } => {
                     assert_eq!(
@@ -418,9 +429,9 @@ impl Harness {
                         );
                     }
                     check_rules(id, cfg, p, &rules);
-                    p.last_commit = Some(rules);
-                    self.pending.retain(|&(s, t)| (s, t) != (id, txn));
-                    self.pending.push((id, txn));
+                    p.last_commit = Some(rules.clone());
+                    self.pending.retain(|&(s, t, _)| (s, t) != (id, txn));
+                    self.pending.push((id, txn, rules));
                 }
                 Action::Close(_) => {
                     assert!(!p.closed, "{id}: closed twice");
@@ -490,6 +501,28 @@ impl Harness {
             assert!(last.is_empty(), "{id} left rules after shutdown: {last:?}");
         }
     }
+}
+
+/// A PORT or EPRT reaching the server is always the proxy's own (the client's is
+/// never forwarded): it advertises a proxy port whose rules the filter already
+/// holds, so the server's data connection cannot arrive before them.
+fn check_active_release(id: SessionId, p: &Peer, line: &[u8]) {
+    let port = match ftp::classify(line) {
+        Command::Port(port) | Command::Eprt(port) => port,
+        _ => return,
+    };
+    let port = port.unwrap_or_else(|| panic!("{id}: unparsable {line:?} to the server"));
+    assert!(
+        (PROXY_PORT_LOW..PROXY_PORT_END).contains(&port),
+        "{id}: {line:?} to the server does not name a proxy port"
+    );
+    assert!(
+        p.installed
+            .iter()
+            .any(|r| r.direction == Direction::In && r.port == port),
+        "{id}: {line:?} left before its rules were committed ({:?})",
+        p.installed
+    );
 }
 
 /// Every rule names only the session's client, server and proxy addresses (and the
