@@ -79,6 +79,27 @@ use msg::{addr_port, key, Element};
 pub use msg::{parse_table_dump, DumpPart, TableInfo};
 use socket::{BatchError, NlSocket};
 
+/// The netlink reply parser as `(seq, errno)` pairs, for the fuzz target in fuzz/
+/// (docs/fuzzing.md). Not an API: it exists only with the `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub fn fuzz_parse_acks(datagram: &[u8]) -> Vec<(u32, i32)> {
+    msg::parse_acks(datagram)
+        .into_iter()
+        .map(|a| (a.seq, a.errno))
+        .collect()
+}
+
+/// Feeds one datagram to the table-listing parser and returns the table names and
+/// the end code, for the fuzz target `nft_acks` (docs/fuzzing.md). Not an API: it
+/// exists only with the `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub fn fuzz_parse_table_dump(datagram: &[u8], seq: u32) -> (Vec<String>, Option<i32>) {
+    let part = msg::parse_table_dump(datagram, seq);
+    (part.tables.into_iter().map(|t| t.name).collect(), part.end)
+}
+
 /// Conntrack mark set on every proxy data connection when `-T` is not given; the
 /// admin may accept `ct mark 0x0000f7f7` instead of `ct status dnat`.
 pub const DEFAULT_MARK: u32 = 0x0000_f7f7;

@@ -359,7 +359,7 @@ pub fn parse_table_dump(mut buf: &[u8], seq: u32) -> DumpPart {
             }
             NLMSG_ERROR if body.len() >= 4 => {
                 let err = i32::from_ne_bytes(body[0..4].try_into().expect("4 bytes"));
-                part.end = Some(-err);
+                part.end = Some(err.saturating_neg());
                 break;
             }
             t if t == nft_type(NFT_MSG_NEWTABLE) && body.len() >= 4 => {
@@ -428,8 +428,12 @@ pub(crate) fn parse_acks(mut buf: &[u8]) -> Vec<Ack> {
         }
         if ty == NLMSG_ERROR && len >= NLMSG_HDRLEN + 4 {
             // struct nlmsgerr { int error; struct nlmsghdr msg; ... }: error is -errno.
+            // Saturating: a reply claiming i32::MIN must not panic the daemon.
             let err = i32::from_ne_bytes(buf[16..20].try_into().expect("4 bytes"));
-            acks.push(Ack { seq, errno: -err });
+            acks.push(Ack {
+                seq,
+                errno: err.saturating_neg(),
+            });
         }
         buf = &buf[align4(len).min(buf.len())..];
     }
@@ -653,5 +657,31 @@ mod tests {
             let p = parse_table_dump(&d[..cut], 9);
             assert!(p.tables.len() <= 2);
         }
+    }
+
+    #[test]
+    fn table_dump_error_code_that_cannot_be_negated_does_not_panic() {
+        // The same overflow as in parse_acks: `-i32::MIN`.
+        let err = nlmsg(NLMSG_ERROR, 9, &i32::MIN.to_ne_bytes());
+        assert_eq!(parse_table_dump(&err, 9).end, Some(i32::MAX));
+    }
+
+    #[test]
+    fn error_code_that_cannot_be_negated_does_not_panic() {
+        // Found by fuzz/ (nft_acks): `-i32::MIN` overflowed.
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&20u32.to_ne_bytes());
+        buf.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        buf.extend_from_slice(&0u16.to_ne_bytes());
+        buf.extend_from_slice(&9u32.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        buf.extend_from_slice(&i32::MIN.to_ne_bytes());
+        assert_eq!(
+            parse_acks(&buf),
+            vec![Ack {
+                seq: 9,
+                errno: i32::MAX
+            }]
+        );
     }
 }
