@@ -103,8 +103,8 @@ impl fmt::Display for Forward {
 /// outbound `nat-to` rules have a meaning as sockets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardError {
-    /// The rule, as given.
-    pub rule: Rule,
+    /// The rule, as given (boxed: a rule is large and the error is rare).
+    pub rule: Box<Rule>,
 }
 
 impl fmt::Display for ForwardError {
@@ -140,7 +140,11 @@ pub fn forwards(rules: &[Rule]) -> Result<Vec<Forward>, ForwardError> {
                 source: nat_partner(rules, r.from, SocketAddr::new(addr, port)),
             }),
             (Direction::Out, Translate::NatTo { .. }) => {}
-            _ => return Err(ForwardError { rule: r.clone() }),
+            _ => {
+                return Err(ForwardError {
+                    rule: Box::new(r.clone()),
+                })
+            }
         }
     }
     Ok(out)
@@ -339,7 +343,7 @@ mod tests {
         let mut rules = data_rules(Mode::Passive, &v4(), 40000, 50000, &RuleOptions::default());
         rules[1].direction = Direction::In;
         let e = forwards(&rules).unwrap_err();
-        assert_eq!(e.rule, rules[1]);
+        assert_eq!(*e.rule, rules[1]);
         assert!(
             matches!(FilterError::from(e), FilterError::Unsupported(t) if t.contains("nat-to"))
         );
