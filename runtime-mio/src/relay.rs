@@ -1,14 +1,14 @@
 //! The userspace data relay: executes the core's data-connection rules itself.
 //!
-//! Each negotiation produces an `rdr-to` rule (`pass in from A to B port P rdr-to C
-//! port Q`) and a `nat-to` rule (`pass out from A to C port Q nat-to N port range`).
-//! pf makes the kernel carry such a connection; the relay does the same in this
-//! process: it listens on `B:P`, accepts only connections from `A`, connects to `C:Q`
-//! from `N`, and copies the bytes both ways unchanged, with half-close.
+//! The rules of each commit become [`Forward`]s ([`ftp_proxy_core::forwards`]), whose
+//! documentation states the semantics: listen on the rdr-to rule's destination,
+//! admit only its source, one data connection at a time, connect to the rdr-to target
+//! from the paired nat-to address, copy both ways with half-close, and let data
+//! connections in progress outlive the replacement of their rules, as pf states do.
 //!
-//! `keep state (max 1)` becomes: one data connection per negotiation at a time.
-//! Replacing a session's rules drops its listener but lets established data
-//! connections finish, as pf keeps states alive after their rule is removed.
+//! On top of that this module adds the daemon's policy ([`RelayLimits`], the `-m`
+//! cap, resets at exit) and says why a data connection failed: each cause is logged
+//! at notice (`warn!`) with the session id, the lines docs/embedding.md lists.
 
 use std::collections::BTreeMap;
 use std::fmt;
