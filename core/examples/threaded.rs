@@ -347,7 +347,7 @@ impl DataPath {
         next.extend(
             bound
                 .into_iter()
-                .map(|(sock, fwd)| Listening::spawn(sock, fwd)),
+                .map(|(sock, fwd)| Listening::spawn(sock, fwd, anchor.session)),
         );
         if !next.is_empty() {
             self.anchors.insert(anchor, next);
@@ -375,12 +375,13 @@ struct Listening {
 }
 
 impl Listening {
-    fn spawn(sock: TcpListener, fwd: Forward) -> Listening {
+    /// `session` prefixes the log lines, as the core's `#id` does.
+    fn spawn(sock: TcpListener, fwd: Forward, session: u32) -> Listening {
         let addr = fwd.listen;
         let fwd = Arc::new(Mutex::new(fwd));
         let stop = Arc::new(AtomicBool::new(false));
         let (f, s) = (fwd.clone(), stop.clone());
-        thread::spawn(move || serve_forward(&sock, &f, &s));
+        thread::spawn(move || serve_forward(&sock, &f, &s, session));
         Listening { addr, fwd, stop }
     }
 
@@ -393,7 +394,7 @@ impl Listening {
 }
 
 /// Accepts the forward's data connections, one at a time, from its source only.
-fn serve_forward(sock: &TcpListener, fwd: &Mutex<Forward>, stop: &AtomicBool) {
+fn serve_forward(sock: &TcpListener, fwd: &Mutex<Forward>, stop: &AtomicBool, session: u32) {
     let busy = Arc::new(AtomicBool::new(false));
     for conn in sock.incoming() {
         if stop.load(Ordering::SeqCst) {
@@ -404,7 +405,7 @@ fn serve_forward(sock: &TcpListener, fwd: &Mutex<Forward>, stop: &AtomicBool) {
         let fwd = fwd.lock().expect("forward lock").clone();
         if !fwd.admits(peer.ip()) {
             log::warn!(
-                "data connection from {peer} to {} refused: only {} may connect",
+                "#{session} data connection from {peer} to {} refused: a stranger, only {} may connect",
                 fwd.listen,
                 fwd.from
             );
@@ -412,26 +413,26 @@ fn serve_forward(sock: &TcpListener, fwd: &Mutex<Forward>, stop: &AtomicBool) {
         }
         if busy.swap(true, Ordering::SeqCst) {
             log::warn!(
-                "data connection from {peer} to {} refused: one is in progress",
+                "#{session} data connection from {peer} to {} refused: one is already in progress",
                 fwd.listen
             );
             continue;
         }
         let busy = busy.clone();
         thread::spawn(move || {
-            carry(conn, &fwd);
+            carry(conn, &fwd, session);
             busy.store(false, Ordering::SeqCst);
         });
     }
 }
 
 /// Connects to the forward's target and copies both ways, passing each end of file on.
-fn carry(accepted: TcpStream, fwd: &Forward) {
+fn carry(accepted: TcpStream, fwd: &Forward, session: u32) {
     let opened = match TcpStream::connect(fwd.target) {
         Ok(s) => s,
         Err(e) => {
             log::warn!(
-                "data connection {fwd} failed: cannot connect to {}: {e}",
+                "#{session} data connection {fwd} failed: cannot connect to {}: {e}",
                 fwd.target
             );
             return;
