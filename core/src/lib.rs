@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod error;
+mod forward;
 pub mod ftp;
 pub mod line;
 mod proxy;
@@ -24,6 +25,7 @@ mod session;
 
 pub use config::{Config, ConfigError};
 pub use error::{CloseReason, FilterError, Side};
+pub use forward::{forwards, Forward, ForwardError, Source};
 pub use proxy::{Action, Input, Proxy, Refused, SessionId};
 pub use rand::{Pcg32, RandomSource};
 pub use rules::{

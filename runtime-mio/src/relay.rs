@@ -1,21 +1,22 @@
 //! The userspace data relay: executes the core's data-connection rules itself.
 //!
-//! Each negotiation produces an `rdr-to` rule (`pass in from A to B port P rdr-to C
-//! port Q`) and a `nat-to` rule (`pass out from A to C port Q nat-to N port range`).
-//! pf makes the kernel carry such a connection; the relay does the same in this
-//! process: it listens on `B:P`, accepts only connections from `A`, connects to `C:Q`
-//! from `N`, and copies the bytes both ways unchanged, with half-close.
+//! The rules of each commit become [`Forward`]s ([`ftp_proxy_core::forwards`]), whose
+//! documentation states the semantics: listen on the rdr-to rule's destination,
+//! admit only its source, one data connection at a time, connect to the rdr-to target
+//! from the paired nat-to address, copy both ways with half-close, and let data
+//! connections in progress outlive the replacement of their rules, as pf states do.
 //!
-//! `keep state (max 1)` becomes: one data connection per negotiation at a time.
-//! Replacing a session's rules drops its listener but lets established data
-//! connections finish, as pf keeps states alive after their rule is removed.
+//! On top of that this module adds the daemon's policy ([`RelayLimits`], the `-m`
+//! cap, resets at exit) and says why a data connection failed: each cause is logged
+//! at notice (`warn!`) with the session id, the lines docs/embedding.md lists.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::io::{self, ErrorKind};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
-use ftp_proxy_core::{Anchor, Direction, FilterError, PortRange, Rule, Translate};
+use ftp_proxy_core::{forwards, Anchor, FilterError, Forward, Rule};
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry};
@@ -60,61 +61,62 @@ impl Default for RelayLimits {
     }
 }
 
-/// One data connection the rules allow.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Spec {
-    /// `B:P`: where the originator connects.
-    listen: SocketAddr,
-    /// `A`: the only source allowed.
-    from: IpAddr,
-    /// `C:Q`: the real endpoint.
-    to: SocketAddr,
-    /// `N` and its port range: the source towards the real endpoint.
-    nat: Option<(IpAddr, PortRange)>,
-}
-
-/// Turns a session's rules into relay specs: each rdr-to rule with its nat-to partner.
-fn specs(rules: &[Rule]) -> Result<Vec<Spec>, FilterError> {
-    let mut out = Vec::new();
-    for r in rules {
-        match (r.direction, r.translate) {
-            (Direction::In, Translate::RdrTo { addr, port }) => {
-                let nat = rules.iter().find_map(|n| match n.translate {
-                    Translate::NatTo { addr: nat, ports }
-                        if n.direction == Direction::Out
-                            && n.from == r.from
-                            && n.to == addr
-                            && n.port == port =>
-                    {
-                        Some((nat, ports))
-                    }
-                    _ => None,
-                });
-                out.push(Spec {
-                    listen: SocketAddr::new(r.to, r.port),
-                    from: r.from,
-                    to: SocketAddr::new(addr, port),
-                    nat,
-                });
-            }
-            (Direction::Out, Translate::NatTo { .. }) => {}
-            _ => {
-                return Err(FilterError::Unsupported(format!(
-                    "relay cannot carry out '{r}'"
-                )))
-            }
-        }
-    }
-    Ok(out)
-}
-
+/// The listening socket of one [`Forward`].
 #[derive(Debug)]
 struct DataListener {
     sock: TcpListener,
-    spec: Spec,
+    fwd: Forward,
     anchor: Anchor,
     /// The data connection in progress, if any (`max 1`).
     active: Option<u64>,
+    /// A data connection from the admitted peer was accepted at least once.
+    used: bool,
+}
+
+/// Why a data connection was turned away (a reset, logged at notice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Not the rules' source, which is given.
+    Stranger(IpAddr),
+    /// `keep state (max 1)`: one data connection per negotiation at a time.
+    InProgress,
+    /// The session already has this many in progress ([`RelayLimits::per_session`]).
+    SessionLimit(usize),
+    /// This many are in progress, the most there may be (`-m`).
+    Limit(usize),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Stranger(from) => write!(f, "a stranger, only {from} may connect"),
+            Refusal::InProgress => f.write_str("one is already in progress for this negotiation"),
+            Refusal::SessionLimit(n) => write!(
+                f,
+                "data-connection limit reached, the session has {n} in progress (--relay-per-session)"
+            ),
+            Refusal::Limit(n) => write!(
+                f,
+                "data-connection limit reached, {n} in progress in all sessions (-m)"
+            ),
+        }
+    }
+}
+
+/// Why a listener closed: its rules gave way to a new negotiation's, or were removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replaced {
+    NewNegotiation,
+    SessionEnded,
+}
+
+impl fmt::Display for Replaced {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Replaced::NewNegotiation => "a new negotiation replaced the rules",
+            Replaced::SessionEnded => "the session ended",
+        })
+    }
 }
 
 /// One socket of a data connection, with its readiness cache.
@@ -153,6 +155,8 @@ struct Pair {
     down: Pipe,
     connecting: bool,
     label: String,
+    /// The real endpoint, for the log line of a failed connect.
+    target: SocketAddr,
     /// The control session that negotiated it ([`Anchor::session`]).
     session: u32,
     /// That session has ended.
@@ -289,84 +293,126 @@ impl Relay {
     }
 
     /// Replaces the anchor's rules, like a pf transaction: on error nothing changed.
+    ///
+    /// The rules become [`Forward`]s (the core's reading of them); a listener whose
+    /// address is in the old and the new set is kept, the others are bound anew, and
+    /// the old ones that are gone are closed once every new one is bound.
     pub(crate) fn commit(
         &mut self,
         registry: &Registry,
         anchor: &Anchor,
         rules: &[Rule],
     ) -> Result<(), FilterError> {
-        let specs = specs(rules)?;
+        let forwards = forwards(rules)?;
         let old: Vec<u64> = self.anchors.get(anchor).cloned().unwrap_or_default();
-        // Listeners that stay: same address as a new spec (binding it again would fail).
-        let mut keep: Vec<(u64, Spec)> = Vec::new();
-        let mut create: Vec<Spec> = Vec::new();
-        for spec in specs {
-            match old.iter().find(|id| {
-                self.listeners
-                    .get(id)
-                    .is_some_and(|l| l.spec.listen == spec.listen)
-            }) {
-                Some(&id) if !keep.iter().any(|(k, _)| *k == id) => keep.push((id, spec)),
-                _ => create.push(spec),
-            }
-        }
+        let (keep, create) = self.plan(&old, forwards);
         let mut created: Vec<(u64, DataListener)> = Vec::new();
-        for spec in create {
-            match sys::data_listener(spec.listen) {
-                Ok(std) => {
-                    let mut sock = TcpListener::from_std(std);
-                    let id = self.alloc_id();
-                    if let Err(e) = registry.register(
-                        &mut sock,
-                        Tok::DataListener(id).token(),
-                        Interest::READABLE,
-                    ) {
-                        self.rollback(registry, created);
-                        return Err(FilterError::Other {
-                            errno: e.raw_os_error().unwrap_or(0),
-                            text: format!("relay register: {e}"),
-                        });
-                    }
-                    created.push((
-                        id,
-                        DataListener {
-                            sock,
-                            spec,
-                            anchor: *anchor,
-                            active: None,
-                        },
-                    ));
-                }
+        for fwd in create {
+            match self.bind(registry, anchor, fwd) {
+                Ok(l) => created.push(l),
                 Err(e) => {
-                    self.rollback(registry, created);
-                    return Err(match e {
-                        Errno::EADDRINUSE => FilterError::AddrInUse,
-                        e => FilterError::Other {
-                            errno: e as i32,
-                            text: format!("relay bind {}: {}", spec.listen, e.desc()),
-                        },
-                    });
+                    for (_, mut l) in created {
+                        let _ = registry.deregister(&mut l.sock);
+                    }
+                    return Err(e);
                 }
             }
         }
-        // Success: apply.
+        let ended = if rules.is_empty() {
+            Replaced::SessionEnded
+        } else {
+            Replaced::NewNegotiation
+        };
+        self.apply(registry, anchor, old, keep, created, ended);
+        Ok(())
+    }
+
+    /// Splits the new forwards into those whose listener (of the `old` ones) stays,
+    /// matched by address, and those that need a new one.
+    fn plan(&self, old: &[u64], forwards: Vec<Forward>) -> (Vec<(u64, Forward)>, Vec<Forward>) {
+        let mut keep: Vec<(u64, Forward)> = Vec::new();
+        let mut create: Vec<Forward> = Vec::new();
+        for fwd in forwards {
+            let same = old.iter().find(|&&id| {
+                !keep.iter().any(|(k, _)| *k == id)
+                    && self
+                        .listeners
+                        .get(&id)
+                        .is_some_and(|l| l.fwd.listen == fwd.listen)
+            });
+            match same {
+                Some(&id) => keep.push((id, fwd)),
+                None => create.push(fwd),
+            }
+        }
+        (keep, create)
+    }
+
+    /// Binds and registers the listener of one new forward.
+    fn bind(
+        &mut self,
+        registry: &Registry,
+        anchor: &Anchor,
+        fwd: Forward,
+    ) -> Result<(u64, DataListener), FilterError> {
+        let std = sys::data_listener(fwd.listen).map_err(|e| match e {
+            Errno::EADDRINUSE => FilterError::AddrInUse,
+            e => FilterError::Other {
+                errno: e as i32,
+                text: format!("relay bind {}: {}", fwd.listen, e.desc()),
+            },
+        })?;
+        let mut sock = TcpListener::from_std(std);
+        let id = self.alloc_id();
+        registry
+            .register(&mut sock, Tok::DataListener(id).token(), Interest::READABLE)
+            .map_err(|e| FilterError::Other {
+                errno: e.raw_os_error().unwrap_or(0),
+                text: format!("relay register: {e}"),
+            })?;
+        let listener = DataListener {
+            sock,
+            fwd,
+            anchor: *anchor,
+            active: None,
+            used: false,
+        };
+        Ok((id, listener))
+    }
+
+    /// Puts a commit in force: kept listeners take their new forward, the old ones
+    /// that are gone close (logging those no data connection ever used), the new ones
+    /// start listening.
+    fn apply(
+        &mut self,
+        registry: &Registry,
+        anchor: &Anchor,
+        old: Vec<u64>,
+        keep: Vec<(u64, Forward)>,
+        created: Vec<(u64, DataListener)>,
+        why: Replaced,
+    ) {
         let mut ids: Vec<u64> = Vec::new();
         for id in old {
-            if let Some((_, spec)) = keep.iter().find(|(k, _)| *k == id) {
+            if let Some((_, fwd)) = keep.iter().find(|(k, _)| *k == id) {
                 if let Some(l) = self.listeners.get_mut(&id) {
-                    l.spec = spec.clone();
+                    l.fwd = fwd.clone();
                 }
                 ids.push(id);
             } else if let Some(mut l) = self.listeners.remove(&id) {
                 let _ = registry.deregister(&mut l.sock);
-                debug!("relay: {anchor}: no longer listening on {}", l.spec.listen);
+                if l.used {
+                    debug!("relay: {anchor}: no longer listening on {}", l.fwd.listen);
+                } else {
+                    warn!(
+                        "#{} data connection failed: {} never connected to {} before {why}",
+                        anchor.session, l.fwd.from, l.fwd.listen
+                    );
+                }
             }
         }
         for (id, l) in created {
-            debug!(
-                "relay: {anchor}: listening on {} for {} -> {}",
-                l.spec.listen, l.spec.from, l.spec.to
-            );
+            debug!("relay: {anchor}: listening for {}", l.fwd);
             self.listeners.insert(id, l);
             ids.push(id);
             // A connection may already be waiting by the time we register.
@@ -376,13 +422,6 @@ impl Relay {
             self.anchors.remove(anchor);
         } else {
             self.anchors.insert(*anchor, ids);
-        }
-        Ok(())
-    }
-
-    fn rollback(&mut self, registry: &Registry, created: Vec<(u64, DataListener)>) {
-        for (_, mut l) in created {
-            let _ = registry.deregister(&mut l.sock);
         }
     }
 
@@ -467,107 +506,117 @@ impl Relay {
                     continue
                 }
                 Err(e) => {
-                    warn!("relay: accept on {} failed: {e}", l.spec.listen);
+                    warn!("relay: accept on {} failed: {e}", l.fwd.listen);
                     return;
                 }
             };
             let peer = sys::unmap(peer);
-            // Every refusal is a reset: a clean close would look like an empty
-            // transfer to whoever connected.
-            if peer.ip() != l.spec.from {
-                info!(
-                    "relay: refused data connection from {peer} to {}: only {} may connect",
-                    l.spec.listen, l.spec.from
-                );
-                reset(&stream);
-                continue;
-            }
-            if l.active.is_some() {
-                info!(
-                    "relay: refused data connection from {peer} to {}: one is already in progress",
-                    l.spec.listen
-                );
-                reset(&stream);
-                continue;
-            }
-            let session = l.anchor.session;
-            let of_session = self.pairs.values().filter(|p| p.session == session).count();
-            if of_session >= self.limits.per_session {
-                info!(
-                    "relay: refused data connection from {peer} to {}: its session has {of_session} data connections in progress, the most one may have",
-                    l.spec.listen
-                );
-                reset(&stream);
-                continue;
-            }
-            if self.pairs.len() >= self.max_pairs {
-                info!(
-                    "relay: refused data connection from {peer} to {}: {} data connections in progress, the most there may be",
-                    l.spec.listen,
-                    self.pairs.len()
-                );
-                reset(&stream);
-                continue;
-            }
-            sys::nodelay(&stream);
-            let spec = l.spec.clone();
-            let anchor = l.anchor;
-            match self.open(&spec) {
-                Ok(opened) => {
-                    let pid = self.alloc_id();
-                    let label = format!("{anchor} {peer} -> {} -> {}", spec.listen, spec.to);
-                    let mut pair = Pair {
-                        listener: id,
-                        accepted: Sock::new(stream, true),
-                        opened: Sock::new(TcpStream::from_std(opened), false),
-                        up: Pipe::new(PIPE_CAPACITY, self.zero_copy),
-                        down: Pipe::new(PIPE_CAPACITY, self.zero_copy),
-                        connecting: true,
-                        label,
-                        session,
-                        orphan: false,
-                        seen: 0,
-                        last_active: Instant::now(),
-                    };
-                    let rw = Interest::READABLE | Interest::WRITABLE;
-                    let r1 = registry.register(
-                        &mut pair.accepted.sock,
-                        Tok::Data(pid, End::Accepted).token(),
-                        rw,
+            if let Err(refusal) = self.admit(id, peer) {
+                // Every refusal is a reset: a clean close would look like an empty
+                // transfer to whoever connected.
+                if let Some(l) = self.listeners.get(&id) {
+                    warn!(
+                        "#{} data connection from {peer} to {} refused: {refusal}",
+                        l.anchor.session, l.fwd.listen
                     );
-                    let r2 = registry.register(
-                        &mut pair.opened.sock,
-                        Tok::Data(pid, End::Opened).token(),
-                        rw,
-                    );
-                    if let Err(e) = r1.and(r2) {
-                        warn!("relay: {}: cannot register: {e}", pair.label);
-                        let _ = registry.deregister(&mut pair.accepted.sock);
-                        let _ = registry.deregister(&mut pair.opened.sock);
-                        continue;
-                    }
-                    debug!("relay: {}: connecting", pair.label);
-                    if let Some(l) = self.listeners.get_mut(&id) {
-                        l.active = Some(pid);
-                    }
-                    self.pairs.insert(pid, pair);
-                    if self.next_sweep.is_none() {
-                        self.next_sweep = Some(Instant::now() + SWEEP_EVERY);
-                    }
-                    self.service(registry, pid);
                 }
-                Err(e) => {
-                    info!(
-                        "relay: data connection from {peer} to {}: cannot connect to {}: {}",
-                        spec.listen,
-                        spec.to,
-                        e.desc()
-                    );
-                    reset(&stream);
-                }
+                reset(&stream);
+                continue;
             }
+            self.start_pair(registry, id, stream, peer);
         }
         self.hot.push(Tok::DataListener(id));
+    }
+
+    /// Whether listener `id` may carry a connection from `peer` now: the rules'
+    /// source, one at a time, and the per-session and global caps.
+    fn admit(&self, id: u64, peer: SocketAddr) -> Result<(), Refusal> {
+        let Some(l) = self.listeners.get(&id) else {
+            return Ok(());
+        };
+        if !l.fwd.admits(peer.ip()) {
+            return Err(Refusal::Stranger(l.fwd.from));
+        }
+        if l.active.is_some() {
+            return Err(Refusal::InProgress);
+        }
+        let session = l.anchor.session;
+        let of_session = self.pairs.values().filter(|p| p.session == session).count();
+        if of_session >= self.limits.per_session {
+            return Err(Refusal::SessionLimit(of_session));
+        }
+        if self.pairs.len() >= self.max_pairs {
+            return Err(Refusal::Limit(self.pairs.len()));
+        }
+        Ok(())
+    }
+
+    /// Connects an admitted data connection to its target and starts copying.
+    fn start_pair(&mut self, registry: &Registry, id: u64, stream: TcpStream, peer: SocketAddr) {
+        let Some(l) = self.listeners.get_mut(&id) else {
+            return;
+        };
+        l.used = true;
+        let fwd = l.fwd.clone();
+        let session = l.anchor.session;
+        sys::nodelay(&stream);
+        let opened = match self.open(&fwd) {
+            Ok(opened) => opened,
+            Err(e) => {
+                let from = fwd
+                    .source
+                    .map_or_else(|| "any address".to_string(), |s| s.bind_addr().to_string());
+                warn!(
+                    "#{session} data connection from {peer} to {} failed: cannot connect to {} from {from}: {}",
+                    fwd.listen,
+                    fwd.target,
+                    e.desc()
+                );
+                reset(&stream);
+                return;
+            }
+        };
+        let pid = self.alloc_id();
+        let mut pair = Pair {
+            listener: id,
+            accepted: Sock::new(stream, true),
+            opened: Sock::new(TcpStream::from_std(opened), false),
+            up: Pipe::new(PIPE_CAPACITY, self.zero_copy),
+            down: Pipe::new(PIPE_CAPACITY, self.zero_copy),
+            connecting: true,
+            label: format!("#{session} {peer} -> {} -> {}", fwd.listen, fwd.target),
+            target: fwd.target,
+            session,
+            orphan: false,
+            seen: 0,
+            last_active: Instant::now(),
+        };
+        let rw = Interest::READABLE | Interest::WRITABLE;
+        let r1 = registry.register(
+            &mut pair.accepted.sock,
+            Tok::Data(pid, End::Accepted).token(),
+            rw,
+        );
+        let r2 = registry.register(
+            &mut pair.opened.sock,
+            Tok::Data(pid, End::Opened).token(),
+            rw,
+        );
+        if let Err(e) = r1.and(r2) {
+            warn!("relay: {}: cannot register: {e}", pair.label);
+            let _ = registry.deregister(&mut pair.accepted.sock);
+            let _ = registry.deregister(&mut pair.opened.sock);
+            return;
+        }
+        debug!("relay: {}: connecting", pair.label);
+        if let Some(l) = self.listeners.get_mut(&id) {
+            l.active = Some(pid);
+        }
+        self.pairs.insert(pid, pair);
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(Instant::now() + SWEEP_EVERY);
+        }
+        self.service(registry, pid);
     }
 
     /// Starts the connection to the real endpoint from the nat-to address.
@@ -576,28 +625,26 @@ impl Relay {
     /// relay falls back to an ephemeral port (logged once). A range means "any port"
     /// and the kernel picks an ephemeral one. If the nat-to address is not local (a
     /// transparent setup without IP_TRANSPARENT), the kernel picks the source (logged once).
-    fn open(&mut self, spec: &Spec) -> Result<std::net::TcpStream, Errno> {
-        let Some((nat, ports)) = spec.nat else {
-            return sys::start_connect(spec.to, None).map_err(|e| e.errno());
+    fn open(&mut self, fwd: &Forward) -> Result<std::net::TcpStream, Errno> {
+        let Some(source) = fwd.source else {
+            return sys::start_connect(fwd.target, None).map_err(|e| e.errno());
         };
-        let port = if ports.low == ports.high {
-            ports.low
-        } else {
-            0
-        };
-        let first = sys::start_connect(spec.to, Some(SocketAddr::new(nat, port)));
-        match first {
+        let bind = source.bind_addr();
+        let nat = source.addr;
+        match sys::start_connect(fwd.target, Some(bind)) {
             Err(sys::ConnectError::Bind(e))
-                if port != 0 && matches!(e, Errno::EACCES | Errno::EPERM | Errno::EADDRINUSE) =>
+                if bind.port() != 0
+                    && matches!(e, Errno::EACCES | Errno::EPERM | Errno::EADDRINUSE) =>
             {
                 if !self.port_fallback_logged {
                     self.port_fallback_logged = true;
                     warn!(
-                        "relay: cannot bind source port {port} ({}), using an ephemeral port",
+                        "relay: cannot bind source port {} ({}), using an ephemeral port",
+                        bind.port(),
                         e.desc()
                     );
                 }
-                self.open_from(spec.to, nat)
+                self.open_from(fwd.target, nat)
             }
             Err(sys::ConnectError::Bind(Errno::EADDRNOTAVAIL)) => {
                 if !self.addr_fallback_logged {
@@ -606,7 +653,7 @@ impl Relay {
                         "relay: {nat} is not a local address, letting the kernel choose the source"
                     );
                 }
-                sys::start_connect(spec.to, None).map_err(|e| e.errno())
+                sys::start_connect(fwd.target, None).map_err(|e| e.errno())
             }
             other => other.map_err(|e| e.errno()),
         }
@@ -650,8 +697,8 @@ impl Relay {
                 )
             }
             PairEnd::Idle(why, limit) => {
-                info!(
-                    "relay: {}: no data for {} s ({why}), reset (after {} bytes up, {} down)",
+                warn!(
+                    "{} data connection reset: no data for {} s ({why}), after {} bytes up, {} down",
                     pair.label,
                     limit.as_secs(),
                     pair.up.moved(),
@@ -659,6 +706,13 @@ impl Relay {
                 );
                 reset(&pair.accepted.sock);
                 reset(&pair.opened.sock);
+            }
+            PairEnd::Failed("connect", e) => {
+                warn!(
+                    "{} data connection failed: {} refused it or did not answer: {e}",
+                    pair.label, pair.target
+                );
+                reset(&pair.accepted.sock);
             }
             PairEnd::Failed(what, e) => {
                 info!(
@@ -803,48 +857,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn passive_rules_become_one_spec() {
-        let rules = data_rules(
-            Mode::Passive,
-            &addrs(),
-            40000,
-            50000,
-            &RuleOptions::default(),
-        );
-        let s = specs(&rules).unwrap();
-        assert_eq!(
-            s,
-            vec![Spec {
-                listen: "127.0.0.1:50000".parse().unwrap(),
-                from: "127.0.0.2".parse().unwrap(),
-                to: "127.0.0.3:40000".parse().unwrap(),
-                nat: Some((
-                    "127.0.0.4".parse().unwrap(),
-                    ftp_proxy_core::rules::NAT_PORTS
-                )),
-            }]
-        );
-    }
-
-    #[test]
-    fn active_rfc_rules_keep_port_20() {
-        let opts = RuleOptions {
-            rfc_mode: true,
-            ..RuleOptions::default()
-        };
-        let rules = data_rules(Mode::ActivePort, &addrs(), 40000, 50000, &opts);
-        let s = specs(&rules).unwrap();
-        assert_eq!(s.len(), 1);
-        assert_eq!(s[0].listen, "127.0.0.4:50000".parse().unwrap());
-        assert_eq!(s[0].from, "127.0.0.3".parse::<IpAddr>().unwrap());
-        assert_eq!(s[0].to, "127.0.0.2:40000".parse().unwrap());
-        assert_eq!(
-            s[0].nat,
-            Some(("127.0.0.1".parse().unwrap(), PortRange::single(20)))
-        );
-    }
-
     fn rules_for(listen_ip: &str, proxy_port: u16) -> Vec<Rule> {
         let a = SessionAddrs {
             orig_server: listen_ip.parse().unwrap(),
@@ -928,10 +940,5 @@ mod tests {
             other => panic!("expected Other, got {other:?}"),
         }
         assert_eq!(relay.listener_count(), 0);
-    }
-
-    #[test]
-    fn empty_rules_no_specs() {
-        assert!(specs(&[]).unwrap().is_empty());
     }
 }

@@ -625,3 +625,76 @@ fn instances_in_separate_pid_namespaces_keep_their_tables() -> Result<()> {
     download_big_bypassing_proxy(&lab, &a, URL4, &["--disable-epsv"], "PASV", &["EPSV"])?;
     lab.stop_proxy(&a)
 }
+
+/// Logs in, negotiates PASV twice without connecting, and quits; returns both ports.
+fn two_unused_pasv_negotiations(lab: &Lab) -> Result<(u16, u16)> {
+    lab.topo
+        .in_ns(Ns::Client, || -> std::io::Result<(u16, u16)> {
+            let ctl = TcpStream::connect_timeout(
+                &"198.51.100.10:21".parse().expect("addr"),
+                Duration::from_secs(5),
+            )?;
+            ctl.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let mut r = BufReader::new(ctl);
+            let mut t = reply(&mut r)?;
+            t += &command(&mut r, &format!("USER {}", netns::FTP_USER))?;
+            t += &command(&mut r, &format!("PASS {}", netns::FTP_PASSWORD))?;
+            let mut ports = Vec::new();
+            for _ in 0..2 {
+                let pasv = command(&mut r, "PASV")?;
+                t += &pasv;
+                let n: Vec<u16> = pasv
+                    .split(['(', ')'])
+                    .nth(1)
+                    .unwrap_or("")
+                    .split(',')
+                    .filter_map(|x| x.trim().parse().ok())
+                    .collect();
+                if n.len() != 6 {
+                    return Err(std::io::Error::other(format!("no 227 tuple: {t}")));
+                }
+                ports.push(n[4] * 256 + n[5]);
+            }
+            command(&mut r, "QUIT")?;
+            Ok((ports[0], ports[1]))
+        })?
+        .map_err(netns::io_err("two PASV negotiations"))
+}
+
+/// With nftables the proxy never sees a data connection, but it can ask whether a
+/// negotiation's arm element is still there when it replaces or removes it (the
+/// first SYN deletes it): a used one is not reported, unused ones are, at notice.
+#[test]
+fn unused_negotiations_are_logged_with_nftables() -> Result<()> {
+    if !netns::is_root("unused_negotiations_are_logged_with_nftables") {
+        return Ok(());
+    }
+    let mut lab = Lab::new("un", AdminAccept::CtStatusDnat)?;
+    let p = lab.start_proxy(&["-b", "0.0.0.0"], 8021)?;
+    // Session #1 uses its negotiation.
+    second_connection_is_not_redirected(&lab)?;
+    let (first, second) = two_unused_pasv_negotiations(&lab)?;
+    let want = [
+        format!("#2 data connection failed: 203.0.113.10 never connected to 198.51.100.10:{first} before a new negotiation replaced the rules"),
+        format!("#2 data connection failed: 203.0.113.10 never connected to 198.51.100.10:{second} before the session ended"),
+    ];
+    let found = netns::poll(Duration::from_secs(10), || {
+        let log = p.log_text();
+        want.iter().all(|w| log.contains(w.as_str())).then_some(())
+    });
+    let log = p.log_text();
+    if found.is_none() {
+        return Err(check(
+            format!("{want:?} in the proxy's log"),
+            netns::tail(&log, 3000),
+        ));
+    }
+    if log.contains("#1 data connection failed") {
+        return Err(check(
+            "the used negotiation of #1 is not reported",
+            netns::tail(&log, 3000),
+        ));
+    }
+    lab.expect_no_elements(&p, "the unused negotiations")?;
+    lab.stop_proxy(&p)
+}

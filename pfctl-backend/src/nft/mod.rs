@@ -70,12 +70,13 @@ mod ruleset;
 mod socket;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use ftp_proxy_core::{Config, Direction, Family, RuleLog, Translate};
 
 use crate::{Anchor, Backend, FilterError, Rule};
-use msg::{addr_port, key, Element};
+use msg::{addr_port, key, key_parts, Element};
 pub use msg::{parse_table_dump, DumpPart, TableInfo};
 use socket::{BatchError, NlSocket};
 
@@ -204,6 +205,32 @@ impl std::fmt::Debug for NftBackend {
 }
 
 impl NftBackend {
+    /// The `(from, to, port)` of the anchor's arm elements that are still in their
+    /// set and not in `new`: negotiations whose data connection never arrived (its
+    /// first SYN deletes the element). One query per element, before the batch that
+    /// replaces them; a failed query is logged at debug and reports nothing.
+    fn unused_arms(&mut self, anchor: &Anchor, new: &[Element]) -> Vec<(IpAddr, IpAddr, u16)> {
+        let arms: Vec<Element> = self
+            .anchors
+            .get(anchor)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.set.starts_with("arm") && !new.contains(e))
+            .cloned()
+            .collect();
+        let table = self.opts.table.clone();
+        let mut unused = Vec::new();
+        for e in &arms {
+            match self.sock.has_elem(&table, e) {
+                Ok(true) => unused.extend(key_parts(&e.key)),
+                Ok(false) => {}
+                Err(err) => {
+                    log::debug!("cannot tell whether an {} element was used: {err:?}", e.set)
+                }
+            }
+        }
+        unused
+    }
     /// Creates the table for a daemon run with `config` ([`NftOptions::from_config`])
     /// and opens the netlink socket that owns it. Call it with CAP_NET_ADMIN, in the
     /// process that will commit (the table dies with this backend's socket), before
@@ -311,6 +338,8 @@ impl Backend for NftBackend {
         if old.is_empty() && new.is_empty() {
             return Ok(()); // a session that never negotiated: nothing to do
         }
+        let unused = self.unused_arms(anchor, &new);
+        let old = self.anchors.get(anchor).map(Vec::as_slice).unwrap_or(&[]);
         let timeout = self.timeout_ms();
         let table = self.opts.table.clone();
         let mut what = Vec::with_capacity(old.len() + new.len());
@@ -326,6 +355,18 @@ impl Backend for NftBackend {
         let first = batch.acked_seqs().0;
         match self.sock.execute(batch) {
             Ok(()) => {
+                let why = if new.is_empty() {
+                    "the session ended"
+                } else {
+                    "a new negotiation replaced the rules"
+                };
+                for (from, to, port) in unused {
+                    log::warn!(
+                        "#{} data connection failed: {from} never connected to {} before {why}",
+                        anchor.session,
+                        std::net::SocketAddr::new(to, port)
+                    );
+                }
                 if new.is_empty() {
                     self.anchors.remove(anchor);
                 } else {

@@ -31,6 +31,7 @@ pub(crate) const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_GETSETELEM: u16 = 13;
 /// Idempotent element delete (Linux 6.3): deleting an absent element is not an error,
 /// so a batch never aborts on an element that already timed out.
 const NFT_MSG_DESTROYSETELEM: u16 = 30;
@@ -89,6 +90,36 @@ pub(crate) fn key(from: IpAddr, to: IpAddr, port: u16) -> Vec<u8> {
     put_addr(&mut k, to);
     put_port(&mut k, port);
     k
+}
+
+/// The fields of a [`key`]: `(from, to, port)`; `None` for any other length.
+pub(crate) fn key_parts(k: &[u8]) -> Option<(IpAddr, IpAddr, u16)> {
+    let (from, to, port): (IpAddr, IpAddr, &[u8]) = match k.len() {
+        12 => (
+            <[u8; 4]>::try_from(&k[0..4]).ok()?.into(),
+            <[u8; 4]>::try_from(&k[4..8]).ok()?.into(),
+            &k[8..10],
+        ),
+        36 => (
+            <[u8; 16]>::try_from(&k[0..16]).ok()?.into(),
+            <[u8; 16]>::try_from(&k[16..32]).ok()?.into(),
+            &k[32..34],
+        ),
+        _ => return None,
+    };
+    Some((from, to, u16::from_be_bytes([port[0], port[1]])))
+}
+
+/// The request whether one element is in its set (`NFT_MSG_GETSETELEM`, acked, not
+/// part of a batch): the kernel answers with the element and an ack, or `ENOENT`.
+pub(crate) fn get_elem_request(seq: u32, table: &str, e: &Element) -> Vec<u8> {
+    let mut b = Batch {
+        buf: Vec::with_capacity(128),
+        next_seq: seq,
+        first_seq: seq,
+    };
+    b.elem_msg(NFT_MSG_GETSETELEM, 0, table, e, None);
+    b.buf
 }
 
 /// The map data `addr . port` (8 bytes for IPv4, 20 for IPv6).
@@ -446,6 +477,33 @@ mod tests {
 
     fn v4(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn key_parts_reverse_key() {
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let k = key(v4("203.0.113.10"), v4("198.51.100.10"), 50123);
+        assert_eq!(
+            key_parts(&k),
+            Some((v4("203.0.113.10"), v4("198.51.100.10"), 50123))
+        );
+        assert_eq!(key_parts(&key(v6, v6, 21)), Some((v6, v6, 21)));
+        assert_eq!(key_parts(&k[..11]), None);
+    }
+
+    #[test]
+    fn get_elem_request_is_acked_and_carries_the_key_only() {
+        let e = Element {
+            set: "arm4",
+            key: key(v4("203.0.113.10"), v4("198.51.100.10"), 50123),
+            data: None,
+        };
+        let m = get_elem_request(7, "t", &e);
+        assert_eq!(u32_at(&m, 0) as usize, m.len());
+        assert_eq!(u16_at(&m, 4), nft_type(NFT_MSG_GETSETELEM));
+        assert_eq!(u16_at(&m, 6), NLM_F_REQUEST | NLM_F_ACK);
+        assert_eq!(u32_at(&m, 8), 7);
+        assert!(m.windows(e.key.len()).any(|w| w == e.key.as_slice()));
     }
 
     #[test]

@@ -8,7 +8,10 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-use super::msg::{parse_acks, parse_table_dump, table_dump_request, Ack, Batch, TableInfo};
+use super::msg::{
+    get_elem_request, parse_acks, parse_table_dump, table_dump_request, Ack, Batch, Element,
+    TableInfo,
+};
 
 /// `SOL_NETLINK` options (`<linux/netlink.h>`).
 const SOL_NETLINK: libc::c_int = 270;
@@ -178,6 +181,33 @@ impl NlSocket {
         Err(BatchError::Io(io::Error::new(
             io::ErrorKind::InvalidData,
             "table dump did not end",
+        )))
+    }
+
+    /// Whether `e` is in its set now. Bounded: the answer is one element message and
+    /// one ack (or an error), read in at most 16 datagrams, each within the socket's
+    /// timeout.
+    pub(crate) fn has_elem(&mut self, table: &str, e: &Element) -> Result<bool, BatchError> {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        self.send(&get_elem_request(seq, table, e))
+            .map_err(BatchError::Io)?;
+        for _ in 0..16 {
+            let n = self.recv().map_err(BatchError::Io)?;
+            if let Some(ack) = parse_acks(&self.buf[..n])
+                .into_iter()
+                .find(|a| a.seq == seq)
+            {
+                return match ack.errno {
+                    0 => Ok(true),
+                    libc::ENOENT => Ok(false),
+                    errno => Err(BatchError::Kernel { errno, seq }),
+                };
+            }
+        }
+        Err(BatchError::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no answer to an element query",
         )))
     }
 

@@ -1,0 +1,363 @@
+//! The userspace data path: what a session's rules mean as sockets.
+//!
+//! A packet filter carries a data connection in the kernel: the `rdr-to` rule steers
+//! its first SYN to the real endpoint and the paired `nat-to` rule rewrites its
+//! source. A driver without such a filter (the mio runtime's relay, a threaded or
+//! async proxy) carries the connection itself. [`forwards`] turns the rule set of one
+//! [`Action::CommitRules`](crate::Action::CommitRules) into the [`Forward`]s that do
+//! the same, so that every such driver reads the rules one way.
+//!
+//! # Semantics every driver keeps
+//!
+//! * **Listen** on [`Forward::listen`], the rdr-to rule's destination: the address
+//!   and proxy port the core advertised in its rewritten 227/229/PORT/EPRT.
+//! * **Admit only** [`Forward::from`] ([`Forward::admits`]); every other peer is
+//!   refused. Refuse with a reset (`SO_LINGER` 0) where the socket API allows it: a
+//!   clean close looks like an empty, successful transfer to whoever connected.
+//! * **One data connection at a time** per forward (the rules' `keep state (max 1)`):
+//!   a second connection while one is in progress is refused; once the first has
+//!   ended, the listener takes a new one (a client may `LIST` twice after one `PASV`).
+//! * **Connect** to [`Forward::target`], the rdr-to translation, from
+//!   [`Forward::source`], the paired nat-to address. [`Source::bind_addr`] says which
+//!   port: a single-port range (port 20 with `-r` and PORT) is bound exactly, a range
+//!   means any port the kernel picks.
+//! * **Copy** the bytes both ways unchanged, passing each side's end of file on as a
+//!   half-close once everything before it is written; an error or reset on one side
+//!   resets the other, so neither mistakes an abort for a complete transfer.
+//! * **Replacing the rules** (the next commit for the same anchor) closes the
+//!   listeners of forwards that are gone but lets data connections in progress run
+//!   to their end, as pf keeps a state after its rule is removed. A forward whose
+//!   `listen` address is in both the old and the new set keeps its listening socket
+//!   (binding it again would fail) and takes the new forward's other fields.
+//! * **Binding fails** with `EADDRINUSE`: answer the commit with
+//!   [`FilterError::AddrInUse`] (the core then picks another proxy port) and leave the
+//!   old set in force: a commit is all or nothing.
+//!
+//! How long a data connection may stay idle, and how many a session may have, is the
+//! driver's policy; docs/embedding.md gives the mio runtime's.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::error::FilterError;
+use crate::rules::{Direction, PortRange, Rule, Translate};
+
+/// The address a forward's outgoing connection comes from: the paired `nat-to` rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Source {
+    /// The nat-to address: the peer the real endpoint expects to see.
+    pub addr: IpAddr,
+    /// The nat-to port range.
+    pub ports: PortRange,
+}
+
+impl Source {
+    /// What to bind before connecting: the address with the range's single port
+    /// (port 20 with `-r`), or port 0 (any) for a range.
+    pub fn bind_addr(&self) -> SocketAddr {
+        let port = if self.ports.low == self.ports.high {
+            self.ports.low
+        } else {
+            0
+        };
+        SocketAddr::new(self.addr, port)
+    }
+}
+
+/// One data connection the rules allow, as a driver carries it (see the module docs
+/// for the semantics).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Forward {
+    /// Where the originator connects: the rdr-to rule's destination and port.
+    pub listen: SocketAddr,
+    /// The only peer allowed to connect: the rdr-to rule's source.
+    pub from: IpAddr,
+    /// The real endpoint: the rdr-to translation.
+    pub target: SocketAddr,
+    /// Where the connection to `target` comes from; `None` when the set holds no
+    /// matching nat-to rule (the core always pairs them; the source is then the
+    /// kernel's choice).
+    pub source: Option<Source>,
+}
+
+impl Forward {
+    /// Whether a connection from `peer` may be carried. An IPv4 peer reported as an
+    /// IPv4-mapped IPv6 address (a dual-stack socket) is compared as IPv4.
+    pub fn admits(&self, peer: IpAddr) -> bool {
+        let peer = match peer {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        peer == self.from
+    }
+}
+
+impl fmt::Display for Forward {
+    /// `from -> listen -> target`, the shape of the relay's log lines.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} -> {} -> {}", self.from, self.listen, self.target)
+    }
+}
+
+/// A rule the userspace data path cannot carry out: only inbound `rdr-to` and
+/// outbound `nat-to` rules have a meaning as sockets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardError {
+    /// The rule, as given (boxed: a rule is large and the error is rare).
+    pub rule: Box<Rule>,
+}
+
+impl fmt::Display for ForwardError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the userspace data path cannot carry out '{}'",
+            self.rule
+        )
+    }
+}
+
+impl std::error::Error for ForwardError {}
+
+impl From<ForwardError> for FilterError {
+    /// A commit answered with this error leaves the session's old rules in force.
+    fn from(e: ForwardError) -> FilterError {
+        FilterError::Unsupported(e.to_string())
+    }
+}
+
+/// The forwards of one rule set: each inbound `rdr-to` rule with its outbound
+/// `nat-to` partner (same source, destination = the rdr-to target). An empty set
+/// gives no forwards: the session's rules are removed.
+pub fn forwards(rules: &[Rule]) -> Result<Vec<Forward>, ForwardError> {
+    let mut out = Vec::new();
+    for r in rules {
+        match (r.direction, r.translate) {
+            (Direction::In, Translate::RdrTo { addr, port }) => out.push(Forward {
+                listen: SocketAddr::new(r.to, r.port),
+                from: r.from,
+                target: SocketAddr::new(addr, port),
+                source: nat_partner(rules, r.from, SocketAddr::new(addr, port)),
+            }),
+            (Direction::Out, Translate::NatTo { .. }) => {}
+            _ => {
+                return Err(ForwardError {
+                    rule: Box::new(r.clone()),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The nat-to rule for connections from `from` to `target`.
+fn nat_partner(rules: &[Rule], from: IpAddr, target: SocketAddr) -> Option<Source> {
+    rules.iter().find_map(|n| match n.translate {
+        Translate::NatTo { addr, ports }
+            if n.direction == Direction::Out
+                && n.from == from
+                && SocketAddr::new(n.to, n.port) == target =>
+        {
+            Some(Source { addr, ports })
+        }
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{
+        data_rules, Mode, RuleOptions, SessionAddrs, NAT_PORTS, RFC_ACTIVE_SOURCE_PORT,
+    };
+
+    fn v4() -> SessionAddrs {
+        SessionAddrs {
+            client: "203.0.113.10".parse().unwrap(),
+            server: "198.51.100.10".parse().unwrap(),
+            orig_server: "198.51.100.10".parse().unwrap(),
+            proxy: "198.51.100.1".parse().unwrap(),
+            client_rdomain: 0,
+        }
+    }
+
+    fn v6() -> SessionAddrs {
+        SessionAddrs {
+            client: "2001:db8:1::10".parse().unwrap(),
+            server: "2001:db8:2::10".parse().unwrap(),
+            orig_server: "2001:db8:2::10".parse().unwrap(),
+            proxy: "2001:db8:2::1".parse().unwrap(),
+            client_rdomain: 0,
+        }
+    }
+
+    /// Reverse mode (`-R`): the client reached the proxy's own address, the server
+    /// is elsewhere.
+    fn reverse() -> SessionAddrs {
+        SessionAddrs {
+            orig_server: "203.0.113.1".parse().unwrap(),
+            ..v4()
+        }
+    }
+
+    fn one(mode: Mode, a: &SessionAddrs, opts: &RuleOptions) -> Forward {
+        let rules = data_rules(mode, a, 40000, 50000, opts);
+        let mut f = forwards(&rules).unwrap();
+        assert_eq!(f.len(), 1, "{rules:?}");
+        f.remove(0)
+    }
+
+    fn fwd(listen: &str, from: &str, target: &str, src: &str, ports: PortRange) -> Forward {
+        Forward {
+            listen: listen.parse().unwrap(),
+            from: from.parse().unwrap(),
+            target: target.parse().unwrap(),
+            source: Some(Source {
+                addr: src.parse().unwrap(),
+                ports,
+            }),
+        }
+    }
+
+    #[test]
+    fn passive_v4_listens_on_the_original_destination_and_connects_from_the_proxy() {
+        let got = one(Mode::Passive, &v4(), &RuleOptions::default());
+        let want = fwd(
+            "198.51.100.10:50000",
+            "203.0.113.10",
+            "198.51.100.10:40000",
+            "198.51.100.1",
+            NAT_PORTS,
+        );
+        assert_eq!(got, want);
+        assert_eq!(
+            got.source.unwrap().bind_addr(),
+            "198.51.100.1:0".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn passive_v6() {
+        let got = one(Mode::Passive, &v6(), &RuleOptions::default());
+        let want = fwd(
+            "[2001:db8:2::10]:50000",
+            "2001:db8:1::10",
+            "[2001:db8:2::10]:40000",
+            "2001:db8:2::1",
+            NAT_PORTS,
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn active_port_v4_listens_on_the_proxy_and_connects_as_the_server() {
+        let got = one(Mode::ActivePort, &v4(), &RuleOptions::default());
+        let want = fwd(
+            "198.51.100.1:50000",
+            "198.51.100.10",
+            "203.0.113.10:40000",
+            "198.51.100.10",
+            NAT_PORTS,
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn active_eprt_v6() {
+        let got = one(Mode::ActiveEprt, &v6(), &RuleOptions::default());
+        let want = fwd(
+            "[2001:db8:2::1]:50000",
+            "2001:db8:2::10",
+            "[2001:db8:1::10]:40000",
+            "2001:db8:2::10",
+            NAT_PORTS,
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn rfc_mode_binds_port_20_for_port_but_not_for_eprt() {
+        let opts = RuleOptions {
+            rfc_mode: true,
+            ..RuleOptions::default()
+        };
+        let port = one(Mode::ActivePort, &v4(), &opts);
+        let src = port.source.unwrap();
+        assert_eq!(src.ports, PortRange::single(RFC_ACTIVE_SOURCE_PORT));
+        assert_eq!(src.bind_addr(), "198.51.100.10:20".parse().unwrap());
+        let eprt = one(Mode::ActiveEprt, &v4(), &opts);
+        assert_eq!(eprt.source.unwrap().bind_addr().port(), 0);
+    }
+
+    #[test]
+    fn reverse_mode_listens_on_the_proxy_address_the_client_reached() {
+        let passive = one(Mode::Passive, &reverse(), &RuleOptions::default());
+        assert_eq!(
+            passive,
+            fwd(
+                "203.0.113.1:50000",
+                "203.0.113.10",
+                "198.51.100.10:40000",
+                "198.51.100.1",
+                NAT_PORTS
+            )
+        );
+        // Active: the client sees the data connection come from the address it reached.
+        let active = one(Mode::ActivePort, &reverse(), &RuleOptions::default());
+        assert_eq!(
+            active,
+            fwd(
+                "198.51.100.1:50000",
+                "198.51.100.10",
+                "203.0.113.10:40000",
+                "203.0.113.1",
+                NAT_PORTS
+            )
+        );
+    }
+
+    #[test]
+    fn tag_and_queue_do_not_change_the_forward() {
+        let opts = RuleOptions {
+            tag: Some("ftp".into()),
+            queue: Some("q".into()),
+            ..RuleOptions::default()
+        };
+        assert_eq!(
+            one(Mode::Passive, &v4(), &opts),
+            one(Mode::Passive, &v4(), &RuleOptions::default())
+        );
+    }
+
+    #[test]
+    fn empty_set_has_no_forwards_and_a_lone_rdr_has_no_source() {
+        assert!(forwards(&[]).unwrap().is_empty());
+        let rules = data_rules(Mode::Passive, &v4(), 40000, 50000, &RuleOptions::default());
+        let f = forwards(&rules[..1]).unwrap();
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].source, None);
+    }
+
+    #[test]
+    fn an_inbound_nat_rule_is_refused_with_the_rule() {
+        let mut rules = data_rules(Mode::Passive, &v4(), 40000, 50000, &RuleOptions::default());
+        rules[1].direction = Direction::In;
+        let e = forwards(&rules).unwrap_err();
+        assert_eq!(*e.rule, rules[1]);
+        assert!(
+            matches!(FilterError::from(e), FilterError::Unsupported(t) if t.contains("nat-to"))
+        );
+    }
+
+    #[test]
+    fn admits_only_from_also_when_mapped() {
+        let f = one(Mode::Passive, &v4(), &RuleOptions::default());
+        assert!(f.admits("203.0.113.10".parse().unwrap()));
+        assert!(f.admits("::ffff:203.0.113.10".parse().unwrap()));
+        assert!(!f.admits("203.0.113.11".parse().unwrap()));
+        assert_eq!(
+            f.to_string(),
+            "203.0.113.10 -> 198.51.100.10:50000 -> 198.51.100.10:40000"
+        );
+    }
+}

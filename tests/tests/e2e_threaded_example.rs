@@ -1,0 +1,130 @@
+//! The second driver: `core/examples/threaded.rs`, a std-threads reverse proxy on the
+//! core's public API and its `Forward`s, in front of a real pure-ftpd, carries curl's
+//! RETR and STOR of 1 KiB and 10 MiB files in PASV, EPSV, PORT and EPRT, each
+//! compared byte for byte and each proven to have gone through the proxy's ports.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ftp_proxy_tests::e2e::*;
+
+/// Builds the example in the test's own profile (once) and returns its path:
+/// cargo puts examples in `<target>/<profile>/examples/`, beside `deps/` where the
+/// test runs.
+fn example_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().map_err(E2eError::io("current_exe"))?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| E2eError::check("test lives in <target>/<profile>/deps", ""))?;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut args = vec![
+        "build".to_string(),
+        "--quiet".into(),
+        "-p".into(),
+        "ftp-proxy-core".into(),
+        "--example".into(),
+        "threaded".into(),
+        "--manifest-path".into(),
+        workspace.join("Cargo.toml").display().to_string(),
+    ];
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        args.push("--release".into());
+    }
+    run_ok(&cargo, &args, 900)?;
+    Ok(profile_dir.join("examples").join("threaded"))
+}
+
+/// The example running in front of `server`, its stderr in `log`.
+fn start_example(server: SocketAddr, log: &Path) -> Result<(ChildGuard, SocketAddr)> {
+    let bin = example_binary()?;
+    let mut last = String::new();
+    for _ in 0..3 {
+        let listen = SocketAddr::new(server.ip(), free_port(server.ip())?);
+        let out = fs::File::create(log).map_err(E2eError::io("create example log"))?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg(listen.to_string())
+            .arg(server.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(out));
+        let mut guard = ChildGuard::spawn(&mut cmd, format!("threaded example on {listen}"))?;
+        let up = wait_for(
+            "the example's `listening on` line",
+            Duration::from_secs(15),
+            || {
+                if fs::read_to_string(log)
+                    .unwrap_or_default()
+                    .contains(LISTENING)
+                {
+                    return Ok(Some(true));
+                }
+                Ok(guard.try_wait()?.map(|_| false))
+            },
+            || tail(&fs::read_to_string(log).unwrap_or_default(), 3000),
+        )?;
+        if up {
+            return Ok((guard, listen));
+        }
+        last = fs::read_to_string(log).unwrap_or_default();
+    }
+    Err(E2eError::check("the example starts", tail(&last, 3000)))
+}
+
+/// The core's own log line for the negotiation of `port`, printed by the example.
+fn proxied(log: &str, mode: DataMode, port: u16) -> bool {
+    log.lines().any(|l| {
+        if mode.is_passive() {
+            l.contains("passive: client to server port") && l.ends_with(&format!("via port {port}"))
+        } else {
+            l.contains(&format!("active: server to client port {port} via port"))
+        }
+    })
+}
+
+#[test]
+fn threaded_example_transfers_in_all_four_modes() -> Result<()> {
+    if !preflight()? {
+        return Ok(());
+    }
+    let work = Workdir::new("threaded-example")?;
+    let server = FtpServer::start(&work, loopback(false))?;
+    let log_path = work.root().join("threaded.log");
+    let (_example, target) = start_example(server.addr(), &log_path)?;
+    let log = || fs::read_to_string(&log_path).unwrap_or_default();
+    for mode in DataMode::ALL {
+        let m = mode.script_name();
+        for name in [SMALL, BIG] {
+            let out = work.local().join(format!("{m}-{name}"));
+            let transcript = curl_retr(target, Login::User, mode, name, &out)?;
+            for port in prove_mode(&transcript, mode)? {
+                if !proxied(&log(), mode, port) {
+                    return Err(E2eError::check(
+                        format!("{m} RETR {name}: port {port} negotiated through the example"),
+                        tail(&log(), 3000),
+                    ));
+                }
+            }
+            assert_same_file(&work.original(name), &out)?;
+
+            let remote = format!("up-{m}-{name}");
+            let transcript = curl_stor(target, Login::User, mode, &work.original(name), &remote)?;
+            for port in prove_mode(&transcript, mode)? {
+                if !proxied(&log(), mode, port) {
+                    return Err(E2eError::check(
+                        format!("{m} STOR {name}: port {port} negotiated through the example"),
+                        tail(&log(), 3000),
+                    ));
+                }
+            }
+            assert_same_file(&work.original(name), &work.user().join(&remote))?;
+        }
+    }
+    Ok(())
+}
