@@ -1,5 +1,5 @@
 //! `ftp-proxy`: the daemon. Parses the command line, starts up in the original's
-//! order (behavior.md §3), drops privileges and hands over to the mio runtime.
+//! order (ftp-proxy.c's `main`; docs/cli.md, "Startup order"), drops privileges and hands over to the mio runtime.
 //!
 //! Startup, adapted from ftp-proxy.c 1.39:
 //!  0. close every inherited descriptor above 2;

@@ -3,7 +3,7 @@
 //!
 //! The original chroots to `/var/empty` and becomes `_ftp_proxy` once the listener
 //! and `/dev/pf` are open; pf keeps accepting ioctls on the already open descriptor.
-//! Linux netlink is different (measured, linux-netfilter.md §5): the kernel checks
+//! Linux netlink is different (measured; docs/linux.md, "Privileges"): the kernel checks
 //! CAP_NET_ADMIN of the *sending* process too, so an nftables socket opened as root
 //! fails with EPERM after a plain user switch. For that backend the switch keeps
 //! exactly CAP_NET_ADMIN: `PR_SET_KEEPCAPS` before `setresuid`, then `capset` to

@@ -17,7 +17,7 @@ static PIPE_WR: AtomicI32 = AtomicI32::new(-1);
 /// Bit `n` set: signal `n` arrived and was not yet taken.
 static PENDING: AtomicU64 = AtomicU64::new(0);
 
-/// The signals that end the daemon (behavior.md §4).
+/// The signals that end the daemon (ftp-proxy.c's `main` installs `handle_signal` for these).
 const HANDLED: [Signal; 3] = [Signal::SIGHUP, Signal::SIGINT, Signal::SIGTERM];
 
 extern "C" fn on_signal(sig: libc::c_int) {

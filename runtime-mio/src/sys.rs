@@ -177,7 +177,7 @@ pub(crate) fn unmap(addr: SocketAddr) -> SocketAddr {
 /// The destination a NATed (`redirect`) connection originally had.
 ///
 /// The option is chosen by the peer's family: `SOL_IP` for IPv4 and v4-mapped peers,
-/// `SOL_IPV6` for native IPv6 (linux-netfilter.md §2a). `None` when the connection was
+/// `SOL_IPV6` for native IPv6 (docs/linux.md). `None` when the connection was
 /// not NATed (ENOENT) or the system has no such option; the caller then uses getsockname.
 #[cfg(target_os = "linux")]
 pub(crate) fn original_dst<F: AsFd>(fd: &F, peer: SocketAddr) -> Option<SocketAddr> {

@@ -1,6 +1,6 @@
 //! Linux nftables backend: per-session data-connection NAT as elements of named maps.
 //!
-//! # Design (docs/linux.md, linux-netfilter.md §3)
+//! # Design (docs/linux.md)
 //!
 //! At start the backend creates one table, `inet ftp-proxy-<pid>-<pidns>`, with static
 //! chains and empty maps, in one netlink batch over its own socket (`nft/ruleset.rs` shows
@@ -19,7 +19,7 @@
 //! `n` is the single port when `L == H` (20 with `-r` and PORT), otherwise a port the
 //! backend draws uniformly from `L..=H` (50001-65535). A port range as map data would
 //! be closer to pf, but nft 1.0.6 with kernel 6.18 fails IPv6 `addr . port-range` data
-//! with ENODATA (linux-netfilter.md §3), and one code path for both families is worth
+//! with ENODATA (docs/linux.md), and one code path for both families is worth
 //! more than letting the kernel pick.
 //!
 //! The first SYN of the data connection (`flags S/SA`) that finds its key in `armN`
@@ -63,7 +63,7 @@
 //!
 //! Every netlink request is checked for CAP_NET_ADMIN of the *sending process*, not
 //! only the socket's opener: after a switch to an unprivileged user without keeping
-//! CAP_NET_ADMIN, commits fail with `PermissionDenied` (linux-netfilter.md §5).
+//! CAP_NET_ADMIN, commits fail with `PermissionDenied` (docs/linux.md, "Privileges").
 
 mod msg;
 mod ruleset;

@@ -2,7 +2,7 @@
 //!
 //! One socket for the life of the backend: a batch costs one `sendto` and one or two
 //! `recv`s (about 20 µs), whereas a fresh socket per batch pays ~15 ms in `close()` after
-//! any batch that deleted something (linux-netfilter.md §3, "Why deletes are slow").
+//! any batch that deleted something (an RCU grace period; docs/performance.md).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

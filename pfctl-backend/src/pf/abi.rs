@@ -1,4 +1,4 @@
-//! The pf ioctl ABI of OpenBSD/amd64, as `#[repr(C)]` mirrors (behavior.md §15).
+//! The pf ioctl ABI of OpenBSD/amd64, as `#[repr(C)]` mirrors of `<net/pfvar.h>`.
 //!
 //! Only what ftp-proxy sends or reads is mirrored, field by field, with fixed-width
 //! types and every byte of C padding spelled out as a `_pad*` field, so that:
@@ -718,7 +718,7 @@ mod tests {
         layout!(PfRuleId, size 12, align 4, { id @ 0, 8; op @ 8, 1; _pad @ 9, 3; });
     }
 
-    /// Every offset of behavior.md §15.6 up to `rcvifnot`.
+    /// Every offset of `<net/pfvar.h>`'s `struct pf_rule` up to `rcvifnot`.
     #[test]
     fn pf_rule_common_part() {
         layout!(PfRuleCommon, size 1312, align 8, {
@@ -791,7 +791,7 @@ mod tests {
         });
     }
 
-    /// The request numbers of behavior.md §15.10, plus the two ruleset-listing ones.
+    /// The request numbers of `<net/pfvar.h>` (`_IOWR('D', …)`), plus the two ruleset-listing ones.
     #[test]
     fn ioctl_numbers() {
         assert_eq!(Layout::V1543.diocaddrule(), 0xCD50_4404);
