@@ -15,7 +15,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::unistd::{chdir, dup2, fork, pipe2, setsid, ForkResult};
 
-/// An open `/dev/null`, kept until [`daemonize`] puts it on fds 0, 1 and 2.
+/// An open `/dev/null`, kept until [`Detached::ready`] puts it on fds 0, 1 and 2.
 #[derive(Debug)]
 pub struct DevNull(OwnedFd);
 

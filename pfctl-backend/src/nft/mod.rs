@@ -42,11 +42,11 @@
 //!   it is close-on-exec, so no child inherits it;
 //! * other processes (`nft list`) can read the table but not change or delete it.
 //!
-//! The name carries the pid *and* the PID namespace's inode ([`table_name`]): daemons
+//! The name carries the pid *and* the PID namespace's inode ([`table_name`](crate::nft::table_name)): daemons
 //! in separate PID namespaces that share a network namespace are often all pid 1.
 //!
 //! At start the backend lists the `inet` tables and deletes only leftovers it can
-//! judge ([`stale_tables`]): tables without the owner flag (from a kernel without it,
+//! judge ([`stale_tables`](crate::nft::stale_tables)): tables without the owner flag (from a kernel without it,
 //! where the backend falls back to an unowned table) named for a pid of *its own* PID
 //! namespace that no longer exists (`kill(pid, 0)` gives ESRCH). Owned tables are
 //! never touched, and names of other PID namespaces are left alone.
@@ -56,8 +56,8 @@
 //! nftables has no `pass` that overrides another base chain's `drop`, so the admin's
 //! forward chain must accept the data connections: `ct status dnat accept` (every proxy
 //! data connection is DNATed) or, more specific, `ct mark <mark> accept`, where
-//! `<mark>` is [`NftBackend::mark`] (0xf7f7 by default, derived from `-T tag` when
-//! given; see [`tag_mark`]).
+//! `<mark>` is [`NftBackend::mark`](crate::nft::NftBackend::mark) (0xf7f7 by default, derived from `-T tag` when
+//! given; see [`tag_mark`](crate::nft::tag_mark)).
 //!
 //! # Privileges
 //!
