@@ -23,9 +23,13 @@
 //! nftables table belongs to the netlink socket that created it (and carries the pid
 //! of the process that commits to it): it must be opened by the process that runs.
 //!
+//! All `unsafe` is in `sys` (denied everywhere else).
+//!
 //! Without root the daemon still runs (the relay backend needs no privileges); it
 //! sheds the capabilities it was handed beyond the backend's needs and logs what it
 //! kept.
+
+#![deny(unsafe_code)]
 
 mod args;
 mod backend;
@@ -33,6 +37,7 @@ mod daemon;
 mod logging;
 mod privs;
 mod resolve;
+mod sys;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -355,17 +360,6 @@ fn core_config(
 }
 
 /// The routing table the proxy runs in (`getrtable(2)` on OpenBSD, 0 elsewhere).
-#[cfg(target_os = "openbsd")]
 fn proxy_rtable() -> u32 {
-    extern "C" {
-        fn getrtable() -> libc::c_int;
-    }
-    // SAFETY: getrtable(2) takes no arguments and cannot fail.
-    u32::try_from(unsafe { getrtable() }).unwrap_or(0)
-}
-
-/// The routing table the proxy runs in (`getrtable(2)` on OpenBSD, 0 elsewhere).
-#[cfg(not(target_os = "openbsd"))]
-fn proxy_rtable() -> u32 {
-    0
+    sys::rtable()
 }

@@ -76,6 +76,8 @@
 //! `Divert::OriginalDst` picks `SOL_IP` or `SOL_IPV6` by the peer's family.
 
 #![warn(missing_docs)]
+// `unsafe` only in `sys`, which allows it and justifies each block.
+#![deny(unsafe_code)]
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -471,10 +471,7 @@ fn einval(errno: i32, why: &str, r: &Rule) -> FilterError {
 
 /// Seeds the NAT-port generator from the kernel's random pool.
 fn seed() -> u64 {
-    let mut b = [0u8; 8];
-    // SAFETY: b is valid for 8 bytes of writes.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr() as *mut libc::c_void, b.len(), 0) };
-    let s = if n == 8 { u64::from_ne_bytes(b) } else { 0 };
+    let s = crate::sys::random_u64().unwrap_or(0);
     // xorshift must not start at zero; mix in the pid and time for the fallback.
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -536,9 +533,9 @@ fn process_alive(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;
     };
-    // SAFETY: signal 0 performs only the existence and permission checks.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    // Signal 0 performs only the existence and permission checks.
+    let r = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None);
+    r != Err(nix::errno::Errno::ESRCH)
 }
 
 /// The tables of `tables` to delete before creating `own`: leftovers of daemons of

@@ -13,8 +13,7 @@ use ftp_proxy_core::data_rules;
 use ftp_proxy_core::rules::{Mode, RuleOptions, SessionAddrs};
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 /// Removes everything the backend installed, even when an assertion failed.
