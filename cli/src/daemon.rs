@@ -72,7 +72,8 @@ const READY: &[u8] = b"ok";
 /// while startup errors still reach the terminal and the exit status, as they do
 /// when the original fails before `daemon(3)`.
 ///
-/// Must be called while the process has a single thread.
+/// Must be called while the process has a single thread (on Linux the fork is
+/// refused otherwise).
 pub fn detach(dev_null: DevNull, progname: &str) -> Result<Detached, DaemonError> {
     let (rd, wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| DaemonError::Step("pipe", e))?;
     match sys::fork_single_threaded().map_err(|e| DaemonError::Step("fork", e))? {

@@ -293,3 +293,35 @@ pub(crate) mod caps {
         Errno::result(rc).map(drop)
     }
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// With a second thread alive the fork is refused, so no child can inherit a
+    /// lock held by a thread it lacks. (Never forks: the check comes first.)
+    #[test]
+    fn fork_refuses_a_multithreaded_process() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            let _ = rx.recv();
+        });
+        assert_eq!(fork_single_threaded().err(), Some(Errno::EDEADLK));
+        drop(tx);
+        other.join().expect("join");
+    }
+
+    #[test]
+    fn getaddrinfo_returns_the_first_address_or_the_code() {
+        let a = getaddrinfo(
+            c"127.0.0.1",
+            Some(c"21"),
+            libc::AF_INET,
+            libc::AI_NUMERICHOST,
+        );
+        assert_eq!(a, Ok(Some("127.0.0.1:21".parse().unwrap())));
+        let e = getaddrinfo(c"localhost", None, libc::AF_INET, libc::AI_NUMERICHOST);
+        assert_eq!(e, Err(libc::EAI_NONAME));
+        assert!(!gai_strerror(libc::EAI_NONAME).is_empty());
+    }
+}
