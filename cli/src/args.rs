@@ -319,6 +319,18 @@ impl Opt {
     }
 }
 
+/// A switch's action: turn it on (repeating it changes nothing).
+fn set(flag: &mut bool) -> Result<(), ArgsError> {
+    *flag = true;
+    Ok(())
+}
+
+/// A value's action once it is checked: store it, replacing an earlier one.
+fn store<T>(slot: &mut T, value: T) -> Result<(), String> {
+    *slot = value;
+    Ok(())
+}
+
 /// A value that is shorter than pf's name limit, or the original's message.
 fn pf_name(v: &str, too_long: &str) -> Result<Option<String>, String> {
     if v.len() >= PF_NAME_SIZE {
@@ -342,37 +354,25 @@ const OPTIONS: &[Opt] = &[
         short: Some('6'),
         long: "ipv6",
         help: "IPv6 mode: listen, resolve and connect with IPv6; only EPSV and EPRT are allowed",
-        takes: Takes::Flag(|a| {
-            a.ipv6 = true;
-            Ok(())
-        }),
+        takes: Takes::Flag(|a| set(&mut a.ipv6)),
     },
     Opt {
         short: Some('A'),
         long: "anonymous-only",
         help: "only permit anonymous FTP (user \"ftp\" or \"anonymous\")",
-        takes: Takes::Flag(|a| {
-            a.anonymous_only = true;
-            Ok(())
-        }),
+        takes: Takes::Flag(|a| set(&mut a.anonymous_only)),
     },
     Opt {
         short: Some('a'),
         long: "source-address",
         help: "numeric source address for the connections to servers",
-        takes: Takes::Text(|a, v| {
-            a.source_address = Some(v.to_owned());
-            Ok(())
-        }),
+        takes: Takes::Text(|a, v| store(&mut a.source_address, Some(v.to_owned()))),
     },
     Opt {
         short: Some('b'),
         long: "listen-address",
         help: "numeric address to listen on (default 127.0.0.1, or ::1 with -6)",
-        takes: Takes::Text(|a, v| {
-            a.listen_address = Some(v.to_owned());
-            Ok(())
-        }),
+        takes: Takes::Text(|a, v| store(&mut a.listen_address, Some(v.to_owned()))),
     },
     Opt {
         short: Some('D'),
@@ -389,10 +389,7 @@ const OPTIONS: &[Opt] = &[
         short: Some('d'),
         long: "foreground",
         help: "do not daemonize: stay in the foreground and log to standard error",
-        takes: Takes::Flag(|a| {
-            a.foreground = true;
-            Ok(())
-        }),
+        takes: Takes::Flag(|a| set(&mut a.foreground)),
     },
     Opt {
         short: Some('m'),
@@ -409,55 +406,37 @@ const OPTIONS: &[Opt] = &[
         short: Some('P'),
         long: "server-port",
         help: "fixed server port, used with -R (default 21)",
-        takes: Takes::Text(|a, v| {
-            a.server_port = v.to_owned();
-            Ok(())
-        }),
+        takes: Takes::Text(|a, v| store(&mut a.server_port, v.to_owned())),
     },
     Opt {
         short: Some('p'),
         long: "listen-port",
         help: "port to listen on (default 8021)",
-        takes: Takes::Text(|a, v| {
-            a.listen_port = v.to_owned();
-            Ok(())
-        }),
+        takes: Takes::Text(|a, v| store(&mut a.listen_port, v.to_owned())),
     },
     Opt {
         short: Some('q'),
         long: "queue",
         help: "queue name to append to the data-connection rules (pf only)",
-        takes: Takes::Text(|a, v| {
-            a.queue = pf_name(v, "queuename too long")?;
-            Ok(())
-        }),
+        takes: Takes::Text(|a, v| store(&mut a.queue, pf_name(v, "queuename too long")?)),
     },
     Opt {
         short: Some('R'),
         long: "fixed-server",
         help: "fixed server address or host name (reverse mode)",
-        takes: Takes::Text(|a, v| {
-            a.fixed_server = Some(v.to_owned());
-            Ok(())
-        }),
+        takes: Takes::Text(|a, v| store(&mut a.fixed_server, Some(v.to_owned()))),
     },
     Opt {
         short: Some('r'),
         long: "rfc-mode",
         help: "rewrite the source port of active-mode (PORT) data connections to 20",
-        takes: Takes::Flag(|a| {
-            a.rfc_mode = true;
-            Ok(())
-        }),
+        takes: Takes::Flag(|a| set(&mut a.rfc_mode)),
     },
     Opt {
         short: Some('T'),
         long: "tag",
         help: "tag data connections and use match rules instead of pass rules",
-        takes: Takes::Text(|a, v| {
-            a.tag = pf_name(v, "tagname too long")?;
-            Ok(())
-        }),
+        takes: Takes::Text(|a, v| store(&mut a.tag, pf_name(v, "tagname too long")?)),
     },
     Opt {
         short: Some('t'),
@@ -487,46 +466,31 @@ const OPTIONS: &[Opt] = &[
         short: None,
         long: "backend",
         help: "packet filter for data connections: relay, nftables or pf (default: pf on OpenBSD, relay elsewhere)",
-        takes: Takes::Text(|a, v| {
-            a.backend = v.parse()?;
-            Ok(())
-        }),
+        takes: Takes::Text(|a, v| store(&mut a.backend, v.parse()?)),
     },
     Opt {
         short: None,
         long: "divert",
         help: "how the original destination is found: redirect (SO_ORIGINAL_DST), tproxy (transparent listener) or getsockname (pf divert-to, plain -R) (default: redirect on Linux, getsockname elsewhere)",
-        takes: Takes::Text(|a, v| {
-            a.divert = v.parse()?;
-            Ok(())
-        }),
+        takes: Takes::Text(|a, v| store(&mut a.divert, v.parse()?)),
     },
     Opt {
         short: None,
         long: "server-data-ports",
         help: "only accept server passive replies (227/229) that name a port in LOW:HIGH, e.g. the server's passive range (default: any port from 1024)",
-        takes: Takes::Text(|a, v| {
-            a.server_data_ports = Some(v.parse::<DataPorts>()?.0);
-            Ok(())
-        }),
+        takes: Takes::Text(|a, v| store(&mut a.server_data_ports, Some(v.parse::<DataPorts>()?.0))),
     },
     Opt {
         short: None,
         long: "user",
         help: "user to switch to when started as root (default _ftp_proxy)",
-        takes: Takes::Text(|a, v| {
-            a.user = nonempty(v)?.to_owned();
-            Ok(())
-        }),
+        takes: Takes::Text(|a, v| store(&mut a.user, nonempty(v)?.to_owned())),
     },
     Opt {
         short: None,
         long: "chroot",
         help: "directory to chroot into when started as root (default /var/empty)",
-        takes: Takes::Text(|a, v| {
-            a.chroot = nonempty(v)?.into();
-            Ok(())
-        }),
+        takes: Takes::Text(|a, v| store(&mut a.chroot, nonempty(v)?.into())),
     },
     Opt {
         short: None,
