@@ -1,16 +1,17 @@
-//! Command-line parsing: OpenBSD `getopt(3)` semantics in front of argh.
+//! Command-line parsing: OpenBSD `getopt(3)` semantics, one table for every option.
 //!
-//! argh cannot parse the command lines ftp-proxy(8) users type: it has no bundled
-//! short flags (`-6Adrv`), no attached values (`-p2121`) and it rejects a repeated
-//! option where getopt lets the last one win. So parsing happens in two passes:
+//! ftp-proxy(8) users type getopt command lines: bundled short flags (`-6Adrv`),
+//! attached values (`-p2121`), a repeated option where the last one wins. Each
+//! option is defined once, in [`OPTIONS`]: its letter, its long name, its `--help`
+//! line and how its value is checked and stored into [`Args`]. [`parse`] walks
+//! `argv` as OpenBSD's getopt walks it and applies each option *in argument order*,
+//! as the original's `switch` does, so the first bad value is the one reported
+//! (`-m 0 -x` says `max sessions too small`). `--help` is rendered from the same
+//! table.
 //!
-//! 1. [`expand`] walks `argv` exactly as OpenBSD's getopt walks it with the option
-//!    string [`OPTSTRING`] (plus the long spellings of every option). It validates
-//!    each value *in argument order*, as the original's `switch` does, so the first
-//!    bad value is the one reported (`-m 0 -x` says `max sessions too small`). It
-//!    returns a canonical argument list: one `--long value` per option, the last
-//!    occurrence winning, `-v` kept once per occurrence.
-//! 2. argh turns that canonical list into the typed [`RawArgs`] and renders `--help`.
+//! (An earlier version validated here and then rebuilt an argv for argh to parse a
+//! second time; argh cannot bundle, attach or repeat, so it only added a second
+//! definition of every option.)
 //!
 //! Everything here is pure (no environment, no IO), so it is unit-tested directly.
 
@@ -18,16 +19,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use argh::FromArgs;
+use ftp_proxy_core::config::{MAX_SESSIONS_LIMIT, MAX_TIMEOUT_SECS, PF_NAME_SIZE};
 use ftp_proxy_core::PortRange;
-
-/// The original's getopt option string (ftp-proxy.c 1.39); `OPTIONS` must agree
-/// with it, which a test checks.
-#[cfg_attr(not(test), allow(dead_code))]
-pub const OPTSTRING: &str = "6Aa:b:D:dm:P:p:q:R:rT:t:v";
-
-/// pf's `PF_QNAME_SIZE` and `PF_TAG_NAME_SIZE`: a name must be shorter than this.
-const PF_NAME_SIZE: usize = 64;
+use ftp_proxy_runtime::RelayLimits;
 
 /// The usage text, three lines with a fixed 17-space indent, as `usage()` prints it.
 /// `{}` is the program name.
@@ -165,112 +159,6 @@ impl FromStr for DataPorts {
     }
 }
 
-// The typed command line as argh sees it after `expand`. (A plain comment: argh
-// turns doc comments on this struct into the --help description.)
-//
-// The long names exist because argh requires one for every option; the short
-// letters are the original's. Every value reaching argh has already been checked
-// by `expand`, so argh's own parse errors cannot occur for expanded input.
-#[derive(FromArgs, Debug)]
-#[argh(help_triggers("--help"))]
-/// Internet File Transfer Protocol proxy daemon, a re-implementation of OpenBSD
-/// ftp-proxy(8). Short options may be bundled (-6Adrv) and take attached values
-/// (-p2121); a later option overrides an earlier one.
-#[allow(missing_docs)]
-pub struct RawArgs {
-    /// IPv6 mode: listen, resolve and connect with IPv6; only EPSV and EPRT are allowed
-    #[argh(switch, short = '6')]
-    pub ipv6: bool,
-
-    /// only permit anonymous FTP (user "ftp" or "anonymous")
-    #[argh(switch, short = 'A')]
-    pub anonymous_only: bool,
-
-    /// numeric source address for the connections to servers
-    #[argh(option, short = 'a')]
-    pub source_address: Option<String>,
-
-    /// numeric address to listen on (default 127.0.0.1, or ::1 with -6)
-    #[argh(option, short = 'b')]
-    pub listen_address: Option<String>,
-
-    /// syslog level 0..7 of the messages to log (default 5, notice)
-    #[argh(option, short = 'D', default = "5")]
-    pub log_level: u8,
-
-    /// do not daemonize: stay in the foreground and log to standard error
-    #[argh(switch, short = 'd')]
-    pub foreground: bool,
-
-    /// maximum number of concurrent sessions, 1..500 (default 100)
-    #[argh(option, short = 'm', default = "100")]
-    pub max_sessions: u32,
-
-    /// fixed server port, used with -R (default 21)
-    #[argh(option, short = 'P', default = "String::from(\"21\")")]
-    pub server_port: String,
-
-    /// port to listen on (default 8021)
-    #[argh(option, short = 'p', default = "String::from(\"8021\")")]
-    pub listen_port: String,
-
-    /// queue name to append to the data-connection rules (pf only)
-    #[argh(option, short = 'q')]
-    pub queue: Option<String>,
-
-    /// fixed server address or host name (reverse mode)
-    #[argh(option, short = 'R')]
-    pub fixed_server: Option<String>,
-
-    /// rewrite the source port of active-mode (PORT) data connections to 20
-    #[argh(switch, short = 'r')]
-    pub rfc_mode: bool,
-
-    /// tag data connections and use match rules instead of pass rules
-    #[argh(option, short = 'T')]
-    pub tag: Option<String>,
-
-    /// idle timeout of the control connection in seconds, 0..86400 (default 86400)
-    #[argh(option, short = 't', default = "86400")]
-    pub timeout: u32,
-
-    /// log the data-connection rules; twice: log every packet
-    #[argh(switch, short = 'v')]
-    pub verbose: u8,
-
-    /// packet filter for data connections: relay, nftables or pf (default: pf on OpenBSD, relay elsewhere)
-    #[argh(option)]
-    pub backend: Option<BackendKind>,
-
-    /// how the original destination is found: redirect (SO_ORIGINAL_DST), tproxy (transparent listener) or getsockname (pf divert-to, plain -R) (default: redirect on Linux, getsockname elsewhere)
-    #[argh(option)]
-    pub divert: Option<DivertMode>,
-
-    /// only accept server passive replies (227/229) that name a port in LOW:HIGH, e.g. the server's passive range (default: any port from 1024)
-    #[argh(option)]
-    pub server_data_ports: Option<DataPorts>,
-
-    /// user to switch to when started as root (default _ftp_proxy)
-    #[argh(option, default = "String::from(\"_ftp_proxy\")")]
-    pub user: String,
-
-    /// directory to chroot into when started as root (default /var/empty)
-    #[argh(option, default = "PathBuf::from(\"/var/empty\")")]
-    pub chroot: PathBuf,
-
-    /// relay: data connections one session may have in progress, 1..500 (default 2)
-    #[argh(option, default = "2")]
-    pub relay_per_session: u32,
-
-    /// relay: seconds without a byte either way before a data connection is reset, 1..86400 (default 600)
-    #[argh(option, default = "600")]
-    pub relay_idle_timeout: u32,
-
-    /// relay: the same for a half-closed data connection or one whose session ended, 1..86400 (default 15)
-    #[argh(option, default = "15")]
-    pub relay_linger: u32,
-}
-
 /// The parsed command line, every default filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
@@ -283,24 +171,24 @@ pub struct Args {
     /// `-b`, unresolved; `None` means the mode's loopback address.
     pub listen_address: Option<String>,
     /// `-D`, 0..=7.
-    pub log_level: u8,
+    pub log_level: u32,
     /// `-d`.
     pub foreground: bool,
-    /// `-m`, 1..=500.
+    /// `-m`, 1..=[`MAX_SESSIONS_LIMIT`].
     pub max_sessions: u32,
     /// `-P`, unresolved (a number or a service name).
     pub server_port: String,
     /// `-p`, unresolved (a number or a service name).
     pub listen_port: String,
-    /// `-q`, shorter than 64 bytes.
+    /// `-q`, shorter than [`PF_NAME_SIZE`] bytes.
     pub queue: Option<String>,
     /// `-R`, unresolved.
     pub fixed_server: Option<String>,
     /// `-r`.
     pub rfc_mode: bool,
-    /// `-T`, shorter than 64 bytes.
+    /// `-T`, shorter than [`PF_NAME_SIZE`] bytes.
     pub tag: Option<String>,
-    /// `-t`, 0..=86400.
+    /// `-t`, 0..=[`MAX_TIMEOUT_SECS`].
     pub timeout: u32,
     /// `-v` count, 0..=2.
     pub verbose: u8,
@@ -314,12 +202,45 @@ pub struct Args {
     pub user: String,
     /// `--chroot`.
     pub chroot: PathBuf,
-    /// `--relay-per-session`, 1..=500.
+    /// `--relay-per-session`, 1..=[`MAX_SESSIONS_LIMIT`].
     pub relay_per_session: u32,
-    /// `--relay-idle-timeout`, seconds, 1..=86400.
+    /// `--relay-idle-timeout`, seconds, 1..=[`MAX_TIMEOUT_SECS`].
     pub relay_idle_timeout: u32,
-    /// `--relay-linger`, seconds, 1..=86400.
+    /// `--relay-linger`, seconds, 1..=[`MAX_TIMEOUT_SECS`].
     pub relay_linger: u32,
+}
+
+impl Default for Args {
+    /// The original's defaults, and the runtime's for the relay limits.
+    fn default() -> Args {
+        let relay = RelayLimits::default();
+        let secs = |d: std::time::Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        Args {
+            ipv6: false,
+            anonymous_only: false,
+            source_address: None,
+            listen_address: None,
+            log_level: 5,
+            foreground: false,
+            max_sessions: 100,
+            server_port: "21".into(),
+            listen_port: "8021".into(),
+            queue: None,
+            fixed_server: None,
+            rfc_mode: false,
+            tag: None,
+            timeout: MAX_TIMEOUT_SECS,
+            verbose: 0,
+            backend: BackendKind::platform_default(),
+            divert: DivertMode::platform_default(),
+            server_data_ports: None,
+            user: "_ftp_proxy".into(),
+            chroot: PathBuf::from("/var/empty"),
+            relay_per_session: u32::try_from(relay.per_session).unwrap_or(u32::MAX),
+            relay_idle_timeout: secs(relay.idle),
+            relay_linger: secs(relay.linger),
+        }
+    }
 }
 
 impl Args {
@@ -333,36 +254,6 @@ impl Args {
     }
 }
 
-impl From<RawArgs> for Args {
-    fn from(r: RawArgs) -> Args {
-        Args {
-            ipv6: r.ipv6,
-            anonymous_only: r.anonymous_only,
-            source_address: r.source_address,
-            listen_address: r.listen_address,
-            log_level: r.log_level,
-            foreground: r.foreground,
-            max_sessions: r.max_sessions,
-            server_port: r.server_port,
-            listen_port: r.listen_port,
-            queue: r.queue,
-            fixed_server: r.fixed_server,
-            rfc_mode: r.rfc_mode,
-            tag: r.tag,
-            timeout: r.timeout,
-            verbose: r.verbose,
-            backend: r.backend.unwrap_or_else(BackendKind::platform_default),
-            divert: r.divert.unwrap_or_else(DivertMode::platform_default),
-            server_data_ports: r.server_data_ports.map(|d| d.0),
-            user: r.user,
-            chroot: r.chroot,
-            relay_per_session: r.relay_per_session,
-            relay_idle_timeout: r.relay_idle_timeout,
-            relay_linger: r.relay_linger,
-        }
-    }
-}
-
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -372,17 +263,6 @@ pub enum Command {
     Help(String),
     /// `--version`: print this line on standard output and exit 0.
     Version(String),
-}
-
-/// What the getopt pass found: options to run with, or a request to print something.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Expanded {
-    /// The canonical argument list for argh.
-    Run(Vec<String>),
-    /// `--help` was given (anywhere before the end of the options).
-    Help,
-    /// `--version` was given (anywhere before the end of the options).
-    Version,
 }
 
 /// The `--version` line: the program name and the package version, which is the
@@ -402,207 +282,260 @@ pub enum ArgsError {
     Invalid(String),
 }
 
-/// How the value of an option is checked, in argument order, before argh sees it.
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    /// A flag; repeating it changes nothing.
-    Switch,
-    /// `-v`: counted, a third occurrence is a usage error.
-    Count,
-    /// An option with a value; the check returns the canonical value or the message.
-    Value(fn(&str) -> Result<String, String>),
+/// What an option does with its occurrence. Each is applied at once, in argument
+/// order, to the [`Args`] being built, so a later occurrence overwrites an earlier one.
+#[derive(Clone, Copy)]
+enum Takes {
+    /// No value.
+    Flag(fn(&mut Args) -> Result<(), ArgsError>),
+    /// A decimal number in `min..=max` (`strtonum(3)`); out of range is
+    /// `<what> too small`/`too large`/`invalid`. `{range}` and `{default}` in the
+    /// help text become `min..max` and the default value.
+    Number {
+        min: u32,
+        max: u32,
+        what: &'static str,
+        field: fn(&mut Args) -> &mut u32,
+    },
+    /// Any other value; the function checks and stores it, or returns the message.
+    Text(fn(&mut Args, &str) -> Result<(), String>),
+    /// `--help`.
+    Help,
+    /// `--version`.
+    Version,
 }
 
-/// One option: its getopt letter (if any), argh's long name and its kind.
-struct OptSpec {
+/// One option: getopt letter (if any), long name, `--help` text and action.
+struct Opt {
     short: Option<char>,
     long: &'static str,
-    kind: Kind,
+    help: &'static str,
+    takes: Takes,
 }
 
-fn any(v: &str) -> Result<String, String> {
-    Ok(v.to_owned())
-}
-
-fn log_level(v: &str) -> Result<String, String> {
-    strtonum(v, 0, 7)
-        .map(|n| n.to_string())
-        .map_err(|e| format!("loglevel {e}"))
-}
-
-fn max_sessions(v: &str) -> Result<String, String> {
-    strtonum(v, 1, 500)
-        .map(|n| n.to_string())
-        .map_err(|e| format!("max sessions {e}"))
-}
-
-fn timeout(v: &str) -> Result<String, String> {
-    strtonum(v, 0, 86400)
-        .map(|n| n.to_string())
-        .map_err(|e| format!("timeout {e}"))
-}
-
-fn relay_per_session(v: &str) -> Result<String, String> {
-    strtonum(v, 1, 500)
-        .map(|n| n.to_string())
-        .map_err(|e| format!("relay per-session limit {e}"))
-}
-
-fn relay_seconds(v: &str) -> Result<String, String> {
-    strtonum(v, 1, 86400)
-        .map(|n| n.to_string())
-        .map_err(|e| format!("relay timeout {e}"))
-}
-
-fn queue(v: &str) -> Result<String, String> {
-    if v.len() >= PF_NAME_SIZE {
-        return Err("queuename too long".into());
+impl Opt {
+    fn takes_value(&self) -> bool {
+        matches!(self.takes, Takes::Number { .. } | Takes::Text(_))
     }
-    Ok(v.to_owned())
 }
 
-fn tag(v: &str) -> Result<String, String> {
+/// A switch's action: turn it on (repeating it changes nothing).
+fn set(flag: &mut bool) -> Result<(), ArgsError> {
+    *flag = true;
+    Ok(())
+}
+
+/// A value's action once it is checked: store it, replacing an earlier one.
+fn store<T>(slot: &mut T, value: T) -> Result<(), String> {
+    *slot = value;
+    Ok(())
+}
+
+/// A value that is shorter than pf's name limit, or the original's message.
+fn pf_name(v: &str, too_long: &str) -> Result<Option<String>, String> {
     if v.len() >= PF_NAME_SIZE {
-        return Err("tagname too long".into());
+        return Err(too_long.into());
     }
-    Ok(v.to_owned())
+    Ok(Some(v.to_owned()))
 }
 
-fn backend(v: &str) -> Result<String, String> {
-    v.parse::<BackendKind>().map(|b| b.as_str().to_owned())
-}
-
-fn divert(v: &str) -> Result<String, String> {
-    v.parse::<DivertMode>().map(|d| d.as_str().to_owned())
-}
-
-fn data_ports(v: &str) -> Result<String, String> {
-    v.parse::<DataPorts>().map(|d| d.0.to_string())
-}
-
-fn nonempty(v: &str) -> Result<String, String> {
+/// A value that must not be empty.
+fn nonempty(v: &str) -> Result<&str, String> {
     if v.is_empty() {
         return Err("empty value".into());
     }
-    Ok(v.to_owned())
+    Ok(v)
 }
 
-/// Every option, in the order of the original's `switch`, then the long-only ones.
-const OPTIONS: &[OptSpec] = &[
-    OptSpec {
+/// Every option, in the order of the original's `switch`, then the long-only ones,
+/// then `--help` and `--version`. `--help` lists them in this order.
+const OPTIONS: &[Opt] = &[
+    Opt {
         short: Some('6'),
         long: "ipv6",
-        kind: Kind::Switch,
+        help: "IPv6 mode: listen, resolve and connect with IPv6; only EPSV and EPRT are allowed",
+        takes: Takes::Flag(|a| set(&mut a.ipv6)),
     },
-    OptSpec {
+    Opt {
         short: Some('A'),
         long: "anonymous-only",
-        kind: Kind::Switch,
+        help: "only permit anonymous FTP (user \"ftp\" or \"anonymous\")",
+        takes: Takes::Flag(|a| set(&mut a.anonymous_only)),
     },
-    OptSpec {
+    Opt {
         short: Some('a'),
         long: "source-address",
-        kind: Kind::Value(any),
+        help: "numeric source address for the connections to servers",
+        takes: Takes::Text(|a, v| store(&mut a.source_address, Some(v.to_owned()))),
     },
-    OptSpec {
+    Opt {
         short: Some('b'),
         long: "listen-address",
-        kind: Kind::Value(any),
+        help: "numeric address to listen on (default 127.0.0.1, or ::1 with -6)",
+        takes: Takes::Text(|a, v| store(&mut a.listen_address, Some(v.to_owned()))),
     },
-    OptSpec {
+    Opt {
         short: Some('D'),
         long: "log-level",
-        kind: Kind::Value(log_level),
+        help: "syslog level {range} of the messages to log (default {default}, notice)",
+        takes: Takes::Number {
+            min: 0,
+            max: 7,
+            what: "loglevel",
+            field: |a| &mut a.log_level,
+        },
     },
-    OptSpec {
+    Opt {
         short: Some('d'),
         long: "foreground",
-        kind: Kind::Switch,
+        help: "do not daemonize: stay in the foreground and log to standard error",
+        takes: Takes::Flag(|a| set(&mut a.foreground)),
     },
-    OptSpec {
+    Opt {
         short: Some('m'),
         long: "max-sessions",
-        kind: Kind::Value(max_sessions),
+        help: "maximum number of concurrent sessions, {range} (default {default})",
+        takes: Takes::Number {
+            min: 1,
+            max: MAX_SESSIONS_LIMIT,
+            what: "max sessions",
+            field: |a| &mut a.max_sessions,
+        },
     },
-    OptSpec {
+    Opt {
         short: Some('P'),
         long: "server-port",
-        kind: Kind::Value(any),
+        help: "fixed server port, used with -R (default 21)",
+        takes: Takes::Text(|a, v| store(&mut a.server_port, v.to_owned())),
     },
-    OptSpec {
+    Opt {
         short: Some('p'),
         long: "listen-port",
-        kind: Kind::Value(any),
+        help: "port to listen on (default 8021)",
+        takes: Takes::Text(|a, v| store(&mut a.listen_port, v.to_owned())),
     },
-    OptSpec {
+    Opt {
         short: Some('q'),
         long: "queue",
-        kind: Kind::Value(queue),
+        help: "queue name to append to the data-connection rules (pf only)",
+        takes: Takes::Text(|a, v| store(&mut a.queue, pf_name(v, "queuename too long")?)),
     },
-    OptSpec {
+    Opt {
         short: Some('R'),
         long: "fixed-server",
-        kind: Kind::Value(any),
+        help: "fixed server address or host name (reverse mode)",
+        takes: Takes::Text(|a, v| store(&mut a.fixed_server, Some(v.to_owned()))),
     },
-    OptSpec {
+    Opt {
         short: Some('r'),
         long: "rfc-mode",
-        kind: Kind::Switch,
+        help: "rewrite the source port of active-mode (PORT) data connections to 20",
+        takes: Takes::Flag(|a| set(&mut a.rfc_mode)),
     },
-    OptSpec {
+    Opt {
         short: Some('T'),
         long: "tag",
-        kind: Kind::Value(tag),
+        help: "tag data connections and use match rules instead of pass rules",
+        takes: Takes::Text(|a, v| store(&mut a.tag, pf_name(v, "tagname too long")?)),
     },
-    OptSpec {
+    Opt {
         short: Some('t'),
         long: "timeout",
-        kind: Kind::Value(timeout),
+        help: "idle timeout of the control connection in seconds, {range} (default {default})",
+        takes: Takes::Number {
+            min: 0,
+            max: MAX_TIMEOUT_SECS,
+            what: "timeout",
+            field: |a| &mut a.timeout,
+        },
     },
-    OptSpec {
+    Opt {
         short: Some('v'),
         long: "verbose",
-        kind: Kind::Count,
+        help: "log the data-connection rules; twice: log every packet",
+        takes: Takes::Flag(|a| {
+            // The original: `if (verbose > 2) usage();`, no message of its own.
+            a.verbose += 1;
+            if a.verbose > 2 {
+                return Err(ArgsError::Usage(None));
+            }
+            Ok(())
+        }),
     },
-    OptSpec {
+    Opt {
         short: None,
         long: "backend",
-        kind: Kind::Value(backend),
+        help: "packet filter for data connections: relay, nftables or pf (default: pf on OpenBSD, relay elsewhere)",
+        takes: Takes::Text(|a, v| store(&mut a.backend, v.parse()?)),
     },
-    OptSpec {
+    Opt {
         short: None,
         long: "divert",
-        kind: Kind::Value(divert),
+        help: "how the original destination is found: redirect (SO_ORIGINAL_DST), tproxy (transparent listener) or getsockname (pf divert-to, plain -R) (default: redirect on Linux, getsockname elsewhere)",
+        takes: Takes::Text(|a, v| store(&mut a.divert, v.parse()?)),
     },
-    OptSpec {
+    Opt {
         short: None,
         long: "server-data-ports",
-        kind: Kind::Value(data_ports),
+        help: "only accept server passive replies (227/229) that name a port in LOW:HIGH, e.g. the server's passive range (default: any port from 1024)",
+        takes: Takes::Text(|a, v| store(&mut a.server_data_ports, Some(v.parse::<DataPorts>()?.0))),
     },
-    OptSpec {
+    Opt {
         short: None,
         long: "user",
-        kind: Kind::Value(nonempty),
+        help: "user to switch to when started as root (default _ftp_proxy)",
+        takes: Takes::Text(|a, v| store(&mut a.user, nonempty(v)?.to_owned())),
     },
-    OptSpec {
+    Opt {
         short: None,
         long: "chroot",
-        kind: Kind::Value(nonempty),
+        help: "directory to chroot into when started as root (default /var/empty)",
+        takes: Takes::Text(|a, v| store(&mut a.chroot, nonempty(v)?.into())),
     },
-    OptSpec {
+    Opt {
         short: None,
         long: "relay-per-session",
-        kind: Kind::Value(relay_per_session),
+        help: "relay: data connections one session may have in progress, {range} (default {default})",
+        takes: Takes::Number {
+            min: 1,
+            max: MAX_SESSIONS_LIMIT,
+            what: "relay per-session limit",
+            field: |a| &mut a.relay_per_session,
+        },
     },
-    OptSpec {
+    Opt {
         short: None,
         long: "relay-idle-timeout",
-        kind: Kind::Value(relay_seconds),
+        help: "relay: seconds without a byte either way before a data connection is reset, {range} (default {default})",
+        takes: Takes::Number {
+            min: 1,
+            max: MAX_TIMEOUT_SECS,
+            what: "relay timeout",
+            field: |a| &mut a.relay_idle_timeout,
+        },
     },
-    OptSpec {
+    Opt {
         short: None,
         long: "relay-linger",
-        kind: Kind::Value(relay_seconds),
+        help: "relay: the same for a half-closed data connection or one whose session ended, {range} (default {default})",
+        takes: Takes::Number {
+            min: 1,
+            max: MAX_TIMEOUT_SECS,
+            what: "relay timeout",
+            field: |a| &mut a.relay_linger,
+        },
+    },
+    Opt {
+        short: None,
+        long: "help",
+        help: "display usage information",
+        takes: Takes::Help,
+    },
+    Opt {
+        short: None,
+        long: "version",
+        help: "print the program name and version, and exit",
+        takes: Takes::Version,
     },
 ];
 
@@ -639,95 +572,87 @@ pub fn strtonum(s: &str, min: i64, max: i64) -> Result<i64, &'static str> {
     }
 }
 
-/// One option occurrence after expansion.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Occurrence {
-    long: &'static str,
-    value: Option<String>,
+/// What an occurrence asks to stop parsing for.
+enum Stop {
+    Help,
+    Version,
 }
 
-fn spec_by_short(c: char) -> Option<&'static OptSpec> {
+/// Applies one occurrence of `opt` (with its value, if it takes one) to `args`.
+fn apply(opt: &Opt, value: Option<&str>, args: &mut Args) -> Result<Option<Stop>, ArgsError> {
+    match (opt.takes, value) {
+        (Takes::Flag(set), _) => set(args)?,
+        (
+            Takes::Number {
+                min,
+                max,
+                what,
+                field,
+            },
+            Some(v),
+        ) => {
+            let n = strtonum(v, min.into(), max.into())
+                .map_err(|e| ArgsError::Invalid(format!("{what} {e}")))?;
+            // In range, so it fits.
+            *field(args) = u32::try_from(n).unwrap_or(max);
+        }
+        (Takes::Text(set), Some(v)) => set(args, v).map_err(ArgsError::Invalid)?,
+        (Takes::Help, _) => return Ok(Some(Stop::Help)),
+        (Takes::Version, _) => return Ok(Some(Stop::Version)),
+        (Takes::Number { .. } | Takes::Text(_), None) => {
+            unreachable!("the caller supplies a value for every option that takes one")
+        }
+    }
+    Ok(None)
+}
+
+fn by_short(c: char) -> Option<&'static Opt> {
     OPTIONS.iter().find(|o| o.short == Some(c))
 }
 
-fn spec_by_long(name: &str) -> Option<&'static OptSpec> {
+fn by_long(name: &str) -> Option<&'static Opt> {
     OPTIONS.iter().find(|o| o.long == name)
 }
 
-/// Records one occurrence, running its check and the `-v` limit in argument order.
-fn record(
-    out: &mut Vec<Occurrence>,
-    spec: &'static OptSpec,
-    value: Option<&str>,
-    verbose: &mut u8,
-) -> Result<(), ArgsError> {
-    let value = match (spec.kind, value) {
-        (Kind::Value(check), Some(v)) => Some(check(v).map_err(ArgsError::Invalid)?),
-        (Kind::Count, _) => {
-            *verbose += 1;
-            if *verbose > 2 {
-                return Err(ArgsError::Usage(None));
-            }
-            None
-        }
-        _ => None,
-    };
-    out.push(Occurrence {
-        long: spec.long,
-        value,
-    });
-    Ok(())
+fn requires_argument(name: impl fmt::Display) -> ArgsError {
+    ArgsError::Usage(Some(format!("option requires an argument -- {name}")))
 }
 
-/// Pass 1: getopt over `args` (without the program name).
+fn unknown(name: impl fmt::Display) -> ArgsError {
+    ArgsError::Usage(Some(format!("unknown option -- {name}")))
+}
+
+/// getopt over `args` (without the program name), applying each option in order.
 ///
-/// Returns the canonical argument list for argh, or which of `--help` and
-/// `--version` was given (the first one wins). Parsing stops at `--` or at the first argument that is not an option;
-/// the remaining arguments are ignored, as the original ignores them.
-pub fn expand(args: &[String]) -> Result<Expanded, ArgsError> {
-    let mut occ: Vec<Occurrence> = Vec::new();
-    let mut verbose = 0u8;
-    let mut i = 0;
-    while i < args.len() {
-        let arg = args[i].as_str();
-        i += 1;
+/// Parsing stops at `--` or at the first argument that is not an option; the
+/// remaining arguments are ignored, as the original ignores them. `--help` and
+/// `--version` stop it too: the first one wins.
+fn getopt(args: &[String]) -> Result<Result<Args, Stop>, ArgsError> {
+    let mut out = Args::default();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
         if arg == "--" {
             break;
         }
         if let Some(long) = arg.strip_prefix("--") {
-            if long == "help" {
-                return Ok(Expanded::Help);
-            }
-            if long == "version" {
-                return Ok(Expanded::Version);
-            }
             let (name, attached) = match long.split_once('=') {
                 Some((n, v)) => (n, Some(v)),
                 None => (long, None),
             };
-            let spec = spec_by_long(name)
-                .ok_or_else(|| ArgsError::Usage(Some(format!("unknown option -- {name}"))))?;
-            let value = match spec.kind {
-                Kind::Value(_) => match attached {
-                    Some(v) => Some(v.to_owned()),
-                    None if i < args.len() => {
-                        i += 1;
-                        Some(args[i - 1].clone())
-                    }
-                    None => {
-                        return Err(ArgsError::Usage(Some(format!(
-                            "option requires an argument -- {name}"
-                        ))))
-                    }
-                },
-                _ if attached.is_some() => {
+            let opt = by_long(name).ok_or_else(|| unknown(name))?;
+            let value = match (opt.takes_value(), attached) {
+                (true, Some(v)) => Some(v),
+                (true, None) => Some(rest.next().ok_or_else(|| requires_argument(name))?.as_str()),
+                (false, Some(_)) => {
                     return Err(ArgsError::Usage(Some(format!(
                         "option doesn't take an argument -- {name}"
                     ))))
                 }
-                _ => None,
+                (false, None) => None,
             };
-            record(&mut occ, spec, value.as_deref(), &mut verbose)?;
+            if let Some(stop) = apply(opt, value, &mut out)? {
+                return Ok(Err(stop));
+            }
             continue;
         }
         let Some(shorts) = arg.strip_prefix('-').filter(|s| !s.is_empty()) else {
@@ -735,82 +660,84 @@ pub fn expand(args: &[String]) -> Result<Expanded, ArgsError> {
             break;
         };
         for (pos, c) in shorts.char_indices() {
-            let spec = spec_by_short(c)
-                .ok_or_else(|| ArgsError::Usage(Some(format!("unknown option -- {c}"))))?;
-            if let Kind::Value(_) = spec.kind {
-                let rest = &shorts[pos + c.len_utf8()..];
-                let value = if !rest.is_empty() {
-                    rest.to_owned()
-                } else if i < args.len() {
-                    i += 1;
-                    args[i - 1].clone()
-                } else {
-                    return Err(ArgsError::Usage(Some(format!(
-                        "option requires an argument -- {c}"
-                    ))));
+            let opt = by_short(c).ok_or_else(|| unknown(c))?;
+            if opt.takes_value() {
+                // The value is the rest of the bundle, or else the next argument.
+                let attached = &shorts[pos + c.len_utf8()..];
+                let value = match attached {
+                    "" => rest.next().ok_or_else(|| requires_argument(c))?.as_str(),
+                    v => v,
                 };
-                record(&mut occ, spec, Some(&value), &mut verbose)?;
+                apply(opt, Some(value), &mut out)?;
                 break;
             }
-            record(&mut occ, spec, None, &mut verbose)?;
+            apply(opt, None, &mut out)?;
         }
     }
-    Ok(Expanded::Run(canonical(&occ)))
-}
-
-/// Keeps the last occurrence of every option (every `-v`), in order of last
-/// appearance, spelled the way argh expects.
-fn canonical(occ: &[Occurrence]) -> Vec<String> {
-    let mut out = Vec::new();
-    for (idx, o) in occ.iter().enumerate() {
-        let counted = matches!(spec_by_long(o.long).map(|s| s.kind), Some(Kind::Count));
-        let superseded = occ[idx + 1..].iter().any(|later| later.long == o.long);
-        if superseded && !counted {
-            continue;
-        }
-        out.push(format!("--{}", o.long));
-        if let Some(v) = &o.value {
-            out.push(v.clone());
-        }
-    }
-    out
+    Ok(Ok(out))
 }
 
 /// Parses a whole command line: `argv[0]` is the program name.
 pub fn parse(argv: &[String]) -> Result<Command, ArgsError> {
     let progname = progname(argv);
-    let rest = argv.get(1..).unwrap_or(&[]);
-    let canonical = match expand(rest)? {
-        Expanded::Run(c) => c,
-        Expanded::Version => return Ok(Command::Version(version_line(progname))),
-        Expanded::Help => {
-            return match RawArgs::from_args(&[progname], &["--help"]) {
-                Err(e) if e.status.is_ok() => Ok(Command::Help(help_text(progname, &e.output))),
-                Err(e) => Err(ArgsError::Invalid(e.output)),
-                Ok(_) => Err(ArgsError::Invalid("--help produced no help".into())),
-            };
-        }
-    };
-    let refs: Vec<&str> = canonical.iter().map(String::as_str).collect();
-    match RawArgs::from_args(&[progname], &refs) {
-        Ok(raw) => Ok(Command::Run(Box::new(raw.into()))),
-        // Cannot happen for values `expand` accepted; kept as a plain error, not a panic.
-        Err(e) => Err(ArgsError::Invalid(e.output.trim_end().to_owned())),
-    }
+    Ok(match getopt(argv.get(1..).unwrap_or(&[]))? {
+        Ok(args) => Command::Run(Box::new(args)),
+        Err(Stop::Help) => Command::Help(help_text(progname)),
+        Err(Stop::Version) => Command::Version(version_line(progname)),
+    })
 }
 
-/// `--help`: the original's usage, then argh's description and option list
-/// (argh's own one-line synopsis is dropped in favour of the usage text).
-fn help_text(progname: &str, argh_output: &str) -> String {
-    let body = match argh_output.split_once("\n\n") {
-        Some((first, rest)) if first.starts_with("Usage:") => rest,
-        _ => argh_output,
-    };
-    // argh lists only the fields of `RawArgs`; --version is handled before argh.
-    format!(
-        "{}\n{body}  --version         print the program name and version, and exit\n",
-        usage(progname)
-    )
+/// The description under the usage text in `--help`.
+const DESCRIPTION: &str = "Internet File Transfer Protocol proxy daemon, a re-implementation of OpenBSD ftp-proxy(8). Short options may be bundled (-6Adrv) and take attached values (-p2121); a later option overrides an earlier one.";
+
+/// Where the description column of the option list starts.
+const HELP_COLUMN: usize = 20;
+/// The width the option descriptions are wrapped to.
+const HELP_WIDTH: usize = 80;
+
+/// `--help`: the original's usage, a description, then one entry per option of
+/// [`OPTIONS`]: names indented by two, the text from column 20 (on a line of its own
+/// when the names reach it), wrapped at 80 columns.
+fn help_text(progname: &str) -> String {
+    let defaults = Args::default();
+    let mut out = format!("{}\n{DESCRIPTION}\n\nOptions:\n", usage(progname));
+    for opt in OPTIONS {
+        let names = match opt.short {
+            Some(c) => format!("-{c}, --{}", opt.long),
+            None => format!("--{}", opt.long),
+        };
+        let text = match opt.takes {
+            Takes::Number {
+                min, max, field, ..
+            } => opt
+                .help
+                .replace("{range}", &format!("{min}..{max}"))
+                .replace("{default}", &field(&mut defaults.clone()).to_string()),
+            _ => opt.help.to_owned(),
+        };
+        let mut line = format!("  {names}");
+        if line.len() >= HELP_COLUMN {
+            out.push_str(&line);
+            out.push('\n');
+            line.clear();
+        }
+        for word in text.split(' ') {
+            if line.len() > HELP_COLUMN && line.len() + 1 + word.len() > HELP_WIDTH {
+                out.push_str(&line);
+                out.push('\n');
+                line.clear();
+            }
+            if line.len() < HELP_COLUMN {
+                line.push_str(&" ".repeat(HELP_COLUMN - line.len()));
+            } else {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
 }
 
 /// The program name for messages: the last path component of `argv[0]`, like
@@ -1141,6 +1068,28 @@ mod tests {
         );
     }
 
+    /// The option list keeps the layout `--help` always had: names indented by two,
+    /// descriptions from column 20 (on their own line after long names), nothing
+    /// past column 80.
+    #[test]
+    fn help_layout() {
+        let Ok(Command::Help(text)) = parse(&argv("--help")) else {
+            panic!("no help")
+        };
+        let list = text.split_once("Options:\n").unwrap().1;
+        assert!(list.lines().all(|l| l.len() <= 80), "{list}");
+        assert!(list.contains(
+            "  -6, --ipv6        IPv6 mode: listen, resolve and connect with IPv6; only EPSV\n                    and EPRT are allowed\n"
+        ));
+        assert!(
+            list.contains("  -A, --anonymous-only\n                    only permit anonymous FTP")
+        );
+        assert!(list.contains("  -P, --server-port fixed server port"));
+        assert!(list.contains(&format!(
+            "maximum number of concurrent sessions, 1..{MAX_SESSIONS_LIMIT} (default 100)"
+        )));
+    }
+
     #[test]
     fn help_mentions_version() {
         let Ok(Command::Help(text)) = parse(&argv("--help")) else {
@@ -1152,20 +1101,38 @@ mod tests {
         );
     }
 
+    /// The short options, read back as a getopt option string, are the original's
+    /// (ftp-proxy.c 1.39: `"6Aa:b:D:dm:P:p:q:R:rT:t:v"`).
     #[test]
-    fn option_table_matches_optstring() {
-        let mut chars = OPTSTRING.chars().peekable();
-        let mut n = 0;
-        while let Some(c) = chars.next() {
-            let takes_value = chars.peek() == Some(&':');
-            if takes_value {
-                chars.next();
-            }
-            let spec = spec_by_short(c).unwrap_or_else(|| panic!("-{c} missing"));
-            assert_eq!(matches!(spec.kind, Kind::Value(_)), takes_value, "-{c}");
-            n += 1;
-        }
-        assert_eq!(n, OPTIONS.iter().filter(|o| o.short.is_some()).count());
+    fn short_options_are_the_originals_optstring() {
+        let optstring: String = OPTIONS
+            .iter()
+            .filter_map(|o| o.short.map(|c| (c, o.takes_value())))
+            .map(|(c, v)| if v { format!("{c}:") } else { c.to_string() })
+            .collect();
+        assert_eq!(optstring, "6Aa:b:D:dm:P:p:q:R:rT:t:v");
+    }
+
+    /// The limits are the core's, not copies.
+    #[test]
+    fn limits_come_from_the_core() {
+        assert_eq!(
+            invalid(&format!("-m {}", MAX_SESSIONS_LIMIT + 1)),
+            "max sessions too large"
+        );
+        assert_eq!(
+            run(&format!("-m {MAX_SESSIONS_LIMIT}")).max_sessions,
+            MAX_SESSIONS_LIMIT
+        );
+        assert_eq!(
+            invalid(&format!("-t {}", MAX_TIMEOUT_SECS + 1)),
+            "timeout too large"
+        );
+        let name = "n".repeat(PF_NAME_SIZE - 1);
+        assert_eq!(
+            run(&format!("-T {name}")).tag.as_deref(),
+            Some(name.as_str())
+        );
     }
 
     #[test]

@@ -13,9 +13,11 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
-use nix::unistd::{chdir, dup2, fork, pipe2, setsid, ForkResult};
+use nix::unistd::{chdir, dup2, pipe2, setsid, ForkResult};
 
-/// An open `/dev/null`, kept until [`daemonize`] puts it on fds 0, 1 and 2.
+use crate::sys;
+
+/// An open `/dev/null`, kept until [`Detached::ready`] puts it on fds 0, 1 and 2.
 #[derive(Debug)]
 pub struct DevNull(OwnedFd);
 
@@ -70,12 +72,11 @@ const READY: &[u8] = b"ok";
 /// while startup errors still reach the terminal and the exit status, as they do
 /// when the original fails before `daemon(3)`.
 ///
-/// Must be called while the process has a single thread.
+/// Must be called while the process has a single thread (on Linux the fork is
+/// refused otherwise).
 pub fn detach(dev_null: DevNull, progname: &str) -> Result<Detached, DaemonError> {
     let (rd, wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| DaemonError::Step("pipe", e))?;
-    // SAFETY: the process is single-threaded here (nothing has spawned a thread), so
-    // the child may run arbitrary code.
-    match unsafe { fork() }.map_err(|e| DaemonError::Step("fork", e))? {
+    match sys::fork_single_threaded().map_err(|e| DaemonError::Step("fork", e))? {
         ForkResult::Parent { .. } => {
             drop(wr);
             let mut msg = Vec::new();
@@ -92,9 +93,9 @@ pub fn detach(dev_null: DevNull, progname: &str) -> Result<Detached, DaemonError
                 eprintln!("{progname}: {text}");
                 1
             };
-            // SAFETY: _exit skips destructors and atexit handlers; the listener and
-            // the rest belong to the child now.
-            unsafe { libc::_exit(code) }
+            // Skips destructors and atexit handlers: the listener and the rest belong
+            // to the child now.
+            sys::exit_now(code)
         }
         ForkResult::Child => {}
     }

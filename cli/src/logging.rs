@@ -247,14 +247,11 @@ impl Log for Stderr {
 /// unreachable; the descriptor survives the chroot and the fork, and glibc puts the
 /// current (child's) pid into each message.
 pub fn init_syslog(debug_level: u8) -> Result<(), log::SetLoggerError> {
-    // SAFETY: the ident is a static C string, as openlog keeps the pointer.
-    unsafe {
-        libc::openlog(
-            c"ftp-proxy".as_ptr(),
-            libc::LOG_PID | libc::LOG_NDELAY,
-            libc::LOG_DAEMON,
-        )
-    };
+    crate::sys::openlog(
+        c"ftp-proxy",
+        libc::LOG_PID | libc::LOG_NDELAY,
+        libc::LOG_DAEMON,
+    );
     let level = level_filter(debug_level);
     log::set_boxed_logger(Box::new(Syslog { debug_level, level }))?;
     log::set_max_level(level);
@@ -280,15 +277,7 @@ impl Log for Syslog {
         }
         let text = record.args().to_string().replace('\0', "\\0");
         let Ok(msg) = CString::new(text) else { return };
-        // SAFETY: both strings are NUL-terminated; "%s" keeps the message from being
-        // read as a format string.
-        unsafe {
-            libc::syslog(
-                Priority::of(record).as_syslog(),
-                c"%s".as_ptr(),
-                msg.as_ptr(),
-            )
-        };
+        crate::sys::syslog(Priority::of(record).as_syslog(), &msg);
     }
 
     fn flush(&self) {}

@@ -1,5 +1,5 @@
 //! `ftp-proxy`: the daemon. Parses the command line, starts up in the original's
-//! order (behavior.md §3), drops privileges and hands over to the mio runtime.
+//! order (ftp-proxy.c's `main`; docs/cli.md, "Startup order"), drops privileges and hands over to the mio runtime.
 //!
 //! Startup, adapted from ftp-proxy.c 1.39:
 //!  0. close every inherited descriptor above 2;
@@ -23,9 +23,13 @@
 //! nftables table belongs to the netlink socket that created it (and carries the pid
 //! of the process that commits to it): it must be opened by the process that runs.
 //!
+//! All `unsafe` is in `sys` (denied everywhere else).
+//!
 //! Without root the daemon still runs (the relay backend needs no privileges); it
 //! sheds the capabilities it was handed beyond the backend's needs and logs what it
 //! kept.
+
+#![deny(unsafe_code)]
 
 mod args;
 mod backend;
@@ -33,6 +37,7 @@ mod daemon;
 mod logging;
 mod privs;
 mod resolve;
+mod sys;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -152,49 +157,16 @@ fn main() -> ExitCode {
 /// Startup and run; returns when the daemon has shut down. `detached` holds the
 /// report pipe to the waiting parent while a daemonizing child is starting up.
 fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result<(), Fatal> {
-    if args.foreground {
-        let rust_log = std::env::var("RUST_LOG").ok();
-        logging::init_stderr(args.log_level, rust_log.as_deref()).map_err(Fatal::Logger)?;
-    } else {
-        logging::init_syslog(args.log_level).map_err(Fatal::Logger)?;
-    }
-
+    init_logging(args)?;
     let (divert, transparent) = divert_mode(args.divert)?;
     let relay = args.backend == args::BackendKind::Relay;
     let keep_net_admin = backend::needs_net_admin(args.backend);
-
-    let root = Uid::effective().is_root();
-    let identity = if root {
-        let id = privs::lookup_user(&args.user).map_err(Fatal::Privileges)?;
-        privs::check_chroot_dir(&args.chroot).map_err(Fatal::Privileges)?;
-        privs::check_caps_supported(keep_net_admin).map_err(Fatal::Privileges)?;
-        Some(id)
-    } else {
-        None
-    };
+    let identity = check_identity(args, keep_net_admin)?;
+    let root = identity.is_some();
 
     ftp_proxy_runtime::raise_nofile_limit(args.max_sessions, relay).map_err(Fatal::Start)?;
-
-    let source_addr = match &args.source_address {
-        Some(a) => {
-            let sa = resolve::resolve(a, None, args.ipv6, Lookup::SourceAddress)
-                .map_err(Fatal::SourceAddress)?;
-            info!("using {} to connect to servers", sa.ip());
-            Some(sa.ip())
-        }
-        None => None,
-    };
-    let fixed_server = match &args.fixed_server {
-        Some(s) => {
-            let sa = resolve::resolve(s, Some(&args.server_port), args.ipv6, Lookup::FixedServer)
-                .map_err(Fatal::FixedServer)?;
-            info!("using fixed server {}", sa.ip());
-            Some(sa)
-        }
-        None => None,
-    };
-
-    let listen_addr = resolve::resolve(
+    let (source_addr, fixed_server) = resolve_outbound(args)?;
+    let listen = resolve::resolve(
         args.listen_address(),
         Some(&args.listen_port),
         args.ipv6,
@@ -202,7 +174,7 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
     )
     .map_err(Fatal::ListenAddress)?;
     let opts = ftp_proxy_runtime::Options {
-        listen: listen_addr,
+        listen,
         transparent,
         divert,
         max_sessions: args.max_sessions,
@@ -210,12 +182,8 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
     };
     let listener = ftp_proxy_runtime::listen(&opts).map_err(Fatal::Start)?;
 
-    let dev_null = if args.foreground {
-        None
-    } else {
-        Some(daemon::open_dev_null().map_err(Fatal::Daemon)?)
-    };
-    if let Some(dev_null) = dev_null {
+    if !args.foreground {
+        let dev_null = daemon::open_dev_null().map_err(Fatal::Daemon)?;
         *detached = Some(daemon::detach(dev_null, progname).map_err(Fatal::Daemon)?);
     }
 
@@ -227,47 +195,9 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
 
     // The backend may already hold state (the nftables table): remove it when
     // startup fails from here on, as the running daemon would at exit.
-    let mut cleanup_on = |e: Fatal| {
-        if let DataPath::Kernel(b) = &mut data_path {
-            if let Err(err) = b.remove_all() {
-                warn!(
-                    "removing the {} rules after a failed start: {err}",
-                    b.name()
-                );
-            }
-        }
-        e
-    };
-    match identity {
-        Some(identity) => {
-            let plan = DropPlan {
-                identity,
-                chroot: Some(args.chroot.clone()),
-                keep_net_admin,
-            };
-            let bounding_limited =
-                privs::drop_privileges(&plan).map_err(|e| cleanup_on(Fatal::Privileges(e)))?;
-            if !bounding_limited {
-                info!("bounding set left to the service manager: no CAP_SETPCAP");
-            }
-        }
-        None => {
-            let r = privs::restrict_unprivileged(keep_net_admin)
-                .map_err(|e| cleanup_on(Fatal::Privileges(e)))?;
-            warn!(
-                "not running as root: no user switch or chroot; capabilities kept: {:#x}{}",
-                r.kept,
-                if r.bounding_limited {
-                    ""
-                } else {
-                    " (bounding set unchanged: no CAP_SETPCAP)"
-                }
-            );
-        }
-    }
-
-    let proxy =
-        Proxy::new(config, Box::new(OsRandom::new())).map_err(|e| cleanup_on(Fatal::Config(e)))?;
+    let proxy = drop_privileges(args, identity, keep_net_admin)
+        .and_then(|()| Proxy::new(config, Box::new(OsRandom::new())).map_err(Fatal::Config))
+        .map_err(|e| remove_rules_after(&mut data_path, e))?;
 
     // The signal handlers go in before anyone is told the daemon is up: a SIGTERM
     // right after `listening on` (or after the parent exited) must reach the
@@ -290,6 +220,104 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
         args.listen_port
     );
     runtime.run().map_err(Fatal::Run)
+}
+
+/// Standard error with `-d` (`RUST_LOG` may refine it), syslog otherwise; opened
+/// before any chroot.
+fn init_logging(args: &Args) -> Result<(), Fatal> {
+    // `-D` is 0..=7 after parsing.
+    let level = u8::try_from(args.log_level).unwrap_or(u8::MAX);
+    if args.foreground {
+        let rust_log = std::env::var("RUST_LOG").ok();
+        logging::init_stderr(level, rust_log.as_deref()).map_err(Fatal::Logger)
+    } else {
+        logging::init_syslog(level).map_err(Fatal::Logger)
+    }
+}
+
+/// As root: the user to become (never uid 0) and the chroot directory must exist,
+/// and the kernel must support the capability calls the drop needs. `None` when not
+/// started as root: there is no user switch then.
+fn check_identity(args: &Args, keep_net_admin: bool) -> Result<Option<privs::Identity>, Fatal> {
+    if !Uid::effective().is_root() {
+        return Ok(None);
+    }
+    let id = privs::lookup_user(&args.user).map_err(Fatal::Privileges)?;
+    privs::check_chroot_dir(&args.chroot).map_err(Fatal::Privileges)?;
+    privs::check_caps_supported(keep_net_admin).map_err(Fatal::Privileges)?;
+    Ok(Some(id))
+}
+
+/// `-a`, then `-R`/`-P`, resolved in the original's order, each logged.
+fn resolve_outbound(args: &Args) -> Result<(Option<IpAddr>, Option<SocketAddr>), Fatal> {
+    let source_addr = match &args.source_address {
+        Some(a) => {
+            let sa = resolve::resolve(a, None, args.ipv6, Lookup::SourceAddress)
+                .map_err(Fatal::SourceAddress)?;
+            info!("using {} to connect to servers", sa.ip());
+            Some(sa.ip())
+        }
+        None => None,
+    };
+    let fixed_server = match &args.fixed_server {
+        Some(s) => {
+            let sa = resolve::resolve(s, Some(&args.server_port), args.ipv6, Lookup::FixedServer)
+                .map_err(Fatal::FixedServer)?;
+            info!("using fixed server {}", sa.ip());
+            Some(sa)
+        }
+        None => None,
+    };
+    Ok((source_addr, fixed_server))
+}
+
+/// Root: chroot and user switch (CAP_NET_ADMIN kept for nftables). Not root: only
+/// the capability sets are cut down, and a warning says what was kept.
+fn drop_privileges(
+    args: &Args,
+    identity: Option<privs::Identity>,
+    keep_net_admin: bool,
+) -> Result<(), Fatal> {
+    match identity {
+        Some(identity) => {
+            let plan = DropPlan {
+                identity,
+                chroot: Some(args.chroot.clone()),
+                keep_net_admin,
+            };
+            let bounding_limited = privs::drop_privileges(&plan).map_err(Fatal::Privileges)?;
+            if !bounding_limited {
+                info!("bounding set left to the service manager: no CAP_SETPCAP");
+            }
+        }
+        None => {
+            let r = privs::restrict_unprivileged(keep_net_admin).map_err(Fatal::Privileges)?;
+            warn!(
+                "not running as root: no user switch or chroot; capabilities kept: {:#x}{}",
+                r.kept,
+                if r.bounding_limited {
+                    ""
+                } else {
+                    " (bounding set unchanged: no CAP_SETPCAP)"
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// After a failed start with the backend open: removes what it already created
+/// (the nftables table), logging a failure, and passes `e` on.
+fn remove_rules_after(data_path: &mut DataPath<Box<dyn Backend>>, e: Fatal) -> Fatal {
+    if let DataPath::Kernel(b) = data_path {
+        if let Err(err) = b.remove_all() {
+            warn!(
+                "removing the {} rules after a failed start: {err}",
+                b.name()
+            );
+        }
+    }
+    e
 }
 
 /// The runtime's divert method and listener transparency for `--divert`.
@@ -332,17 +360,6 @@ fn core_config(
 }
 
 /// The routing table the proxy runs in (`getrtable(2)` on OpenBSD, 0 elsewhere).
-#[cfg(target_os = "openbsd")]
 fn proxy_rtable() -> u32 {
-    extern "C" {
-        fn getrtable() -> libc::c_int;
-    }
-    // SAFETY: getrtable(2) takes no arguments and cannot fail.
-    u32::try_from(unsafe { getrtable() }).unwrap_or(0)
-}
-
-/// The routing table the proxy runs in (`getrtable(2)` on OpenBSD, 0 elsewhere).
-#[cfg(not(target_os = "openbsd"))]
-fn proxy_rtable() -> u32 {
-    0
+    sys::rtable()
 }

@@ -3,7 +3,7 @@
 //!
 //! The original chroots to `/var/empty` and becomes `_ftp_proxy` once the listener
 //! and `/dev/pf` are open; pf keeps accepting ioctls on the already open descriptor.
-//! Linux netlink is different (measured, linux-netfilter.md §5): the kernel checks
+//! Linux netlink is different (measured; docs/linux.md, "Privileges"): the kernel checks
 //! CAP_NET_ADMIN of the *sending* process too, so an nftables socket opened as root
 //! fails with EPERM after a plain user switch. For that backend the switch keeps
 //! exactly CAP_NET_ADMIN: `PR_SET_KEEPCAPS` before `setresuid`, then `capset` to
@@ -115,9 +115,7 @@ pub fn check_chroot_dir(dir: &Path) -> Result<(), PrivError> {
 pub fn close_inherited_fds() {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: close_range takes (first, last, flags); nothing of ours is open yet.
-        let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
-        if rc == 0 {
+        if crate::sys::close_range_from(3) {
             return;
         }
     }
@@ -129,9 +127,9 @@ pub fn close_inherited_fds() {
         Err(_) => (3..1024).collect(),
     };
     for fd in fds {
-        // SAFETY: closing descriptors inherited from the caller; the directory handle
-        // used to list them is already closed (EBADF for it is harmless).
-        unsafe { libc::close(fd) };
+        // Descriptors inherited from the caller; the directory handle used to list
+        // them is already closed (EBADF for it is harmless).
+        let _ = nix::unistd::close(fd);
     }
 }
 
@@ -213,129 +211,7 @@ fn keep_mask(keep_net_admin: bool) -> u64 {
 }
 
 #[cfg(target_os = "linux")]
-mod caps {
-    //! The prctls and `capget`/`capset(2)` with the version-3 header, through `libc`
-    //! (the kernel ABI is three small structs; no crate is needed for it).
-
-    use nix::errno::Errno;
-
-    /// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
-    const CAP_VERSION_3: u32 = 0x2008_0522;
-    /// `CAP_NET_ADMIN` is capability 12.
-    pub(super) const CAP_NET_ADMIN_BIT: u64 = 1 << 12;
-    /// `CAP_SETPCAP` (8): needed to drop from the bounding set.
-    pub(super) const CAP_SETPCAP_BIT: u64 = 1 << 8;
-    /// Capabilities are numbered below 64 in the version-3 ABI.
-    const CAP_COUNT: u32 = 64;
-    const PR_CAP_AMBIENT: libc::c_int = 47;
-    const PR_CAP_AMBIENT_CLEAR_ALL: libc::c_ulong = 4;
-
-    #[repr(C)]
-    struct CapHeader {
-        version: u32,
-        pid: libc::c_int,
-    }
-
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct CapData {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-
-    fn header() -> CapHeader {
-        CapHeader {
-            version: CAP_VERSION_3,
-            pid: 0,
-        }
-    }
-
-    pub(super) fn set_keepcaps(on: bool) -> Result<(), Errno> {
-        // SAFETY: PR_SET_KEEPCAPS takes one integer argument.
-        let rc = unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, libc::c_ulong::from(on), 0, 0, 0) };
-        Errno::result(rc).map(drop)
-    }
-
-    pub(super) fn set_no_new_privs() -> Result<(), Errno> {
-        // SAFETY: PR_SET_NO_NEW_PRIVS takes 1 and three zeros.
-        let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) };
-        Errno::result(rc).map(drop)
-    }
-
-    /// Empties the ambient set (no privilege needed; EINVAL before Linux 4.3, where
-    /// there is no ambient set to empty).
-    pub(super) fn clear_ambient() -> Result<(), Errno> {
-        // SAFETY: PR_CAP_AMBIENT with CLEAR_ALL takes three zeros.
-        let rc = unsafe { libc::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
-        match Errno::result(rc) {
-            Ok(_) | Err(Errno::EINVAL) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Drops every capability not in `keep` from the bounding set (needs CAP_SETPCAP).
-    /// Stops at the first number the kernel does not know (EINVAL).
-    pub(super) fn limit_bounding_set(keep: u64) -> Result<(), Errno> {
-        for cap in 0..CAP_COUNT {
-            if keep & (1 << cap) != 0 {
-                continue;
-            }
-            // SAFETY: PR_CAPBSET_DROP takes the capability number.
-            let rc =
-                unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
-            match Errno::result(rc) {
-                Ok(_) => {}
-                Err(Errno::EINVAL) => break,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// The (effective, permitted) sets of this thread.
-    pub(super) fn get_caps() -> Result<(u64, u64), Errno> {
-        let mut h = header();
-        let mut data = [CapData::default(); 2];
-        // SAFETY: capget writes two CapData for version 3; both live across the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_capget,
-                &mut h as *mut CapHeader,
-                data.as_mut_ptr(),
-            )
-        };
-        Errno::result(rc)?;
-        let join = |lo: u32, hi: u32| u64::from(lo) | (u64::from(hi) << 32);
-        Ok((
-            join(data[0].effective, data[1].effective),
-            join(data[0].permitted, data[1].permitted),
-        ))
-    }
-
-    /// Permitted = effective = `keep`, inheritable = {} for this thread, which is the
-    /// whole process: the daemon is single-threaded.
-    pub(super) fn set_caps(keep: u64) -> Result<(), Errno> {
-        let h = header();
-        let (lo, hi) = (keep as u32, (keep >> 32) as u32);
-        let data = [
-            CapData {
-                effective: lo,
-                permitted: lo,
-                inheritable: 0,
-            },
-            CapData {
-                effective: hi,
-                permitted: hi,
-                inheritable: 0,
-            },
-        ];
-        // SAFETY: header and a two-element data array are what capset(2) reads for
-        // version 3; both live across the call.
-        let rc = unsafe { libc::syscall(libc::SYS_capset, &h as *const CapHeader, data.as_ptr()) };
-        Errno::result(rc).map(drop)
-    }
-}
+use crate::sys::caps;
 
 #[cfg(not(target_os = "linux"))]
 mod caps {
@@ -421,13 +297,12 @@ mod tests {
     /// into a pipe and exits. Returns what the child wrote.
     fn drop_in_child(plan: &DropPlan) -> Result<String, String> {
         use nix::sys::wait::{waitpid, WaitStatus};
-        use nix::unistd::{fork, pipe, ForkResult};
-        use std::os::fd::AsRawFd;
+        use nix::unistd::{pipe, ForkResult};
 
         let (rd, wr) = pipe().expect("pipe");
-        // SAFETY: the child only runs the drop, reads one file, writes to a pipe and
-        // calls _exit; it never returns into the test harness.
-        match unsafe { fork() }.expect("fork") {
+        // The child only runs the drop, reads one file, writes to a pipe and calls
+        // _exit; it never returns into the test harness.
+        match crate::sys::fork_in_test().expect("fork") {
             ForkResult::Child => {
                 drop(rd);
                 // Opened by the child (so "self" is the child) before the chroot hides
@@ -445,11 +320,8 @@ mod tests {
                     },
                 };
                 let bytes = out.as_bytes();
-                // SAFETY: writing a valid buffer to our own pipe end, then _exit.
-                unsafe {
-                    libc::write(wr.as_raw_fd(), bytes.as_ptr().cast(), bytes.len());
-                    libc::_exit(0);
-                }
+                let _ = nix::unistd::write(&wr, bytes);
+                crate::sys::exit_now(0)
             }
             ForkResult::Parent { child } => {
                 drop(wr);

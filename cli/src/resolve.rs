@@ -3,12 +3,13 @@
 //! `std::net::ToSocketAddrs` cannot express `AI_NUMERICHOST`, `AI_PASSIVE`, an address
 //! family or a service name, and it hides the resolver's own error text, which the
 //! original prints (`getaddrinfo listen address failed: Name or service not known`).
-//! So this calls the C library directly, the one place the CLI needs `unsafe`.
+//! So this calls the C library directly, through the wrappers in `sys`.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::ptr;
+use std::net::SocketAddr;
+
+use crate::sys;
 
 /// The hints the original passes for each lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,89 +57,21 @@ pub fn resolve(
         .transpose()
         .map_err(|_| nul("port"))?;
 
-    // SAFETY: an all-zero addrinfo is the documented way to start a hints struct.
-    let mut hints: libc::addrinfo = unsafe { std::mem::zeroed() };
-    hints.ai_family = if ipv6 { libc::AF_INET6 } else { libc::AF_INET };
-    hints.ai_socktype = libc::SOCK_STREAM;
-    hints.ai_flags = match lookup {
+    let family = if ipv6 { libc::AF_INET6 } else { libc::AF_INET };
+    let flags = match lookup {
         Lookup::Listen => libc::AI_NUMERICHOST | libc::AI_PASSIVE,
         Lookup::SourceAddress => libc::AI_NUMERICHOST,
         Lookup::FixedServer => 0,
     };
-
-    let mut res: *mut libc::addrinfo = ptr::null_mut();
-    // SAFETY: host and service are NUL-terminated and outlive the call; hints is
-    // initialised; res receives a list we free below.
-    let rc = unsafe {
-        libc::getaddrinfo(
-            c_host.as_ptr(),
-            c_service.as_ref().map_or(ptr::null(), |s| s.as_ptr()),
-            &hints,
-            &mut res,
-        )
-    };
-    if rc != 0 {
-        return Err(GaiError {
+    let first =
+        sys::getaddrinfo(&c_host, c_service.as_deref(), family, flags).map_err(|rc| GaiError {
             code: rc,
-            message: gai_strerror(rc),
-        });
-    }
-    // SAFETY: on success res points to at least one addrinfo; its ai_addr holds
-    // ai_addrlen bytes of the family it names. The list is freed exactly once.
-    let first = unsafe {
-        let ai = &*res;
-        let addr = sockaddr_to_std(ai.ai_addr, ai.ai_addrlen);
-        libc::freeaddrinfo(res);
-        addr
-    };
+            message: sys::gai_strerror(rc),
+        })?;
     first.ok_or(GaiError {
         code: 0,
         message: "unsupported address family".into(),
     })
-}
-
-/// `gai_strerror(3)` as an owned string.
-fn gai_strerror(code: i32) -> String {
-    // SAFETY: gai_strerror returns a pointer to a static NUL-terminated string.
-    unsafe {
-        let p = libc::gai_strerror(code);
-        if p.is_null() {
-            return format!("resolver error {code}");
-        }
-        CStr::from_ptr(p).to_string_lossy().into_owned()
-    }
-}
-
-/// Copies an IPv4 or IPv6 `sockaddr` into a [`SocketAddr`].
-///
-/// # Safety
-/// `sa` must point to `len` readable bytes of a socket address.
-unsafe fn sockaddr_to_std(sa: *const libc::sockaddr, len: libc::socklen_t) -> Option<SocketAddr> {
-    if sa.is_null() {
-        return None;
-    }
-    let len = len as usize;
-    match i32::from((*sa).sa_family) {
-        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
-            let sin = &*(sa as *const libc::sockaddr_in);
-            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                ip,
-                u16::from_be(sin.sin_port),
-            )))
-        }
-        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
-            let sin6 = &*(sa as *const libc::sockaddr_in6);
-            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                ip,
-                u16::from_be(sin6.sin6_port),
-                sin6.sin6_flowinfo,
-                sin6.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ fn help_options(help: &str) -> BTreeSet<String> {
             continue;
         };
         // The names come first (`-P, --server-port`), then the description, which
-        // argh may start after a single space.
+        // may start after a single space.
         let names = entry
             .split_whitespace()
             .map(|w| w.trim_end_matches(','))

@@ -1,7 +1,7 @@
 //! Why sessions end and why filter commits fail.
 //!
 //! Each `Display` is the original's log wording, so a log line of ours reads like
-//! one of ftp-proxy(8)'s (behavior.md §5.1).
+//! one of ftp-proxy(8)'s (the `logmsg` calls of ftp-proxy.c).
 
 use std::fmt;
 

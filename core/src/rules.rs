@@ -267,7 +267,7 @@ pub enum Mode {
     ActiveEprt,
 }
 
-/// The two rules of one negotiation (man page, and behavior.md §12).
+/// The two rules of one negotiation (man page, and filter.c's `add_filter`/`add_nat`/`add_rdr` as ftp-proxy.c calls them).
 ///
 /// `port` is the data port the endpoint negotiated, `proxy_port` the one the proxy
 /// advertised in its place.

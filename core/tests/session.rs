@@ -1,5 +1,6 @@
-//! Per-session behaviour, one transcript per rule of behavior.md §7-§14 (and our
-//! documented improvements).
+//! Per-session behaviour, one transcript per rule of ftp-proxy.c's session
+//! handling (`client_parse`, `server_parse`, `allow_data_connection`, timeouts) and our
+//! documented differences (docs/behavior.md).
 
 mod support;
 

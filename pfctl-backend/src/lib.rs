@@ -1,10 +1,14 @@
 //! Packet-filter backends: they make the kernel carry FTP data connections.
 //!
 //! The core decides *which* rules a session needs ([`ftp_proxy_core::Rule`]); a
-//! [`Backend`] makes them true in a packet filter. All `unsafe`, ioctl and netlink
-//! code of the project lives in this crate.
+//! [`Backend`] makes them true in a packet filter. Its `unsafe` (the ioctl structures,
+//! `ioctl(2)`, a socket option, `getrandom(2)`) is confined to the private `sys`
+//! module; the rest of the crate denies it.
+#![deny(unsafe_code)]
 
 pub use ftp_proxy_core::{Anchor, FilterError, Rule};
+
+mod sys;
 
 // OpenBSD pf over `/dev/pf` ioctls; structures, encoding and transactions are
 // compiled and tested on every host, the ioctl calls exist only on OpenBSD.

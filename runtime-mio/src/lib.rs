@@ -76,6 +76,8 @@
 //! `Divert::OriginalDst` picks `SOL_IP` or `SOL_IPV6` by the peer's family.
 
 #![warn(missing_docs)]
+// `unsafe` only in `sys`, which allows it and justifies each block.
+#![deny(unsafe_code)]
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -152,7 +154,7 @@ impl std::os::fd::AsFd for Listener {
     }
 }
 
-/// A startup failure. `Display` is the original's message (behavior.md §3), printed
+/// A startup failure. `Display` is the original's message (ftp-proxy.c's `main`), printed
 /// by the binary as `ftp-proxy: <msg>` before it exits 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartError {
@@ -218,7 +220,7 @@ impl std::error::Error for RunError {}
 /// (`-m` is at most 500). The kernel caps it at `net.core.somaxconn` (4096 by default).
 pub const LISTEN_BACKLOG: i32 = 1024;
 
-/// Creates the listening socket (behavior.md §3 step 9): `SO_REUSEADDR`, optional
+/// Creates the listening socket (as ftp-proxy.c's `main`; docs/cli.md, "Startup order"): `SO_REUSEADDR`, optional
 /// transparency, bind, listen with [`LISTEN_BACKLOG`], non-blocking.
 pub fn listen(opts: &Options) -> Result<Listener, StartError> {
     sys::listener(opts.listen, opts.transparent, LISTEN_BACKLOG as usize)

@@ -180,9 +180,12 @@ pub(crate) mod splice {
     //! `splice(2)` through a kernel pipe.
 
     use std::io::{self, ErrorKind};
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::{AsRawFd, OwnedFd};
 
     use mio::net::TcpStream;
+    use nix::errno::Errno;
+    use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
+    use nix::unistd::pipe2;
 
     use super::Filled;
 
@@ -196,39 +199,33 @@ pub(crate) mod splice {
         pub(super) moved: u64,
     }
 
-    const FLAGS: libc::c_uint = libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE;
+    fn flags() -> SpliceFFlags {
+        SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE
+    }
 
     impl KernelPipe {
         pub(crate) fn new(cap: usize) -> io::Result<KernelPipe> {
-            let mut fds = [0 as libc::c_int; 2];
-            // SAFETY: fds has room for the two descriptors pipe2 writes.
-            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: pipe2 succeeded, so both are fresh descriptors we now own.
-            let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            let (r, w) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
             // Ask for `cap`; the kernel may round up, or refuse above pipe-max-size or
             // once this user's pipes hold pipe-user-pages-soft pages (64 MiB by default:
             // 32 pairs at 1 MiB). Then a quarter, then the default (64 KiB) stays. Use
             // whatever it reports.
             for want in [cap, cap / 4] {
-                // SAFETY: fcntl on a descriptor we own.
-                let r =
-                    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, want as libc::c_int) };
-                if r > 0 {
+                let want = libc::c_int::try_from(want).unwrap_or(libc::c_int::MAX);
+                if fcntl(w.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(want)).is_ok_and(|r| r > 0) {
                     break;
                 }
             }
-            // SAFETY: as above.
-            let got = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) };
-            if got <= 0 {
-                return Err(io::Error::last_os_error());
-            }
+            let got = fcntl(w.as_raw_fd(), FcntlArg::F_GETPIPE_SZ)?;
+            let cap = usize::try_from(got)
+                .ok()
+                .filter(|&c| c > 0)
+                .ok_or_else(|| io::Error::other("F_GETPIPE_SZ reported no capacity"))?;
             Ok(KernelPipe {
                 r,
                 w,
                 pending: 0,
-                cap: got as usize,
+                cap,
                 moved: 0,
             })
         }
@@ -236,59 +233,30 @@ pub(crate) mod splice {
         pub(super) fn fill(&mut self, src: &mut TcpStream) -> io::Result<Filled> {
             let room = self.cap - self.pending;
             debug_assert!(room > 0);
-            // SAFETY: both descriptors are open; null offsets mean "current position".
-            let n = unsafe {
-                libc::splice(
-                    src.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    self.w.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    room,
-                    FLAGS,
-                )
-            };
-            match n {
-                0 => Ok(Filled::Eof),
-                n if n > 0 => {
-                    self.pending += n as usize;
-                    Ok(Filled::Bytes(n as usize))
+            match splice(&*src, None, &self.w, None, room, flags()) {
+                Ok(0) => Ok(Filled::Eof),
+                Ok(n) => {
+                    self.pending += n;
+                    Ok(Filled::Bytes(n))
                 }
-                _ => {
-                    let e = io::Error::last_os_error();
-                    match e.kind() {
-                        // With bytes in the pipe, EAGAIN may mean "no free pipe slot"
-                        // (each holds a partly used page) rather than "no data": keep
-                        // the source ready and let the drain decide.
-                        ErrorKind::WouldBlock if self.pending > 0 => Ok(Filled::NoRoom),
-                        ErrorKind::WouldBlock => Ok(Filled::SourceEmpty),
-                        ErrorKind::Interrupted => Ok(Filled::Bytes(0)),
-                        _ => Err(e),
-                    }
-                }
+                // With bytes in the pipe, EAGAIN may mean "no free pipe slot" (each
+                // holds a partly used page) rather than "no data": keep the source
+                // ready and let the drain decide.
+                Err(Errno::EAGAIN) if self.pending > 0 => Ok(Filled::NoRoom),
+                Err(Errno::EAGAIN) => Ok(Filled::SourceEmpty),
+                Err(Errno::EINTR) => Ok(Filled::Bytes(0)),
+                Err(e) => Err(e.into()),
             }
         }
 
         pub(super) fn drain(&mut self, dst: &mut TcpStream) -> io::Result<usize> {
-            // SAFETY: as in `fill`.
-            let n = unsafe {
-                libc::splice(
-                    self.r.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    dst.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    self.pending,
-                    FLAGS,
-                )
-            };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            let n = splice(&self.r, None, &*dst, None, self.pending, flags())?;
             if n == 0 {
                 return Err(ErrorKind::WriteZero.into());
             }
-            self.pending -= n as usize;
+            self.pending -= n;
             self.moved += n as u64;
-            Ok(n as usize)
+            Ok(n)
         }
     }
 }

@@ -746,7 +746,7 @@ impl<B: Backend> Runtime<B> {
                     r.session_ended(id.0);
                 }
                 let registry = self.poll.registry();
-                // One best-effort flush of what is queued, errors ignored (§13.4).
+                // One best-effort flush of what is queued, errors ignored (as ftp-proxy.c's `end_session`).
                 let _ = s.client.flush();
                 let _ = registry.deregister(&mut s.client.sock);
                 if let Some(mut c) = s.server.take() {

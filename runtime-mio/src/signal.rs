@@ -5,34 +5,32 @@
 //! watches. This works on Linux and OpenBSD alike (OpenBSD has no signalfd).
 
 use std::io::Read;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use mio::unix::pipe;
 use nix::errno::Errno;
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::signal::Signal;
+
+use crate::sys;
 
 /// Write end of the pipe, or -1 when no loop is listening.
 static PIPE_WR: AtomicI32 = AtomicI32::new(-1);
 /// Bit `n` set: signal `n` arrived and was not yet taken.
 static PENDING: AtomicU64 = AtomicU64::new(0);
 
-/// The signals that end the daemon (behavior.md §4).
+/// The signals that end the daemon (ftp-proxy.c's `main` installs `handle_signal` for these).
 const HANDLED: [Signal; 3] = [Signal::SIGHUP, Signal::SIGINT, Signal::SIGTERM];
 
-extern "C" fn on_signal(sig: libc::c_int) {
-    let saved = Errno::last_raw();
+/// Called by the handler (`sys::on_signal`): records `sig` and returns the pipe's
+/// write end to wake the loop with, if one is listening. Only touches atomics, so it
+/// is async-signal-safe.
+pub(crate) fn note(sig: libc::c_int) -> Option<RawFd> {
     if (0..64).contains(&sig) {
         PENDING.fetch_or(1 << sig, Ordering::SeqCst);
     }
     let fd = PIPE_WR.load(Ordering::SeqCst);
-    if fd >= 0 {
-        let byte = 1u8;
-        // SAFETY: write(2) is async-signal-safe; fd is the pipe's write end, kept open
-        // while PIPE_WR holds it. A full pipe (EAGAIN) still leaves the loop woken.
-        unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
-    }
-    Errno::set_raw(saved);
+    (fd >= 0).then_some(fd)
 }
 
 /// The installed handlers and the pipe's ends. Dropping it detaches the pipe (the
@@ -48,18 +46,7 @@ impl Signals {
     pub(crate) fn install() -> Result<Signals, Errno> {
         let (tx, rx) = pipe::new().map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
         PIPE_WR.store(tx.as_raw_fd(), Ordering::SeqCst);
-        let action = SigAction::new(
-            SigHandler::Handler(on_signal),
-            SaFlags::SA_RESTART,
-            SigSet::empty(),
-        );
-        for sig in HANDLED {
-            // SAFETY: the handler only touches atomics and calls write(2).
-            unsafe { sigaction(sig, &action) }?;
-        }
-        let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
-        // SAFETY: SIG_IGN installs no code.
-        unsafe { sigaction(Signal::SIGPIPE, &ignore) }?;
+        sys::catch_signals(&HANDLED)?;
         Ok(Signals { rx, _tx: tx })
     }
 

@@ -1,6 +1,8 @@
-//! Thin wrappers over the system calls std and mio do not offer: socket options,
-//! binds before connect, rlimits, the kernel CSPRNG. All `unsafe` of the crate is here
-//! or in `signal.rs`.
+//! Thin wrappers over the system calls std, mio and nix's safe API do not offer:
+//! socket options, binds before connect, rlimits, the kernel CSPRNG, the signal
+//! handler. All `unsafe` of the crate is here (the crate root denies it elsewhere);
+//! each block says why it is sound.
+#![allow(unsafe_code)]
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -177,7 +179,7 @@ pub(crate) fn unmap(addr: SocketAddr) -> SocketAddr {
 /// The destination a NATed (`redirect`) connection originally had.
 ///
 /// The option is chosen by the peer's family: `SOL_IP` for IPv4 and v4-mapped peers,
-/// `SOL_IPV6` for native IPv6 (linux-netfilter.md §2a). `None` when the connection was
+/// `SOL_IPV6` for native IPv6 (docs/linux.md). `None` when the connection was
 /// not NATed (ENOENT) or the system has no such option; the caller then uses getsockname.
 #[cfg(target_os = "linux")]
 pub(crate) fn original_dst<F: AsFd>(fd: &F, peer: SocketAddr) -> Option<SocketAddr> {
@@ -244,6 +246,38 @@ pub(crate) fn fill_random(buf: &mut [u32]) {
             "kernel random source failed: {e}"
         );
     }
+}
+
+/// Installs [`on_signal`] for `sigs` (with `SA_RESTART`) and ignores SIGPIPE.
+pub(crate) fn catch_signals(sigs: &[nix::sys::signal::Signal]) -> Result<(), Errno> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for &sig in sigs {
+        // SAFETY: the handler is async-signal-safe: it saves and restores errno,
+        // touches only atomics (`signal::note`) and calls write(2).
+        unsafe { sigaction(sig, &action) }?;
+    }
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_IGN installs no code.
+    unsafe { sigaction(Signal::SIGPIPE, &ignore) }?;
+    Ok(())
+}
+
+/// The signal handler: records the signal and wakes the loop through the self-pipe.
+extern "C" fn on_signal(sig: libc::c_int) {
+    let saved = Errno::last_raw();
+    if let Some(fd) = crate::signal::note(sig) {
+        let byte = 1u8;
+        // SAFETY: write(2) is async-signal-safe; fd is the pipe's write end, kept open
+        // while the signal module publishes it. A full pipe (EAGAIN) still leaves the
+        // loop woken.
+        unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
+    }
+    Errno::set_raw(saved);
 }
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ fn redirected_clients_see_their_original_destination() {
             None,
             Divert::OriginalDst,
         );
-        // Locally generated connections only pass the output hook (linux-netfilter.md §5).
+        // Locally generated connections only pass the output hook (docs/linux.md, "Limits").
         let rules = format!(
             "table ip t {{\n chain out {{\n  type nat hook output priority -100; policy accept;\n  \
              ip daddr 127.0.0.9 tcp dport 21 redirect to :{}\n }}\n}}\n",

@@ -6,7 +6,7 @@
 //! <p>s  s0 198.51.100.10/24  2001:db8:2::10/64 --- r1
 //! ```
 //!
-//! The layout and its pitfalls are linux-netfilter.md §1: sysctls are set before the
+//! The layout (docs/linux.md, "Tests") avoids these pitfalls: sysctls are set before the
 //! veths exist (no DAD on link-local addresses, so IPv6 works at once), global
 //! addresses are added `nodad`, both veth ends are created inside the namespaces, and
 //! nothing ever touches the root namespace. The prefix holds the test process's pid and
@@ -646,7 +646,7 @@ pub enum AdminAccept {
 }
 
 /// The admin's table in the router: the control-connection divert (REDIRECT to
-/// :8021, linux-netfilter.md §2a), a `policy drop` forward chain, and two named
+/// :8021, docs/linux.md), a `policy drop` forward chain, and two named
 /// counters: `forwarded` (bytes the router forwarded) and `local_in` (TCP bytes that
 /// ended on the router's own sockets, the proxy's among them). Loading it replaces an
 /// earlier admin table.
@@ -657,11 +657,11 @@ pub fn admin_ruleset(accept: AdminAccept) -> String {
 /// How the admin diverts control connections to the proxy's port 8021.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdminDivert {
-    /// `redirect to :8021` in a nat prerouting chain (linux-netfilter.md §2a); the
+    /// `redirect to :8021` in a nat prerouting chain (docs/linux.md); the
     /// proxy reads SO_ORIGINAL_DST.
     Redirect,
     /// `tproxy to :8021` plus `meta mark set 0x1`, with the policy routing that
-    /// [`Lab::new_with`] adds (§2b); the proxy's listener is transparent and reads
+    /// [`Lab::new_with`] adds; the proxy's listener is transparent and reads
     /// getsockname.
     Tproxy,
 }

@@ -462,7 +462,7 @@ fn commit_without_cap_net_admin_is_permission_denied() -> Result<()> {
     };
     let rules = data_rules(Mode::Passive, &addrs4(), 30028, 50447, &cfg.rules);
     // The kernel checks the *sending* thread's capability, not only the socket opener's
-    // (linux-netfilter.md §5): a socket opened as root does not help after a drop.
+    // (docs/linux.md, "Privileges"): a socket opened as root does not help after a drop.
     let res = std::thread::scope(|s| {
         s.spawn(|| {
             drop_net_admin_in_this_thread().map_err(netns::io_err("capset"))?;

@@ -1,6 +1,6 @@
 //! Linux nftables backend: per-session data-connection NAT as elements of named maps.
 //!
-//! # Design (docs/linux.md, linux-netfilter.md §3)
+//! # Design (docs/linux.md)
 //!
 //! At start the backend creates one table, `inet ftp-proxy-<pid>-<pidns>`, with static
 //! chains and empty maps, in one netlink batch over its own socket (`nft/ruleset.rs` shows
@@ -19,7 +19,7 @@
 //! `n` is the single port when `L == H` (20 with `-r` and PORT), otherwise a port the
 //! backend draws uniformly from `L..=H` (50001-65535). A port range as map data would
 //! be closer to pf, but nft 1.0.6 with kernel 6.18 fails IPv6 `addr . port-range` data
-//! with ENODATA (linux-netfilter.md §3), and one code path for both families is worth
+//! with ENODATA (docs/linux.md), and one code path for both families is worth
 //! more than letting the kernel pick.
 //!
 //! The first SYN of the data connection (`flags S/SA`) that finds its key in `armN`
@@ -42,11 +42,11 @@
 //!   it is close-on-exec, so no child inherits it;
 //! * other processes (`nft list`) can read the table but not change or delete it.
 //!
-//! The name carries the pid *and* the PID namespace's inode ([`table_name`]): daemons
+//! The name carries the pid *and* the PID namespace's inode ([`table_name`](crate::nft::table_name)): daemons
 //! in separate PID namespaces that share a network namespace are often all pid 1.
 //!
 //! At start the backend lists the `inet` tables and deletes only leftovers it can
-//! judge ([`stale_tables`]): tables without the owner flag (from a kernel without it,
+//! judge ([`stale_tables`](crate::nft::stale_tables)): tables without the owner flag (from a kernel without it,
 //! where the backend falls back to an unowned table) named for a pid of *its own* PID
 //! namespace that no longer exists (`kill(pid, 0)` gives ESRCH). Owned tables are
 //! never touched, and names of other PID namespaces are left alone.
@@ -56,14 +56,14 @@
 //! nftables has no `pass` that overrides another base chain's `drop`, so the admin's
 //! forward chain must accept the data connections: `ct status dnat accept` (every proxy
 //! data connection is DNATed) or, more specific, `ct mark <mark> accept`, where
-//! `<mark>` is [`NftBackend::mark`] (0xf7f7 by default, derived from `-T tag` when
-//! given; see [`tag_mark`]).
+//! `<mark>` is [`NftBackend::mark`](crate::nft::NftBackend::mark) (0xf7f7 by default, derived from `-T tag` when
+//! given; see [`tag_mark`](crate::nft::tag_mark)).
 //!
 //! # Privileges
 //!
 //! Every netlink request is checked for CAP_NET_ADMIN of the *sending process*, not
 //! only the socket's opener: after a switch to an unprivileged user without keeping
-//! CAP_NET_ADMIN, commits fail with `PermissionDenied` (linux-netfilter.md §5).
+//! CAP_NET_ADMIN, commits fail with `PermissionDenied` (docs/linux.md, "Privileges").
 
 mod msg;
 mod ruleset;
@@ -533,10 +533,7 @@ fn einval(errno: i32, why: &str, r: &Rule) -> FilterError {
 
 /// Seeds the NAT-port generator from the kernel's random pool.
 fn seed() -> u64 {
-    let mut b = [0u8; 8];
-    // SAFETY: b is valid for 8 bytes of writes.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr() as *mut libc::c_void, b.len(), 0) };
-    let s = if n == 8 { u64::from_ne_bytes(b) } else { 0 };
+    let s = crate::sys::random_u64().unwrap_or(0);
     // xorshift must not start at zero; mix in the pid and time for the fallback.
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -598,9 +595,9 @@ fn process_alive(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;
     };
-    // SAFETY: signal 0 performs only the existence and permission checks.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    // Signal 0 performs only the existence and permission checks.
+    let r = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None);
+    r != Err(nix::errno::Errno::ESRCH)
 }
 
 /// The tables of `tables` to delete before creating `own`: leftovers of daemons of

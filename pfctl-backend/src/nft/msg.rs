@@ -365,7 +365,7 @@ pub struct DumpPart {
     pub end: Option<i32>,
 }
 
-/// Parses one datagram of the answer to [`table_dump_request`] for `seq`. Messages
+/// Parses one datagram of the answer to `table_dump_request` for `seq`. Messages
 /// for other sequence numbers, other types and unknown attributes are skipped;
 /// a truncated message or attribute ends parsing (the part holds what came before).
 /// Takes any bytes: it is the parser the fuzz target drives.

@@ -2,10 +2,17 @@
 //!
 //! One socket for the life of the backend: a batch costs one `sendto` and one or two
 //! `recv`s (about 20 µs), whereas a fresh socket per batch pays ~15 ms in `close()` after
-//! any batch that deleted something (linux-netfilter.md §3, "Why deletes are slow").
+//! any batch that deleted something (an RCU grace period; docs/performance.md).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    bind, recv, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr,
+    SockFlag, SockProtocol, SockType,
+};
+use nix::sys::time::TimeVal;
 use std::time::Duration;
 
 use super::msg::{
@@ -40,62 +47,19 @@ pub(crate) struct NlSocket {
 impl NlSocket {
     /// Opens and binds the socket (port id chosen by the kernel).
     pub(crate) fn open() -> io::Result<NlSocket> {
-        // SAFETY: plain socket(2); the result is checked before use.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_NETFILTER,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: raw is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sockaddr_nl is plain data; zero is a valid value (pid 0 = kernel picks).
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: sa is a valid sockaddr_nl of the given length.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &sa as *const libc::sockaddr_nl as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let one: libc::c_int = 1;
-        // SAFETY: the option value is a c_int that outlives the call. Failure is harmless
-        // (older kernels): acks are then longer, and the receive buffer is large enough.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                SOL_NETLINK,
-                NETLINK_CAP_ACK,
-                &one as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-        let tv = libc::timeval {
-            tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
-            tv_usec: 0,
-        };
-        // SAFETY: tv is a valid timeval that outlives the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkNetFilter,
+        )?;
+        // Port id 0: the kernel picks one.
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
+        // Failure is harmless (older kernels): acks are then longer, and the receive
+        // buffer is large enough.
+        let _ = crate::sys::setsockopt_int(fd.as_fd(), SOL_NETLINK, NETLINK_CAP_ACK, 1);
+        let timeout = TimeVal::new(RECV_TIMEOUT.as_secs() as libc::time_t, 0);
+        setsockopt(&fd, sockopt::ReceiveTimeout, &timeout)?;
         // Start from a time-derived number so that stray answers to an earlier process's
         // socket (impossible with a kernel-assigned port id, but cheap to rule out) never
         // match.
@@ -212,53 +176,29 @@ impl NlSocket {
     }
 
     fn send(&self, bytes: &[u8]) -> io::Result<()> {
-        // SAFETY: sockaddr_nl zeroed = the kernel (pid 0, no groups).
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // To the kernel: port id 0, no groups.
+        let kernel = NetlinkAddr::new(0, 0);
         loop {
-            // SAFETY: bytes and sa are valid for the lengths passed.
-            let n = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    bytes.as_ptr() as *const libc::c_void,
-                    bytes.len(),
-                    0,
-                    &sa as *const libc::sockaddr_nl as *const libc::sockaddr,
-                    std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-                )
-            };
-            if n >= 0 {
-                return if n as usize == bytes.len() {
-                    Ok(())
-                } else {
-                    Err(io::Error::new(
+            match sendto(self.fd.as_raw_fd(), bytes, &kernel, MsgFlags::empty()) {
+                Ok(n) if n == bytes.len() => return Ok(()),
+                Ok(_) => {
+                    return Err(io::Error::new(
                         io::ErrorKind::WriteZero,
                         "short netlink send",
                     ))
-                };
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
+                }
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
             }
         }
     }
 
     fn recv(&mut self) -> io::Result<usize> {
         loop {
-            // SAFETY: buf is valid for writes of its length.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr() as *mut libc::c_void,
-                    self.buf.len(),
-                    0,
-                )
+            let e = match recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::empty()) {
+                Ok(n) => return Ok(n),
+                Err(e) => io::Error::from(e),
             };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = io::Error::last_os_error();
             match e.kind() {
                 io::ErrorKind::Interrupted => continue,
                 io::ErrorKind::WouldBlock => {

@@ -1,4 +1,4 @@
-//! The pf ioctl ABI of OpenBSD/amd64, as `#[repr(C)]` mirrors (behavior.md §15).
+//! The pf ioctl ABI of OpenBSD/amd64, as `#[repr(C)]` mirrors of `<net/pfvar.h>`.
 //!
 //! Only what ftp-proxy sends or reads is mirrored, field by field, with fixed-width
 //! types and every byte of C padding spelled out as a `_pad*` field, so that:
@@ -76,29 +76,7 @@ pub const TH_SYN: u8 = 0x02;
 /// `TH_ACK`.
 pub const TH_ACK: u8 = 0x10;
 
-/// Plain-old-data ioctl structures.
-///
-/// # Safety
-///
-/// Implementors are `#[repr(C)]`, consist only of integers and arrays of integers (or
-/// other `Pod` structures), and have **no implicit padding** (every padding byte is a
-/// named field). Then the all-zero bit pattern is a valid value and every byte of a
-/// value is initialised, so [`zeroed`](Pod::zeroed) and [`as_bytes`](Pod::as_bytes)
-/// are sound. The layout tests check the "no implicit padding" part field by field.
-pub unsafe trait Pod: Copy + 'static {
-    /// The all-zero value, as the original's `memset(&x, 0, sizeof x)`.
-    fn zeroed() -> Self {
-        // SAFETY: the trait contract makes all-zero a valid value.
-        unsafe { std::mem::zeroed() }
-    }
-
-    /// The value's bytes, exactly as the kernel reads them.
-    fn as_bytes(&self) -> &[u8] {
-        // SAFETY: no implicit padding, so all `size_of::<Self>()` bytes are initialised;
-        // the slice borrows `self` and so cannot outlive it.
-        unsafe { std::slice::from_raw_parts((self as *const Self).cast::<u8>(), size_of::<Self>()) }
-    }
-}
+pub use crate::sys::Pod;
 
 /// `struct pf_addr`: 16 bytes of address in network order (IPv4 uses the first 4).
 #[repr(C, align(4))]
@@ -533,24 +511,6 @@ pub struct PfStatus {
     pub _pad: [u8; 4],
 }
 
-// SAFETY: each type is `#[repr(C)]`, holds only integers, integer arrays and other
-// `Pod` types, and has no implicit padding (checked field by field in the tests).
-unsafe impl Pod for PfAddr {}
-unsafe impl Pod for PfAddrWrap {}
-unsafe impl Pod for PfRuleAddr {}
-unsafe impl Pod for PfPool {}
-unsafe impl Pod for PfRuleId {}
-unsafe impl Pod for PfRuleCommon {}
-unsafe impl Pod for PfDivert {}
-unsafe impl Pod for PfLimiterRef {}
-unsafe impl Pod for PfRule1543 {}
-unsafe impl Pod for PfRule1548 {}
-unsafe impl<R: PfRuleLayout> Pod for PfiocRule<R> {}
-unsafe impl Pod for PfiocTransE {}
-unsafe impl Pod for PfiocTrans {}
-unsafe impl Pod for PfiocRuleset {}
-unsafe impl Pod for PfStatus {}
-
 /// `_IOWR(group, num, size)` of sys/ioccom.h: in/out parameter of `size` bytes.
 pub const fn iowr(group: u8, num: u8, size: usize) -> u64 {
     assert!(
@@ -718,7 +678,7 @@ mod tests {
         layout!(PfRuleId, size 12, align 4, { id @ 0, 8; op @ 8, 1; _pad @ 9, 3; });
     }
 
-    /// Every offset of behavior.md §15.6 up to `rcvifnot`.
+    /// Every offset of `<net/pfvar.h>`'s `struct pf_rule` up to `rcvifnot`.
     #[test]
     fn pf_rule_common_part() {
         layout!(PfRuleCommon, size 1312, align 8, {
@@ -791,7 +751,7 @@ mod tests {
         });
     }
 
-    /// The request numbers of behavior.md §15.10, plus the two ruleset-listing ones.
+    /// The request numbers of `<net/pfvar.h>` (`_IOWR('D', …)`), plus the two ruleset-listing ones.
     #[test]
     fn ioctl_numbers() {
         assert_eq!(Layout::V1543.diocaddrule(), 0xCD50_4404);

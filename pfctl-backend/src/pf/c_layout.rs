@@ -3,7 +3,7 @@
 //! A generated C program prints, for every mirrored member, its offset and size; the
 //! test compares them with `offset_of!`/`size_of_val` of the Rust field. On OpenBSD the
 //! program includes the system's `<net/pfvar.h>` (picking the layout by `sizeof(struct
-//! pf_rule)`), which is the check behavior.md §15.11 asks for on a real target. Elsewhere
+//! pf_rule)`), which checks our mirror against the real header on a real target. Elsewhere
 //! it includes `testdata/pfvar_replica.h`, the same structures written from the spec
 //! with natural C types and no explicit padding, so the C compiler — not our hand-placed
 //! `_pad` fields — decides the padding.
@@ -214,7 +214,7 @@ fn mirrors_match_a_c_compiler_on_the_spec_replica() {
     compare(&scratch.0, &prelude, &["-DPF_1548"], Layout::V1548);
 }
 
-/// The check against the running system's header (behavior.md §15.11). Fails if the
+/// The check against the running system's `<net/pfvar.h>`. Fails if the
 /// header's `struct pf_rule` is neither known size: a new layout to add.
 #[cfg(target_os = "openbsd")]
 #[test]

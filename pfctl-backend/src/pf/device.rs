@@ -167,42 +167,7 @@ impl DevPf {
 }
 
 #[cfg(target_os = "openbsd")]
-mod sys {
-    use std::ffi::c_void;
-    use std::os::fd::{AsRawFd, OwnedFd};
-
-    use super::Errno;
-
-    // The structures mirror the LP64 layouts; refuse to build where they would be wrong.
-    const _: () = assert!(
-        std::mem::size_of::<usize>() == 8,
-        "pf structures are mirrored for 64-bit OpenBSD"
-    );
-
-    #[derive(Debug)]
-    pub(super) struct Fd(pub(super) OwnedFd);
-
-    impl Fd {
-        /// One `ioctl(2)`; `arg` must point at the structure `request` encodes.
-        pub(super) fn ioctl(&self, request: u64, arg: *mut c_void) -> Result<(), Errno> {
-            // SAFETY: every caller passes a pointer to a live, exclusively borrowed
-            // structure whose size is the one encoded in `request` (the numbers are
-            // computed from `size_of` of these very types), so the kernel's copyin and
-            // copyout stay inside it. Transactions point `array` at their own boxed
-            // element, which the same borrow keeps alive.
-            let rc = unsafe { libc::ioctl(self.0.as_raw_fd(), request as libc::c_ulong, arg) };
-            if rc == -1 {
-                Err(Errno(
-                    std::io::Error::last_os_error()
-                        .raw_os_error()
-                        .unwrap_or(libc::EIO),
-                ))
-            } else {
-                Ok(())
-            }
-        }
-    }
-}
+use crate::sys::pf_dev as sys;
 
 #[cfg(not(target_os = "openbsd"))]
 mod sys {
@@ -276,9 +241,9 @@ pub fn process_alive(pid: u32) -> bool {
     if pid <= 0 {
         return true;
     }
-    // SAFETY: signal 0 only checks for existence and permission; nothing is delivered.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    // Signal 0 only checks for existence and permission; nothing is delivered.
+    let r = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None);
+    r != Err(nix::errno::Errno::ESRCH)
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! [`Rule`] → `struct pfioc_rule`, exactly as ftp-proxy's filter.c fills it (behavior.md §12.3).
+//! [`Rule`] → `struct pfioc_rule`, exactly as ftp-proxy's filter.c fills it (`prepare_rule`, `add_filter`, `add_nat`, `add_rdr`).
 //!
 //! Pure functions with no IO: the byte images they produce are pinned by the tests
 //! below on any host, and are what DIOCADDRULE sends on OpenBSD.
@@ -125,7 +125,7 @@ fn pfioc_rule<R: PfRuleLayout>(
     Ok(pr)
 }
 
-/// The `struct pf_rule` contents of behavior.md §12.3 (everything not set is zero), after
+/// The `struct pf_rule` contents filter.c's `prepare_rule` sets (everything not set is zero), after
 /// the original's pre-checks.
 ///
 /// Pre-checks, in the original's order: a zero destination port, redirect port or NAT
@@ -293,7 +293,8 @@ mod tests {
     }
 
     /// The expected rule image, written byte by byte at the literal offsets of
-    /// behavior.md §15.6 from the values of §12.3 — independent of the Rust mirror.
+    /// `<net/pfvar.h>`'s `struct pf_rule` from the values filter.c sets — independent of the
+    /// Rust mirror.
     struct Image(Vec<u8>);
 
     /// What one expected rule holds; the rest of the image stays zero.
@@ -685,7 +686,7 @@ mod tests {
         }
     }
 
-    /// The pre-checks of §12.2's end: EINVAL for missing ports and translation family
+    /// The pre-checks of filter.c's `add_nat`/`add_rdr`: EINVAL for missing ports and translation family
     /// mismatches, EPROTONOSUPPORT for source/destination family mismatches.
     #[test]
     fn prechecks() {

@@ -3,8 +3,8 @@
 //! did not run. They use anchors `ftp-proxy/<test pid>.9000xx` and remove them on
 //! every exit path.
 //!
-//! Not yet run on a real OpenBSD host: written from behavior.md §13/§16 and pfctl's
-//! rule printing, type-checked on Linux.
+//! Not yet run on a real OpenBSD host: written from the transaction checks of
+//! pf_ioctl.c (`pfioctl`, DIOCXBEGIN/DIOCADDRULE/DIOCXCOMMIT) and pfctl's rule printing, type-checked on Linux.
 
 use std::process::Command;
 
@@ -13,8 +13,7 @@ use ftp_proxy_core::data_rules;
 use ftp_proxy_core::rules::{Mode, RuleOptions, SessionAddrs};
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 /// Removes everything the backend installed, even when an assertion failed.
@@ -110,7 +109,7 @@ fn commit_replace_and_remove_on_the_kernel() {
 }
 
 /// A second DIOCXBEGIN on the same anchor invalidates the first ticket: its commit
-/// gets EBUSY, as §16 says, and the second transaction still commits.
+/// gets EBUSY (pf_ioctl.c's ticket check), and the second transaction still commits.
 #[test]
 fn stale_ticket_commit_is_ebusy() {
     if !is_root() {

@@ -1,7 +1,7 @@
 //! The OpenBSD pf backend: the original's filter.c over `/dev/pf` ioctls.
 //!
 //! Each [`commit`](Backend::commit) is one pf transaction on the session's anchor,
-//! exactly as ftp-proxy(8) does it (behavior.md §13): DIOCXBEGIN with a one-element
+//! exactly as ftp-proxy(8)'s filter.c does it (`prepare_commit`, `do_commit`): DIOCXBEGIN with a one-element
 //! `pfioc_trans`, one DIOCADDRULE per rule with the ticket the begin returned, then
 //! DIOCXCOMMIT, which swaps the new rules in atomically and drops the anchor's old ones.
 //! Any failure after a successful begin is followed by DIOCXROLLBACK (its own result
@@ -22,21 +22,21 @@
 //!   answers EINVAL (no such anchor) or EBUSY (wrong ticket) when the layout is right,
 //!   and ENODEV when it is not (inferred from pf_ioctl.c 1.416's order of checks);
 //! * removal of stale anchors `ftp-proxy/<pid>.<id>` whose process no longer exists (the
-//!   original leaves them behind after a crash, behavior.md §18 item 13), found with
+//!   original leaves them behind after a crash; docs/behavior.md), found with
 //!   DIOCGETRULESETS / DIOCGETRULESET on `ftp-proxy`.
 //!
 //! # What is tested where
 //!
 //! On every host (`cargo test -p pfctl-backend`, run on Linux in CI):
 //! * [`abi`]: size, alignment and every field offset of both `struct pf_rule` layouts and
-//!   of the other structures, against behavior.md §15's tables, and that no structure
-//!   has implicit padding; the ioctl request numbers against §15.10;
+//!   of the other structures, against `<net/pfvar.h>`, and that no structure
+//!   has implicit padding; the ioctl request numbers;
 //! * `c_layout`: the same offsets and sizes against a C compiler, which lays out a
 //!   replica of the structures written with natural C types (`testdata/pfvar_replica.h`);
 //! * [`encode`]: the exact bytes of the rdr and nat rules of every negotiation kind
 //!   (passive, PORT with and without `-r`, EPRT), IPv4 and IPv6, with `-T`, `-q`, `-v`,
 //!   `-vv` and routing domains, built through `ftp_proxy_core::data_rules`, compared
-//!   with images written at §15.6's literal offsets; the pre-checks' errnos;
+//!   with images written at `struct pf_rule`'s literal offsets; the pre-checks' errnos;
 //! * this module: the ioctl sequence of commits, removals, failures (rollback after any
 //!   failure that follows a begin, EBUSY mapping), start-up checks, layout probing and
 //!   stale-anchor removal, against [`model::KernelModel`], a model of the kernel's

@@ -1,7 +1,7 @@
 //! A model of the pf kernel's side of the ioctls ftp-proxy uses, for tests on any host.
 //!
 //! It records every call with the arguments the kernel would see and applies the
-//! transaction rules of pf_ioctl.c 1.416 that matter here (behavior.md §13, §16):
+//! transaction rules of pf_ioctl.c 1.416 (`pfioctl`) that matter here:
 //! DIOCXBEGIN refuses a wrong `esize` with ENODEV, finds or creates the anchor, clears
 //! its inactive rules and returns the next version as ticket; DIOCADDRULE needs the
 //! layout the kernel was built with (else ENODEV: an unknown request number), an
