@@ -10,19 +10,26 @@ use ftp_proxy_core::ftp::{self, Command};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|line: &[u8]| {
-    // Arbitrary bytes through every parser.
+    // Arbitrary bytes through every parser. Commands are recognised from their
+    // command word on, after leading blanks and Telnet IAC sequences.
+    let word = ftp::command_start(line);
+    assert!(line.ends_with(word));
     match ftp::classify(line) {
         Command::Port(p) => {
-            assert!(line[..5].eq_ignore_ascii_case(b"PORT "));
-            assert_eq!(p, ftp::parse_port_args(&line[5..]));
+            assert!(word[..5].eq_ignore_ascii_case(b"PORT "));
+            assert_eq!(p, ftp::parse_port_args(&word[5..]));
         }
         Command::Eprt(p) => {
-            assert!(line[..5].eq_ignore_ascii_case(b"EPRT "));
-            assert_eq!(p, ftp::parse_eprt_args(&line[5..]));
+            assert!(word[..5].eq_ignore_ascii_case(b"EPRT "));
+            assert_eq!(p, ftp::parse_eprt_args(&word[5..]));
         }
-        Command::Pasv => assert!(line[..4].eq_ignore_ascii_case(b"PASV")),
-        Command::Epsv => assert!(line[..4].eq_ignore_ascii_case(b"EPSV")),
-        Command::User => assert!(line[..4].eq_ignore_ascii_case(b"USER")),
+        Command::Pasv => assert!(word[..4].eq_ignore_ascii_case(b"PASV")),
+        Command::Epsv => assert!(word[..4].eq_ignore_ascii_case(b"EPSV")),
+        Command::User => assert!(word[..4].eq_ignore_ascii_case(b"USER")),
+        Command::Auth => assert!(word[..4].eq_ignore_ascii_case(b"AUTH")),
+        Command::Pbsz => assert!(word[..4].eq_ignore_ascii_case(b"PBSZ")),
+        Command::Prot => assert!(word[..4].eq_ignore_ascii_case(b"PROT")),
+        Command::Feat => assert!(word[..4].eq_ignore_ascii_case(b"FEAT")),
         Command::Other => {}
     }
     if ftp::is_anonymous_user(line) {

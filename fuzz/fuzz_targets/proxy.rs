@@ -39,6 +39,8 @@ struct Setup {
     proxy_rtable: u8,
     pid: u16,
     seed: u64,
+    /// `--server-data-ports`, when given: the range the fuzzer picks, ordered.
+    server_ports: Option<(u16, u16)>,
 }
 
 /// A canned line, so that the fuzzer reaches the rewriting paths without having to
@@ -194,6 +196,10 @@ impl Harness {
                 proxy_rtable: u32::from(setup.proxy_rtable % 3),
             },
             pid: u32::from(setup.pid),
+            server_data_ports: setup.server_ports.map(|(a, b)| PortRange {
+                low: a.min(b).max(MIN_DATA_PORT),
+                high: a.max(b).max(MIN_DATA_PORT),
+            }),
         };
         let proxy = Proxy::new(cfg.clone(), Box::new(Pcg32::new(setup.seed))).ok()?;
         let now = Instant::now();
@@ -548,6 +554,14 @@ fn check_rules(id: SessionId, cfg: &Config, p: &Peer, rules: &[Rule]) {
             (Direction::In, Translate::RdrTo { addr, port }) => {
                 assert!(allowed(addr), "{id}: foreign rdr-to address in {r}");
                 assert!(port >= MIN_DATA_PORT, "{id}: privileged data port in {r}");
+                if let (Some(range), Some(server)) = (cfg.server_data_ports, server) {
+                    if addr == server && server != p.client.ip() {
+                        assert!(
+                            (range.low..=range.high).contains(&port),
+                            "{id}: server data port outside --server-data-ports in {r}"
+                        );
+                    }
+                }
                 assert!(
                     (PROXY_PORT_LOW..PROXY_PORT_END).contains(&r.port),
                     "{id}: proxy port out of range in {r}"
