@@ -165,6 +165,20 @@ impl FromStr for DataPorts {
     }
 }
 
+/// `--proxy-ports`: `LOW:HIGH`, `LOW-HIGH` or one port, all from 1024 up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyPorts(pub PortRange);
+
+impl FromStr for ProxyPorts {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let range = s.parse::<DataPorts>().map_err(|_| {
+            format!("proxy ports {s}: expected LOW:HIGH with 1024 <= LOW <= HIGH <= 65535")
+        })?;
+        Ok(ProxyPorts(range.0))
+    }
+}
+
 // The typed command line as argh sees it after `expand`. (A plain comment: argh
 // turns doc comments on this struct into the --help description.)
 //
@@ -250,6 +264,10 @@ pub struct RawArgs {
     #[argh(option)]
     pub server_data_ports: Option<DataPorts>,
 
+    /// the ports the proxy advertises for data connections, LOW:HIGH, e.g. a firewall's pinhole range (default: 49152:65534)
+    #[argh(option)]
+    pub proxy_ports: Option<ProxyPorts>,
+
     /// user to switch to when started as root (default _ftp_proxy)
     #[argh(option, default = "String::from(\"_ftp_proxy\")")]
     pub user: String,
@@ -310,6 +328,8 @@ pub struct Args {
     pub divert: DivertMode,
     /// `--server-data-ports`.
     pub server_data_ports: Option<PortRange>,
+    /// `--proxy-ports`.
+    pub proxy_ports: PortRange,
     /// `--user`.
     pub user: String,
     /// `--chroot`.
@@ -354,6 +374,9 @@ impl From<RawArgs> for Args {
             backend: r.backend.unwrap_or_else(BackendKind::platform_default),
             divert: r.divert.unwrap_or_else(DivertMode::platform_default),
             server_data_ports: r.server_data_ports.map(|d| d.0),
+            proxy_ports: r
+                .proxy_ports
+                .map_or(ftp_proxy_core::DEFAULT_PROXY_PORTS, |p| p.0),
             user: r.user,
             chroot: r.chroot,
             relay_per_session: r.relay_per_session,
@@ -480,6 +503,10 @@ fn data_ports(v: &str) -> Result<String, String> {
     v.parse::<DataPorts>().map(|d| d.0.to_string())
 }
 
+fn proxy_ports(v: &str) -> Result<String, String> {
+    v.parse::<ProxyPorts>().map(|d| d.0.to_string())
+}
+
 fn nonempty(v: &str) -> Result<String, String> {
     if v.is_empty() {
         return Err("empty value".into());
@@ -578,6 +605,11 @@ const OPTIONS: &[OptSpec] = &[
         short: None,
         long: "server-data-ports",
         kind: Kind::Value(data_ports),
+    },
+    OptSpec {
+        short: None,
+        long: "proxy-ports",
+        kind: Kind::Value(proxy_ports),
     },
     OptSpec {
         short: None,

@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use ftp_proxy_core::{Config, ConfigError, Proxy, RuleLog, RuleOptions};
 use ftp_proxy_runtime::{
-    Backend, DataPath, Divert, OsRandom, RelayLimits, RunError, Runtime, StartError,
+    DataPath, Divert, Filter, OsRandom, RelayLimits, RunError, Runtime, StartError,
 };
 use log::{error, info, warn};
 use nix::unistd::Uid;
@@ -328,6 +328,7 @@ fn core_config(
         },
         pid: std::process::id(),
         server_data_ports: args.server_data_ports,
+        proxy_ports: args.proxy_ports,
     }
 }
 

@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ftp_proxy_core::{Action, Config, Input, Pcg32, Proxy, SessionId, Side};
+use ftp_proxy_core::{Accept, Action, Config, Input, Pcg32, Proxy, SessionId, Side};
 
 fn session() -> (Proxy, SessionId, Instant) {
     let mut p = Proxy::new(Config::default(), Box::new(Pcg32::new(1))).unwrap();
@@ -16,9 +16,10 @@ fn session() -> (Proxy, SessionId, Instant) {
     let id = p
         .accept(
             now,
-            "203.0.113.10:40000".parse().unwrap(),
-            "198.51.100.10:21".parse().unwrap(),
-            0,
+            Accept::new(
+                "203.0.113.10:40000".parse().unwrap(),
+                "198.51.100.10:21".parse().unwrap(),
+            ),
         )
         .unwrap();
     p.handle(
@@ -70,7 +71,12 @@ fn main() {
     let relay = rate(budget, 2 * batch as u64, || {
         p.handle(now, id, Input::Data(Side::Client, client.clone()));
         p.handle(now, id, Input::Data(Side::Server, server.clone()));
-        while let Some(a) = p.poll_action() {
+        while let Some((id, a)) = p.poll_action() {
+            // A driver reports what it wrote; here every Send is written at once.
+            if let Action::Send(side, bytes) = &a {
+                let written = Input::Written(*side, bytes.len());
+                p.handle(now, id, written);
+            }
             black_box(a);
         }
     });
@@ -96,6 +102,9 @@ fn main() {
             ),
         );
         while let Some((_, a)) = p.poll_action() {
+            if let Action::Send(side, bytes) = &a {
+                p.handle(now, id, Input::Written(*side, bytes.len()));
+            }
             if let Action::CommitRules { txn, .. } = a {
                 p.handle(
                     now,

@@ -10,11 +10,6 @@
 use std::fmt;
 use std::net::IpAddr;
 
-/// First port of the range proxy ports are drawn from (`IPPORT_HIFIRSTAUTO`).
-pub const PROXY_PORT_LOW: u16 = 49152;
-/// Proxy ports are drawn uniformly from `PROXY_PORT_LOW..PROXY_PORT_END`, i.e. up to 65534,
-/// exactly as the original's `arc4random_uniform(IPPORT_HILASTAUTO - IPPORT_HIFIRSTAUTO)`.
-pub const PROXY_PORT_END: u16 = 65535;
 /// Lowest data port an endpoint may negotiate (`MIN_PORT`).
 pub const MIN_DATA_PORT: u16 = 1024;
 /// The NAT source-port range pfctl uses by default (`PF_NAT_PROXY_PORT_LOW/HIGH`).

@@ -82,7 +82,7 @@ use std::net::SocketAddr;
 
 use nix::errno::Errno;
 
-pub use pfctl_backend::Backend;
+pub use ftp_proxy_core::Filter;
 
 mod pipe;
 mod relay;
@@ -112,6 +112,35 @@ pub enum DataPath<B> {
     Kernel(B),
     /// This process: the rules are executed by a userspace relay (no firewall needed).
     Relay,
+}
+
+impl DataPath<NoFilter> {
+    /// The userspace relay, with no packet filter at all (the type parameter is
+    /// then [`NoFilter`], so callers need not name one).
+    pub fn relay() -> DataPath<NoFilter> {
+        DataPath::Relay
+    }
+}
+
+/// The filter type of a [`DataPath::Relay`] that has no packet filter: it has no
+/// values, so it can never be asked to commit.
+#[derive(Debug)]
+pub enum NoFilter {}
+
+impl Filter for NoFilter {
+    fn name(&self) -> &'static str {
+        match *self {}
+    }
+    fn commit(
+        &mut self,
+        _: &ftp_proxy_core::Anchor,
+        _: &[ftp_proxy_core::Rule],
+    ) -> Result<(), ftp_proxy_core::FilterError> {
+        match *self {}
+    }
+    fn remove_all(&mut self) -> Result<(), ftp_proxy_core::FilterError> {
+        match *self {}
+    }
 }
 
 /// What the runtime needs from the command line.
@@ -267,7 +296,8 @@ pub fn raise_nofile_limit(max_sessions: u32, relay: bool) -> Result<(), StartErr
 ///
 /// Proxy ports must be unpredictable: a guessed port lets an attacker race the data
 /// connection into the rdr-to rule. Draws use the core's rejection sampling
-/// ([`ftp_proxy_core::rand::uniform_from`]) so there is no modulo bias.
+/// ([`RandomSource::uniform`](ftp_proxy_core::RandomSource::uniform)), so there is
+/// no modulo bias.
 #[derive(Debug, Default)]
 pub struct OsRandom {
     buf: [u32; 16],
@@ -279,7 +309,9 @@ impl OsRandom {
     pub fn new() -> OsRandom {
         OsRandom::default()
     }
+}
 
+impl ftp_proxy_core::RandomSource for OsRandom {
     fn next_u32(&mut self) -> u32 {
         if self.left == 0 {
             sys::fill_random(&mut self.buf);
@@ -290,15 +322,9 @@ impl OsRandom {
     }
 }
 
-impl ftp_proxy_core::RandomSource for OsRandom {
-    fn uniform(&mut self, upper: u32) -> u32 {
-        ftp_proxy_core::rand::uniform_from(upper, || self.next_u32())
-    }
-}
-
 /// Runs the proxy until SIGHUP, SIGINT or SIGTERM, then shuts it down gracefully
 /// (every session's rules removed) and returns `Ok(())`.
-pub fn run<B: Backend>(
+pub fn run<B: Filter>(
     listener: Listener,
     opts: &Options,
     proxy: ftp_proxy_core::Proxy,
