@@ -12,13 +12,21 @@
 //!   `readable`/`writable`, only `WouldBlock` clears them. Each socket gets bounded work
 //!   per turn (16 reads, 64 accepts); one with work left goes on a hot list and the
 //!   next poll does not wait.
-//! * Control output is queued per connection. Reading a side stops while its peer has
-//!   64 KiB unwritten (or while the core's `wants_read` says no) and resumes once the
-//!   peer is below 16 KiB, so memory per session is bounded although the original's is not.
-//!   The client is also not read while its own queue is that full: the proxy answers
-//!   some of its commands itself, and a client that never reads would grow it forever.
+//! * Control output is queued per connection and every write is reported to the core
+//!   (`Input::Written`). The core decides when each side is read and says so with
+//!   `Action::ReadInterest` (its thresholds: 64 KiB queued for the peer, or for the
+//!   client itself, stops reading; below 16 KiB it resumes; unparsed input held behind
+//!   a commit stops it too), so memory per session is bounded although the original's
+//!   is not. A side whose interest comes back on is served in the next turn.
 //! * After every input the core's actions are drained and executed in order;
 //!   `CommitRules` runs synchronously and its acknowledgement is fed back at once.
+//!   `RulesMayRemain` (a failed final removal) is retried once; `remove_all` at exit
+//!   is the backstop.
+//! * Logging: the core logs the session's story and its end reason; this crate logs
+//!   socket and signal events, its relay, and the one summary line per session
+//!   (`#ID session summary: ...`, fields in docs/behavior.md) from `Action::Close`.
+//! * The client's routing domain (`SO_RTABLE`) is read from each accepted socket on
+//!   OpenBSD and handed to the core for the rules; Linux has none (always 0).
 //! * Tokens encode the session id and side (or relay id); ids are never reused, so a
 //!   late event for a closed socket finds nothing.
 //! * Signals use the self-pipe trick (portable to OpenBSD). The first SIGHUP, SIGINT
@@ -82,6 +90,8 @@ use std::net::SocketAddr;
 
 use nix::errno::Errno;
 
+/// The packet filter the kernel path commits to: the core's trait, so that this
+/// crate links no filter code of its own.
 pub use ftp_proxy_core::Filter;
 
 mod pipe;
