@@ -409,3 +409,38 @@ fn client_that_never_reads_proxy_replies_is_not_read_without_bound() {
     writer.join().unwrap().unwrap();
     proxy.stop();
 }
+
+#[test]
+fn a_failed_final_removal_is_retried() {
+    let server = ScriptedServer::start(ip("127.0.0.3"), files());
+    let backend = MockHandle::new();
+    {
+        let mut mock = backend.lock();
+        mock.push_result(Ok(()));
+        mock.push_result(Err(ftp_proxy_core::FilterError::Other {
+            errno: 5,
+            text: "Input/output error".into(),
+        }));
+    }
+    let proxy = RunningProxy::start(
+        cfg(server.addr),
+        "127.0.0.1:0".parse().unwrap(),
+        false,
+        Some(backend.clone()),
+    );
+    let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
+    c.login();
+    c.pasv();
+    assert!(c.cmd("QUIT").starts_with("221"));
+    drop(c);
+    assert!(proxy.wait_sessions(|n| n == 0), "session did not end");
+    let commits = backend.commits().to_vec();
+    let removals: Vec<_> = commits.iter().filter(|c| c.1.is_empty()).collect();
+    assert_eq!(removals.len(), 2, "{commits:?}");
+    assert!(removals[0].2.is_err() && removals[1].2.is_ok(), "{commits:?}");
+    assert!(
+        backend.anchors().is_empty(),
+        "the retry removed the rules before exit"
+    );
+    proxy.stop();
+}
