@@ -11,7 +11,14 @@ use ftp_proxy_core::{Accept, Action, Config, Input, Pcg32, Proxy, Side};
 fn drain(proxy: &mut Proxy, now: Instant) {
     while let Some((id, action)) = proxy.poll_action() {
         println!("{id} {action:?}");
-        // A real caller executes the action; here the filter accepts every commit.
+        // A real caller executes the action; here every write completes at once
+        // and the filter accepts every commit.
+        if let Action::Send(side, bytes) = &action {
+            proxy.handle(now, id, Input::Written(*side, bytes.len()));
+        }
+        if let Action::Close { summary, .. } = &action {
+            println!("    {} commands, {} rule sets", summary.commands, summary.rules_committed);
+        }
         if let Action::CommitRules { txn, rules, .. } = action {
             for rule in &rules {
                 println!("    {rule}");
