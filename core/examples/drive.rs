@@ -17,7 +17,10 @@ fn drain(proxy: &mut Proxy, now: Instant) {
             proxy.handle(now, id, Input::Written(*side, bytes.len()));
         }
         if let Action::Close { summary, .. } = &action {
-            println!("    {} commands, {} rule sets", summary.commands, summary.rules_committed);
+            println!(
+                "    {} commands, {} rule sets",
+                summary.commands, summary.rules_committed
+            );
         }
         if let Action::CommitRules { txn, rules, .. } = action {
             for rule in &rules {

@@ -437,7 +437,10 @@ fn a_failed_final_removal_is_retried() {
     let commits = backend.commits().to_vec();
     let removals: Vec<_> = commits.iter().filter(|c| c.1.is_empty()).collect();
     assert_eq!(removals.len(), 2, "{commits:?}");
-    assert!(removals[0].2.is_err() && removals[1].2.is_ok(), "{commits:?}");
+    assert!(
+        removals[0].2.is_err() && removals[1].2.is_ok(),
+        "{commits:?}"
+    );
     assert!(
         backend.anchors().is_empty(),
         "the retry removed the rules before exit"

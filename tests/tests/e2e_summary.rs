@@ -60,7 +60,10 @@ fn one_summary_line_per_session_and_ports_from_the_range() -> Result<()> {
 
     let proxy = fx.proxy()?;
     let log = wait_for_log(proxy, " session summary: ")?;
-    let count = log.lines().filter(|l| l.contains(" session summary: ")).count();
+    let count = log
+        .lines()
+        .filter(|l| l.contains(" session summary: "))
+        .count();
     let fields = summary_fields(&log)
         .ok_or_else(|| E2eError::check("a session summary line", tail(&log, 3000)))?;
     let get = |k: &str| {

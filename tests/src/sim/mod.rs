@@ -9,7 +9,7 @@
 //! under `-A`, busy (once, twice) and failed commits, idle timeouts, more clients
 //! than `-m`, and shutdown at any moment.
 //!
-//! After every event the invariants are checked (see [`World::check`]); at the end
+//! After every event the invariants are checked (see `World::check`); at the end
 //! every byte stream is compared with an oracle built from the actors' transcripts.
 //! The same seed always gives the same trace hash.
 
