@@ -300,6 +300,30 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// A stable, machine-friendly name of the reason (`client_close`,
+    /// `server_timeout`, `filter_failed`, ...), for the summary line's `reason=`
+    /// field: the original's wording is in the line the core logs, and a second
+    /// copy of it would make every grep for it count each session twice.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CloseReason::Eof(Side::Client) => "client_close",
+            CloseReason::Eof(Side::Server) => "server_close",
+            CloseReason::ClientReset => "client_reset",
+            CloseReason::ServerRefused => "server_refused",
+            CloseReason::WriteError(Side::Client) => "client_write_error",
+            CloseReason::WriteError(Side::Server) => "server_write_error",
+            CloseReason::Timeout(Side::Client) => "client_timeout",
+            CloseReason::Timeout(Side::Server) => "server_timeout",
+            CloseReason::NotClean(Side::Client) => "client_not_clean",
+            CloseReason::NotClean(Side::Server) => "server_not_clean",
+            CloseReason::ConnectFailed { .. } => "connect_failed",
+            CloseReason::Filter(_) => "filter_failed",
+            CloseReason::TooManyPipelined => "too_many_pipelined",
+            CloseReason::ReplyDesync => "reply_desync",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+
     /// Whether the original logs this at error (`true`) or lower level.
     pub fn is_error(&self) -> bool {
         !matches!(

@@ -837,8 +837,9 @@ impl<B: Filter> Runtime<B> {
 
 /// The one line a session leaves when it ends (info level, `-D 6`), with stable
 /// `key=value` fields documented in docs/behavior.md. The core has already logged
-/// why the session ended in the original's words; `reason` repeats it here as a
-/// field so that the line stands alone.
+/// why the session ended in the original's words; `reason` gives its stable name
+/// ([`CloseReason::kind`]), so that the line stands alone without repeating that
+/// text.
 struct SummaryLine<'a>(SessionId, &'a CloseReason, &'a Summary, Option<(u64, u64)>);
 
 impl std::fmt::Display for SummaryLine<'_> {
@@ -863,6 +864,6 @@ impl std::fmt::Display for SummaryLine<'_> {
         if let Some((up, down)) = relayed {
             write!(f, " data_up={up} data_down={down}")?;
         }
-        write!(f, " reason=\"{reason}\"")
+        write!(f, " reason={}", reason.kind())
     }
 }

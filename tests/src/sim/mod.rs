@@ -121,6 +121,8 @@ struct Peer {
     ack_at: u64,
     /// Whether the proxy closed this session's sockets.
     proxy_closed: bool,
+    /// The read interest last emitted per side (client, server); both start on.
+    reading: [bool; 2],
 }
 
 /// The simulated world of one seed.
@@ -208,6 +210,7 @@ impl World {
                 pipe_at: [0; 4],
                 ack_at: 0,
                 proxy_closed: false,
+                reading: [true; 2],
             });
         }
         let faults = FaultRates {
@@ -579,6 +582,13 @@ impl World {
                     // commit can turn reading off; the sim delivers regardless.
                     let what = if on { "read-on" } else { "read-off" };
                     self.note(what, sid.0, side.name().as_bytes());
+                    // Invariant: emitted only when it changes, never after the close.
+                    let was = std::mem::replace(&mut self.peers[i].reading[side as usize], on);
+                    if was == on || self.peers[i].proxy_closed {
+                        return Err(self.fail(format!(
+                            "{sid} read interest {side} {on} repeated or after close"
+                        )));
+                    }
                 }
                 Action::RulesMayRemain { anchor, .. } => {
                     // What the runtime does: one more removal.
