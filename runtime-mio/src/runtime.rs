@@ -142,6 +142,35 @@ enum Data<B> {
     Relay(Relay),
 }
 
+/// The relay as a [`Filter`]: it executes the rules itself, and needs the poll
+/// registry for the listeners it opens. Its listeners and data connections live on
+/// in the relay; this is only the view one call needs.
+struct RelayFilter<'a> {
+    relay: &'a mut Relay,
+    registry: &'a mio::Registry,
+}
+
+impl Filter for RelayFilter<'_> {
+    fn name(&self) -> &'static str {
+        "relay"
+    }
+
+    fn commit(
+        &mut self,
+        anchor: &Anchor,
+        rules: &[ftp_proxy_core::Rule],
+    ) -> Result<(), FilterError> {
+        self.relay.commit(self.registry, anchor, rules)
+    }
+
+    /// Closes every listener and resets the data connections in progress; it
+    /// cannot fail.
+    fn remove_all(&mut self) -> Result<(), FilterError> {
+        self.relay.remove_all(self.registry);
+        Ok(())
+    }
+}
+
 /// Asks a [`Runtime`] to shut down from another thread (tests, embedders); the same
 /// as the first SIGTERM, minus the log line.
 #[derive(Debug, Clone)]
@@ -321,13 +350,20 @@ impl<B: Filter> Runtime<B> {
     /// Removes every rule this process installed (and, with the relay, resets the data
     /// connections still in progress); called once the loop is done.
     pub fn finish(&mut self) {
+        if let Err(e) = self.with_filter(|f| f.remove_all()) {
+            error!(priority = "crit"; "pf rule removal failed: {e}");
+        }
+    }
+
+    /// Runs `f` on whatever executes the core's rules: the kernel backend, or the
+    /// relay seen as a [`Filter`].
+    fn with_filter<R>(&mut self, f: impl FnOnce(&mut dyn Filter) -> R) -> R {
         match &mut self.data {
-            Data::Kernel(b) => {
-                if let Err(e) = b.remove_all() {
-                    error!(priority = "crit"; "pf rule removal failed: {e}");
-                }
-            }
-            Data::Relay(r) => r.remove_all(self.poll.registry()),
+            Data::Kernel(b) => f(b),
+            Data::Relay(relay) => f(&mut RelayFilter {
+                relay,
+                registry: self.poll.registry(),
+            }),
         }
     }
 
@@ -763,10 +799,7 @@ impl<B: Filter> Runtime<B> {
                 self.hot.remove(&(id, Side::Server));
             }
             Action::CommitRules { txn, anchor, rules } => {
-                let result = match &mut self.data {
-                    Data::Kernel(b) => b.commit(&anchor, &rules),
-                    Data::Relay(r) => r.commit(self.poll.registry(), &anchor, &rules),
-                };
+                let result = self.with_filter(|f| f.commit(&anchor, &rules));
                 self.proxy
                     .handle(now, id, Input::RulesCommitted { txn, result });
             }
@@ -776,10 +809,7 @@ impl<B: Filter> Runtime<B> {
     /// The core could not remove a finished session's rules (and has logged it):
     /// try once more, and otherwise leave them to `remove_all` at exit.
     fn rules_may_remain(&mut self, anchor: Anchor, error: &FilterError) {
-        let retry = match &mut self.data {
-            Data::Kernel(b) => b.commit(&anchor, &[]),
-            Data::Relay(r) => r.commit(self.poll.registry(), &anchor, &[]),
-        };
+        let retry = self.with_filter(|f| f.commit(&anchor, &[]));
         match retry {
             Ok(()) => info!("rules of {anchor} removed on the second attempt (first: {error})"),
             Err(e) => error!(
