@@ -447,3 +447,39 @@ fn a_failed_final_removal_is_retried() {
     );
     proxy.stop();
 }
+
+#[test]
+fn reading_resumes_after_a_retried_commit_with_input_held() {
+    // The PASV's commit is busy; 4000 pipelined USER lines (48 KiB, more than one
+    // 16 KiB read, so some stay in the socket) pile up behind it, so the core turns
+    // reading the client off. The retry 5 ms later goes through on a timer, not a
+    // socket event: the core's ReadInterest must bring reading back, or the rest of
+    // the lines would wait for an event that never comes.
+    let server = ScriptedServer::start(ip("127.0.0.3"), files());
+    let backend = MockHandle::new();
+    backend
+        .lock()
+        .push_result(Err(ftp_proxy_core::FilterError::Busy));
+    let proxy = RunningProxy::start(
+        cfg(server.addr),
+        "127.0.0.1:0".parse().unwrap(),
+        false,
+        Some(backend.clone()),
+    );
+    let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
+    c.login();
+    const N: usize = 4000;
+    let mut burst = b"PASV\r\n".to_vec();
+    for _ in 0..N {
+        burst.extend_from_slice(b"USER again\r\n");
+    }
+    assert!(burst.len() > 2 * 16 * 1024);
+    c.w.write_all(&burst).unwrap();
+    let r = c.reply();
+    assert!(r.starts_with("227 "), "{r:?}");
+    for i in 0..N {
+        let r = c.reply();
+        assert!(r.starts_with("331"), "reply {i}: {r:?}");
+    }
+    proxy.stop();
+}
