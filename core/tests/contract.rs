@@ -269,3 +269,50 @@ fn a_connect_failure_reads_by_when_it_happened() {
         ]
     );
 }
+
+#[test]
+fn the_clients_routing_domain_reaches_its_rules() {
+    let mut p = Proxy::new(Config::default(), Box::new(Script([0].into()))).unwrap();
+    let now = h_now();
+    let conn = Accept {
+        rdomain: 3,
+        ..Accept::new(addr(CLIENT), addr(SERVER))
+    };
+    let id = p.accept(now, conn).unwrap();
+    greet_and_port(&mut p, now, id);
+    let acts: Vec<Action> = std::iter::from_fn(|| p.poll_action())
+        .map(|(_, a)| a)
+        .collect();
+    let (_, rules) = commit(&acts);
+    assert!(rules[0].contains(" rtable 3 "), "{rules:?}");
+    assert!(rules[1].contains(" on rdomain 3 "), "{rules:?}");
+}
+
+#[test]
+fn close_reason_kinds_are_distinct() {
+    let reasons = [
+        CloseReason::Eof(Side::Client),
+        CloseReason::Eof(Side::Server),
+        CloseReason::ClientReset,
+        CloseReason::ServerRefused,
+        CloseReason::WriteError(Side::Client),
+        CloseReason::WriteError(Side::Server),
+        CloseReason::Timeout(Side::Client),
+        CloseReason::Timeout(Side::Server),
+        CloseReason::NotClean(Side::Client),
+        CloseReason::NotClean(Side::Server),
+        CloseReason::ConnectFailed {
+            server: String::new(),
+            error: String::new(),
+        },
+        CloseReason::Filter(FilterError::Busy),
+        CloseReason::TooManyPipelined,
+        CloseReason::ReplyDesync,
+        CloseReason::Shutdown,
+    ];
+    let kinds: std::collections::BTreeSet<&str> = reasons.iter().map(CloseReason::kind).collect();
+    assert_eq!(kinds.len(), reasons.len());
+    assert!(kinds
+        .iter()
+        .all(|k| k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
+}
