@@ -190,8 +190,9 @@ pub enum Action {
     Close {
         /// Why the session ended.
         reason: CloseReason,
-        /// What the session did, for the driver's per-session log line.
-        summary: Summary,
+        /// What the session did, for the driver's per-session log line (boxed:
+        /// every action moves through the queue, and this one is large and rare).
+        summary: Box<Summary>,
     },
     /// The final removal of the session's rules failed: rules of this anchor may
     /// remain in the filter. The session is forgotten all the same. The driver logs

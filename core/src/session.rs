@@ -853,7 +853,7 @@ impl Session {
         }
         info!("{} ending session", self.id);
         self.timers = [None; 3];
-        let summary = Summary {
+        let summary = Box::new(Summary {
             client: self.client,
             server: self.server,
             duration: cx.now.saturating_duration_since(self.started),
@@ -862,7 +862,7 @@ impl Session {
             rules_committed: self.rules_committed,
             client_bytes: self.read_bytes[idx(Side::Client)],
             server_bytes: self.read_bytes[idx(Side::Server)],
-        };
+        });
         self.emit(cx, Action::Close { reason, summary });
         for port in self
             .live_port

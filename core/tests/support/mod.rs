@@ -131,7 +131,7 @@ pub fn greet_and_port(p: &mut Proxy, now: Instant, id: SessionId) {
 pub fn close(reason: CloseReason) -> Action {
     Action::Close {
         reason,
-        summary: blank_summary(),
+        summary: Box::new(blank_summary()),
     }
 }
 
