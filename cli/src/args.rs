@@ -19,7 +19,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use ftp_proxy_core::config::{MAX_SESSIONS_LIMIT, MAX_TIMEOUT_SECS, PF_NAME_SIZE};
+use ftp_proxy_core::{DEFAULT_PROXY_PORTS, MAX_SESSIONS_LIMIT, MAX_TIMEOUT_SECS, PF_NAME_SIZE};
 use ftp_proxy_core::PortRange;
 use ftp_proxy_runtime::RelayLimits;
 
@@ -142,21 +142,25 @@ pub struct DataPorts(pub PortRange);
 impl FromStr for DataPorts {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!("server data ports {s}: expected LOW:HIGH with 1024 <= LOW <= HIGH <= 65535")
-        };
-        let (low, high) = s.split_once([':', '-']).unwrap_or((s, s));
-        let port = |p: &str| {
-            strtonum(p, 1024, 65535)
-                .map(|n| n as u16)
-                .map_err(|_| bad())
-        };
-        let (low, high) = (port(low)?, port(high)?);
-        if low > high {
-            return Err(bad());
-        }
-        Ok(DataPorts(PortRange { low, high }))
+        port_range(s, "server data ports").map(DataPorts)
     }
+}
+
+/// A port range option's value (`--server-data-ports`, `--proxy-ports`): `LOW:HIGH`,
+/// `LOW-HIGH` or one port, all from 1024 up; `what` names the option in the error.
+fn port_range(s: &str, what: &str) -> Result<PortRange, String> {
+    let bad = || format!("{what} {s}: expected LOW:HIGH with 1024 <= LOW <= HIGH <= 65535");
+    let (low, high) = s.split_once([':', '-']).unwrap_or((s, s));
+    let port = |p: &str| {
+        strtonum(p, 1024, 65535)
+            .map(|n| n as u16)
+            .map_err(|_| bad())
+    };
+    let (low, high) = (port(low)?, port(high)?);
+    if low > high {
+        return Err(bad());
+    }
+    Ok(PortRange { low, high })
 }
 
 /// The parsed command line, every default filled in.
@@ -198,6 +202,8 @@ pub struct Args {
     pub divert: DivertMode,
     /// `--server-data-ports`.
     pub server_data_ports: Option<PortRange>,
+    /// `--proxy-ports`.
+    pub proxy_ports: PortRange,
     /// `--user`.
     pub user: String,
     /// `--chroot`.
@@ -234,6 +240,7 @@ impl Default for Args {
             backend: BackendKind::platform_default(),
             divert: DivertMode::platform_default(),
             server_data_ports: None,
+            proxy_ports: DEFAULT_PROXY_PORTS,
             user: "_ftp_proxy".into(),
             chroot: PathBuf::from("/var/empty"),
             relay_per_session: u32::try_from(relay.per_session).unwrap_or(u32::MAX),
@@ -479,6 +486,12 @@ const OPTIONS: &[Opt] = &[
         long: "server-data-ports",
         help: "only accept server passive replies (227/229) that name a port in LOW:HIGH, e.g. the server's passive range (default: any port from 1024)",
         takes: Takes::Text(|a, v| store(&mut a.server_data_ports, Some(v.parse::<DataPorts>()?.0))),
+    },
+    Opt {
+        short: None,
+        long: "proxy-ports",
+        help: "the ports the proxy advertises for data connections, LOW:HIGH, e.g. a firewall's pinhole range (default: 49152:65534)",
+        takes: Takes::Text(|a, v| store(&mut a.proxy_ports, port_range(v, "proxy ports")?)),
     },
     Opt {
         short: None,

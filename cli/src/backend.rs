@@ -7,7 +7,7 @@
 use std::fmt;
 
 use ftp_proxy_core::Config;
-use ftp_proxy_runtime::{Backend, DataPath};
+use ftp_proxy_runtime::{DataPath, Filter};
 
 use crate::args::{Args, BackendKind};
 
@@ -38,7 +38,7 @@ impl std::error::Error for BackendError {}
 
 /// The data path for `args.backend`, for a proxy running with `config` (in the
 /// process that will commit: the nftables table is named after `config.pid`).
-pub fn open(args: &Args, config: &Config) -> Result<DataPath<Box<dyn Backend>>, BackendError> {
+pub fn open(args: &Args, config: &Config) -> Result<DataPath<Box<dyn Filter>>, BackendError> {
     match args.backend {
         BackendKind::Relay => Ok(DataPath::Relay),
         BackendKind::Nftables => open_nftables(config),
@@ -47,7 +47,7 @@ pub fn open(args: &Args, config: &Config) -> Result<DataPath<Box<dyn Backend>>, 
 }
 
 #[cfg(target_os = "linux")]
-fn open_nftables(config: &Config) -> Result<DataPath<Box<dyn Backend>>, BackendError> {
+fn open_nftables(config: &Config) -> Result<DataPath<Box<dyn Filter>>, BackendError> {
     use pfctl_backend::nft::NftBackend;
     let nft = NftBackend::open(config).map_err(|e| {
         let hint = match e {
@@ -65,14 +65,14 @@ fn open_nftables(config: &Config) -> Result<DataPath<Box<dyn Backend>>, BackendE
 }
 
 #[cfg(not(target_os = "linux"))]
-fn open_nftables(_config: &Config) -> Result<DataPath<Box<dyn Backend>>, BackendError> {
+fn open_nftables(_config: &Config) -> Result<DataPath<Box<dyn Filter>>, BackendError> {
     Err(BackendError::Unsupported(
         BackendKind::Nftables,
         "nftables needs Linux",
     ))
 }
 
-fn open_pf(_config: &Config) -> Result<DataPath<Box<dyn Backend>>, BackendError> {
+fn open_pf(_config: &Config) -> Result<DataPath<Box<dyn Filter>>, BackendError> {
     // The anchors are named by the core from `config.pid`; the backend uses this
     // process's pid (the same one) to sweep anchors of dead ftp-proxy processes.
     let pf =

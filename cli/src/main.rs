@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use ftp_proxy_core::{Config, ConfigError, Proxy, RuleLog, RuleOptions};
 use ftp_proxy_runtime::{
-    Backend, DataPath, Divert, OsRandom, RelayLimits, RunError, Runtime, StartError,
+    DataPath, Divert, Filter, OsRandom, RelayLimits, RunError, Runtime, StartError,
 };
 use log::{error, info, warn};
 use nix::unistd::Uid;
@@ -308,7 +308,7 @@ fn drop_privileges(
 
 /// After a failed start with the backend open: removes what it already created
 /// (the nftables table), logging a failure, and passes `e` on.
-fn remove_rules_after(data_path: &mut DataPath<Box<dyn Backend>>, e: Fatal) -> Fatal {
+fn remove_rules_after(data_path: &mut DataPath<Box<dyn Filter>>, e: Fatal) -> Fatal {
     if let DataPath::Kernel(b) = data_path {
         if let Err(err) = b.remove_all() {
             warn!(
@@ -356,6 +356,7 @@ fn core_config(
         },
         pid: std::process::id(),
         server_data_ports: args.server_data_ports,
+        proxy_ports: args.proxy_ports,
     }
 }
 

@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ftp_proxy_core::{Action, Config, Input, Pcg32, Proxy, SessionId, Side};
+use ftp_proxy_core::{Accept, Action, Config, Input, Pcg32, Proxy, SessionId, Side};
 
 fn session() -> (Proxy, SessionId, Instant) {
     let mut p = Proxy::new(Config::default(), Box::new(Pcg32::new(1))).unwrap();
@@ -16,9 +16,10 @@ fn session() -> (Proxy, SessionId, Instant) {
     let id = p
         .accept(
             now,
-            "203.0.113.10:40000".parse().unwrap(),
-            "198.51.100.10:21".parse().unwrap(),
-            0,
+            Accept::new(
+                "203.0.113.10:40000".parse().unwrap(),
+                "198.51.100.10:21".parse().unwrap(),
+            ),
         )
         .unwrap();
     p.handle(
@@ -70,8 +71,17 @@ fn main() {
     let relay = rate(budget, 2 * batch as u64, || {
         p.handle(now, id, Input::Data(Side::Client, client.clone()));
         p.handle(now, id, Input::Data(Side::Server, server.clone()));
-        while let Some(a) = p.poll_action() {
+        // A driver reports what each write took, once per flush (one writev for
+        // what one input produced), as the mio runtime does.
+        let mut written = [0usize; 2];
+        while let Some((_, a)) = p.poll_action() {
+            if let Action::Send(side, bytes) = &a {
+                written[*side as usize] += bytes.len();
+            }
             black_box(a);
+        }
+        for (side, n) in [(Side::Client, written[0]), (Side::Server, written[1])] {
+            p.handle(now, id, Input::Written(side, n));
         }
     });
 
@@ -96,6 +106,9 @@ fn main() {
             ),
         );
         while let Some((_, a)) = p.poll_action() {
+            if let Action::Send(side, bytes) = &a {
+                p.handle(now, id, Input::Written(*side, bytes.len()));
+            }
             if let Action::CommitRules { txn, .. } = a {
                 p.handle(
                     now,

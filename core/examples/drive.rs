@@ -6,12 +6,22 @@
 
 use std::time::Instant;
 
-use ftp_proxy_core::{Action, Config, Input, Pcg32, Proxy, Side};
+use ftp_proxy_core::{Accept, Action, Config, Input, Pcg32, Proxy, Side};
 
 fn drain(proxy: &mut Proxy, now: Instant) {
     while let Some((id, action)) = proxy.poll_action() {
         println!("{id} {action:?}");
-        // A real caller executes the action; here the filter accepts every commit.
+        // A real caller executes the action; here every write completes at once
+        // and the filter accepts every commit.
+        if let Action::Send(side, bytes) = &action {
+            proxy.handle(now, id, Input::Written(*side, bytes.len()));
+        }
+        if let Action::Close { summary, .. } = &action {
+            println!(
+                "    {} commands, {} rule sets",
+                summary.commands, summary.rules_committed
+            );
+        }
         if let Action::CommitRules { txn, rules, .. } = action {
             for rule in &rules {
                 println!("    {rule}");
@@ -34,7 +44,7 @@ fn main() {
     let client = "203.0.113.10:40000".parse().unwrap();
     let server = "198.51.100.10:21".parse().unwrap();
     let id = proxy
-        .accept(now, client, server, 0)
+        .accept(now, Accept::new(client, server))
         .expect("below the session limit");
     drain(&mut proxy, now);
     let local = "198.51.100.1:50000".parse().unwrap();

@@ -8,8 +8,9 @@
 //! One thread owns the [`Proxy`] and is the only one to touch it: every other thread
 //! (the client acceptor, a reader and a writer per control socket, the server
 //! connects, the data path) sends it an [`Event`] over one channel. The core thread
-//! feeds each event to the proxy, executes the actions, and opens or closes each
-//! reader's [`Gate`] as the proxy's read interest says. The packet filter is the
+//! feeds each event to the proxy and executes the actions, opening or closing a
+//! reader's [`Gate`] on [`Action::ReadInterest`]; each writer reports what it wrote
+//! ([`Input::Written`]), from which the core decides that read interest. The packet filter is the
 //! userspace data path: each commit becomes [`Forward`]s, run by [`DataPath`].
 //!
 //! What std cannot do, and a production driver (the mio runtime) does: bind a source
@@ -28,8 +29,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use ftp_proxy_core::{
-    forwards, Action, Anchor, Config, FilterError, Forward, Input, Pcg32, Proxy, Rule, SessionId,
-    Side,
+    forwards, Accept, Action, Anchor, Config, FilterError, Forward, Input, Pcg32, Proxy, Rule,
+    SessionId, Side,
 };
 
 /// What reaches the core thread.
@@ -113,19 +114,27 @@ fn drive(mut proxy: Proxy, events: Receiver<Event>, tx: Sender<Event>) {
                 stream,
                 peer,
                 local,
-            }) => match proxy.accept(now, peer, local, 0) {
-                Ok(id) => {
-                    let client = Half::spawn(id, Side::Client, stream, &tx);
-                    conns.insert(
-                        id,
-                        Conn {
-                            client,
-                            server: None,
-                        },
-                    );
+            }) => {
+                let conn = Accept {
+                    client: peer,
+                    orig_dst: local,
+                    rdomain: 0,
+                };
+                match proxy.accept(now, conn) {
+                    Ok(id) => {
+                        let client = Half::spawn(id, Side::Client, stream, &tx);
+                        conns.insert(
+                            id,
+                            Conn {
+                                client,
+                                server: None,
+                                server_reads: true,
+                            },
+                        );
+                    }
+                    Err(refused) => log::warn!("refused {peer}: {refused}"),
                 }
-                Err(refused) => log::warn!("refused {peer}: {refused}"),
-            },
+            }
             Some(Event::ServerConnect(id, result)) => {
                 server_connected(&mut proxy, &mut conns, &tx, now, id, result)
             }
@@ -133,12 +142,6 @@ fn drive(mut proxy: Proxy, events: Receiver<Event>, tx: Sender<Event>) {
         }
         while let Some((id, action)) = proxy.poll_action() {
             execute(&mut proxy, &mut conns, &mut data, &tx, now, id, action);
-        }
-        for (&id, conn) in &conns {
-            conn.client.gate.set(proxy.wants_read(id, Side::Client));
-            if let Some(server) = &conn.server {
-                server.gate.set(proxy.wants_read(id, Side::Server));
-            }
         }
     }
 }
@@ -165,7 +168,9 @@ fn server_connected(
         return;
     };
     let (stream, local) = stream;
-    conn.server = Some(Half::spawn(id, Side::Server, stream, tx));
+    let server = Half::spawn(id, Side::Server, stream, tx);
+    server.gate.set(conn.server_reads);
+    conn.server = Some(server);
     proxy.handle(now, id, Input::ServerSocketOpened { proxy: local });
     proxy.handle(now, id, Input::ServerConnected);
 }
@@ -196,15 +201,39 @@ fn execute(
                 let _ = half.out.send(Out::Bytes(bytes));
             }
         }
+        Action::ReadInterest { side, on } => match conns.get_mut(&id) {
+            Some(conn) if side == Side::Client => conn.client.gate.set(on),
+            // The server socket may not exist yet: remember the wish for it.
+            Some(conn) => {
+                conn.server_reads = on;
+                if let Some(server) = &conn.server {
+                    server.gate.set(on);
+                }
+            }
+            None => {}
+        },
         Action::CommitRules { txn, anchor, rules } => {
             let result = data.commit(anchor, &rules);
             proxy.handle(now, id, Input::RulesCommitted { txn, result });
         }
-        Action::Close(reason) => {
-            log::debug!("{id} closing: {reason}");
+        Action::Close { reason, summary } => {
+            // The core has logged the reason; the driver logs what the session did.
+            log::info!(
+                "{id} session summary: client={} server={} commands={} rules={} reason={}",
+                summary.client,
+                summary.server,
+                summary.commands,
+                summary.rules_committed,
+                reason.kind()
+            );
             if let Some(conn) = conns.remove(&id) {
                 conn.close();
             }
+        }
+        Action::RulesMayRemain { anchor, error } => {
+            // Removing listeners cannot fail here; a real filter would retry.
+            log::error!("{id} rules of {anchor} may remain: {error}");
+            let _ = data.commit(anchor, &[]);
         }
     }
 }
@@ -213,6 +242,8 @@ fn execute(
 struct Conn {
     client: Half,
     server: Option<Half>,
+    /// The read interest last emitted for the server side, for when its socket opens.
+    server_reads: bool,
 }
 
 impl Conn {
@@ -280,6 +311,7 @@ fn write_side(
             let _ = events.send(Event::Input(id, Input::WriteError(side)));
             break;
         }
+        let _ = events.send(Event::Input(id, Input::Written(side, bytes.len())));
     }
     let _ = sock.shutdown(Shutdown::Both);
 }

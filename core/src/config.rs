@@ -6,6 +6,13 @@ use std::time::Duration;
 
 use crate::rules::{PortRange, RuleLog, RuleOptions, MIN_DATA_PORT};
 
+/// The proxy ports the original draws from: 49152..=65534
+/// (`IPPORT_HIFIRSTAUTO` up to one below `IPPORT_HILASTAUTO`).
+pub const DEFAULT_PROXY_PORTS: PortRange = PortRange {
+    low: 49152,
+    high: 65534,
+};
+
 /// Highest `-m` value the original accepts.
 pub const MAX_SESSIONS_LIMIT: u32 = 500;
 /// Highest `-t` value (one day), also the default.
@@ -34,8 +41,15 @@ pub struct Config {
     pub source_addr: Option<IpAddr>,
     /// `-q`, `-T`, `-v`, `-r`, and the proxy's routing table.
     pub rules: RuleOptions,
-    /// Process id used in anchor names (`ftp-proxy/<pid>.<id>`).
+    /// Process id used in anchor names (`ftp-proxy/<pid>.<id>`). The default is 0,
+    /// which the core accepts: the daemon sets its own pid after it forked; a
+    /// driver running several proxies against one filter must give each its own.
     pub pid: u32,
+    /// `--proxy-ports`: the ports the proxy advertises in rewritten lines (and that
+    /// its rules listen on), drawn uniformly. Default [`DEFAULT_PROXY_PORTS`], as the
+    /// original. Beyond the original: a firewall that confines data ports to a
+    /// pinhole range can confine the proxy's too (docs/behavior.md).
+    pub proxy_ports: PortRange,
     /// `--server-data-ports`: the only server ports a 227/229 reply may name (the
     /// server's passive range). `None` (the default, as the original) accepts any
     /// port from 1024 up. Beyond the original: it bounds what a server reply the
@@ -57,6 +71,7 @@ impl Default for Config {
                 ..RuleOptions::default()
             },
             pid: 0,
+            proxy_ports: DEFAULT_PROXY_PORTS,
             server_data_ports: None,
         }
     }
@@ -77,6 +92,8 @@ pub enum ConfigError {
     Family(&'static str),
     /// A server data-port range that is empty or reaches below 1024.
     DataPorts(PortRange),
+    /// A proxy-port range that is empty or reaches below 1024.
+    ProxyPorts(PortRange),
 }
 
 impl fmt::Display for ConfigError {
@@ -91,6 +108,10 @@ impl fmt::Display for ConfigError {
             ConfigError::DataPorts(r) => write!(
                 f,
                 "server data ports {r}: need low <= high, both from {MIN_DATA_PORT} up"
+            ),
+            ConfigError::ProxyPorts(r) => write!(
+                f,
+                "proxy ports {r}: need low <= high, both from {MIN_DATA_PORT} up"
             ),
         }
     }
@@ -128,6 +149,10 @@ impl Config {
         }
         if self.source_addr.is_some_and(|s| s.is_ipv6() != self.ipv6) {
             return Err(ConfigError::Family("source"));
+        }
+        let r = self.proxy_ports;
+        if r.low > r.high || r.low < MIN_DATA_PORT {
+            return Err(ConfigError::ProxyPorts(r));
         }
         if let Some(r) = self.server_data_ports {
             if r.low > r.high || r.low < MIN_DATA_PORT {

@@ -6,6 +6,10 @@
 //! more (any RFC 2428 delimiter, the RFC 1123 `227 =h,h,h,h,p,p` form, blanks
 //! around commas); every divergence is listed in docs/behavior.md.
 
+// `pub` for the `internals` feature (the simulation's oracle); crate-private
+// otherwise.
+#![cfg_attr(not(feature = "internals"), allow(unreachable_pub, dead_code))]
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// A client line the proxy acts on.

@@ -3,32 +3,57 @@
 //! Everything the proxy decides happens here: control-channel line framing, FTP
 //! command and reply parsing, the rewriting of PORT/EPRT/227/229 lines, the
 //! packet-filter rules each data-connection negotiation needs, idle timers, the
-//! session limit and the order of it all. Nothing here touches a socket, a file,
-//! the clock or a global random generator: time arrives with every input and
-//! randomness through a [`RandomSource`] the caller supplies. That makes the same
-//! code drive the mio daemon and a deterministic simulation.
+//! session limit, read interest and the order of it all. Nothing here touches a
+//! socket, a file, the clock or a global random generator: time arrives with every
+//! input and randomness through a [`RandomSource`] the caller supplies. That makes
+//! the same code drive the mio daemon, a thread-per-connection proxy and a
+//! deterministic simulation.
 //!
-//! Start at [`Proxy`]: its documentation states the driving contract.
+//! Start at [`Proxy`]: its documentation states the driving contract. The packet
+//! filter a driver commits rules to implements [`Filter`].
 
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
 
-pub mod config;
-pub mod error;
+mod config;
+mod error;
+mod event;
+mod filter;
 mod forward;
-pub mod ftp;
-pub mod line;
+mod ftp;
+mod line;
 mod proxy;
-pub mod rand;
-pub mod rules;
+mod rand;
+mod rules;
 mod session;
 
-pub use config::{Config, ConfigError};
-pub use error::{CloseReason, FilterError, Side};
+/// The byte buffer of [`Input::Data`] and [`Action::Send`], re-exported so that
+/// drivers name the same version the core uses.
+pub use bytes::Bytes;
+pub use config::{
+    Config, ConfigError, COMMIT_RETRY_DELAY, CONNECT_TIMEOUT, DEFAULT_PROXY_PORTS,
+    MAX_SESSIONS_LIMIT, MAX_TIMEOUT_SECS, PF_NAME_SIZE,
+};
+pub use error::FilterError;
+pub use event::{
+    Accept, Action, CloseReason, DataCounts, Input, Refused, SessionId, Side, Summary,
+    INBOX_HIGH_WATER, OUTPUT_HIGH_WATER, OUTPUT_LOW_WATER,
+};
+pub use filter::Filter;
 pub use forward::{forwards, Forward, ForwardError, Source};
-pub use proxy::{Action, Input, Proxy, Refused, SessionId};
+pub use proxy::Proxy;
 pub use rand::{Pcg32, RandomSource};
 pub use rules::{
     data_rules, Anchor, Direction, Family, Mode, PortRange, Rule, RuleLog, RuleOptions,
-    SessionAddrs, Translate, Verdict,
+    SessionAddrs, Translate, Verdict, MIN_DATA_PORT, NAT_PORTS, RFC_ACTIVE_SOURCE_PORT,
 };
+
+/// Parsing and framing helpers the simulation uses as its oracle. Not part of the
+/// API: present only with the `internals` feature, and free to change.
+#[cfg(feature = "internals")]
+pub mod internals {
+    /// FTP command and reply parsing and formatting.
+    pub mod ftp {
+        pub use crate::ftp::*;
+    }
+    pub use crate::line::{LineBuf, NotClean, MAX_LINE};
+}

@@ -5,6 +5,10 @@
 //! LF, is fatal for the session. Partial lines wait for more data; bytes are never
 //! altered.
 
+// `pub` for the `internals` feature (the simulation's oracle); crate-private
+// otherwise.
+#![cfg_attr(not(feature = "internals"), allow(unreachable_pub, dead_code))]
+
 use bytes::{Bytes, BytesMut};
 
 /// Longest accepted line, LF included (`MAX_LINE`).

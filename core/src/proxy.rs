@@ -2,146 +2,72 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use bytes::Bytes;
 use log::error;
 
 use crate::config::{Config, ConfigError};
-use crate::error::{CloseReason, FilterError, Side};
+use crate::event::{Accept, Action, CloseReason, Input, Refused, SessionId};
 use crate::rand::RandomSource;
-use crate::rules::{Anchor, Rule};
 use crate::session::{Cx, Session};
-
-/// A session's id: starts at 1 and counts up; after `u32::MAX` accepts it wraps to
-/// 1, skipping ids still live, so no two live sessions ever share one. It names the
-/// anchor (`ftp-proxy/<pid>.<id>`) and prefixes log lines (`#id`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SessionId(pub u32);
-
-impl fmt::Display for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "#{}", self.0)
-    }
-}
-
-/// What happened to a session, reported by the caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Input {
-    /// The socket towards the server exists and its connect is under way; `proxy` is
-    /// its local address (`getsockname`), the proxy's address in rules and rewrites.
-    ServerSocketOpened {
-        /// Local address of the server-side socket.
-        proxy: SocketAddr,
-    },
-    /// The connect to the server completed.
-    ServerConnected,
-    /// The connect to the server could not be started (socket, bind or connect failed at once).
-    ServerConnectFailed {
-        /// The OS error, as text for the log.
-        error: String,
-    },
-    /// Bytes read from that side.
-    Data(Side, Bytes),
-    /// End of file from that side.
-    Eof(Side),
-    /// A read error on that side (an asynchronous connect failure shows up here for the server).
-    Reset(Side),
-    /// A write to that side failed.
-    WriteError(Side),
-    /// The outcome of the [`Action::CommitRules`] with this `txn`.
-    RulesCommitted {
-        /// The transaction number from the action.
-        txn: u64,
-        /// Whether the filter took the rules.
-        result: Result<(), FilterError>,
-    },
-    /// End this session now (the daemon uses [`Proxy::shutdown`] for all of them).
-    Shutdown,
-}
-
-/// What the caller must do for a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Open a non-blocking TCP connection to `to` (bound to `bind` if given), then
-    /// report [`Input::ServerSocketOpened`] or [`Input::ServerConnectFailed`].
-    ConnectServer {
-        /// The server: the `-R` address, or the client's original destination.
-        to: SocketAddr,
-        /// The `-a` source address.
-        bind: Option<IpAddr>,
-    },
-    /// Write these bytes to that side, after everything queued before.
-    Send(Side, Bytes),
-    /// Replace the anchor's rules with `rules` atomically (an empty list removes them),
-    /// then report [`Input::RulesCommitted`] with the same `txn`.
-    CommitRules {
-        /// Matches the acknowledgement to the commit.
-        txn: u64,
-        /// The session's anchor.
-        anchor: Anchor,
-        /// The complete new rule set.
-        rules: Vec<Rule>,
-    },
-    /// Flush what is queued for both sides (one attempt), then close both sockets.
-    /// A `CommitRules` removing the session's rules may follow.
-    Close(CloseReason),
-}
-
-/// Why [`Proxy::accept`] turned a connection away; the caller closes the socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// `-m` sessions are live.
-    Limit(u32),
-    /// [`Proxy::shutdown`] was called.
-    ShuttingDown,
-}
-
-impl fmt::Display for Refused {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Refused::Limit(m) => write!(f, "client limit ({m}) reached"),
-            Refused::ShuttingDown => f.write_str("shutting down"),
-        }
-    }
-}
 
 /// Every FTP session of one proxy instance, with no IO of its own.
 ///
+/// `Proxy` is `Send`: it can move into a spawned task or thread.
+///
 /// # Driving contract
 ///
-/// The caller owns the sockets, the clock and the packet filter. It feeds the proxy
-/// inputs and executes the actions the proxy emits:
+/// The driver owns the sockets, the clock and the packet filter. Like quinn-proto's
+/// `Connection`, the proxy takes inputs and emits outputs the driver drains; the
+/// driver never has to poll per-session state.
 ///
 /// * **Inputs** (each takes `now`, which must never go backwards):
 ///   [`accept`](Self::accept) for a new client connection, [`handle`](Self::handle)
 ///   for anything that happened to a session's sockets or rules,
 ///   [`handle_timeout`](Self::handle_timeout) when [`poll_timeout`](Self::poll_timeout)
-///   has passed (spurious calls do nothing), and [`shutdown`](Self::shutdown).
+///   has passed (spurious calls do nothing), and [`shutdown`](Self::shutdown), the
+///   one way to end sessions from outside.
 /// * **Outputs**: after *every* input, drain [`poll_action`](Self::poll_action) until
 ///   it returns `None`, executing actions in order, then re-read
 ///   [`poll_timeout`](Self::poll_timeout). Actions of one session must be executed in
-///   the order given: a rewritten line follows the commit of its rules.
+///   the order given: a rewritten line follows the commit of its rules. Executing an
+///   action may feed an input at once (a synchronous commit's acknowledgement, a
+///   write error); its actions queue behind the rest.
 /// * **Acknowledgements**: every [`Action::CommitRules`] must be answered with
 ///   [`Input::RulesCommitted`] (immediately, or later); the session holds back the
-///   line that depends on it until then. A `Busy` answer is retried once after 5 ms.
-/// * **Backpressure**: stop reading a side while [`wants_read`](Self::wants_read) says no.
+///   line that depends on it until then. The corners of this handshake are listed
+///   on [`Action::CommitRules`].
+/// * **Backpressure**: read a side only while its last [`Action::ReadInterest`]
+///   said `on` (every side starts on), and report written bytes with
+///   [`Input::Written`]: the core counts queued output per side and turns reading
+///   off and on itself. The thresholds are [`crate::OUTPUT_HIGH_WATER`] and
+///   [`crate::OUTPUT_LOW_WATER`].
 ///
 /// A session ends with [`Action::Close`], followed by an empty `CommitRules` if it
-/// ever had rules; it is forgotten once that commit is acknowledged.
+/// ever had rules; it is forgotten once that commit is acknowledged (with
+/// [`Action::RulesMayRemain`] first if the removal failed).
+///
+/// # Logging
+///
+/// The core logs through the `log` crate, with the original's wording and levels:
+/// the session start, every control line at debug level, each negotiation, refused
+/// commands, bad ports, the reason a session ends, and refused accepts. The driver
+/// logs what only it sees (socket errors, signals, its relay) and one summary line
+/// per session from [`Action::Close`]'s [`Summary`](crate::Summary); it must not
+/// log the close reason or a [`Refused`] again.
 ///
 /// The caller owns the clock and passes `now` in (a complete program that reads it
 /// is `core/examples/drive.rs`):
 ///
 /// ```
 /// use std::time::Instant;
-/// use ftp_proxy_core::{Action, Config, Input, Pcg32, Proxy, Side};
+/// use ftp_proxy_core::{Accept, Action, Config, Input, Pcg32, Proxy, Side};
 ///
 /// fn walk_through(now: Instant) {
 ///     let mut proxy = Proxy::new(Config::default(), Box::new(Pcg32::new(1))).unwrap();
 ///     let client = "203.0.113.10:40000".parse().unwrap();
-///     let id = proxy.accept(now, client, "198.51.100.10:21".parse().unwrap(), 0).unwrap();
+///     let orig_dst = "198.51.100.10:21".parse().unwrap();
+///     let id = proxy.accept(now, Accept::new(client, orig_dst)).unwrap();
 ///     assert!(matches!(proxy.poll_action(), Some((_, Action::ConnectServer { .. }))));
 ///     let local = "198.51.100.1:50000".parse().unwrap();
 ///     proxy.handle(now, id, Input::ServerSocketOpened { proxy: local });
@@ -168,7 +94,7 @@ pub struct Proxy {
 /// so that one session and the shared state can be borrowed at once).
 struct Shared {
     cfg: Config,
-    rng: Box<dyn RandomSource>,
+    rng: Box<dyn RandomSource + Send>,
     /// Proxy ports held by live sessions.
     ports: BTreeSet<u16>,
     out: VecDeque<(SessionId, Action)>,
@@ -198,7 +124,7 @@ impl fmt::Debug for Proxy {
 
 impl Proxy {
     /// A proxy with no sessions. Fails if `cfg` is outside the man page's ranges.
-    pub fn new(cfg: Config, rng: Box<dyn RandomSource>) -> Result<Proxy, ConfigError> {
+    pub fn new(cfg: Config, rng: Box<dyn RandomSource + Send>) -> Result<Proxy, ConfigError> {
         cfg.validate()?;
         Ok(Proxy {
             shared: Shared {
@@ -238,16 +164,9 @@ impl Proxy {
         self.sessions.keys().copied()
     }
 
-    /// A new client connection. `orig_dst` is where the client meant to go (the
-    /// diverted destination; in reverse mode the listener's own address) and
-    /// `client_rdomain` its routing domain (0 where there are none).
-    pub fn accept(
-        &mut self,
-        now: Instant,
-        client: SocketAddr,
-        orig_dst: SocketAddr,
-        client_rdomain: u32,
-    ) -> Result<SessionId, Refused> {
+    /// A new client connection. On `Err` the core has logged the refusal; the
+    /// driver closes the socket without a reply.
+    pub fn accept(&mut self, now: Instant, conn: Accept) -> Result<SessionId, Refused> {
         if self.shutting_down {
             return Err(Refused::ShuttingDown);
         }
@@ -255,14 +174,14 @@ impl Proxy {
             error!(
                 "client limit ({}) reached, refusing connection from {}",
                 self.shared.cfg.max_sessions,
-                client.ip()
+                conn.client.ip()
             );
             return Err(Refused::Limit(self.shared.cfg.max_sessions));
         }
         let id = self.fresh_id();
         let live = self.sessions.len() + 1;
         let mut cx = self.shared.cx(now, live);
-        let session = Session::new(&mut cx, id, client, orig_dst, client_rdomain);
+        let session = Session::new(&mut cx, id, conn);
         self.sessions.insert(id, session);
         Ok(id)
     }
@@ -293,6 +212,7 @@ impl Proxy {
         };
         let mut cx = self.shared.cx(now, live);
         f(session, &mut cx);
+        session.sync_read_interest(&mut cx);
         if session.is_done() {
             self.sessions.remove(&id);
         }
@@ -332,12 +252,6 @@ impl Proxy {
             .min()
     }
 
-    /// Whether the caller should read more from that side of the session. False
-    /// while the session has unparsed input piling up (a commit is in flight) or has ended.
-    pub fn wants_read(&self, id: SessionId, side: Side) -> bool {
-        self.sessions.get(&id).is_some_and(|s| s.wants_read(side))
-    }
-
     /// Ends every session (their rules are removed through the usual actions) and
     /// refuses new ones. The caller keeps driving until [`is_empty`](Self::is_empty).
     pub fn shutdown(&mut self, now: Instant) {
@@ -352,7 +266,9 @@ impl Proxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Side;
     use crate::rand::Pcg32;
+    use std::net::SocketAddr;
 
     #[test]
     fn ids_wrap_around_live_sessions() {
@@ -360,14 +276,17 @@ mod tests {
         let now = Instant::now();
         let client: SocketAddr = "203.0.113.10:40000".parse().unwrap();
         let server: SocketAddr = "198.51.100.10:21".parse().unwrap();
-        let first = p.accept(now, client, server, 0).unwrap();
-        let second = p.accept(now, client, server, 0).unwrap();
+        let first = p.accept(now, Accept::new(client, server)).unwrap();
+        let second = p.accept(now, Accept::new(client, server)).unwrap();
         assert_eq!((first, second), (SessionId(1), SessionId(2)));
         p.next_id = u32::MAX;
-        let last = p.accept(now, client, server, 0).unwrap();
+        let last = p.accept(now, Accept::new(client, server)).unwrap();
         assert_eq!(last, SessionId(u32::MAX));
         // 1 and 2 are live: the wrap skips them (and 0 is never used).
-        assert_eq!(p.accept(now, client, server, 0).unwrap(), SessionId(3));
+        assert_eq!(
+            p.accept(now, Accept::new(client, server)).unwrap(),
+            SessionId(3)
+        );
         assert_eq!(p.len(), 4);
         assert!(p.is_open(first) && p.is_open(second));
         // An ended id becomes free again after the next wrap.
@@ -375,6 +294,9 @@ mod tests {
         assert!(!p.is_open(first));
         p.next_id = u32::MAX;
         // u32::MAX is live, so the next is 1 again.
-        assert_eq!(p.accept(now, client, server, 0).unwrap(), SessionId(1));
+        assert_eq!(
+            p.accept(now, Accept::new(client, server)).unwrap(),
+            SessionId(1)
+        );
     }
 }

@@ -4,11 +4,27 @@
 //! the rdr-to rule); the simulation supplies [`Pcg32`] with a seed, so a seed fixes
 //! every port the proxy ever picks.
 
-/// A source of uniformly distributed integers.
+/// A source of random 32-bit words; the proxy draws its ports through
+/// [`uniform`](Self::uniform), which every source shares.
 pub trait RandomSource {
-    /// A uniformly distributed value in `0..upper` (`upper > 0`), without modulo bias,
-    /// like `arc4random_uniform(3)`.
-    fn uniform(&mut self, upper: u32) -> u32;
+    /// The next 32 uniformly random bits.
+    fn next_u32(&mut self) -> u32;
+
+    /// A uniformly distributed value in `0..upper` (`upper > 0`), without modulo
+    /// bias, like `arc4random_uniform(3)`: draws until the value falls in the
+    /// largest multiple of `upper` that fits in 32 bits. Sources override it only
+    /// to script exact values (tests).
+    fn uniform(&mut self, upper: u32) -> u32 {
+        assert!(upper > 0, "uniform(0)");
+        // 2**32 % upper, computed without 64-bit arithmetic as arc4random_uniform does.
+        let min = upper.wrapping_neg() % upper;
+        loop {
+            let r = self.next_u32();
+            if r >= min {
+                return r % upper;
+            }
+        }
+    }
 }
 
 /// PCG-XSH-RR 32-bit generator (O'Neill 2014): small, fast, seedable, not
@@ -55,23 +71,8 @@ impl Pcg32 {
 }
 
 impl RandomSource for Pcg32 {
-    fn uniform(&mut self, upper: u32) -> u32 {
-        uniform_from(upper, || self.next_u32())
-    }
-}
-
-/// Rejection sampling as in `arc4random_uniform`: draws from `next` until the value
-/// falls in the largest multiple of `upper` that fits in 32 bits. Public so that
-/// other generators (the daemon's CSPRNG) share the exact algorithm.
-pub fn uniform_from(upper: u32, mut next: impl FnMut() -> u32) -> u32 {
-    assert!(upper > 0, "uniform(0)");
-    // 2**32 % upper, computed without 64-bit arithmetic as arc4random_uniform does.
-    let min = upper.wrapping_neg() % upper;
-    loop {
-        let r = next();
-        if r >= min {
-            return r % upper;
-        }
+    fn next_u32(&mut self) -> u32 {
+        Pcg32::next_u32(self)
     }
 }
 
@@ -106,7 +107,12 @@ mod tests {
     #[test]
     fn rejection_skips_biased_values() {
         // upper = 3: min = 2**32 % 3 = 1, so a draw of 0 must be rejected.
-        let mut draws = vec![5u32, 0].into_iter().rev();
-        assert_eq!(uniform_from(3, || draws.next().unwrap()), 5 % 3);
+        struct Draws(Vec<u32>);
+        impl RandomSource for Draws {
+            fn next_u32(&mut self) -> u32 {
+                self.0.pop().unwrap()
+            }
+        }
+        assert_eq!(Draws(vec![5, 0]).uniform(3), 5 % 3);
     }
 }

@@ -10,11 +10,6 @@
 use std::fmt;
 use std::net::IpAddr;
 
-/// First port of the range proxy ports are drawn from (`IPPORT_HIFIRSTAUTO`).
-pub const PROXY_PORT_LOW: u16 = 49152;
-/// Proxy ports are drawn uniformly from `PROXY_PORT_LOW..PROXY_PORT_END`, i.e. up to 65534,
-/// exactly as the original's `arc4random_uniform(IPPORT_HILASTAUTO - IPPORT_HIFIRSTAUTO)`.
-pub const PROXY_PORT_END: u16 = 65535;
 /// Lowest data port an endpoint may negotiate (`MIN_PORT`).
 pub const MIN_DATA_PORT: u16 = 1024;
 /// The NAT source-port range pfctl uses by default (`PF_NAT_PROXY_PORT_LOW/HIGH`).
@@ -267,10 +262,12 @@ pub enum Mode {
     ActiveEprt,
 }
 
-/// The two rules of one negotiation (man page, and filter.c's `add_filter`/`add_nat`/`add_rdr` as ftp-proxy.c calls them).
+/// The two rules of one negotiation, in the shape of the man page's CONFIGURATION
+/// section (OpenBSD's `add_rdr` and `add_nat` calls in `ftp-proxy.c`).
 ///
 /// `port` is the data port the endpoint negotiated, `proxy_port` the one the proxy
-/// advertised in its place.
+/// advertised in its place. Passive mode: the client connects to the server through
+/// the proxy port; active mode: the server connects to the client through it.
 pub fn data_rules(
     mode: Mode,
     a: &SessionAddrs,
@@ -278,84 +275,107 @@ pub fn data_rules(
     proxy_port: u16,
     opts: &RuleOptions,
 ) -> [Rule; 2] {
-    let base = |direction, from, to, port, on_rdomain, rtable, translate| Rule {
-        verdict: if opts.tag.is_some() {
-            Verdict::Match
-        } else {
-            Verdict::Pass
-        },
-        direction,
-        quick: opts.tag.is_none(),
-        log: opts.log,
-        from,
-        to,
-        port,
-        queue: opts.queue.clone(),
-        tag: opts.tag.clone(),
-        on_rdomain: Some(on_rdomain),
-        rtable,
-        translate,
-    };
     let proxy_rt = opts.proxy_rtable;
-    match mode {
+    let [rdr, nat] = match mode {
         Mode::Passive => [
-            base(
-                Direction::In,
-                a.client,
-                a.orig_server,
-                proxy_port,
-                a.client_rdomain,
-                Some(proxy_rt),
-                Translate::RdrTo {
+            Shape {
+                direction: Direction::In,
+                from: a.client,
+                to: a.orig_server,
+                port: proxy_port,
+                on_rdomain: a.client_rdomain,
+                rtable: Some(proxy_rt),
+                translate: Translate::RdrTo {
                     addr: a.server,
                     port,
                 },
-            ),
-            base(
-                Direction::Out,
-                a.client,
-                a.server,
+            },
+            Shape {
+                direction: Direction::Out,
+                from: a.client,
+                to: a.server,
                 port,
-                proxy_rt,
-                None,
-                Translate::NatTo {
+                on_rdomain: proxy_rt,
+                rtable: None,
+                translate: Translate::NatTo {
                     addr: a.proxy,
                     ports: NAT_PORTS,
                 },
-            ),
+            },
         ],
-        Mode::ActivePort | Mode::ActiveEprt => {
-            let ports = if opts.rfc_mode && mode == Mode::ActivePort {
-                PortRange::single(RFC_ACTIVE_SOURCE_PORT)
-            } else {
-                NAT_PORTS
-            };
-            [
-                base(
-                    Direction::In,
-                    a.server,
-                    a.proxy,
-                    proxy_port,
-                    proxy_rt,
-                    Some(a.client_rdomain),
-                    Translate::RdrTo {
-                        addr: a.client,
-                        port,
-                    },
-                ),
-                base(
-                    Direction::Out,
-                    a.server,
-                    a.client,
+        Mode::ActivePort | Mode::ActiveEprt => [
+            Shape {
+                direction: Direction::In,
+                from: a.server,
+                to: a.proxy,
+                port: proxy_port,
+                on_rdomain: proxy_rt,
+                rtable: Some(a.client_rdomain),
+                translate: Translate::RdrTo {
+                    addr: a.client,
                     port,
-                    a.client_rdomain,
-                    None,
-                    Translate::NatTo {
-                        addr: a.orig_server,
-                        ports,
-                    },
-                ),
-            ]
+                },
+            },
+            Shape {
+                direction: Direction::Out,
+                from: a.server,
+                to: a.client,
+                port,
+                on_rdomain: a.client_rdomain,
+                rtable: None,
+                translate: Translate::NatTo {
+                    addr: a.orig_server,
+                    ports: active_source_ports(mode, opts),
+                },
+            },
+        ],
+    };
+    [rdr.rule(opts), nat.rule(opts)]
+}
+
+/// Source ports of an active data connection: port 20 for PORT with `-r` (RFC 959),
+/// pf's NAT range otherwise (EPRT is never rewritten to port 20).
+fn active_source_ports(mode: Mode, opts: &RuleOptions) -> PortRange {
+    if opts.rfc_mode && mode == Mode::ActivePort {
+        PortRange::single(RFC_ACTIVE_SOURCE_PORT)
+    } else {
+        NAT_PORTS
+    }
+}
+
+/// What differs between the rules of a negotiation; [`Shape::rule`] adds what the
+/// command line sets for all of them. Named fields, because `from` and `to` (and
+/// the two routing numbers) have the same types and are easy to swap.
+struct Shape {
+    direction: Direction,
+    from: IpAddr,
+    to: IpAddr,
+    port: u16,
+    on_rdomain: u32,
+    rtable: Option<u32>,
+    translate: Translate,
+}
+
+impl Shape {
+    fn rule(self, opts: &RuleOptions) -> Rule {
+        let tagged = opts.tag.is_some();
+        Rule {
+            verdict: if tagged {
+                Verdict::Match
+            } else {
+                Verdict::Pass
+            },
+            direction: self.direction,
+            quick: !tagged,
+            log: opts.log,
+            from: self.from,
+            to: self.to,
+            port: self.port,
+            queue: opts.queue.clone(),
+            tag: opts.tag.clone(),
+            on_rdomain: Some(self.on_rdomain),
+            rtable: self.rtable,
+            translate: self.translate,
         }
     }
 }

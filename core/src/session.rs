@@ -11,14 +11,15 @@ use bytes::Bytes;
 use log::{debug, error, info, warn};
 
 use crate::config::{Config, COMMIT_RETRY_DELAY, CONNECT_TIMEOUT};
-use crate::error::{CloseReason, FilterError, Side};
+use crate::error::FilterError;
+use crate::event::{
+    Accept, Action, CloseReason, DataCounts, Input, SessionId, Side, Summary, INBOX_HIGH_WATER,
+    OUTPUT_HIGH_WATER, OUTPUT_LOW_WATER,
+};
 use crate::ftp::{self, Command};
 use crate::line::LineBuf;
-use crate::proxy::{Action, Input, SessionId};
 use crate::rand::RandomSource;
-use crate::rules::{
-    data_rules, Anchor, Mode, Rule, SessionAddrs, MIN_DATA_PORT, PROXY_PORT_END, PROXY_PORT_LOW,
-};
+use crate::rules::{data_rules, Anchor, Mode, Rule, SessionAddrs, MIN_DATA_PORT};
 
 /// Replies the proxy itself gives in place of the original's dropped connection.
 const REPLY_ANON_ONLY: &str = "500 Only anonymous FTP allowed\r\n";
@@ -35,8 +36,6 @@ const REPLY_NO_TLS: &str =
 const MAX_PIPELINED: usize = 4096;
 /// How much of a multi-line 227/229 reply is collected before it is refused.
 const MAX_HELD_REPLY: usize = 8192;
-/// Unparsed input per side beyond which the runtime should stop reading it.
-const INBOX_HIGH_WATER: usize = 8192;
 
 /// What the session lends from the [`crate::Proxy`] for one call.
 pub(crate) struct Cx<'a> {
@@ -159,6 +158,18 @@ pub(crate) struct Session {
     /// The proxy port of the rules in force.
     live_port: Option<u16>,
     timers: [Option<Instant>; 3],
+    /// Output sent to each side and not yet reported written.
+    queued: [usize; 2],
+    /// Each side's queue reached [`OUTPUT_HIGH_WATER`] and has not yet fallen below
+    /// [`OUTPUT_LOW_WATER`].
+    out_full: [bool; 2],
+    /// The read interest last emitted for each side.
+    reading: [bool; 2],
+    started: Instant,
+    commands: u64,
+    data: DataCounts,
+    rules_committed: u32,
+    read_bytes: [u64; 2],
 }
 
 fn idx(side: Side) -> usize {
@@ -169,13 +180,12 @@ fn idx(side: Side) -> usize {
 }
 
 impl Session {
-    pub(crate) fn new(
-        cx: &mut Cx<'_>,
-        id: SessionId,
-        client: SocketAddr,
-        orig_server: SocketAddr,
-        client_rdomain: u32,
-    ) -> Session {
+    pub(crate) fn new(cx: &mut Cx<'_>, id: SessionId, conn: Accept) -> Session {
+        let Accept {
+            client,
+            orig_dst: orig_server,
+            rdomain: client_rdomain,
+        } = conn;
         let server = cx.cfg.fixed_server.unwrap_or(orig_server);
         let mut s = Session {
             id,
@@ -200,6 +210,14 @@ impl Session {
             installed: false,
             live_port: None,
             timers: [None; 3],
+            queued: [0; 2],
+            out_full: [false; 2],
+            reading: [true; 2],
+            started: cx.now,
+            commands: 0,
+            data: DataCounts::default(),
+            rules_committed: 0,
+            read_bytes: [0; 2],
         };
         debug!("{id} accepted connection from {}", client.ip());
         s.timers[Timer::ServerIdle as usize] = Some(cx.now + CONNECT_TIMEOUT);
@@ -242,15 +260,45 @@ impl Session {
         self.expect.iter().any(|e| matches!(e, Expect::Reply(_)))
     }
 
-    pub(crate) fn wants_read(&self, side: Side) -> bool {
-        self.phase == Phase::Open && self.inbox[idx(side)].len() < INBOX_HIGH_WATER
+    /// Whether the driver should read that side now: the session is open, the
+    /// side's unparsed input is below [`INBOX_HIGH_WATER`], and neither the peer's
+    /// output queue nor (for the client) its own is full.
+    fn wants_read(&self, side: Side) -> bool {
+        self.phase == Phase::Open
+            && self.inbox[idx(side)].len() < INBOX_HIGH_WATER
+            && !self.out_full[idx(side.peer())]
+            && !(side == Side::Client && self.out_full[idx(Side::Client)])
+    }
+
+    /// Emits [`Action::ReadInterest`] for each side whose interest changed; called
+    /// by the proxy after every input. Nothing after the session closed: `Close`
+    /// stops both sides.
+    pub(crate) fn sync_read_interest(&mut self, cx: &mut Cx<'_>) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        for i in 0..2 {
+            if self.queued[i] >= OUTPUT_HIGH_WATER {
+                self.out_full[i] = true;
+            } else if self.queued[i] < OUTPUT_LOW_WATER {
+                self.out_full[i] = false;
+            }
+        }
+        for side in [Side::Client, Side::Server] {
+            let on = self.wants_read(side);
+            if self.reading[idx(side)] != on {
+                self.reading[idx(side)] = on;
+                self.emit(cx, Action::ReadInterest { side, on });
+            }
+        }
     }
 
     fn emit(&self, cx: &mut Cx<'_>, action: Action) {
         cx.out.push_back((self.id, action));
     }
 
-    fn send(&self, cx: &mut Cx<'_>, side: Side, bytes: Bytes) {
+    fn send(&mut self, cx: &mut Cx<'_>, side: Side, bytes: Bytes) {
+        self.queued[idx(side)] += bytes.len();
         self.emit(cx, Action::Send(side, bytes));
     }
 
@@ -271,6 +319,11 @@ impl Session {
                 );
             }
             Input::ServerConnected => debug!("{} connected to server {}", self.id, self.server),
+            // Once the socket exists, a failed connect reads as the original's
+            // asynchronous failure does.
+            Input::ServerConnectFailed { .. } if self.proxy.is_some() => {
+                return self.close(cx, CloseReason::ServerRefused)
+            }
             Input::ServerConnectFailed { error } => {
                 return self.close(
                     cx,
@@ -280,7 +333,13 @@ impl Session {
                     },
                 )
             }
+            Input::Written(side, n) => {
+                let q = &mut self.queued[idx(side)];
+                *q = q.saturating_sub(n);
+                return;
+            }
             Input::Data(side, bytes) => {
+                self.read_bytes[idx(side)] += bytes.len() as u64;
                 self.inbox[idx(side)].push(&bytes);
                 let timer = match side {
                     Side::Client => Timer::ClientIdle,
@@ -292,7 +351,6 @@ impl Session {
             Input::Reset(Side::Client) => return self.close(cx, CloseReason::ClientReset),
             Input::Reset(Side::Server) => return self.close(cx, CloseReason::ServerRefused),
             Input::WriteError(side) => return self.close(cx, CloseReason::WriteError(side)),
-            Input::Shutdown => return self.close(cx, CloseReason::Shutdown),
         }
         self.pump(cx);
     }
@@ -390,6 +448,7 @@ impl Session {
         } else {
             debug!("{} client: {}", self.id, ftp::escape(&line));
         }
+        self.commands += 1;
         let cmd = ftp::classify(&line);
         match cmd {
             Command::Auth | Command::Pbsz | Command::Prot => {
@@ -709,25 +768,33 @@ impl Session {
         (rules.to_vec(), (side, Bytes::from(line)))
     }
 
-    /// A proxy port no other live session uses, uniform in 49152..=65534.
+    /// A proxy port no other live session uses, drawn uniformly from the configured
+    /// range (49152..=65534 by default, as the original). A taken port is drawn
+    /// again; after 64 taken draws (only a small `--proxy-ports` range gets there)
+    /// the range is searched from a random start, so a free port is always found
+    /// and `None` means every port is held.
     fn pick_port(&mut self, cx: &mut Cx<'_>) -> Option<u16> {
-        let span = u32::from(PROXY_PORT_END - PROXY_PORT_LOW);
-        // With at most 500 sessions holding two ports each out of 16383, a free port is
-        // found on the first draw almost always; 64 draws make failure impossible in practice.
+        let range = cx.cfg.proxy_ports;
+        let span = u32::from(range.high - range.low) + 1;
         for _ in 0..64 {
-            let port = PROXY_PORT_LOW + cx.rng.uniform(span) as u16;
+            let port = range.low + cx.rng.uniform(span) as u16;
             if cx.ports.insert(port) {
                 return Some(port);
             }
         }
-        None
+        let start = cx.rng.uniform(span);
+        (0..span)
+            .map(|i| range.low + ((start + i) % span) as u16)
+            .find(|&port| cx.ports.insert(port))
     }
 
     fn on_commit_result(&mut self, cx: &mut Cx<'_>, txn: u64, result: Result<(), FilterError>) {
         match self.phase {
             Phase::Closing { txn: last } if txn == last => {
-                if let Err(e) = result {
-                    error!(priority = "crit"; "{} pf rule removal failed: {e}", self.id);
+                if let Err(error) = result {
+                    error!(priority = "crit"; "{} pf rule removal failed: {error}", self.id);
+                    let anchor = self.anchor;
+                    self.emit(cx, Action::RulesMayRemain { anchor, error });
                 }
                 self.phase = Phase::Done;
                 return;
@@ -742,6 +809,9 @@ impl Session {
         match result {
             Ok(()) => {
                 let commit = self.commit.take().expect("checked above");
+                self.rules_committed += 1;
+                let n = commit.negotiation;
+                self.data.count(n.mode, n.passive == Some(Passive::Epsv));
                 if let Some(old) = self.live_port.replace(commit.port) {
                     cx.ports.remove(&old);
                 }
@@ -783,7 +853,17 @@ impl Session {
         }
         info!("{} ending session", self.id);
         self.timers = [None; 3];
-        self.emit(cx, Action::Close(reason));
+        let summary = Box::new(Summary {
+            client: self.client,
+            server: self.server,
+            duration: cx.now.saturating_duration_since(self.started),
+            commands: self.commands,
+            data: self.data,
+            rules_committed: self.rules_committed,
+            client_bytes: self.read_bytes[idx(Side::Client)],
+            server_bytes: self.read_bytes[idx(Side::Server)],
+        });
+        self.emit(cx, Action::Close { reason, summary });
         for port in self
             .live_port
             .take()

@@ -17,9 +17,9 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ftp_proxy_core::Filter;
 use ftp_proxy_core::{data_rules, Anchor, Config, Mode, SessionAddrs};
 use pfctl_backend::nft::NftBackend;
-use pfctl_backend::Backend;
 
 /// Deletes the namespace on every exit path.
 struct NsGuard(String);

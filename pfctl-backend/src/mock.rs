@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ftp_proxy_core::{Anchor, FilterError, Pcg32, Rule};
 
-use crate::Backend;
+use ftp_proxy_core::Filter;
 
 /// Probabilities of injected faults, each `(numerator, denominator)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +130,7 @@ impl MockBackend {
         &self.commits
     }
 
-    /// How often [`Backend::remove_all`] was called.
+    /// How often [`Filter::remove_all`] was called.
     pub fn remove_all_calls(&self) -> usize {
         self.remove_all_calls
     }
@@ -166,7 +166,7 @@ impl MockBackend {
     }
 }
 
-impl Backend for MockBackend {
+impl Filter for MockBackend {
     fn name(&self) -> &'static str {
         "mock"
     }
@@ -192,7 +192,7 @@ impl Backend for MockBackend {
 }
 
 /// A cloneable, thread-safe handle to one [`MockBackend`]: give one clone to the code
-/// under test as its [`Backend`], keep another to look at what it did.
+/// under test as its [`Filter`], keep another to look at what it did.
 #[derive(Debug, Clone)]
 pub struct MockHandle(Arc<Mutex<MockBackend>>);
 
@@ -238,7 +238,7 @@ impl From<MockBackend> for MockHandle {
     }
 }
 
-impl Backend for MockHandle {
+impl Filter for MockHandle {
     fn name(&self) -> &'static str {
         "mock"
     }
@@ -256,7 +256,7 @@ impl Backend for MockHandle {
 mod tests {
     use super::*;
     use ftp_proxy_core::data_rules;
-    use ftp_proxy_core::rules::{Mode, RuleOptions, SessionAddrs};
+    use ftp_proxy_core::{Mode, RuleOptions, SessionAddrs};
 
     fn rules(port: u16) -> Vec<Rule> {
         let a = SessionAddrs {
@@ -406,7 +406,7 @@ mod tests {
     #[test]
     fn handle_shares_state_across_threads() {
         let handle = MockHandle::new();
-        let mut backend: Box<dyn Backend + Send> = Box::new(handle.clone());
+        let mut backend: Box<dyn Filter + Send> = Box::new(handle.clone());
         std::thread::spawn(move || {
             backend.commit(&A1, &rules(5001)).unwrap();
             backend.commit(&A2, &rules(5002)).unwrap();

@@ -133,7 +133,7 @@ fn relay(total: u64, zero_copy: bool) -> Duration {
             ..Config::default()
         };
         let proxy = Proxy::new(cfg, Box::new(OsRandom::new())).unwrap();
-        let mut rt = Runtime::<Box<dyn ftp_proxy_runtime::Backend>>::new(
+        let mut rt = Runtime::<Box<dyn ftp_proxy_runtime::Filter>>::new(
             listen(&opts).unwrap(),
             &opts,
             proxy,

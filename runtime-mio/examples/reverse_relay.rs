@@ -49,6 +49,5 @@ fn main() {
         listen_addr.ip(),
         listener.local_addr().map_or(0, |a| a.port())
     );
-    run::<Box<dyn ftp_proxy_runtime::Backend>>(listener, &opts, proxy, DataPath::Relay)
-        .unwrap_or_else(|e| fail(e.to_string()));
+    run(listener, &opts, proxy, DataPath::relay()).unwrap_or_else(|e| fail(e.to_string()));
 }

@@ -12,13 +12,21 @@
 //!   `readable`/`writable`, only `WouldBlock` clears them. Each socket gets bounded work
 //!   per turn (16 reads, 64 accepts); one with work left goes on a hot list and the
 //!   next poll does not wait.
-//! * Control output is queued per connection. Reading a side stops while its peer has
-//!   64 KiB unwritten (or while the core's `wants_read` says no) and resumes once the
-//!   peer is below 16 KiB, so memory per session is bounded although the original's is not.
-//!   The client is also not read while its own queue is that full: the proxy answers
-//!   some of its commands itself, and a client that never reads would grow it forever.
+//! * Control output is queued per connection and every write is reported to the core
+//!   (`Input::Written`). The core decides when each side is read and says so with
+//!   `Action::ReadInterest` (its thresholds: 64 KiB queued for the peer, or for the
+//!   client itself, stops reading; below 16 KiB it resumes; unparsed input held behind
+//!   a commit stops it too), so memory per session is bounded although the original's
+//!   is not. A side whose interest comes back on is served in the next turn.
 //! * After every input the core's actions are drained and executed in order;
 //!   `CommitRules` runs synchronously and its acknowledgement is fed back at once.
+//!   `RulesMayRemain` (a failed final removal) is retried once; `remove_all` at exit
+//!   is the backstop.
+//! * Logging: the core logs the session's story and its end reason; this crate logs
+//!   socket and signal events, its relay, and the one summary line per session
+//!   (`#ID session summary: ...`, fields in docs/behavior.md) from `Action::Close`.
+//! * The client's routing domain (`SO_RTABLE`) is read from each accepted socket on
+//!   OpenBSD and handed to the core for the rules; Linux has none (always 0).
 //! * Tokens encode the session id and side (or relay id); ids are never reused, so a
 //!   late event for a closed socket finds nothing.
 //! * Signals use the self-pipe trick (portable to OpenBSD). The first SIGHUP, SIGINT
@@ -84,7 +92,9 @@ use std::net::SocketAddr;
 
 use nix::errno::Errno;
 
-pub use pfctl_backend::Backend;
+/// The packet filter the kernel path commits to: the core's trait, so that this
+/// crate links no filter code of its own.
+pub use ftp_proxy_core::Filter;
 
 mod pipe;
 mod relay;
@@ -114,6 +124,35 @@ pub enum DataPath<B> {
     Kernel(B),
     /// This process: the rules are executed by a userspace relay (no firewall needed).
     Relay,
+}
+
+impl DataPath<NoFilter> {
+    /// The userspace relay, with no packet filter at all (the type parameter is
+    /// then [`NoFilter`], so callers need not name one).
+    pub fn relay() -> DataPath<NoFilter> {
+        DataPath::Relay
+    }
+}
+
+/// The filter type of a [`DataPath::Relay`] that has no packet filter: it has no
+/// values, so it can never be asked to commit.
+#[derive(Debug)]
+pub enum NoFilter {}
+
+impl Filter for NoFilter {
+    fn name(&self) -> &'static str {
+        match *self {}
+    }
+    fn commit(
+        &mut self,
+        _: &ftp_proxy_core::Anchor,
+        _: &[ftp_proxy_core::Rule],
+    ) -> Result<(), ftp_proxy_core::FilterError> {
+        match *self {}
+    }
+    fn remove_all(&mut self) -> Result<(), ftp_proxy_core::FilterError> {
+        match *self {}
+    }
 }
 
 /// What the runtime needs from the command line.
@@ -269,7 +308,8 @@ pub fn raise_nofile_limit(max_sessions: u32, relay: bool) -> Result<(), StartErr
 ///
 /// Proxy ports must be unpredictable: a guessed port lets an attacker race the data
 /// connection into the rdr-to rule. Draws use the core's rejection sampling
-/// ([`ftp_proxy_core::rand::uniform_from`]) so there is no modulo bias.
+/// ([`RandomSource::uniform`](ftp_proxy_core::RandomSource::uniform)), so there is
+/// no modulo bias.
 #[derive(Debug, Default)]
 pub struct OsRandom {
     buf: [u32; 16],
@@ -281,7 +321,9 @@ impl OsRandom {
     pub fn new() -> OsRandom {
         OsRandom::default()
     }
+}
 
+impl ftp_proxy_core::RandomSource for OsRandom {
     fn next_u32(&mut self) -> u32 {
         if self.left == 0 {
             sys::fill_random(&mut self.buf);
@@ -292,15 +334,9 @@ impl OsRandom {
     }
 }
 
-impl ftp_proxy_core::RandomSource for OsRandom {
-    fn uniform(&mut self, upper: u32) -> u32 {
-        ftp_proxy_core::rand::uniform_from(upper, || self.next_u32())
-    }
-}
-
 /// Runs the proxy until SIGHUP, SIGINT or SIGTERM, then shuts it down gracefully
 /// (every session's rules removed) and returns `Ok(())`.
-pub fn run<B: Backend>(
+pub fn run<B: Filter>(
     listener: Listener,
     opts: &Options,
     proxy: ftp_proxy_core::Proxy,

@@ -205,6 +205,9 @@ pub(crate) struct Relay {
     limits: RelayLimits,
     /// When the data connections are next checked against their timeouts.
     next_sweep: Option<Instant>,
+    /// Bytes (up, down) of data connections that ended while their session was
+    /// live, per session, for the session's summary line.
+    ended_bytes: BTreeMap<u32, (u64, u64)>,
 }
 
 impl Relay {
@@ -230,11 +233,16 @@ impl Relay {
     }
 
     /// The control session `session` has ended: its data connections in progress may
-    /// finish, but now idle out after the short limit.
-    pub(crate) fn session_ended(&mut self, session: u32) {
+    /// finish, but now idle out after the short limit. Returns the bytes (up, down)
+    /// its data connections have moved so far.
+    pub(crate) fn session_ended(&mut self, session: u32) -> (u64, u64) {
+        let mut moved = self.ended_bytes.remove(&session).unwrap_or_default();
         for p in self.pairs.values_mut().filter(|p| p.session == session) {
             p.orphan = true;
+            moved.0 += p.up.moved();
+            moved.1 += p.down.moved();
         }
+        moved
     }
 
     /// When [`sweep`](Self::sweep) is next due (`None` without data connections).
@@ -687,6 +695,11 @@ impl Relay {
         };
         let _ = registry.deregister(&mut pair.accepted.sock);
         let _ = registry.deregister(&mut pair.opened.sock);
+        if !pair.orphan {
+            let total = self.ended_bytes.entry(pair.session).or_default();
+            total.0 += pair.up.moved();
+            total.1 += pair.down.moved();
+        }
         match end {
             PairEnd::Done => {
                 debug!(

@@ -12,9 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use ftp_proxy_core::{Action, Input, Proxy, SessionId, Side};
-use log::{debug, error, warn};
+use ftp_proxy_core::{
+    Accept, Action, Anchor, Bytes, CloseReason, Filter, FilterError, Input, Proxy, SessionId, Side,
+    Summary,
+};
+use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Waker};
 
@@ -22,7 +24,7 @@ use crate::relay::{Relay, RelayLimits};
 use crate::signal::Signals;
 use crate::sys;
 use crate::token::Tok;
-use crate::{Backend, DataPath, Divert, Listener, Options, RunError};
+use crate::{DataPath, Divert, Listener, Options, RunError};
 
 /// Reads per control socket per turn before other sockets get theirs.
 const READS_PER_TURN: usize = 16;
@@ -32,11 +34,6 @@ const IOV_PER_WRITE: usize = 64;
 const ACCEPTS_PER_TURN: usize = 64;
 /// Size of one read from a control socket.
 const READ_SIZE: usize = 16 * 1024;
-/// Stop reading a side while its peer (or, for the client, itself) has this much
-/// unwritten output.
-const HIGH_WATER: usize = 64 * 1024;
-/// Resume reading once that output is below this.
-const LOW_WATER: usize = 16 * 1024;
 /// How long accepting pauses after EMFILE/ENFILE (the original's `pause_accept_ev`).
 const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
 /// How long a shutdown waits for sessions to end and their rules to be removed.
@@ -124,6 +121,8 @@ struct Session {
     server: Option<Conn>,
     /// The server socket's connect has not completed yet.
     connecting: bool,
+    /// The core's read interest per side ([`Action::ReadInterest`]): client, server.
+    reading: [bool; 2],
 }
 
 impl Session {
@@ -133,17 +132,43 @@ impl Session {
             Side::Server => self.server.as_mut(),
         }
     }
-    fn queued(&self, side: Side) -> usize {
-        match side {
-            Side::Client => self.client.queued,
-            Side::Server => self.server.as_ref().map_or(0, |c| c.queued),
-        }
+    fn reading(&self, side: Side) -> bool {
+        self.reading[side as usize]
     }
 }
 
 enum Data<B> {
     Kernel(B),
     Relay(Relay),
+}
+
+/// The relay as a [`Filter`]: it executes the rules itself, and needs the poll
+/// registry for the listeners it opens. Its listeners and data connections live on
+/// in the relay; this is only the view one call needs.
+struct RelayFilter<'a> {
+    relay: &'a mut Relay,
+    registry: &'a mio::Registry,
+}
+
+impl Filter for RelayFilter<'_> {
+    fn name(&self) -> &'static str {
+        "relay"
+    }
+
+    fn commit(
+        &mut self,
+        anchor: &Anchor,
+        rules: &[ftp_proxy_core::Rule],
+    ) -> Result<(), FilterError> {
+        self.relay.commit(self.registry, anchor, rules)
+    }
+
+    /// Closes every listener and resets the data connections in progress; it
+    /// cannot fail.
+    fn remove_all(&mut self) -> Result<(), FilterError> {
+        self.relay.remove_all(self.registry);
+        Ok(())
+    }
 }
 
 /// Asks a [`Runtime`] to shut down from another thread (tests, embedders); the same
@@ -164,7 +189,7 @@ impl ShutdownHandle {
 
 /// The event loop and everything it owns. [`crate::run`] drives one until a signal;
 /// tests drive one turn by turn with [`turn`](Self::turn).
-pub struct Runtime<B: Backend> {
+pub struct Runtime<B: Filter> {
     poll: Poll,
     events: Events,
     listener: Option<TcpListener>,
@@ -190,7 +215,7 @@ pub struct Runtime<B: Backend> {
     read_buf: Box<[u8]>,
 }
 
-impl<B: Backend> Runtime<B> {
+impl<B: Filter> Runtime<B> {
     /// A loop around `listener`, with no signal handling (see [`crate::run`]).
     pub fn new(
         listener: Listener,
@@ -325,13 +350,20 @@ impl<B: Backend> Runtime<B> {
     /// Removes every rule this process installed (and, with the relay, resets the data
     /// connections still in progress); called once the loop is done.
     pub fn finish(&mut self) {
+        if let Err(e) = self.with_filter(|f| f.remove_all()) {
+            error!(priority = "crit"; "pf rule removal failed: {e}");
+        }
+    }
+
+    /// Runs `f` on whatever executes the core's rules: the kernel backend, or the
+    /// relay seen as a [`Filter`].
+    fn with_filter<R>(&mut self, f: impl FnOnce(&mut dyn Filter) -> R) -> R {
         match &mut self.data {
-            Data::Kernel(b) => {
-                if let Err(e) = b.remove_all() {
-                    error!(priority = "crit"; "pf rule removal failed: {e}");
-                }
-            }
-            Data::Relay(r) => r.remove_all(self.poll.registry()),
+            Data::Kernel(b) => f(b),
+            Data::Relay(relay) => f(&mut RelayFilter {
+                relay,
+                registry: self.poll.registry(),
+            }),
         }
     }
 
@@ -412,14 +444,10 @@ impl<B: Backend> Runtime<B> {
         }
         let now = Instant::now();
         if self.proxy.poll_timeout().is_some_and(|t| t <= now) {
+            // A commit retry that goes through turns reading back on through
+            // `Action::ReadInterest`, which marks that side hot.
             self.proxy.handle_timeout(now);
             self.drain(now);
-            // A timer may have re-enabled reading (a commit retry that went through).
-            let all: Vec<SessionId> = self.sessions.keys().copied().collect();
-            for id in all {
-                self.hot.insert((id, Side::Client));
-                self.hot.insert((id, Side::Server));
-            }
         }
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_paused_until = None;
@@ -477,18 +505,15 @@ impl<B: Backend> Runtime<B> {
                 return;
             }
             let Some(l) = &self.listener else { return };
-            let (sock, peer) = match l.accept() {
-                Ok(x) => x,
+            match l.accept() {
+                Ok((sock, peer)) => self.start_session(sock, peer),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.listener_ready = false;
                     return;
                 }
                 Err(e)
                     if e.kind() == ErrorKind::Interrupted
-                        || e.kind() == ErrorKind::ConnectionAborted =>
-                {
-                    continue
-                }
+                        || e.kind() == ErrorKind::ConnectionAborted => {}
                 Err(e) => {
                     error!(priority = "crit"; "accept() failed: {e}");
                     if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
@@ -496,72 +521,76 @@ impl<B: Backend> Runtime<B> {
                     }
                     return;
                 }
-            };
-            let now = Instant::now();
-            let client = sys::unmap(peer);
-            let local = match sock.local_addr() {
-                Ok(a) => sys::unmap(a),
-                Err(e) => {
-                    error!(priority = "crit"; "getsockname failed: {e}");
-                    continue;
-                }
-            };
-            let orig = match self.divert {
-                Divert::Getsockname => local,
-                Divert::OriginalDst => sys::original_dst(&sock, peer)
-                    .map(sys::unmap)
-                    .unwrap_or(local),
-            };
-            if self.is_own_listener(orig) {
-                // Not diverted: serving it would connect to ourselves, and that
-                // connection again, until the session limit (docs/linux.md).
-                warn!(
-                    "refused connection from {client}: its destination {orig} is this proxy's own listener, not a diverted FTP server"
-                );
-                drop(sock);
-                continue;
-            }
-            match self.proxy.accept(now, client, orig, 0) {
-                Ok(id) => {
-                    let mut sock = sock;
-                    sys::keepalive(&sock);
-                    sys::nodelay(&sock);
-                    let rw = Interest::READABLE | Interest::WRITABLE;
-                    if let Err(e) = self.poll.registry().register(
-                        &mut sock,
-                        Tok::Control(id, Side::Client).token(),
-                        rw,
-                    ) {
-                        error!(priority = "crit"; "{id} cannot register client socket: {e}");
-                        self.sessions.insert(
-                            id,
-                            Session {
-                                client: Conn::new(sock, false),
-                                server: None,
-                                connecting: false,
-                            },
-                        );
-                        self.proxy.handle(now, id, Input::Reset(Side::Client));
-                        self.drain(now);
-                        continue;
-                    }
-                    // A fresh socket is assumed ready; WouldBlock will say otherwise.
-                    self.sessions.insert(
-                        id,
-                        Session {
-                            client: Conn::new(sock, true),
-                            server: None,
-                            connecting: false,
-                        },
-                    );
-                    self.drain(now);
-                    self.hot.insert((id, Side::Client));
-                }
-                Err(_) => drop(sock), // the core logged it; no reply, as in the original
             }
         }
         // Turn is up with connections possibly still waiting.
         self.accept_hot = true;
+    }
+
+    /// Where an accepted client meant to go, and its routing domain; `None` (logged)
+    /// when the connection must be dropped.
+    fn describe(&self, sock: &TcpStream, peer: SocketAddr) -> Option<Accept> {
+        let client = sys::unmap(peer);
+        let local = match sock.local_addr() {
+            Ok(a) => sys::unmap(a),
+            Err(e) => {
+                error!(priority = "crit"; "getsockname failed: {e}");
+                return None;
+            }
+        };
+        let orig_dst = match self.divert {
+            Divert::Getsockname => local,
+            Divert::OriginalDst => sys::original_dst(sock, peer)
+                .map(sys::unmap)
+                .unwrap_or(local),
+        };
+        if self.is_own_listener(orig_dst) {
+            // Not diverted: serving it would connect to ourselves, and that
+            // connection again, until the session limit (docs/linux.md).
+            warn!(
+                "refused connection from {client}: its destination {orig_dst} is this proxy's own listener, not a diverted FTP server"
+            );
+            return None;
+        }
+        Some(Accept {
+            client,
+            orig_dst,
+            rdomain: sys::rdomain(sock),
+        })
+    }
+
+    /// Hands one accepted connection to the core and registers its socket.
+    fn start_session(&mut self, mut sock: TcpStream, peer: SocketAddr) {
+        let Some(conn) = self.describe(&sock, peer) else {
+            return;
+        };
+        let now = Instant::now();
+        // On refusal the core logged it; no reply, as in the original.
+        let Ok(id) = self.proxy.accept(now, conn) else {
+            return;
+        };
+        sys::keepalive(&sock);
+        sys::nodelay(&sock);
+        let rw = Interest::READABLE | Interest::WRITABLE;
+        let registered =
+            self.poll
+                .registry()
+                .register(&mut sock, Tok::Control(id, Side::Client).token(), rw);
+        // A fresh socket is assumed ready; WouldBlock will say otherwise.
+        let session = Session {
+            client: Conn::new(sock, registered.is_ok()),
+            server: None,
+            connecting: false,
+            reading: [true; 2],
+        };
+        self.sessions.insert(id, session);
+        if let Err(e) = registered {
+            error!(priority = "crit"; "{id} cannot register client socket: {e}");
+            self.proxy.handle(now, id, Input::Reset(Side::Client));
+        } else {
+            self.hot.insert((id, Side::Client));
+        }
+        self.drain(now);
     }
 
     /// Whether `orig`, the original destination of an accepted connection, is the
@@ -588,11 +617,14 @@ impl<B: Backend> Runtime<B> {
         if !c.writable && !c.readable {
             return;
         }
+        let failed = |e: io::Error| {
+            debug!("{id} connect failed: {e}");
+            Some(Input::ServerConnectFailed {
+                error: e.to_string(),
+            })
+        };
         let input = match c.sock.take_error() {
-            Ok(Some(e)) | Err(e) => {
-                debug!("{id} connect failed: {e}");
-                Some(Input::Reset(Side::Server))
-            }
+            Ok(Some(e)) | Err(e) => failed(e),
             Ok(None) => match c.sock.peer_addr() {
                 Ok(_) => Some(Input::ServerConnected),
                 Err(e)
@@ -603,10 +635,7 @@ impl<B: Backend> Runtime<B> {
                     c.readable = false;
                     None
                 }
-                Err(e) => {
-                    debug!("{id} connect failed: {e}");
-                    Some(Input::Reset(Side::Server))
-                }
+                Err(e) => failed(e),
             },
         };
         let Some(input) = input else { return };
@@ -627,6 +656,8 @@ impl<B: Backend> Runtime<B> {
         if !self.flush(id, side) {
             return;
         }
+        // What was written may have turned read interest on or off.
+        self.drain(Instant::now());
         for _ in 0..READS_PER_TURN {
             let Some(s) = self.sessions.get_mut(&id) else {
                 return;
@@ -634,13 +665,11 @@ impl<B: Backend> Runtime<B> {
             if side == Side::Server && s.connecting {
                 return;
             }
-            // Reading one side feeds its peer's queue, and the client's own: the core
-            // answers some client commands itself. A client that reads none of those
-            // answers must stop being read, or its queue grows without bound.
-            let backlog = s.queued(side.peer()) >= HIGH_WATER
-                || (side == Side::Client && s.client.queued >= HIGH_WATER);
+            // The core decides when to read (Action::ReadInterest): it counts what
+            // each side has queued and what it has not parsed yet.
+            let reading = s.reading(side);
             let Some(c) = s.conn(side) else { return };
-            if !c.readable || c.read_done || backlog || !self.proxy.wants_read(id, side) {
+            if !c.readable || c.read_done || !reading {
                 return;
             }
             let now;
@@ -686,11 +715,11 @@ impl<B: Backend> Runtime<B> {
         let before = c.queued;
         match c.flush() {
             Ok(()) => {
-                if before >= LOW_WATER && c.queued < LOW_WATER {
-                    // The peer may have stopped reading because of us, and so may
-                    // this side (the client, for the proxy's own replies).
-                    self.hot.insert((id, side.peer()));
-                    self.hot.insert((id, side));
+                let written = before - c.queued;
+                if written > 0 {
+                    // Its actions (read interest) run in the caller's drain.
+                    let now = Instant::now();
+                    self.proxy.handle(now, id, Input::Written(side, written));
                 }
                 true
             }
@@ -738,13 +767,24 @@ impl<B: Backend> Runtime<B> {
                 }
                 self.unflushed.insert((id, side));
             }
-            Action::Close(_) => {
+            Action::ReadInterest { side, on } => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.reading[side as usize] = on;
+                    if on {
+                        self.hot.insert((id, side));
+                    }
+                }
+            }
+            Action::RulesMayRemain { anchor, error } => self.rules_may_remain(anchor, &error),
+            Action::Close { reason, summary } => {
                 let Some(mut s) = self.sessions.remove(&id) else {
                     return;
                 };
-                if let Data::Relay(r) = &mut self.data {
-                    r.session_ended(id.0);
-                }
+                let relayed = match &mut self.data {
+                    Data::Relay(r) => Some(r.session_ended(id.0)),
+                    Data::Kernel(_) => None,
+                };
+                info!("{}", SummaryLine(id, &reason, &summary, relayed));
                 let registry = self.poll.registry();
                 // One best-effort flush of what is queued, errors ignored (as ftp-proxy.c's `end_session`).
                 let _ = s.client.flush();
@@ -759,13 +799,23 @@ impl<B: Backend> Runtime<B> {
                 self.hot.remove(&(id, Side::Server));
             }
             Action::CommitRules { txn, anchor, rules } => {
-                let result = match &mut self.data {
-                    Data::Kernel(b) => b.commit(&anchor, &rules),
-                    Data::Relay(r) => r.commit(self.poll.registry(), &anchor, &rules),
-                };
+                let result = self.with_filter(|f| f.commit(&anchor, &rules));
                 self.proxy
                     .handle(now, id, Input::RulesCommitted { txn, result });
             }
+        }
+    }
+
+    /// The core could not remove a finished session's rules (and has logged it):
+    /// try once more, and otherwise leave them to `remove_all` at exit.
+    fn rules_may_remain(&mut self, anchor: Anchor, error: &FilterError) {
+        let retry = self.with_filter(|f| f.commit(&anchor, &[]));
+        match retry {
+            Ok(()) => info!("rules of {anchor} removed on the second attempt (first: {error})"),
+            Err(e) => error!(
+                priority = "crit";
+                "rules of {anchor} may remain until exit: removal failed twice ({e})"
+            ),
         }
     }
 
@@ -812,5 +862,38 @@ impl<B: Backend> Runtime<B> {
             }
         };
         self.proxy.handle(now, id, input);
+    }
+}
+
+/// The one line a session leaves when it ends (info level, `-D 6`), with stable
+/// `key=value` fields documented in docs/behavior.md. The core has already logged
+/// why the session ended in the original's words; `reason` gives its stable name
+/// ([`CloseReason::kind`]), so that the line stands alone without repeating that
+/// text.
+struct SummaryLine<'a>(SessionId, &'a CloseReason, &'a Summary, Option<(u64, u64)>);
+
+impl std::fmt::Display for SummaryLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let SummaryLine(id, reason, s, relayed) = *self;
+        write!(
+            f,
+            "{id} session summary: client={} server={} duration={:.3}s commands={} \
+             pasv={} epsv={} port={} eprt={} rules={} ctl_in={} ctl_out={}",
+            s.client,
+            s.server,
+            s.duration.as_secs_f64(),
+            s.commands,
+            s.data.pasv,
+            s.data.epsv,
+            s.data.port,
+            s.data.eprt,
+            s.rules_committed,
+            s.client_bytes,
+            s.server_bytes,
+        )?;
+        if let Some((up, down)) = relayed {
+            write!(f, " data_up={up} data_down={down}")?;
+        }
+        write!(f, " reason={}", reason.kind())
     }
 }

@@ -202,6 +202,37 @@ pub(crate) fn original_dst<F: AsFd>(_fd: &F, _peer: SocketAddr) -> Option<Socket
     None
 }
 
+/// The routing domain an accepted connection arrived in (`SO_RTABLE`), for the
+/// session's rules. 0 when it cannot be read.
+#[cfg(target_os = "openbsd")]
+pub(crate) fn rdomain<F: AsFd>(fd: &F) -> u32 {
+    use std::os::fd::AsRawFd;
+    let mut rtable: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `rtable` and `len` are live locals of the sizes passed; the descriptor
+    // is borrowed for the call.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RTABLE,
+            (&mut rtable as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        u32::try_from(rtable).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+/// Linux has no routing domains: every connection is in 0.
+#[cfg(not(target_os = "openbsd"))]
+pub(crate) fn rdomain<F: AsFd>(_fd: &F) -> u32 {
+    0
+}
+
 /// Raises `RLIMIT_NOFILE` to `want` (soft and hard) unless both are already at least that.
 pub(crate) fn raise_nofile(want: u64) -> Result<(), Errno> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};

@@ -409,3 +409,77 @@ fn client_that_never_reads_proxy_replies_is_not_read_without_bound() {
     writer.join().unwrap().unwrap();
     proxy.stop();
 }
+
+#[test]
+fn a_failed_final_removal_is_retried() {
+    let server = ScriptedServer::start(ip("127.0.0.3"), files());
+    let backend = MockHandle::new();
+    {
+        let mut mock = backend.lock();
+        mock.push_result(Ok(()));
+        mock.push_result(Err(ftp_proxy_core::FilterError::Other {
+            errno: 5,
+            text: "Input/output error".into(),
+        }));
+    }
+    let proxy = RunningProxy::start(
+        cfg(server.addr),
+        "127.0.0.1:0".parse().unwrap(),
+        false,
+        Some(backend.clone()),
+    );
+    let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
+    c.login();
+    c.pasv();
+    assert!(c.cmd("QUIT").starts_with("221"));
+    drop(c);
+    assert!(proxy.wait_sessions(|n| n == 0), "session did not end");
+    let commits = backend.commits().to_vec();
+    let removals: Vec<_> = commits.iter().filter(|c| c.1.is_empty()).collect();
+    assert_eq!(removals.len(), 2, "{commits:?}");
+    assert!(
+        removals[0].2.is_err() && removals[1].2.is_ok(),
+        "{commits:?}"
+    );
+    assert!(
+        backend.anchors().is_empty(),
+        "the retry removed the rules before exit"
+    );
+    proxy.stop();
+}
+
+#[test]
+fn reading_resumes_after_a_retried_commit_with_input_held() {
+    // The PASV's commit is busy; 4000 pipelined USER lines (48 KiB, more than one
+    // 16 KiB read, so some stay in the socket) pile up behind it, so the core turns
+    // reading the client off. The retry 5 ms later goes through on a timer, not a
+    // socket event: the core's ReadInterest must bring reading back, or the rest of
+    // the lines would wait for an event that never comes.
+    let server = ScriptedServer::start(ip("127.0.0.3"), files());
+    let backend = MockHandle::new();
+    backend
+        .lock()
+        .push_result(Err(ftp_proxy_core::FilterError::Busy));
+    let proxy = RunningProxy::start(
+        cfg(server.addr),
+        "127.0.0.1:0".parse().unwrap(),
+        false,
+        Some(backend.clone()),
+    );
+    let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
+    c.login();
+    const N: usize = 4000;
+    let mut burst = b"PASV\r\n".to_vec();
+    for _ in 0..N {
+        burst.extend_from_slice(b"USER again\r\n");
+    }
+    assert!(burst.len() > 2 * 16 * 1024);
+    c.w.write_all(&burst).unwrap();
+    let r = c.reply();
+    assert!(r.starts_with("227 "), "{r:?}");
+    for i in 0..N {
+        let r = c.reply();
+        assert!(r.starts_with("331"), "reply {i}: {r:?}");
+    }
+    proxy.stop();
+}

@@ -13,12 +13,12 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
+use ftp_proxy_core::Filter;
 use ftp_proxy_core::{
     data_rules, Anchor, Config, FilterError, Mode, RuleLog, RuleOptions, SessionAddrs,
 };
 use ftp_proxy_tests::netns::{self, check, Ns, Result, Topology};
 use pfctl_backend::nft::{own_pid_namespace, table_name, tag_mark, NftBackend};
-use pfctl_backend::Backend;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("address literal")

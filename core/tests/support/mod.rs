@@ -1,5 +1,5 @@
 //! A tiny harness that drives one Proxy by hand, in the transcript style of smoltcp's tests.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -7,13 +7,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ftp_proxy_core::{
-    Action, Config, FilterError, Input, Proxy, RandomSource, Rule, SessionId, Side,
+    Accept, Action, CloseReason, Config, FilterError, Input, Proxy, RandomSource, Rule, SessionId,
+    Side, Summary,
 };
 
 /// Returns the queued values in turn (then the last one forever): proxy port = 49152 + value.
 pub struct Script(pub VecDeque<u32>);
 
 impl RandomSource for Script {
+    fn next_u32(&mut self) -> u32 {
+        unreachable!("the proxy draws through uniform")
+    }
+
     fn uniform(&mut self, upper: u32) -> u32 {
         let v = if self.0.len() > 1 {
             self.0.pop_front().unwrap()
@@ -47,7 +52,9 @@ impl H {
     pub fn with_addrs(cfg: Config, rng: &[u32], client: &str, server: &str, proxy: &str) -> H {
         let mut p = Proxy::new(cfg, Box::new(Script(rng.iter().copied().collect()))).unwrap();
         let now = Instant::now();
-        let id = p.accept(now, addr(client), addr(server), 0).unwrap();
+        let id = p
+            .accept(now, Accept::new(addr(client), addr(server)))
+            .unwrap();
         let mut h = H { p, now, id };
         let a = h.drain();
         assert!(matches!(a[..], [Action::ConnectServer { .. }]), "{a:?}");
@@ -64,7 +71,7 @@ impl H {
         let mut v = Vec::new();
         while let Some((id, a)) = self.p.poll_action() {
             assert_eq!(id, self.id);
-            v.push(a);
+            v.push(blank(a));
         }
         v
     }
@@ -117,4 +124,34 @@ pub fn greet_and_port(p: &mut Proxy, now: Instant, id: SessionId) {
         id,
         Input::Data(Side::Client, "PORT 1,2,3,4,19,136\r\n".into()),
     );
+}
+
+/// `Close` with its summary blanked, so that action lists compare by reason alone
+/// (the summary has tests of its own).
+pub fn close(reason: CloseReason) -> Action {
+    Action::Close {
+        reason,
+        summary: Box::new(blank_summary()),
+    }
+}
+
+fn blank_summary() -> Summary {
+    Summary {
+        client: addr("0.0.0.0:0"),
+        server: addr("0.0.0.0:0"),
+        duration: Duration::ZERO,
+        commands: 0,
+        data: Default::default(),
+        rules_committed: 0,
+        client_bytes: 0,
+        server_bytes: 0,
+    }
+}
+
+/// The action with a `Close`'s summary blanked (see [`close`]).
+pub fn blank(a: Action) -> Action {
+    match a {
+        Action::Close { reason, .. } => close(reason),
+        a => a,
+    }
 }

@@ -5,7 +5,7 @@
 //! At start the backend creates one table, `inet ftp-proxy-<pid>-<pidns>`, with static
 //! chains and empty maps, in one netlink batch over its own socket (`nft/ruleset.rs` shows
 //! the table as `nft list` prints it). A session's rules never become nftables
-//! rules: each [`Backend::commit`] turns the two pf-style rules of a negotiation into
+//! rules: each [`Filter::commit`] turns the two pf-style rules of a negotiation into
 //! three set elements and sends them in **one netlink batch** (one kernel
 //! transaction, all or nothing) over a persistent `NETLINK_NETFILTER` socket, together
 //! with the `NFT_MSG_DESTROYSETELEM` messages that remove the anchor's previous
@@ -36,7 +36,7 @@
 //! (SIGKILL, a panic, the OOM killer). A crashed daemon leaves no armed elements
 //! behind that could still DNAT a client into a server. Consequences:
 //!
-//! * the socket that creates the table is the one [`Backend::commit`] uses for the
+//! * the socket that creates the table is the one [`Filter::commit`] uses for the
 //!   life of the backend, and it must be opened by the process that runs the proxy
 //!   (after any `daemon(3)`/fork: a parent that exits would take the table with it);
 //!   it is close-on-exec, so no child inherits it;
@@ -75,7 +75,7 @@ use std::time::Duration;
 
 use ftp_proxy_core::{Config, Direction, Family, RuleLog, Translate};
 
-use crate::{Anchor, Backend, FilterError, Rule};
+use crate::{Anchor, Filter, FilterError, Rule};
 use msg::{addr_port, key, key_parts, Element};
 pub use msg::{parse_table_dump, DumpPart, TableInfo};
 use socket::{BatchError, NlSocket};
@@ -323,7 +323,7 @@ impl NftBackend {
     }
 }
 
-impl Backend for NftBackend {
+impl Filter for NftBackend {
     fn name(&self) -> &'static str {
         "nftables"
     }

@@ -5,8 +5,8 @@
 
 use std::net::IpAddr;
 
-use ftp_proxy_core::rules::{Direction, RuleLog, Translate, Verdict};
 use ftp_proxy_core::{Anchor, FilterError, Rule};
+use ftp_proxy_core::{Direction, RuleLog, Translate, Verdict};
 
 use super::abi::*;
 
@@ -265,7 +265,7 @@ pub fn strerror(errno: i32) -> String {
 mod tests {
     use super::*;
     use ftp_proxy_core::data_rules;
-    use ftp_proxy_core::rules::{Mode, PortRange, RuleOptions, SessionAddrs};
+    use ftp_proxy_core::{Mode, PortRange, RuleOptions, SessionAddrs};
 
     const ANCHOR: Anchor = Anchor {
         pid: 28913,

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use super::*;
 use ftp_proxy_core::data_rules;
-use ftp_proxy_core::rules::{Mode, RuleOptions, SessionAddrs};
+use ftp_proxy_core::{Mode, RuleOptions, SessionAddrs};
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

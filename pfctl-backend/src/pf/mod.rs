@@ -1,6 +1,6 @@
 //! The OpenBSD pf backend: the original's filter.c over `/dev/pf` ioctls.
 //!
-//! Each [`commit`](Backend::commit) is one pf transaction on the session's anchor,
+//! Each [`commit`](Filter::commit) is one pf transaction on the session's anchor,
 //! exactly as ftp-proxy(8)'s filter.c does it (`prepare_commit`, `do_commit`): DIOCXBEGIN with a one-element
 //! `pfioc_trans`, one DIOCADDRULE per rule with the ticket the begin returned, then
 //! DIOCXCOMMIT, which swaps the new rules in atomically and drops the anchor's old ones.
@@ -58,7 +58,7 @@ use std::fmt;
 
 use log::{info, warn};
 
-use crate::Backend;
+use ftp_proxy_core::Filter;
 use ftp_proxy_core::{Anchor, FilterError, Rule};
 
 pub use abi::Layout;
@@ -308,7 +308,7 @@ impl<D: PfDevice> PfBackend<D> {
     }
 }
 
-impl<D: PfDevice> Backend for PfBackend<D> {
+impl<D: PfDevice> Filter for PfBackend<D> {
     fn name(&self) -> &'static str {
         "pf"
     }

@@ -4,7 +4,7 @@
 use super::model::{Call, KernelModel, PfOp};
 use super::*;
 use ftp_proxy_core::data_rules;
-use ftp_proxy_core::rules::{Mode, RuleOptions, SessionAddrs};
+use ftp_proxy_core::{Mode, RuleOptions, SessionAddrs};
 
 const PID: u32 = 4242;
 

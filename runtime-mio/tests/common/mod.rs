@@ -1,6 +1,6 @@
 //! Shared test fixtures: a runtime in a thread (with the mock filter or the relay), a scripted FTP
 //! server and a small FTP client, all on real loopback sockets.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::net::IpAddr;
 
-use ftp_proxy_core::ftp;
+use ftp_proxy_core::internals::ftp;
 use ftp_proxy_core::{Pcg32, RandomSource};
 
 /// What a client line should become on its way to the server.
@@ -186,7 +186,7 @@ pub struct Client {
     /// Every line sent, with its expected fate.
     pub sent: Vec<(Vec<u8>, Fate)>,
     /// Raw bytes received from the proxy.
-    pub inbox: ftp_proxy_core::line::LineBuf,
+    pub inbox: ftp_proxy_core::internals::LineBuf,
     pub received: Vec<Vec<u8>>,
     /// Final replies still owed to us.
     pub owed: usize,
@@ -243,7 +243,7 @@ pub enum Unit {
 /// A scripted server for one session.
 #[derive(Debug, Default)]
 pub struct Server {
-    pub inbox: ftp_proxy_core::line::LineBuf,
+    pub inbox: ftp_proxy_core::internals::LineBuf,
     pub received: Vec<Vec<u8>>,
     /// Every reply sent (all its lines), with its kind.
     pub sent: Vec<(Vec<Vec<u8>>, Unit)>,

@@ -21,13 +21,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ftp_proxy_core::rules::{PROXY_PORT_END, PROXY_PORT_LOW};
+use ftp_proxy_core::internals::ftp;
+use ftp_proxy_core::Filter;
 use ftp_proxy_core::{
-    ftp, Action, Anchor, Config, Direction, Input, Pcg32, Proxy, RandomSource, Refused, RuleLog,
-    RuleOptions, SessionId, Side, Translate,
+    Accept, Action, Anchor, Config, Direction, Input, Pcg32, Proxy, RandomSource, Refused, RuleLog,
+    RuleOptions, SessionId, Side, Translate, DEFAULT_PROXY_PORTS,
 };
 use pfctl_backend::mock::{FaultRates, MockBackend};
-use pfctl_backend::Backend;
 
 use actors::{Client, Fate, Server, Step, Unit};
 
@@ -121,6 +121,8 @@ struct Peer {
     ack_at: u64,
     /// Whether the proxy closed this session's sockets.
     proxy_closed: bool,
+    /// The read interest last emitted per side (client, server); both start on.
+    reading: [bool; 2],
 }
 
 /// The simulated world of one seed.
@@ -173,6 +175,7 @@ impl World {
             source_addr: None,
             rules,
             pid: PID,
+            proxy_ports: DEFAULT_PROXY_PORTS,
             server_data_ports: None,
         };
         let proxy =
@@ -207,6 +210,7 @@ impl World {
                 pipe_at: [0; 4],
                 ack_at: 0,
                 proxy_closed: false,
+                reading: [true; 2],
             });
         }
         let faults = FaultRates {
@@ -389,7 +393,7 @@ impl World {
                 let live = self.proxy.len();
                 match self
                     .proxy
-                    .accept(now, self.peers[i].addr, self.orig_dst(), 0)
+                    .accept(now, Accept::new(self.peers[i].addr, self.orig_dst()))
                 {
                     Ok(sid) => {
                         self.note("accept", sid.0, b"");
@@ -504,7 +508,10 @@ impl World {
                                 self.now,
                                 Ev::ToProxy(sid, Input::ServerSocketOpened { proxy }),
                             );
-                            self.at(self.now + lat, Ev::ToProxy(sid, Input::Reset(Side::Server)));
+                            let failed = Input::ServerConnectFailed {
+                                error: "Connection refused".into(),
+                            };
+                            self.at(self.now + lat, Ev::ToProxy(sid, failed));
                         }
                         2 => self.at(
                             self.now,
@@ -529,6 +536,11 @@ impl World {
                         &bytes,
                     );
                     self.check_release(sid, side, &bytes)?;
+                    // Reported written at once, while the drain goes on (the
+                    // contract allows inputs between polls).
+                    let now = self.instant();
+                    self.proxy
+                        .handle(now, sid, Input::Written(side, bytes.len()));
                     let pipe = if side == Side::Client {
                         Pipe::ProxyToClient
                     } else {
@@ -565,8 +577,32 @@ impl World {
                         },
                     );
                 }
-                Action::Close(reason) => {
+                Action::ReadInterest { side, on } => {
+                    // Every byte is written at once, so only unparsed input behind a
+                    // commit can turn reading off; the sim delivers regardless.
+                    let what = if on { "read-on" } else { "read-off" };
+                    self.note(what, sid.0, side.name().as_bytes());
+                    // Invariant: emitted only when it changes, never after the close.
+                    let was = std::mem::replace(&mut self.peers[i].reading[side as usize], on);
+                    if was == on || self.peers[i].proxy_closed {
+                        return Err(self.fail(format!(
+                            "{sid} read interest {side} {on} repeated or after close"
+                        )));
+                    }
+                }
+                Action::RulesMayRemain { anchor, .. } => {
+                    // What the runtime does: one more removal.
+                    self.note("may-remain", sid.0, b"");
+                    let _ = self.filter.commit(&anchor, &[]);
+                }
+                Action::Close { reason, summary } => {
                     self.note("close", sid.0, reason.to_string().as_bytes());
+                    if summary.client != self.peers[i].addr {
+                        return Err(self.fail(format!(
+                            "{sid} summary names client {}, not {}",
+                            summary.client, self.peers[i].addr
+                        )));
+                    }
                     *self
                         .report
                         .closes
@@ -604,7 +640,7 @@ impl World {
                 ftp::escape(line)
             )));
         };
-        if !(PROXY_PORT_LOW..PROXY_PORT_END).contains(&port) {
+        if !(DEFAULT_PROXY_PORTS.low..=DEFAULT_PROXY_PORTS.high).contains(&port) {
             return Err(self.fail(format!(
                 "{sid} leaked an endpoint port: {}",
                 ftp::escape(line)
@@ -647,7 +683,7 @@ impl World {
                 return Err(self.fail(format!("rules left for ended session {anchor}")));
             }
             for r in rules.iter().filter(|r| r.direction == Direction::In) {
-                if !(PROXY_PORT_LOW..PROXY_PORT_END).contains(&r.port) {
+                if !(DEFAULT_PROXY_PORTS.low..=DEFAULT_PROXY_PORTS.high).contains(&r.port) {
                     return Err(self.fail(format!("proxy port {} out of range", r.port)));
                 }
                 ports.push(r.port);
@@ -913,7 +949,9 @@ fn rewritten_active(got: &[u8], sent: &[u8], proxy_ip: IpAddr) -> bool {
         (b"PORT", IpAddr::V4(v4)) => ftp::format_port(v4, p),
         _ => ftp::format_eprt(proxy_ip, p),
     };
-    verb_kept && got == expected.as_bytes() && (PROXY_PORT_LOW..PROXY_PORT_END).contains(&p)
+    verb_kept
+        && got == expected.as_bytes()
+        && (DEFAULT_PROXY_PORTS.low..=DEFAULT_PROXY_PORTS.high).contains(&p)
 }
 
 /// The client must see the proxy's own 227 (with the original server address) or 229.
@@ -932,7 +970,8 @@ fn rewritten_passive(got: &[u8], first_line: &[u8], orig_ip: IpAddr) -> bool {
         };
         (ftp::format_229(p), p)
     };
-    got == expected.as_bytes() && (PROXY_PORT_LOW..PROXY_PORT_END).contains(&port)
+    got == expected.as_bytes()
+        && (DEFAULT_PROXY_PORTS.low..=DEFAULT_PROXY_PORTS.high).contains(&port)
 }
 
 /// Runs one seed; on failure runs it again with tracing to show the tail.

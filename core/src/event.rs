@@ -1,0 +1,383 @@
+//! The vocabulary between the proxy and its driver: what happened ([`Input`]), what
+//! to do ([`Action`]), and the names both use ([`SessionId`], [`Side`],
+//! [`CloseReason`], [`Summary`]).
+//!
+//! It has a module of its own so that [`crate::Proxy`] and the per-session state
+//! machine both depend on it and not on each other.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::error::FilterError;
+use crate::rules::{Anchor, Mode, Rule};
+
+/// A session's id: starts at 1 and counts up; after `u32::MAX` accepts it wraps to
+/// 1, skipping ids still live, so no two live sessions ever share one. It names the
+/// anchor (`ftp-proxy/<pid>.<id>`) and prefixes log lines (`#id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionId(pub u32);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// One side of a session: the FTP client or the FTP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Side {
+    /// The control connection accepted from the client.
+    Client,
+    /// The control connection the proxy opened to the server.
+    Server,
+}
+
+impl Side {
+    /// The other side.
+    pub fn peer(self) -> Side {
+        match self {
+            Side::Client => Side::Server,
+            Side::Server => Side::Client,
+        }
+    }
+
+    /// `client` or `server`, as the log lines say (also what `Display` writes).
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Server => "server",
+        }
+    }
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A client connection the driver accepted, for [`crate::Proxy::accept`].
+///
+/// A struct rather than positional arguments: `client` and `orig_dst` have the same
+/// type and are easy to swap, and the routing domain is easy to forget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accept {
+    /// The client's address (v4-mapped addresses unmapped).
+    pub client: SocketAddr,
+    /// Where the client meant to go: the diverted destination, or in reverse mode
+    /// (`-R`) the listener's own address.
+    pub orig_dst: SocketAddr,
+    /// The routing domain the client's connection arrived in: `SO_RTABLE` of the
+    /// accepted socket on OpenBSD, 0 where there are no routing domains (Linux). The
+    /// rules of the session match it (`on rdomain`).
+    pub rdomain: u32,
+}
+
+impl Accept {
+    /// A connection in routing domain 0 (every connection on Linux).
+    pub fn new(client: SocketAddr, orig_dst: SocketAddr) -> Accept {
+        Accept {
+            client,
+            orig_dst,
+            rdomain: 0,
+        }
+    }
+}
+
+/// What happened to a session, reported by the driver through [`crate::Proxy::handle`].
+///
+/// Each fact has exactly one input. `handle` may be called at any time, also while
+/// the driver is still draining [`crate::Proxy::poll_action`]: the new actions queue
+/// behind the ones not yet taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The socket towards the server exists and its connect is under way; `proxy` is
+    /// its local address (`getsockname`), the proxy's address in rules and rewrites.
+    ///
+    /// Required before the session reads client commands: client bytes that arrive
+    /// earlier are buffered (subject to read interest) and parsed after it.
+    ServerSocketOpened {
+        /// Local address of the server-side socket.
+        proxy: SocketAddr,
+    },
+    /// The connect to the server completed. Optional: it is logged at debug level and
+    /// changes nothing else (server bytes prove the connection too).
+    ServerConnected,
+    /// The connect to the server failed, at once (socket, bind or connect returned an
+    /// error) or later (the socket reported an error before [`Input::ServerConnected`]).
+    /// This is the one way to report a failed connect; a failure after the socket was
+    /// opened is logged as the original does (`server refused connection`).
+    ServerConnectFailed {
+        /// The OS error, as text for the log.
+        error: String,
+    },
+    /// Bytes read from that side.
+    Data(Side, Bytes),
+    /// The driver wrote this many bytes of what [`Action::Send`] queued for that side.
+    /// The core counts what each side has queued and decides read interest from it
+    /// (see [`Action::ReadInterest`]).
+    Written(Side, usize),
+    /// End of file from that side.
+    Eof(Side),
+    /// A read error on an established connection to that side.
+    Reset(Side),
+    /// A write to that side failed.
+    WriteError(Side),
+    /// The outcome of the [`Action::CommitRules`] with this `txn`. An outcome whose
+    /// `txn` is not the one the session waits for (a late answer to a commit that
+    /// was replaced) is ignored, logged at debug level.
+    RulesCommitted {
+        /// The transaction number from the action.
+        txn: u64,
+        /// Whether the filter took the rules.
+        result: Result<(), FilterError>,
+    },
+}
+
+/// What the driver must do for a session, drained from [`crate::Proxy::poll_action`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Open a non-blocking TCP connection to `to` (bound to `bind` if given), then
+    /// report [`Input::ServerSocketOpened`], or [`Input::ServerConnectFailed`].
+    ConnectServer {
+        /// The server: the `-R` address, or the client's original destination.
+        to: SocketAddr,
+        /// The `-a` source address.
+        bind: Option<IpAddr>,
+    },
+    /// Write these bytes to that side, after everything queued before, and report
+    /// what was written with [`Input::Written`].
+    Send(Side, Bytes),
+    /// Start (`on`) or stop reading that side. Emitted only when it changes; every
+    /// side starts with read interest on. It goes off while the session holds more
+    /// than [`INBOX_HIGH_WATER`] unparsed bytes of that side (a commit is in flight),
+    /// or while the output queued for the other side, or for the client itself (the
+    /// proxy answers some client commands on its own), reaches
+    /// [`OUTPUT_HIGH_WATER`]; it comes back once they are below [`OUTPUT_LOW_WATER`].
+    /// So memory per session is bounded whatever the peers do. After
+    /// [`Action::Close`] no more read interest is emitted: stop reading both sides.
+    ReadInterest {
+        /// Which socket.
+        side: Side,
+        /// Whether to read it.
+        on: bool,
+    },
+    /// Replace the anchor's rules with `rules` atomically (an empty list removes them),
+    /// then report [`Input::RulesCommitted`] with the same `txn`.
+    ///
+    /// The handshake's corners:
+    /// * After a `Busy` result the same `txn` and rules are emitted again 5 ms later
+    ///   (once; a second `Busy` ends the session).
+    /// * After `AddrInUse` a new `txn` follows at once, with a new proxy port (up to
+    ///   8 ports), and the rewritten line then names that port.
+    /// * The line that depends on the rules is held back until `Ok`.
+    CommitRules {
+        /// Matches the acknowledgement to the commit.
+        txn: u64,
+        /// The session's anchor.
+        anchor: Anchor,
+        /// The complete new rule set.
+        rules: Vec<Rule>,
+    },
+    /// Flush what is queued for both sides (one attempt), then close both sockets.
+    /// A `CommitRules` removing the session's rules may follow.
+    ///
+    /// The core has already logged `reason` (as the original does); the driver logs
+    /// the one summary line from `summary` and does not log the reason again.
+    Close {
+        /// Why the session ended.
+        reason: CloseReason,
+        /// What the session did, for the driver's per-session log line (boxed:
+        /// every action moves through the queue, and this one is large and rare).
+        summary: Box<Summary>,
+    },
+    /// The final removal of the session's rules failed: rules of this anchor may
+    /// remain in the filter. The session is forgotten all the same. The driver logs
+    /// it and removes the anchor's rules by other means (a retry, or its
+    /// `remove_all` at exit).
+    RulesMayRemain {
+        /// The anchor whose removal failed.
+        anchor: Anchor,
+        /// What the filter said.
+        error: FilterError,
+    },
+}
+
+/// Unparsed bytes of one side beyond which the session turns its read interest off.
+pub const INBOX_HIGH_WATER: usize = 8 * 1024;
+/// Output queued for a side (sent but not yet [`Input::Written`]) at which reading
+/// stops.
+pub const OUTPUT_HIGH_WATER: usize = 64 * 1024;
+/// Queued output below which reading resumes.
+pub const OUTPUT_LOW_WATER: usize = 16 * 1024;
+
+/// Data connections a session negotiated, by mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DataCounts {
+    /// PASV (227 replies rewritten).
+    pub pasv: u32,
+    /// EPSV (229 replies rewritten).
+    pub epsv: u32,
+    /// PORT commands rewritten.
+    pub port: u32,
+    /// EPRT commands rewritten.
+    pub eprt: u32,
+}
+
+impl DataCounts {
+    pub(crate) fn count(&mut self, mode: Mode, epsv: bool) {
+        let n = match (mode, epsv) {
+            (Mode::Passive, false) => &mut self.pasv,
+            (Mode::Passive, true) => &mut self.epsv,
+            (Mode::ActivePort, _) => &mut self.port,
+            (Mode::ActiveEprt, _) => &mut self.eprt,
+        };
+        *n += 1;
+    }
+}
+
+/// What one session did, handed to the driver with [`Action::Close`].
+///
+/// The driver adds what only it knows (bytes it relayed on data connections) and
+/// logs one line; docs/behavior.md lists that line's fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The server the session connected to.
+    pub server: SocketAddr,
+    /// From accept to close.
+    pub duration: Duration,
+    /// Client command lines read.
+    pub commands: u64,
+    /// Data connections negotiated (rules committed and the line rewritten), by mode.
+    pub data: DataCounts,
+    /// Rule sets the filter took (removals not counted).
+    pub rules_committed: u32,
+    /// Control bytes read from the client.
+    pub client_bytes: u64,
+    /// Control bytes read from the server.
+    pub server_bytes: u64,
+}
+
+/// Why a session ended. `Display` gives the original's log text (without `#id`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// EOF from that side (`client close` / `server close`).
+    Eof(Side),
+    /// A read error on the client (`client reset connection`).
+    ClientReset,
+    /// A read error on the server, or a connect that failed after the socket was
+    /// opened (`server refused connection`).
+    ServerRefused,
+    /// A write to that side failed.
+    WriteError(Side),
+    /// No bytes from that side for the idle timeout (30 s for the server's first bytes).
+    Timeout(Side),
+    /// A line longer than 500 bytes or holding a NUL byte.
+    NotClean(Side),
+    /// The connection to the server could not even be started.
+    ConnectFailed {
+        /// The server address, as text.
+        server: String,
+        /// The OS error, as text.
+        error: String,
+    },
+    /// Committing the data-connection rules failed.
+    Filter(FilterError),
+    /// The client pipelined more commands than the proxy tracks without reading replies.
+    TooManyPipelined,
+    /// A server reply line arrived that answers no command: the server sent it
+    /// before it could have seen the command it would answer, or when nothing was
+    /// owed. Commands and replies are out of step (a reply ended early by a line the
+    /// client controls, e.g. a file name in a `STAT` listing), so no later reply can
+    /// be trusted to answer a PASV/EPSV.
+    ReplyDesync,
+    /// The daemon is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// A stable, machine-friendly name of the reason (`client_close`,
+    /// `server_timeout`, `filter_failed`, ...), for the summary line's `reason=`
+    /// field: the original's wording is in the line the core logs, and a second
+    /// copy of it would make every grep for it count each session twice.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CloseReason::Eof(Side::Client) => "client_close",
+            CloseReason::Eof(Side::Server) => "server_close",
+            CloseReason::ClientReset => "client_reset",
+            CloseReason::ServerRefused => "server_refused",
+            CloseReason::WriteError(Side::Client) => "client_write_error",
+            CloseReason::WriteError(Side::Server) => "server_write_error",
+            CloseReason::Timeout(Side::Client) => "client_timeout",
+            CloseReason::Timeout(Side::Server) => "server_timeout",
+            CloseReason::NotClean(Side::Client) => "client_not_clean",
+            CloseReason::NotClean(Side::Server) => "server_not_clean",
+            CloseReason::ConnectFailed { .. } => "connect_failed",
+            CloseReason::Filter(_) => "filter_failed",
+            CloseReason::TooManyPipelined => "too_many_pipelined",
+            CloseReason::ReplyDesync => "reply_desync",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+
+    /// Whether the original logs this at error (`true`) or lower level.
+    pub fn is_error(&self) -> bool {
+        !matches!(
+            self,
+            CloseReason::Eof(_) | CloseReason::Shutdown | CloseReason::Timeout(Side::Server)
+        )
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Eof(side) => write!(f, "{} close", side.name()),
+            CloseReason::ClientReset => f.write_str("client reset connection"),
+            CloseReason::ServerRefused => f.write_str("server refused connection"),
+            CloseReason::WriteError(side) => write!(f, "{} write error", side.name()),
+            CloseReason::Timeout(side) => write!(f, "{} timeout", side.name()),
+            CloseReason::NotClean(Side::Client) => {
+                f.write_str("client command too long or not clean")
+            }
+            CloseReason::NotClean(Side::Server) => {
+                f.write_str("server reply too long or not clean")
+            }
+            CloseReason::ConnectFailed { server, error } => {
+                write!(f, "proxy cannot connect to server {server}: {error}")
+            }
+            CloseReason::Filter(e) => write!(f, "pf operation failed: {e}"),
+            CloseReason::TooManyPipelined => f.write_str("client pipelined too many commands"),
+            CloseReason::ReplyDesync => {
+                f.write_str("server reply answers no command (replies out of step)")
+            }
+            CloseReason::Shutdown => f.write_str("shutting down"),
+        }
+    }
+}
+
+/// Why [`crate::Proxy::accept`] turned a connection away; the driver closes the
+/// socket without a reply (as the original does). The core has logged it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `-m` sessions are live.
+    Limit(u32),
+    /// [`crate::Proxy::shutdown`] was called.
+    ShuttingDown,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refused::Limit(m) => write!(f, "client limit ({m}) reached"),
+            Refused::ShuttingDown => f.write_str("shutting down"),
+        }
+    }
+}
+
+impl std::error::Error for Refused {}
