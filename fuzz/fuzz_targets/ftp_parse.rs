@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ftp_proxy_core::ftp::{self, Command};
+use ftp_proxy_core::internals::ftp::{self, Command};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|line: &[u8]| {

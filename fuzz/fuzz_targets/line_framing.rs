@@ -5,7 +5,7 @@
 #![no_main]
 
 use arbitrary::Unstructured;
-use ftp_proxy_core::line::{LineBuf, MAX_LINE};
+use ftp_proxy_core::internals::{LineBuf, MAX_LINE};
 use libfuzzer_sys::fuzz_target;
 
 /// The framing rule stated on its own: a line ends at the first LF within

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use bytes::Bytes;
-use ftp_proxy_core::ftp::{self, Command};
-use ftp_proxy_core::line::MAX_LINE;
+use ftp_proxy_core::internals::ftp::{self, Command};
+use ftp_proxy_core::internals::MAX_LINE;
 use ftp_proxy_core::rules::{
     MIN_DATA_PORT, NAT_PORTS, PROXY_PORT_END, PROXY_PORT_LOW, RFC_ACTIVE_SOURCE_PORT,
 };
