@@ -19,8 +19,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use ftp_proxy_core::{DEFAULT_PROXY_PORTS, MAX_SESSIONS_LIMIT, MAX_TIMEOUT_SECS, PF_NAME_SIZE};
 use ftp_proxy_core::PortRange;
+use ftp_proxy_core::{DEFAULT_PROXY_PORTS, MAX_SESSIONS_LIMIT, MAX_TIMEOUT_SECS, PF_NAME_SIZE};
 use ftp_proxy_runtime::RelayLimits;
 
 /// The usage text, three lines with a fixed 17-space indent, as `usage()` prints it.
