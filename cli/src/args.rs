@@ -25,7 +25,7 @@ use ftp_proxy_runtime::RelayLimits;
 
 /// The usage text, three lines with a fixed 17-space indent, as `usage()` prints it.
 /// `{}` is the program name.
-pub fn usage(progname: &str) -> String {
+pub(crate) fn usage(progname: &str) -> String {
     format!(
         "usage: {progname} [-6Adrv] [-a sourceaddr] [-b address] [-D level] [-m maxsessions]\n                 [-P port] [-p port] [-q queue] [-R address] [-T tag]\n                 [-t timeout]\n"
     )
@@ -33,7 +33,7 @@ pub fn usage(progname: &str) -> String {
 
 /// Which packet filter carries the data connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendKind {
+pub(crate) enum BackendKind {
     /// No packet filter: the proxy relays data connections itself.
     Relay,
     /// Linux nftables over netlink.
@@ -44,7 +44,7 @@ pub enum BackendKind {
 
 impl BackendKind {
     /// The platform default: pf on OpenBSD, the userspace relay elsewhere.
-    pub fn platform_default() -> BackendKind {
+    pub(crate) fn platform_default() -> BackendKind {
         if cfg!(target_os = "openbsd") {
             BackendKind::Pf
         } else {
@@ -53,7 +53,7 @@ impl BackendKind {
     }
 
     /// The name used on the command line.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             BackendKind::Relay => "relay",
             BackendKind::Nftables => "nftables",
@@ -84,7 +84,7 @@ impl fmt::Display for BackendKind {
 
 /// How the proxy learns where a diverted client wanted to go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DivertMode {
+pub(crate) enum DivertMode {
     /// Linux nftables `redirect`/`dnat`: ask conntrack with `SO_ORIGINAL_DST`.
     Redirect,
     /// Linux nftables `tproxy`: a transparent listener, the destination is the
@@ -97,7 +97,7 @@ pub enum DivertMode {
 
 impl DivertMode {
     /// The platform default: `redirect` on Linux, `getsockname` (pf `divert-to`) elsewhere.
-    pub fn platform_default() -> DivertMode {
+    pub(crate) fn platform_default() -> DivertMode {
         if cfg!(target_os = "linux") {
             DivertMode::Redirect
         } else {
@@ -106,7 +106,7 @@ impl DivertMode {
     }
 
     /// The name used on the command line.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DivertMode::Redirect => "redirect",
             DivertMode::Tproxy => "tproxy",
@@ -137,7 +137,7 @@ impl fmt::Display for DivertMode {
 
 /// `--server-data-ports`: `LOW:HIGH`, `LOW-HIGH` or one port, all from 1024 up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DataPorts(pub PortRange);
+pub(crate) struct DataPorts(pub PortRange);
 
 impl FromStr for DataPorts {
     type Err = String;
@@ -165,7 +165,7 @@ fn port_range(s: &str, what: &str) -> Result<PortRange, String> {
 
 /// The parsed command line, every default filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Args {
+pub(crate) struct Args {
     /// `-6`.
     pub ipv6: bool,
     /// `-A`.
@@ -252,7 +252,7 @@ impl Default for Args {
 
 impl Args {
     /// The listen address, defaulted as the original does after option parsing.
-    pub fn listen_address(&self) -> &str {
+    pub(crate) fn listen_address(&self) -> &str {
         match &self.listen_address {
             Some(a) => a,
             None if self.ipv6 => "::1",
@@ -263,7 +263,7 @@ impl Args {
 
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the proxy.
     Run(Box<Args>),
     /// `--help`: print this text on standard output and exit 0.
@@ -274,13 +274,13 @@ pub enum Command {
 
 /// The `--version` line: the program name and the package version, which is the
 /// workspace version and the Debian package's upstream version.
-pub fn version_line(progname: &str) -> String {
+pub(crate) fn version_line(progname: &str) -> String {
     format!("{progname} {}\n", env!("CARGO_PKG_VERSION"))
 }
 
 /// Why the command line was refused. Every variant exits with status 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ArgsError {
+pub(crate) enum ArgsError {
     /// getopt's complaint (`unknown option -- x`, `option requires an argument -- p`),
     /// or none for a third `-v`; followed by the usage text.
     Usage(Option<String>),
@@ -557,7 +557,7 @@ const OPTIONS: &[Opt] = &[
 /// Like `strtoll`, leading white space and one sign are accepted; anything left
 /// over, or no digits at all, is `invalid`; values beyond `i64` saturate and then
 /// count as too small or too large.
-pub fn strtonum(s: &str, min: i64, max: i64) -> Result<i64, &'static str> {
+pub(crate) fn strtonum(s: &str, min: i64, max: i64) -> Result<i64, &'static str> {
     let t = s.trim_start_matches([' ', '\t', '\n', '\x0b', '\x0c', '\r']);
     let (neg, digits) = match t.as_bytes().first() {
         Some(b'-') => (true, &t[1..]),
@@ -691,7 +691,7 @@ fn getopt(args: &[String]) -> Result<Result<Args, Stop>, ArgsError> {
 }
 
 /// Parses a whole command line: `argv[0]` is the program name.
-pub fn parse(argv: &[String]) -> Result<Command, ArgsError> {
+pub(crate) fn parse(argv: &[String]) -> Result<Command, ArgsError> {
     let progname = progname(argv);
     Ok(match getopt(argv.get(1..).unwrap_or(&[]))? {
         Ok(args) => Command::Run(Box::new(args)),
@@ -755,7 +755,7 @@ fn help_text(progname: &str) -> String {
 
 /// The program name for messages: the last path component of `argv[0]`, like
 /// `__progname`.
-pub fn progname(argv: &[String]) -> &str {
+pub(crate) fn progname(argv: &[String]) -> &str {
     argv.first()
         .and_then(|a| a.rsplit('/').next())
         .filter(|s| !s.is_empty())

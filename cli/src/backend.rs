@@ -13,7 +13,7 @@ use crate::args::{Args, BackendKind};
 
 /// Why the backend could not be opened.
 #[derive(Debug)]
-pub enum BackendError {
+pub(crate) enum BackendError {
     /// This build or this operating system has no such backend.
     #[cfg_attr(target_os = "linux", allow(dead_code))] // only nftables off Linux
     Unsupported(BackendKind, &'static str),
@@ -38,7 +38,10 @@ impl std::error::Error for BackendError {}
 
 /// The data path for `args.backend`, for a proxy running with `config` (in the
 /// process that will commit: the nftables table is named after `config.pid`).
-pub fn open(args: &Args, config: &Config) -> Result<DataPath<Box<dyn Filter>>, BackendError> {
+pub(crate) fn open(
+    args: &Args,
+    config: &Config,
+) -> Result<DataPath<Box<dyn Filter>>, BackendError> {
     match args.backend {
         BackendKind::Relay => Ok(DataPath::Relay),
         BackendKind::Nftables => open_nftables(config),
@@ -81,6 +84,6 @@ fn open_pf(_config: &Config) -> Result<DataPath<Box<dyn Filter>>, BackendError> 
 }
 
 /// Whether the privilege drop must keep CAP_NET_ADMIN for this backend.
-pub fn needs_net_admin(kind: BackendKind) -> bool {
+pub(crate) fn needs_net_admin(kind: BackendKind) -> bool {
     kind == BackendKind::Nftables
 }

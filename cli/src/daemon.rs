@@ -19,11 +19,11 @@ use crate::sys;
 
 /// An open `/dev/null`, kept until [`Detached::ready`] puts it on fds 0, 1 and 2.
 #[derive(Debug)]
-pub struct DevNull(OwnedFd);
+pub(crate) struct DevNull(OwnedFd);
 
 /// Why detaching failed. Display: the original's `cannot daemonize: <strerror>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DaemonError {
+pub(crate) enum DaemonError {
     /// `/dev/null` could not be opened.
     OpenDevNull(String),
     /// A step of the detach failed.
@@ -42,7 +42,7 @@ impl std::fmt::Display for DaemonError {
 impl std::error::Error for DaemonError {}
 
 /// Opens `/dev/null` read-write (startup step 11).
-pub fn open_dev_null() -> Result<DevNull, DaemonError> {
+pub(crate) fn open_dev_null() -> Result<DevNull, DaemonError> {
     let f: File = OpenOptions::new()
         .read(true)
         .write(true)
@@ -54,7 +54,7 @@ pub fn open_dev_null() -> Result<DevNull, DaemonError> {
 /// The child's side of [`detach`]: the report pipe to the waiting parent and the
 /// `/dev/null` descriptor for [`Detached::ready`].
 #[derive(Debug)]
-pub struct Detached {
+pub(crate) struct Detached {
     report: File,
     dev_null: DevNull,
 }
@@ -74,7 +74,7 @@ const READY: &[u8] = b"ok";
 ///
 /// Must be called while the process has a single thread (on Linux the fork is
 /// refused otherwise).
-pub fn detach(dev_null: DevNull, progname: &str) -> Result<Detached, DaemonError> {
+pub(crate) fn detach(dev_null: DevNull, progname: &str) -> Result<Detached, DaemonError> {
     let (rd, wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| DaemonError::Step("pipe", e))?;
     match sys::fork_single_threaded().map_err(|e| DaemonError::Step("fork", e))? {
         ForkResult::Parent { .. } => {
@@ -111,7 +111,7 @@ impl Detached {
     /// Startup succeeded: tells the parent to exit 0, then puts `/dev/null` on
     /// standard input, output and error. With `chdir_root` the working directory
     /// becomes `/` (unneeded after a chroot, which already did that).
-    pub fn ready(mut self, chdir_root: bool) -> Result<(), DaemonError> {
+    pub(crate) fn ready(mut self, chdir_root: bool) -> Result<(), DaemonError> {
         if chdir_root {
             chdir("/").map_err(|e| DaemonError::Step("chdir", e))?;
         }
@@ -131,7 +131,7 @@ impl Detached {
     }
 
     /// Startup failed: hands `message` to the parent, which prints it and exits 1.
-    pub fn fail(mut self, message: &str) {
+    pub(crate) fn fail(mut self, message: &str) {
         let text = if message.as_bytes() == READY {
             "ok (startup failed)"
         } else {

@@ -28,7 +28,7 @@ use log::{Level, LevelFilter, Log, Metadata, Record};
 
 /// A syslog priority, most important first: the order and numbers of `-D`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Priority {
+pub(crate) enum Priority {
     /// 0, LOG_EMERG.
     Emerg,
     /// 1, LOG_ALERT.
@@ -48,7 +48,7 @@ pub enum Priority {
 }
 
 /// The key-value that sets a record's priority explicitly.
-pub const PRIORITY_KEY: &str = "priority";
+pub(crate) const PRIORITY_KEY: &str = "priority";
 
 impl Priority {
     const ALL: [Priority; 8] = [
@@ -64,12 +64,12 @@ impl Priority {
 
     /// The priority of a `-D` level (0..=7; `args` has checked the range, larger
     /// values mean DEBUG).
-    pub fn from_debug_level(level: u8) -> Priority {
+    pub(crate) fn from_debug_level(level: u8) -> Priority {
         Priority::ALL[usize::from(level.min(7))]
     }
 
     /// The default priority of a record of `level` without a `priority` key.
-    pub fn of_level(level: Level) -> Priority {
+    pub(crate) fn of_level(level: Level) -> Priority {
         match level {
             Level::Error => Priority::Err,
             Level::Warn => Priority::Notice,
@@ -80,7 +80,7 @@ impl Priority {
 
     /// The record's priority: its `priority` key-value if that names a syslog
     /// level, else the default of its level.
-    pub fn of(record: &Record<'_>) -> Priority {
+    pub(crate) fn of(record: &Record<'_>) -> Priority {
         record
             .key_values()
             .get(log::kv::Key::from_str(PRIORITY_KEY))
@@ -92,7 +92,7 @@ impl Priority {
     }
 
     /// The `LOG_*` value for syslog(3) (and the journal's `<n>` prefix).
-    pub fn as_syslog(self) -> libc::c_int {
+    pub(crate) fn as_syslog(self) -> libc::c_int {
         match self {
             Priority::Emerg => libc::LOG_EMERG,
             Priority::Alert => libc::LOG_ALERT,
@@ -106,7 +106,7 @@ impl Priority {
     }
 
     /// The syslog name, as `priority = "..."` spells it.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Priority::Emerg => "emerg",
             Priority::Alert => "alert",
@@ -139,11 +139,11 @@ impl fmt::Display for Priority {
 /// A `priority` value that is not a syslog level name; the record then keeps the
 /// default priority of its level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UnknownPriority;
+pub(crate) struct UnknownPriority;
 
 /// The `log` pre-filter for a `-D` level: the least important level any record
 /// shown at that level can have.
-pub fn level_filter(debug_level: u8) -> LevelFilter {
+pub(crate) fn level_filter(debug_level: u8) -> LevelFilter {
     match Priority::from_debug_level(debug_level) {
         Priority::Emerg | Priority::Alert | Priority::Crit | Priority::Err => LevelFilter::Error,
         // A warn record is NOTICE unless it says `priority = "warning"`.
@@ -154,7 +154,7 @@ pub fn level_filter(debug_level: u8) -> LevelFilter {
 }
 
 /// Whether `-D debug_level` shows `record`: its priority is at most the level.
-pub fn shows(debug_level: u8, record: &Record<'_>) -> bool {
+pub(crate) fn shows(debug_level: u8, record: &Record<'_>) -> bool {
     Priority::of(record) <= Priority::from_debug_level(debug_level)
 }
 
@@ -162,7 +162,10 @@ pub fn shows(debug_level: u8, record: &Record<'_>) -> bool {
 /// foreground mode (no timestamp, no level, no program name), each prefixed with
 /// `<n>` when standard error is the journal. `rust_log`, the value of `RUST_LOG`
 /// if set, replaces the `-D` filter (module-level filters included).
-pub fn init_stderr(debug_level: u8, rust_log: Option<&str>) -> Result<(), log::SetLoggerError> {
+pub(crate) fn init_stderr(
+    debug_level: u8,
+    rust_log: Option<&str>,
+) -> Result<(), log::SetLoggerError> {
     let journal = stderr_is_journal();
     let mut builder = env_logger::Builder::new();
     builder
@@ -246,7 +249,7 @@ impl Log for Stderr {
 /// `LOG_NDELAY` connects to the log socket now, before the chroot makes `/dev/log`
 /// unreachable; the descriptor survives the chroot and the fork, and glibc puts the
 /// current (child's) pid into each message.
-pub fn init_syslog(debug_level: u8) -> Result<(), log::SetLoggerError> {
+pub(crate) fn init_syslog(debug_level: u8) -> Result<(), log::SetLoggerError> {
     crate::sys::openlog(
         c"ftp-proxy",
         libc::LOG_PID | libc::LOG_NDELAY,

@@ -25,7 +25,7 @@ use nix::unistd::{chdir, chroot, setgroups, setresgid, setresuid, Gid, Uid, User
 
 /// The unprivileged identity to switch to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// The user name, for messages.
     pub name: String,
     /// Its uid.
@@ -36,7 +36,7 @@ pub struct Identity {
 
 /// What [`drop_privileges`] does.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DropPlan {
+pub(crate) struct DropPlan {
     /// The user to become.
     pub identity: Identity,
     /// The directory to chroot into (then `chdir("/")`); `None` skips the chroot.
@@ -47,7 +47,7 @@ pub struct DropPlan {
 
 /// Why starting as root could not end unprivileged.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PrivError {
+pub(crate) enum PrivError {
     /// The user does not exist.
     UnknownUser(String),
     /// The user database could not be read.
@@ -85,7 +85,7 @@ impl std::error::Error for PrivError {}
 
 /// Looks up `name` in the user database (`getpwnam`). An account with uid 0 (`root`,
 /// `toor`, ...) is refused: the daemon would keep every privilege it meant to drop.
-pub fn lookup_user(name: &str) -> Result<Identity, PrivError> {
+pub(crate) fn lookup_user(name: &str) -> Result<Identity, PrivError> {
     match User::from_name(name) {
         Ok(Some(u)) if u.uid.is_root() => Err(PrivError::RootUser(name.to_owned())),
         Ok(Some(u)) => Ok(Identity {
@@ -100,7 +100,7 @@ pub fn lookup_user(name: &str) -> Result<Identity, PrivError> {
 
 /// Checks that the chroot directory exists before anything is opened, so a
 /// missing `/var/empty` is reported clearly and early.
-pub fn check_chroot_dir(dir: &Path) -> Result<(), PrivError> {
+pub(crate) fn check_chroot_dir(dir: &Path) -> Result<(), PrivError> {
     if dir.is_dir() {
         Ok(())
     } else {
@@ -112,7 +112,7 @@ pub fn check_chroot_dir(dir: &Path) -> Result<(), PrivError> {
 /// and sockets must not leak into the daemon). Call first thing in `main`, before
 /// anything of our own is open. `close_range(2)` (Linux 5.9), else one `close` per
 /// entry of `/proc/self/fd` (or of 3..1024 without `/proc`).
-pub fn close_inherited_fds() {
+pub(crate) fn close_inherited_fds() {
     #[cfg(target_os = "linux")]
     {
         if crate::sys::close_range_from(3) {
@@ -143,7 +143,7 @@ pub fn close_inherited_fds() {
 /// already withheld CAP_SETPCAP (systemd's `CapabilityBoundingSet=`) cannot, and
 /// need not: its bounding set is the manager's, and with no capabilities left after
 /// the switch and NoNewPrivs set nothing can be regained from it.
-pub fn drop_privileges(plan: &DropPlan) -> Result<bool, PrivError> {
+pub(crate) fn drop_privileges(plan: &DropPlan) -> Result<bool, PrivError> {
     let step = |name: &'static str| move |e: Errno| PrivError::Drop(name, e);
     let keep = keep_mask(plan.keep_net_admin);
     let (effective, _) = caps::get_caps().map_err(step("capget"))?;
@@ -173,7 +173,7 @@ pub fn drop_privileges(plan: &DropPlan) -> Result<bool, PrivError> {
 
 /// What a start without root could do about its capabilities; the caller logs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Restricted {
+pub(crate) struct Restricted {
     /// The bounding set could be cut down (the process had CAP_SETPCAP).
     pub bounding_limited: bool,
     /// The capabilities kept in the permitted and effective sets.
@@ -184,7 +184,7 @@ pub struct Restricted {
 /// keeps in the permitted and effective sets only what the backend needs (and the
 /// process has), cuts down the bounding set if it may, and sets
 /// `PR_SET_NO_NEW_PRIVS`.
-pub fn restrict_unprivileged(keep_net_admin: bool) -> Result<Restricted, PrivError> {
+pub(crate) fn restrict_unprivileged(keep_net_admin: bool) -> Result<Restricted, PrivError> {
     let step = |name: &'static str| move |e: Errno| PrivError::Drop(name, e);
     let (effective, permitted) = caps::get_caps().map_err(step("capget"))?;
     let keep = keep_mask(keep_net_admin) & permitted;
@@ -243,7 +243,7 @@ mod caps {
 }
 
 /// Fails early on systems without capabilities when CAP_NET_ADMIN must be kept.
-pub fn check_caps_supported(keep_net_admin: bool) -> Result<(), PrivError> {
+pub(crate) fn check_caps_supported(keep_net_admin: bool) -> Result<(), PrivError> {
     if keep_net_admin && !cfg!(target_os = "linux") {
         return Err(PrivError::CapsUnsupported);
     }

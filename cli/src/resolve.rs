@@ -13,7 +13,7 @@ use crate::sys;
 
 /// The hints the original passes for each lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lookup {
+pub(crate) enum Lookup {
     /// `-b`/`-p`: `AI_NUMERICHOST | AI_PASSIVE`.
     Listen,
     /// `-a`: `AI_NUMERICHOST`, no service.
@@ -24,7 +24,7 @@ pub enum Lookup {
 
 /// A failed lookup: the resolver's error code and text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GaiError {
+pub(crate) struct GaiError {
     /// The `EAI_*` code (0 when the failure is not the resolver's, e.g. a NUL byte).
     pub code: i32,
     /// `gai_strerror(code)`, or a description for the non-resolver failures.
@@ -41,7 +41,7 @@ impl std::error::Error for GaiError {}
 
 /// Resolves `host` (and `service`, a port number or a service name) for `ipv6`
 /// mode and returns the first result, as the original uses `res` (the first entry).
-pub fn resolve(
+pub(crate) fn resolve(
     host: &str,
     service: Option<&str>,
     ipv6: bool,

@@ -146,7 +146,7 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
 }
 
 /// Finds `tool` in `PATH`.
-pub fn which(tool: &str) -> Option<PathBuf> {
+pub(crate) fn which(tool: &str) -> Option<PathBuf> {
     let path = env::var_os("PATH")?;
     env::split_paths(&path)
         .map(|d| d.join(tool))
@@ -173,7 +173,7 @@ pub fn run_ok<S: AsRef<OsStr>>(program: &str, args: &[S], secs: u64) -> Result<O
 }
 
 /// The error for a failed run, with the tail of its output.
-pub fn command_error<S: AsRef<OsStr>>(program: &str, args: &[S], out: &Output) -> E2eError {
+pub(crate) fn command_error<S: AsRef<OsStr>>(program: &str, args: &[S], out: &Output) -> E2eError {
     let line: Vec<String> = args
         .iter()
         .map(|a| a.as_ref().to_string_lossy().into_owned())

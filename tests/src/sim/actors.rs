@@ -28,15 +28,23 @@ pub enum Step {
     /// Stay silent this long (microseconds) before the next step.
     Pause(u64),
     /// Close the connection (EOF), or reset it.
-    Close { reset: bool },
+    Close {
+        /// Reset (RST) instead of a clean close (FIN).
+        reset: bool,
+    },
 }
 
 /// Local replies the proxy gives (core/src/session.rs).
+/// `-A` refusing a non-anonymous `USER`.
 pub const REPLY_ANON: &str = "500 Only anonymous FTP allowed\r\n";
+/// `-6` refusing `PASV` or `PORT`.
 pub const REPLY_V6: &str = "500 PASV and PORT not allowed with IPv6\r\n";
+/// A `PORT`/`EPRT` naming a bad port.
 pub const REPLY_BAD_PORT: &str =
     "501 Bad data port (below 1024 or malformed), refused by proxy\r\n";
+/// A 227/229 naming a bad port.
 pub const REPLY_BAD_PASSIVE: &str = "425 Cannot open passive connection: bad port from server\r\n";
+/// `AUTH`, `PBSZ` and `PROT`, answered by the proxy.
 pub const REPLY_NO_TLS: &str =
     "534 Request denied for policy reasons: this proxy carries plain-text FTP only\r\n";
 
@@ -49,7 +57,9 @@ pub const EARLY_END: &[u8] = b"213 a\r\n";
 /// Settings the script generator needs to know the fate of each line.
 #[derive(Debug, Clone, Copy)]
 pub struct Mode {
+    /// `-6`.
     pub ipv6: bool,
+    /// `-A`.
     pub anonymous_only: bool,
     /// The client's own address, used in PORT/EPRT (ignored by the proxy anyway).
     pub client_ip: IpAddr,
@@ -182,18 +192,25 @@ pub fn script(rng: &mut Pcg32, m: &Mode) -> VecDeque<Step> {
 /// A client's view: its script, what it sent and what it received.
 #[derive(Debug, Default)]
 pub struct Client {
+    /// What the client still has to do.
     pub script: VecDeque<Step>,
     /// Every line sent, with its expected fate.
     pub sent: Vec<(Vec<u8>, Fate)>,
     /// Raw bytes received from the proxy.
     pub inbox: ftp_proxy_core::internals::LineBuf,
+    /// Every line received, in order.
     pub received: Vec<Vec<u8>>,
     /// Final replies still owed to us.
     pub owed: usize,
+    /// The greeting has arrived.
     pub greeted: bool,
+    /// Inside a multi-line reply with this code.
     pub in_multi: Option<u16>,
+    /// The client closed its side.
     pub closed: bool,
+    /// The proxy closed its side.
     pub saw_eof: bool,
+    /// The `221` to `QUIT` arrived.
     pub got_221: bool,
 }
 
@@ -243,10 +260,13 @@ pub enum Unit {
 /// A scripted server for one session.
 #[derive(Debug, Default)]
 pub struct Server {
+    /// Raw bytes received from the proxy.
     pub inbox: ftp_proxy_core::internals::LineBuf,
+    /// Every line received, in order.
     pub received: Vec<Vec<u8>>,
     /// Every reply sent (all its lines), with its kind.
     pub sent: Vec<(Vec<Vec<u8>>, Unit)>,
+    /// The server closed its side.
     pub closed: bool,
 }
 

@@ -39,8 +39,11 @@ const PID: u32 = 4242;
 /// A failed seed: what broke, and the end of its trace.
 #[derive(Debug)]
 pub struct Failure {
+    /// The seed that failed.
     pub seed: u64,
+    /// What broke.
     pub message: String,
+    /// The last lines of its trace.
     pub trace_tail: Vec<String>,
 }
 
@@ -62,10 +65,15 @@ impl std::fmt::Display for Failure {
 /// Counters of one run, and the hash of its whole trace.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Report {
+    /// Hash of the whole trace (equal for equal runs).
     pub trace_hash: u64,
+    /// Events processed.
     pub events: u64,
+    /// Sessions accepted.
     pub sessions: u32,
+    /// Connections refused.
     pub refused: u32,
+    /// Rule sets committed.
     pub commits: u32,
     /// Commits answered "proxy port in use", each followed by a new port.
     pub ports_in_use: u32,
@@ -74,6 +82,7 @@ pub struct Report {
     /// Rule sets committed for the forged port: only possible when the forged line
     /// and the rest of the listing arrive in separate segments (docs/behavior.md).
     pub forged_opened: u32,
+    /// Sessions ended, by close reason.
     pub closes: BTreeMap<String, u32>,
 }
 
