@@ -930,6 +930,9 @@ fn one_letter_commands_are_owed_a_reply_and_blank_lines_are_not() {
     let mut h = H::new(Config::default(), &[0]);
     assert_eq!(
         h.client(b"  \r\nPASV\r\n"),
-        vec![send(Side::Server, b"  \r\n"), send(Side::Server, b"PASV\r\n")]
+        vec![
+            send(Side::Server, b"  \r\n"),
+            send(Side::Server, b"PASV\r\n")
+        ]
     );
 }

@@ -79,12 +79,19 @@ fn slow_reader_gets_the_whole_download_with_short_relay_timers() -> Result<()> {
     if let Some(e) = failure {
         return Err(E2eError::check(
             format!("the slow reader got all {BIG_LEN} bytes"),
-            format!("{e} after {} bytes; proxy log: {}", got.len(), tail(&log, 1500)),
+            format!(
+                "{e} after {} bytes; proxy log: {}",
+                got.len(),
+                tail(&log, 1500)
+            ),
         ));
     }
     let reply = c.read_reply()?;
     if reply.code != 226 {
-        return Err(E2eError::check("226 after the download", c.transcript().to_string()));
+        return Err(E2eError::check(
+            "226 after the download",
+            c.transcript().to_string(),
+        ));
     }
     let original = std::fs::read(fx.work.original(BIG)).map_err(E2eError::io("read original"))?;
     if got != original {
@@ -94,7 +101,10 @@ fn slow_reader_gets_the_whole_download_with_short_relay_timers() -> Result<()> {
         ));
     }
     if log.contains("data connection reset") {
-        return Err(E2eError::check("no data connection reset", tail(&log, 1500)));
+        return Err(E2eError::check(
+            "no data connection reset",
+            tail(&log, 1500),
+        ));
     }
     Ok(())
 }
