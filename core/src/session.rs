@@ -497,8 +497,13 @@ impl Session {
                 } else {
                     ReplyTo::Other
                 };
-                // Lines shorter than a command get no reply from servers.
-                if line.len() >= 4 {
+                // Servers answer any command word, even one letter (`500`), but
+                // not a line with none (empty, blanks, Telnet sequences only).
+                let word = ftp::command_start(&line);
+                if word
+                    .iter()
+                    .any(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+                {
                     self.expect(cx, Expect::Reply(to));
                 }
                 self.send(cx, Side::Server, line);

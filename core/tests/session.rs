@@ -933,3 +933,25 @@ fn anonymous_only_judges_user_after_blanks_and_telnet_commands() {
         vec![send(Side::Server, b" USER ftp\r\n")]
     );
 }
+
+/// Whether a line is owed a reply depends on its text, not on its length: pure-ftpd
+/// answers `A` with `500 Unknown command` (ending the session as a stray reply when
+/// the line was not counted) and ignores a line of blanks (holding a pipelined PASV
+/// forever when the line was counted).
+#[test]
+fn one_letter_commands_are_owed_a_reply_and_blank_lines_are_not() {
+    let mut h = H::new(Config::default(), &[0]);
+    assert_eq!(h.client(b"A\r\n"), vec![send(Side::Server, b"A\r\n")]);
+    assert_eq!(
+        h.server(b"500 Unknown command\r\n"),
+        vec![send(Side::Client, b"500 Unknown command\r\n")]
+    );
+    let mut h = H::new(Config::default(), &[0]);
+    assert_eq!(
+        h.client(b"  \r\nPASV\r\n"),
+        vec![
+            send(Side::Server, b"  \r\n"),
+            send(Side::Server, b"PASV\r\n")
+        ]
+    );
+}

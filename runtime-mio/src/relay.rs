@@ -161,14 +161,30 @@ struct Pair {
     session: u32,
     /// That session has ended.
     orphan: bool,
-    /// Bytes moved both ways at the last sweep, and when that count last changed.
-    seen: u64,
+    /// What the sweep last saw of the pair's progress, and when it last changed.
+    seen: Progress,
     last_active: Instant,
 }
 
+/// A pair's progress as a sweep sees it: the bytes the relay moved both ways, and
+/// what each socket's send queue still holds for its peer. The queues matter once
+/// the relay has handed a backlog to the kernel: a slow reader then drains them while
+/// the relay itself moves nothing, and that reader is alive.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Progress {
+    moved: u64,
+    unsent: (Option<u32>, Option<u32>),
+}
+
 impl Pair {
-    fn moved(&self) -> u64 {
-        self.up.moved() + self.down.moved()
+    fn progress(&self) -> Progress {
+        Progress {
+            moved: self.up.moved() + self.down.moved(),
+            unsent: (
+                sys::unsent_bytes(&self.accepted.sock),
+                sys::unsent_bytes(&self.opened.sock),
+            ),
+        }
     }
 
     /// One side has sent its end of file (or failed): only the other may still send.
@@ -261,9 +277,9 @@ impl Relay {
             .pairs
             .iter_mut()
             .filter_map(|(&id, p)| {
-                let moved = p.moved();
-                if moved != p.seen {
-                    p.seen = moved;
+                let progress = p.progress();
+                if progress != p.seen {
+                    p.seen = progress;
                     p.last_active = now;
                     return None;
                 }
@@ -596,7 +612,7 @@ impl Relay {
             target: fwd.target,
             session,
             orphan: false,
-            seen: 0,
+            seen: Progress::default(),
             last_active: Instant::now(),
         };
         let rw = Interest::READABLE | Interest::WRITABLE;

@@ -156,6 +156,26 @@ pub(crate) fn nodelay<F: AsFd>(fd: &F) {
 }
 
 /// Whether `ip` is an address of this host (a socket can be bound to it).
+/// Bytes in `fd`'s send queue that the peer has not acknowledged yet (`SIOCOUTQ`).
+///
+/// The relay's own counters stop once a download sits in the kernel's buffers; this
+/// count still falls while the peer reads, so a slow reader is seen as alive.
+/// `None` where the query is not available.
+#[cfg(target_os = "linux")]
+pub(crate) fn unsent_bytes<F: AsFd>(fd: &F) -> Option<u32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: fd is a valid socket; SIOCOUTQ (TIOCOUTQ) writes one c_int to the
+    // pointer, which points at a live c_int.
+    let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    (r == 0).then(|| u32::try_from(n).unwrap_or(0))
+}
+
+/// Not available here: only the relay's own counters count as activity.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn unsent_bytes<F: AsFd>(_fd: &F) -> Option<u32> {
+    None
+}
+
 pub(crate) fn is_local(ip: IpAddr) -> bool {
     std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
