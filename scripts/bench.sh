@@ -11,7 +11,9 @@
 #   - the proxy's PSS/RSS with N (and IDLE) logged-in sessions open
 # and, as this machine's limit for a relay, a raw TCP stream of the same size
 # directly and through a trivial one-thread splice relay. Prints medians of RUNS
-# (min-max) and the ratio to direct. Everything it starts it stops by PID; the
+# (min-max) and the ratio to direct. BASELINE_BIN=/path/to/an/older/ftp-proxy adds
+# that build as one more column, measured in the same run (to catch a regression
+# between two builds). Everything it starts it stops by PID; the
 # whole run is bounded by BENCH_TIMEOUT seconds (default 900).
 set -euo pipefail
 
@@ -52,7 +54,7 @@ ours="$target_dir/release/ftp-proxy"
 
 # Free loopback ports, chosen by the kernel.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-FTP_PORT=$(free_port); OUR_PORT=$(free_port); SUSE_PORT=$(free_port)
+FTP_PORT=$(free_port); OUR_PORT=$(free_port); SUSE_PORT=$(free_port); BASE_PORT=$(free_port)
 RAW_PORT=$(free_port); RELAY_PORT=$(free_port)
 
 dir=$(mktemp -d /var/tmp/ftp-proxy-bench.XXXXXX)
@@ -102,6 +104,14 @@ pids+=("$our_pid")
 wait_port "$OUR_PORT"
 
 targets=(--target "direct=$FTP_PORT" --target "ftp-proxy=$OUR_PORT:$our_pid")
+if [ -n "${BASELINE_BIN:-}" ]; then
+    [ -x "$BASELINE_BIN" ] || die "BASELINE_BIN=$BASELINE_BIN is not executable"
+    "$BASELINE_BIN" -d -D5 -m 500 -R 127.0.0.1 -P "$FTP_PORT" -b 127.0.0.1 -p "$BASE_PORT" >"$dir/baseline.log" 2>&1 &
+    base_pid=$!
+    pids+=("$base_pid")
+    wait_port "$BASE_PORT"
+    targets+=(--target "baseline build=$BASE_PORT:$base_pid")
+fi
 if [ -n "$suse" ]; then
     cat >"$dir/suse.conf" <<EOF
 [-Global-]
