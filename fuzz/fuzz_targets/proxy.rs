@@ -100,6 +100,16 @@ enum Op {
         addr: [u8; 4],
         port: u16,
     },
+    /// The same chunk (a canned line, or raw bytes when `what` is `None`) read
+    /// `times * 8` times, each a read of its own while read interest stays on: enough
+    /// to fill the 8 KiB inbox or the 64 KiB output queue within one input.
+    Flood {
+        s: u8,
+        server: bool,
+        what: Option<Canned>,
+        bytes: Vec<u8>,
+        times: u8,
+    },
     Eof {
         s: u8,
         server: bool,
@@ -175,7 +185,12 @@ struct Harness {
     /// Commits not yet acknowledged, oldest first.
     pending: Vec<(SessionId, u64, Vec<Rule>)>,
     shut_down: bool,
+    /// Reads left for `Op::Flood` in this input, so one input stays fast.
+    flood_budget: usize,
 }
+
+/// Reads all `Op::Flood`s of one input may make together.
+const FLOOD_BUDGET: usize = 4096;
 
 impl Harness {
     fn new(setup: &Setup) -> Option<Harness> {
@@ -225,6 +240,7 @@ impl Harness {
             peers: BTreeMap::new(),
             pending: Vec::new(),
             shut_down: false,
+            flood_budget: FLOOD_BUDGET,
         })
     }
 
@@ -344,6 +360,34 @@ impl Harness {
                 let side = if server { Side::Server } else { Side::Client };
                 let line = canned(what, addr, port);
                 self.socket_event(s, side, Input::Data(side, Bytes::from(line)));
+            }
+            Op::Flood {
+                s,
+                server,
+                what,
+                bytes,
+                times,
+            } => {
+                let side = if server { Side::Server } else { Side::Client };
+                let chunk = Bytes::from(match what {
+                    Some(what) => canned(what, [198, 51, 100, 7], 50000),
+                    None => bytes,
+                });
+                if chunk.is_empty() {
+                    return;
+                }
+                let Some(id) = self.pick(s) else { return };
+                let n = (usize::from(times) * 8).min(self.flood_budget);
+                self.flood_budget -= n;
+                for _ in 0..n {
+                    let p = &self.peers[&id];
+                    if p.closed || !p.reading[side_idx(side)] {
+                        break;
+                    }
+                    self.socket_event(s, side, Input::Data(side, chunk.clone()));
+                    // Execute each read's actions before the next read, as a driver does.
+                    self.drain();
+                }
             }
             Op::Eof { s, server } => {
                 let side = if server { Side::Server } else { Side::Client };
