@@ -101,8 +101,9 @@ enum Op {
         port: u16,
     },
     /// The same chunk (a canned line, or raw bytes when `what` is `None`) read
-    /// `times * 8` times, each a read of its own while read interest stays on: enough
-    /// to fill the 8 KiB inbox or the 64 KiB output queue within one input.
+    /// `times * 4` times, each a read of its own while read interest stays on: enough
+    /// to fill the 8 KiB inbox, the 64 KiB output queue or the pipelining limit
+    /// within one input.
     Flood {
         s: u8,
         server: bool,
@@ -190,7 +191,7 @@ struct Harness {
 }
 
 /// Reads all `Op::Flood`s of one input may make together.
-const FLOOD_BUDGET: usize = 4096;
+const FLOOD_BUDGET: usize = 1024;
 
 impl Harness {
     fn new(setup: &Setup) -> Option<Harness> {
@@ -221,10 +222,12 @@ impl Harness {
                 proxy_rtable: u32::from(setup.proxy_rtable % 3),
             },
             pid: u32::from(setup.pid),
-            proxy_ports: setup.proxy_ports.map_or(DEFAULT_PROXY_PORTS, |(a, b)| PortRange {
-                low: a.min(b).max(MIN_DATA_PORT),
-                high: a.max(b).max(MIN_DATA_PORT),
-            }),
+            proxy_ports: setup
+                .proxy_ports
+                .map_or(DEFAULT_PROXY_PORTS, |(a, b)| PortRange {
+                    low: a.min(b).max(MIN_DATA_PORT),
+                    high: a.max(b).max(MIN_DATA_PORT),
+                }),
             server_data_ports: setup.server_ports.map(|(a, b)| PortRange {
                 low: a.min(b).max(MIN_DATA_PORT),
                 high: a.max(b).max(MIN_DATA_PORT),
@@ -377,7 +380,7 @@ impl Harness {
                     return;
                 }
                 let Some(id) = self.pick(s) else { return };
-                let n = (usize::from(times) * 8).min(self.flood_budget);
+                let n = (usize::from(times) * 4).min(self.flood_budget);
                 self.flood_budget -= n;
                 for _ in 0..n {
                     let p = &self.peers[&id];
@@ -517,7 +520,10 @@ impl Harness {
                 }
                 Action::Close { reason, summary } => {
                     assert!(!p.closed, "{id}: closed twice");
-                    assert_eq!(summary.client, p.client, "{id}: summary's client ({reason})");
+                    assert_eq!(
+                        summary.client, p.client,
+                        "{id}: summary's client ({reason})"
+                    );
                     assert_eq!(
                         summary.server,
                         cfg.fixed_server.unwrap_or(p.orig_dst),
@@ -532,7 +538,10 @@ impl Harness {
                     *last = on;
                 }
                 Action::RulesMayRemain { anchor, error } => {
-                    assert!(p.closed, "{id}: RulesMayRemain ({error}) for an open session");
+                    assert!(
+                        p.closed,
+                        "{id}: RulesMayRemain ({error}) for an open session"
+                    );
                     assert_eq!(
                         anchor,
                         Anchor {
