@@ -416,19 +416,26 @@ impl Session {
         }
     }
 
-    fn expect(&mut self, cx: &mut Cx<'_>, e: Expect) {
+    /// Records what a command waits for. Returns `false` when that ended the session
+    /// (too many pipelined): the caller must then neither forward the command nor
+    /// commit rules for it.
+    #[must_use]
+    fn expect(&mut self, cx: &mut Cx<'_>, e: Expect) -> bool {
         if self.expect.len() >= MAX_PIPELINED {
-            return self.close(cx, CloseReason::TooManyPipelined);
+            self.close(cx, CloseReason::TooManyPipelined);
+            return false;
         }
         self.expect.push_back(e);
         self.flush_local(cx);
+        true
     }
 
     /// Answers locally in order: a proxy reply goes out only once every reply owed
     /// for earlier commands has been relayed (and after the greeting).
     fn local_reply(&mut self, cx: &mut Cx<'_>, reply: &'static str) {
         debug!("{} proxy: {}", self.id, ftp::escape(reply.as_bytes()));
-        self.expect(cx, Expect::Local(reply));
+        // Nothing follows, whether or not this ended the session.
+        let _ = self.expect(cx, Expect::Local(reply));
     }
 
     fn flush_local(&mut self, cx: &mut Cx<'_>) {
@@ -475,8 +482,9 @@ impl Session {
                     } else {
                         Mode::ActiveEprt
                     };
-                    self.expect(cx, Expect::Reply(ReplyTo::Other));
-                    self.active(cx, mode, port);
+                    if self.expect(cx, Expect::Reply(ReplyTo::Other)) {
+                        self.active(cx, mode, port);
+                    }
                 }
             },
             Command::User if cx.cfg.anonymous_only && !ftp::is_anonymous_user(&line) => {
@@ -500,11 +508,11 @@ impl Session {
                 // Servers answer any command word, even one letter (`500`), but
                 // not a line with none (empty, blanks, Telnet sequences only).
                 let word = ftp::command_start(&line);
-                if word
+                let has_word = word
                     .iter()
-                    .any(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
-                {
-                    self.expect(cx, Expect::Reply(to));
+                    .any(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
+                if has_word && !self.expect(cx, Expect::Reply(to)) {
+                    return;
                 }
                 self.send(cx, Side::Server, line);
             }
@@ -527,8 +535,9 @@ impl Session {
         };
         // Whatever the server already sent cannot answer a command it has not seen.
         self.stale = self.inbox[idx(Side::Server)].len();
-        self.expect(cx, Expect::Reply(ReplyTo::Passive(kind)));
-        self.send(cx, Side::Server, line);
+        if self.expect(cx, Expect::Reply(ReplyTo::Passive(kind))) {
+            self.send(cx, Side::Server, line);
+        }
         true
     }
 

@@ -357,6 +357,29 @@ fn local_replies_keep_reply_order_with_pipelining() {
 }
 
 #[test]
+fn too_many_pipelined_commands_end_the_session_without_forwarding_the_last() {
+    // Found by the proxy fuzz target: the command over the limit ended the session
+    // and was still forwarded (a Send after Close), and a PORT over the limit still
+    // committed rules for a closed session, rules nothing would ever remove.
+    for last in [
+        &b"NOOP\r\n"[..],
+        b"PORT 1,2,3,4,19,136\r\n",
+        b"EPRT |1|1.2.3.4|5000|\r\n",
+    ] {
+        let mut h = H::new(Config::default(), &[0]);
+        let a = h.client(&b"NOOP\r\n".repeat(4096));
+        assert_eq!(a.len(), 4096, "every NOOP forwarded");
+        assert_eq!(
+            h.client(last),
+            vec![close(CloseReason::TooManyPipelined)],
+            "{}",
+            String::from_utf8_lossy(last)
+        );
+        assert!(h.client(b"NOOP\r\n").is_empty());
+    }
+}
+
+#[test]
 fn anonymous_reply_waits_for_the_greeting() {
     let cfg = Config {
         anonymous_only: true,

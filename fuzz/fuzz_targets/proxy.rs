@@ -14,12 +14,10 @@ use arbitrary::Arbitrary;
 use bytes::Bytes;
 use ftp_proxy_core::internals::ftp::{self, Command};
 use ftp_proxy_core::internals::MAX_LINE;
-use ftp_proxy_core::rules::{
-    MIN_DATA_PORT, NAT_PORTS, PROXY_PORT_END, PROXY_PORT_LOW, RFC_ACTIVE_SOURCE_PORT,
-};
 use ftp_proxy_core::{
-    Action, Anchor, Config, Direction, FilterError, Input, Pcg32, PortRange, Proxy, Refused, Rule,
-    RuleLog, RuleOptions, SessionId, Side, Translate,
+    Accept, Action, Anchor, Config, Direction, FilterError, Input, Pcg32, PortRange, Proxy,
+    Refused, Rule, RuleLog, RuleOptions, SessionId, Side, Translate, DEFAULT_PROXY_PORTS,
+    MIN_DATA_PORT, NAT_PORTS, RFC_ACTIVE_SOURCE_PORT,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -41,6 +39,9 @@ struct Setup {
     seed: u64,
     /// `--server-data-ports`, when given: the range the fuzzer picks, ordered.
     server_ports: Option<(u16, u16)>,
+    /// `--proxy-ports`, when given: the range the fuzzer picks within 1024..=65535,
+    /// ordered (small ranges run out of ports, which ends the session).
+    proxy_ports: Option<(u16, u16)>,
 }
 
 /// A canned line, so that the fuzzer reaches the rewriting paths without having to
@@ -99,6 +100,17 @@ enum Op {
         addr: [u8; 4],
         port: u16,
     },
+    /// The same chunk (a canned line, or raw bytes when `what` is `None`) read
+    /// `times * 4` times, each a read of its own while read interest stays on: enough
+    /// to fill the 8 KiB inbox, the 64 KiB output queue or the pipelining limit
+    /// within one input.
+    Flood {
+        s: u8,
+        server: bool,
+        what: Option<Canned>,
+        bytes: Vec<u8>,
+        times: u8,
+    },
     Eof {
         s: u8,
         server: bool,
@@ -111,8 +123,13 @@ enum Op {
         s: u8,
         server: bool,
     },
-    EndSession {
+    /// The driver wrote `n` bytes (at most what is queued) of what was sent to a side.
+    Written {
         s: u8,
+        server: bool,
+        n: u16,
+        /// Everything queued for that side, whatever `n` says.
+        all: bool,
     },
     Ack {
         i: u8,
@@ -150,6 +167,10 @@ struct Peer {
     proxy: Option<SocketAddr>,
     connected: bool,
     closed: bool,
+    /// The read interest last emitted per side (client, server); both start on.
+    reading: [bool; 2],
+    /// Bytes sent to each side and not yet reported written.
+    unwritten: [usize; 2],
     /// The last rule set committed for its anchor, acknowledged or not.
     last_commit: Option<Vec<Rule>>,
     /// The rules of the last commit acknowledged as taken: what the filter holds.
@@ -165,7 +186,12 @@ struct Harness {
     /// Commits not yet acknowledged, oldest first.
     pending: Vec<(SessionId, u64, Vec<Rule>)>,
     shut_down: bool,
+    /// Reads left for `Op::Flood` in this input, so one input stays fast.
+    flood_budget: usize,
 }
+
+/// Reads all `Op::Flood`s of one input may make together.
+const FLOOD_BUDGET: usize = 1024;
 
 impl Harness {
     fn new(setup: &Setup) -> Option<Harness> {
@@ -196,6 +222,12 @@ impl Harness {
                 proxy_rtable: u32::from(setup.proxy_rtable % 3),
             },
             pid: u32::from(setup.pid),
+            proxy_ports: setup
+                .proxy_ports
+                .map_or(DEFAULT_PROXY_PORTS, |(a, b)| PortRange {
+                    low: a.min(b).max(MIN_DATA_PORT),
+                    high: a.max(b).max(MIN_DATA_PORT),
+                }),
             server_data_ports: setup.server_ports.map(|(a, b)| PortRange {
                 low: a.min(b).max(MIN_DATA_PORT),
                 high: a.max(b).max(MIN_DATA_PORT),
@@ -211,6 +243,7 @@ impl Harness {
             peers: BTreeMap::new(),
             pending: Vec::new(),
             shut_down: false,
+            flood_budget: FLOOD_BUDGET,
         })
     }
 
@@ -233,13 +266,14 @@ impl Harness {
     }
 
     /// Feeds a socket event of `side`, within the contract: the server side only once
-    /// its socket exists, data only while the proxy wants it.
+    /// its socket exists, data only while the last `ReadInterest` of that side said on
+    /// (and never after `Close`).
     fn socket_event(&mut self, s: u8, side: Side, input: Input) {
         let Some((id, p)) = self.peer(s) else { return };
         if side == Side::Server && p.proxy.is_none() {
             return;
         }
-        if matches!(input, Input::Data(..)) && (p.closed || !self.proxy.wants_read(id, side)) {
+        if matches!(input, Input::Data(..)) && (p.closed || !p.reading[side_idx(side)]) {
             return;
         }
         self.proxy.handle(self.now, id, input);
@@ -255,10 +289,12 @@ impl Harness {
                 let client = self.addr(client, (203, 0, 113), 1, 40000 + u16::from(client));
                 let orig_dst = self.addr(dst % 2 + 10, (198, 51, 100), 2, 21);
                 let before = self.proxy.len();
-                match self
-                    .proxy
-                    .accept(self.now, client, orig_dst, u32::from(rdomain % 3))
-                {
+                let conn = Accept {
+                    client,
+                    orig_dst,
+                    rdomain: u32::from(rdomain % 3),
+                };
+                match self.proxy.accept(self.now, conn) {
                     Ok(id) => {
                         assert!(!self.shut_down, "accepted after shutdown");
                         assert!(!self.peers.contains_key(&id), "session id {id} reused");
@@ -272,6 +308,8 @@ impl Harness {
                                 proxy: None,
                                 connected: false,
                                 closed: false,
+                                reading: [true; 2],
+                                unwritten: [0; 2],
                                 last_commit: None,
                                 installed: Vec::new(),
                             },
@@ -326,6 +364,34 @@ impl Harness {
                 let line = canned(what, addr, port);
                 self.socket_event(s, side, Input::Data(side, Bytes::from(line)));
             }
+            Op::Flood {
+                s,
+                server,
+                what,
+                bytes,
+                times,
+            } => {
+                let side = if server { Side::Server } else { Side::Client };
+                let chunk = Bytes::from(match what {
+                    Some(what) => canned(what, [198, 51, 100, 7], 50000),
+                    None => bytes,
+                });
+                if chunk.is_empty() {
+                    return;
+                }
+                let Some(id) = self.pick(s) else { return };
+                let n = (usize::from(times) * 4).min(self.flood_budget);
+                self.flood_budget -= n;
+                for _ in 0..n {
+                    let p = &self.peers[&id];
+                    if p.closed || !p.reading[side_idx(side)] {
+                        break;
+                    }
+                    self.socket_event(s, side, Input::Data(side, chunk.clone()));
+                    // Execute each read's actions before the next read, as a driver does.
+                    self.drain();
+                }
+            }
             Op::Eof { s, server } => {
                 let side = if server { Side::Server } else { Side::Client };
                 self.socket_event(s, side, Input::Eof(side));
@@ -338,9 +404,21 @@ impl Harness {
                 let side = if server { Side::Server } else { Side::Client };
                 self.socket_event(s, side, Input::WriteError(side));
             }
-            Op::EndSession { s } => {
+            Op::Written { s, server, n, all } => {
+                let side = if server { Side::Server } else { Side::Client };
                 let Some(id) = self.pick(s) else { return };
-                self.proxy.handle(self.now, id, Input::Shutdown);
+                let p = self.peers.get_mut(&id).expect("known");
+                let queued = &mut p.unwritten[side_idx(side)];
+                let n = if all {
+                    *queued
+                } else {
+                    usize::from(n).min(*queued)
+                };
+                if n == 0 {
+                    return;
+                }
+                *queued -= n;
+                self.proxy.handle(self.now, id, Input::Written(side, n));
             }
             Op::Ack { i, result } => {
                 if self.pending.is_empty() {
@@ -406,6 +484,7 @@ impl Harness {
                 }
                 Action::Send(side, bytes) => {
                     assert!(!p.closed, "{id}: Send after Close");
+                    p.unwritten[side_idx(side)] += bytes.len();
                     assert!(
                         bytes.len() <= MAX_LINE,
                         "{id}: {} byte line to the {side:?}",
@@ -416,7 +495,7 @@ impl Harness {
                         "{id}: Send is not exactly one line: {bytes:?}"
                     );
                     if side == Side::Server {
-                        check_active_release(id, p, &bytes);
+                        check_active_release(id, cfg, p, &bytes);
                     }
                 }
                 Action::CommitRules { txn, anchor, rules } => {
@@ -439,9 +518,38 @@ impl Harness {
                     self.pending.retain(|&(s, t, _)| (s, t) != (id, txn));
                     self.pending.push((id, txn, rules));
                 }
-                Action::Close(_) => {
+                Action::Close { reason, summary } => {
                     assert!(!p.closed, "{id}: closed twice");
+                    assert_eq!(
+                        summary.client, p.client,
+                        "{id}: summary's client ({reason})"
+                    );
+                    assert_eq!(
+                        summary.server,
+                        cfg.fixed_server.unwrap_or(p.orig_dst),
+                        "{id}: summary's server ({reason})"
+                    );
                     p.closed = true;
+                }
+                Action::ReadInterest { side, on } => {
+                    assert!(!p.closed, "{id}: ReadInterest {side} {on} after Close");
+                    let last = &mut p.reading[side_idx(side)];
+                    assert_ne!(*last, on, "{id}: ReadInterest {side} {on} repeated");
+                    *last = on;
+                }
+                Action::RulesMayRemain { anchor, error } => {
+                    assert!(
+                        p.closed,
+                        "{id}: RulesMayRemain ({error}) for an open session"
+                    );
+                    assert_eq!(
+                        anchor,
+                        Anchor {
+                            pid: cfg.pid,
+                            session: id.0
+                        },
+                        "{id}: RulesMayRemain for another anchor"
+                    );
                 }
             }
         }
@@ -476,13 +584,12 @@ impl Harness {
     /// Shuts down and drives the proxy, acknowledging everything, until it is empty.
     fn finish(mut self) {
         self.step(Op::Shutdown);
+        let late = Accept::new(
+            "203.0.113.9:1".parse().unwrap(),
+            "198.51.100.10:21".parse().unwrap(),
+        );
         assert!(matches!(
-            self.proxy.accept(
-                self.now,
-                "203.0.113.9:1".parse().unwrap(),
-                "198.51.100.10:21".parse().unwrap(),
-                0
-            ),
+            self.proxy.accept(self.now, late),
             Err(Refused::ShuttingDown) | Err(Refused::Limit(_))
         ));
         for _ in 0..1000 {
@@ -512,14 +619,15 @@ impl Harness {
 /// A PORT or EPRT reaching the server is always the proxy's own (the client's is
 /// never forwarded): it advertises a proxy port whose rules the filter already
 /// holds, so the server's data connection cannot arrive before them.
-fn check_active_release(id: SessionId, p: &Peer, line: &[u8]) {
+fn check_active_release(id: SessionId, cfg: &Config, p: &Peer, line: &[u8]) {
     let port = match ftp::classify(line) {
         Command::Port(port) | Command::Eprt(port) => port,
         _ => return,
     };
     let port = port.unwrap_or_else(|| panic!("{id}: unparsable {line:?} to the server"));
+    let range = cfg.proxy_ports;
     assert!(
-        (PROXY_PORT_LOW..PROXY_PORT_END).contains(&port),
+        (range.low..=range.high).contains(&port),
         "{id}: {line:?} to the server does not name a proxy port"
     );
     assert!(
@@ -563,8 +671,8 @@ fn check_rules(id: SessionId, cfg: &Config, p: &Peer, rules: &[Rule]) {
                     }
                 }
                 assert!(
-                    (PROXY_PORT_LOW..PROXY_PORT_END).contains(&r.port),
-                    "{id}: proxy port out of range in {r}"
+                    (cfg.proxy_ports.low..=cfg.proxy_ports.high).contains(&r.port),
+                    "{id}: proxy port outside --proxy-ports in {r}"
                 );
             }
             (Direction::Out, Translate::NatTo { addr, ports }) => {
@@ -579,6 +687,13 @@ fn check_rules(id: SessionId, cfg: &Config, p: &Peer, rules: &[Rule]) {
             }
             _ => panic!("{id}: translation does not fit the direction: {r}"),
         }
+    }
+}
+
+fn side_idx(side: Side) -> usize {
+    match side {
+        Side::Client => 0,
+        Side::Server => 1,
     }
 }
 
