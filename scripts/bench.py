@@ -226,20 +226,23 @@ def measure(args):
     raws = [parse_target(t) for t in args.raw]
     rows = []
     results = {}
-    for name, port, pid in targets:
-        r = results.setdefault(name, {})
+    # Rounds: every target once per round, in turn, so that a change of machine load
+    # during the run falls on all columns alike instead of on one.
+    for name, port, _ in targets:
         session(port, args.small)  # warm up
-        r["seq"] = [sequential(port, args.n, args.small) for _ in range(args.runs)]
-        r["conc"] = [concurrent(port, args.n, args.small) for _ in range(args.runs)]
-        speeds, cpus = [], []
-        for _ in range(args.runs):
+        results[name] = {"seq": [], "conc": [], "big": [], "cpu": []}
+    for _ in range(args.runs):
+        for name, port, pid in targets:
+            r = results[name]
+            r["seq"].append(sequential(port, args.n, args.small))
+            r["conc"].append(concurrent(port, args.n, args.small))
             before = cpu_seconds(pid) if pid else None
-            speeds.append(big_download(port, args.big, args.size) / 1e6)
+            r["big"].append(big_download(port, args.big, args.size) / 1e6)
             if pid:
                 time.sleep(0.3)  # a forked peer's child must be reaped to be counted
-                cpus.append((cpu_seconds(pid) - before) * (1 << 30) / args.size)
-        r["big"] = speeds
-        r["cpu"] = cpus
+                r["cpu"].append((cpu_seconds(pid) - before) * (1 << 30) / args.size)
+    for name, port, pid in targets:
+        r = results[name]
         if pid:
             r["mem"] = idle_sessions(port, pid, args.n)
             if args.idle:

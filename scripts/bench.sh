@@ -11,7 +11,8 @@
 #   - the proxy's PSS/RSS with N (and IDLE) logged-in sessions open
 # and, as this machine's limit for a relay, a raw TCP stream of the same size
 # directly and through a trivial one-thread splice relay. Prints medians of RUNS
-# (min-max) and the ratio to direct. BASELINE_BIN=/path/to/an/older/ftp-proxy adds
+# (min-max) and the ratio to direct; the columns are measured in turn, one round
+# per run, so load changes fall on all of them. BASELINE_BIN=/path/to/an/older/ftp-proxy adds
 # that build as one more column, measured in the same run (to catch a regression
 # between two builds). Everything it starts it stops by PID; the
 # whole run is bounded by BENCH_TIMEOUT seconds (default 900).
