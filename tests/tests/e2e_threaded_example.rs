@@ -7,7 +7,6 @@ use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use ftp_proxy_tests::e2e::*;
 
@@ -55,20 +54,7 @@ fn start_example(server: SocketAddr, log: &Path) -> Result<(ChildGuard, SocketAd
             .stdout(Stdio::null())
             .stderr(Stdio::from(out));
         let mut guard = ChildGuard::spawn(&mut cmd, format!("threaded example on {listen}"))?;
-        let up = wait_for(
-            "the example's `listening on` line",
-            Duration::from_secs(15),
-            || {
-                if fs::read_to_string(log)
-                    .unwrap_or_default()
-                    .contains(LISTENING)
-                {
-                    return Ok(Some(true));
-                }
-                Ok(guard.try_wait()?.map(|_| false))
-            },
-            || tail(&fs::read_to_string(log).unwrap_or_default(), 3000),
-        )?;
+        let up = wait_listening(&mut guard, log, "the example's `listening on` line")?;
         if up {
             return Ok((guard, listen));
         }

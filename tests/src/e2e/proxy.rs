@@ -120,20 +120,7 @@ impl ProxyProcess {
                 .stdout(Stdio::from(out))
                 .stderr(Stdio::from(err));
             let mut guard = ChildGuard::spawn(&mut cmd, format!("ftp-proxy on {ip} port {port}"))?;
-            let up = wait_for(
-                "the proxy's `listening on` log line",
-                Duration::from_secs(15),
-                || {
-                    if fs::read_to_string(log)
-                        .unwrap_or_default()
-                        .contains(LISTENING)
-                    {
-                        return Ok(Some(true));
-                    }
-                    Ok(guard.try_wait()?.map(|_| false))
-                },
-                || tail(&fs::read_to_string(log).unwrap_or_default(), 3000),
-            )?;
+            let up = wait_listening(&mut guard, log, "the proxy's `listening on` log line")?;
             if up {
                 return Ok(ProxyProcess {
                     guard,
@@ -190,4 +177,23 @@ impl ProxyProcess {
     pub fn leftovers(&self) -> Vec<u32> {
         group_members(self.pid())
     }
+}
+
+/// Waits up to 15 s for a started proxy (`guard`) to write [`LISTENING`] to `log`:
+/// `true` once it has, `false` if the process exited first.
+pub fn wait_listening(guard: &mut ChildGuard, log: &Path, what: &str) -> Result<bool> {
+    wait_for(
+        what,
+        Duration::from_secs(15),
+        || {
+            if fs::read_to_string(log)
+                .unwrap_or_default()
+                .contains(LISTENING)
+            {
+                return Ok(Some(true));
+            }
+            Ok(guard.try_wait()?.map(|_| false))
+        },
+        || tail(&fs::read_to_string(log).unwrap_or_default(), 3000),
+    )
 }
