@@ -27,7 +27,7 @@ pub use control::{Control, Reply};
 pub use error::{tail, E2eError, Result};
 pub use fixture::{loopback, preflight, Fixture, DIRECT_ENV, PROXY_CHROOT, PROXY_USER};
 pub use proc::{group_members, run, run_ok, wait_for, ChildGuard};
-pub use proxy::{proxy_binary, wait_listening, ProxyProcess, LISTENING};
+pub use proxy::{build_in_test_profile, proxy_binary, wait_listening, ProxyProcess, LISTENING};
 pub use server::{
     assert_same_file, free_port, FtpServer, Workdir, BIG, BIG_LEN, PASSIVE_RANGE, PASSWORD, SMALL,
     SMALL_LEN, USER,

@@ -14,29 +14,7 @@ use ftp_proxy_tests::e2e::*;
 /// cargo puts examples in `<target>/<profile>/examples/`, beside `deps/` where the
 /// test runs.
 fn example_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe().map_err(E2eError::io("current_exe"))?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| E2eError::check("test lives in <target>/<profile>/deps", ""))?;
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the workspace");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut args = vec![
-        "build".to_string(),
-        "--quiet".into(),
-        "-p".into(),
-        "ftp-proxy-core".into(),
-        "--example".into(),
-        "threaded".into(),
-        "--manifest-path".into(),
-        workspace.join("Cargo.toml").display().to_string(),
-    ];
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        args.push("--release".into());
-    }
-    run_ok(&cargo, &args, 900)?;
+    let profile_dir = build_in_test_profile(&["-p", "ftp-proxy-core", "--example", "threaded"])?;
     Ok(profile_dir.join("examples").join("threaded"))
 }
 

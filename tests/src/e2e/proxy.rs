@@ -34,6 +34,20 @@ fn locate_and_build() -> Result<PathBuf> {
     if let Some(bin) = std::env::var_os("FTP_PROXY_BIN") {
         return Ok(PathBuf::from(bin));
     }
+    let bin = build_in_test_profile(&["-p", "ftp-proxy-cli"])?.join("ftp-proxy");
+    if !bin.is_file() {
+        return Err(E2eError::check(
+            "cargo build produced ftp-proxy",
+            bin.display().to_string(),
+        ));
+    }
+    Ok(bin)
+}
+
+/// Runs `cargo build <what>` for this workspace in the profile the running test was
+/// built with, so the artefact is current, and returns that profile's directory
+/// (`<target>/<profile>`: binaries there, examples in `examples/`).
+pub fn build_in_test_profile(what: &[&str]) -> Result<PathBuf> {
     let exe = std::env::current_exe().map_err(E2eError::io("current_exe"))?;
     // <target>/<profile>/deps/<test>-<hash>
     let profile_dir = exe.parent().and_then(Path::parent).ok_or_else(|| {
@@ -50,14 +64,12 @@ fn locate_and_build() -> Result<PathBuf> {
         .parent()
         .expect("tests/ is inside the workspace");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut args = vec![
-        "build".to_string(),
-        "--quiet".into(),
-        "-p".into(),
-        "ftp-proxy-cli".into(),
+    let mut args = vec!["build".to_string(), "--quiet".into()];
+    args.extend(what.iter().map(|a| a.to_string()));
+    args.extend([
         "--manifest-path".into(),
         workspace.join("Cargo.toml").display().to_string(),
-    ];
+    ]);
     match profile {
         "debug" => {}
         "release" => args.push("--release".into()),
@@ -68,14 +80,7 @@ fn locate_and_build() -> Result<PathBuf> {
     if !out.status.success() {
         return Err(command_error(&cargo, &args, &out));
     }
-    let bin = profile_dir.join("ftp-proxy");
-    if !bin.is_file() {
-        return Err(E2eError::check(
-            "cargo build produced ftp-proxy",
-            bin.display().to_string(),
-        ));
-    }
-    Ok(bin)
+    Ok(profile_dir.to_path_buf())
 }
 
 /// A running `ftp-proxy -d -D7` in reverse mode, its stderr captured to a file.
