@@ -56,4 +56,10 @@ pub mod internals {
         pub use crate::ftp::*;
     }
     pub use crate::line::{LineBuf, NotClean, MAX_LINE};
+
+    /// Makes `proxy` try `id` first for its next session (tests of the id
+    /// wrap-around at `u32::MAX`).
+    pub fn set_next_session_id(proxy: &mut crate::Proxy, id: u32) {
+        proxy.set_next_id(id);
+    }
 }
