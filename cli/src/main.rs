@@ -357,6 +357,7 @@ fn core_config(
         pid: std::process::id(),
         server_data_ports: args.server_data_ports,
         proxy_ports: args.proxy_ports,
+        relay: args.backend == args::BackendKind::Relay,
     }
 }
 

@@ -230,6 +230,12 @@ fn execute(
                 conn.close();
             }
         }
+        Action::EndDataConnections { anchor } => {
+            // This example does not track the connections its threads carry, so it
+            // can only stop listening; the mio runtime resets them too.
+            log::warn!("{id} replies out of step: closing the data listeners of {anchor}");
+            let _ = data.commit(anchor, &[]);
+        }
         Action::RulesMayRemain { anchor, error } => {
             // Removing listeners cannot fail here; a real filter would retry.
             log::error!("{id} rules of {anchor} may remain: {error}");
@@ -351,6 +357,11 @@ impl DataPath {
     /// new listener is bound before an old one closes; one on the same address stays.
     fn commit(&mut self, anchor: Anchor, rules: &[Rule]) -> Result<(), FilterError> {
         let wanted = forwards(rules)?;
+        // Joins (two accepted connections) are the mio relay's; this example leaves
+        // `Config::relay` off, so the core never asks for one.
+        if let Some(join) = wanted.iter().find(|f| f.join) {
+            return Err(FilterError::Unsupported(format!("join {join}")));
+        }
         let mut old = self.anchors.remove(&anchor).unwrap_or_default();
         let mut bound = Vec::new();
         for fwd in &wanted {

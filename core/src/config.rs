@@ -55,6 +55,15 @@ pub struct Config {
     /// port from 1024 up. Beyond the original: it bounds what a server reply the
     /// client managed to shape could open (docs/behavior.md).
     pub server_data_ports: Option<PortRange>,
+    /// The data connections are carried by a userspace relay (the mio runtime's
+    /// `DataPath::Relay`, the threaded example), which can join two connections that
+    /// both end at the proxy ([`Mode::Joined`](crate::Mode::Joined)); a kernel
+    /// filter cannot. It decides how a passive transfer is served once the server's
+    /// replies may hold lines the client chose (docs/behavior.md, "Replies out of
+    /// step"): joined through the relay, or refused with 425 unless
+    /// [`server_data_ports`](Self::server_data_ports) bounds what a reply may name.
+    /// Default `false`.
+    pub relay: bool,
 }
 
 impl Default for Config {
@@ -73,6 +82,7 @@ impl Default for Config {
             pid: 0,
             proxy_ports: DEFAULT_PROXY_PORTS,
             server_data_ports: None,
+            relay: false,
         }
     }
 }

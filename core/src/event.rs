@@ -194,6 +194,17 @@ pub enum Action {
         /// every action moves through the queue, and this one is large and rare).
         summary: Box<Summary>,
     },
+    /// End, now, every data connection the anchor's rules let through: reset the
+    /// relay's pairs (and any connection waiting for its partner), drop the
+    /// filter's connection state ([`crate::Filter::kill_connections`]). Data
+    /// connections otherwise outlive their rules, as pf states do; this is emitted
+    /// just before the [`Action::Close`] of a session that ends because its replies
+    /// were out of step ([`CloseReason::ReplyDesync`]), so that nothing negotiated
+    /// while the proxy could have been misled outlives the session.
+    EndDataConnections {
+        /// The session's anchor.
+        anchor: Anchor,
+    },
     /// The final removal of the session's rules failed: rules of this anchor may
     /// remain in the filter. The session is forgotten all the same. The driver logs
     /// it and removes the anchor's rules by other means (a retry, or its
@@ -230,8 +241,8 @@ pub struct DataCounts {
 impl DataCounts {
     pub(crate) fn count(&mut self, mode: Mode, epsv: bool) {
         let n = match (mode, epsv) {
-            (Mode::Passive, false) => &mut self.pasv,
-            (Mode::Passive, true) => &mut self.epsv,
+            (Mode::Passive | Mode::Joined, false) => &mut self.pasv,
+            (Mode::Passive | Mode::Joined, true) => &mut self.epsv,
             (Mode::ActivePort, _) => &mut self.port,
             (Mode::ActiveEprt, _) => &mut self.eprt,
         };
@@ -296,6 +307,9 @@ pub enum CloseReason {
     /// client controls, e.g. a file name in a `STAT` listing), so no later reply can
     /// be trusted to answer a PASV/EPSV.
     ReplyDesync,
+    /// The server sent 421 (service closing): its lines were relayed whole, and the
+    /// session ends with them; nothing after a 421 is relayed or negotiated.
+    ServerClosing,
     /// The daemon is shutting down.
     Shutdown,
 }
@@ -321,6 +335,7 @@ impl CloseReason {
             CloseReason::Filter(_) => "filter_failed",
             CloseReason::TooManyPipelined => "too_many_pipelined",
             CloseReason::ReplyDesync => "reply_desync",
+            CloseReason::ServerClosing => "server_closing",
             CloseReason::Shutdown => "shutdown",
         }
     }
@@ -329,7 +344,10 @@ impl CloseReason {
     pub fn is_error(&self) -> bool {
         !matches!(
             self,
-            CloseReason::Eof(_) | CloseReason::Shutdown | CloseReason::Timeout(Side::Server)
+            CloseReason::Eof(_)
+                | CloseReason::Shutdown
+                | CloseReason::Timeout(Side::Server)
+                | CloseReason::ServerClosing
         )
     }
 }
@@ -356,6 +374,7 @@ impl fmt::Display for CloseReason {
             CloseReason::ReplyDesync => {
                 f.write_str("server reply answers no command (replies out of step)")
             }
+            CloseReason::ServerClosing => f.write_str("server closing connection (421)"),
             CloseReason::Shutdown => f.write_str("shutting down"),
         }
     }

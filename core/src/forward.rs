@@ -29,6 +29,12 @@
 //!   to their end, as pf keeps a state after its rule is removed. A forward whose
 //!   `listen` address is in both the old and the new set keeps its listening socket
 //!   (binding it again would fail) and takes the new forward's other fields.
+//! * **Joins** ([`Forward::join`], the rules of [`Mode::Joined`](crate::Mode::Joined)):
+//!   two forwards name each other's `listen` address as their `target`. Admit one
+//!   connection on each (from its own `from`), hold the first until the second
+//!   arrives, then copy between them as above; nothing is connected. A held
+//!   connection whose partner never comes is reset when the driver's idle limit for
+//!   data connections runs out, or when the rules are replaced.
 //! * **Binding fails** with `EADDRINUSE`: answer the commit with
 //!   [`FilterError::AddrInUse`] (the core then picks another proxy port) and leave the
 //!   old set in force: a commit is all or nothing.
@@ -76,8 +82,13 @@ pub struct Forward {
     pub target: SocketAddr,
     /// Where the connection to `target` comes from; `None` when the set holds no
     /// matching nat-to rule (the core always pairs them; the source is then the
-    /// kernel's choice).
+    /// kernel's choice, and for a join).
     pub source: Option<Source>,
+    /// A leg of a [`Mode::Joined`](crate::Mode::Joined) pair (a `join-with` rule):
+    /// `target` is not connected to but is the `listen` address of the other leg,
+    /// and the connection accepted here is joined with the one accepted there, in
+    /// whichever order they arrive. See the module docs.
+    pub join: bool,
 }
 
 impl Forward {
@@ -138,6 +149,14 @@ pub fn forwards(rules: &[Rule]) -> Result<Vec<Forward>, ForwardError> {
                 from: r.from,
                 target: SocketAddr::new(addr, port),
                 source: nat_partner(rules, r.from, SocketAddr::new(addr, port)),
+                join: false,
+            }),
+            (Direction::In, Translate::JoinWith { addr, port }) => out.push(Forward {
+                listen: SocketAddr::new(r.to, r.port),
+                from: r.from,
+                target: SocketAddr::new(addr, port),
+                source: None,
+                join: true,
             }),
             (Direction::Out, Translate::NatTo { .. }) => {}
             _ => {
@@ -216,6 +235,7 @@ mod tests {
                 addr: src.parse().unwrap(),
                 ports,
             }),
+            join: false,
         }
     }
 
@@ -346,6 +366,31 @@ mod tests {
         assert_eq!(*e.rule, rules[1]);
         assert!(
             matches!(FilterError::from(e), FilterError::Unsupported(t) if t.contains("nat-to"))
+        );
+    }
+
+    #[test]
+    fn joined_gives_two_legs_that_name_each_other() {
+        let rules = data_rules(
+            Mode::Joined,
+            &reverse(),
+            40000,
+            50000,
+            &RuleOptions::default(),
+        );
+        let f = forwards(&rules).unwrap();
+        assert_eq!(f.len(), 2, "{rules:?}");
+        let client: SocketAddr = "203.0.113.1:50000".parse().unwrap();
+        let server: SocketAddr = "198.51.100.1:40000".parse().unwrap();
+        assert_eq!((f[0].listen, f[0].target), (client, server));
+        assert_eq!((f[1].listen, f[1].target), (server, client));
+        assert_eq!(f[0].from, reverse().client);
+        assert_eq!(f[1].from, reverse().server);
+        assert!(f.iter().all(|f| f.join && f.source.is_none()));
+        assert_eq!(
+            rules[0].to_string(),
+            "pass in quick inet proto tcp from 203.0.113.10 to 203.0.113.1 port 50000 \
+             flags S/SA keep state (max 1) join-with 198.51.100.1 port 40000"
         );
     }
 

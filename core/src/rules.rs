@@ -131,6 +131,16 @@ pub enum Translate {
         /// Source ports to pick from.
         ports: PortRange,
     },
+    /// Beyond pf: join the connection with the one that arrives at `addr` port
+    /// `port`, the destination of the other rule of a [`Mode::Joined`] pair. Both
+    /// data connections end at the proxy, so only a userspace data path (the relay)
+    /// can carry it; a kernel filter refuses the rule set as unsupported.
+    JoinWith {
+        /// The other rule's destination address.
+        addr: IpAddr,
+        /// The other rule's destination port.
+        port: u16,
+    },
 }
 
 /// One packet-filter rule for one data connection.
@@ -217,6 +227,7 @@ impl fmt::Display for Rule {
         match self.translate {
             Translate::RdrTo { addr, port } => write!(f, " rdr-to {addr} port {port}"),
             Translate::NatTo { addr, ports } => write!(f, " nat-to {addr} port {ports}"),
+            Translate::JoinWith { addr, port } => write!(f, " join-with {addr} port {port}"),
         }
     }
 }
@@ -260,6 +271,13 @@ pub enum Mode {
     ActivePort,
     /// EPRT: the server connects to the client (never rewritten to port 20).
     ActiveEprt,
+    /// PASV or EPSV from the client, served by PORT/EPRT towards the server: the
+    /// client connects to the proxy port of the rewritten 227/229, the server to the
+    /// one of the proxy's PORT/EPRT, and the proxy joins the two. No port from a
+    /// server reply is used, which is the point: the session falls back to this after
+    /// a reply whose lines the client may have chosen (docs/behavior.md, "Replies out
+    /// of step"). Only a userspace data path can carry it.
+    Joined,
 }
 
 /// The two rules of one negotiation, in the shape of the man page's CONFIGURATION
@@ -268,6 +286,8 @@ pub enum Mode {
 /// `port` is the data port the endpoint negotiated, `proxy_port` the one the proxy
 /// advertised in its place. Passive mode: the client connects to the server through
 /// the proxy port; active mode: the server connects to the client through it.
+/// [`Mode::Joined`]: `proxy_port` is the one advertised to the client and `port` the
+/// one the proxy's PORT/EPRT gives the server; each rule joins with the other.
 pub fn data_rules(
     mode: Mode,
     a: &SessionAddrs,
@@ -326,6 +346,34 @@ pub fn data_rules(
                 translate: Translate::NatTo {
                     addr: a.orig_server,
                     ports: active_source_ports(mode, opts),
+                },
+            },
+        ],
+        Mode::Joined => [
+            // pass in from $client to $orig_server port $proxy_port join-with $proxy port $port
+            Shape {
+                direction: Direction::In,
+                from: a.client,
+                to: a.orig_server,
+                port: proxy_port,
+                on_rdomain: a.client_rdomain,
+                rtable: None,
+                translate: Translate::JoinWith {
+                    addr: a.proxy,
+                    port,
+                },
+            },
+            // pass in from $server to $proxy port $port join-with $orig_server port $proxy_port
+            Shape {
+                direction: Direction::In,
+                from: a.server,
+                to: a.proxy,
+                port,
+                on_rdomain: proxy_rt,
+                rtable: None,
+                translate: Translate::JoinWith {
+                    addr: a.orig_server,
+                    port: proxy_port,
                 },
             },
         ],

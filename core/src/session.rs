@@ -26,6 +26,14 @@ const REPLY_ANON_ONLY: &str = "500 Only anonymous FTP allowed\r\n";
 const REPLY_NO_V4_MODES: &str = "500 PASV and PORT not allowed with IPv6\r\n";
 const REPLY_BAD_PORT: &str = "501 Bad data port (below 1024 or malformed), refused by proxy\r\n";
 const REPLY_BAD_PASSIVE: &str = "425 Cannot open passive connection: bad port from server\r\n";
+/// A PASV/EPSV after a reply that may hold client-chosen lines, where no relay can
+/// serve it joined and no `--server-data-ports` bounds what the server's answer may
+/// name (docs/behavior.md, "Replies out of step").
+const REPLY_PASSIVE_UNSAFE: &str =
+    "425 Passive mode refused by proxy after a multi-line reply; use active mode (PORT/EPRT)\r\n";
+/// The server refused the proxy's PORT/EPRT of a joined passive transfer.
+const REPLY_JOIN_REFUSED: &str =
+    "425 Cannot open passive connection: the server refused the proxy's data port\r\n";
 /// The answer to `AUTH`, `PBSZ` and `PROT`: the proxy must read every control line,
 /// so a TLS control channel cannot pass; saying so lets clients fall back to plain
 /// text (or give up at once) instead of handshaking into a dead session.
@@ -60,6 +68,10 @@ enum Passive {
 enum ReplyTo {
     /// PASV or EPSV: its 227/229 is rewritten.
     Passive(Passive),
+    /// The proxy's PORT/EPRT that serves a client's PASV/EPSV joined
+    /// ([`Mode::Joined`]): the server's answer goes no further; a 2xx releases the
+    /// proxy's own 227/229 to the client, anything else a 425.
+    Join,
     /// FEAT: security features are dropped from its list.
     Feat,
     /// Anything else: relayed as it is.
@@ -78,10 +90,32 @@ enum Expect {
 /// A multi-line reply in progress.
 struct Multi {
     code: u16,
+    /// What becomes of its lines.
+    kind: MultiKind,
+}
+
+/// How the lines of a multi-line reply are treated.
+enum MultiKind {
+    /// Relayed as they come.
+    Relay,
     /// The reply answers FEAT: its security-feature lines are not relayed.
-    feat: bool,
-    /// The held lines of a 227/229 reply that will be rewritten as a whole.
-    collect: Option<(Passive, Vec<Bytes>, usize)>,
+    Feat,
+    /// Held, to be acted on as a whole: a 227/229 to rewrite, or the answer to the
+    /// proxy's own PORT/EPRT of a join.
+    Collect {
+        to: Collected,
+        lines: Vec<Bytes>,
+        size: usize,
+    },
+    /// A 421: relayed, and the session ends with its last line.
+    Closing,
+}
+
+/// Which held reply a [`MultiKind::Collect`] gathers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Collected {
+    Passive(Passive),
+    Join,
 }
 
 /// A rule commit awaiting its acknowledgement, and the line it releases.
@@ -89,7 +123,10 @@ struct Commit {
     txn: u64,
     rules: Vec<Rule>,
     release: (Side, Bytes),
-    port: u16,
+    /// The proxy ports the rules hold (two for a join).
+    ports: Vec<u16>,
+    /// For a join, the 227/229 the client gets once the server took the PORT/EPRT.
+    join_reply: Option<Bytes>,
     retried: bool,
     /// What the rules were built from, to build them again on another port.
     negotiation: Negotiation,
@@ -143,6 +180,15 @@ pub(crate) struct Session {
     expect: VecDeque<Expect>,
     greeted: bool,
     multi: Option<Multi>,
+    /// A multi-line reply came after the greeting (other than FEAT's). Its inner
+    /// lines may be text the client chose (a `STAT` listing, a directory message), so
+    /// where the server's replies end can no longer be told for sure, and no later
+    /// reply is trusted to name a passive data port: passive transfers are served
+    /// joined (relay) or refused. Never cleared: no sentinel the proxy could send has
+    /// an answer the client cannot also forge.
+    steerable: bool,
+    /// The 227/229 of a join whose PORT/EPRT went to the server, until its answer.
+    join_reply: Option<Bytes>,
     /// A PASV/EPSV line that waits until no earlier reply is owed (and every client
     /// line after it waits behind it), so that nothing the server says in an earlier
     /// reply can be taken for its answer.
@@ -155,8 +201,8 @@ pub(crate) struct Session {
     next_txn: u64,
     /// Whether any commit was issued, so that the end must remove rules.
     installed: bool,
-    /// The proxy port of the rules in force.
-    live_port: Option<u16>,
+    /// The proxy ports of the rules in force.
+    live_ports: Vec<u16>,
     timers: [Option<Instant>; 3],
     /// Output sent to each side and not yet reported written.
     queued: [usize; 2],
@@ -203,12 +249,14 @@ impl Session {
             expect: VecDeque::new(),
             greeted: false,
             multi: None,
+            steerable: false,
+            join_reply: None,
             held: None,
             stale: 0,
             commit: None,
             next_txn: 1,
             installed: false,
-            live_port: None,
+            live_ports: Vec::new(),
             timers: [None; 3],
             queued: [0; 2],
             out_full: [false; 2],
@@ -250,9 +298,21 @@ impl Session {
     ///
     /// A forwarded PASV/EPSV is always the newest entry: it goes out only when no
     /// reply is owed, and nothing is queued behind it while client lines wait.
+    ///
+    /// Nor is anything forwarded once a 421 has begun: the session ends with it.
     fn client_blocked(&self) -> bool {
         self.held.is_some()
-            || matches!(self.expect.back(), Some(Expect::Reply(ReplyTo::Passive(_))))
+            || matches!(
+                self.multi,
+                Some(Multi {
+                    kind: MultiKind::Closing,
+                    ..
+                })
+            )
+            || matches!(
+                self.expect.back(),
+                Some(Expect::Reply(ReplyTo::Passive(_) | ReplyTo::Join))
+            )
     }
 
     /// Whether the server owes a reply to some forwarded command.
@@ -533,6 +593,10 @@ impl Session {
         let Some((kind, line)) = self.held.take() else {
             return false;
         };
+        if self.steerable {
+            self.passive_untrusted(cx, kind, line);
+            return true;
+        }
         // Whatever the server already sent cannot answer a command it has not seen.
         self.stale = self.inbox[idx(Side::Server)].len();
         if self.expect(cx, Expect::Reply(ReplyTo::Passive(kind))) {
@@ -541,13 +605,58 @@ impl Session {
         true
     }
 
+    /// A PASV/EPSV once the server's replies may hold client-chosen lines: no port
+    /// from a server reply is trusted. With a relay the transfer is served joined
+    /// (the proxy sends PORT/EPRT to the server and joins its connection with the
+    /// client's); with a kernel filter it is refused, unless `--server-data-ports`
+    /// bounds what the server's answer may name.
+    fn passive_untrusted(&mut self, cx: &mut Cx<'_>, kind: Passive, line: Bytes) {
+        if cx.cfg.relay {
+            info!(
+                "{} passive transfer served joined (the proxy's PORT/EPRT to the server): \
+                 an earlier multi-line reply may hold client-chosen lines",
+                self.id
+            );
+            if self.expect(cx, Expect::Reply(ReplyTo::Join)) {
+                self.negotiate(
+                    cx,
+                    Negotiation {
+                        mode: Mode::Joined,
+                        passive: Some(kind),
+                        port: 0,
+                    },
+                );
+            }
+        } else if cx.cfg.server_data_ports.is_some() {
+            // The answer may still be forged, but can only name the server's range.
+            self.stale = self.inbox[idx(Side::Server)].len();
+            if self.expect(cx, Expect::Reply(ReplyTo::Passive(kind))) {
+                self.send(cx, Side::Server, line);
+            }
+        } else {
+            error!(
+                "{} refusing passive mode: an earlier multi-line reply may hold \
+                 client-chosen lines, and without a relay or --server-data-ports \
+                 no server reply can be trusted to name the data port",
+                self.id
+            );
+            self.local_reply(cx, REPLY_PASSIVE_UNSAFE);
+        }
+    }
+
     /// Ends the session on a reply line that answers nothing the proxy forwarded.
+    /// Its data connections end with it: whatever was negotiated while the proxy
+    /// could have been misled must not outlive the session.
     fn desync(&mut self, cx: &mut Cx<'_>, line: &[u8], why: &str) {
         error!(
             "{} server reply '{}' {why}: replies out of step with commands",
             self.id,
             ftp::escape(line)
         );
+        if self.installed && self.phase == Phase::Open {
+            let anchor = self.anchor;
+            self.emit(cx, Action::EndDataConnections { anchor });
+        }
         self.close(cx, CloseReason::ReplyDesync);
     }
 
@@ -579,35 +688,57 @@ impl Session {
         if let Some(m) = &mut self.multi {
             let code = m.code;
             let last = ftp::reply_code(&line) == Some((code, false));
-            if let Some((kind, lines, size)) = &mut m.collect {
-                *size += line.len();
-                lines.push(line);
-                if *size > MAX_HELD_REPLY {
-                    return self.close(cx, CloseReason::NotClean(Side::Server));
+            match &mut m.kind {
+                MultiKind::Collect { to, lines, size } => {
+                    *size += line.len();
+                    lines.push(line);
+                    if *size > MAX_HELD_REPLY {
+                        return self.close(cx, CloseReason::NotClean(Side::Server));
+                    }
+                    if last {
+                        let (to, lines) = (*to, std::mem::take(lines));
+                        self.multi = None;
+                        self.collected(cx, to, code, &lines);
+                    }
                 }
-                if last {
-                    let (kind, lines) = (*kind, std::mem::take(lines));
-                    self.multi = None;
-                    self.passive_reply(cx, kind, &lines);
+                MultiKind::Closing => {
+                    self.send(cx, Side::Client, line);
+                    if last {
+                        self.multi = None;
+                        self.close(cx, CloseReason::ServerClosing);
+                    }
                 }
-                return;
-            }
-            let drop = m.feat && !last && ftp::is_security_feature(&line);
-            if drop {
-                debug!("{} proxy: not relaying FEAT line", self.id);
-            } else {
-                self.send(cx, Side::Client, line);
-            }
-            if last {
-                self.multi = None;
-                self.final_reply(cx, code);
+                MultiKind::Feat if !last && ftp::is_security_feature(&line) => {
+                    debug!("{} proxy: not relaying FEAT line", self.id);
+                }
+                MultiKind::Feat | MultiKind::Relay => {
+                    self.send(cx, Side::Client, line);
+                    if last {
+                        self.multi = None;
+                        self.final_reply(cx, code);
+                    }
+                }
             }
             return;
         }
         let reply = ftp::reply_code(&line);
-        // 421 (service closing) may come at any time, unasked. Anything else outside a
-        // reply must answer an outstanding command and must not predate the PASV/EPSV.
-        if self.greeted && !matches!(reply, Some((421, _))) {
+        // 421 (service closing) may come at any time, unasked, and answers no
+        // command: its lines go to the client whole and the session ends with them.
+        if let Some((421, more)) = reply {
+            self.held = None;
+            self.send(cx, Side::Client, line);
+            if more {
+                self.multi = Some(Multi {
+                    code: 421,
+                    kind: MultiKind::Closing,
+                });
+                return;
+            }
+            return self.close(cx, CloseReason::ServerClosing);
+        }
+        // Anything else outside a reply must answer an outstanding command and must
+        // not predate the PASV/EPSV.
+        if self.greeted {
             if stale {
                 return self.desync(cx, &line, "was sent before the server saw PASV/EPSV");
             }
@@ -618,27 +749,43 @@ impl Session {
         let Some((code, more)) = reply else {
             return self.send(cx, Side::Client, line);
         };
-        let passive = match code {
-            227 => self.owed_passive(Passive::Pasv),
-            229 => self.owed_passive(Passive::Epsv),
+        let collect = match (code, self.oldest_reply()) {
+            _ if !self.greeted => None,
+            (227, Some(ReplyTo::Passive(Passive::Pasv))) => Some(Collected::Passive(Passive::Pasv)),
+            (229, Some(ReplyTo::Passive(Passive::Epsv))) => Some(Collected::Passive(Passive::Epsv)),
+            (_, Some(ReplyTo::Join)) => Some(Collected::Join),
             _ => None,
         };
-        match (passive, more) {
-            (Some(kind), true) => {
+        match (collect, more) {
+            (Some(to), true) => {
                 let size = line.len();
                 self.multi = Some(Multi {
                     code,
-                    feat: false,
-                    collect: Some((kind, vec![line], size)),
+                    kind: MultiKind::Collect {
+                        to,
+                        lines: vec![line],
+                        size,
+                    },
                 });
             }
-            (Some(kind), false) => self.passive_reply(cx, kind, &[line]),
+            (Some(to), false) => self.collected(cx, to, code, &[line]),
             (None, true) => {
                 let feat = code == 211 && self.oldest_reply() == Some(ReplyTo::Feat);
+                if self.greeted && !feat && !self.steerable {
+                    info!(
+                        "{} multi-line {code} reply: from now on no server reply is trusted \
+                         to name a passive data port",
+                        self.id
+                    );
+                    self.steerable = true;
+                }
                 self.multi = Some(Multi {
                     code,
-                    feat,
-                    collect: None,
+                    kind: if feat {
+                        MultiKind::Feat
+                    } else {
+                        MultiKind::Relay
+                    },
                 });
                 self.send(cx, Side::Client, line);
             }
@@ -649,21 +796,43 @@ impl Session {
         }
     }
 
+    /// A held reply is complete: a 227/229 to rewrite, or the server's answer to the
+    /// proxy's PORT/EPRT of a join (a preliminary 1xx is dropped and the final one
+    /// awaited).
+    fn collected(&mut self, cx: &mut Cx<'_>, to: Collected, code: u16, lines: &[Bytes]) {
+        match to {
+            Collected::Passive(kind) => self.passive_reply(cx, kind, lines),
+            Collected::Join if code < 200 => {}
+            Collected::Join => {
+                if matches!(self.expect.front(), Some(Expect::Reply(ReplyTo::Join))) {
+                    self.expect.pop_front();
+                }
+                let reply = self.join_reply.take();
+                let reply = match reply {
+                    Some(reply) if (200..300).contains(&code) => reply,
+                    _ => {
+                        let shown: Vec<u8> = lines.iter().flat_map(|l| l.iter().copied()).collect();
+                        warn!(
+                            "{} server refused the proxy's data port: '{}'",
+                            self.id,
+                            ftp::escape(&shown)
+                        );
+                        Bytes::from_static(REPLY_JOIN_REFUSED.as_bytes())
+                    }
+                };
+                debug!("{} proxy: {}", self.id, ftp::escape(&reply));
+                self.send(cx, Side::Client, reply);
+                self.flush_local(cx);
+            }
+        }
+    }
+
     /// What the oldest outstanding reply answers.
     fn oldest_reply(&self) -> Option<ReplyTo> {
         self.expect.iter().find_map(|e| match e {
             Expect::Reply(to) => Some(*to),
             Expect::Local(_) => None,
         })
-    }
-
-    /// Whether this 227 (229) answers a PASV (EPSV). A PASV/EPSV goes out only when
-    /// nothing else is owed, so its reply is the oldest outstanding one.
-    fn owed_passive(&self, kind: Passive) -> Option<Passive> {
-        if !self.greeted {
-            return None;
-        }
-        (self.oldest_reply() == Some(ReplyTo::Passive(kind))).then_some(kind)
     }
 
     /// A complete reply (not 1xx) was relayed: it answers the oldest command.
@@ -721,12 +890,26 @@ impl Session {
         self.negotiate(cx, negotiation);
     }
 
-    /// Picks a proxy port, builds the rules and the rewritten line, and commits.
+    /// Picks the proxy ports, builds the rules and the rewritten line, and commits.
     fn negotiate(&mut self, cx: &mut Cx<'_>, negotiation: Negotiation) {
-        let Some(proxy_port) = self.pick_port(cx) else {
-            return self.close(cx, CloseReason::Filter(FilterError::Busy));
+        let wanted = if negotiation.mode == Mode::Joined {
+            2
+        } else {
+            1
         };
-        let (rules, release) = self.render(cx, negotiation, proxy_port);
+        let mut ports = Vec::with_capacity(wanted);
+        for _ in 0..wanted {
+            match self.pick_port(cx) {
+                Some(port) => ports.push(port),
+                None => {
+                    for port in ports {
+                        cx.ports.remove(&port);
+                    }
+                    return self.close(cx, CloseReason::Filter(FilterError::Busy));
+                }
+            }
+        }
+        let (rules, release, join_reply) = self.render(cx, negotiation, &ports);
         let txn = self.next_txn;
         self.next_txn += 1;
         self.installed = true;
@@ -743,29 +926,56 @@ impl Session {
             txn,
             rules,
             release,
-            port: proxy_port,
+            ports,
+            join_reply,
             retried: false,
             negotiation,
             port_tries,
         });
     }
 
-    /// The rules of a negotiation on `proxy_port`, and the line they release.
-    fn render(&self, cx: &Cx<'_>, n: Negotiation, proxy_port: u16) -> (Vec<Rule>, (Side, Bytes)) {
+    /// The rules of a negotiation on `ports` (the proxy port; for a join, the
+    /// client's and then the server's), the line they release, and for a join the
+    /// 227/229 the client gets once the server took the PORT/EPRT.
+    fn render(
+        &self,
+        cx: &Cx<'_>,
+        n: Negotiation,
+        ports: &[u16],
+    ) -> (Vec<Rule>, (Side, Bytes), Option<Bytes>) {
         let addrs = self.addrs();
-        let (side, line) = match n.passive {
-            Some(kind) => {
+        let proxy_port = ports[0];
+        let client_reply = |kind| match (kind, addrs.orig_server) {
+            (Passive::Pasv, IpAddr::V4(v4)) => ftp::format_227(v4, proxy_port),
+            _ => ftp::format_229(proxy_port),
+        };
+        let (side, line, join_reply, endpoint_port) = match (n.mode, n.passive) {
+            (Mode::Joined, kind) => {
+                let server_port = ports[1];
+                info!(
+                    "{} passive: client to port {proxy_port}, joined with server to port {server_port}",
+                    self.id
+                );
+                let line = match addrs.proxy {
+                    IpAddr::V4(v4) => ftp::format_port(v4, server_port),
+                    v6 => ftp::format_eprt(v6, server_port),
+                };
+                let reply = client_reply(kind.unwrap_or(Passive::Epsv));
+                debug!(
+                    "{} proxy: {} (once the server takes it)",
+                    self.id,
+                    ftp::escape(reply.as_bytes())
+                );
+                (Side::Server, line, Some(Bytes::from(reply)), server_port)
+            }
+            (_, Some(kind)) => {
                 info!(
                     "{} passive: client to server port {} via port {}",
                     self.id, n.port, proxy_port
                 );
-                let line = match (kind, addrs.orig_server) {
-                    (Passive::Pasv, IpAddr::V4(v4)) => ftp::format_227(v4, proxy_port),
-                    _ => ftp::format_229(proxy_port),
-                };
-                (Side::Client, line)
+                (Side::Client, client_reply(kind), None, n.port)
             }
-            None => {
+            (_, None) => {
                 info!(
                     "{} active: server to client port {} via port {}",
                     self.id, n.port, proxy_port
@@ -774,12 +984,12 @@ impl Session {
                     (Mode::ActivePort, IpAddr::V4(v4)) => ftp::format_port(v4, proxy_port),
                     _ => ftp::format_eprt(addrs.proxy, proxy_port),
                 };
-                (Side::Server, line)
+                (Side::Server, line, None, n.port)
             }
         };
         debug!("{} proxy: {}", self.id, ftp::escape(line.as_bytes()));
-        let rules = data_rules(n.mode, &addrs, n.port, proxy_port, &cx.cfg.rules);
-        (rules.to_vec(), (side, Bytes::from(line)))
+        let rules = data_rules(n.mode, &addrs, endpoint_port, proxy_port, &cx.cfg.rules);
+        (rules.to_vec(), (side, Bytes::from(line)), join_reply)
     }
 
     /// A proxy port no other live session uses, drawn uniformly from the configured
@@ -826,8 +1036,11 @@ impl Session {
                 self.rules_committed += 1;
                 let n = commit.negotiation;
                 self.data.count(n.mode, n.passive == Some(Passive::Epsv));
-                if let Some(old) = self.live_port.replace(commit.port) {
+                for old in std::mem::replace(&mut self.live_ports, commit.ports) {
                     cx.ports.remove(&old);
+                }
+                if commit.join_reply.is_some() {
+                    self.join_reply = commit.join_reply;
                 }
                 let (side, line) = commit.release;
                 self.send(cx, side, line);
@@ -841,9 +1054,11 @@ impl Session {
             Err(FilterError::AddrInUse) if commit.port_tries < MAX_PORT_TRIES => {
                 // Something else holds the port (the relay binds it for real): take
                 // another one. The line is rebuilt, so it always names the port in force.
-                let (old, negotiation) = (commit.port, commit.negotiation);
-                info!("{} proxy port {old} in use, trying another", self.id);
-                cx.ports.remove(&old);
+                let (old, negotiation) = (std::mem::take(&mut commit.ports), commit.negotiation);
+                info!("{} proxy port {old:?} in use, trying another", self.id);
+                for port in old {
+                    cx.ports.remove(&port);
+                }
                 self.timers[Timer::CommitRetry as usize] = None;
                 self.negotiate(cx, negotiation);
             }
@@ -857,7 +1072,9 @@ impl Session {
             return;
         }
         match &reason {
-            CloseReason::Eof(_) | CloseReason::Shutdown => info!("{} {reason}", self.id),
+            CloseReason::Eof(_) | CloseReason::Shutdown | CloseReason::ServerClosing => {
+                info!("{} {reason}", self.id)
+            }
             CloseReason::Timeout(Side::Server) => warn!("{} {reason}", self.id),
             // The original's CRIT ones (cli/src/logging.rs reads the key).
             CloseReason::ConnectFailed { .. } | CloseReason::Filter(_) => {
@@ -878,11 +1095,10 @@ impl Session {
             server_bytes: self.read_bytes[idx(Side::Server)],
         });
         self.emit(cx, Action::Close { reason, summary });
-        for port in self
-            .live_port
-            .take()
+        let pending = self.commit.take().map(|c| c.ports).unwrap_or_default();
+        for port in std::mem::take(&mut self.live_ports)
             .into_iter()
-            .chain(self.commit.take().map(|c| c.port))
+            .chain(pending)
         {
             cx.ports.remove(&port);
         }

@@ -282,12 +282,43 @@ fn a_reply_when_none_is_owed_ends_the_session() {
         h.server(b"just text\r\n"),
         vec![close(CloseReason::ReplyDesync)]
     );
-    // Whereas a 421 may come unasked (a server's idle timeout).
+    // Whereas a 421 may come unasked (a server's idle timeout): it is relayed and
+    // ends the session.
     let mut h = H::new(Config::default(), &[0]);
     assert_eq!(
         h.server(b"421 Timeout\r\n"),
-        vec![send(Side::Client, b"421 Timeout\r\n")]
+        vec![
+            send(Side::Client, b"421 Timeout\r\n"),
+            close(CloseReason::ServerClosing)
+        ]
     );
+}
+
+#[test]
+fn a_multi_line_421_reaches_the_client_whole_and_nothing_after_it() {
+    let mut h = H::new(Config::default(), &[0]);
+    // A PASV waits behind a NOOP whose answer never comes: the server times out.
+    assert_eq!(
+        h.client(b"NOOP\r\nPASV\r\n"),
+        vec![send(Side::Server, b"NOOP\r\n")]
+    );
+    assert_eq!(
+        h.server(b"421-Idle timeout\r\n"),
+        vec![send(Side::Client, b"421-Idle timeout\r\n")]
+    );
+    assert_eq!(
+        h.server(b"227 Entering Passive Mode (127,0,0,1,11,190)\r\n421 Closing\r\n200 late\r\n"),
+        vec![
+            send(
+                Side::Client,
+                b"227 Entering Passive Mode (127,0,0,1,11,190)\r\n"
+            ),
+            send(Side::Client, b"421 Closing\r\n"),
+            close(CloseReason::ServerClosing)
+        ]
+    );
+    assert_eq!(h.server(b"227 (127,0,0,1,11,190)\r\n"), vec![]);
+    assert_eq!(h.client(b"PASV\r\n"), vec![]);
 }
 
 #[test]
@@ -770,18 +801,28 @@ fn forged_227_in_the_same_segment_as_an_early_reply_end_opens_nothing() {
     assert_eq!(a.last(), Some(&close(CloseReason::ReplyDesync)));
 }
 
+const REFUSED_PASSIVE: &[u8] =
+    b"425 Passive mode refused by proxy after a multi-line reply; use active mode (PORT/EPRT)\r\n";
+
+fn relay() -> Config {
+    Config {
+        relay: true,
+        ..Config::default()
+    }
+}
+
 #[test]
 fn forged_227_in_a_later_segment_opens_nothing() {
+    // A kernel filter cannot join: the PASV after the listing is refused.
     let mut h = H::new(Config::default(), &[0]);
     h.client(b"STAT -1\r\nPASV\r\n");
     let a = h.server(STAT_HEAD);
-    // The reply looked complete, so the PASV goes out now.
     assert_eq!(
         a,
         vec![
             send(Side::Client, b"213-STAT\r\n"),
             send(Side::Client, b"213 a\r\n"),
-            send(Side::Server, b"PASV\r\n")
+            send(Side::Client, REFUSED_PASSIVE)
         ]
     );
     let mut seg = FORGED.to_vec();
@@ -792,9 +833,93 @@ fn forged_227_in_a_later_segment_opens_nothing() {
 }
 
 #[test]
+fn forged_227_arriving_alone_after_an_early_end_is_never_a_passive_answer() {
+    // The review's read-boundary case: the forged line is the whole of a read, after
+    // the reply seemed to end. With a relay the PASV is served joined: the server
+    // is told to connect to the proxy, and no server reply names a port.
+    let mut h = H::new(relay(), &[0, 1]);
+    h.client(b"STAT -1\r\nPASV\r\n");
+    let a = h.server(STAT_HEAD);
+    let (txn, rules) = commit(&a);
+    assert_eq!(
+        rules,
+        [
+            "pass in quick inet proto tcp from 203.0.113.10 to 198.51.100.10 port 49152 flags S/SA keep state (max 1) join-with 198.51.100.1 port 49153",
+            "pass in quick inet proto tcp from 198.51.100.10 to 198.51.100.1 port 49153 flags S/SA keep state (max 1) join-with 198.51.100.10 port 49152",
+        ]
+    );
+    assert_eq!(
+        h.ack(txn, Ok(())),
+        vec![send(Side::Server, b"PORT 198,51,100,1,192,1\r\n")]
+    );
+    // The forged line alone is taken for the answer to the proxy's PORT, but it
+    // names nothing that is used: the client gets the proxy's own port, which joins
+    // only with a connection from the server's address, and nothing is committed.
+    let a = h.server(FORGED);
+    no_rules(&a);
+    assert_eq!(
+        a,
+        vec![send(
+            Side::Client,
+            b"227 Entering Passive Mode (198,51,100,10,192,0)\r\n"
+        )]
+    );
+    // The rest of the listing is out of step: the session and its data connections end.
+    let a = h.server(STAT_TAIL);
+    assert_eq!(
+        a,
+        vec![
+            Action::EndDataConnections {
+                anchor: ftp_proxy_core::Anchor {
+                    pid: 0,
+                    session: h.id.0
+                }
+            },
+            close(CloseReason::ReplyDesync),
+            Action::CommitRules {
+                txn: txn + 1,
+                anchor: ftp_proxy_core::Anchor {
+                    pid: 0,
+                    session: h.id.0
+                },
+                rules: vec![]
+            }
+        ]
+    );
+}
+
+#[test]
+fn a_forged_200_after_an_early_end_opens_only_the_proxys_own_ports() {
+    // A sentinel answer the client can predict (200 to the proxy's PORT) is forged
+    // too: the client learns the proxy's port, which joins only with a connection
+    // from the server's own address; the rest of the listing ends the session.
+    let mut h = H::new(relay(), &[0, 1]);
+    h.client(b"STAT -1\r\nEPSV\r\n");
+    let (txn, _) = commit(&h.server(STAT_HEAD));
+    h.ack(txn, Ok(()));
+    assert_eq!(
+        h.server(b"200 PORT command successful\r\n"),
+        vec![send(
+            Side::Client,
+            b"229 Entering Extended Passive Mode (|||49152|)\r\n"
+        )]
+    );
+    let a = h.server(STAT_TAIL);
+    assert!(a.contains(&close(CloseReason::ReplyDesync)), "{a:?}");
+}
+
+#[test]
 fn forged_227_split_across_the_pasv_is_stale() {
-    // The forged line had begun to arrive before the PASV went out.
-    let mut h = H::new(Config::default(), &[0]);
+    // The forged line had begun to arrive before the PASV went out (possible only
+    // with --server-data-ports, under which a kernel filter still asks the server).
+    let cfg = Config {
+        server_data_ports: Some(ftp_proxy_core::PortRange {
+            low: 1024,
+            high: 65535,
+        }),
+        ..Config::default()
+    };
+    let mut h = H::new(cfg, &[0]);
     h.client(b"STAT -1\r\nPASV\r\n");
     let mut seg = STAT_HEAD.to_vec();
     seg.extend_from_slice(&FORGED[..10]);
@@ -803,6 +928,66 @@ fn forged_227_split_across_the_pasv_is_stale() {
     let a = h.server(&FORGED[10..]);
     no_rules(&a);
     assert_eq!(a, vec![close(CloseReason::ReplyDesync)]);
+}
+
+#[test]
+fn a_421_in_a_listing_ends_the_session_and_releases_nothing() {
+    // The review's second forgery: `421-zzz` after an early end, then a later STAT
+    // whose listing holds `421 y` and a forged 227.
+    let mut h = H::new(relay(), &[0, 1]);
+    h.client(b"STAT -1 a\r\n");
+    let a = h.server(b"213-STAT\r\n213 a\r\n421-zzz\r\n");
+    assert_eq!(
+        a,
+        vec![
+            send(Side::Client, b"213-STAT\r\n"),
+            send(Side::Client, b"213 a\r\n"),
+            send(Side::Client, b"421-zzz\r\n")
+        ]
+    );
+    let a = h.client(b"STAT -1 b\r\nPASV\r\n");
+    assert_eq!(a, vec![]);
+    let a = h.server(b"213 End.\r\n421 y\r\n");
+    assert_eq!(
+        a,
+        vec![
+            send(Side::Client, b"213 End.\r\n"),
+            send(Side::Client, b"421 y\r\n"),
+            close(CloseReason::ServerClosing)
+        ]
+    );
+    assert_eq!(h.server(FORGED), vec![]);
+}
+
+#[test]
+fn lowercase_verbs_and_other_listings_are_treated_alike() {
+    let mut h = H::new(Config::default(), &[0]);
+    h.client(b"stat -1 dir\r\nepsv\r\n");
+    let a = h.server(b"211-Status\r\n211 a\r\n");
+    assert_eq!(a.last(), Some(&send(Side::Client, REFUSED_PASSIVE)));
+    let a = h.server(b"229 Entering Extended Passive Mode (|||3006|)\r\n");
+    no_rules(&a);
+    assert_eq!(a, vec![close(CloseReason::ReplyDesync)]);
+}
+
+#[test]
+fn feat_and_the_greeting_leave_passive_mode_as_it_was() {
+    let mut h = H::new(Config::default(), &[0]);
+    h.client(b"FEAT\r\n");
+    h.server(b"211-Features:\r\n EPSV\r\n211 End\r\n");
+    assert_eq!(h.client(b"PASV\r\n"), vec![send(Side::Server, b"PASV\r\n")]);
+}
+
+#[test]
+fn active_mode_still_works_after_a_listing() {
+    let mut h = H::new(Config::default(), &[0]);
+    h.client(b"STAT -1\r\n");
+    h.server(b"213-STAT\r\n 213 a\r\n213 End.\r\n");
+    let (txn, _) = commit(&h.client(b"PORT 10,9,8,7,19,136\r\n"));
+    assert_eq!(
+        h.ack(txn, Ok(())),
+        vec![send(Side::Server, b"PORT 198,51,100,1,192,0\r\n")]
+    );
 }
 
 #[test]
@@ -815,17 +1000,35 @@ fn forged_epsv_answer_is_refused_too() {
 }
 
 #[test]
-fn a_pasv_after_a_complete_multi_line_reply_works() {
-    let mut h = H::new(Config::default(), &[0]);
+fn a_pasv_after_an_honest_multi_line_reply_is_served_joined() {
+    let mut h = H::new(relay(), &[0, 1]);
     assert_eq!(h.client(b"STAT -1\r\nPASV\r\n").len(), 1);
     let a = h.server(b"213-STAT\r\n 213 a\r\n213 End.\r\n");
-    assert_eq!(a.last(), Some(&send(Side::Server, b"PASV\r\n")));
-    let (txn, rules) = commit(&h.server(b"227 Entering Passive Mode (198,51,100,10,117,76)\r\n"));
-    assert!(
-        rules[0].ends_with("rdr-to 198.51.100.10 port 30028"),
-        "{rules:?}"
+    let (txn, rules) = commit(&a);
+    assert!(rules.iter().all(|r| r.contains("join-with")), "{rules:?}");
+    assert_eq!(
+        h.ack(txn, Ok(())),
+        vec![send(Side::Server, b"PORT 198,51,100,1,192,1\r\n")]
     );
-    assert_eq!(h.ack(txn, Ok(())).len(), 1);
+    assert_eq!(
+        h.server(b"200 PORT command successful\r\n"),
+        vec![send(
+            Side::Client,
+            b"227 Entering Passive Mode (198,51,100,10,192,0)\r\n"
+        )]
+    );
+    // The session goes on: a transfer command is relayed, its replies too.
+    assert_eq!(
+        h.client(b"RETR f\r\n"),
+        vec![send(Side::Server, b"RETR f\r\n")]
+    );
+    assert_eq!(
+        h.server(b"150 ok\r\n226 done\r\n"),
+        vec![
+            send(Side::Client, b"150 ok\r\n"),
+            send(Side::Client, b"226 done\r\n")
+        ]
+    );
 }
 
 #[test]

@@ -71,6 +71,9 @@ struct DataListener {
     active: Option<u64>,
     /// A data connection from the admitted peer was accepted at least once.
     used: bool,
+    /// For a leg of a join ([`Forward::join`]): the connection accepted here while
+    /// its partner has not arrived at the other leg's listener, and since when.
+    waiting: Option<(TcpStream, SocketAddr, Instant)>,
 }
 
 /// Why a data connection was turned away (a reset, logged at notice).
@@ -157,6 +160,8 @@ struct Pair {
     label: String,
     /// The real endpoint, for the log line of a failed connect.
     target: SocketAddr,
+    /// The other leg's listener of a join, whose `active` this pair holds too.
+    partner: Option<u64>,
     /// The control session that negotiated it ([`Anchor::session`]).
     session: u32,
     /// That session has ended.
@@ -200,6 +205,8 @@ enum PairEnd {
     Failed(&'static str, io::Error),
     /// No byte moved for the given time; the text says which limit applied.
     Idle(&'static str, Duration),
+    /// Its session ended on a reply desync ([`Relay::kill_session`]).
+    Killed,
 }
 
 /// The relay's state: listeners per session anchor and the data connections.
@@ -261,6 +268,34 @@ impl Relay {
         moved
     }
 
+    /// The control session `session` ended on a reply desync: nothing it negotiated
+    /// may outlive it. Resets its data connections in progress and the connections
+    /// of its joins still waiting for their partner; its listeners go with the empty
+    /// commit that follows.
+    pub(crate) fn kill_session(&mut self, registry: &Registry, session: u32) {
+        let ids: Vec<u64> = self
+            .pairs
+            .iter()
+            .filter(|(_, p)| p.session == session)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            self.close(registry, id, PairEnd::Killed);
+        }
+        for l in self.listeners.values_mut() {
+            if l.anchor.session != session {
+                continue;
+            }
+            if let Some((stream, peer, _)) = l.waiting.take() {
+                warn!(
+                    "#{session} data connection from {peer} to {} reset: its session ended on a reply desync",
+                    l.fwd.listen
+                );
+                reset(&stream);
+            }
+        }
+    }
+
     /// When [`sweep`](Self::sweep) is next due (`None` without data connections).
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.next_sweep
@@ -297,7 +332,27 @@ impl Relay {
         for (id, end) in expired {
             self.close(registry, id, end);
         }
-        self.next_sweep = (!self.pairs.is_empty()).then(|| now + SWEEP_EVERY);
+        let mut waiting = false;
+        for l in self.listeners.values_mut() {
+            let Some((_, _, since)) = &l.waiting else {
+                continue;
+            };
+            if now.duration_since(*since) < limits.idle {
+                waiting = true;
+                continue;
+            }
+            if let Some((stream, peer, _)) = l.waiting.take() {
+                warn!(
+                    "#{} data connection from {peer} to {} reset: its partner never connected to {} in {} s",
+                    l.anchor.session,
+                    l.fwd.listen,
+                    l.fwd.target,
+                    limits.idle.as_secs()
+                );
+                reset(&stream);
+            }
+        }
+        self.next_sweep = (!self.pairs.is_empty() || waiting).then(|| now + SWEEP_EVERY);
     }
 
     fn alloc_id(&mut self) -> u64 {
@@ -400,6 +455,7 @@ impl Relay {
             anchor: *anchor,
             active: None,
             used: false,
+            waiting: None,
         };
         Ok((id, listener))
     }
@@ -425,6 +481,13 @@ impl Relay {
                 ids.push(id);
             } else if let Some(mut l) = self.listeners.remove(&id) {
                 let _ = registry.deregister(&mut l.sock);
+                if let Some((stream, peer, _)) = l.waiting.take() {
+                    warn!(
+                        "#{} data connection from {peer} to {} reset: its partner never connected to {} before {why}",
+                        anchor.session, l.fwd.listen, l.fwd.target
+                    );
+                    reset(&stream);
+                }
                 if l.used {
                     debug!("relay: {anchor}: no longer listening on {}", l.fwd.listen);
                 } else {
@@ -561,11 +624,16 @@ impl Relay {
         if !l.fwd.admits(peer.ip()) {
             return Err(Refusal::Stranger(l.fwd.from));
         }
-        if l.active.is_some() {
+        if l.active.is_some() || l.waiting.is_some() {
             return Err(Refusal::InProgress);
         }
         let session = l.anchor.session;
-        let of_session = self.pairs.values().filter(|p| p.session == session).count();
+        let of_session = self.pairs.values().filter(|p| p.session == session).count()
+            + self
+                .listeners
+                .values()
+                .filter(|w| w.anchor.session == session && w.waiting.is_some())
+                .count();
         if of_session >= self.limits.per_session {
             return Err(Refusal::SessionLimit(of_session));
         }
@@ -584,6 +652,9 @@ impl Relay {
         let fwd = l.fwd.clone();
         let session = l.anchor.session;
         sys::nodelay(&stream);
+        if fwd.join {
+            return self.join(registry, id, stream, peer);
+        }
         let opened = match self.open(&fwd) {
             Ok(opened) => opened,
             Err(e) => {
@@ -601,7 +672,7 @@ impl Relay {
             }
         };
         let pid = self.alloc_id();
-        let mut pair = Pair {
+        let pair = Pair {
             listener: id,
             accepted: Sock::new(stream, true),
             opened: Sock::new(TcpStream::from_std(opened), false),
@@ -610,11 +681,18 @@ impl Relay {
             connecting: true,
             label: format!("#{session} {peer} -> {} -> {}", fwd.listen, fwd.target),
             target: fwd.target,
+            partner: None,
             session,
             orphan: false,
             seen: Progress::default(),
             last_active: Instant::now(),
         };
+        debug!("relay: {}: connecting", pair.label);
+        self.insert_pair(registry, pid, pair);
+    }
+
+    /// Registers a new pair's sockets, marks its listeners busy and starts copying.
+    fn insert_pair(&mut self, registry: &Registry, pid: u64, mut pair: Pair) {
         let rw = Interest::READABLE | Interest::WRITABLE;
         let r1 = registry.register(
             &mut pair.accepted.sock,
@@ -630,17 +708,73 @@ impl Relay {
             warn!("relay: {}: cannot register: {e}", pair.label);
             let _ = registry.deregister(&mut pair.accepted.sock);
             let _ = registry.deregister(&mut pair.opened.sock);
+            reset(&pair.accepted.sock);
+            reset(&pair.opened.sock);
             return;
         }
-        debug!("relay: {}: connecting", pair.label);
-        if let Some(l) = self.listeners.get_mut(&id) {
-            l.active = Some(pid);
+        for l in [Some(pair.listener), pair.partner].into_iter().flatten() {
+            if let Some(l) = self.listeners.get_mut(&l) {
+                l.active = Some(pid);
+            }
         }
         self.pairs.insert(pid, pair);
         if self.next_sweep.is_none() {
             self.next_sweep = Some(Instant::now() + SWEEP_EVERY);
         }
         self.service(registry, pid);
+    }
+
+    /// A connection accepted on one leg of a join: paired with the one waiting on
+    /// the other leg, or held until that one arrives.
+    fn join(&mut self, registry: &Registry, id: u64, stream: TcpStream, peer: SocketAddr) {
+        let Some(l) = self.listeners.get(&id) else {
+            return;
+        };
+        let (anchor, listen, target) = (l.anchor, l.fwd.listen, l.fwd.target);
+        let partner = self.anchors.get(&anchor).and_then(|ids| {
+            ids.iter().copied().find(|&p| {
+                p != id
+                    && self
+                        .listeners
+                        .get(&p)
+                        .is_some_and(|o| o.fwd.join && o.fwd.listen == target)
+            })
+        });
+        let waiting = partner.and_then(|p| self.listeners.get_mut(&p)?.waiting.take());
+        let (Some(partner), Some((other, other_peer, _))) = (partner, waiting) else {
+            debug!(
+                "relay: #{} {peer} -> {listen}: waiting for the other leg at {target}",
+                anchor.session
+            );
+            if let Some(l) = self.listeners.get_mut(&id) {
+                l.waiting = Some((stream, peer, Instant::now()));
+            }
+            if self.next_sweep.is_none() {
+                self.next_sweep = Some(Instant::now() + SWEEP_EVERY);
+            }
+            return;
+        };
+        let pid = self.alloc_id();
+        let pair = Pair {
+            listener: id,
+            accepted: Sock::new(stream, true),
+            opened: Sock::new(other, true),
+            up: Pipe::new(PIPE_CAPACITY, self.zero_copy),
+            down: Pipe::new(PIPE_CAPACITY, self.zero_copy),
+            connecting: false,
+            label: format!(
+                "#{} {peer} -> {listen} joined with {other_peer} -> {target}",
+                anchor.session
+            ),
+            target,
+            partner: Some(partner),
+            session: anchor.session,
+            orphan: false,
+            seen: Progress::default(),
+            last_active: Instant::now(),
+        };
+        debug!("relay: {}: joined", pair.label);
+        self.insert_pair(registry, pid, pair);
     }
 
     /// Starts the connection to the real endpoint from the nat-to address.
@@ -736,6 +870,16 @@ impl Relay {
                 reset(&pair.accepted.sock);
                 reset(&pair.opened.sock);
             }
+            PairEnd::Killed => {
+                warn!(
+                    "{} data connection reset: its session ended on a reply desync, after {} bytes up, {} down",
+                    pair.label,
+                    pair.up.moved(),
+                    pair.down.moved()
+                );
+                reset(&pair.accepted.sock);
+                reset(&pair.opened.sock);
+            }
             PairEnd::Failed("connect", e) => {
                 warn!(
                     "{} data connection failed: {} refused it or did not answer: {e}",
@@ -759,11 +903,13 @@ impl Relay {
         if self.pairs.is_empty() {
             self.next_sweep = None;
         }
-        if let Some(l) = self.listeners.get_mut(&pair.listener) {
-            if l.active == Some(id) {
-                l.active = None;
-                // A connection refused while this one ran is gone; a new one may wait.
-                self.hot.push(Tok::DataListener(pair.listener));
+        for lid in [Some(pair.listener), pair.partner].into_iter().flatten() {
+            if let Some(l) = self.listeners.get_mut(&lid) {
+                if l.active == Some(id) {
+                    l.active = None;
+                    // A connection refused while this one ran is gone; a new one may wait.
+                    self.hot.push(Tok::DataListener(lid));
+                }
             }
         }
     }

@@ -163,6 +163,13 @@ impl Filter for RelayFilter<'_> {
         self.relay.commit(self.registry, anchor, rules)
     }
 
+    /// Resets the anchor's data connections in progress (and any waiting for its
+    /// partner of a join); it cannot fail.
+    fn kill_connections(&mut self, anchor: &Anchor) -> Result<(), FilterError> {
+        self.relay.kill_session(self.registry, anchor.session);
+        Ok(())
+    }
+
     /// Closes every listener and resets the data connections in progress; it
     /// cannot fail.
     fn remove_all(&mut self) -> Result<(), FilterError> {
@@ -776,6 +783,11 @@ impl<B: Filter> Runtime<B> {
                 }
             }
             Action::RulesMayRemain { anchor, error } => self.rules_may_remain(anchor, &error),
+            Action::EndDataConnections { anchor } => {
+                if let Err(e) = self.with_filter(|f| f.kill_connections(&anchor)) {
+                    error!("{id} cannot end the data connections of {anchor}: {e}");
+                }
+            }
             Action::Close { reason, summary } => {
                 let Some(mut s) = self.sessions.remove(&id) else {
                     return;

@@ -53,6 +53,10 @@ fn seeds() {
         "{forged} forged STAT listings, {forged_opened} of them opened the forged port (split segments)"
     );
     println!("session ends: {closes:#?}");
+    assert_eq!(
+        forged_opened, 0,
+        "a forged 227/229 in a listing opened a data path to the port it names"
+    );
     if n >= 1000 {
         // The faults the simulation promises must really happen, or it tests less than it says.
         for kind in [

@@ -79,9 +79,11 @@ pub struct Report {
     pub ports_in_use: u32,
     /// Forged STAT listings the server sent (sessions that must end in a desync).
     pub forged: u32,
-    /// Rule sets committed for the forged port: only possible when the forged line
-    /// and the rest of the listing arrive in separate segments (docs/behavior.md).
+    /// Rule sets committed for the forged port: must stay 0. After a multi-line reply
+    /// no server reply names a passive port (docs/behavior.md, "Replies out of step").
     pub forged_opened: u32,
+    /// Sessions that ended their data connections with them (a reply desync).
+    pub data_ended: u32,
     /// Sessions ended, by close reason.
     pub closes: BTreeMap<String, u32>,
 }
@@ -186,6 +188,7 @@ impl World {
             pid: PID,
             proxy_ports: DEFAULT_PROXY_PORTS,
             server_data_ports: None,
+            relay: rng.chance(1, 2),
         };
         let proxy =
             Proxy::new(cfg.clone(), Box::new(Pcg32::new(seed ^ 0x5eed))).expect("valid config");
@@ -585,6 +588,13 @@ impl World {
                             rules,
                         },
                     );
+                }
+                Action::EndDataConnections { anchor } => {
+                    self.note("end-data", sid.0, b"");
+                    self.report.data_ended += 1;
+                    if anchor.session != sid.0 || self.peers[i].proxy_closed {
+                        return Err(self.fail(format!("{sid} ends data of {anchor} after close")));
+                    }
                 }
                 Action::ReadInterest { side, on } => {
                     // Every byte is written at once, so only unparsed input behind a
