@@ -400,6 +400,19 @@ fn serve(
                 }
                 None => w.write_all(b"501 bad EPRT\r\n")?,
             },
+            "RETR" if arg == "endless" => {
+                // Sends until the data connection breaks (bounded: 30 s), while the
+                // control connection goes on, as vsftpd does.
+                w.write_all(b"150 sending for ever\r\n")?;
+                let mut d = open_data(&mut mode, own_ip, log)?;
+                std::thread::spawn(move || {
+                    let chunk = vec![b'e'; 16 * 1024];
+                    let end = std::time::Instant::now() + Duration::from_secs(30);
+                    while std::time::Instant::now() < end && d.write_all(&chunk).is_ok() {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                });
+            }
             "RETR" => {
                 let Some(data) = files.get(arg) else {
                     w.write_all(b"550 no such file\r\n")?;
@@ -444,6 +457,11 @@ fn serve(
                 }
                 out.extend_from_slice(b"211 flood done\r\n");
                 w.write_all(&out)?;
+            }
+            "SITE" if arg.eq_ignore_ascii_case("DESYNC") => {
+                // A multi-line reply that ends early, then a line that answers nothing:
+                // what a listing of client-chosen names looks like to the proxy.
+                w.write_all(b"211-status\r\n211 early end\r\n211 a\r\n211 b\r\n211 c\r\n")?;
             }
             "QUIT" => {
                 w.write_all(b"221 bye\r\n")?;
