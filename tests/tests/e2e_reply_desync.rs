@@ -7,7 +7,9 @@
 //! proxy would open a data path to any port of the server host. These scenarios put
 //! such files on a real pure-ftpd and check that the proxy ends the session instead,
 //! that it never logs a passive mapping to the forged port, and that a listener on
-//! that port never sees a connection.
+//! that port never sees a connection, whatever the read boundaries: after a
+//! multi-line reply the relay serves passive transfers joined (the server connects
+//! to the proxy) and takes no port from a server reply (docs/behavior.md).
 
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
@@ -59,9 +61,20 @@ fn attack(proxy: &ProxyProcess, service: &TcpListener, port: u16) -> Result<()> 
         ));
     }
     let (p1, p2) = (port >> 8, port & 0xff);
-    if got.contains(&format!(",{p1},{p2})")) || got.lines().any(|l| l.starts_with("227 ")) {
-        return Err(E2eError::check("no 227 reached the client", got));
+    if got.contains(&format!(",{p1},{p2})")) || got.contains(&format!("|||{port}|)")) {
+        return Err(E2eError::check(
+            "no 227/229 naming the forged port reached the client",
+            got,
+        ));
     }
+    // Whatever 227 the client got names the proxy's own port: try it. It must
+    // not lead to the internal service.
+    for line in got.lines().filter(|l| l.starts_with("227 ")) {
+        if let Some(addr) = parse_227(line) {
+            let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(2));
+        }
+    }
+    thread::sleep(Duration::from_millis(200));
     let log = proxy.log();
     if log.contains(&format!("passive: client to server port {port} ")) {
         return Err(E2eError::check(
@@ -101,6 +114,20 @@ fn forged_227_right_after_the_early_end() -> Result<()> {
         ),
     )?;
     attack(fx.proxy()?, &service, port)
+}
+
+/// The address of a 227 reply line.
+fn parse_227(line: &str) -> Option<SocketAddr> {
+    let inner = line.get(line.find('(')? + 1..line.find(')')?)?;
+    let v: Vec<u16> = inner
+        .split(',')
+        .map(|x| x.trim().parse().ok())
+        .collect::<Option<_>>()?;
+    let [a, b, c, d, p1, p2] = v[..] else {
+        return None;
+    };
+    let ip = std::net::Ipv4Addr::new(a as u8, b as u8, c as u8, d as u8);
+    Some(SocketAddr::new(ip.into(), p1 * 256 + p2))
 }
 
 /// The forged name as pure-ftpd lists it.
@@ -207,13 +234,86 @@ fn forged_227_in_a_later_read_than_the_early_end() -> Result<()> {
     )?;
     attack(&proxy, &service, port)?;
     let log = proxy.log();
-    if !log.contains("is followed by more server output") {
+    if !log.contains("passive transfer served joined") {
         return Err(E2eError::check(
-            "the forged 227 was refused for the listing behind it",
+            "the PASV after the listing was served joined, not asked of the server",
             tail(&log, 4000),
         ));
     }
     Ok(())
+}
+
+#[test]
+fn forged_227_alone_in_a_read_without_server_data_ports() -> Result<()> {
+    // The review's read-boundary case, with the default options: the forged line is
+    // the whole of a read, after the reply seemed to end and before the rest of the
+    // listing. No server PASV is ever sent, so it can answer nothing that opens a port.
+    if !preflight()? {
+        return Ok(());
+    }
+    let work = Workdir::new("desync-alone-default")?;
+    let server = FtpServer::start(&work, loopback(false))?;
+    let (service, port) = internal_service(&server)?;
+    touch(&work.user(), "213 a")?;
+    let forged = forged_name(port);
+    touch(&work.user(), &forged)?;
+    let fwd = splitting_forwarder(
+        server.addr(),
+        vec![b"213 a\r\n".to_vec(), format!("{forged}\r\n").into_bytes()],
+        Duration::from_millis(300),
+    )?;
+    let proxy = ProxyProcess::start(
+        loopback(false),
+        fwd,
+        &[],
+        &work.root().join("ftp-proxy.log"),
+    )?;
+    attack(&proxy, &service, port)
+}
+
+#[test]
+fn a_421_inside_a_listing_ends_the_session_with_nothing_after_it() -> Result<()> {
+    // The review's second forgery: `421-zzz` after an early end opened a multi-line
+    // reply in which nothing was checked. A 421 now ends the session.
+    let Some(fx) = Fixture::start("desync-421", false, &[])? else {
+        return Ok(());
+    };
+    let (service, port) = internal_service(&fx.server)?;
+    touch(&fx.work.user(), "213 a")?;
+    touch(&fx.work.user(), "421-zzz")?;
+    touch(&fx.work.user(), "421 y")?;
+    touch(&fx.work.user(), &forged_name(port))?;
+    let proxy = fx.proxy()?;
+    let mut c = Control::connect(proxy.addr(), Duration::from_secs(10))?;
+    c.read_reply()?;
+    c.command(&format!("USER {USER}"))?;
+    c.command(&format!("PASS {PASSWORD}"))?;
+    c.send_raw(b"STAT -1\r\nstat -1\r\nPASV\r\n")?;
+    let (got, _) = c.expect_closed(Duration::from_secs(20))?;
+    let got = String::from_utf8_lossy(&got).into_owned();
+    // pure-ftpd sorts `421 y` before `421-zzz`: the single-line 421 ends it all,
+    // and nothing after it (the rest of the listing, the PASV's answer) follows.
+    if !got.ends_with("\r\n421 y\r\n") {
+        return Err(E2eError::check(
+            "the listing up to the 421, and nothing after it",
+            got,
+        ));
+    }
+    let log = proxy.log();
+    if !log.contains("server closing connection (421)") || log.contains(&format!("port {port} ")) {
+        return Err(E2eError::check(
+            "the session ended on the 421, with no mapping to the forged port",
+            tail(&log, 4000),
+        ));
+    }
+    match service.accept() {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(()),
+        Ok((_, from)) => Err(E2eError::check(
+            "no connection to the internal service",
+            format!("one came from {from}"),
+        )),
+        Err(e) => Err(E2eError::io("accept on the internal service")(e)),
+    }
 }
 
 #[test]
@@ -244,6 +344,8 @@ fn forged_227_far_behind_the_early_end() -> Result<()> {
 
 #[test]
 fn a_pasv_pipelined_behind_an_honest_stat_still_works() -> Result<()> {
+    // An honest listing (names indented) reaches the client, and the transfer after
+    // it works: served joined through the relay (pure-ftpd connects to the proxy).
     let Some(fx) = Fixture::start("desync-honest", false, &[])? else {
         return Ok(());
     };
@@ -251,23 +353,42 @@ fn a_pasv_pipelined_behind_an_honest_stat_still_works() -> Result<()> {
     c.read_reply()?;
     c.command(&format!("USER {USER}"))?;
     c.command(&format!("PASS {PASSWORD}"))?;
+    c.command("TYPE I")?;
     c.send_raw(b"STAT -1\r\nPASV\r\n")?;
     let stat = c.read_reply()?;
     let pasv = c.read_reply()?;
-    if stat.code != 213 || pasv.code != 227 {
-        return Err(E2eError::check("213 then 227", c.transcript().to_string()));
+    if stat.code != 213 || pasv.code != 227 || !c.transcript().contains(SMALL) {
+        return Err(E2eError::check(
+            "213 listing the files, then 227",
+            c.transcript().to_string(),
+        ));
     }
-    let port = pasv
-        .last()
-        .rsplit(',')
-        .take(2)
-        .map(|s| {
-            s.trim_end_matches(|ch: char| !ch.is_ascii_digit())
-                .parse::<u16>()
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|_| E2eError::check("a parsable 227", pasv.last().to_string()))?;
-    fx.check_passive_port(port[1] * 256 + port[0])
+    let addr = parse_227(pasv.last())
+        .ok_or_else(|| E2eError::check("a parsable 227", pasv.last().to_string()))?;
+    let mut data = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .map_err(E2eError::io("connect to the proxy's data port"))?;
+    data.set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(E2eError::io("read timeout"))?;
+    if c.command(&format!("RETR {SMALL}"))?.code != 150 {
+        return Err(E2eError::check("150 to RETR", c.transcript().to_string()));
+    }
+    let mut got = Vec::new();
+    data.read_to_end(&mut got)
+        .map_err(E2eError::io("read the data connection"))?;
+    let want = fs::read(fx.work.original(SMALL)).map_err(E2eError::io("read original"))?;
+    if got != want || c.read_reply()?.code != 226 {
+        return Err(E2eError::check(
+            format!("the file ({} bytes) and 226", want.len()),
+            format!("{} bytes; {}", got.len(), c.transcript()),
+        ));
+    }
+    if fx.proxy().is_ok() && !fx.proxy_log().contains("passive transfer served joined") {
+        return Err(E2eError::check(
+            "the transfer was joined",
+            tail(&fx.proxy_log(), 3000),
+        ));
+    }
+    Ok(())
 }
 
 #[test]
