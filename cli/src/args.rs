@@ -20,7 +20,10 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use ftp_proxy_core::PortRange;
-use ftp_proxy_core::{DEFAULT_PROXY_PORTS, MAX_SESSIONS_LIMIT, MAX_TIMEOUT_SECS, PF_NAME_SIZE};
+use ftp_proxy_core::{
+    DEFAULT_LOGIN_TIMEOUT_SECS, DEFAULT_PROXY_PORTS, MAX_SESSIONS_LIMIT, MAX_TIMEOUT_SECS,
+    PF_NAME_SIZE,
+};
 use ftp_proxy_runtime::RelayLimits;
 
 /// The usage text, three lines with a fixed 17-space indent, as `usage()` prints it.
@@ -208,6 +211,8 @@ pub(crate) struct Args {
     pub user: String,
     /// `--chroot`.
     pub chroot: PathBuf,
+    /// `--login-timeout`, seconds, 0..=[`MAX_TIMEOUT_SECS`] (0: none).
+    pub login_timeout: u32,
     /// `--relay-per-session`, 1..=[`MAX_SESSIONS_LIMIT`].
     pub relay_per_session: u32,
     /// `--relay-idle-timeout`, seconds, 1..=[`MAX_TIMEOUT_SECS`].
@@ -243,6 +248,7 @@ impl Default for Args {
             proxy_ports: DEFAULT_PROXY_PORTS,
             user: "_ftp_proxy".into(),
             chroot: PathBuf::from("/var/empty"),
+            login_timeout: DEFAULT_LOGIN_TIMEOUT_SECS,
             relay_per_session: u32::try_from(relay.per_session).unwrap_or(u32::MAX),
             relay_idle_timeout: secs(relay.idle),
             relay_linger: secs(relay.linger),
@@ -504,6 +510,17 @@ const OPTIONS: &[Opt] = &[
         long: "chroot",
         help: "directory to chroot into when started as root (default /var/empty)",
         takes: Takes::Text(|a, v| store(&mut a.chroot, nonempty(v)?.into())),
+    },
+    Opt {
+        short: None,
+        long: "login-timeout",
+        help: "seconds a client may take from connecting until its login is accepted, {range}, 0 for no limit (default {default})",
+        takes: Takes::Number {
+            min: 0,
+            max: MAX_TIMEOUT_SECS,
+            what: "login timeout",
+            field: |a| &mut a.login_timeout,
+        },
     },
     Opt {
         short: None,
@@ -921,6 +938,9 @@ mod tests {
             range(30000, 30000)
         );
         assert_eq!(run("").server_data_ports, None);
+        assert_eq!(run("").login_timeout, 120);
+        assert_eq!(run("--login-timeout 0").login_timeout, 0);
+        assert_eq!(run("--login-timeout=30").login_timeout, 30);
         assert_eq!(run("--divert divert-to").divert, DivertMode::Getsockname);
         assert_eq!(run("--max-sessions 3 --ipv6 --foreground").max_sessions, 3);
     }

@@ -358,6 +358,7 @@ fn core_config(
         server_data_ports: args.server_data_ports,
         proxy_ports: args.proxy_ports,
         relay: args.backend == args::BackendKind::Relay,
+        login_timeout_secs: args.login_timeout,
     }
 }
 

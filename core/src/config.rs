@@ -19,6 +19,10 @@ pub const MAX_SESSIONS_LIMIT: u32 = 500;
 pub const MAX_TIMEOUT_SECS: u32 = 86400;
 /// pf's `PF_TAG_NAME_SIZE` / `PF_QNAME_SIZE`: names must be shorter than this.
 pub const PF_NAME_SIZE: usize = 64;
+/// The default of [`Config::login_timeout_secs`]: long enough for a person to type
+/// a password, short enough that `-m` connections that never log in free their
+/// slots within minutes.
+pub const DEFAULT_LOGIN_TIMEOUT_SECS: u32 = 120;
 /// How long the server may stay silent after the connect (`CONNECT_TIMEOUT`).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause before the single retry of a commit the filter reported busy.
@@ -64,6 +68,12 @@ pub struct Config {
     /// [`server_data_ports`](Self::server_data_ports) bounds what a reply may name.
     /// Default `false`.
     pub relay: bool,
+    /// `--login-timeout`: seconds from the accept until the server's `230` (login
+    /// complete) before the session is ended, 0 for none. Beyond the original, where
+    /// only `-t` (a day by default) bounds a client that connects and never logs in,
+    /// so that `-m` such connections lock everyone out. Default
+    /// [`DEFAULT_LOGIN_TIMEOUT_SECS`].
+    pub login_timeout_secs: u32,
 }
 
 impl Default for Config {
@@ -83,6 +93,7 @@ impl Default for Config {
             proxy_ports: DEFAULT_PROXY_PORTS,
             server_data_ports: None,
             relay: false,
+            login_timeout_secs: DEFAULT_LOGIN_TIMEOUT_SECS,
         }
     }
 }
@@ -138,6 +149,9 @@ impl Config {
         if self.idle_timeout_secs > MAX_TIMEOUT_SECS {
             return Err(ConfigError::Timeout(self.idle_timeout_secs));
         }
+        if self.login_timeout_secs > MAX_TIMEOUT_SECS {
+            return Err(ConfigError::Timeout(self.login_timeout_secs));
+        }
         if self
             .rules
             .tag
@@ -183,5 +197,11 @@ impl Config {
     /// The idle timeout, `None` for `-t 0`.
     pub fn idle_timeout(&self) -> Option<Duration> {
         (self.idle_timeout_secs > 0).then(|| Duration::from_secs(u64::from(self.idle_timeout_secs)))
+    }
+
+    /// The `--login-timeout` as a duration; `None` when 0 (no bound).
+    pub fn login_timeout(&self) -> Option<Duration> {
+        (self.login_timeout_secs > 0)
+            .then(|| Duration::from_secs(u64::from(self.login_timeout_secs)))
     }
 }

@@ -288,6 +288,8 @@ pub enum CloseReason {
     WriteError(Side),
     /// No bytes from that side for the idle timeout (30 s for the server's first bytes).
     Timeout(Side),
+    /// The server did not confirm a login (`230`) within `--login-timeout`.
+    LoginTimeout,
     /// A line longer than 500 bytes or holding a NUL byte.
     NotClean(Side),
     /// The connection to the server could not even be started.
@@ -329,6 +331,7 @@ impl CloseReason {
             CloseReason::WriteError(Side::Server) => "server_write_error",
             CloseReason::Timeout(Side::Client) => "client_timeout",
             CloseReason::Timeout(Side::Server) => "server_timeout",
+            CloseReason::LoginTimeout => "login_timeout",
             CloseReason::NotClean(Side::Client) => "client_not_clean",
             CloseReason::NotClean(Side::Server) => "server_not_clean",
             CloseReason::ConnectFailed { .. } => "connect_failed",
@@ -360,6 +363,7 @@ impl fmt::Display for CloseReason {
             CloseReason::ServerRefused => f.write_str("server refused connection"),
             CloseReason::WriteError(side) => write!(f, "{} write error", side.name()),
             CloseReason::Timeout(side) => write!(f, "{} timeout", side.name()),
+            CloseReason::LoginTimeout => f.write_str("client did not log in in time"),
             CloseReason::NotClean(Side::Client) => {
                 f.write_str("client command too long or not clean")
             }

@@ -30,8 +30,8 @@ mod session;
 /// drivers name the same version the core uses.
 pub use bytes::Bytes;
 pub use config::{
-    Config, ConfigError, COMMIT_RETRY_DELAY, CONNECT_TIMEOUT, DEFAULT_PROXY_PORTS,
-    MAX_SESSIONS_LIMIT, MAX_TIMEOUT_SECS, PF_NAME_SIZE,
+    Config, ConfigError, COMMIT_RETRY_DELAY, CONNECT_TIMEOUT, DEFAULT_LOGIN_TIMEOUT_SECS,
+    DEFAULT_PROXY_PORTS, MAX_SESSIONS_LIMIT, MAX_TIMEOUT_SECS, PF_NAME_SIZE,
 };
 pub use error::FilterError;
 pub use event::{

@@ -164,6 +164,8 @@ enum Timer {
     ServerIdle = 0,
     ClientIdle = 1,
     CommitRetry = 2,
+    /// Until the server's 230 (`--login-timeout`).
+    Login = 3,
 }
 
 pub(crate) struct Session {
@@ -203,7 +205,7 @@ pub(crate) struct Session {
     installed: bool,
     /// The proxy ports of the rules in force.
     live_ports: Vec<u16>,
-    timers: [Option<Instant>; 3],
+    timers: [Option<Instant>; 4],
     /// Output sent to each side and not yet reported written.
     queued: [usize; 2],
     /// Each side's queue reached [`OUTPUT_HIGH_WATER`] and has not yet fallen below
@@ -257,7 +259,7 @@ impl Session {
             next_txn: 1,
             installed: false,
             live_ports: Vec::new(),
-            timers: [None; 3],
+            timers: [None; 4],
             queued: [0; 2],
             out_full: [false; 2],
             reading: [true; 2],
@@ -270,6 +272,7 @@ impl Session {
         debug!("{id} accepted connection from {}", client.ip());
         s.timers[Timer::ServerIdle as usize] = Some(cx.now + CONNECT_TIMEOUT);
         s.timers[Timer::ClientIdle as usize] = cx.cfg.idle_timeout().map(|t| cx.now + t);
+        s.timers[Timer::Login as usize] = cx.cfg.login_timeout().map(|t| cx.now + t);
         s.emit(
             cx,
             Action::ConnectServer {
@@ -422,6 +425,9 @@ impl Session {
         }
         if due(self.timers[Timer::ClientIdle as usize]) {
             return self.close(cx, CloseReason::Timeout(Side::Client));
+        }
+        if due(self.timers[Timer::Login as usize]) {
+            return self.close(cx, CloseReason::LoginTimeout);
         }
         if due(self.timers[Timer::CommitRetry as usize]) {
             self.timers[Timer::CommitRetry as usize] = None;
@@ -840,6 +846,9 @@ impl Session {
         if code < 200 {
             return;
         }
+        if code == 230 {
+            self.timers[Timer::Login as usize] = None;
+        }
         if !self.greeted {
             self.greeted = true;
         } else if matches!(self.expect.front(), Some(Expect::Reply(_))) {
@@ -1083,7 +1092,7 @@ impl Session {
             _ => error!("{} {reason}", self.id),
         }
         info!("{} ending session", self.id);
-        self.timers = [None; 3];
+        self.timers = [None; 4];
         let summary = Box::new(Summary {
             client: self.client,
             server: self.server,

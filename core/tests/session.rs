@@ -547,10 +547,35 @@ fn server_gets_thirty_seconds_then_the_idle_timeout_applies() {
 fn zero_timeout_means_none_after_the_banner() {
     let cfg = Config {
         idle_timeout_secs: 0,
+        login_timeout_secs: 0,
         ..Config::default()
     };
     let h = H::new(cfg, &[0]);
     assert_eq!(h.p.poll_timeout(), None);
+}
+
+#[test]
+fn a_client_that_never_logs_in_is_ended_at_the_login_timeout() {
+    let cfg = Config {
+        login_timeout_secs: 120,
+        ..Config::default()
+    };
+    // Busy but never logged in: commands keep the idle timer fresh, not this one.
+    let mut h = H::new(cfg.clone(), &[0]);
+    for _ in 0..3 {
+        assert_eq!(h.advance(Duration::from_secs(39)), vec![]);
+        h.client(b"USER x\r\n");
+        h.server(b"331 pw\r\n");
+    }
+    let a = h.advance(Duration::from_secs(3));
+    assert_eq!(a, vec![close(CloseReason::LoginTimeout)]);
+    assert_eq!(CloseReason::LoginTimeout.kind(), "login_timeout");
+
+    // A 230 (here after PASS) ends the bound: only -t applies from then on.
+    let mut h = H::new(cfg, &[0]);
+    h.client(b"USER x\r\nPASS y\r\n");
+    h.server(b"331 pw\r\n230-Welcome\r\n230 in\r\n");
+    assert_eq!(h.advance(Duration::from_secs(3600)), vec![]);
 }
 
 #[test]

@@ -208,3 +208,43 @@ fn idle_session_is_closed_after_the_timeout_and_a_busy_one_is_not() -> Result<()
     }
     Ok(())
 }
+
+#[test]
+fn a_client_that_never_logs_in_loses_its_slot_at_the_login_timeout() -> Result<()> {
+    // -m 1: one silent client would hold the only slot for -t (a day) before.
+    let Some(fx) = Fixture::start("login-timeout", false, &["-m", "1", "--login-timeout", "2"])?
+    else {
+        return Ok(());
+    };
+    let proxy = fx.proxy()?;
+    let mut silent = Control::connect(fx.target(), Duration::from_secs(10))?;
+    if silent.read_reply()?.code != 220 {
+        return Err(E2eError::check(
+            "a 220 banner",
+            silent.transcript().to_string(),
+        ));
+    }
+    let (_, took) = silent.expect_closed(Duration::from_secs(15))?;
+    if took < Duration::from_millis(1500) {
+        return Err(E2eError::check(
+            format!("closed after ~2 s, not {took:?}"),
+            tail(&proxy.log(), 3000),
+        ));
+    }
+    proxy.wait_log("client did not log in in time", Duration::from_secs(5))?;
+    // The slot is free again, and a client that logs in keeps its session.
+    let mut c = Control::connect(fx.target(), Duration::from_secs(10))?;
+    c.read_reply()?;
+    c.command(&format!("USER {USER}"))?;
+    if c.command(&format!("PASS {PASSWORD}"))?.code != 230 {
+        return Err(E2eError::check("login", c.transcript().to_string()));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    if c.command("NOOP")?.code != 200 {
+        return Err(E2eError::check(
+            "the logged-in session outlives the login timeout",
+            c.transcript().to_string(),
+        ));
+    }
+    Ok(())
+}

@@ -189,6 +189,7 @@ impl World {
             proxy_ports: DEFAULT_PROXY_PORTS,
             server_data_ports: None,
             relay: rng.chance(1, 2),
+            login_timeout_secs: [0, 2, 120][rng.uniform(3) as usize],
         };
         let proxy =
             Proxy::new(cfg.clone(), Box::new(Pcg32::new(seed ^ 0x5eed))).expect("valid config");
