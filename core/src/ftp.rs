@@ -117,6 +117,38 @@ pub fn is_anonymous_user(line: &[u8]) -> bool {
     matches!(body, Some(b) if b.eq_ignore_ascii_case(b"USER ftp") || b.eq_ignore_ascii_case(b"USER anonymous"))
 }
 
+/// Whether a multi-line reply to this client line may carry whole lines that the
+/// client chose, so that a name can end the reply early for a line-by-line reader
+/// (docs/behavior.md, "Replies out of step"): a listing on the control connection
+/// (`STAT` with a path; pure-ftpd lists names bare), directory and login messages
+/// that servers show from files a user may have uploaded (`CWD`, `CDUP`, `XCWD`,
+/// `XCUP`, `SMNT`, `USER`, `PASS`, `ACCT`, `REIN`), and `SITE`, whose replies are
+/// each server's own business. Other multi-line replies (transfer statistics, `FEAT`,
+/// `HELP`, a bare `STAT`) are text the server makes; names appear in them only inside
+/// a line, never as one.
+pub fn may_carry_client_lines(line: &[u8]) -> bool {
+    let s = command_start(line);
+    if word_is(s, b"STAT") {
+        return s[4.min(s.len())..]
+            .iter()
+            .any(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
+    }
+    [
+        &b"CWD"[..],
+        b"CDUP",
+        b"XCWD",
+        b"XCUP",
+        b"SMNT",
+        b"USER",
+        b"PASS",
+        b"ACCT",
+        b"REIN",
+        b"SITE",
+    ]
+    .iter()
+    .any(|w| word_is(s, w))
+}
+
 /// Whether a line carries a password, which the debug log must not show.
 pub fn is_pass(line: &[u8]) -> bool {
     starts_with_ci(command_start(line), b"PASS")

@@ -74,6 +74,10 @@ enum ReplyTo {
     Join,
     /// FEAT: security features are dropped from its list.
     Feat,
+    /// A command whose multi-line reply may carry lines the client chose
+    /// ([`ftp::may_carry_client_lines`]): such a reply makes the session
+    /// [`steerable`](Session::steerable).
+    Steerable,
     /// Anything else: relayed as it is.
     Other,
 }
@@ -182,8 +186,8 @@ pub(crate) struct Session {
     expect: VecDeque<Expect>,
     greeted: bool,
     multi: Option<Multi>,
-    /// A multi-line reply came after the greeting (other than FEAT's). Its inner
-    /// lines may be text the client chose (a `STAT` listing, a directory message), so
+    /// A multi-line reply came to a command whose reply may carry lines the client
+    /// chose ([`ReplyTo::Steerable`]: a `STAT` listing, a directory message), so
     /// where the server's replies end can no longer be told for sure, and no later
     /// reply is trusted to name a passive data port: passive transfers are served
     /// joined (relay) or refused. Never cleared: no sentinel the proxy could send has
@@ -568,6 +572,8 @@ impl Session {
             _ => {
                 let to = if cmd == Command::Feat {
                     ReplyTo::Feat
+                } else if ftp::may_carry_client_lines(&line) {
+                    ReplyTo::Steerable
                 } else {
                     ReplyTo::Other
                 };
@@ -777,7 +783,8 @@ impl Session {
             (Some(to), false) => self.collected(cx, to, code, &[line]),
             (None, true) => {
                 let feat = code == 211 && self.oldest_reply() == Some(ReplyTo::Feat);
-                if self.greeted && !feat && !self.steerable {
+                let steered = self.oldest_reply() == Some(ReplyTo::Steerable);
+                if self.greeted && steered && !self.steerable {
                     info!(
                         "{} multi-line {code} reply: from now on no server reply is trusted \
                          to name a passive data port",

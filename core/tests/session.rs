@@ -1004,6 +1004,29 @@ fn feat_and_the_greeting_leave_passive_mode_as_it_was() {
 }
 
 #[test]
+fn transfer_statistics_leave_passive_mode_as_it_was_and_a_directory_message_does_not() {
+    // pure-ftpd's multi-line 150/226 are its own text: the next PASV goes to it.
+    let mut h = H::new(Config::default(), &[0]);
+    h.client(b"RETR f\r\n");
+    h.server(b"150-Accepted data connection\r\n150 1.0 kbytes to download\r\n");
+    h.server(b"226-File successfully transferred\r\n226 0.000 seconds\r\n");
+    assert_eq!(h.client(b"PASV\r\n"), vec![send(Side::Server, b"PASV\r\n")]);
+    // A multi-line reply to CWD may show a file the client uploaded (.message).
+    let mut h = H::new(Config::default(), &[0]);
+    h.client(b"CWD up\r\n");
+    h.server(b"250-Welcome\r\n250 OK\r\n");
+    assert_eq!(
+        h.client(b"EPSV\r\n"),
+        vec![send(Side::Client, REFUSED_PASSIVE)]
+    );
+    // A bare STAT is the server's status, not a listing.
+    let mut h = H::new(Config::default(), &[0]);
+    h.client(b"STAT\r\n");
+    h.server(b"211-status\r\n logged in\r\n211 End\r\n");
+    assert_eq!(h.client(b"EPSV\r\n"), vec![send(Side::Server, b"EPSV\r\n")]);
+}
+
+#[test]
 fn active_mode_still_works_after_a_listing() {
     let mut h = H::new(Config::default(), &[0]);
     h.client(b"STAT -1\r\n");
