@@ -698,3 +698,68 @@ fn unused_negotiations_are_logged_with_nftables() -> Result<()> {
     lab.expect_no_elements(&p, "the unused negotiations")?;
     lab.stop_proxy(&p)
 }
+
+/// Logs in, lists the home directory on the control connection (`STAT -1 .`, a
+/// multi-line reply of file names), then asks for `passive`: returns its reply and a
+/// `NOOP`'s, with the transcript.
+fn passive_after_a_listing(lab: &Lab, passive: &str) -> Result<(String, String, String)> {
+    lab.topo
+        .in_ns(
+            Ns::Client,
+            || -> std::io::Result<(String, String, String)> {
+                let ctl = TcpStream::connect_timeout(
+                    &"198.51.100.10:21".parse().expect("addr"),
+                    Duration::from_secs(5),
+                )?;
+                ctl.set_read_timeout(Some(Duration::from_secs(10)))?;
+                let mut r = BufReader::new(ctl);
+                let mut t = reply(&mut r)?;
+                t += &command(&mut r, &format!("USER {}", netns::FTP_USER))?;
+                t += &command(&mut r, &format!("PASS {}", netns::FTP_PASSWORD))?;
+                t += &command(&mut r, "STAT -1 .")?;
+                let answer = command(&mut r, passive)?;
+                t += &answer;
+                let noop = command(&mut r, "NOOP")?;
+                t += &noop;
+                Ok((answer, noop, t))
+            },
+        )?
+        .map_err(netns::io_err("a passive negotiation after a listing"))
+}
+
+#[test]
+fn after_a_listing_passive_is_refused_unless_server_data_ports_bound_it() -> Result<()> {
+    if !netns::is_root("after_a_listing_passive_is_refused_unless_server_data_ports_bound_it") {
+        return Ok(());
+    }
+    // Kernel NAT cannot join two connections that both end at the proxy: with no
+    // bound on the server's answer, PASV/EPSV after a listing get the proxy's 425.
+    let mut lab = Lab::new("ls", AdminAccept::CtStatusDnat)?;
+    let p = lab.start_proxy(&["-b", "0.0.0.0"], 8021)?;
+    for passive in ["PASV", "EPSV"] {
+        let (answer, noop, t) = passive_after_a_listing(&lab, passive)?;
+        if !answer.starts_with("425 Passive mode refused by proxy") || !noop.starts_with("200") {
+            return Err(check(
+                format!("425 to {passive} after STAT -1, and the session goes on"),
+                t,
+            ));
+        }
+        if !t.contains("small.bin") {
+            return Err(check("the listing reached the client", t));
+        }
+    }
+    lab.stop_proxy(&p)?;
+    // With --server-data-ports the server is asked, and its answer confined.
+    let p = lab.start_proxy(
+        &["-b", "0.0.0.0", "--server-data-ports", "30000:39999"],
+        8021,
+    )?;
+    let (answer, _, t) = passive_after_a_listing(&lab, "EPSV")?;
+    if !answer.starts_with("229 ") {
+        return Err(check(
+            "229 to EPSV after STAT -1 with --server-data-ports",
+            t,
+        ));
+    }
+    lab.stop_proxy(&p)
+}
