@@ -118,11 +118,11 @@ fn commit_replace_remove_in_router_namespace() -> Result<()> {
             &[
                 "203.0.113.10 . 198.51.100.10 . 50447 timeout 1d",
                 ": 198.51.100.10 . 30028",
-                "203.0.113.10 . 198.51.100.10 . 30028 timeout 1d",
+                "203.0.113.10 . 198.51.100.10 . 30028 . 50447 timeout 1d",
                 ": 198.51.100.1 . ",
             ],
         )?;
-        let np = nat_port(&l, "203.0.113.10 . 198.51.100.10 . 30028")
+        let np = nat_port(&l, "203.0.113.10 . 198.51.100.10 . 30028 . 50447")
             .ok_or_else(|| check("a nat4 element", l.clone()))?;
         assert!(
             (50001..=65535).contains(&np),
@@ -139,7 +139,7 @@ fn commit_replace_remove_in_router_namespace() -> Result<()> {
             &l,
             &[
                 "203.0.113.10 . 198.51.100.10 . 50447 timeout 1d",
-                "203.0.113.10 . 198.51.100.10 . 30028 timeout 1d",
+                "203.0.113.10 . 198.51.100.10 . 30028 . 50447 timeout 1d",
             ],
         )?;
 
@@ -159,7 +159,7 @@ fn commit_replace_remove_in_router_namespace() -> Result<()> {
             &[
                 "198.51.100.10 . 198.51.100.1 . 50500",
                 ": 203.0.113.10 . 40000",
-                "198.51.100.10 . 203.0.113.10 . 40000",
+                "198.51.100.10 . 203.0.113.10 . 40000 . 50500",
                 ": 198.51.100.10 . 20",
             ],
         )?;
@@ -177,23 +177,24 @@ fn commit_replace_remove_in_router_namespace() -> Result<()> {
             ],
         )?;
 
-        // A commit that clashes (same nat key, different data) fails as a whole: none
-        // of its elements appear, and the other anchor's stay.
+        // A commit that clashes (the same proxy port as another anchor's, other data:
+        // the core never hands out one proxy port twice, another program might) fails
+        // as a whole: none of its elements appear, and the other anchor's stay.
         let mut clash = addrs6();
         clash.proxy = ip("2001:db8:2::99");
-        let r = data_rules(Mode::Passive, &clash, 31000, 52000, &cfg.rules);
+        let r = data_rules(Mode::Passive, &clash, 31999, 51000, &cfg.rules);
         match b.commit(&s3, &r) {
             Err(FilterError::Other { errno, .. }) if errno == libc::EEXIST => {}
             other => {
                 return Err(check(
-                    "EEXIST for a clashing nat6 element",
+                    "EEXIST for a clashing rdr6 element",
                     format!("{other:?}"),
                 ))
             }
         }
         let l = nft(&["list", "table", "inet", &t])?;
-        must_not_contain(&l, &["52000", "2001:db8:2::99"])?;
-        must_contain(&l, &["51000"])?;
+        must_not_contain(&l, &["31999", "2001:db8:2::99"])?;
+        must_contain(&l, &["51000", ": 2001:db8:2::10 . 31000"])?;
 
         // Empty commits remove; an anchor that never had rules costs nothing.
         b.commit(&s1, &[])
@@ -485,6 +486,144 @@ fn commit_without_cap_net_admin_is_permission_denied() -> Result<()> {
     b.commit(&anchor, &rules)
         .map_err(|e| check("commit with CAP_NET_ADMIN", e.to_string()))?;
     b.remove_all()
+        .map_err(|e| check("remove_all", e.to_string()))?;
+    Ok(())
+}
+
+/// Accepts `n` connections on `listener`; each sends a short name and gets back
+/// `ok <name>`. Returns `(peer, name)` per connection, in arrival order.
+fn serve_names(
+    listener: TcpListener,
+    n: usize,
+) -> std::thread::JoinHandle<std::io::Result<Vec<(SocketAddr, Vec<u8>)>>> {
+    std::thread::spawn(move || {
+        listener.set_nonblocking(false)?;
+        let mut seen = Vec::new();
+        for _ in 0..n {
+            let (mut s, peer) = listener.accept()?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut buf = [0u8; 64];
+            let got = s.read(&mut buf)?;
+            let name = buf[..got].to_vec();
+            s.write_all(&[b"ok ".as_slice(), &name].concat())?;
+            seen.push((peer, name));
+        }
+        Ok(seen)
+    })
+}
+
+/// The §6 case: two sessions from one client address (an office behind NAT) that the
+/// server tells the same data port, at the same time. Both commits must succeed, and
+/// each data connection must go through its own negotiation's elements: redirected to
+/// the server's port and NATed to the source port its own nat element names.
+#[test]
+fn two_sessions_from_one_client_share_a_server_data_port() -> Result<()> {
+    if !netns::is_root("two_sessions_from_one_client_share_a_server_data_port") {
+        return Ok(());
+    }
+    let topo = Topology::up("sc")?;
+    let cfg = Config {
+        pid: std::process::id(),
+        ..Config::default()
+    };
+    let mut b = topo
+        .in_ns(Ns::Router, || NftBackend::open(&cfg))?
+        .map_err(|e| check("open", e.to_string()))?;
+    let (s1, s2) = (
+        Anchor {
+            pid: cfg.pid,
+            session: 1,
+        },
+        Anchor {
+            pid: cfg.pid,
+            session: 2,
+        },
+    );
+    for (fam, a) in [("IPv4", addrs4()), ("IPv6", addrs6())] {
+        let port = 30028;
+        let (pp1, pp2) = (50447, 50448);
+        b.commit(&s1, &data_rules(Mode::Passive, &a, port, pp1, &cfg.rules))
+            .map_err(|e| check(format!("{fam}: first session's commit"), e.to_string()))?;
+        // Two draws of the same NAT source port (1 in 15535) would clash in conntrack,
+        // not in the maps: draw the second session's again then (bounded).
+        let nat_key = |pp: u16| format!("{} . {} . {port} . {pp}", a.client, a.server);
+        let mut ports = None;
+        for _ in 0..8 {
+            b.commit(&s2, &data_rules(Mode::Passive, &a, port, pp2, &cfg.rules))
+                .map_err(|e| {
+                    check(
+                        format!("{fam}: a second session from the same client to the same server data port to commit"),
+                        e.to_string(),
+                    )
+                })?;
+            let l = topo.in_ns(Ns::Router, || nft(&["list", "table", "inet", b.table()]))??;
+            let np1 = nat_port(&l, &nat_key(pp1))
+                .ok_or_else(|| check("the first nat element", l.clone()))?;
+            let np2 = nat_port(&l, &nat_key(pp2))
+                .ok_or_else(|| check("the second nat element", l.clone()))?;
+            if np1 != np2 {
+                ports = Some((np1, np2));
+                break;
+            }
+        }
+        let (np1, np2) = ports.ok_or_else(|| check("two different NAT ports in 8 draws", ""))?;
+
+        let l = topo
+            .in_ns(Ns::Server, || {
+                TcpListener::bind(SocketAddr::new(a.server, port))
+            })?
+            .map_err(netns::io_err("server listen"))?;
+        let srv = serve_names(l, 2);
+        // Both data connections open at once: the first stays connected while the
+        // second is made.
+        let (first, second) = topo
+            .in_ns(Ns::Client, || -> std::io::Result<_> {
+                let connect = |pp: u16, name: &[u8]| -> std::io::Result<(TcpStream, Vec<u8>)> {
+                    let mut s = TcpStream::connect_timeout(
+                        &SocketAddr::new(a.orig_server, pp),
+                        Duration::from_secs(3),
+                    )?;
+                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    s.write_all(name)?;
+                    let mut buf = [0u8; 64];
+                    let n = s.read(&mut buf)?;
+                    Ok((s, buf[..n].to_vec()))
+                };
+                let (c1, r1) = connect(pp1, b"one")?;
+                let (c2, r2) = connect(pp2, b"two")?;
+                drop((c1, c2));
+                Ok((r1, r2))
+            })?
+            .map_err(netns::io_err(format!("{fam}: data connections")))?;
+        assert_eq!(first, b"ok one", "{fam}");
+        assert_eq!(second, b"ok two", "{fam}");
+        let seen = srv
+            .join()
+            .expect("server thread")
+            .map_err(netns::io_err("server"))?;
+        for (name, np) in [(&b"one"[..], np1), (&b"two"[..], np2)] {
+            let peer = seen
+                .iter()
+                .find(|(_, n)| n == name)
+                .map(|(p, _)| *p)
+                .ok_or_else(|| {
+                    check(
+                        format!("{fam}: connection {name:?} at the server"),
+                        format!("{seen:?}"),
+                    )
+                })?;
+            assert_eq!(
+                peer,
+                SocketAddr::new(a.proxy, np),
+                "{fam}: connection {name:?} must come from the NAT port of its own negotiation"
+            );
+        }
+        b.commit(&s1, &[])
+            .map_err(|e| check("empty commit", e.to_string()))?;
+        b.commit(&s2, &[])
+            .map_err(|e| check("empty commit", e.to_string()))?;
+    }
+    topo.in_ns(Ns::Router, || b.remove_all())?
         .map_err(|e| check("remove_all", e.to_string()))?;
     Ok(())
 }

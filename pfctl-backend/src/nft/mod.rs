@@ -14,7 +14,12 @@
 //! | rule from the core | elements |
 //! | --- | --- |
 //! | `pass in from A to B port P rdr-to C port Q` | `armN { A . B . P }`, `rdrN { A . B . P : C . Q }` |
-//! | `pass out from A to B port P nat-to C port L:H` | `natN { A . B . P : C . n }` |
+//! | `pass out from A to C port Q nat-to D port L:H` | `natN { A . C . Q . P : D . n }` |
+//!
+//! The nat key ends with the proxy port `P` of the rdr rule that redirects to the nat
+//! rule's destination, read in the packet path as `ct original proto-dst`: every
+//! negotiation has its own nat element, even two sessions from one client address
+//! that the server tells the same data port.
 //!
 //! `n` is the single port when `L == H` (20 with `-r` and PORT), otherwise a port the
 //! backend draws uniformly from `L..=H` (50001-65535). A port range as map data would
@@ -76,7 +81,7 @@ use std::time::Duration;
 use ftp_proxy_core::{Config, Direction, Family, RuleLog, Translate};
 
 use crate::{Anchor, Filter, FilterError, Rule};
-use msg::{addr_port, key, key_parts, Element};
+use msg::{addr_port, key, key_parts, nat_key, Element};
 pub use msg::{parse_table_dump, DumpPart, TableInfo};
 use socket::{BatchError, NlSocket};
 
@@ -330,10 +335,8 @@ impl Filter for NftBackend {
 
     fn commit(&mut self, anchor: &Anchor, rules: &[Rule]) -> Result<(), FilterError> {
         let mut new = Vec::with_capacity(rules.len() * 2);
-        for r in rules {
-            let mut random = || self.next_random();
-            elements(r, &mut random, &mut new)?;
-        }
+        let mut random = || self.next_random();
+        elements(rules, &mut random, &mut new)?;
         let old = self.anchors.get(anchor).map(Vec::as_slice).unwrap_or(&[]);
         if old.is_empty() && new.is_empty() {
             return Ok(()); // a session that never negotiated: nothing to do
@@ -410,20 +413,96 @@ impl Filter for NftBackend {
     }
 }
 
-/// The elements for one rule (two for rdr-to, one for nat-to). IPv4-mapped IPv6
-/// addresses (from a dual-stack listener) are unmapped first, or the elements would
-/// land in the IPv6 maps and never match an IPv4 packet. `random` draws NAT ports.
+/// The elements for the rules of one commit: `armN` and `rdrN` for each rdr-to rule,
+/// and one `natN` element for each nat-to rule and each rdr-to rule of the commit that
+/// redirects to the nat rule's destination (in practice one: the core commits a
+/// negotiation's rdr-to and nat-to rules together). The nat key ends with that
+/// redirect's proxy port, the connection's original destination port, so two
+/// negotiations never share a nat element. IPv4-mapped IPv6 addresses (from a
+/// dual-stack listener) are unmapped first, or the elements would land in the IPv6
+/// maps and never match an IPv4 packet. `random` draws NAT ports.
 fn elements(
-    r: &Rule,
+    rules: &[Rule],
     random: &mut dyn FnMut() -> u64,
     out: &mut Vec<Element>,
 ) -> Result<(), FilterError> {
+    // (from, redirect address, redirect port, proxy port) of every rdr-to rule.
+    let mut redirects = Vec::new();
+    for r in rules {
+        let (from, _, _) = checked(r)?;
+        if let (Direction::In, Translate::RdrTo { addr, port }) = (r.direction, r.translate) {
+            redirects.push((from, addr.to_canonical(), port, r.port));
+        }
+    }
+    for r in rules {
+        let (from, to, fam) = checked(r)?;
+        let (arm, rdr, nat) = match fam {
+            Family::Inet => ("arm4", "rdr4", "nat4"),
+            Family::Inet6 => ("arm6", "rdr6", "nat6"),
+        };
+        match (r.direction, r.translate) {
+            (Direction::In, Translate::RdrTo { addr, port }) => {
+                let addr = addr.to_canonical();
+                if Family::of(addr) != fam || port == 0 || addr.is_unspecified() {
+                    return Err(einval(libc::EINVAL, "bad rdr-to target", r));
+                }
+                let k = key(from, to, r.port);
+                out.push(Element {
+                    set: arm,
+                    key: k.clone(),
+                    data: None,
+                });
+                out.push(Element {
+                    set: rdr,
+                    key: k,
+                    data: Some(addr_port(addr, port)),
+                });
+            }
+            (Direction::Out, Translate::NatTo { addr, ports }) => {
+                let addr = addr.to_canonical();
+                if Family::of(addr) != fam || ports.low == 0 || ports.high < ports.low {
+                    return Err(einval(libc::EINVAL, "bad nat-to target", r));
+                }
+                let proxy_ports: Vec<u16> = redirects
+                    .iter()
+                    .filter(|&&(f, a, p, _)| f == from && a == to && p == r.port)
+                    .map(|&(_, _, _, pp)| pp)
+                    .collect();
+                if proxy_ports.is_empty() {
+                    return Err(FilterError::Unsupported(format!(
+                        "a nat-to rule without the rdr-to rule that redirects to it \
+                         (the nftables backend keys NAT by the proxy port): {r}"
+                    )));
+                }
+                let port = if ports.low == ports.high {
+                    ports.low
+                } else {
+                    let span = u64::from(ports.high - ports.low) + 1;
+                    ports.low + (random() % span) as u16
+                };
+                for pp in proxy_ports {
+                    out.push(Element {
+                        set: nat,
+                        key: nat_key(from, to, r.port, pp),
+                        data: Some(addr_port(addr, port)),
+                    });
+                }
+            }
+            _ => {
+                return Err(FilterError::Unsupported(format!(
+                    "rule shape the nftables backend does not know: {r}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The checks every rule must pass: `(from, to, family)` with mapped addresses
+/// unmapped, or why nftables cannot hold the rule.
+fn checked(r: &Rule) -> Result<(IpAddr, IpAddr, Family), FilterError> {
     let (from, to) = (r.from.to_canonical(), r.to.to_canonical());
     let fam = Family::of(from);
-    let (arm, rdr, nat) = match fam {
-        Family::Inet => ("arm4", "rdr4", "nat4"),
-        Family::Inet6 => ("arm6", "rdr6", "nat6"),
-    };
     if Family::of(to) != fam {
         return Err(einval(
             libc::EPROTONOSUPPORT,
@@ -444,48 +523,7 @@ fn elements(
     if r.port == 0 || from.is_unspecified() || to.is_unspecified() {
         return Err(einval(libc::EINVAL, "zero address or port", r));
     }
-    let k = key(from, to, r.port);
-    match (r.direction, r.translate) {
-        (Direction::In, Translate::RdrTo { addr, port }) => {
-            let addr = addr.to_canonical();
-            if Family::of(addr) != fam || port == 0 || addr.is_unspecified() {
-                return Err(einval(libc::EINVAL, "bad rdr-to target", r));
-            }
-            out.push(Element {
-                set: arm,
-                key: k.clone(),
-                data: None,
-            });
-            out.push(Element {
-                set: rdr,
-                key: k,
-                data: Some(addr_port(addr, port)),
-            });
-        }
-        (Direction::Out, Translate::NatTo { addr, ports }) => {
-            let addr = addr.to_canonical();
-            if Family::of(addr) != fam || ports.low == 0 || ports.high < ports.low {
-                return Err(einval(libc::EINVAL, "bad nat-to target", r));
-            }
-            let port = if ports.low == ports.high {
-                ports.low
-            } else {
-                let span = u64::from(ports.high - ports.low) + 1;
-                ports.low + (random() % span) as u16
-            };
-            out.push(Element {
-                set: nat,
-                key: k,
-                data: Some(addr_port(addr, port)),
-            });
-        }
-        _ => {
-            return Err(FilterError::Unsupported(format!(
-                "rule shape the nftables backend does not know: {r}"
-            )))
-        }
-    }
-    Ok(())
+    Ok((from, to, fam))
 }
 
 /// Maps a failed batch to the core's error: EBUSY is `Busy` (the core retries once),
@@ -746,9 +784,7 @@ mod tests {
     fn all_elements(rules: &[Rule], random: u64) -> Result<Vec<Element>, FilterError> {
         let mut out = Vec::new();
         let mut rng = || random;
-        for r in rules {
-            elements(r, &mut rng, &mut out)?;
-        }
+        elements(rules, &mut rng, &mut out)?;
         Ok(out)
     }
 
@@ -766,7 +802,7 @@ mod tests {
         assert_eq!(e[0].data, None);
         assert_eq!(e[1].key, e[0].key);
         assert_eq!(e[1].data, Some(addr_port(server, 30028)));
-        assert_eq!(e[2].key, key(client, server, 30028));
+        assert_eq!(e[2].key, nat_key(client, server, 30028, 50447));
         // 50001 + 7 % 15535: the drawn port lies in pfctl's NAT range.
         assert_eq!(
             e[2].data,
@@ -840,5 +876,32 @@ mod tests {
             Err(FilterError::Other { errno, .. }) => assert_eq!(errno, libc::EINVAL),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn nat_keys_carry_the_proxy_port_and_need_their_redirect() {
+        use ftp_proxy_core::{data_rules, Mode};
+        let a = addrs("203.0.113.10", "198.51.100.10", "198.51.100.1");
+        let o = RuleOptions::default();
+        // Two negotiations from one client to the same server data port: their nat
+        // elements differ by the proxy port, so they can coexist.
+        let one = all_elements(&data_rules(Mode::Passive, &a, 30028, 50447, &o), 0).unwrap();
+        let two = all_elements(&data_rules(Mode::Passive, &a, 30028, 50448, &o), 0).unwrap();
+        assert_eq!(one[2].set, "nat4");
+        assert_ne!(one[2].key, two[2].key);
+        assert_eq!(&one[2].key[..12], &two[2].key[..12]);
+        // Active: the nat key is server . client . client port . proxy port.
+        let act = all_elements(&data_rules(Mode::ActiveEprt, &a, 40000, 50500, &o), 0).unwrap();
+        let (server, client): (IpAddr, IpAddr) = (
+            "198.51.100.10".parse().unwrap(),
+            "203.0.113.10".parse().unwrap(),
+        );
+        assert_eq!(act[2].key, nat_key(server, client, 40000, 50500));
+        // A nat-to rule alone has no proxy port to key on.
+        let r = data_rules(Mode::Passive, &a, 30028, 50447, &o);
+        assert!(matches!(
+            all_elements(&r[1..], 0),
+            Err(FilterError::Unsupported(m)) if m.contains("without the rdr-to rule")
+        ));
     }
 }

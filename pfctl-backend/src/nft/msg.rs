@@ -61,7 +61,8 @@ pub(crate) const fn align4(n: usize) -> usize {
 pub(crate) struct Element {
     /// `rdr4`, `nat6`, `arm4`, ...
     pub set: &'static str,
-    /// Concatenated key `addr . addr . port`, each field padded to 4 bytes.
+    /// Concatenated key `addr . addr . port` (`. port` more for the nat maps), each
+    /// field padded to 4 bytes.
     pub key: Vec<u8>,
     /// Concatenated map data `addr . port`; `None` for the arm sets.
     pub data: Option<Vec<u8>>,
@@ -89,6 +90,15 @@ pub(crate) fn key(from: IpAddr, to: IpAddr, port: u16) -> Vec<u8> {
     put_addr(&mut k, from);
     put_addr(&mut k, to);
     put_port(&mut k, port);
+    k
+}
+
+/// The nat maps' key `from . to . port . orig_port`, where `orig_port` is the
+/// destination port the connection had before DNAT (`ct original proto-dst`): the
+/// proxy port of the negotiation that redirected it (16 bytes for IPv4, 40 for IPv6).
+pub(crate) fn nat_key(from: IpAddr, to: IpAddr, port: u16, orig_port: u16) -> Vec<u8> {
+    let mut k = key(from, to, port);
+    put_port(&mut k, orig_port);
     k
 }
 
@@ -510,6 +520,19 @@ mod tests {
     fn ipv4_key_is_twelve_bytes_with_padded_port() {
         let k = key(v4("203.0.113.10"), v4("198.51.100.10"), 50447);
         assert_eq!(k, [203, 0, 113, 10, 198, 51, 100, 10, 0xc5, 0x0f, 0, 0]);
+    }
+
+    #[test]
+    fn nat_key_appends_the_original_destination_port() {
+        let k = nat_key(v4("203.0.113.10"), v4("198.51.100.10"), 30028, 50447);
+        assert_eq!(
+            k,
+            [203, 0, 113, 10, 198, 51, 100, 10, 0x75, 0x4c, 0, 0, 0xc5, 0x0f, 0, 0]
+        );
+        let v6 = v4("2001:db8::1");
+        assert_eq!(nat_key(v6, v6, 21, 50000).len(), 40);
+        // Not an arm/rdr key: key_parts refuses it.
+        assert_eq!(key_parts(&k), None);
     }
 
     #[test]
