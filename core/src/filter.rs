@@ -24,6 +24,14 @@ pub trait Filter {
     /// Removes every rule this filter installed for this process (at exit, and the
     /// backstop after [`Action::RulesMayRemain`]).
     fn remove_all(&mut self) -> Result<(), FilterError>;
+
+    /// Ends the data connections this anchor's rules let through (connection-tracking
+    /// state, or the relay's pairs), so that nothing a session negotiated outlives it.
+    /// Filters that cannot (pf without state killing) return Ok(()) and say so in their docs.
+    fn kill_connections(&mut self, anchor: &Anchor) -> Result<(), FilterError> {
+        let _ = anchor;
+        Ok(())
+    }
 }
 
 impl<F: Filter + ?Sized> Filter for Box<F> {
@@ -35,5 +43,8 @@ impl<F: Filter + ?Sized> Filter for Box<F> {
     }
     fn remove_all(&mut self) -> Result<(), FilterError> {
         (**self).remove_all()
+    }
+    fn kill_connections(&mut self, anchor: &Anchor) -> Result<(), FilterError> {
+        (**self).kill_connections(anchor)
     }
 }

@@ -74,14 +74,14 @@ mod msg;
 mod ruleset;
 mod socket;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::Duration;
 
 use ftp_proxy_core::{Config, Direction, Family, RuleLog, Translate};
 
 use crate::{Anchor, Filter, FilterError, Rule};
-use msg::{addr_port, key, key_parts, nat_key, Element};
+use msg::{addr_port, addr_port_parts, key, key_parts, nat_key, CtEntry, Element};
 pub use msg::{parse_table_dump, DumpPart, TableInfo};
 use socket::{BatchError, NlSocket};
 
@@ -196,8 +196,125 @@ pub struct NftBackend {
     owner: bool,
     /// What each anchor holds now, to destroy it at the next commit.
     anchors: HashMap<Anchor, Vec<Element>>,
+    /// What [`Filter::kill_connections`] looks for in conntrack.
+    redirects: Redirects,
     /// xorshift64* state for NAT source ports.
     rng: u64,
+}
+
+/// How many negotiations of one session [`Filter::kill_connections`] can end the data
+/// connections of: the most recent ones. A session negotiates once per transfer and
+/// its transfers follow one another, so older connections have ended long before;
+/// the bound keeps a session that negotiates without end from growing the backend.
+pub const MAX_REDIRECTS: usize = 256;
+
+/// How many ended sessions keep their redirects for a late
+/// [`Filter::kill_connections`].
+pub const MAX_ENDED: usize = 64;
+
+/// The redirects of each anchor's negotiations: those of live anchors (newest last, at
+/// most [`MAX_REDIRECTS`] each) and those of the last [`MAX_ENDED`] anchors whose rules
+/// were removed, since the kill may come just after the session's last (empty) commit.
+#[derive(Debug, Default)]
+struct Redirects {
+    live: HashMap<Anchor, Vec<Redirect>>,
+    ended: VecDeque<(Anchor, Vec<Redirect>)>,
+}
+
+impl Redirects {
+    /// Adds the redirects of `new` (elements just committed, or perhaps committed).
+    fn add(&mut self, anchor: &Anchor, new: &[Element]) {
+        let list = self.live.entry(*anchor).or_default();
+        for r in new.iter().filter_map(Redirect::of) {
+            if !list.contains(&r) {
+                list.push(r);
+            }
+        }
+        if list.len() > MAX_REDIRECTS {
+            let extra = list.len() - MAX_REDIRECTS;
+            list.drain(..extra);
+        }
+    }
+
+    /// `anchor`'s rules are gone: keep its redirects a little longer.
+    fn retire(&mut self, anchor: &Anchor) {
+        if let Some(list) = self.live.remove(anchor) {
+            self.ended.retain(|(a, _)| a != anchor);
+            self.ended.push_back((*anchor, list));
+            while self.ended.len() > MAX_ENDED {
+                self.ended.pop_front();
+            }
+        }
+    }
+
+    /// What a kill of `anchor` looks for (empty when nothing is known).
+    fn of(&self, anchor: &Anchor) -> &[Redirect] {
+        match self.live.get(anchor) {
+            Some(list) => list,
+            None => self
+                .ended
+                .iter()
+                .find(|(a, _)| a == anchor)
+                .map_or(&[], |(_, list)| list.as_slice()),
+        }
+    }
+
+    /// After a successful kill: only the redirects of `current` (the elements still in
+    /// force, which may yet let a connection through) need looking for again.
+    fn killed(&mut self, anchor: &Anchor, current: &[Element]) {
+        let keep: Vec<Redirect> = current.iter().filter_map(Redirect::of).collect();
+        match self.live.get_mut(anchor) {
+            Some(list) => list.retain(|r| keep.contains(r)),
+            None => self.ended.retain(|(a, _)| a != anchor),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.live.clear();
+        self.ended.clear();
+    }
+}
+
+/// One negotiation's redirect, from its rdr element: connections from `from` to
+/// `to:proxy_port` DNATed to `target:target_port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Redirect {
+    from: IpAddr,
+    to: IpAddr,
+    proxy_port: u16,
+    target: IpAddr,
+    target_port: u16,
+}
+
+impl Redirect {
+    /// The redirect of an rdr element; `None` for the other sets.
+    fn of(e: &Element) -> Option<Redirect> {
+        if !e.set.starts_with("rdr") {
+            return None;
+        }
+        let (from, to, proxy_port) = key_parts(&e.key)?;
+        let (target, target_port) = addr_port_parts(e.data.as_deref()?)?;
+        Some(Redirect {
+            from,
+            to,
+            proxy_port,
+            target,
+            target_port,
+        })
+    }
+
+    /// Whether conntrack entry `e` is a connection this redirect DNATed: its first
+    /// packet went from `from` to `to:proxy_port` (TCP), and the answers come from
+    /// the target.
+    fn redirected(&self, e: &CtEntry) -> bool {
+        let (o, r) = (&e.orig, &e.reply);
+        o.proto == libc::IPPROTO_TCP as u8
+            && o.src == self.from
+            && o.dst == self.to
+            && o.dport == self.proxy_port
+            && r.src == self.target
+            && r.sport == self.target_port
+    }
 }
 
 impl std::fmt::Debug for NftBackend {
@@ -288,6 +405,7 @@ impl NftBackend {
             sock,
             owner,
             anchors: HashMap::new(),
+            redirects: Redirects::default(),
             rng: seed(),
         })
     }
@@ -372,7 +490,9 @@ impl Filter for NftBackend {
                 }
                 if new.is_empty() {
                     self.anchors.remove(anchor);
+                    self.redirects.retire(anchor);
                 } else {
+                    self.redirects.add(anchor, &new);
                     self.anchors.insert(*anchor, new);
                 }
                 Ok(())
@@ -385,6 +505,7 @@ impl Filter for NftBackend {
                 // No answer: the batch may or may not have been applied. Remember both
                 // the old and the new elements, so the next commit's (idempotent)
                 // destroys cover whichever is in force, and nothing leaks.
+                self.redirects.add(anchor, &new);
                 let entry = self.anchors.entry(*anchor).or_default();
                 for e in new {
                     if !entry.contains(&e) {
@@ -408,8 +529,55 @@ impl Filter for NftBackend {
         };
         if res.is_ok() {
             self.anchors.clear();
+            self.redirects.clear();
         }
         res
+    }
+
+    /// Deletes the conntrack entries of the connections `anchor`'s negotiations
+    /// redirected (its last [`MAX_REDIRECTS`] negotiations, while the session lives
+    /// and for the [`MAX_ENDED`] sessions that ended last): one dump of the entries
+    /// with the proxy's mark, then one `IPCTNL_MSG_CT_DELETE` per match, by original
+    /// tuple and id. A connection whose entry is gone is no longer translated: its
+    /// next packet goes to the untranslated address (and is refused or reset there),
+    /// or the admin's forward policy drops it. An anchor with no redirects costs no
+    /// system call. Errors: `PermissionDenied` without CAP_NET_ADMIN (the daemon keeps
+    /// it for this backend); on a failed delete the others are still tried and the
+    /// first error is returned.
+    fn kill_connections(&mut self, anchor: &Anchor) -> Result<(), FilterError> {
+        let list = self.redirects.of(anchor).to_vec();
+        if list.is_empty() {
+            return Ok(()); // nothing negotiated, or forgotten (see MAX_ENDED)
+        }
+        let entries = self
+            .sock
+            .conntrack(self.opts.mark)
+            .map_err(|e| conntrack_error(e, "listing the entries"))?;
+        let mut killed = 0usize;
+        let mut first_error = None;
+        for e in entries
+            .iter()
+            .filter(|e| list.iter().any(|r| r.redirected(e)))
+        {
+            match self.sock.delete_conntrack(e) {
+                Ok(()) => killed += 1,
+                Err(err) => {
+                    first_error.get_or_insert(conntrack_error(err, "deleting an entry"));
+                }
+            }
+        }
+        if killed > 0 {
+            log::info!(
+                "#{} ended {killed} data connection(s) of the session (conntrack entries deleted)",
+                anchor.session
+            );
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let current = self.anchors.get(anchor).map(Vec::as_slice).unwrap_or(&[]);
+        self.redirects.killed(anchor, current);
+        Ok(())
     }
 }
 
@@ -548,6 +716,23 @@ fn batch_error(e: BatchError, first_seq: u32, what: &[String], table: &str) -> F
             }
         }
         BatchError::Io(e) => io_error("netlink", &e),
+    }
+}
+
+/// Maps a failed conntrack request as [`batch_error`] does, saying what was asked.
+fn conntrack_error(e: BatchError, what: &str) -> FilterError {
+    match e {
+        BatchError::Kernel { errno, .. } if errno == libc::EPERM || errno == libc::EACCES => {
+            FilterError::PermissionDenied
+        }
+        BatchError::Kernel { errno, .. } => FilterError::Other {
+            errno,
+            text: format!(
+                "{} (conntrack: {what})",
+                std::io::Error::from_raw_os_error(errno)
+            ),
+        },
+        BatchError::Io(e) => io_error(&format!("conntrack: {what}"), &e),
     }
 }
 
@@ -903,5 +1088,92 @@ mod tests {
             all_elements(&r[1..], 0),
             Err(FilterError::Unsupported(m)) if m.contains("without the rdr-to rule")
         ));
+    }
+
+    fn ct(orig: (&str, &str, u16, u16), reply: (&str, &str, u16, u16)) -> CtEntry {
+        let t = |(s, d, sp, dp): (&str, &str, u16, u16)| msg::CtTuple {
+            src: s.parse().unwrap(),
+            dst: d.parse().unwrap(),
+            proto: 6,
+            sport: sp,
+            dport: dp,
+        };
+        CtEntry {
+            orig: t(orig),
+            reply: t(reply),
+            id: Some(1),
+            zone: None,
+        }
+    }
+
+    #[test]
+    fn a_redirect_recognises_the_connections_it_dnated() {
+        use ftp_proxy_core::{data_rules, Mode};
+        let a = addrs("203.0.113.10", "198.51.100.10", "198.51.100.1");
+        let e = all_elements(
+            &data_rules(Mode::Passive, &a, 30028, 50447, &RuleOptions::default()),
+            0,
+        )
+        .unwrap();
+        let rs: Vec<Redirect> = e.iter().filter_map(Redirect::of).collect();
+        assert_eq!(rs.len(), 1, "only the rdr element describes a redirect");
+        let r = rs[0];
+        let c = ("203.0.113.10", "198.51.100.10", 37544, 50447);
+        let answer = ("198.51.100.10", "198.51.100.1", 30028, 63155);
+        assert!(r.redirected(&ct(c, answer)));
+        // Another session's proxy port, a connection that was not DNATed, another
+        // client, UDP: not this redirect's.
+        assert!(!r.redirected(&ct((c.0, c.1, c.2, 50448), answer)));
+        assert!(!r.redirected(&ct(c, ("198.51.100.10", "203.0.113.10", 50447, 37544))));
+        assert!(!r.redirected(&ct(("203.0.113.11", c.1, c.2, c.3), answer)));
+        let mut udp = ct(c, answer);
+        udp.orig.proto = 17;
+        assert!(!r.redirected(&udp));
+    }
+
+    #[test]
+    fn redirects_are_kept_bounded_and_survive_the_last_commit() {
+        use ftp_proxy_core::{data_rules, Mode};
+        let a = addrs("203.0.113.10", "198.51.100.10", "198.51.100.1");
+        let o = RuleOptions::default();
+        let neg = |pp: u16| all_elements(&data_rules(Mode::Passive, &a, 30028, pp, &o), 0).unwrap();
+        let mut m = Redirects::default();
+        let (s1, s2) = (Anchor { pid: 1, session: 1 }, Anchor { pid: 1, session: 2 });
+        m.add(&s1, &neg(50000));
+        m.add(&s1, &neg(50001));
+        m.add(&s1, &neg(50001)); // the same negotiation again: once
+        assert_eq!(
+            m.of(&s1).iter().map(|r| r.proxy_port).collect::<Vec<_>>(),
+            [50000, 50001]
+        );
+        assert!(m.of(&s2).is_empty());
+        // A kill forgets all but what the elements in force may still redirect.
+        m.killed(&s1, &neg(50001));
+        assert_eq!(m.of(&s1).len(), 1);
+        // Bounded per anchor: the newest stay.
+        for pp in 0..(MAX_REDIRECTS as u16 + 10) {
+            m.add(&s2, &neg(40000 + pp));
+        }
+        assert_eq!(m.of(&s2).len(), MAX_REDIRECTS);
+        assert_eq!(m.of(&s2)[0].proxy_port, 40010);
+        // After the last commit the redirects stay for a kill, for the last MAX_ENDED
+        // anchors only; a kill forgets them.
+        m.retire(&s1);
+        assert_eq!(m.of(&s1).len(), 1);
+        for session in 10..(10 + MAX_ENDED as u32) {
+            let x = Anchor { pid: 1, session };
+            m.add(&x, &neg(50002));
+            m.retire(&x);
+        }
+        assert!(m.of(&s1).is_empty(), "the oldest ended anchor is forgotten");
+        let last = Anchor {
+            pid: 1,
+            session: 9 + MAX_ENDED as u32,
+        };
+        assert_eq!(m.of(&last).len(), 1);
+        m.killed(&last, &[]);
+        assert!(m.of(&last).is_empty());
+        m.clear();
+        assert!(m.of(&s2).is_empty());
     }
 }
