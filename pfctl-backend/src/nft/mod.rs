@@ -74,12 +74,13 @@ mod msg;
 mod ruleset;
 mod socket;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use ftp_proxy_core::{Config, Direction, Family, RuleLog, Translate};
 
+use crate::remembered::Remembered;
 use crate::{Anchor, Filter, FilterError, Rule};
 use msg::{addr_port, addr_port_parts, key, key_parts, nat_key, CtEntry, Element};
 pub use msg::{parse_table_dump, DumpPart, TableInfo};
@@ -197,82 +198,9 @@ pub struct NftBackend {
     /// What each anchor holds now, to destroy it at the next commit.
     anchors: HashMap<Anchor, Vec<Element>>,
     /// What [`Filter::kill_connections`] looks for in conntrack.
-    redirects: Redirects,
+    redirects: Remembered<Redirect>,
     /// xorshift64* state for NAT source ports.
     rng: u64,
-}
-
-/// How many negotiations of one session [`Filter::kill_connections`] can end the data
-/// connections of: the most recent ones. A session negotiates once per transfer and
-/// its transfers follow one another, so older connections have ended long before;
-/// the bound keeps a session that negotiates without end from growing the backend.
-pub const MAX_REDIRECTS: usize = 256;
-
-/// How many ended sessions keep their redirects for a late
-/// [`Filter::kill_connections`].
-pub const MAX_ENDED: usize = 64;
-
-/// The redirects of each anchor's negotiations: those of live anchors (newest last, at
-/// most [`MAX_REDIRECTS`] each) and those of the last [`MAX_ENDED`] anchors whose rules
-/// were removed, since the kill may come just after the session's last (empty) commit.
-#[derive(Debug, Default)]
-struct Redirects {
-    live: HashMap<Anchor, Vec<Redirect>>,
-    ended: VecDeque<(Anchor, Vec<Redirect>)>,
-}
-
-impl Redirects {
-    /// Adds the redirects of `new` (elements just committed, or perhaps committed).
-    fn add(&mut self, anchor: &Anchor, new: &[Element]) {
-        let list = self.live.entry(*anchor).or_default();
-        for r in new.iter().filter_map(Redirect::of) {
-            if !list.contains(&r) {
-                list.push(r);
-            }
-        }
-        if list.len() > MAX_REDIRECTS {
-            let extra = list.len() - MAX_REDIRECTS;
-            list.drain(..extra);
-        }
-    }
-
-    /// `anchor`'s rules are gone: keep its redirects a little longer.
-    fn retire(&mut self, anchor: &Anchor) {
-        if let Some(list) = self.live.remove(anchor) {
-            self.ended.retain(|(a, _)| a != anchor);
-            self.ended.push_back((*anchor, list));
-            while self.ended.len() > MAX_ENDED {
-                self.ended.pop_front();
-            }
-        }
-    }
-
-    /// What a kill of `anchor` looks for (empty when nothing is known).
-    fn of(&self, anchor: &Anchor) -> &[Redirect] {
-        match self.live.get(anchor) {
-            Some(list) => list,
-            None => self
-                .ended
-                .iter()
-                .find(|(a, _)| a == anchor)
-                .map_or(&[], |(_, list)| list.as_slice()),
-        }
-    }
-
-    /// After a successful kill: only the redirects of `current` (the elements still in
-    /// force, which may yet let a connection through) need looking for again.
-    fn killed(&mut self, anchor: &Anchor, current: &[Element]) {
-        let keep: Vec<Redirect> = current.iter().filter_map(Redirect::of).collect();
-        match self.live.get_mut(anchor) {
-            Some(list) => list.retain(|r| keep.contains(r)),
-            None => self.ended.retain(|(a, _)| a != anchor),
-        }
-    }
-
-    fn clear(&mut self) {
-        self.live.clear();
-        self.ended.clear();
-    }
 }
 
 /// One negotiation's redirect, from its rdr element: connections from `from` to
@@ -405,7 +333,7 @@ impl NftBackend {
             sock,
             owner,
             anchors: HashMap::new(),
-            redirects: Redirects::default(),
+            redirects: Remembered::default(),
             rng: seed(),
         })
     }
@@ -492,7 +420,8 @@ impl Filter for NftBackend {
                     self.anchors.remove(anchor);
                     self.redirects.retire(anchor);
                 } else {
-                    self.redirects.add(anchor, &new);
+                    self.redirects
+                        .add(anchor, new.iter().filter_map(Redirect::of));
                     self.anchors.insert(*anchor, new);
                 }
                 Ok(())
@@ -505,7 +434,8 @@ impl Filter for NftBackend {
                 // No answer: the batch may or may not have been applied. Remember both
                 // the old and the new elements, so the next commit's (idempotent)
                 // destroys cover whichever is in force, and nothing leaks.
-                self.redirects.add(anchor, &new);
+                self.redirects
+                    .add(anchor, new.iter().filter_map(Redirect::of));
                 let entry = self.anchors.entry(*anchor).or_default();
                 for e in new {
                     if !entry.contains(&e) {
@@ -535,8 +465,9 @@ impl Filter for NftBackend {
     }
 
     /// Deletes the conntrack entries of the connections `anchor`'s negotiations
-    /// redirected (its last [`MAX_REDIRECTS`] negotiations, while the session lives
-    /// and for the [`MAX_ENDED`] sessions that ended last): one dump of the entries
+    /// redirected (its last [`MAX_PER_ANCHOR`](crate::remembered::MAX_PER_ANCHOR)
+    /// negotiations, while the session lives and for the
+    /// [`MAX_ENDED`](crate::remembered::MAX_ENDED) sessions that ended last): one dump of the entries
     /// with the proxy's mark, then one `IPCTNL_MSG_CT_DELETE` per match, by original
     /// tuple and id. A connection whose entry is gone is no longer translated: its
     /// next packet goes to the untranslated address (and is refused or reset there),
@@ -575,8 +506,14 @@ impl Filter for NftBackend {
         if let Some(e) = first_error {
             return Err(e);
         }
-        let current = self.anchors.get(anchor).map(Vec::as_slice).unwrap_or(&[]);
-        self.redirects.killed(anchor, current);
+        let current: Vec<Redirect> = self
+            .anchors
+            .get(anchor)
+            .into_iter()
+            .flatten()
+            .filter_map(Redirect::of)
+            .collect();
+        self.redirects.killed(anchor, &current);
         Ok(())
     }
 }
@@ -1129,51 +1066,5 @@ mod tests {
         let mut udp = ct(c, answer);
         udp.orig.proto = 17;
         assert!(!r.redirected(&udp));
-    }
-
-    #[test]
-    fn redirects_are_kept_bounded_and_survive_the_last_commit() {
-        use ftp_proxy_core::{data_rules, Mode};
-        let a = addrs("203.0.113.10", "198.51.100.10", "198.51.100.1");
-        let o = RuleOptions::default();
-        let neg = |pp: u16| all_elements(&data_rules(Mode::Passive, &a, 30028, pp, &o), 0).unwrap();
-        let mut m = Redirects::default();
-        let (s1, s2) = (Anchor { pid: 1, session: 1 }, Anchor { pid: 1, session: 2 });
-        m.add(&s1, &neg(50000));
-        m.add(&s1, &neg(50001));
-        m.add(&s1, &neg(50001)); // the same negotiation again: once
-        assert_eq!(
-            m.of(&s1).iter().map(|r| r.proxy_port).collect::<Vec<_>>(),
-            [50000, 50001]
-        );
-        assert!(m.of(&s2).is_empty());
-        // A kill forgets all but what the elements in force may still redirect.
-        m.killed(&s1, &neg(50001));
-        assert_eq!(m.of(&s1).len(), 1);
-        // Bounded per anchor: the newest stay.
-        for pp in 0..(MAX_REDIRECTS as u16 + 10) {
-            m.add(&s2, &neg(40000 + pp));
-        }
-        assert_eq!(m.of(&s2).len(), MAX_REDIRECTS);
-        assert_eq!(m.of(&s2)[0].proxy_port, 40010);
-        // After the last commit the redirects stay for a kill, for the last MAX_ENDED
-        // anchors only; a kill forgets them.
-        m.retire(&s1);
-        assert_eq!(m.of(&s1).len(), 1);
-        for session in 10..(10 + MAX_ENDED as u32) {
-            let x = Anchor { pid: 1, session };
-            m.add(&x, &neg(50002));
-            m.retire(&x);
-        }
-        assert!(m.of(&s1).is_empty(), "the oldest ended anchor is forgotten");
-        let last = Anchor {
-            pid: 1,
-            session: 9 + MAX_ENDED as u32,
-        };
-        assert_eq!(m.of(&last).len(), 1);
-        m.killed(&last, &[]);
-        assert!(m.of(&last).is_empty());
-        m.clear();
-        assert!(m.of(&s2).is_empty());
     }
 }
