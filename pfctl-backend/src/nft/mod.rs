@@ -33,6 +33,17 @@
 //! second connection to the same proxy port is not redirected. Conntrack keeps the
 //! NAT binding, so removing elements mid-transfer does not disturb a transfer.
 //!
+//! # Ending a session's data connections
+//!
+//! [`Filter::kill_connections`] deletes the conntrack entries of the connections an
+//! anchor's rdr elements redirected, over the same socket (ctnetlink): one dump of the
+//! entries with the proxy's ct mark, then one delete per entry whose original tuple is
+//! `peer → target:proxy port` and whose reply comes from the rdr target. The backend
+//! remembers each anchor's redirects for that ([`crate::remembered`]), also for a
+//! while after its last commit. Without its entry, the connection's next packet is
+//! not translated and the connection ends (docs/linux.md, "Ending a session's data
+//! connections").
+//!
 //! # Table lifetime: one table per process, owned by its socket
 //!
 //! The table carries `NFT_TABLE_F_OWNER` (Linux 5.12): it belongs to the netlink

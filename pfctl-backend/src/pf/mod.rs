@@ -15,6 +15,14 @@
 //! which encodes `sizeof(struct pfioc_rule)`, is unknown to the kernel: the wrong
 //! [`Layout`].
 //!
+//! [`Filter::kill_connections`] (ending a session's data connections, e.g. after a
+//! reply desync) is one DIOCKILLSTATES per rdr-to rule the anchor committed: the states
+//! from the rule's source host to its destination host and proxy port, in its routing
+//! domain ([`encode_state_kill`]). Those are the states that carry the redirection; the
+//! nat-to rule's state on the other interface cannot be named as exactly (it is keyed
+//! by the server's data port) and is left to expire. The backend remembers the rules
+//! for this ([`crate::remembered`]), also for a while after the anchor's last commit.
+//!
 //! Start-up ([`PfBackend::open`]): open `/dev/pf` read-write, DIOCGETSTATUS (`pf is
 //! disabled` unless running), then two additions to the original:
 //! * a layout probe — a DIOCADDRULE that cannot add anything (an anchor that does not
@@ -38,9 +46,10 @@
 //!   `-vv` and routing domains, built through `ftp_proxy_core::data_rules`, compared
 //!   with images written at `struct pf_rule`'s literal offsets; the pre-checks' errnos;
 //! * this module: the ioctl sequence of commits, removals, failures (rollback after any
-//!   failure that follows a begin, EBUSY mapping), start-up checks, layout probing and
-//!   stale-anchor removal, against [`model::KernelModel`], a model of the kernel's
-//!   ticket and anchor rules.
+//!   failure that follows a begin, EBUSY mapping), start-up checks, layout probing,
+//!   stale-anchor removal and state killing (the request's bytes, which modelled states
+//!   it removes), against [`model::KernelModel`], a model of the kernel's ticket and
+//!   anchor rules and of DIOCKILLSTATES's matching.
 //!
 //! Only on OpenBSD (compiled there only; type-checked on Linux by building a scratch
 //! copy with the `cfg` switched): the `ioctl(2)` calls in [`device`]; `c_layout`'s check
