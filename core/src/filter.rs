@@ -21,6 +21,10 @@ pub trait Filter {
     /// [`Input::RulesCommitted`].
     fn commit(&mut self, anchor: &Anchor, rules: &[Rule]) -> Result<(), FilterError>;
 
+    /// Removes every rule this filter installed for this process (at exit, and the
+    /// backstop after [`Action::RulesMayRemain`]).
+    fn remove_all(&mut self) -> Result<(), FilterError>;
+
     /// Ends the data connections this anchor's rules let through (connection-tracking
     /// state, or the relay's pairs), so that nothing a session negotiated outlives it.
     /// Filters that cannot (pf without state killing) return Ok(()) and say so in their docs.
@@ -28,10 +32,6 @@ pub trait Filter {
         let _ = anchor;
         Ok(())
     }
-
-    /// Removes every rule this filter installed for this process (at exit, and the
-    /// backstop after [`Action::RulesMayRemain`]).
-    fn remove_all(&mut self) -> Result<(), FilterError>;
 }
 
 impl<F: Filter + ?Sized> Filter for Box<F> {
@@ -41,10 +41,10 @@ impl<F: Filter + ?Sized> Filter for Box<F> {
     fn commit(&mut self, anchor: &Anchor, rules: &[Rule]) -> Result<(), FilterError> {
         (**self).commit(anchor, rules)
     }
-    fn kill_connections(&mut self, anchor: &Anchor) -> Result<(), FilterError> {
-        (**self).kill_connections(anchor)
-    }
     fn remove_all(&mut self) -> Result<(), FilterError> {
         (**self).remove_all()
+    }
+    fn kill_connections(&mut self, anchor: &Anchor) -> Result<(), FilterError> {
+        (**self).kill_connections(anchor)
     }
 }

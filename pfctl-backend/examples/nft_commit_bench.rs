@@ -125,12 +125,12 @@ fn main() {
         (
             format!("element inet {table} arm4 {{ {c} . {s} . {pp} timeout 1d }}"),
             format!("element inet {table} rdr4 {{ {c} . {s} . {pp} timeout 1d : {s} . {port} }}"),
-            format!("element inet {table} nat4 {{ {c} . {s} . {port} timeout 1d : 198.51.100.1 . {np} }}"),
+            format!("element inet {table} nat4 {{ {c} . {s} . {port} . {pp} timeout 1d : 198.51.100.1 . {np} }}"),
         )
     };
     let del = |c: IpAddr, s: IpAddr, pp: u16, port: u16| {
         format!(
-            "delete element inet {table} arm4 {{ {c} . {s} . {pp} }}\ndelete element inet {table} rdr4 {{ {c} . {s} . {pp} }}\ndelete element inet {table} nat4 {{ {c} . {s} . {port} }}\n"
+            "delete element inet {table} arm4 {{ {c} . {s} . {pp} }}\ndelete element inet {table} rdr4 {{ {c} . {s} . {pp} }}\ndelete element inet {table} nat4 {{ {c} . {s} . {port} . {pp} }}\n"
         )
     };
     let m = n.min(60); // nft costs milliseconds per call; 60 samples suffice

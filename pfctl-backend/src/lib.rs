@@ -11,6 +11,9 @@ pub use ftp_proxy_core::{Anchor, Filter, FilterError, Rule};
 
 mod sys;
 
+// What each session negotiated, for `Filter::kill_connections` (bounded).
+pub mod remembered;
+
 // OpenBSD pf over `/dev/pf` ioctls; structures, encoding and transactions are
 // compiled and tested on every host, the ioctl calls exist only on OpenBSD.
 pub mod pf;

@@ -76,6 +76,7 @@ pub struct MockBackend {
     faults: Option<Faults>,
     removal_faults: bool,
     remove_all_calls: usize,
+    kills: Vec<Anchor>,
 }
 
 impl MockBackend {
@@ -135,6 +136,12 @@ impl MockBackend {
         self.remove_all_calls
     }
 
+    /// The anchors [`Filter::kill_connections`] was called for, in order. The mock
+    /// carries no connections, so a kill changes nothing else (and never fails).
+    pub fn kills(&self) -> &[Anchor] {
+        &self.kills
+    }
+
     /// Wraps the mock in a shareable handle.
     pub fn into_handle(self) -> MockHandle {
         MockHandle(Arc::new(Mutex::new(self)))
@@ -187,6 +194,11 @@ impl Filter for MockBackend {
     fn remove_all(&mut self) -> Result<(), FilterError> {
         self.remove_all_calls += 1;
         self.anchors.clear();
+        Ok(())
+    }
+
+    fn kill_connections(&mut self, anchor: &Anchor) -> Result<(), FilterError> {
+        self.kills.push(*anchor);
         Ok(())
     }
 }
@@ -249,6 +261,10 @@ impl Filter for MockHandle {
 
     fn remove_all(&mut self) -> Result<(), FilterError> {
         self.lock().remove_all()
+    }
+
+    fn kill_connections(&mut self, anchor: &Anchor) -> Result<(), FilterError> {
+        self.lock().kill_connections(anchor)
     }
 }
 
@@ -424,5 +440,18 @@ mod tests {
         other.remove_all().unwrap();
         assert!(handle.anchors().is_empty());
         assert_eq!(handle.lock().remove_all_calls(), 1);
+    }
+
+    #[test]
+    fn kills_are_recorded_through_handles_and_boxes() {
+        let handle = MockHandle::new();
+        let mut boxed: Box<dyn Filter + Send> = Box::new(handle.clone());
+        boxed.commit(&A1, &rules(5001)).unwrap();
+        boxed.kill_connections(&A1).unwrap();
+        boxed.kill_connections(&A2).unwrap();
+        assert_eq!(handle.lock().kills(), [A1, A2]);
+        // A kill ends connections, not rules.
+        assert_eq!(handle.rules(&A1), rules(5001));
+        assert_eq!(handle.commits().len(), 1);
     }
 }

@@ -49,6 +49,8 @@ unsafe impl Pod for abi::PfiocTransE {}
 unsafe impl Pod for abi::PfiocTrans {}
 unsafe impl Pod for abi::PfiocRuleset {}
 unsafe impl Pod for abi::PfStatus {}
+unsafe impl Pod for abi::PfStateCmp {}
+unsafe impl Pod for abi::PfiocStateKill {}
 
 #[cfg(target_os = "openbsd")]
 pub(crate) mod pf_dev {

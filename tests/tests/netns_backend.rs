@@ -118,11 +118,11 @@ fn commit_replace_remove_in_router_namespace() -> Result<()> {
             &[
                 "203.0.113.10 . 198.51.100.10 . 50447 timeout 1d",
                 ": 198.51.100.10 . 30028",
-                "203.0.113.10 . 198.51.100.10 . 30028 timeout 1d",
+                "203.0.113.10 . 198.51.100.10 . 30028 . 50447 timeout 1d",
                 ": 198.51.100.1 . ",
             ],
         )?;
-        let np = nat_port(&l, "203.0.113.10 . 198.51.100.10 . 30028")
+        let np = nat_port(&l, "203.0.113.10 . 198.51.100.10 . 30028 . 50447")
             .ok_or_else(|| check("a nat4 element", l.clone()))?;
         assert!(
             (50001..=65535).contains(&np),
@@ -139,7 +139,7 @@ fn commit_replace_remove_in_router_namespace() -> Result<()> {
             &l,
             &[
                 "203.0.113.10 . 198.51.100.10 . 50447 timeout 1d",
-                "203.0.113.10 . 198.51.100.10 . 30028 timeout 1d",
+                "203.0.113.10 . 198.51.100.10 . 30028 . 50447 timeout 1d",
             ],
         )?;
 
@@ -159,7 +159,7 @@ fn commit_replace_remove_in_router_namespace() -> Result<()> {
             &[
                 "198.51.100.10 . 198.51.100.1 . 50500",
                 ": 203.0.113.10 . 40000",
-                "198.51.100.10 . 203.0.113.10 . 40000",
+                "198.51.100.10 . 203.0.113.10 . 40000 . 50500",
                 ": 198.51.100.10 . 20",
             ],
         )?;
@@ -177,23 +177,24 @@ fn commit_replace_remove_in_router_namespace() -> Result<()> {
             ],
         )?;
 
-        // A commit that clashes (same nat key, different data) fails as a whole: none
-        // of its elements appear, and the other anchor's stay.
+        // A commit that clashes (the same proxy port as another anchor's, other data:
+        // the core never hands out one proxy port twice, another program might) fails
+        // as a whole: none of its elements appear, and the other anchor's stay.
         let mut clash = addrs6();
         clash.proxy = ip("2001:db8:2::99");
-        let r = data_rules(Mode::Passive, &clash, 31000, 52000, &cfg.rules);
+        let r = data_rules(Mode::Passive, &clash, 31999, 51000, &cfg.rules);
         match b.commit(&s3, &r) {
             Err(FilterError::Other { errno, .. }) if errno == libc::EEXIST => {}
             other => {
                 return Err(check(
-                    "EEXIST for a clashing nat6 element",
+                    "EEXIST for a clashing rdr6 element",
                     format!("{other:?}"),
                 ))
             }
         }
         let l = nft(&["list", "table", "inet", &t])?;
-        must_not_contain(&l, &["52000", "2001:db8:2::99"])?;
-        must_contain(&l, &["51000"])?;
+        must_not_contain(&l, &["31999", "2001:db8:2::99"])?;
+        must_contain(&l, &["51000", ": 2001:db8:2::10 . 31000"])?;
 
         // Empty commits remove; an anchor that never had rules costs nothing.
         b.commit(&s1, &[])
@@ -485,6 +486,432 @@ fn commit_without_cap_net_admin_is_permission_denied() -> Result<()> {
     b.commit(&anchor, &rules)
         .map_err(|e| check("commit with CAP_NET_ADMIN", e.to_string()))?;
     b.remove_all()
+        .map_err(|e| check("remove_all", e.to_string()))?;
+    Ok(())
+}
+
+/// Each connection's peer and the name it sent.
+type Named = Vec<(SocketAddr, Vec<u8>)>;
+
+/// Accepts `n` connections on `listener`; each sends a short name and gets back
+/// `ok <name>`. Returns `(peer, name)` per connection, in arrival order.
+fn serve_names(listener: TcpListener, n: usize) -> std::thread::JoinHandle<std::io::Result<Named>> {
+    std::thread::spawn(move || {
+        listener.set_nonblocking(false)?;
+        let mut seen = Vec::new();
+        for _ in 0..n {
+            let (mut s, peer) = listener.accept()?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut buf = [0u8; 64];
+            let got = s.read(&mut buf)?;
+            let name = buf[..got].to_vec();
+            s.write_all(&[b"ok ".as_slice(), &name].concat())?;
+            seen.push((peer, name));
+        }
+        Ok(seen)
+    })
+}
+
+/// The §6 case: two sessions from one client address (an office behind NAT) that the
+/// server tells the same data port, at the same time. Both commits must succeed, and
+/// each data connection must go through its own negotiation's elements: redirected to
+/// the server's port and NATed to the source port its own nat element names.
+#[test]
+fn two_sessions_from_one_client_share_a_server_data_port() -> Result<()> {
+    if !netns::is_root("two_sessions_from_one_client_share_a_server_data_port") {
+        return Ok(());
+    }
+    let topo = Topology::up("sc")?;
+    let cfg = Config {
+        pid: std::process::id(),
+        ..Config::default()
+    };
+    let mut b = topo
+        .in_ns(Ns::Router, || NftBackend::open(&cfg))?
+        .map_err(|e| check("open", e.to_string()))?;
+    let (s1, s2) = (
+        Anchor {
+            pid: cfg.pid,
+            session: 1,
+        },
+        Anchor {
+            pid: cfg.pid,
+            session: 2,
+        },
+    );
+    for (fam, a) in [("IPv4", addrs4()), ("IPv6", addrs6())] {
+        let port = 30028;
+        let (pp1, pp2) = (50447, 50448);
+        b.commit(&s1, &data_rules(Mode::Passive, &a, port, pp1, &cfg.rules))
+            .map_err(|e| check(format!("{fam}: first session's commit"), e.to_string()))?;
+        // Two draws of the same NAT source port (1 in 15535) would clash in conntrack,
+        // not in the maps: draw the second session's again then (bounded).
+        let nat_key = |pp: u16| format!("{} . {} . {port} . {pp}", a.client, a.server);
+        let mut ports = None;
+        for _ in 0..8 {
+            b.commit(&s2, &data_rules(Mode::Passive, &a, port, pp2, &cfg.rules))
+                .map_err(|e| {
+                    check(
+                        format!("{fam}: a second session from the same client to the same server data port to commit"),
+                        e.to_string(),
+                    )
+                })?;
+            let l = topo.in_ns(Ns::Router, || nft(&["list", "table", "inet", b.table()]))??;
+            let np1 = nat_port(&l, &nat_key(pp1))
+                .ok_or_else(|| check("the first nat element", l.clone()))?;
+            let np2 = nat_port(&l, &nat_key(pp2))
+                .ok_or_else(|| check("the second nat element", l.clone()))?;
+            if np1 != np2 {
+                ports = Some((np1, np2));
+                break;
+            }
+        }
+        let (np1, np2) = ports.ok_or_else(|| check("two different NAT ports in 8 draws", ""))?;
+
+        let l = topo
+            .in_ns(Ns::Server, || {
+                TcpListener::bind(SocketAddr::new(a.server, port))
+            })?
+            .map_err(netns::io_err("server listen"))?;
+        let srv = serve_names(l, 2);
+        // Both data connections open at once: the first stays connected while the
+        // second is made.
+        let (first, second) = topo
+            .in_ns(Ns::Client, || -> std::io::Result<_> {
+                let connect = |pp: u16, name: &[u8]| -> std::io::Result<(TcpStream, Vec<u8>)> {
+                    let mut s = TcpStream::connect_timeout(
+                        &SocketAddr::new(a.orig_server, pp),
+                        Duration::from_secs(3),
+                    )?;
+                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    s.write_all(name)?;
+                    let mut buf = [0u8; 64];
+                    let n = s.read(&mut buf)?;
+                    Ok((s, buf[..n].to_vec()))
+                };
+                let (c1, r1) = connect(pp1, b"one")?;
+                let (c2, r2) = connect(pp2, b"two")?;
+                drop((c1, c2));
+                Ok((r1, r2))
+            })?
+            .map_err(netns::io_err(format!("{fam}: data connections")))?;
+        assert_eq!(first, b"ok one", "{fam}");
+        assert_eq!(second, b"ok two", "{fam}");
+        let seen = srv
+            .join()
+            .expect("server thread")
+            .map_err(netns::io_err("server"))?;
+        for (name, np) in [(&b"one"[..], np1), (&b"two"[..], np2)] {
+            let peer = seen
+                .iter()
+                .find(|(_, n)| n == name)
+                .map(|(p, _)| *p)
+                .ok_or_else(|| {
+                    check(
+                        format!("{fam}: connection {name:?} at the server"),
+                        format!("{seen:?}"),
+                    )
+                })?;
+            assert_eq!(
+                peer,
+                SocketAddr::new(a.proxy, np),
+                "{fam}: connection {name:?} must come from the NAT port of its own negotiation"
+            );
+        }
+        b.commit(&s1, &[])
+            .map_err(|e| check("empty commit", e.to_string()))?;
+        b.commit(&s2, &[])
+            .map_err(|e| check("empty commit", e.to_string()))?;
+    }
+    topo.in_ns(Ns::Router, || b.remove_all())?
+        .map_err(|e| check("remove_all", e.to_string()))?;
+    Ok(())
+}
+
+/// Makes the calling thread look like the daemon after its privilege drop: uid and
+/// gid 65534 (nobody), with CAP_NET_ADMIN alone kept in the effective and permitted
+/// sets (cli/src/privs.rs). Raw system calls: glibc's setresuid would change every
+/// thread of the test process.
+fn become_nobody_with_net_admin_in_this_thread() -> std::io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_NET_ADMIN: u32 = 12;
+    let mut h = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let d = [
+        Data {
+            effective: 1 << CAP_NET_ADMIN,
+            permitted: 1 << CAP_NET_ADMIN,
+            inheritable: 0,
+        },
+        Data::default(),
+    ];
+    // SAFETY: prctl, setresgid/setresuid and capset on this thread only, with the
+    // argument shapes the kernel ABI requires.
+    unsafe {
+        if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0
+            || libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534) != 0
+            || libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) != 0
+            || libc::syscall(libc::SYS_capset, &mut h as *mut Header, d.as_ptr()) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Echoes what each of `n` accepted connections sends until it ends, so a data
+/// connection stays up as long as its peer keeps it.
+fn echo_server(listener: TcpListener, n: usize) -> std::thread::JoinHandle<std::io::Result<()>> {
+    std::thread::spawn(move || {
+        let mut workers = Vec::new();
+        for _ in 0..n {
+            let (mut s, _) = listener.accept()?;
+            workers.push(std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+                let mut buf = [0u8; 256];
+                while let Ok(k) = s.read(&mut buf) {
+                    if k == 0 || s.write_all(&buf[..k]).is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        for w in workers {
+            let _ = w.join();
+        }
+        Ok(())
+    })
+}
+
+/// Opens a data connection to `to` and checks one echo on it.
+fn open_echo(to: SocketAddr) -> std::io::Result<TcpStream> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    echo(&mut s, b"hello")?;
+    Ok(s)
+}
+
+/// One echo round trip.
+fn echo(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    s.write_all(msg)?;
+    let mut buf = vec![0u8; msg.len()];
+    s.read_exact(&mut buf)?;
+    if buf != msg {
+        return Err(std::io::Error::other(format!("echo {buf:?} for {msg:?}")));
+    }
+    Ok(())
+}
+
+/// The conntrack entries of TCP connections to port `dport` in the router (their
+/// lines of `conntrack -L`).
+fn conntrack_to(topo: &Topology, dport: u16) -> Result<Vec<String>> {
+    let out = topo.exec(
+        Ns::Router,
+        "conntrack",
+        &["-L", "-p", "tcp"],
+        Duration::from_secs(10),
+    )?;
+    let want = format!("dport={dport} ");
+    Ok(out
+        .lines()
+        .filter(|l| {
+            l.split("src=")
+                .nth(1)
+                .is_some_and(|orig| orig.contains(&want))
+        })
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Whether a connection has ended: a write then a read fails or reads EOF within 5 s.
+fn ended(s: &mut TcpStream) -> bool {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = [0u8; 8];
+    match s.write_all(b"after").and_then(|()| s.read(&mut buf)) {
+        Ok(0) | Err(_) => true,
+        Ok(_) => false,
+    }
+}
+
+/// A session that ends on a reply desync must take its data connections with it:
+/// `kill_connections` deletes the conntrack entries of every connection its
+/// negotiations redirected (here a passive IPv4 one, and an active IPv6 one that
+/// replaced it), so those connections end, while another session's connection from
+/// the same client to the same server port goes on. The capability check is the
+/// daemon's: uid nobody with CAP_NET_ADMIN kept works, without it the kill is
+/// refused and changes nothing.
+#[test]
+fn kill_connections_ends_one_anchors_data_connections() -> Result<()> {
+    if !netns::is_root("kill_connections_ends_one_anchors_data_connections") {
+        return Ok(());
+    }
+    let topo = Topology::up("kc")?;
+    let cfg = Config {
+        pid: std::process::id(),
+        ..Config::default()
+    };
+    let mut b = topo
+        .in_ns(Ns::Router, || NftBackend::open(&cfg))?
+        .map_err(|e| check("open", e.to_string()))?;
+    let (s1, s2) = (
+        Anchor {
+            pid: cfg.pid,
+            session: 1,
+        },
+        Anchor {
+            pid: cfg.pid,
+            session: 2,
+        },
+    );
+    let (a4, a6) = (addrs4(), addrs6());
+    let port = 30028;
+    let srv4 = topo
+        .in_ns(Ns::Server, || {
+            TcpListener::bind(SocketAddr::new(a4.server, port))
+        })?
+        .map_err(netns::io_err("server listen"))?;
+    let _srv4 = echo_server(srv4, 2);
+
+    // Session 1, first negotiation: passive IPv4 on proxy port 50447.
+    b.commit(
+        &s1,
+        &data_rules(Mode::Passive, &a4, port, 50447, &cfg.rules),
+    )
+    .map_err(|e| check("s1 passive commit", e.to_string()))?;
+    let mut c1 = topo
+        .in_ns(Ns::Client, || {
+            open_echo(SocketAddr::new(a4.orig_server, 50447))
+        })?
+        .map_err(netns::io_err("s1 passive data connection"))?;
+    // Session 2, same client and server data port, proxy port 50448.
+    b.commit(
+        &s2,
+        &data_rules(Mode::Passive, &a4, port, 50448, &cfg.rules),
+    )
+    .map_err(|e| check("s2 passive commit", e.to_string()))?;
+    let mut c2 = topo
+        .in_ns(Ns::Client, || {
+            open_echo(SocketAddr::new(a4.orig_server, 50448))
+        })?
+        .map_err(netns::io_err("s2 passive data connection"))?;
+    // Session 1, second negotiation (replaces the first's elements): active EPRT over
+    // IPv6, the server connecting to the proxy's port 50500.
+    let cport = 40000;
+    let cli6 = topo
+        .in_ns(Ns::Client, || {
+            TcpListener::bind(SocketAddr::new(a6.client, cport))
+        })?
+        .map_err(netns::io_err("client listen"))?;
+    let _cli6 = echo_server(cli6, 1);
+    b.commit(
+        &s1,
+        &data_rules(Mode::ActiveEprt, &a6, cport, 50500, &cfg.rules),
+    )
+    .map_err(|e| check("s1 active commit", e.to_string()))?;
+    let mut c3 = topo
+        .in_ns(Ns::Server, || open_echo(SocketAddr::new(a6.proxy, 50500)))?
+        .map_err(netns::io_err("s1 active data connection"))?;
+    for dport in [50447, 50448, 50500] {
+        if conntrack_to(&topo, dport)?.is_empty() {
+            return Err(check(
+                format!("a conntrack entry to port {dport} before the kill"),
+                "",
+            ));
+        }
+    }
+
+    // Without CAP_NET_ADMIN the kill is refused, and nothing is deleted.
+    let res = std::thread::scope(|s| {
+        s.spawn(|| {
+            drop_net_admin_in_this_thread().map_err(netns::io_err("capset"))?;
+            Ok::<_, netns::NetnsError>(b.kill_connections(&s1))
+        })
+        .join()
+        .expect("thread")
+    })?;
+    if res != Err(FilterError::PermissionDenied) {
+        return Err(check(
+            "PermissionDenied without CAP_NET_ADMIN",
+            format!("{res:?}"),
+        ));
+    }
+    if conntrack_to(&topo, 50447)?.is_empty() {
+        return Err(check("the entry still there after a refused kill", ""));
+    }
+
+    // As the daemon runs after its drop: nobody, with CAP_NET_ADMIN.
+    let res = std::thread::scope(|s| {
+        s.spawn(|| {
+            become_nobody_with_net_admin_in_this_thread().map_err(netns::io_err("drop"))?;
+            Ok::<_, netns::NetnsError>(b.kill_connections(&s1))
+        })
+        .join()
+        .expect("thread")
+    })?;
+    res.map_err(|e| {
+        check(
+            "kill_connections as nobody with CAP_NET_ADMIN",
+            e.to_string(),
+        )
+    })?;
+    for dport in [50447, 50500] {
+        let left = conntrack_to(&topo, dport)?;
+        if !left.is_empty() {
+            return Err(check(
+                format!("no conntrack entry to port {dport} after the kill"),
+                left.join("\n"),
+            ));
+        }
+    }
+    assert!(
+        ended(&mut c1),
+        "session 1's passive data connection goes on after the kill"
+    );
+    assert!(
+        ended(&mut c3),
+        "session 1's active data connection goes on after the kill"
+    );
+    echo(&mut c2, b"still here").map_err(netns::io_err("session 2's connection after the kill"))?;
+    if conntrack_to(&topo, 50448)?.is_empty() {
+        return Err(check("session 2's conntrack entry kept", ""));
+    }
+    // A second kill finds nothing more and succeeds.
+    b.kill_connections(&s1)
+        .map_err(|e| check("a second kill", e.to_string()))?;
+    echo(&mut c2, b"and still").map_err(netns::io_err("session 2 after a second kill"))?;
+    // The kill may come after the session's last (empty) commit: the backend still
+    // knows what the session negotiated.
+    b.commit(&s2, &[])
+        .map_err(|e| check("s2 empty commit", e.to_string()))?;
+    b.kill_connections(&s2)
+        .map_err(|e| check("a kill after the last commit", e.to_string()))?;
+    let left = conntrack_to(&topo, 50448)?;
+    if !left.is_empty() {
+        return Err(check(
+            "no entry of session 2 after its kill",
+            left.join("\n"),
+        ));
+    }
+    assert!(
+        ended(&mut c2),
+        "session 2's data connection goes on after its kill"
+    );
+    drop((c1, c2, c3));
+    topo.in_ns(Ns::Router, || b.remove_all())?
         .map_err(|e| check("remove_all", e.to_string()))?;
     Ok(())
 }

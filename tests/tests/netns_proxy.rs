@@ -763,3 +763,97 @@ fn after_a_listing_passive_is_refused_unless_server_data_ports_bound_it() -> Res
     }
     lab.stop_proxy(&p)
 }
+
+#[test]
+fn a_reply_desync_removes_the_sessions_conntrack_entries() -> Result<()> {
+    if !netns::is_root("a_reply_desync_removes_the_sessions_conntrack_entries") {
+        return Ok(());
+    }
+    let mut lab = Lab::new("dk", AdminAccept::CtStatusDnat)?;
+    // `213 a` ends pure-ftpd's STAT -1 listing early; the names after it answer nothing.
+    std::fs::write(lab.home.join("213 a"), b"").map_err(netns::io_err("create `213 a`"))?;
+    let p = lab.start_proxy(&["-b", "0.0.0.0"], 8021)?;
+    let (ctl, data, port) = lab
+        .topo
+        .in_ns(
+            Ns::Client,
+            || -> std::io::Result<(BufReader<TcpStream>, TcpStream, u16)> {
+                let ctl = TcpStream::connect_timeout(
+                    &"198.51.100.10:21".parse().expect("addr"),
+                    Duration::from_secs(5),
+                )?;
+                ctl.set_read_timeout(Some(Duration::from_secs(10)))?;
+                let mut r = BufReader::new(ctl);
+                reply(&mut r)?;
+                command(&mut r, &format!("USER {}", netns::FTP_USER))?;
+                command(&mut r, &format!("PASS {}", netns::FTP_PASSWORD))?;
+                let pasv = command(&mut r, "PASV")?;
+                let n: Vec<u16> = pasv
+                    .split(['(', ')'])
+                    .nth(1)
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|x| x.trim().parse().ok())
+                    .collect();
+                if n.len() != 6 {
+                    return Err(std::io::Error::other(format!("unexpected 227: {pasv}")));
+                }
+                let port = n[4] * 256 + n[5];
+                let to = SocketAddr::new("198.51.100.10".parse().expect("addr"), port);
+                let data = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
+                Ok((r, data, port))
+            },
+        )?
+        .map_err(netns::io_err("a PASV data connection"))?;
+    let entry = |ct: &str| {
+        ct.lines().any(|l| {
+            l.contains("src=203.0.113.10 dst=198.51.100.10")
+                && l.contains(&format!("dport={port} "))
+        })
+    };
+    let ct = conntrack(&lab)?;
+    if !entry(&ct) {
+        return Err(check(
+            format!("a conntrack entry for the data connection to port {port}"),
+            ct,
+        ));
+    }
+    // The listing goes out of step: the session ends, and its translated data
+    // connection with it (left alone, its entry would stay for minutes).
+    let mut ctl = ctl;
+    ctl.get_mut()
+        .write_all(b"STAT -1 .\r\n")
+        .map_err(netns::io_err("send STAT"))?;
+    let mut rest = Vec::new();
+    let _ = ctl.read_to_end(&mut rest);
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = p.log_text();
+        if log.contains("server reply answers no command") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !log.contains("server reply answers no command") {
+        return Err(check(
+            "the session ended on a reply desync",
+            netns::tail(&log, 3000),
+        ));
+    }
+    let mut ct = String::new();
+    for _ in 0..20 {
+        ct = conntrack(&lab)?;
+        if !entry(&ct) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if entry(&ct) {
+        return Err(check(
+            format!("no conntrack entry for port {port} after the desync"),
+            format!("{ct}\n{}", netns::tail(&p.log_text(), 3000)),
+        ));
+    }
+    drop(data);
+    lab.stop_proxy(&p)
+}

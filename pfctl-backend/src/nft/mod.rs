@@ -14,7 +14,12 @@
 //! | rule from the core | elements |
 //! | --- | --- |
 //! | `pass in from A to B port P rdr-to C port Q` | `armN { A . B . P }`, `rdrN { A . B . P : C . Q }` |
-//! | `pass out from A to B port P nat-to C port L:H` | `natN { A . B . P : C . n }` |
+//! | `pass out from A to C port Q nat-to D port L:H` | `natN { A . C . Q . P : D . n }` |
+//!
+//! The nat key ends with the proxy port `P` of the rdr rule that redirects to the nat
+//! rule's destination, read in the packet path as `ct original proto-dst`: every
+//! negotiation has its own nat element, even two sessions from one client address
+//! that the server tells the same data port.
 //!
 //! `n` is the single port when `L == H` (20 with `-r` and PORT), otherwise a port the
 //! backend draws uniformly from `L..=H` (50001-65535). A port range as map data would
@@ -27,6 +32,17 @@
 //! `keep state (max 1)`, one negotiation lets exactly one connection through, and a
 //! second connection to the same proxy port is not redirected. Conntrack keeps the
 //! NAT binding, so removing elements mid-transfer does not disturb a transfer.
+//!
+//! # Ending a session's data connections
+//!
+//! [`Filter::kill_connections`] deletes the conntrack entries of the connections an
+//! anchor's rdr elements redirected, over the same socket (ctnetlink): one dump of the
+//! entries with the proxy's ct mark, then one delete per entry whose original tuple is
+//! `peer → target:proxy port` and whose reply comes from the rdr target. The backend
+//! remembers each anchor's redirects for that ([`crate::remembered`]), also for a
+//! while after its last commit. Without its entry, the connection's next packet is
+//! not translated and the connection ends (docs/linux.md, "Ending a session's data
+//! connections").
 //!
 //! # Table lifetime: one table per process, owned by its socket
 //!
@@ -75,8 +91,9 @@ use std::time::Duration;
 
 use ftp_proxy_core::{Config, Direction, Family, RuleLog, Translate};
 
+use crate::remembered::Remembered;
 use crate::{Anchor, Filter, FilterError, Rule};
-use msg::{addr_port, key, key_parts, Element};
+use msg::{addr_port, addr_port_parts, key, key_parts, nat_key, CtEntry, Element};
 pub use msg::{parse_table_dump, DumpPart, TableInfo};
 use socket::{BatchError, NlSocket};
 
@@ -191,8 +208,52 @@ pub struct NftBackend {
     owner: bool,
     /// What each anchor holds now, to destroy it at the next commit.
     anchors: HashMap<Anchor, Vec<Element>>,
+    /// What [`Filter::kill_connections`] looks for in conntrack.
+    redirects: Remembered<Redirect>,
     /// xorshift64* state for NAT source ports.
     rng: u64,
+}
+
+/// One negotiation's redirect, from its rdr element: connections from `from` to
+/// `to:proxy_port` DNATed to `target:target_port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Redirect {
+    from: IpAddr,
+    to: IpAddr,
+    proxy_port: u16,
+    target: IpAddr,
+    target_port: u16,
+}
+
+impl Redirect {
+    /// The redirect of an rdr element; `None` for the other sets.
+    fn of(e: &Element) -> Option<Redirect> {
+        if !e.set.starts_with("rdr") {
+            return None;
+        }
+        let (from, to, proxy_port) = key_parts(&e.key)?;
+        let (target, target_port) = addr_port_parts(e.data.as_deref()?)?;
+        Some(Redirect {
+            from,
+            to,
+            proxy_port,
+            target,
+            target_port,
+        })
+    }
+
+    /// Whether conntrack entry `e` is a connection this redirect DNATed: its first
+    /// packet went from `from` to `to:proxy_port` (TCP), and the answers come from
+    /// the target.
+    fn redirected(&self, e: &CtEntry) -> bool {
+        let (o, r) = (&e.orig, &e.reply);
+        o.proto == libc::IPPROTO_TCP as u8
+            && o.src == self.from
+            && o.dst == self.to
+            && o.dport == self.proxy_port
+            && r.src == self.target
+            && r.sport == self.target_port
+    }
 }
 
 impl std::fmt::Debug for NftBackend {
@@ -283,6 +344,7 @@ impl NftBackend {
             sock,
             owner,
             anchors: HashMap::new(),
+            redirects: Remembered::default(),
             rng: seed(),
         })
     }
@@ -330,10 +392,8 @@ impl Filter for NftBackend {
 
     fn commit(&mut self, anchor: &Anchor, rules: &[Rule]) -> Result<(), FilterError> {
         let mut new = Vec::with_capacity(rules.len() * 2);
-        for r in rules {
-            let mut random = || self.next_random();
-            elements(r, &mut random, &mut new)?;
-        }
+        let mut random = || self.next_random();
+        elements(rules, &mut random, &mut new)?;
         let old = self.anchors.get(anchor).map(Vec::as_slice).unwrap_or(&[]);
         if old.is_empty() && new.is_empty() {
             return Ok(()); // a session that never negotiated: nothing to do
@@ -369,7 +429,10 @@ impl Filter for NftBackend {
                 }
                 if new.is_empty() {
                     self.anchors.remove(anchor);
+                    self.redirects.retire(anchor);
                 } else {
+                    self.redirects
+                        .add(anchor, new.iter().filter_map(Redirect::of));
                     self.anchors.insert(*anchor, new);
                 }
                 Ok(())
@@ -382,6 +445,8 @@ impl Filter for NftBackend {
                 // No answer: the batch may or may not have been applied. Remember both
                 // the old and the new elements, so the next commit's (idempotent)
                 // destroys cover whichever is in force, and nothing leaks.
+                self.redirects
+                    .add(anchor, new.iter().filter_map(Redirect::of));
                 let entry = self.anchors.entry(*anchor).or_default();
                 for e in new {
                     if !entry.contains(&e) {
@@ -405,25 +470,155 @@ impl Filter for NftBackend {
         };
         if res.is_ok() {
             self.anchors.clear();
+            self.redirects.clear();
         }
         res
     }
+
+    /// Deletes the conntrack entries of the connections `anchor`'s negotiations
+    /// redirected (its last [`MAX_PER_ANCHOR`](crate::remembered::MAX_PER_ANCHOR)
+    /// negotiations, while the session lives and for the
+    /// [`MAX_ENDED`](crate::remembered::MAX_ENDED) sessions that ended last): one dump of the entries
+    /// with the proxy's mark, then one `IPCTNL_MSG_CT_DELETE` per match, by original
+    /// tuple and id. A connection whose entry is gone is no longer translated: its
+    /// next packet goes to the untranslated address (and is refused or reset there),
+    /// or the admin's forward policy drops it. An anchor with no redirects costs no
+    /// system call. Errors: `PermissionDenied` without CAP_NET_ADMIN (the daemon keeps
+    /// it for this backend); on a failed delete the others are still tried and the
+    /// first error is returned.
+    fn kill_connections(&mut self, anchor: &Anchor) -> Result<(), FilterError> {
+        let list = self.redirects.of(anchor).to_vec();
+        if list.is_empty() {
+            return Ok(()); // nothing negotiated, or forgotten (see MAX_ENDED)
+        }
+        let entries = self
+            .sock
+            .conntrack(self.opts.mark)
+            .map_err(|e| conntrack_error(e, "listing the entries"))?;
+        let mut killed = 0usize;
+        let mut first_error = None;
+        for e in entries
+            .iter()
+            .filter(|e| list.iter().any(|r| r.redirected(e)))
+        {
+            match self.sock.delete_conntrack(e) {
+                Ok(()) => killed += 1,
+                Err(err) => {
+                    first_error.get_or_insert(conntrack_error(err, "deleting an entry"));
+                }
+            }
+        }
+        if killed > 0 {
+            log::info!(
+                "#{} ended {killed} data connection(s) of the session (conntrack entries deleted)",
+                anchor.session
+            );
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let current: Vec<Redirect> = self
+            .anchors
+            .get(anchor)
+            .into_iter()
+            .flatten()
+            .filter_map(Redirect::of)
+            .collect();
+        self.redirects.killed(anchor, &current);
+        Ok(())
+    }
 }
 
-/// The elements for one rule (two for rdr-to, one for nat-to). IPv4-mapped IPv6
-/// addresses (from a dual-stack listener) are unmapped first, or the elements would
-/// land in the IPv6 maps and never match an IPv4 packet. `random` draws NAT ports.
+/// The elements for the rules of one commit: `armN` and `rdrN` for each rdr-to rule,
+/// and one `natN` element for each nat-to rule and each rdr-to rule of the commit that
+/// redirects to the nat rule's destination (in practice one: the core commits a
+/// negotiation's rdr-to and nat-to rules together). The nat key ends with that
+/// redirect's proxy port, the connection's original destination port, so two
+/// negotiations never share a nat element. IPv4-mapped IPv6 addresses (from a
+/// dual-stack listener) are unmapped first, or the elements would land in the IPv6
+/// maps and never match an IPv4 packet. `random` draws NAT ports.
 fn elements(
-    r: &Rule,
+    rules: &[Rule],
     random: &mut dyn FnMut() -> u64,
     out: &mut Vec<Element>,
 ) -> Result<(), FilterError> {
+    // (from, redirect address, redirect port, proxy port) of every rdr-to rule.
+    let mut redirects = Vec::new();
+    for r in rules {
+        let (from, _, _) = checked(r)?;
+        if let (Direction::In, Translate::RdrTo { addr, port }) = (r.direction, r.translate) {
+            redirects.push((from, addr.to_canonical(), port, r.port));
+        }
+    }
+    for r in rules {
+        let (from, to, fam) = checked(r)?;
+        let (arm, rdr, nat) = match fam {
+            Family::Inet => ("arm4", "rdr4", "nat4"),
+            Family::Inet6 => ("arm6", "rdr6", "nat6"),
+        };
+        match (r.direction, r.translate) {
+            (Direction::In, Translate::RdrTo { addr, port }) => {
+                let addr = addr.to_canonical();
+                if Family::of(addr) != fam || port == 0 || addr.is_unspecified() {
+                    return Err(einval(libc::EINVAL, "bad rdr-to target", r));
+                }
+                let k = key(from, to, r.port);
+                out.push(Element {
+                    set: arm,
+                    key: k.clone(),
+                    data: None,
+                });
+                out.push(Element {
+                    set: rdr,
+                    key: k,
+                    data: Some(addr_port(addr, port)),
+                });
+            }
+            (Direction::Out, Translate::NatTo { addr, ports }) => {
+                let addr = addr.to_canonical();
+                if Family::of(addr) != fam || ports.low == 0 || ports.high < ports.low {
+                    return Err(einval(libc::EINVAL, "bad nat-to target", r));
+                }
+                let proxy_ports: Vec<u16> = redirects
+                    .iter()
+                    .filter(|&&(f, a, p, _)| f == from && a == to && p == r.port)
+                    .map(|&(_, _, _, pp)| pp)
+                    .collect();
+                if proxy_ports.is_empty() {
+                    return Err(FilterError::Unsupported(format!(
+                        "a nat-to rule without the rdr-to rule that redirects to it \
+                         (the nftables backend keys NAT by the proxy port): {r}"
+                    )));
+                }
+                let port = if ports.low == ports.high {
+                    ports.low
+                } else {
+                    let span = u64::from(ports.high - ports.low) + 1;
+                    ports.low + (random() % span) as u16
+                };
+                for pp in proxy_ports {
+                    out.push(Element {
+                        set: nat,
+                        key: nat_key(from, to, r.port, pp),
+                        data: Some(addr_port(addr, port)),
+                    });
+                }
+            }
+            _ => {
+                return Err(FilterError::Unsupported(format!(
+                    "rule shape the nftables backend does not know: {r}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The checks every rule must pass: `(from, to, family)` with mapped addresses
+/// unmapped, or why nftables cannot hold the rule.
+fn checked(r: &Rule) -> Result<(IpAddr, IpAddr, Family), FilterError> {
     let (from, to) = (r.from.to_canonical(), r.to.to_canonical());
     let fam = Family::of(from);
-    let (arm, rdr, nat) = match fam {
-        Family::Inet => ("arm4", "rdr4", "nat4"),
-        Family::Inet6 => ("arm6", "rdr6", "nat6"),
-    };
     if Family::of(to) != fam {
         return Err(einval(
             libc::EPROTONOSUPPORT,
@@ -444,48 +639,7 @@ fn elements(
     if r.port == 0 || from.is_unspecified() || to.is_unspecified() {
         return Err(einval(libc::EINVAL, "zero address or port", r));
     }
-    let k = key(from, to, r.port);
-    match (r.direction, r.translate) {
-        (Direction::In, Translate::RdrTo { addr, port }) => {
-            let addr = addr.to_canonical();
-            if Family::of(addr) != fam || port == 0 || addr.is_unspecified() {
-                return Err(einval(libc::EINVAL, "bad rdr-to target", r));
-            }
-            out.push(Element {
-                set: arm,
-                key: k.clone(),
-                data: None,
-            });
-            out.push(Element {
-                set: rdr,
-                key: k,
-                data: Some(addr_port(addr, port)),
-            });
-        }
-        (Direction::Out, Translate::NatTo { addr, ports }) => {
-            let addr = addr.to_canonical();
-            if Family::of(addr) != fam || ports.low == 0 || ports.high < ports.low {
-                return Err(einval(libc::EINVAL, "bad nat-to target", r));
-            }
-            let port = if ports.low == ports.high {
-                ports.low
-            } else {
-                let span = u64::from(ports.high - ports.low) + 1;
-                ports.low + (random() % span) as u16
-            };
-            out.push(Element {
-                set: nat,
-                key: k,
-                data: Some(addr_port(addr, port)),
-            });
-        }
-        _ => {
-            return Err(FilterError::Unsupported(format!(
-                "rule shape the nftables backend does not know: {r}"
-            )))
-        }
-    }
-    Ok(())
+    Ok((from, to, fam))
 }
 
 /// Maps a failed batch to the core's error: EBUSY is `Busy` (the core retries once),
@@ -510,6 +664,23 @@ fn batch_error(e: BatchError, first_seq: u32, what: &[String], table: &str) -> F
             }
         }
         BatchError::Io(e) => io_error("netlink", &e),
+    }
+}
+
+/// Maps a failed conntrack request as [`batch_error`] does, saying what was asked.
+fn conntrack_error(e: BatchError, what: &str) -> FilterError {
+    match e {
+        BatchError::Kernel { errno, .. } if errno == libc::EPERM || errno == libc::EACCES => {
+            FilterError::PermissionDenied
+        }
+        BatchError::Kernel { errno, .. } => FilterError::Other {
+            errno,
+            text: format!(
+                "{} (conntrack: {what})",
+                std::io::Error::from_raw_os_error(errno)
+            ),
+        },
+        BatchError::Io(e) => io_error(&format!("conntrack: {what}"), &e),
     }
 }
 
@@ -746,9 +917,7 @@ mod tests {
     fn all_elements(rules: &[Rule], random: u64) -> Result<Vec<Element>, FilterError> {
         let mut out = Vec::new();
         let mut rng = || random;
-        for r in rules {
-            elements(r, &mut rng, &mut out)?;
-        }
+        elements(rules, &mut rng, &mut out)?;
         Ok(out)
     }
 
@@ -766,7 +935,7 @@ mod tests {
         assert_eq!(e[0].data, None);
         assert_eq!(e[1].key, e[0].key);
         assert_eq!(e[1].data, Some(addr_port(server, 30028)));
-        assert_eq!(e[2].key, key(client, server, 30028));
+        assert_eq!(e[2].key, nat_key(client, server, 30028, 50447));
         // 50001 + 7 % 15535: the drawn port lies in pfctl's NAT range.
         assert_eq!(
             e[2].data,
@@ -840,5 +1009,73 @@ mod tests {
             Err(FilterError::Other { errno, .. }) => assert_eq!(errno, libc::EINVAL),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn nat_keys_carry_the_proxy_port_and_need_their_redirect() {
+        use ftp_proxy_core::{data_rules, Mode};
+        let a = addrs("203.0.113.10", "198.51.100.10", "198.51.100.1");
+        let o = RuleOptions::default();
+        // Two negotiations from one client to the same server data port: their nat
+        // elements differ by the proxy port, so they can coexist.
+        let one = all_elements(&data_rules(Mode::Passive, &a, 30028, 50447, &o), 0).unwrap();
+        let two = all_elements(&data_rules(Mode::Passive, &a, 30028, 50448, &o), 0).unwrap();
+        assert_eq!(one[2].set, "nat4");
+        assert_ne!(one[2].key, two[2].key);
+        assert_eq!(&one[2].key[..12], &two[2].key[..12]);
+        // Active: the nat key is server . client . client port . proxy port.
+        let act = all_elements(&data_rules(Mode::ActiveEprt, &a, 40000, 50500, &o), 0).unwrap();
+        let (server, client): (IpAddr, IpAddr) = (
+            "198.51.100.10".parse().unwrap(),
+            "203.0.113.10".parse().unwrap(),
+        );
+        assert_eq!(act[2].key, nat_key(server, client, 40000, 50500));
+        // A nat-to rule alone has no proxy port to key on.
+        let r = data_rules(Mode::Passive, &a, 30028, 50447, &o);
+        assert!(matches!(
+            all_elements(&r[1..], 0),
+            Err(FilterError::Unsupported(m)) if m.contains("without the rdr-to rule")
+        ));
+    }
+
+    fn ct(orig: (&str, &str, u16, u16), reply: (&str, &str, u16, u16)) -> CtEntry {
+        let t = |(s, d, sp, dp): (&str, &str, u16, u16)| msg::CtTuple {
+            src: s.parse().unwrap(),
+            dst: d.parse().unwrap(),
+            proto: 6,
+            sport: sp,
+            dport: dp,
+        };
+        CtEntry {
+            orig: t(orig),
+            reply: t(reply),
+            id: Some(1),
+            zone: None,
+        }
+    }
+
+    #[test]
+    fn a_redirect_recognises_the_connections_it_dnated() {
+        use ftp_proxy_core::{data_rules, Mode};
+        let a = addrs("203.0.113.10", "198.51.100.10", "198.51.100.1");
+        let e = all_elements(
+            &data_rules(Mode::Passive, &a, 30028, 50447, &RuleOptions::default()),
+            0,
+        )
+        .unwrap();
+        let rs: Vec<Redirect> = e.iter().filter_map(Redirect::of).collect();
+        assert_eq!(rs.len(), 1, "only the rdr element describes a redirect");
+        let r = rs[0];
+        let c = ("203.0.113.10", "198.51.100.10", 37544, 50447);
+        let answer = ("198.51.100.10", "198.51.100.1", 30028, 63155);
+        assert!(r.redirected(&ct(c, answer)));
+        // Another session's proxy port, a connection that was not DNATed, another
+        // client, UDP: not this redirect's.
+        assert!(!r.redirected(&ct((c.0, c.1, c.2, 50448), answer)));
+        assert!(!r.redirected(&ct(c, ("198.51.100.10", "203.0.113.10", 50447, 37544))));
+        assert!(!r.redirected(&ct(("203.0.113.11", c.1, c.2, c.3), answer)));
+        let mut udp = ct(c, answer);
+        udp.orig.proto = 17;
+        assert!(!r.redirected(&udp));
     }
 }

@@ -61,7 +61,8 @@ pub(crate) const fn align4(n: usize) -> usize {
 pub(crate) struct Element {
     /// `rdr4`, `nat6`, `arm4`, ...
     pub set: &'static str,
-    /// Concatenated key `addr . addr . port`, each field padded to 4 bytes.
+    /// Concatenated key `addr . addr . port` (`. port` more for the nat maps), each
+    /// field padded to 4 bytes.
     pub key: Vec<u8>,
     /// Concatenated map data `addr . port`; `None` for the arm sets.
     pub data: Option<Vec<u8>>,
@@ -89,6 +90,15 @@ pub(crate) fn key(from: IpAddr, to: IpAddr, port: u16) -> Vec<u8> {
     put_addr(&mut k, from);
     put_addr(&mut k, to);
     put_port(&mut k, port);
+    k
+}
+
+/// The nat maps' key `from . to . port . orig_port`, where `orig_port` is the
+/// destination port the connection had before DNAT (`ct original proto-dst`): the
+/// proxy port of the negotiation that redirected it (16 bytes for IPv4, 40 for IPv6).
+pub(crate) fn nat_key(from: IpAddr, to: IpAddr, port: u16, orig_port: u16) -> Vec<u8> {
+    let mut k = key(from, to, port);
+    put_port(&mut k, orig_port);
     k
 }
 
@@ -471,6 +481,281 @@ pub(crate) fn parse_acks(mut buf: &[u8]) -> Vec<Ack> {
     acks
 }
 
+// ---- ctnetlink: the conntrack entries of the data connections ------------------------
+//
+// Constants from `<linux/netfilter/nfnetlink_conntrack.h>` and `<linux/netfilter/nfnetlink.h>`.
+
+/// `NFNL_SUBSYS_CTNETLINK`: conntrack messages on the same `NETLINK_NETFILTER` socket.
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_NEW: u16 = 0;
+const IPCTNL_MSG_CT_GET: u16 = 1;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_MARK: u16 = 8;
+const CTA_ID: u16 = 12;
+const CTA_ZONE: u16 = 18;
+const CTA_MARK_MASK: u16 = 21;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
+/// `NLA_F_NET_BYTEORDER`: a flag bit of the attribute type, not part of it.
+const NLA_F_NET_BYTEORDER: u16 = 0x4000;
+/// `AF_INET` and `AF_INET6` as `nfgenmsg` families.
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// The message type of a ctnetlink message.
+const fn ct_type(msg: u16) -> u16 {
+    (NFNL_SUBSYS_CTNETLINK << 8) | msg
+}
+
+/// One direction of a conntrack entry: who sent to whom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CtTuple {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// `IPPROTO_*`.
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// A conntrack entry as a dump describes it: enough to recognise a data connection
+/// and to delete exactly this entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CtEntry {
+    /// The original direction (the first packet's addresses, before any NAT).
+    pub orig: CtTuple,
+    /// The reply direction (after NAT: the DNAT target is its source).
+    pub reply: CtTuple,
+    /// `CTA_ID`: the entry's id, so a delete cannot hit a newer entry with the same tuple.
+    pub id: Option<u32>,
+    /// `CTA_ZONE`, when the entry has one.
+    pub zone: Option<u16>,
+}
+
+/// The request for a dump of the conntrack entries with mark `mark`, every family
+/// (`IPCTNL_MSG_CT_GET` with `NLM_F_DUMP`, filtered in the kernel by
+/// `CTA_MARK`/`CTA_MARK_MASK`).
+pub(crate) fn ct_dump_request(seq: u32, mark: u32) -> Vec<u8> {
+    let mut b = Batch {
+        buf: Vec::with_capacity(40),
+        next_seq: seq,
+        first_seq: seq,
+    };
+    let at = b.begin_msg(
+        ct_type(IPCTNL_MSG_CT_GET),
+        NLM_F_REQUEST | NLM_F_DUMP,
+        NFPROTO_UNSPEC,
+        0,
+    );
+    b.attr_be32(CTA_MARK, mark);
+    b.attr_be32(CTA_MARK_MASK, u32::MAX);
+    b.end_msg(at);
+    b.buf
+}
+
+/// The request to delete entry `e` (`IPCTNL_MSG_CT_DELETE`, acked): its original
+/// tuple, zone and id. The kernel answers ENOENT when it is gone already.
+pub(crate) fn ct_delete_request(seq: u32, e: &CtEntry) -> Vec<u8> {
+    let mut b = Batch {
+        buf: Vec::with_capacity(96),
+        next_seq: seq,
+        first_seq: seq,
+    };
+    let family = if e.orig.src.is_ipv4() {
+        AF_INET
+    } else {
+        AF_INET6
+    };
+    let at = b.begin_msg(
+        ct_type(IPCTNL_MSG_CT_DELETE),
+        NLM_F_REQUEST | NLM_F_ACK,
+        family,
+        0,
+    );
+    let t = b.nest_start(CTA_TUPLE_ORIG);
+    let ip = b.nest_start(CTA_TUPLE_IP);
+    match (e.orig.src, e.orig.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            b.attr(CTA_IP_V4_SRC, &s.octets());
+            b.attr(CTA_IP_V4_DST, &d.octets());
+        }
+        (s, d) => {
+            b.attr(CTA_IP_V6_SRC, &v6_octets(s));
+            b.attr(CTA_IP_V6_DST, &v6_octets(d));
+        }
+    }
+    b.nest_end(ip);
+    let p = b.nest_start(CTA_TUPLE_PROTO);
+    b.attr(CTA_PROTO_NUM, &[e.orig.proto]);
+    b.attr(CTA_PROTO_SRC_PORT, &e.orig.sport.to_be_bytes());
+    b.attr(CTA_PROTO_DST_PORT, &e.orig.dport.to_be_bytes());
+    b.nest_end(p);
+    b.nest_end(t);
+    if let Some(zone) = e.zone {
+        b.attr(CTA_ZONE, &zone.to_be_bytes());
+    }
+    if let Some(id) = e.id {
+        b.attr_be32(CTA_ID, id);
+    }
+    b.end_msg(at);
+    b.buf
+}
+
+fn v6_octets(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// What one datagram of a conntrack dump held.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct CtDumpPart {
+    /// The entries described in it (those with both tuples complete).
+    pub entries: Vec<CtEntry>,
+    /// As [`DumpPart::end`].
+    pub end: Option<i32>,
+}
+
+/// Parses one datagram of the answer to [`ct_dump_request`] for `seq`, as
+/// [`parse_table_dump`] does for tables: other sequence numbers and unknown
+/// attributes are skipped, a truncated message ends parsing.
+pub(crate) fn parse_ct_dump(mut buf: &[u8], seq: u32) -> CtDumpPart {
+    let mut part = CtDumpPart::default();
+    while buf.len() >= NLMSG_HDRLEN {
+        let len = u32::from_ne_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
+        let ty = u16::from_ne_bytes(buf[4..6].try_into().expect("2 bytes"));
+        let mseq = u32::from_ne_bytes(buf[8..12].try_into().expect("4 bytes"));
+        if len < NLMSG_HDRLEN || len > buf.len() {
+            break;
+        }
+        let body = &buf[NLMSG_HDRLEN..len];
+        buf = &buf[align4(len).min(buf.len())..];
+        if mseq != seq {
+            continue;
+        }
+        match ty {
+            NLMSG_DONE => {
+                part.end = Some(0);
+                break;
+            }
+            NLMSG_ERROR if body.len() >= 4 => {
+                let err = i32::from_ne_bytes(body[0..4].try_into().expect("4 bytes"));
+                part.end = Some(err.saturating_neg());
+                break;
+            }
+            t if t == ct_type(IPCTNL_MSG_CT_NEW) && body.len() >= 4 => {
+                if let Some(e) = parse_ct_entry(&body[4..]) {
+                    part.entries.push(e);
+                }
+            }
+            _ => {}
+        }
+    }
+    part
+}
+
+/// The attributes of a nest (or of a message after its fixed header), as
+/// `(type, payload)`; stops at the first truncated one.
+fn nla_iter(mut attrs: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if attrs.len() < 4 {
+            return None;
+        }
+        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+        let ty = u16::from_ne_bytes([attrs[2], attrs[3]]) & !(NLA_F_NESTED | NLA_F_NET_BYTEORDER);
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        let v = &attrs[4..len];
+        attrs = &attrs[align4(len).min(attrs.len())..];
+        Some((ty, v))
+    })
+}
+
+fn parse_ct_entry(attrs: &[u8]) -> Option<CtEntry> {
+    let (mut orig, mut reply, mut id, mut zone) = (None, None, None, None);
+    for (ty, v) in nla_iter(attrs) {
+        match ty {
+            CTA_TUPLE_ORIG => orig = parse_ct_tuple(v),
+            CTA_TUPLE_REPLY => reply = parse_ct_tuple(v),
+            CTA_ID if v.len() == 4 => id = Some(u32::from_be_bytes(v.try_into().ok()?)),
+            CTA_ZONE if v.len() == 2 => zone = Some(u16::from_be_bytes(v.try_into().ok()?)),
+            _ => {}
+        }
+    }
+    Some(CtEntry {
+        orig: orig?,
+        reply: reply?,
+        id,
+        zone,
+    })
+}
+
+fn parse_ct_tuple(attrs: &[u8]) -> Option<CtTuple> {
+    let (mut src, mut dst, mut proto, mut sport, mut dport) = (None, None, None, None, None);
+    for (ty, v) in nla_iter(attrs) {
+        match ty {
+            CTA_TUPLE_IP => {
+                for (ty, a) in nla_iter(v) {
+                    let addr = match a.len() {
+                        4 => IpAddr::from(<[u8; 4]>::try_from(a).ok()?),
+                        16 => IpAddr::from(<[u8; 16]>::try_from(a).ok()?),
+                        _ => continue,
+                    };
+                    match ty {
+                        CTA_IP_V4_SRC | CTA_IP_V6_SRC => src = Some(addr),
+                        CTA_IP_V4_DST | CTA_IP_V6_DST => dst = Some(addr),
+                        _ => {}
+                    }
+                }
+            }
+            CTA_TUPLE_PROTO => {
+                for (ty, p) in nla_iter(v) {
+                    match (ty, p.len()) {
+                        (CTA_PROTO_NUM, 1) => proto = Some(p[0]),
+                        (CTA_PROTO_SRC_PORT, 2) => sport = Some(u16::from_be_bytes([p[0], p[1]])),
+                        (CTA_PROTO_DST_PORT, 2) => dport = Some(u16::from_be_bytes([p[0], p[1]])),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(CtTuple {
+        src: src?,
+        dst: dst?,
+        proto: proto?,
+        sport: sport.unwrap_or(0),
+        dport: dport.unwrap_or(0),
+    })
+}
+
+/// The fields of map data `addr . port` ([`addr_port`]); `None` for any other length.
+pub(crate) fn addr_port_parts(d: &[u8]) -> Option<(IpAddr, u16)> {
+    match d.len() {
+        8 => Some((
+            IpAddr::from(<[u8; 4]>::try_from(&d[0..4]).ok()?),
+            u16::from_be_bytes([d[4], d[5]]),
+        )),
+        20 => Some((
+            IpAddr::from(<[u8; 16]>::try_from(&d[0..16]).ok()?),
+            u16::from_be_bytes([d[16], d[17]]),
+        )),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,6 +795,19 @@ mod tests {
     fn ipv4_key_is_twelve_bytes_with_padded_port() {
         let k = key(v4("203.0.113.10"), v4("198.51.100.10"), 50447);
         assert_eq!(k, [203, 0, 113, 10, 198, 51, 100, 10, 0xc5, 0x0f, 0, 0]);
+    }
+
+    #[test]
+    fn nat_key_appends_the_original_destination_port() {
+        let k = nat_key(v4("203.0.113.10"), v4("198.51.100.10"), 30028, 50447);
+        assert_eq!(
+            k,
+            [203, 0, 113, 10, 198, 51, 100, 10, 0x75, 0x4c, 0, 0, 0xc5, 0x0f, 0, 0]
+        );
+        let v6 = v4("2001:db8::1");
+        assert_eq!(nat_key(v6, v6, 21, 50000).len(), 40);
+        // Not an arm/rdr key: key_parts refuses it.
+        assert_eq!(key_parts(&k), None);
     }
 
     #[test]
@@ -741,5 +1039,177 @@ mod tests {
                 errno: i32::MAX
             }]
         );
+    }
+
+    fn tuple(src: &str, dst: &str, sport: u16, dport: u16) -> CtTuple {
+        CtTuple {
+            src: v4(src),
+            dst: v4(dst),
+            proto: 6,
+            sport,
+            dport,
+        }
+    }
+
+    /// A conntrack entry message as the kernel sends it in a dump (the attributes the
+    /// parser reads, plus ones it skips).
+    fn ct_msg(seq: u32, e: &CtEntry) -> Vec<u8> {
+        let mut b = Batch::new(0);
+        b.buf.clear();
+        b.buf
+            .extend_from_slice(&[if e.orig.src.is_ipv4() { 2 } else { 10 }, 0, 0, 0]);
+        for (ty, t) in [(CTA_TUPLE_ORIG, e.orig), (CTA_TUPLE_REPLY, e.reply)] {
+            let n = b.nest_start(ty);
+            let ip = b.nest_start(CTA_TUPLE_IP);
+            match (t.src, t.dst) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => {
+                    b.attr(CTA_IP_V4_SRC, &s.octets());
+                    b.attr(CTA_IP_V4_DST, &d.octets());
+                }
+                (s, d) => {
+                    b.attr(CTA_IP_V6_SRC, &v6_octets(s));
+                    b.attr(CTA_IP_V6_DST, &v6_octets(d));
+                }
+            }
+            b.nest_end(ip);
+            let p = b.nest_start(CTA_TUPLE_PROTO);
+            b.attr(CTA_PROTO_NUM, &[t.proto]);
+            b.attr(CTA_PROTO_SRC_PORT, &t.sport.to_be_bytes());
+            b.attr(CTA_PROTO_DST_PORT, &t.dport.to_be_bytes());
+            b.nest_end(p);
+            b.nest_end(n);
+        }
+        b.attr_be32(3, 0x1b8); // CTA_STATUS: skipped
+        b.attr_be32(CTA_MARK, 0xf7f7);
+        if let Some(id) = e.id {
+            b.attr_be32(CTA_ID, id);
+        }
+        if let Some(z) = e.zone {
+            b.attr(CTA_ZONE, &z.to_be_bytes());
+        }
+        nlmsg(ct_type(IPCTNL_MSG_CT_NEW), seq, &b.buf)
+    }
+
+    #[test]
+    fn ct_dump_request_filters_by_mark() {
+        let r = ct_dump_request(9, 0xf7f7);
+        assert_eq!(u32_at(&r, 0) as usize, r.len());
+        assert_eq!(u16_at(&r, 4), (1 << 8) | 1, "ctnetlink IPCTNL_MSG_CT_GET");
+        assert_eq!(u16_at(&r, 6), 0x1 | 0x300);
+        assert_eq!(u32_at(&r, 8), 9);
+        assert_eq!(&r[16..20], &[0, 0, 0, 0], "every family");
+        // CTA_MARK then CTA_MARK_MASK, big-endian.
+        assert_eq!(&r[20..28], &[8, 0, 8, 0, 0, 0, 0xf7, 0xf7]);
+        assert_eq!(&r[28..36], &[8, 0, 21, 0, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(r.len(), 36);
+    }
+
+    #[test]
+    fn ct_delete_request_names_tuple_zone_and_id() {
+        let e = CtEntry {
+            orig: tuple("203.0.113.10", "198.51.100.10", 37544, 50447),
+            reply: tuple("198.51.100.10", "198.51.100.1", 30028, 63155),
+            id: Some(0xdead_beef),
+            zone: Some(7),
+        };
+        let m = ct_delete_request(5, &e);
+        assert_eq!(u32_at(&m, 0) as usize, m.len());
+        assert_eq!(
+            u16_at(&m, 4),
+            (1 << 8) | 2,
+            "ctnetlink IPCTNL_MSG_CT_DELETE"
+        );
+        assert_eq!(u16_at(&m, 6), 0x1 | 0x4);
+        assert_eq!(m[16], 2, "AF_INET");
+        let expected: Vec<u8> = [
+            // CTA_TUPLE_ORIG (nested): 4 + IP(4 + 8 + 8) + PROTO(4 + 8 + 8 + 8) = 52
+            &[52u8, 0, 1, 0x80][..],
+            &[20, 0, 1, 0x80],
+            &[8, 0, 1, 0, 203, 0, 113, 10],
+            &[8, 0, 2, 0, 198, 51, 100, 10],
+            &[28, 0, 2, 0x80],
+            &[5, 0, 1, 0, 6, 0, 0, 0],
+            &[6, 0, 2, 0, 0x92, 0xa8, 0, 0],
+            &[6, 0, 3, 0, 0xc5, 0x0f, 0, 0],
+            // CTA_ZONE, CTA_ID
+            &[6, 0, 18, 0, 0, 7, 0, 0],
+            &[8, 0, 12, 0, 0xde, 0xad, 0xbe, 0xef],
+        ]
+        .concat();
+        assert_eq!(&m[20..], &expected[..]);
+        let v6 = CtEntry {
+            orig: CtTuple {
+                src: v4("2001:db8:2::10"),
+                dst: v4("2001:db8:2::1"),
+                ..e.orig
+            },
+            id: None,
+            zone: None,
+            ..e
+        };
+        let m = ct_delete_request(6, &v6);
+        assert_eq!(m[16], 10, "AF_INET6");
+        assert_eq!(m.len(), 20 + 4 + (4 + 20 + 20) + 28);
+    }
+
+    #[test]
+    fn parses_a_conntrack_dump() {
+        let a = CtEntry {
+            orig: tuple("203.0.113.10", "198.51.100.10", 37544, 50447),
+            reply: tuple("198.51.100.10", "198.51.100.1", 30028, 63155),
+            id: Some(42),
+            zone: None,
+        };
+        let b6 = CtEntry {
+            orig: CtTuple {
+                src: v4("2001:db8:2::10"),
+                dst: v4("2001:db8:2::1"),
+                proto: 6,
+                sport: 41000,
+                dport: 50500,
+            },
+            reply: CtTuple {
+                src: v4("2001:db8:1::10"),
+                dst: v4("2001:db8:2::10"),
+                proto: 6,
+                sport: 40000,
+                dport: 61000,
+            },
+            id: Some(43),
+            zone: Some(3),
+        };
+        let mut d = ct_msg(9, &a);
+        d.extend(ct_msg(9, &b6));
+        d.extend(ct_msg(8, &a)); // another request's answer
+        let part = parse_ct_dump(&d, 9);
+        assert_eq!(part.entries, [a, b6]);
+        assert_eq!(part.end, None);
+        d.extend(nlmsg(NLMSG_DONE, 9, &0i32.to_ne_bytes()));
+        assert_eq!(parse_ct_dump(&d, 9).end, Some(0));
+        let err = nlmsg(NLMSG_ERROR, 9, &(-1i32).to_ne_bytes());
+        assert_eq!(parse_ct_dump(&err, 9).end, Some(1));
+        // Truncations never panic and keep what was complete.
+        for cut in 0..d.len() {
+            assert!(parse_ct_dump(&d[..cut], 9).entries.len() <= 2);
+        }
+        // Garbage inside a message: no panic, no half-read entry.
+        let mut bad = ct_msg(9, &a);
+        for i in 20..bad.len() {
+            bad[i] ^= 0x5a;
+            let p = parse_ct_dump(&bad, 9);
+            assert!(p.entries.len() <= 1);
+            bad[i] ^= 0x5a;
+        }
+    }
+
+    #[test]
+    fn addr_port_parts_reverse_addr_port() {
+        let v6 = v4("2001:db8:2::10");
+        assert_eq!(addr_port_parts(&addr_port(v6, 31000)), Some((v6, 31000)));
+        assert_eq!(
+            addr_port_parts(&addr_port(v4("198.51.100.10"), 30028)),
+            Some((v4("198.51.100.10"), 30028))
+        );
+        assert_eq!(addr_port_parts(&[0; 7]), None);
     }
 }

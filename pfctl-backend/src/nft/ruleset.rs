@@ -13,7 +13,7 @@
 //! table inet ftp-proxy-<pid>-<pidns> {
 //!     flags owner
 //!     map rdr4 { type ipv4_addr . ipv4_addr . inet_service : ipv4_addr . inet_service; size 65535; flags timeout; }
-//!     map nat4 { ... same types ... }
+//!     map nat4 { type ipv4_addr . ipv4_addr . inet_service . inet_service : ipv4_addr . inet_service; size 65535; flags timeout; }
 //!     set arm4 { type ipv4_addr . ipv4_addr . inet_service; size 65535; flags dynamic,timeout; }
 //!     chain prerouting {
 //!         type nat hook prerouting priority dstnat - 10; policy accept;
@@ -23,7 +23,7 @@
 //!     }
 //!     chain postrouting {
 //!         type nat hook postrouting priority srcnat - 10; policy accept;
-//!         meta nfproto ipv4 snat ip to ip saddr . ip daddr . tcp dport map @nat4
+//!         meta nfproto ipv4 snat ip to ip saddr . ip daddr . tcp dport . ct original proto-dst map @nat4
 //!     }
 //!     chain forward {   # only with -vv (pf's `log (all)`)
 //!         type filter hook forward priority filter - 10; policy accept;
@@ -84,6 +84,10 @@ const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_DATA_VALUE: u16 = 1;
+/// `NFT_CT_PROTO_DST` of `enum nft_ct_keys`, with `NFTA_CT_DIRECTION`
+/// `IP_CT_DIR_ORIGINAL`: `ct original proto-dst`.
+const NFT_CT_PROTO_DST: u32 = 12;
+const IP_CT_DIR_ORIGINAL: u8 = 0;
 
 /// nft's datatype numbers, which `nft list` uses to print keys (a concatenation is
 /// the types shifted by 6 bits each, first type highest). The kernel ignores them.
@@ -94,10 +98,11 @@ const TYPE_BITS: u32 = 6;
 
 /// The first 32-bit register (`NFT_REG32_00`); registers are numbered in 4-byte units.
 const REG: u32 = 8;
-/// Where the map lookups put `addr . port`, clear of the longest key (9 registers).
-const REG_DATA: u32 = 17;
+/// Where the map lookups put `addr . port`, clear of the longest key (the IPv6 nat
+/// key, 10 registers).
+const REG_DATA: u32 = 18;
 /// Where the conntrack mark is staged for `ct mark set`, after the longest data (5).
-const REG_MARK: u32 = 22;
+const REG_MARK: u32 = 23;
 
 /// One address family's names and sizes.
 #[derive(Clone, Copy)]
@@ -133,6 +138,14 @@ impl Fam {
     fn key_len(self) -> u32 {
         2 * self.addr_len + 4
     }
+    /// Bytes of the nat maps' key `addr . addr . port . proxy port`.
+    fn nat_key_len(self) -> u32 {
+        self.key_len() + 4
+    }
+    /// Register of the nat key's last field, the original destination port.
+    fn reg_orig_port(self) -> u32 {
+        self.reg_port() + 1
+    }
     /// Bytes of the map data `addr . port`.
     fn data_len(self) -> u32 {
         self.addr_len + 4
@@ -162,11 +175,11 @@ pub(crate) fn create(b: &mut Batch, opts: &NftOptions, owner: bool) {
 
     let mut id = 1;
     for f in [V4, V6] {
-        for m in ["rdr", "nat"] {
-            set(b, t, &format!("{m}{}", f.v), f, true, id);
+        for (m, kind) in [("rdr", SetKind::Rdr), ("nat", SetKind::Nat)] {
+            set(b, t, &format!("{m}{}", f.v), f, kind, id);
             id += 1;
         }
-        set(b, t, &format!("arm{}", f.v), f, false, id);
+        set(b, t, &format!("arm{}", f.v), f, SetKind::Arm, id);
         id += 1;
     }
 
@@ -211,9 +224,18 @@ pub(crate) fn create(b: &mut Batch, opts: &NftOptions, owner: bool) {
         rule_end(b, r);
     }
     for f in [V4, V6] {
+        // The key ends with the destination port the connection had before any DNAT:
+        // the proxy port of the negotiation whose rdr element redirected it. Without
+        // it, two sessions from one client address told the same server data port
+        // would need the same nat element (docs/linux.md, "Limits").
         let r = rule(b, t, "postrouting");
         match_nfproto_tcp(b, f);
         load_key(b, f);
+        let at = expr(b, "ct");
+        b.attr_be32(1, f.reg_orig_port()); // NFTA_CT_DREG
+        b.attr_be32(2, NFT_CT_PROTO_DST); // NFTA_CT_KEY
+        b.attr(3, &[IP_CT_DIR_ORIGINAL]); // NFTA_CT_DIRECTION (u8)
+        expr_end(b, at);
         map_nat(b, f, "nat", 0);
         rule_end(b, r);
     }
@@ -244,19 +266,37 @@ fn comment_udata(text: &str) -> Vec<u8> {
     v
 }
 
-fn set(b: &mut Batch, table: &str, name: &str, f: Fam, map: bool, id: u32) {
+/// Which of the three kinds of set: they differ in flags, key and data.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SetKind {
+    /// `armN`: keys only, deleted from the packet path (dynamic).
+    Arm,
+    /// `rdrN`: `addr . addr . port : addr . port`.
+    Rdr,
+    /// `natN`: `addr . addr . port . port : addr . port`.
+    Nat,
+}
+
+fn set(b: &mut Batch, table: &str, name: &str, f: Fam, kind: SetKind, id: u32) {
     let at = b.nft_msg(NFT_MSG_NEWSET, NLM_F_CREATE | NLM_F_EXCL);
     b.attr_str(NFTA_SET_TABLE, table);
     b.attr_str(NFTA_SET_NAME, name);
+    let map = kind != SetKind::Arm;
     let flags = if map {
         NFT_SET_MAP | NFT_SET_TIMEOUT
     } else {
         NFT_SET_TIMEOUT | NFT_SET_EVAL
     };
     b.attr_be32(NFTA_SET_FLAGS, flags);
-    let key_type = (((f.addr_type << TYPE_BITS) | f.addr_type) << TYPE_BITS) | TYPE_INET_SERVICE;
+    let mut key_type =
+        (((f.addr_type << TYPE_BITS) | f.addr_type) << TYPE_BITS) | TYPE_INET_SERVICE;
+    let mut key_len = f.key_len();
+    if kind == SetKind::Nat {
+        key_type = (key_type << TYPE_BITS) | TYPE_INET_SERVICE;
+        key_len = f.nat_key_len();
+    }
     b.attr_be32(NFTA_SET_KEY_TYPE, key_type);
-    b.attr_be32(NFTA_SET_KEY_LEN, f.key_len());
+    b.attr_be32(NFTA_SET_KEY_LEN, key_len);
     if map {
         b.attr_be32(
             NFTA_SET_DATA_TYPE,
@@ -478,11 +518,14 @@ mod tests {
         // 16 x 32-bit registers from NFT_REG32_00 = 8: the last usable is 23.
         for f in [V4, V6] {
             assert!(f.reg_port() < REG_DATA);
+            assert_eq!(f.reg_orig_port(), REG + f.key_len() / 4);
+            assert!(f.reg_orig_port() < REG_DATA);
             assert!(REG_DATA + f.data_len() / 4 <= REG_MARK);
         }
         const { assert!(REG_MARK <= 23) };
         assert_eq!(V6.reg_port(), 16);
-        assert_eq!(V4.reg_data_port(), 18);
-        assert_eq!(V6.reg_data_port(), 21);
+        assert_eq!(V6.reg_orig_port(), 17);
+        assert_eq!(V4.reg_data_port(), 19);
+        assert_eq!(V6.reg_data_port(), 22);
     }
 }

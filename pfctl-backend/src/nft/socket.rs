@@ -16,8 +16,8 @@ use nix::sys::time::TimeVal;
 use std::time::Duration;
 
 use super::msg::{
-    get_elem_request, parse_acks, parse_table_dump, table_dump_request, Ack, Batch, Element,
-    TableInfo,
+    ct_delete_request, ct_dump_request, get_elem_request, parse_acks, parse_ct_dump,
+    parse_table_dump, table_dump_request, Ack, Batch, CtEntry, Element, TableInfo,
 };
 
 /// `SOL_NETLINK` options (`<linux/netlink.h>`).
@@ -27,6 +27,9 @@ const NETLINK_CAP_ACK: libc::c_int = 10;
 /// How long to wait for the kernel's answer before calling the batch failed. The kernel
 /// answers within microseconds; this only bounds a wait that cannot otherwise end.
 const RECV_TIMEOUT: Duration = Duration::from_secs(2);
+/// Upper bound on the datagrams of one conntrack dump: far more than the proxy's
+/// connections fill (a datagram holds dozens of entries), and still finite.
+const MAX_DUMP_DATAGRAMS: usize = 100_000;
 
 /// Why a batch failed, before mapping to the core's `FilterError`.
 #[derive(Debug)]
@@ -172,6 +175,56 @@ impl NlSocket {
         Err(BatchError::Io(io::Error::new(
             io::ErrorKind::InvalidData,
             "no answer to an element query",
+        )))
+    }
+
+    /// The conntrack entries with mark `mark`, all families (`conntrack -L -m <mark>`,
+    /// over this socket). Bounded: each datagram either ends the dump or adds to it, a
+    /// silent kernel ends it with a timeout, and at most [`MAX_DUMP_DATAGRAMS`] are read.
+    pub(crate) fn conntrack(&mut self, mark: u32) -> Result<Vec<CtEntry>, BatchError> {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        self.send(&ct_dump_request(seq, mark))
+            .map_err(BatchError::Io)?;
+        let mut entries = Vec::new();
+        for _ in 0..MAX_DUMP_DATAGRAMS {
+            let n = self.recv().map_err(BatchError::Io)?;
+            let part = parse_ct_dump(&self.buf[..n], seq);
+            entries.extend(part.entries);
+            match part.end {
+                None => {}
+                Some(0) => return Ok(entries),
+                Some(errno) => return Err(BatchError::Kernel { errno, seq }),
+            }
+        }
+        Err(BatchError::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "conntrack dump did not end",
+        )))
+    }
+
+    /// Deletes one conntrack entry; an entry that is gone already (ENOENT) counts as
+    /// deleted. Bounded as [`NlSocket::has_elem`].
+    pub(crate) fn delete_conntrack(&mut self, e: &CtEntry) -> Result<(), BatchError> {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        self.send(&ct_delete_request(seq, e))
+            .map_err(BatchError::Io)?;
+        for _ in 0..16 {
+            let n = self.recv().map_err(BatchError::Io)?;
+            if let Some(ack) = parse_acks(&self.buf[..n])
+                .into_iter()
+                .find(|a| a.seq == seq)
+            {
+                return match ack.errno {
+                    0 | libc::ENOENT => Ok(()),
+                    errno => Err(BatchError::Kernel { errno, seq }),
+                };
+            }
+        }
+        Err(BatchError::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no answer to a conntrack delete",
         )))
     }
 

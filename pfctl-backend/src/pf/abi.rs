@@ -511,6 +511,51 @@ pub struct PfStatus {
     pub _pad: [u8; 4],
 }
 
+/// `struct pf_state_cmp` (16 bytes): a state's id, for killing one state by id
+/// (unused by ftp-proxy: zero means "kill by the other fields").
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PfStateCmp {
+    /// `id`.
+    pub id: u64,
+    /// `creatorid`.
+    pub creatorid: u32,
+    /// `direction`.
+    pub direction: u8,
+    /// `pad[3]`.
+    pub pad: [u8; 3],
+}
+
+/// `struct pfioc_state_kill` (224 bytes): DIOCKILLSTATES removes the states that match
+/// every field given (`psk_af`/`psk_proto` 0, a zero mask, `port_op` 0, an empty
+/// interface or label match anything; `psk_rdomain` must equal the state's).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PfiocStateKill {
+    /// `psk_pfcmp`.
+    pub psk_pfcmp: PfStateCmp,
+    /// `psk_af` (`sa_family_t`, one byte on OpenBSD).
+    pub psk_af: u8,
+    /// C padding.
+    pub _pad0: [u8; 3],
+    /// `psk_proto`.
+    pub psk_proto: i32,
+    /// `psk_src`: the state's source as the connection's first packet had it.
+    pub psk_src: PfRuleAddr,
+    /// `psk_dst`.
+    pub psk_dst: PfRuleAddr,
+    /// `psk_ifname`.
+    pub psk_ifname: [u8; IFNAMSIZ],
+    /// `psk_label`: the label of the rule that created the state.
+    pub psk_label: [u8; PF_RULE_LABEL_SIZE],
+    /// `psk_killed`: written by the kernel, the number of states removed.
+    pub psk_killed: u32,
+    /// `psk_rdomain`.
+    pub psk_rdomain: u16,
+    /// C padding.
+    pub _pad1: [u8; 2],
+}
+
 /// `_IOWR(group, num, size)` of sys/ioccom.h: in/out parameter of `size` bytes.
 pub const fn iowr(group: u8, num: u8, size: usize) -> u64 {
     assert!(
@@ -531,6 +576,8 @@ pub const DIOCGETSTATUS: u64 = iowr(b'D', 21, size_of::<PfStatus>());
 pub const DIOCGETRULESETS: u64 = iowr(b'D', 58, size_of::<PfiocRuleset>());
 /// `DIOCGETRULESET`.
 pub const DIOCGETRULESET: u64 = iowr(b'D', 59, size_of::<PfiocRuleset>());
+/// `DIOCKILLSTATES`.
+pub const DIOCKILLSTATES: u64 = iowr(b'D', 41, size_of::<PfiocStateKill>());
 /// `DIOCXBEGIN`.
 pub const DIOCXBEGIN: u64 = iowr(b'D', 81, size_of::<PfiocTrans>());
 /// `DIOCXCOMMIT`.
@@ -744,6 +791,16 @@ mod tests {
     }
 
     #[test]
+    fn pfioc_state_kill() {
+        layout!(PfStateCmp, size 16, align 8, { id @ 0, 8; creatorid @ 8, 4; direction @ 12, 1; pad @ 13, 3; });
+        layout!(PfiocStateKill, size 224, align 8, {
+            psk_pfcmp @ 0, 16; psk_af @ 16, 1; _pad0 @ 17, 3; psk_proto @ 20, 4;
+            psk_src @ 24, 56; psk_dst @ 80, 56; psk_ifname @ 136, 16; psk_label @ 152, 64;
+            psk_killed @ 216, 4; psk_rdomain @ 220, 2; _pad1 @ 222, 2;
+        });
+    }
+
+    #[test]
     fn pf_status() {
         layout!(PfStatus, size 520, align 8, {
             counters @ 0, 440; since @ 440, 8; running @ 448, 4; more @ 452, 28;
@@ -762,6 +819,7 @@ mod tests {
         assert_eq!(DIOCXROLLBACK, 0xC010_4453);
         assert_eq!(DIOCGETRULESETS, 0xC444_443A);
         assert_eq!(DIOCGETRULESET, 0xC444_443B);
+        assert_eq!(DIOCKILLSTATES, 0xC0E0_4429);
         // DIOCNATLOOK is not used, but checks the encoder on a third size (80 bytes).
         assert_eq!(iowr(b'D', 23, 80), 0xC050_4417);
     }

@@ -92,6 +92,14 @@ fn rust_side(layout: Layout) -> (Vec<Field>, Vec<(&'static str, usize)>) {
     fields!(f, "pfioc_trans", PfiocTrans, { size => "size", esize => "esize", array => "array" });
     fields!(f, "pfioc_trans_e", PfiocTransE, { type_ => "type", anchor => "anchor", ticket => "ticket" });
     fields!(f, "pfioc_ruleset", PfiocRuleset, { nr => "nr", path => "path", name => "name" });
+    fields!(f, "pf_state_cmp", PfStateCmp, {
+        id => "id", creatorid => "creatorid", direction => "direction", pad => "pad",
+    });
+    fields!(f, "pfioc_state_kill", PfiocStateKill, {
+        psk_pfcmp => "psk_pfcmp", psk_af => "psk_af", psk_proto => "psk_proto",
+        psk_src => "psk_src", psk_dst => "psk_dst", psk_ifname => "psk_ifname",
+        psk_label => "psk_label", psk_killed => "psk_killed", psk_rdomain => "psk_rdomain",
+    });
     fields!(f, "pf_status", PfStatus, {
         since => "since", running => "running", ifname => "ifname", pf_chksum => "pf_chksum",
     });
@@ -106,6 +114,8 @@ fn rust_side(layout: Layout) -> (Vec<Field>, Vec<(&'static str, usize)>) {
         ("pfioc_trans_e", size_of::<PfiocTransE>()),
         ("pfioc_ruleset", size_of::<PfiocRuleset>()),
         ("pf_status", size_of::<PfStatus>()),
+        ("pf_state_cmp", size_of::<PfStateCmp>()),
+        ("pfioc_state_kill", size_of::<PfiocStateKill>()),
     ];
     (f, sizes)
 }

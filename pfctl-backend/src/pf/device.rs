@@ -7,7 +7,8 @@
 use std::fmt;
 
 use super::abi::{
-    PfStatus, PfiocRuleset, PfiocTrans, PfiocTransE, Pod, PATH_MAX, PF_TRANS_RULESET,
+    PfStatus, PfiocRuleset, PfiocStateKill, PfiocTrans, PfiocTransE, Pod, PATH_MAX,
+    PF_TRANS_RULESET,
 };
 use super::encode::{c_str, put_c_str, strerror, RuleIoc};
 
@@ -117,6 +118,8 @@ pub trait PfDevice {
     fn get_rulesets(&mut self, rs: &mut PfiocRuleset) -> Result<(), Errno>;
     /// `DIOCGETRULESET`: writes the name of child number `nr` of `path` into `name`.
     fn get_ruleset(&mut self, rs: &mut PfiocRuleset) -> Result<(), Errno>;
+    /// `DIOCKILLSTATES`: removes the matching states, their number into `psk_killed`.
+    fn kill_states(&mut self, psk: &mut PfiocStateKill) -> Result<(), Errno>;
 }
 
 impl<D: PfDevice + ?Sized> PfDevice for &mut D {
@@ -140,6 +143,9 @@ impl<D: PfDevice + ?Sized> PfDevice for &mut D {
     }
     fn get_ruleset(&mut self, rs: &mut PfiocRuleset) -> Result<(), Errno> {
         (**self).get_ruleset(rs)
+    }
+    fn kill_states(&mut self, psk: &mut PfiocStateKill) -> Result<(), Errno> {
+        (**self).kill_states(psk)
     }
 }
 
@@ -205,6 +211,12 @@ impl PfDevice for DevPf {
         self.inner
             .ioctl(super::abi::DIOCGETRULESET, (rs as *mut PfiocRuleset).cast())
     }
+    fn kill_states(&mut self, psk: &mut PfiocStateKill) -> Result<(), Errno> {
+        self.inner.ioctl(
+            super::abi::DIOCKILLSTATES,
+            (psk as *mut PfiocStateKill).cast(),
+        )
+    }
 }
 
 #[cfg(not(target_os = "openbsd"))]
@@ -228,6 +240,9 @@ impl PfDevice for DevPf {
         match self.inner {}
     }
     fn get_ruleset(&mut self, _: &mut PfiocRuleset) -> Result<(), Errno> {
+        match self.inner {}
+    }
+    fn kill_states(&mut self, _: &mut PfiocStateKill) -> Result<(), Errno> {
         match self.inner {}
     }
 }

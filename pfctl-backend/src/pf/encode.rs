@@ -195,6 +195,30 @@ fn join_unsupported(rule: &Rule) -> FilterError {
     FilterError::Unsupported(format!("pf cannot join two connections: {rule}"))
 }
 
+/// The DIOCKILLSTATES request that removes the states an rdr-to rule created: TCP
+/// from the rule's source host to its destination host and port (the proxy port), in
+/// the routing domain the rule matched on. `None` for other rules.
+///
+/// pf keeps one state per interface a connection crosses. The one this request names,
+/// on the interface the connection arrived on, is the one that carries the rdr-to
+/// translation, and only it can be named exactly: the proxy port is unique to the
+/// negotiation, whereas the nat-to rule's state is keyed by the server's data port,
+/// which another session from the same client address may share at the same time.
+pub fn encode_state_kill(rule: &Rule) -> Option<PfiocStateKill> {
+    if rule.direction != Direction::In || !matches!(rule.translate, Translate::RdrTo { .. }) {
+        return None;
+    }
+    let mut k = PfiocStateKill::zeroed();
+    k.psk_af = af(rule.from);
+    k.psk_proto = i32::from(IPPROTO_TCP);
+    k.psk_src.addr = host(rule.from);
+    k.psk_dst.addr = host(rule.to);
+    k.psk_dst.port_op = PF_OP_EQ;
+    k.psk_dst.port[0] = rule.port.to_be();
+    k.psk_rdomain = u16::try_from(rule.on_rdomain.unwrap_or(0)).ok()?;
+    Some(k)
+}
+
 fn precheck(rule: &Rule) -> Result<(), FilterError> {
     let fam = af(rule.from);
     let einval = match rule.translate {

@@ -15,6 +15,14 @@
 //! which encodes `sizeof(struct pfioc_rule)`, is unknown to the kernel: the wrong
 //! [`Layout`].
 //!
+//! [`Filter::kill_connections`] (ending a session's data connections, e.g. after a
+//! reply desync) is one DIOCKILLSTATES per rdr-to rule the anchor committed: the states
+//! from the rule's source host to its destination host and proxy port, in its routing
+//! domain ([`encode_state_kill`]). Those are the states that carry the redirection; the
+//! nat-to rule's state on the other interface cannot be named as exactly (it is keyed
+//! by the server's data port) and is left to expire. The backend remembers the rules
+//! for this ([`crate::remembered`]), also for a while after the anchor's last commit.
+//!
 //! Start-up ([`PfBackend::open`]): open `/dev/pf` read-write, DIOCGETSTATUS (`pf is
 //! disabled` unless running), then two additions to the original:
 //! * a layout probe — a DIOCADDRULE that cannot add anything (an anchor that does not
@@ -38,9 +46,10 @@
 //!   `-vv` and routing domains, built through `ftp_proxy_core::data_rules`, compared
 //!   with images written at `struct pf_rule`'s literal offsets; the pre-checks' errnos;
 //! * this module: the ioctl sequence of commits, removals, failures (rollback after any
-//!   failure that follows a begin, EBUSY mapping), start-up checks, layout probing and
-//!   stale-anchor removal, against [`model::KernelModel`], a model of the kernel's
-//!   ticket and anchor rules.
+//!   failure that follows a begin, EBUSY mapping), start-up checks, layout probing,
+//!   stale-anchor removal and state killing (the request's bytes, which modelled states
+//!   it removes), against [`model::KernelModel`], a model of the kernel's ticket and
+//!   anchor rules and of DIOCKILLSTATES's matching.
 //!
 //! Only on OpenBSD (compiled there only; type-checked on Linux by building a scratch
 //! copy with the `cfg` switched): the `ioctl(2)` calls in [`device`]; `c_layout`'s check
@@ -59,11 +68,13 @@ use std::fmt;
 use log::{info, warn};
 
 use ftp_proxy_core::Filter;
-use ftp_proxy_core::{Anchor, FilterError, Rule};
+use ftp_proxy_core::{Anchor, Direction, FilterError, Rule};
+
+use crate::remembered::Remembered;
 
 pub use abi::Layout;
 pub use device::{process_alive, DevPf, Errno, PfDevice, Transaction};
-pub use encode::{encode_rule, encode_rule_body, RuleIoc};
+pub use encode::{encode_rule, encode_rule_body, encode_state_kill, RuleIoc};
 
 use abi::{PfRuleCommon, PfStatus, Pod};
 use encode::{c_str, errno_error, strerror};
@@ -137,6 +148,8 @@ pub struct PfBackend<D: PfDevice = DevPf> {
     layout: Layout,
     /// Anchors this process may have rules in: begun and not since emptied.
     used: BTreeSet<Anchor>,
+    /// The rdr-to rules each anchor committed, for [`Filter::kill_connections`].
+    redirects: Remembered<Rule>,
 }
 
 impl PfBackend<DevPf> {
@@ -178,6 +191,7 @@ impl<D: PfDevice> PfBackend<D> {
             dev,
             layout,
             used: BTreeSet::new(),
+            redirects: Remembered::default(),
         })
     }
 
@@ -195,6 +209,7 @@ impl<D: PfDevice> PfBackend<D> {
             dev,
             layout,
             used: BTreeSet::new(),
+            redirects: Remembered::default(),
         })
     }
 
@@ -316,10 +331,56 @@ impl<D: PfDevice> Filter for PfBackend<D> {
     fn commit(&mut self, anchor: &Anchor, rules: &[Rule]) -> Result<(), FilterError> {
         let path = anchor.to_string();
         let result = self.transaction(&path, Some(anchor), rules);
-        if result.is_ok() && rules.is_empty() {
-            self.used.remove(anchor);
+        if result.is_ok() {
+            if rules.is_empty() {
+                self.used.remove(anchor);
+                self.redirects.retire(anchor);
+            } else {
+                let rdr = rules.iter().filter(|r| r.direction == Direction::In);
+                self.redirects.add(anchor, rdr.cloned());
+            }
         }
         result
+    }
+
+    /// DIOCKILLSTATES for each rdr-to rule `anchor` committed (its last
+    /// [`MAX_PER_ANCHOR`](crate::remembered::MAX_PER_ANCHOR), kept for the
+    /// [`MAX_ENDED`](crate::remembered::MAX_ENDED) sessions that ended last): the
+    /// states from the rule's peer to its proxy port ([`encode_state_kill`]). The
+    /// nat-to rule's state on the other interface is left to expire; without the
+    /// redirecting state the connection's packets are no longer translated, so it
+    /// carries nothing more. With `-T` the rules are `match` rules and the states
+    /// belong to the admin's `pass ... tagged` rule, but they still match these
+    /// addresses. EPERM (securelevel) is `PermissionDenied`; after a failure the
+    /// other requests are still made and the first error is returned.
+    fn kill_connections(&mut self, anchor: &Anchor) -> Result<(), FilterError> {
+        let rules = self.redirects.of(anchor).to_vec();
+        let mut killed = 0u32;
+        let mut first = None;
+        for rule in &rules {
+            let Some(mut psk) = encode_state_kill(rule) else {
+                continue;
+            };
+            match self.dev.kill_states(&mut psk) {
+                Ok(()) => killed = killed.saturating_add(psk.psk_killed),
+                Err(e) => {
+                    warn!("{anchor}: cannot kill the states of `{rule}`: {e}");
+                    first.get_or_insert(filter_error(Step::Begin, e));
+                }
+            }
+        }
+        if killed > 0 {
+            info!("{anchor}: ended {killed} data connection state(s) of the session");
+        }
+        if let Some(e) = first {
+            return Err(e);
+        }
+        // A live anchor's rules may still let a connection through: keep looking for
+        // them (a repeated kill of the same addresses is harmless). An ended one is done.
+        if !self.used.contains(anchor) {
+            self.redirects.killed(anchor, &[]);
+        }
+        Ok(())
     }
 
     fn remove_all(&mut self) -> Result<(), FilterError> {
@@ -329,6 +390,9 @@ impl<D: PfDevice> Filter for PfBackend<D> {
                 warn!("{anchor}: pf rule removal failed: {e}");
                 first.get_or_insert(e);
             }
+        }
+        if first.is_none() {
+            self.redirects.clear();
         }
         first.map_or(Ok(()), Err)
     }

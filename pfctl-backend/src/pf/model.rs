@@ -8,12 +8,18 @@
 //! existing anchor (else EINVAL) and the current ticket (else EBUSY); DIOCXCOMMIT needs
 //! an open inactive set with that ticket (else EBUSY), swaps it in and removes an anchor
 //! left empty; DIOCXROLLBACK discards a matching open set and ignores a mismatch.
+//! DIOCKILLSTATES removes the modelled states ([`KernelModel::add_state`]) that match
+//! the request as pf_ioctl.c's loop over all states does (family, protocol, routing
+//! domain, masked addresses, port operators, label) and reports how many.
 //! Faults (an errno for the next call, or for every call, of one kind) are injected on
 //! top, before any of these rules.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::abi::{Layout, PfRuleCommon, PfStatus, PfiocRuleset, PF_ANCHOR_NAME_SIZE};
+use super::abi::{
+    Layout, PfAddr, PfRuleAddr, PfRuleCommon, PfStatus, PfiocRuleset, PfiocStateKill,
+    PF_ANCHOR_NAME_SIZE, PF_OP_EQ,
+};
 use super::device::{Errno, PfDevice, Transaction};
 use super::encode::{c_str, put_c_str, RuleIoc};
 
@@ -34,6 +40,8 @@ pub enum PfOp {
     GetRulesets,
     /// DIOCGETRULESET.
     GetRuleset,
+    /// DIOCKILLSTATES.
+    KillStates,
 }
 
 /// A recorded ioctl, with the arguments as the kernel received them.
@@ -97,6 +105,27 @@ pub enum Call {
         /// `pfioc_ruleset.nr`.
         nr: u32,
     },
+    /// DIOCKILLSTATES.
+    KillStates(Box<PfiocStateKill>),
+}
+
+/// A state of the model, as DIOCKILLSTATES sees it: the source and destination of
+/// the connection's first packet where the state was created (for an inbound state,
+/// before any rdr-to), its routing domain, and the label of the rule that created it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelState {
+    /// `AF_INET` or `AF_INET6` (OpenBSD's values).
+    pub af: u8,
+    /// `IPPROTO_*`.
+    pub proto: u8,
+    /// Routing domain of the state key.
+    pub rdomain: u16,
+    /// Source address and port (host order).
+    pub src: (std::net::IpAddr, u16),
+    /// Destination address and port (host order).
+    pub dst: (std::net::IpAddr, u16),
+    /// The creating rule's label.
+    pub label: String,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -119,6 +148,7 @@ pub struct KernelModel {
     calls: Vec<Call>,
     once: BTreeMap<PfOp, VecDeque<Errno>>,
     always: BTreeMap<PfOp, Errno>,
+    states: Vec<ModelState>,
 }
 
 impl KernelModel {
@@ -132,7 +162,18 @@ impl KernelModel {
             calls: Vec::new(),
             once: BTreeMap::new(),
             always: BTreeMap::new(),
+            states: Vec::new(),
         }
+    }
+
+    /// Adds a state, as if a connection had created it.
+    pub fn add_state(&mut self, s: ModelState) {
+        self.states.push(s);
+    }
+
+    /// The states left.
+    pub fn states(&self) -> &[ModelState] {
+        &self.states
     }
 
     /// An anchor that is never removed when empty, like the admin's `anchor "ftp-proxy/*"`.
@@ -218,6 +259,28 @@ impl KernelModel {
     fn exists(&self, path: &str) -> bool {
         let prefix = format!("{path}/");
         self.rulesets.contains_key(path) || self.rulesets.keys().any(|k| k.starts_with(&prefix))
+    }
+}
+
+/// Whether `addr` is in `a`/`m` (pf_match_addr without `neg`, which ftp-proxy never
+/// sets).
+fn addr_matches(a: &PfAddr, m: &PfAddr, addr: std::net::IpAddr) -> bool {
+    let bytes: Vec<u8> = match addr {
+        std::net::IpAddr::V4(v) => v.octets().to_vec(),
+        std::net::IpAddr::V6(v) => v.octets().to_vec(),
+    };
+    bytes
+        .iter()
+        .enumerate()
+        .all(|(i, b)| a.bytes[i] & m.bytes[i] == b & m.bytes[i])
+}
+
+/// pf_match_port for the operators the model knows: none (0) and `=`.
+fn port_matches(ra: &PfRuleAddr, port: u16) -> bool {
+    match ra.port_op {
+        0 => true,
+        PF_OP_EQ => u16::from_be(ra.port[0]) == port,
+        _ => false,
     }
 }
 
@@ -344,6 +407,27 @@ impl PfDevice for KernelModel {
         rs.name = [0; PF_ANCHOR_NAME_SIZE];
         // Names longer than a pf anchor component cannot be created by the kernel.
         put_c_str(&mut rs.name, &name).ok_or(Errno(libc::ENAMETOOLONG))?;
+        Ok(())
+    }
+
+    fn kill_states(&mut self, psk: &mut PfiocStateKill) -> Result<(), Errno> {
+        self.calls.push(Call::KillStates(Box::new(*psk)));
+        self.fault(PfOp::KillStates)?;
+        let label = text(&psk.psk_label);
+        let before = self.states.len();
+        let p = *psk;
+        self.states.retain(|s| {
+            let hit = (p.psk_af == 0 || p.psk_af == s.af)
+                && (p.psk_proto == 0 || p.psk_proto == i32::from(s.proto))
+                && p.psk_rdomain == s.rdomain
+                && addr_matches(&p.psk_src.addr.addr, &p.psk_src.addr.mask, s.src.0)
+                && addr_matches(&p.psk_dst.addr.addr, &p.psk_dst.addr.mask, s.dst.0)
+                && port_matches(&p.psk_src, s.src.1)
+                && port_matches(&p.psk_dst, s.dst.1)
+                && (label.is_empty() || label == s.label);
+            !hit
+        });
+        psk.psk_killed = (before - self.states.len()) as u32;
         Ok(())
     }
 }

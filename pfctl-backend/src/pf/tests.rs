@@ -1,7 +1,8 @@
 //! The transaction sequence of [`PfBackend`] against the kernel model: which ioctls in
 //! which order with which arguments, and what the modelled kernel holds afterwards.
 
-use super::model::{Call, KernelModel, PfOp};
+use super::abi::{PfiocStateKill, Pod};
+use super::model::{Call, KernelModel, ModelState, PfOp};
 use super::*;
 use ftp_proxy_core::data_rules;
 use ftp_proxy_core::{Mode, RuleOptions, SessionAddrs};
@@ -96,6 +97,7 @@ fn kinds(calls: &[Call]) -> Vec<&'static str> {
             Call::XRollback { .. } => "rollback",
             Call::GetRulesets { .. } => "rulesets",
             Call::GetRuleset { .. } => "ruleset",
+            Call::KillStates(_) => "kill",
         })
         .collect()
 }
@@ -295,6 +297,9 @@ fn second_rule_refused_by_the_kernel_rolls_back_the_first() {
         fn get_ruleset(&mut self, r: &mut abi::PfiocRuleset) -> Result<(), Errno> {
             self.0.get_ruleset(r)
         }
+        fn kill_states(&mut self, k: &mut PfiocStateKill) -> Result<(), Errno> {
+            self.0.kill_states(k)
+        }
     }
     let mut pf = PfBackend::with_device(
         QueueCheck(KernelModel::new(Layout::V1543)),
@@ -362,6 +367,7 @@ fn wrong_layout_at_commit_names_the_cause() {
         dev: KernelModel::new(Layout::V1548),
         layout: Layout::V1543,
         used: BTreeSet::new(),
+        redirects: Default::default(),
     };
     let e = pf.commit(&anchor(1), &passive(5001, 55000)).unwrap_err();
     assert_eq!(e.to_string(), "pf rule layout does not match this kernel");
@@ -591,4 +597,144 @@ fn open_off_openbsd_says_why() {
 #[test]
 fn backend_name() {
     assert_eq!(backend(Layout::V1543).name(), "pf");
+}
+
+fn state(src: (&str, u16), dst: (&str, u16), rdomain: u16) -> ModelState {
+    ModelState {
+        af: abi::AF_INET,
+        proto: abi::IPPROTO_TCP,
+        rdomain,
+        src: (src.0.parse().unwrap(), src.1),
+        dst: (dst.0.parse().unwrap(), dst.1),
+        label: String::new(),
+    }
+}
+
+/// The DIOCKILLSTATES requests made, in order.
+fn kills(calls: &[Call]) -> Vec<PfiocStateKill> {
+    calls
+        .iter()
+        .filter_map(|c| match c {
+            Call::KillStates(psk) => Some(**psk),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn state_kill_request_bytes() {
+    let [rdr, nat] = passive(30028, 50447);
+    assert!(
+        encode_state_kill(&nat).is_none(),
+        "nat-to rules name no state to kill"
+    );
+    let psk = encode_state_kill(&rdr).expect("an rdr-to rule");
+    let b = psk.as_bytes();
+    assert_eq!(b.len(), 224);
+    // The image at pfvar.h's offsets: af, proto, the source host (address and mask,
+    // no port operator), the destination host with `port = 50447`, rdomain 0.
+    let mut want = [0u8; 224];
+    want[16] = abi::AF_INET;
+    want[20..24].copy_from_slice(&6i32.to_ne_bytes());
+    want[24..28].copy_from_slice(&[10, 0, 0, 5]);
+    want[40..44].fill(0xff);
+    want[80..84].copy_from_slice(&[198, 51, 100, 10]);
+    want[96..100].fill(0xff);
+    want[128..130].copy_from_slice(&50447u16.to_be_bytes());
+    want[133] = abi::PF_OP_EQ;
+    assert_eq!(b, &want[..]);
+
+    // Active with routing domains: the rule's `on rdomain` is the state's.
+    let mut a = addrs();
+    a.client_rdomain = 3;
+    let opts = RuleOptions {
+        proxy_rtable: 5,
+        ..RuleOptions::default()
+    };
+    let [rdr, _] = data_rules(Mode::ActiveEprt, &a, 40000, 50500, &opts);
+    let psk = encode_state_kill(&rdr).unwrap();
+    assert_eq!(psk.psk_rdomain, 5);
+    assert_eq!(u16::from_be(psk.psk_dst.port[0]), 50500);
+    assert_eq!(psk.psk_dst.addr.addr.bytes[..4], [198, 51, 100, 1]);
+}
+
+#[test]
+fn kill_connections_removes_the_sessions_redirect_states_only() {
+    let mut pf = backend(Layout::V1548);
+    let (s1, s2) = (anchor(1), anchor(2));
+    // Session 1 negotiates twice, session 2 once, all from one client to the same
+    // server data port; each data connection leaves its inbound (rdr) state and its
+    // outbound (nat) state.
+    pf.commit(&s1, &passive(30028, 50447)).unwrap();
+    pf.commit(&s2, &passive(30028, 50448)).unwrap();
+    pf.commit(&s1, &passive(30028, 50449)).unwrap();
+    let m = pf.device_mut();
+    for (sport, pp) in [(40001, 50447), (40002, 50448), (40003, 50449)] {
+        m.add_state(state(("10.0.0.5", sport), ("198.51.100.10", pp), 0));
+        m.add_state(state(("10.0.0.5", sport), ("198.51.100.10", 30028), 0));
+    }
+    // The same addresses in another routing domain are another connection.
+    m.add_state(state(("10.0.0.5", 40009), ("198.51.100.10", 50447), 1));
+    m.clear_calls();
+
+    pf.kill_connections(&s1).unwrap();
+    let sent = kills(pf.device().calls());
+    let ports: Vec<u16> = sent
+        .iter()
+        .map(|k| u16::from_be(k.psk_dst.port[0]))
+        .collect();
+    assert_eq!(
+        ports,
+        [50447, 50449],
+        "one request per negotiation of session 1"
+    );
+    let left: Vec<(u16, u16)> = pf
+        .device()
+        .states()
+        .iter()
+        .map(|s| (s.src.1, s.dst.1))
+        .collect();
+    assert_eq!(
+        left,
+        [
+            (40001, 30028),
+            (40002, 50448),
+            (40002, 30028),
+            (40003, 30028),
+            (40009, 50447)
+        ],
+        "session 1's redirect states are gone, session 2's and the nat states stay"
+    );
+    // The session's rules are still in force: a second kill asks again.
+    pf.device_mut().clear_calls();
+    pf.kill_connections(&s1).unwrap();
+    assert_eq!(kills(pf.device().calls()).len(), 2);
+}
+
+#[test]
+fn kill_after_the_last_commit_and_errors() {
+    let mut pf = backend(Layout::V1543);
+    let s1 = anchor(1);
+    pf.kill_connections(&s1).unwrap();
+    assert!(
+        pf.device().calls().is_empty(),
+        "nothing negotiated: no ioctl"
+    );
+
+    pf.commit(&s1, &passive(30028, 50447)).unwrap();
+    pf.commit(&s1, &[]).unwrap();
+    pf.device_mut()
+        .add_state(state(("10.0.0.5", 40001), ("198.51.100.10", 50447), 0));
+    pf.device_mut().clear_calls();
+    // Refused at securelevel 2: PermissionDenied, and a retry is still possible.
+    pf.device_mut().fail_next(PfOp::KillStates, libc::EPERM);
+    assert_eq!(pf.kill_connections(&s1), Err(FilterError::PermissionDenied));
+    assert_eq!(pf.device().states().len(), 1);
+    // After the session's last (empty) commit the kill still knows its negotiations.
+    pf.kill_connections(&s1).unwrap();
+    assert!(pf.device().states().is_empty());
+    // Then the session is forgotten.
+    pf.device_mut().clear_calls();
+    pf.kill_connections(&s1).unwrap();
+    assert!(pf.device().calls().is_empty());
 }

@@ -231,6 +231,25 @@ struct pfioc_ruleset {
 	char	name[64];
 };
 
+struct pf_state_cmp {
+	ob_u64	id;
+	ob_u32	creatorid;
+	ob_u8	direction;
+	ob_u8	pad[3];
+};
+
+struct pfioc_state_kill {
+	struct pf_state_cmp	psk_pfcmp;
+	ob_sa_family_t		psk_af;
+	int			psk_proto;
+	struct pf_rule_addr	psk_src;
+	struct pf_rule_addr	psk_dst;
+	char			psk_ifname[16];
+	char			psk_label[64];
+	unsigned int		psk_killed;
+	ob_u16			psk_rdomain;
+};
+
 struct pf_status {
 	ob_u64		counters[17];
 	ob_u64		lcounters[10];
