@@ -43,8 +43,9 @@
 //! copies both ways, passing half-closes on. Differences from the kernel path, all
 //! deliberate:
 //!
-//! * `keep state (max 1)`: a connection arriving while one is in progress is accepted
-//!   and closed at once (pf would drop its SYN). Other sources are closed the same way.
+//! * `keep state (max 1)`: one negotiation carries exactly one data connection. A
+//!   later one (while the first is in progress or after it has ended) is accepted
+//!   and reset at once (pf would drop its SYN). Other sources are reset the same way.
 //! * Source ports: a `nat-to` range lets the kernel pick an ephemeral port (pf picks
 //!   from 50001-65535). A single port (20, with `-r`) is bound; without the privilege
 //!   to bind it the relay logs a warning once and uses an ephemeral port. A `nat-to`

@@ -569,6 +569,9 @@ impl<B: Filter> Runtime<B> {
         let Ok(id) = self.proxy.accept(now, conn) else {
             return;
         };
+        if let Data::Relay(relay) = &mut self.data {
+            relay.session_started(id.0, conn.client.ip());
+        }
         sys::keepalive(&sock);
         sys::nodelay(&sock);
         let rw = Interest::READABLE | Interest::WRITABLE;
@@ -776,6 +779,12 @@ impl<B: Filter> Runtime<B> {
                 }
             }
             Action::RulesMayRemain { anchor, error } => self.rules_may_remain(anchor, &error),
+            // The kernel's states need no word; the relay closes finished pairs.
+            Action::TransferDone { anchor } => {
+                if let Data::Relay(relay) = &mut self.data {
+                    relay.transfer_done(self.poll.registry(), &anchor);
+                }
+            }
             Action::Close { reason, summary } => {
                 let Some(mut s) = self.sessions.remove(&id) else {
                     return;

@@ -238,8 +238,10 @@ pub struct ServerLog {
 }
 
 /// A scripted FTP server on `ip`: USER, PASS, PASV, EPSV, PORT, EPRT, RETR, STOR,
-/// `SITE BOTH` (sends and receives at once, with half-close), QUIT. Serves control
-/// connections one after another until dropped.
+/// APPE (a STOR that, like rclone's `serve ftp`, never closes its side of the data
+/// connection: it reads to the end of file, answers 226 and keeps the socket until
+/// the control connection ends), `SITE BOTH` (sends and receives at once, with
+/// half-close), QUIT. Serves control connections one after another until dropped.
 pub struct ScriptedServer {
     pub addr: SocketAddr,
     pub log: Arc<Mutex<ServerLog>>,
@@ -305,7 +307,9 @@ fn open_data(
     own_ip: IpAddr,
     log: &Mutex<ServerLog>,
 ) -> std::io::Result<TcpStream> {
-    let s = match std::mem::replace(mode, DataMode::None) {
+    // A passive listener stays open until the next PASV, EPSV, PORT or EPRT (so a
+    // test can see what a second connection to it meets); an active address is used once.
+    let s = match mode {
         DataMode::Passive(l) => {
             // Bounded wait for the client's (relayed) data connection.
             l.set_nonblocking(true)?;
@@ -325,7 +329,11 @@ fn open_data(
                 }
             }
         }
-        DataMode::Active(to) => connect_from(own_ip, to)?,
+        DataMode::Active(to) => {
+            let to = *to;
+            *mode = DataMode::None;
+            connect_from(own_ip, to)?
+        }
         DataMode::None => return Err(std::io::Error::other("no data mode")),
     };
     s.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -345,6 +353,8 @@ fn serve(
     let mut r = BufReader::new(conn);
     w.write_all(b"220 scripted server ready\r\n")?;
     let mut mode = DataMode::None;
+    // APPE's data connections, never closed before the session ends.
+    let mut kept: Vec<TcpStream> = Vec::new();
     loop {
         let mut line = String::new();
         if r.read_line(&mut line)? == 0 {
@@ -417,6 +427,15 @@ fn serve(
                 let mut got = Vec::new();
                 d.read_to_end(&mut got)?;
                 log.lock().unwrap().stored.insert(arg.to_string(), got);
+                w.write_all(b"226 stored\r\n")?;
+            }
+            "APPE" => {
+                w.write_all(b"150 receiving\r\n")?;
+                let mut d = open_data(&mut mode, own_ip, log)?;
+                let mut got = Vec::new();
+                d.read_to_end(&mut got)?;
+                log.lock().unwrap().stored.insert(arg.to_string(), got);
+                kept.push(d);
                 w.write_all(b"226 stored\r\n")?;
             }
             "SITE" if arg.eq_ignore_ascii_case("BOTH") => {
