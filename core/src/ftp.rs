@@ -138,8 +138,8 @@ const TRANSFER_COMMANDS: [&[u8]; 7] = [
     b"RETR", b"STOR", b"STOU", b"APPE", b"LIST", b"NLST", b"MLSD",
 ];
 
-/// Whether a client line is a data-transfer command ([`TRANSFER_COMMANDS`]), judged
-/// by its command word as [`classify`] judges the others.
+/// Whether a client line is a data-transfer command (RETR, STOR, STOU, APPE, LIST,
+/// NLST, MLSD), judged by its command word as [`classify`] judges the others.
 pub fn is_transfer(line: &[u8]) -> bool {
     let s = command_start(line);
     TRANSFER_COMMANDS.iter().any(|w| word_is(s, w))
