@@ -246,7 +246,9 @@ impl Pair {
     /// nothing left to read (its end of file, or the last read would have blocked).
     /// Closing then sends no reset (no unread input) and loses no byte: what the
     /// kernel still holds for the peer that got the end of file is delivered after
-    /// the close.
+    /// the close. The one case it cannot see: a receiver that closed its sending
+    /// side before a single byte of the data reached the relay, with all of that
+    /// data still on the network when the final reply is handled.
     fn finished(&self) -> bool {
         if self.connecting {
             return false;
@@ -367,18 +369,22 @@ impl Relay {
     ///
     /// It applies to the pairs that exist now: a data connection starts before the
     /// transfer's final reply can be sent, and a later one belongs to a later transfer.
+    /// Each marked pair is served once with both sockets taken as readable: the
+    /// reply may be handled before the readiness of data that arrived ahead of it,
+    /// and the judgement must see that data (or its end of file), not a stale flag.
     pub(crate) fn transfer_done(&mut self, registry: &Registry, anchor: &Anchor) {
-        let mut over = Vec::new();
+        let mut marked = Vec::new();
         for (&id, p) in self.pairs.iter_mut() {
             if p.session == anchor.session && !p.orphan {
                 p.done = true;
-                if p.finished() {
-                    over.push(id);
-                }
+                // A read that finds nothing says WouldBlock and clears them again.
+                p.accepted.readable = true;
+                p.opened.readable = true;
+                marked.push(id);
             }
         }
-        for id in over {
-            self.close(registry, id, PairEnd::Finished);
+        for id in marked {
+            self.service(registry, id);
         }
     }
 

@@ -242,6 +242,27 @@ fn finished_transfers_do_not_count_when_a_side_never_closes() {
     proxy.stop();
 }
 
+/// The side that closed first is not always the one that sent the data: a client
+/// that ended its sending side before a download must still get the whole file when
+/// the transfer's 226 comes while part of the data is still on its way (the side
+/// that has finished carried nothing).
+#[test]
+fn a_receiver_that_closed_its_side_first_gets_the_whole_download() {
+    let server = ScriptedServer::start(ip(SERVER), files());
+    let proxy = RunningProxy::start(cfg(server.addr), SocketAddr::new(ip(PROXY), 0), true, None);
+    let mut c = Client::connect(ip(CLIENT), proxy.addr);
+    c.login();
+    let data_addr = c.pasv();
+    let mut d = connect_from(ip(CLIENT), data_addr).expect("data connect");
+    d.shutdown(Shutdown::Write).unwrap();
+    assert!(c.cmd("RETR overtaken").starts_with("150"));
+    assert!(c.reply().starts_with("226"));
+    let mut got = Vec::new();
+    d.read_to_end(&mut got).unwrap();
+    assert!(got == payload(1000, 1), "{} bytes of 1000", got.len());
+    proxy.stop();
+}
+
 /// Half-closed pairs and pairs of ended sessions expire after `linger`; a pair where
 /// no byte moves after `idle`.
 #[test]

@@ -240,7 +240,9 @@ pub struct ServerLog {
 /// A scripted FTP server on `ip`: USER, PASS, PASV, EPSV, PORT, EPRT, RETR, STOR,
 /// APPE (a STOR that, like rclone's `serve ftp`, never closes its side of the data
 /// connection: it reads to the end of file, answers 226 and keeps the socket until
-/// the control connection ends), `SITE BOTH` (sends and receives at once, with
+/// the control connection ends), `RETR overtaken` (file `small`, whose 226 overtakes
+/// the second half of the data, as it may across connections on a real network),
+/// `SITE BOTH` (sends and receives at once, with
 /// half-close), QUIT. Serves control connections one after another until dropped.
 pub struct ScriptedServer {
     pub addr: SocketAddr,
@@ -410,6 +412,17 @@ fn serve(
                 }
                 None => w.write_all(b"501 bad EPRT\r\n")?,
             },
+            "RETR" if arg == "overtaken" => {
+                let data = files.get("small").cloned().unwrap_or_default();
+                w.write_all(b"150 sending\r\n")?;
+                let mut d = open_data(&mut mode, own_ip, log)?;
+                let (first, second) = data.split_at(data.len() / 2);
+                d.write_all(first)?;
+                std::thread::sleep(Duration::from_millis(300));
+                w.write_all(b"226 done\r\n")?;
+                std::thread::sleep(Duration::from_millis(300));
+                d.write_all(second)?;
+            }
             "RETR" => {
                 let Some(data) = files.get(arg) else {
                     w.write_all(b"550 no such file\r\n")?;
