@@ -241,6 +241,12 @@ fn execute(
             log::error!("{id} rules of {anchor} may remain: {error}");
             let _ = data.commit(anchor, &[]);
         }
+        // Ignored on purpose: each data connection here ends when both sides have
+        // closed it, with no limit on how many a session holds, so a side that never
+        // closes (rclone after STOR) costs two threads until the peer goes, not a
+        // refused transfer. The mio runtime, which caps them, closes such a finished
+        // connection (docs/embedding.md).
+        Action::TransferDone { .. } => {}
     }
 }
 
@@ -436,9 +442,10 @@ impl Listening {
     }
 }
 
-/// Accepts the forward's data connections, one at a time, from its source only.
+/// Accepts the forward's one data connection, from its source only: every later
+/// one is refused, while the first runs and after it has ended.
 fn serve_forward(sock: &TcpListener, fwd: &Mutex<Forward>, stop: &AtomicBool, session: u32) {
-    let busy = Arc::new(AtomicBool::new(false));
+    let mut used = false;
     for conn in sock.incoming() {
         if stop.load(Ordering::SeqCst) {
             return;
@@ -454,18 +461,15 @@ fn serve_forward(sock: &TcpListener, fwd: &Mutex<Forward>, stop: &AtomicBool, se
             );
             continue;
         }
-        if busy.swap(true, Ordering::SeqCst) {
+        if used {
             log::warn!(
-                "#{session} data connection from {peer} to {} refused: one is already in progress",
+                "#{session} data connection from {peer} to {} refused: this negotiation's one data connection has already been made",
                 fwd.listen
             );
             continue;
         }
-        let busy = busy.clone();
-        thread::spawn(move || {
-            carry(conn, &fwd, session);
-            busy.store(false, Ordering::SeqCst);
-        });
+        used = true;
+        thread::spawn(move || carry(conn, &fwd, session));
     }
 }
 

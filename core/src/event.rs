@@ -215,6 +215,23 @@ pub enum Action {
         /// What the filter said.
         error: FilterError,
     },
+    /// The session has just relayed (the `Send` before this action) the final reply
+    /// to a data-transfer command (`RETR`, `STOR`, `STOU`, `APPE`, `LIST`, `NLST`,
+    /// `MLSD`): a 2xx, 4xx or 5xx after any 1xx. As far as the control connection
+    /// tells, that transfer is over. Emitted only by sessions that have committed
+    /// rules; the rules in force stay.
+    ///
+    /// For a driver that carries the data connections itself: the anchor's data
+    /// connections on which one side has finished (its end of file read and passed
+    /// on) are finished, and need not wait for the other side's end of file. Some
+    /// servers never close their side of an upload (rclone's `serve ftp`), so such a
+    /// connection would otherwise count as in progress until it idles out. The mio
+    /// runtime closes them (docs/embedding.md). A driver whose data connections are
+    /// kernel states (pf, nftables) ignores it.
+    TransferDone {
+        /// The session's anchor, as in its [`Action::CommitRules`].
+        anchor: Anchor,
+    },
 }
 
 /// Unparsed bytes of one side beyond which the session turns its read interest off.

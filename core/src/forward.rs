@@ -14,9 +14,17 @@
 //! * **Admit only** [`Forward::from`] ([`Forward::admits`]); every other peer is
 //!   refused. Refuse with a reset (`SO_LINGER` 0) where the socket API allows it: a
 //!   clean close looks like an empty, successful transfer to whoever connected.
-//! * **One data connection at a time** per forward (the rules' `keep state (max 1)`):
-//!   a second connection while one is in progress is refused; once the first has
-//!   ended, the listener takes a new one (a client may `LIST` twice after one `PASV`).
+//! * **One data connection** per forward, ever (the rules' `keep state (max 1)`, read
+//!   as "one negotiation lets exactly one connection through"): every later
+//!   connection is refused, while the first is in progress and after it has ended. A
+//!   client that wants a second transfer negotiates again (`PASV`, `EPSV`, `PORT`,
+//!   `EPRT`), as clients do. Under pf the original is looser: `max` limits
+//!   *concurrent* states (pf.conf(5)), so once the first state has gone a new SYN
+//!   matches the rule again for as long as the rules stand. A port that keeps
+//!   admitting connections that long gives a late or forged connection from the
+//!   admitted address a window no transfer needs (docs/behavior.md). A connection a
+//!   driver refuses for its own caps does not count: the negotiation's one
+//!   connection is the first it carries.
 //! * **Connect** to [`Forward::target`], the rdr-to translation, from
 //!   [`Forward::source`], the paired nat-to address. [`Source::bind_addr`] says which
 //!   port: a single-port range (port 20 with `-r` and PORT) is bound exactly, a range

@@ -163,6 +163,20 @@ pub fn is_security_feature(line: &[u8]) -> bool {
         .any(|w| word_is(s, w))
 }
 
+/// Commands that move data over a data connection (RFC 959's RETR, STOR, STOU,
+/// APPE, LIST, NLST; RFC 3659's MLSD). Their final reply (2xx, 4xx, 5xx, after
+/// any 1xx) ends the transfer.
+const TRANSFER_COMMANDS: [&[u8]; 7] = [
+    b"RETR", b"STOR", b"STOU", b"APPE", b"LIST", b"NLST", b"MLSD",
+];
+
+/// Whether a client line is a data-transfer command (RETR, STOR, STOU, APPE, LIST,
+/// NLST, MLSD), judged by its command word as [`classify`] judges the others.
+pub fn is_transfer(line: &[u8]) -> bool {
+    let s = command_start(line);
+    TRANSFER_COMMANDS.iter().any(|w| word_is(s, w))
+}
+
 /// Parses a decimal number of at most `max` from the front of `s`, skipping leading
 /// blanks. Returns the value and the rest.
 fn number(s: &[u8], max: u32) -> Option<(u32, &[u8])> {
@@ -487,6 +501,34 @@ mod tests {
         assert!(is_security_feature(b" PROT\r\n"));
         assert!(!is_security_feature(b" EPSV\r\n"));
         assert!(!is_security_feature(b" AUTHORS\r\n"));
+    }
+
+    #[test]
+    fn transfer_commands_by_their_word() {
+        for l in [
+            &b"RETR a\r\n"[..],
+            b"stor a\r\n",
+            b"STOU\r\n",
+            b"APPE a b\r\n",
+            b"LIST\r\n",
+            b"LIST -la\n",
+            b"NLST\r\n",
+            b" MLSD dir\r\n",
+            b"\xff\xf4\xff\xf2RETR a\r\n",
+        ] {
+            assert!(is_transfer(l), "{}", escape(l));
+        }
+        for l in [
+            &b"RETRX a\r\n"[..],
+            b"MLST a\r\n",
+            b"STAT\r\n",
+            b"REST 100\r\n",
+            b"SIZE a\r\n",
+            b"RET\r\n",
+            b"\r\n",
+        ] {
+            assert!(!is_transfer(l), "{}", escape(l));
+        }
     }
 
     #[test]

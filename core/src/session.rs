@@ -78,6 +78,9 @@ enum ReplyTo {
     /// ([`ftp::may_carry_client_lines`]): such a reply makes the session
     /// [`steerable`](Session::steerable).
     Steerable,
+    /// A data-transfer command ([`ftp::is_transfer`]): its final reply is
+    /// announced with [`Action::TransferDone`].
+    Transfer,
     /// Anything else: relayed as it is.
     Other,
 }
@@ -574,6 +577,8 @@ impl Session {
                     ReplyTo::Feat
                 } else if ftp::may_carry_client_lines(&line) {
                     ReplyTo::Steerable
+                } else if ftp::is_transfer(&line) {
+                    ReplyTo::Transfer
                 } else {
                     ReplyTo::Other
                 };
@@ -859,9 +864,20 @@ impl Session {
         if !self.greeted {
             self.greeted = true;
         } else if matches!(self.expect.front(), Some(Expect::Reply(_))) {
+            self.transfer_done(cx);
             self.expect.pop_front();
         }
         self.flush_local(cx);
+    }
+
+    /// The final reply to the oldest command has been relayed: if that command moved
+    /// data, the driver learns that its transfer is over. Only sessions that ever
+    /// committed rules can have data connections to tell about.
+    fn transfer_done(&self, cx: &mut Cx<'_>) {
+        if self.installed && matches!(self.expect.front(), Some(Expect::Reply(ReplyTo::Transfer))) {
+            let anchor = self.anchor;
+            self.emit(cx, Action::TransferDone { anchor });
+        }
     }
 
     /// A 227/229 that answers a PASV/EPSV: rules, then the rewritten reply.

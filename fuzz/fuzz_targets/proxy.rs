@@ -537,6 +537,21 @@ impl Harness {
                     assert_ne!(*last, on, "{id}: ReadInterest {side} {on} repeated");
                     *last = on;
                 }
+                Action::TransferDone { anchor } => {
+                    assert!(!p.closed, "{id}: TransferDone after Close");
+                    assert!(
+                        p.last_commit.is_some(),
+                        "{id}: TransferDone without rules ever committed"
+                    );
+                    assert_eq!(
+                        anchor,
+                        Anchor {
+                            pid: cfg.pid,
+                            session: id.0
+                        },
+                        "{id}: TransferDone for another anchor"
+                    );
+                }
                 Action::RulesMayRemain { anchor, error } => {
                     assert!(
                         p.closed,

@@ -43,8 +43,9 @@
 //! copies both ways, passing half-closes on. Differences from the kernel path, all
 //! deliberate:
 //!
-//! * `keep state (max 1)`: a connection arriving while one is in progress is accepted
-//!   and closed at once (pf would drop its SYN). Other sources are closed the same way.
+//! * `keep state (max 1)`: one negotiation carries exactly one data connection. A
+//!   later one (while the first is in progress or after it has ended) is accepted
+//!   and reset at once (pf would drop its SYN). Other sources are reset the same way.
 //! * Source ports: a `nat-to` range lets the kernel pick an ephemeral port (pf picks
 //!   from 50001-65535). A single port (20, with `-r`) is bound; without the privilege
 //!   to bind it the relay logs a warning once and uses an ephemeral port. A `nat-to`
@@ -66,6 +67,13 @@
 //!   accepted and reset. Pairs outlive their sessions, so without this bound a client
 //!   could pile up stalled transfers beyond the session limit and exhaust the
 //!   descriptors [`nofile_needed`] budgets (one pair per session).
+//! * Per session, [`RelayLimits`] apply, and pairs that outlive a session count
+//!   against the later sessions of its client address (the loop tells the relay
+//!   each session's client when it accepts it), so a client that ends its sessions
+//!   and keeps their transfers holds no more than one live session could.
+//! * `Action::TransferDone` (a transfer's final reply relayed) closes the session's
+//!   pairs on which one side has finished, without waiting for the other side's end
+//!   of file (rclone never sends it after an upload).
 //! * Data connections in progress survive the replacement or removal of their rules
 //!   (as pf states do), but not the end of the process: at exit each is reset on both
 //!   sides, so that no receiver takes a cut-short stream-mode transfer for a whole one.

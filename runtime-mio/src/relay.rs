@@ -2,13 +2,21 @@
 //!
 //! The rules of each commit become [`Forward`]s ([`ftp_proxy_core::forwards`]), whose
 //! documentation states the semantics: listen on the rdr-to rule's destination,
-//! admit only its source, one data connection at a time, connect to the rdr-to target
+//! admit only its source, exactly one data connection, connect to the rdr-to target
 //! from the paired nat-to address, copy both ways with half-close, and let data
 //! connections in progress outlive the replacement of their rules, as pf states do.
 //!
 //! On top of that this module adds the daemon's policy ([`RelayLimits`], the `-m`
 //! cap, resets at exit) and says why a data connection failed: each cause is logged
 //! at notice (`warn!`) with the session id, the lines docs/embedding.md lists.
+//!
+//! Two facts from outside the sockets shape that policy. The runtime names each
+//! session's client address ([`Relay::session_started`]): data connections that
+//! outlive their session still count against that address's per-session allowance,
+//! so ending sessions buys a client no more slots than keeping them. And the core
+//! says when a transfer's final reply has been relayed ([`Relay::transfer_done`]):
+//! a data connection whose one side has finished is then over, even if the other
+//! side never closes it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -39,10 +47,13 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 ///
 /// pf keeps a state for as long as packets flow and expires it by its own timers;
 /// the relay holds two sockets per connection, so a client that keeps its sockets
-/// open could otherwise hold slots of the shared cap forever (docs/behavior.md).
+/// open, or ends its sessions and leaves their transfers running, could otherwise
+/// hold slots of the shared cap forever (docs/behavior.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RelayLimits {
-    /// Data connections one session may have in progress at once.
+    /// Data connections one session may have in progress at once. Those that
+    /// outlive an ended session of the same client address count too: a session
+    /// starts one only while its own plus its address's orphaned ones are fewer.
     pub per_session: usize,
     /// A data connection that moves no byte for this long is reset.
     pub idle: Duration,
@@ -67,9 +78,10 @@ struct DataListener {
     sock: TcpListener,
     fwd: Forward,
     anchor: Anchor,
-    /// The data connection in progress, if any (`max 1`).
+    /// The data connection in progress, if any.
     active: Option<u64>,
-    /// A data connection from the admitted peer was accepted at least once.
+    /// The negotiation's one data connection was admitted (`max 1`): the listener
+    /// takes no other, whether that one is still in progress or has ended.
     used: bool,
     /// For a leg of a join ([`Forward::join`]): the connection accepted here while
     /// its partner has not arrived at the other leg's listener, and since when.
@@ -81,10 +93,18 @@ struct DataListener {
 enum Refusal {
     /// Not the rules' source, which is given.
     Stranger(IpAddr),
-    /// `keep state (max 1)`: one data connection per negotiation at a time.
+    /// `keep state (max 1)`: the negotiation's data connection is in progress.
     InProgress,
-    /// The session already has this many in progress ([`RelayLimits::per_session`]).
-    SessionLimit(usize),
+    /// `keep state (max 1)`: the negotiation's data connection has come and gone;
+    /// one negotiation lets exactly one through.
+    Used,
+    /// The session already has `own` in progress, and `orphans` more outlive ended
+    /// sessions of its client address `client` ([`RelayLimits::per_session`]).
+    SessionLimit {
+        own: usize,
+        orphans: usize,
+        client: Option<IpAddr>,
+    },
     /// This many are in progress, the most there may be (`-m`).
     Limit(usize),
 }
@@ -94,10 +114,28 @@ impl fmt::Display for Refusal {
         match self {
             Refusal::Stranger(from) => write!(f, "a stranger, only {from} may connect"),
             Refusal::InProgress => f.write_str("one is already in progress for this negotiation"),
-            Refusal::SessionLimit(n) => write!(
-                f,
-                "data-connection limit reached, the session has {n} in progress (--relay-per-session)"
+            Refusal::Used => f.write_str(
+                "this negotiation's one data connection has already been made (PASV, EPSV, PORT or EPRT again for another)",
             ),
+            Refusal::SessionLimit {
+                own,
+                orphans: 0,
+                ..
+            } => write!(
+                f,
+                "data-connection limit reached, the session has {own} in progress (--relay-per-session)"
+            ),
+            Refusal::SessionLimit {
+                own,
+                orphans,
+                client,
+            } => {
+                write!(f, "data-connection limit reached, the session has {own} in progress and {orphans} more outlive earlier sessions")?;
+                if let Some(client) = client {
+                    write!(f, " of {client}")?;
+                }
+                f.write_str(" (--relay-per-session)")
+            }
             Refusal::Limit(n) => write!(
                 f,
                 "data-connection limit reached, {n} in progress in all sessions (-m)"
@@ -164,8 +202,13 @@ struct Pair {
     partner: Option<u64>,
     /// The control session that negotiated it ([`Anchor::session`]).
     session: u32,
+    /// That session's client address, when the runtime named it.
+    client: Option<IpAddr>,
     /// That session has ended.
     orphan: bool,
+    /// The session has relayed the final reply of a transfer since this pair began
+    /// ([`Relay::transfer_done`]): once one side has finished, the pair is over.
+    done: bool,
     /// What the sweep last saw of the pair's progress, and when it last changed.
     seen: Progress,
     last_active: Instant,
@@ -196,6 +239,36 @@ impl Pair {
     fn half_closed(&self) -> bool {
         self.accepted.eof || self.opened.eof || self.accepted.shut || self.opened.shut
     }
+
+    /// Whether the transfer this pair carries is over as far as its sockets tell,
+    /// for a pair whose final reply has been relayed ([`done`](Self::done)).
+    ///
+    /// One direction has ended: its end of file was read and passed on after every
+    /// byte before it (the `shut` of its destination). That direction is the one that
+    /// carried the data, or neither carried any; a receiver that closed its sending
+    /// side early while the data still flows the other way is not finished. And
+    /// nothing is in flight the other way: its buffer is empty and its source has
+    /// nothing left to read (its end of file, or the last read would have blocked).
+    /// Closing then sends no reset (no unread input) and loses no byte: what the
+    /// kernel still holds for the peer that got the end of file is delivered after
+    /// the close. The one case it cannot see: a receiver that closed its sending
+    /// side before a single byte of the data reached the relay, with all of that
+    /// data still on the network when the final reply is handled.
+    fn finished(&self) -> bool {
+        if self.connecting {
+            return false;
+        }
+        let quiet = |s: &Sock| s.eof || !s.readable;
+        let up_ended = self.opened.shut
+            && self.down.is_empty()
+            && quiet(&self.opened)
+            && (self.up.moved() > 0 || self.down.moved() == 0);
+        let down_ended = self.accepted.shut
+            && self.up.is_empty()
+            && quiet(&self.accepted)
+            && (self.down.moved() > 0 || self.up.moved() == 0);
+        up_ended || down_ended
+    }
 }
 
 /// Why a data connection ended early.
@@ -207,6 +280,9 @@ enum PairEnd {
     Idle(&'static str, Duration),
     /// Its session ended on a reply desync ([`Relay::kill_session`]).
     Killed,
+    /// Its transfer's final reply was relayed and one side has finished; the other
+    /// side never closed ([`Pair::finished`]). Closed cleanly, as a peer would.
+    Finished,
 }
 
 /// The relay's state: listeners per session anchor and the data connections.
@@ -228,9 +304,18 @@ pub(crate) struct Relay {
     limits: RelayLimits,
     /// When the data connections are next checked against their timeouts.
     next_sweep: Option<Instant>,
-    /// Bytes (up, down) of data connections that ended while their session was
-    /// live, per session, for the session's summary line.
-    ended_bytes: BTreeMap<u32, (u64, u64)>,
+    /// What the relay knows of each live session.
+    sessions: BTreeMap<u32, SessionInfo>,
+}
+
+/// The relay's view of one live control session.
+#[derive(Debug, Default)]
+struct SessionInfo {
+    /// The client's address ([`Relay::session_started`]).
+    client: Option<IpAddr>,
+    /// Bytes (up, down) of its data connections that have ended, for the session's
+    /// summary line.
+    ended_bytes: (u64, u64),
 }
 
 impl Relay {
@@ -255,11 +340,25 @@ impl Relay {
         self.limits = limits;
     }
 
+    /// A control session from `client` has begun. Its data connections count against
+    /// that address's allowance after the session has ended (see [`RelayLimits`]).
+    pub(crate) fn session_started(&mut self, session: u32, client: IpAddr) {
+        self.sessions.entry(session).or_default().client = Some(client);
+    }
+
+    fn client_of(&self, session: u32) -> Option<IpAddr> {
+        self.sessions.get(&session).and_then(|s| s.client)
+    }
+
     /// The control session `session` has ended: its data connections in progress may
-    /// finish, but now idle out after the short limit. Returns the bytes (up, down)
-    /// its data connections have moved so far.
+    /// finish, but now idle out after the short limit, and count against the
+    /// per-session allowance of their client address's other sessions. Returns the
+    /// bytes (up, down) its data connections have moved so far.
     pub(crate) fn session_ended(&mut self, session: u32) -> (u64, u64) {
-        let mut moved = self.ended_bytes.remove(&session).unwrap_or_default();
+        let mut moved = self
+            .sessions
+            .remove(&session)
+            .map_or((0, 0), |s| s.ended_bytes);
         for p in self.pairs.values_mut().filter(|p| p.session == session) {
             p.orphan = true;
             moved.0 += p.up.moved();
@@ -293,6 +392,34 @@ impl Relay {
                 );
                 reset(&stream);
             }
+        }
+    }
+
+    /// The session of `anchor` has relayed the final reply of a transfer
+    /// ([`ftp_proxy_core::Action::TransferDone`]). Its data connections in progress
+    /// are marked; each is closed as soon as one side has finished
+    /// ([`Pair::finished`]), now or later, instead of waiting for the other side's
+    /// end of file. A server that never closes its side of an upload (rclone) would
+    /// otherwise keep every upload counted until `linger`, and refuse the third.
+    ///
+    /// It applies to the pairs that exist now: a data connection starts before the
+    /// transfer's final reply can be sent, and a later one belongs to a later transfer.
+    /// Each marked pair is served once with both sockets taken as readable: the
+    /// reply may be handled before the readiness of data that arrived ahead of it,
+    /// and the judgement must see that data (or its end of file), not a stale flag.
+    pub(crate) fn transfer_done(&mut self, registry: &Registry, anchor: &Anchor) {
+        let mut marked = Vec::new();
+        for (&id, p) in self.pairs.iter_mut() {
+            if p.session == anchor.session && !p.orphan {
+                p.done = true;
+                // A read that finds nothing says WouldBlock and clears them again.
+                p.accepted.readable = true;
+                p.opened.readable = true;
+                marked.push(id);
+            }
+        }
+        for id in marked {
+            self.service(registry, id);
         }
     }
 
@@ -476,6 +603,11 @@ impl Relay {
         for id in old {
             if let Some((_, fwd)) = keep.iter().find(|(k, _)| *k == id) {
                 if let Some(l) = self.listeners.get_mut(&id) {
+                    // The same rules again keep their state; another negotiation on
+                    // the same address (the core avoids it) gets its own connection.
+                    if l.fwd != *fwd {
+                        l.used = false;
+                    }
                     l.fwd = fwd.clone();
                 }
                 ids.push(id);
@@ -616,7 +748,8 @@ impl Relay {
     }
 
     /// Whether listener `id` may carry a connection from `peer` now: the rules'
-    /// source, one at a time, and the per-session and global caps.
+    /// source, the first one only, and the per-session and global caps. A connection
+    /// refused for a cap does not use the negotiation up: the next may get through.
     fn admit(&self, id: u64, peer: SocketAddr) -> Result<(), Refusal> {
         let Some(l) = self.listeners.get(&id) else {
             return Ok(());
@@ -627,15 +760,29 @@ impl Relay {
         if l.active.is_some() || l.waiting.is_some() {
             return Err(Refusal::InProgress);
         }
+        if l.used {
+            return Err(Refusal::Used);
+        }
         let session = l.anchor.session;
-        let of_session = self.pairs.values().filter(|p| p.session == session).count()
+        let client = self.client_of(session);
+        let own = self.pairs.values().filter(|p| p.session == session).count()
             + self
                 .listeners
                 .values()
                 .filter(|w| w.anchor.session == session && w.waiting.is_some())
                 .count();
-        if of_session >= self.limits.per_session {
-            return Err(Refusal::SessionLimit(of_session));
+        let orphans = client.map_or(0, |c| {
+            self.pairs
+                .values()
+                .filter(|p| p.orphan && p.client == Some(c))
+                .count()
+        });
+        if own + orphans >= self.limits.per_session {
+            return Err(Refusal::SessionLimit {
+                own,
+                orphans,
+                client,
+            });
         }
         if self.pairs.len() >= self.max_pairs {
             return Err(Refusal::Limit(self.pairs.len()));
@@ -683,7 +830,9 @@ impl Relay {
             target: fwd.target,
             partner: None,
             session,
+            client: self.client_of(session),
             orphan: false,
+            done: false,
             seen: Progress::default(),
             last_active: Instant::now(),
         };
@@ -769,7 +918,9 @@ impl Relay {
             target,
             partner: Some(partner),
             session: anchor.session,
+            client: self.client_of(anchor.session),
             orphan: false,
+            done: false,
             seen: Progress::default(),
             last_active: Instant::now(),
         };
@@ -834,6 +985,10 @@ impl Relay {
         let outcome = pair.step();
         match outcome {
             Ok(true) => self.hot.push(Tok::Data(id, End::Accepted)),
+            // Everything would block, so the read flags are current.
+            Ok(false) if pair.done && pair.finished() => {
+                self.close(registry, id, PairEnd::Finished)
+            }
             Ok(false) => {}
             Err(end) => self.close(registry, id, end),
         }
@@ -846,7 +1001,7 @@ impl Relay {
         let _ = registry.deregister(&mut pair.accepted.sock);
         let _ = registry.deregister(&mut pair.opened.sock);
         if !pair.orphan {
-            let total = self.ended_bytes.entry(pair.session).or_default();
+            let total = &mut self.sessions.entry(pair.session).or_default().ended_bytes;
             total.0 += pair.up.moved();
             total.1 += pair.down.moved();
         }
@@ -854,6 +1009,14 @@ impl Relay {
             PairEnd::Done => {
                 debug!(
                     "relay: {}: done, {} bytes up, {} bytes down",
+                    pair.label,
+                    pair.up.moved(),
+                    pair.down.moved()
+                )
+            }
+            PairEnd::Finished => {
+                debug!(
+                    "relay: {}: done, {} bytes up, {} bytes down; closed after the transfer's final reply, one side had not closed",
                     pair.label,
                     pair.up.moved(),
                     pair.down.moved()
@@ -906,9 +1069,9 @@ impl Relay {
         for lid in [Some(pair.listener), pair.partner].into_iter().flatten() {
             if let Some(l) = self.listeners.get_mut(&lid) {
                 if l.active == Some(id) {
+                    // The listener stays (until the rules change) to refuse and log
+                    // later connections: `used` is set for good.
                     l.active = None;
-                    // A connection refused while this one ran is gone; a new one may wait.
-                    self.hot.push(Tok::DataListener(lid));
                 }
             }
         }

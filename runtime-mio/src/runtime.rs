@@ -576,6 +576,9 @@ impl<B: Filter> Runtime<B> {
         let Ok(id) = self.proxy.accept(now, conn) else {
             return;
         };
+        if let Data::Relay(relay) = &mut self.data {
+            relay.session_started(id.0, conn.client.ip());
+        }
         sys::keepalive(&sock);
         sys::nodelay(&sock);
         let rw = Interest::READABLE | Interest::WRITABLE;
@@ -786,6 +789,12 @@ impl<B: Filter> Runtime<B> {
             Action::EndDataConnections { anchor } => {
                 if let Err(e) = self.with_filter(|f| f.kill_connections(&anchor)) {
                     error!("{id} cannot end the data connections of {anchor}: {e}");
+                }
+            }
+            // The kernel's states need no word; the relay closes finished pairs.
+            Action::TransferDone { anchor } => {
+                if let Data::Relay(relay) = &mut self.data {
+                    relay.transfer_done(self.poll.registry(), &anchor);
                 }
             }
             Action::Close { reason, summary } => {

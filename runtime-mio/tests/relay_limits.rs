@@ -5,8 +5,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::io::{ErrorKind, Read};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use common::*;
@@ -51,6 +51,20 @@ fn outcome(s: &mut TcpStream) -> std::io::Result<usize> {
     }
 }
 
+/// Where the relay listens for the server's data connection: the address of the
+/// (rewritten) PORT the server received last.
+fn relay_port(server: &ScriptedServer) -> SocketAddr {
+    let line = server.log.lock().unwrap().lines.last().cloned().unwrap();
+    let v: Vec<u16> = line
+        .trim_end()
+        .trim_start_matches("PORT ")
+        .split(',')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let a = std::net::Ipv4Addr::new(v[0] as u8, v[1] as u8, v[2] as u8, v[3] as u8);
+    SocketAddr::new(a.into(), v[4] * 256 + v[5])
+}
+
 fn assert_reset(s: &mut TcpStream, what: &str) {
     match outcome(s) {
         Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
@@ -82,8 +96,52 @@ fn every_refused_data_connection_is_reset() {
     proxy.stop();
 }
 
-/// A session that keeps its finished data connections open holds at most
-/// `per_session` of them; once it ends, they expire after the linger time.
+/// One negotiation, one data connection (pf's `max 1` with the rule gone once its
+/// state exists): after the first has ended, the proxy port of that PASV or PORT
+/// takes no other, in either mode.
+#[test]
+fn one_negotiation_lets_exactly_one_data_connection_through() {
+    let server = ScriptedServer::start(ip(SERVER), files());
+    let proxy = RunningProxy::start(cfg(server.addr), SocketAddr::new(ip(PROXY), 0), true, None);
+    let mut c = Client::connect(ip(CLIENT), proxy.addr);
+    c.login();
+
+    // Passive: the client's first connection carries a download and ends.
+    let data_addr = c.pasv();
+    let mut d = connect_from(ip(CLIENT), data_addr).expect("data connect");
+    assert!(c.cmd("RETR small").starts_with("150"));
+    let mut got = Vec::new();
+    d.read_to_end(&mut got).unwrap();
+    assert_eq!(got, payload(1000, 1));
+    assert!(c.reply().starts_with("226"));
+    drop(d);
+    assert!(proxy.wait_relay(|(_, p)| p == 0), "the first pair ends");
+    // The listener is still there (the rules stay until the next negotiation), but
+    // a second connection from the client is refused.
+    let mut again = connect_from(ip(CLIENT), data_addr).expect("kernel accepts");
+    assert_reset(&mut again, "a second connection after one PASV");
+
+    // Active: the server's first connection to the PORT's proxy port is carried, a
+    // second one is refused.
+    let l = std::net::TcpListener::bind((ip(CLIENT), 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let r = c.cmd(&format!("PORT 127,0,0,2,{},{}", port >> 8, port & 255));
+    assert!(r.starts_with("200"), "{r:?}");
+    let relay_port = relay_port(&server);
+    assert!(c.cmd("RETR small").starts_with("150"));
+    let mut d = accept_bounded(&l);
+    let mut got = Vec::new();
+    d.read_to_end(&mut got).unwrap();
+    assert_eq!(got, payload(1000, 1));
+    assert!(c.reply().starts_with("226"));
+    drop(d);
+    assert!(proxy.wait_relay(|(_, p)| p == 0), "the active pair ends");
+    let mut again = connect_from(ip(SERVER), relay_port).expect("kernel accepts");
+    assert_reset(&mut again, "a second connection after one PORT");
+    proxy.stop();
+}
+
+/// A session that keeps data connections open holds at most `per_session` of them.
 #[test]
 fn one_session_cannot_hold_every_data_connection() {
     let server = ScriptedServer::start(ip(SERVER), files());
@@ -97,13 +155,14 @@ fn one_session_cannot_hold_every_data_connection() {
     let proxy = RunningProxy::start_limited(config, SocketAddr::new(ip(PROXY), 0), limits);
     let mut hog = Client::connect(ip(CLIENT), proxy.addr);
     hog.login();
-    let data_addr = hog.pasv();
-    let mut kept = connect_from(ip(CLIENT), data_addr).expect("data connect");
-    assert!(hog.cmd("RETR small").starts_with("150"));
-    let mut got = vec![0u8; 1000];
-    kept.read_exact(&mut got).unwrap();
-    assert!(hog.reply().starts_with("226"));
-    // `kept` stays open: the pair is half-closed and still counts.
+    // An active negotiation whose data connection comes (from the server's address)
+    // and carries no transfer: the pair is in progress and counts. It does not
+    // depend on the scripted server, which forgets a PORT at the next PASV.
+    let l = std::net::TcpListener::bind((ip(CLIENT), 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let r = hog.cmd(&format!("PORT 127,0,0,2,{},{}", port >> 8, port & 255));
+    assert!(r.starts_with("200"), "{r:?}");
+    let kept = connect_from(ip(SERVER), relay_port(&server)).expect("data connect");
     assert!(proxy.wait_relay(|(_, p)| p == 1));
     let data_addr = hog.pasv();
     let mut refused = connect_from(ip(CLIENT), data_addr).expect("kernel accepts");
@@ -123,6 +182,87 @@ fn one_session_cannot_hold_every_data_connection() {
     proxy.stop();
 }
 
+/// A transfer whose final reply has been relayed is over once one side has
+/// finished: a peer that never closes its side does not keep it counted. Here the
+/// server keeps every upload's data connection open (rclone's `serve ftp` does) and
+/// the client keeps every download's: with two data connections per session and a
+/// linger time of ten minutes, the third transfer of the session would be refused.
+#[test]
+fn finished_transfers_do_not_count_when_a_side_never_closes() {
+    let server = ScriptedServer::start(ip(SERVER), files());
+    let limits = RelayLimits {
+        per_session: 2,
+        idle: Duration::from_secs(600),
+        linger: Duration::from_secs(600),
+    };
+    let proxy =
+        RunningProxy::start_limited(cfg(server.addr), SocketAddr::new(ip(PROXY), 0), limits);
+    let mut c = Client::connect(ip(CLIENT), proxy.addr);
+    c.login();
+    for i in 0..6u32 {
+        let data_addr = c.pasv();
+        let mut d = connect_from(ip(CLIENT), data_addr).expect("data connect");
+        let r = c.cmd(&format!("APPE up{i}"));
+        assert!(r.starts_with("150"), "upload {i}: {r:?}");
+        let up = payload(20_000 + i as usize, 50 + i);
+        // A refused connection may still take the bytes into its buffer; the
+        // server's reply tells.
+        let _ = std::io::Write::write_all(&mut d, &up);
+        drop(d);
+        let r = c.reply();
+        assert!(r.starts_with("226"), "upload {i}: {r:?}");
+        assert!(
+            server.log.lock().unwrap().stored.get(&format!("up{i}")) == Some(&up),
+            "upload {i} arrived whole"
+        );
+    }
+    assert!(
+        proxy.wait_relay(|(_, p)| p == 0),
+        "finished uploads still relayed although the server keeps them open"
+    );
+    // Downloads whose client keeps its socket: each ends at its end of file.
+    let mut kept = Vec::new();
+    for i in 0..4 {
+        let data_addr = c.pasv();
+        let mut d = connect_from(ip(CLIENT), data_addr).expect("data connect");
+        assert!(c.cmd("RETR small").starts_with("150"), "download {i}");
+        let mut got = vec![0u8; 1000];
+        d.read_exact(&mut got).unwrap();
+        assert_eq!(got, payload(1000, 1), "download {i}");
+        let r = c.reply();
+        assert!(r.starts_with("226"), "download {i}: {r:?}");
+        assert_eq!(outcome(&mut d).ok(), Some(0), "download {i} ends cleanly");
+        kept.push(d);
+    }
+    assert!(
+        proxy.wait_relay(|(_, p)| p == 0),
+        "finished downloads still relayed although the client keeps them open"
+    );
+    drop(kept);
+    proxy.stop();
+}
+
+/// The side that closed first is not always the one that sent the data: a client
+/// that ended its sending side before a download must still get the whole file when
+/// the transfer's 226 comes while part of the data is still on its way (the side
+/// that has finished carried nothing).
+#[test]
+fn a_receiver_that_closed_its_side_first_gets_the_whole_download() {
+    let server = ScriptedServer::start(ip(SERVER), files());
+    let proxy = RunningProxy::start(cfg(server.addr), SocketAddr::new(ip(PROXY), 0), true, None);
+    let mut c = Client::connect(ip(CLIENT), proxy.addr);
+    c.login();
+    let data_addr = c.pasv();
+    let mut d = connect_from(ip(CLIENT), data_addr).expect("data connect");
+    d.shutdown(Shutdown::Write).unwrap();
+    assert!(c.cmd("RETR overtaken").starts_with("150"));
+    assert!(c.reply().starts_with("226"));
+    let mut got = Vec::new();
+    d.read_to_end(&mut got).unwrap();
+    assert!(got == payload(1000, 1), "{} bytes of 1000", got.len());
+    proxy.stop();
+}
+
 /// Half-closed pairs and pairs of ended sessions expire after `linger`; a pair where
 /// no byte moves after `idle`.
 #[test]
@@ -138,27 +278,17 @@ fn idle_and_half_closed_data_connections_expire() {
     let mut c = Client::connect(ip(CLIENT), proxy.addr);
     c.login();
 
-    // Half-closed: the transfer is complete, the client keeps its socket.
+    // Half-closed, and no transfer's final reply relayed: the client ends its
+    // side, the server never does. The pair stays until the linger time, then a
+    // reset ends it.
     let data_addr = c.pasv();
     let mut kept = connect_from(ip(CLIENT), data_addr).expect("data connect");
-    assert!(c.cmd("RETR small").starts_with("150"));
-    let mut got = vec![0u8; 1000];
-    kept.read_exact(&mut got).unwrap();
-    assert!(c.reply().starts_with("226"));
+    kept.shutdown(Shutdown::Write).unwrap();
     assert!(proxy.wait_relay(|(_, p)| p == 1));
-    // The end of file the server sent has arrived; the pair stays until the linger
-    // time, then a reset ends it.
-    assert_eq!(outcome(&mut kept).ok(), Some(0));
+    assert_reset(&mut kept, "a half-closed pair after its linger time");
     assert!(
         proxy.wait_relay(|(_, p)| p == 0),
         "half-closed pair outlived its linger time"
-    );
-    std::thread::sleep(Duration::from_millis(100));
-    // After a reset the socket is closed and the first write fails; after a clean
-    // close the first write would still be accepted (the peer answers it with RST).
-    assert!(
-        kept.write(b"x").is_err(),
-        "an expired pair must be reset, not closed"
     );
 
     // Idle: connected, no command, no byte either way.

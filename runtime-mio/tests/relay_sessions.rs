@@ -427,3 +427,96 @@ fn data_connections_outliving_their_sessions_stay_within_the_session_limit() {
     assert!(c.reply().starts_with("226"));
     proxy.stop();
 }
+
+/// A client must not hold more data connections by ending its sessions than by
+/// keeping one: transfers that outlive their sessions (the server keeps sending, as
+/// vsftpd does) count against the per-session allowance of their client address.
+/// With `-m 4` and two per session, a client that started four downloads, one
+/// session after another, held every slot and every other user's data connection
+/// was reset. Now its third is refused, other users keep theirs, and the downloads
+/// that outlive their sessions still arrive whole.
+#[test]
+fn transfers_outliving_their_sessions_count_against_their_client_address() {
+    use ftp_proxy_runtime::RelayLimits;
+    use std::time::Duration;
+    let server = ScriptedServer::start(ip(SERVER), files());
+    // A linger time no test reaches: the ended sessions' transfers stand for ones
+    // that keep moving bytes (a slow reader), which no timer cuts.
+    let limits = RelayLimits {
+        per_session: 2,
+        idle: Duration::from_secs(600),
+        linger: Duration::from_secs(600),
+    };
+    let proxy = RunningProxy::start_limited(
+        Config {
+            max_sessions: 4,
+            ..reverse_cfg(server.addr)
+        },
+        SocketAddr::new(ip(PROXY), 0),
+        limits,
+    );
+    // One session at a time: start a download, end the session, keep the download.
+    let orphan = |n: usize| {
+        let mut c = Client::connect(ip(CLIENT), proxy.addr);
+        c.login();
+        let d = connect_from(ip(CLIENT), c.pasv()).expect("data connect");
+        assert!(c.cmd("RETR big").starts_with("150"));
+        drop(c);
+        assert!(proxy.wait_sessions(|s| s == 0), "session {n} ends");
+        d
+    };
+    let mut kept = Vec::new();
+    for n in 0..2 {
+        kept.push(orphan(n));
+        assert!(
+            proxy.wait_relay(|(_, p)| p == n + 1),
+            "download {n} outlives its session"
+        );
+    }
+    let mut third = orphan(2);
+    third
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let r = third.read(&mut buf).map_err(|e| e.kind());
+    assert!(
+        matches!(r, Ok(0) | Err(std::io::ErrorKind::ConnectionReset)),
+        "a third data connection through ended sessions of one client: {r:?}"
+    );
+    assert!(proxy.wait_relay(|(_, p)| p == 2), "only two are relayed");
+
+    // Another client's transfer goes through.
+    let mut other = Client::connect(ip("127.0.0.7"), proxy.addr);
+    other.login();
+    let mut d = connect_from(ip("127.0.0.7"), other.pasv()).expect("data connect");
+    assert!(other.cmd("RETR small").starts_with("150"));
+    let mut got = Vec::new();
+    d.read_to_end(&mut got).unwrap();
+    assert!(got == payload(1000, 1), "another client's download");
+    assert!(other.reply().starts_with("226"));
+
+    // The downloads that outlived their sessions arrive whole; then the client's
+    // allowance is back.
+    for (n, mut d) in kept.into_iter().enumerate() {
+        let mut got = Vec::new();
+        d.read_to_end(&mut got).unwrap();
+        assert!(
+            got == payload(3 << 20, 2),
+            "download {n} after its session: {} bytes",
+            got.len()
+        );
+    }
+    assert!(proxy.wait_relay(|(_, p)| p == 0));
+    let mut c = Client::connect(ip(CLIENT), proxy.addr);
+    c.login();
+    let mut d = connect_from(ip(CLIENT), c.pasv()).expect("data connect");
+    assert!(c.cmd("RETR small").starts_with("150"));
+    let mut got = Vec::new();
+    d.read_to_end(&mut got).unwrap();
+    assert!(
+        got == payload(1000, 1),
+        "the client's download once its orphans ended"
+    );
+    assert!(c.reply().starts_with("226"));
+    proxy.stop();
+}

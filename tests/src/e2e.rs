@@ -1,5 +1,6 @@
 //! End-to-end harness: the real `ftp-proxy` binary between real FTP clients (curl,
-//! lftp, Python ftplib) and a real server (pure-ftpd), all on loopback.
+//! lftp, Python ftplib) and a real server (pure-ftpd; vsftpd and rclone where a
+//! scenario needs their behaviour), all on loopback.
 //!
 //! A scenario is a [`Fixture`]: a private directory with random 1 KiB and 10 MiB
 //! files, pure-ftpd serving them (anonymous read-only, user `alice` read-write),
@@ -15,20 +16,26 @@ mod clients;
 mod control;
 mod error;
 mod fixture;
+mod installed;
 mod proc;
 mod proxy;
+mod rclone;
 mod server;
+mod vsftpd;
 
 pub use clients::{
     curl, curl_list, curl_retr, curl_stor, ftp_url, ftplib, ftplib_script, lftp, prove_mode,
     DataMode, HeldClient, Login, CLIENT_TIMEOUT,
 };
-pub use control::{Control, Reply};
+pub use control::{connect_from, Control, Reply};
 pub use error::{tail, E2eError, Result};
 pub use fixture::{loopback, preflight, Fixture, DIRECT_ENV, PROXY_CHROOT, PROXY_USER};
+pub use installed::TOOLS_DIR;
 pub use proc::{group_members, run, run_ok, wait_for, ChildGuard};
 pub use proxy::{build_in_test_profile, proxy_binary, wait_listening, ProxyProcess, LISTENING};
+pub use rclone::{RcloneServer, RCLONE_PASSIVE_RANGE};
 pub use server::{
     assert_same_file, free_port, FtpServer, Workdir, BIG, BIG_LEN, PASSIVE_RANGE, PASSWORD, SMALL,
     SMALL_LEN, USER,
 };
+pub use vsftpd::{Vsftpd, VSFTPD_PASSIVE_RANGE};

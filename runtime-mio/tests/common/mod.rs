@@ -238,8 +238,12 @@ pub struct ServerLog {
 }
 
 /// A scripted FTP server on `ip`: USER, PASS, PASV, EPSV, PORT, EPRT, RETR, STOR,
-/// `SITE BOTH` (sends and receives at once, with half-close), QUIT. Serves control
-/// connections one after another until dropped.
+/// APPE (a STOR that, like rclone's `serve ftp`, never closes its side of the data
+/// connection: it reads to the end of file, answers 226 and keeps the socket until
+/// the control connection ends), `RETR overtaken` (file `small`, whose 226 overtakes
+/// the second half of the data, as it may across connections on a real network),
+/// `SITE BOTH` (sends and receives at once, with
+/// half-close), QUIT. Serves control connections one after another until dropped.
 pub struct ScriptedServer {
     pub addr: SocketAddr,
     pub log: Arc<Mutex<ServerLog>>,
@@ -305,7 +309,9 @@ fn open_data(
     own_ip: IpAddr,
     log: &Mutex<ServerLog>,
 ) -> std::io::Result<TcpStream> {
-    let s = match std::mem::replace(mode, DataMode::None) {
+    // A passive listener stays open until the next PASV, EPSV, PORT or EPRT (so a
+    // test can see what a second connection to it meets); an active address is used once.
+    let s = match mode {
         DataMode::Passive(l) => {
             // Bounded wait for the client's (relayed) data connection.
             l.set_nonblocking(true)?;
@@ -325,7 +331,11 @@ fn open_data(
                 }
             }
         }
-        DataMode::Active(to) => connect_from(own_ip, to)?,
+        DataMode::Active(to) => {
+            let to = *to;
+            *mode = DataMode::None;
+            connect_from(own_ip, to)?
+        }
         DataMode::None => return Err(std::io::Error::other("no data mode")),
     };
     s.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -345,6 +355,8 @@ fn serve(
     let mut r = BufReader::new(conn);
     w.write_all(b"220 scripted server ready\r\n")?;
     let mut mode = DataMode::None;
+    // APPE's data connections, never closed before the session ends.
+    let mut kept: Vec<TcpStream> = Vec::new();
     loop {
         let mut line = String::new();
         if r.read_line(&mut line)? == 0 {
@@ -413,6 +425,17 @@ fn serve(
                     }
                 });
             }
+            "RETR" if arg == "overtaken" => {
+                let data = files.get("small").cloned().unwrap_or_default();
+                w.write_all(b"150 sending\r\n")?;
+                let mut d = open_data(&mut mode, own_ip, log)?;
+                let (first, second) = data.split_at(data.len() / 2);
+                d.write_all(first)?;
+                std::thread::sleep(Duration::from_millis(300));
+                w.write_all(b"226 done\r\n")?;
+                std::thread::sleep(Duration::from_millis(300));
+                d.write_all(second)?;
+            }
             "RETR" => {
                 let Some(data) = files.get(arg) else {
                     w.write_all(b"550 no such file\r\n")?;
@@ -430,6 +453,15 @@ fn serve(
                 let mut got = Vec::new();
                 d.read_to_end(&mut got)?;
                 log.lock().unwrap().stored.insert(arg.to_string(), got);
+                w.write_all(b"226 stored\r\n")?;
+            }
+            "APPE" => {
+                w.write_all(b"150 receiving\r\n")?;
+                let mut d = open_data(&mut mode, own_ip, log)?;
+                let mut got = Vec::new();
+                d.read_to_end(&mut got)?;
+                log.lock().unwrap().stored.insert(arg.to_string(), got);
+                kept.push(d);
                 w.write_all(b"226 stored\r\n")?;
             }
             "SITE" if arg.eq_ignore_ascii_case("BOTH") => {

@@ -1,11 +1,50 @@
 //! A raw FTP control connection, for what real clients refuse to do: over-long lines,
 //! NUL bytes, commands sent without waiting, and watching a connection get closed.
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use super::error::{tail, E2eError, Result};
+
+/// A TCP connection to `to` from the IPv4 address `from` (any port), for scenarios
+/// with clients on distinct loopback addresses: std cannot bind before connecting.
+/// Loopback connects at once, so the connect blocks without a timeout.
+pub fn connect_from(from: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
+    let (IpAddr::V4(from), SocketAddr::V4(to)) = (from, to) else {
+        return Err(io::Error::new(ErrorKind::Unsupported, "IPv4 only"));
+    };
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: socket(2) takes no pointers; a non-negative result is a new
+    // descriptor that nothing else owns, so OwnedFd may close it.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: see above.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    let (local, remote) = (sockaddr(from, 0), sockaddr(*to.ip(), to.port()));
+    let as_ptr = |a: &libc::sockaddr_in| (a as *const libc::sockaddr_in).cast::<libc::sockaddr>();
+    // SAFETY: the pointer is to a live sockaddr_in of `len` bytes for the call.
+    if unsafe { libc::bind(raw, as_ptr(&local), len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as for bind.
+    if unsafe { libc::connect(raw, as_ptr(&remote), len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(TcpStream::from(fd))
+}
 
 /// One complete FTP reply (multi-line replies joined).
 #[derive(Debug, Clone)]
@@ -35,6 +74,17 @@ impl Control {
     pub fn connect(addr: SocketAddr, read_timeout: Duration) -> Result<Control> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .map_err(E2eError::io(format!("connect to {addr}")))?;
+        Control::over(stream, read_timeout)
+    }
+
+    /// Like [`connect`](Self::connect), from the local address `from` ([`connect_from`]).
+    pub fn connect_from(from: IpAddr, addr: SocketAddr, read_timeout: Duration) -> Result<Control> {
+        let stream = connect_from(from, addr)
+            .map_err(E2eError::io(format!("connect from {from} to {addr}")))?;
+        Control::over(stream, read_timeout)
+    }
+
+    fn over(stream: TcpStream, read_timeout: Duration) -> Result<Control> {
         stream
             .set_read_timeout(Some(read_timeout))
             .map_err(E2eError::io("set read timeout"))?;

@@ -14,6 +14,16 @@ pub enum E2eError {
         /// The Debian package that provides it.
         package: &'static str,
     },
+    /// A program the tests need and .ci/run installs outside the package manager
+    /// (vsftpd unpacked beside pure-ftpd, rclone from PyPI) is missing.
+    MissingInstall {
+        /// What it is, e.g. `vsftpd`.
+        what: &'static str,
+        /// Where it was looked for.
+        path: String,
+        /// How .ci/run installs it.
+        how: &'static str,
+    },
     /// An OS call failed.
     Io {
         /// What was being done, e.g. `write /tmp/x/big.bin`.
@@ -71,6 +81,12 @@ impl fmt::Display for E2eError {
                 write!(
                     f,
                     "required program `{tool}` not found (apt-get install {package}); see .ci/run"
+                )
+            }
+            E2eError::MissingInstall { what, path, how } => {
+                write!(
+                    f,
+                    "required {what} not found at {path} ({how}); see .ci/run"
                 )
             }
             E2eError::Io { context, source } => write!(f, "{context}: {source}"),

@@ -236,8 +236,9 @@ impl FtpServer {
     }
 }
 
-/// `/etc/passwd` plus an `ftp` user whose home is the anonymous directory.
-fn write_passwd(work: &Workdir) -> Result<PathBuf> {
+/// `/etc/passwd` plus an `ftp` user whose home is the anonymous directory (vsftpd's
+/// anonymous user too).
+pub(super) fn write_passwd(work: &Workdir) -> Result<PathBuf> {
     let mut text = fs::read_to_string("/etc/passwd").map_err(E2eError::io("read /etc/passwd"))?;
     text = text
         .lines()

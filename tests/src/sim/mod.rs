@@ -615,6 +615,23 @@ impl World {
                     self.note("may-remain", sid.0, b"");
                     let _ = self.filter.commit(&anchor, &[]);
                 }
+                Action::TransferDone { anchor } => {
+                    // The sim's data path is the mock filter: nothing to close. The
+                    // reply it follows was relayed, so the session is still open.
+                    self.note("transfer-done", sid.0, b"");
+                    if self.peers[i].proxy_closed
+                        || anchor
+                            != (Anchor {
+                                pid: PID,
+                                session: sid.0,
+                            })
+                    {
+                        return Err(self.fail(format!(
+                            "{sid} transfer done for {anchor} (closed: {})",
+                            self.peers[i].proxy_closed
+                        )));
+                    }
+                }
                 Action::Close { reason, summary } => {
                     self.note("close", sid.0, reason.to_string().as_bytes());
                     if summary.client != self.peers[i].addr {
