@@ -1074,7 +1074,13 @@ fn a_pasv_after_an_honest_multi_line_reply_is_served_joined() {
         h.server(b"150 ok\r\n226 done\r\n"),
         vec![
             send(Side::Client, b"150 ok\r\n"),
-            send(Side::Client, b"226 done\r\n")
+            send(Side::Client, b"226 done\r\n"),
+            Action::TransferDone {
+                anchor: ftp_proxy_core::Anchor {
+                    pid: 0,
+                    session: h.id.0
+                }
+            }
         ]
     );
 }
