@@ -412,6 +412,11 @@ impl Relay {
         for (&id, p) in self.pairs.iter_mut() {
             if p.session == anchor.session && !p.orphan {
                 p.done = true;
+                // A pair still connecting has nothing to judge yet (and a read of
+                // its socket would report the connect's failure as a read's).
+                if p.connecting {
+                    continue;
+                }
                 // A read that finds nothing says WouldBlock and clears them again.
                 p.accepted.readable = true;
                 p.opened.readable = true;
