@@ -25,7 +25,8 @@
 #     empty tmpfs on /run and /tmp, in a private mount and PID namespace: every mount
 #     disappears, and every process it started dies, when the run ends, however it
 #     ends. It shares this machine's network namespace (apt and crates.io must be
-#     reachable; the tests only use loopback and namespaces they create).
+#     reachable; the tests only use loopback and namespaces they create), and the
+#     local certificate authorities of this machine (/usr/local/share/ca-certificates).
 #     Maintainer scripts are not allowed to start services (policy-rc.d), so the
 #     pure-ftpd package does not start a server on port 21 of this machine.
 #
@@ -171,6 +172,13 @@ echo 'Binary::apt::APT::Keep-Downloaded-Packages "true";' >"$root/etc/apt/apt.co
 printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
 chmod 755 "$root/usr/sbin/policy-rc.d"
 cat /etc/resolv.conf >"$root/etc/resolv.conf"
+# The network's own certificate authorities, if this machine has any (a TLS proxy
+# in front of crates.io, say): the ca-certificates package that .ci/run installs
+# adds them to the root's store, as it did here.
+if [ -d /usr/local/share/ca-certificates ]; then
+    mkdir -p "$root/usr/local/share/ca-certificates"
+    cp -a /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+fi
 echo ci-fresh >"$root/etc/hostname"
 printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
 
