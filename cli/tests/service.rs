@@ -4,6 +4,11 @@
 //! port 21 as root with the chroot and the user switch), and the OpenBSD rc.d
 //! script is valid shell in rc.subr form.
 //!
+//! `systemd-analyze verify` looks up the unit's `Documentation=man:` page with
+//! man(1); the test gives man a `MANPATH` holding only the repository's pages
+//! (`docs/`), so it checks the unit against this project's page and does not
+//! depend on what is installed on the machine.
+//!
 //! The capability checks run the built binary the way the unit does: as root under
 //! `setpriv` with the unit's bounding set and no_new_privs, `prlimit` with its
 //! LimitNOFILE, `-d`, in a network namespace this test creates. They need root.
@@ -12,6 +17,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -47,8 +53,14 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(tag: &str) -> Scratch {
-        let p =
-            std::env::temp_dir().join(format!("ftp-proxy-service-{tag}-{}", std::process::id()));
+        // Tests run in parallel threads of one process: a serial number keeps
+        // their directories apart.
+        static SERIAL: AtomicUsize = AtomicUsize::new(0);
+        let n = SERIAL.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!(
+            "ftp-proxy-service-{tag}-{}-{n}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         Scratch(p)
@@ -61,31 +73,103 @@ impl Drop for Scratch {
     }
 }
 
-/// `systemd-analyze` on a copy of the unit whose ExecStart names the built binary
-/// (verify checks that the program exists).
-fn analyze(args: &[&str]) -> std::process::Output {
+/// The repository's manual pages (`docs/NAME.SECTION`) as a man hierarchy
+/// (`DIR/manSECTION/NAME.SECTION`), for a `MANPATH` that holds them and nothing else.
+fn repository_manpath(dir: &std::path::Path) -> PathBuf {
+    let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    let root = dir.join("man");
+    for entry in std::fs::read_dir(&docs).expect("read docs/") {
+        let path = entry.unwrap().path();
+        let section = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if section.len() == 1 && section.as_bytes()[0].is_ascii_digit() {
+            let mandir = root.join(format!("man{section}"));
+            std::fs::create_dir_all(&mandir).unwrap();
+            std::fs::copy(&path, mandir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    root
+}
+
+/// `systemd-analyze` on a copy of `text` (the unit) whose ExecStart names the
+/// built binary (verify checks that the program exists). `man` runs with a
+/// `MANPATH` of the repository's pages alone: verify looks up every
+/// `Documentation=man:` page with man(1), and it must find this project's page,
+/// not whatever another package installed as ftp-proxy(8) on this machine, nor
+/// fail for want of an installed page on a fresh one.
+fn analyze_text(text: &str, args: &[&str]) -> std::process::Output {
     let scratch = Scratch::new(&format!("analyze-{}", args[0]));
-    let text = unit().replace("/usr/sbin/ftp-proxy", BIN);
+    let text = text.replace("/usr/sbin/ftp-proxy", BIN);
     let path = scratch.0.join("ftp-proxy.service");
     std::fs::write(&path, text).unwrap();
+    let manpath = repository_manpath(&scratch.0);
     Command::new("systemd-analyze")
         .args(args)
         .arg(&path)
         .current_dir(&scratch.0)
+        .env("MANPATH", &manpath)
         .stdin(Stdio::null())
         .output()
         .expect("systemd-analyze not found (Debian package systemd)")
 }
 
+fn analyze(args: &[&str]) -> std::process::Output {
+    analyze_text(&unit(), args)
+}
+
+/// `systemd-analyze verify` of `text`: `Err` with its output unless it succeeds
+/// and has nothing to say.
+fn verify(text: &str) -> Result<(), String> {
+    let o = analyze_text(text, &["verify"]);
+    if o.status.success() && o.stderr.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ))
+    }
+}
+
 #[test]
 fn unit_verifies() {
-    let o = analyze(&["verify"]);
-    assert!(
-        o.status.success() && o.stderr.is_empty(),
-        "systemd-analyze verify:\n{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
+    let u = unit();
+    // The page the unit points to is the repository's, and it says it is that page.
+    let doc = unit_value(&u, "Documentation");
+    assert_eq!(
+        doc, "man:ftp-proxy(8)",
+        "Documentation= changed: update this test"
     );
+    let page = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/ftp-proxy.8"),
+    )
+    .expect("Documentation=man:ftp-proxy(8), but docs/ftp-proxy.8 is not in the repository");
+    assert!(
+        page.lines().any(|l| l == ".Dt FTP-PROXY 8"),
+        "docs/ftp-proxy.8 does not declare itself ftp-proxy(8) (.Dt FTP-PROXY 8)"
+    );
+    if let Err(out) = verify(&u) {
+        panic!("systemd-analyze verify:\n{out}");
+    }
+}
+
+/// The checks of `unit_verifies` can fail: a unit naming a manual page that the
+/// repository lacks, even one installed on every machine with man-db, and a unit
+/// with a misspelt directive are refused.
+#[test]
+fn verify_refuses_a_wrong_unit_or_a_page_outside_the_repository() {
+    let u = unit();
+    for page in ["ftp-proxy-missing(8)", "man(1)"] {
+        let text = u.replace("man:ftp-proxy(8)", &format!("man:{page}"));
+        let out = verify(&text).expect_err(page);
+        assert!(
+            out.contains(&format!("Command 'man {page}' failed")),
+            "{page}:\n{out}"
+        );
+    }
+    let text = u.replace("NoNewPrivileges=yes", "NoNewPrivilege=yes");
+    let out = verify(&text).expect_err("misspelt directive");
+    assert!(out.contains("NoNewPrivilege"), "{out}");
 }
 
 #[test]

@@ -31,6 +31,24 @@ fn sh(cmd: &str, args: &[&str], stdin: Option<&str>) {
     assert!(st.success(), "{cmd} {args:?} failed: {st}");
 }
 
+/// Waits (at most 2 s) until the kernel has the local route of `addr`, an address
+/// just added to lo: IPv6 inserts it from a work queue after `ip addr add` returns,
+/// even with `nodad`, and a connection to the address before that fails with
+/// ENETUNREACH (about one run in 40 on a busy machine).
+fn wait_for_local_route(addr: &str) {
+    for _ in 0..200 {
+        let out = Command::new("ip")
+            .args(["-6", "route", "show", "table", "local", addr])
+            .output()
+            .expect("ip");
+        if out.status.success() && !out.stdout.is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("no local route for {addr} 2 s after adding it to lo");
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -129,6 +147,7 @@ fn redirected_ipv6_clients_see_their_original_destination() {
             ],
             None,
         );
+        wait_for_local_route("2001:db8:ff::9");
         let lo6 = ip("::1");
         let mut files = BTreeMap::new();
         files.insert("f".to_string(), payload(100_000, 6));
