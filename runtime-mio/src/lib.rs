@@ -11,7 +11,7 @@
 //! * mio is edge-triggered, so every socket keeps a readiness cache: an event sets
 //!   `readable`/`writable`, only `WouldBlock` clears them. Each socket gets bounded work
 //!   per turn: a control socket is served once per turn, however many events it had,
-//!   and reads at most 16 KiB (in 4 KiB reads); the listener accepts 64. One with work
+//!   and reads at most 4 KiB; the listener accepts 64. One with work
 //!   left goes on a hot list, served in the next turn (no new edge would say so), and
 //!   the next poll does not wait. The budget is in bytes because a flood of bare `\n`
 //!   is one line of work per byte: a session flooding so delays the others by about

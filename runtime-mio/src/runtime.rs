@@ -30,13 +30,14 @@ use crate::{DataPath, Divert, Listener, Options, RunError};
 
 /// Bytes read from one control socket per turn, at most, before the other sockets
 /// get theirs. A flood of bare `\n` is one line (and one action of the core) per
-/// byte: the budget bounds what one connection can take of a turn in lines, not
-/// only in reads, so that a flooder delays another session's reply by one budget's
-/// work (docs/performance.md measures it).
-const READ_BUDGET: usize = 16 * 1024;
-/// Size of one read from a control socket. Smaller than the budget: the core turns
-/// each read into its lines' actions before the driver executes any, so this bounds
-/// that queue too (one action per byte at worst).
+/// byte, so the budget is in bytes, not reads: a flooder delays another session's
+/// reply by about one budget's work per turn (a few hundred microseconds for 4 KiB of
+/// bare `\n`), not by all it has sent (docs/performance.md measures it). Control
+/// traffic of any other kind comes in far smaller bursts.
+const READ_BUDGET: usize = 4 * 1024;
+/// Size of one read from a control socket. The core turns each read into its lines'
+/// actions before the driver executes any, so this bounds that queue too (one action
+/// per byte at worst).
 const READ_SIZE: usize = 4 * 1024;
 /// Reads per control socket per turn, at most: the budget in reads of [`READ_SIZE`],
 /// with room for short ones.
@@ -805,8 +806,15 @@ impl<B: Filter> Runtime<B> {
     /// queued: lines produced by one input leave in one write per socket.
     fn drain(&mut self, now: Instant) {
         loop {
-            while let Some((id, action)) = self.proxy.poll_action() {
-                self.execute(now, id, action);
+            let mut next = self.proxy.poll_action();
+            while let Some((id, action)) = next {
+                next = match action {
+                    Action::Send(side, bytes) => self.queue(id, side, bytes),
+                    action => {
+                        self.execute(now, id, action);
+                        self.proxy.poll_action()
+                    }
+                };
             }
             if self.unflushed.is_empty() {
                 return;
@@ -821,17 +829,10 @@ impl<B: Filter> Runtime<B> {
         match action {
             Action::ConnectServer { to, bind } => self.connect_server(now, id, to, bind),
             Action::Send(side, bytes) => {
-                let Some(s) = self.sessions.get_mut(&id) else {
-                    return;
-                };
-                match s.conn(side) {
-                    Some(c) => c.push(bytes),
-                    None => {
-                        warn!("{id} output for the {} dropped: no socket", side.name());
-                        return;
-                    }
+                if let Some(c) = out_queue(&mut self.sessions, id, side) {
+                    c.push(bytes);
+                    self.unflushed.insert((id, side));
                 }
-                self.unflushed.insert((id, side));
             }
             Action::ReadInterest { side, on } => {
                 if let Some(s) = self.sessions.get_mut(&id) {
@@ -868,6 +869,23 @@ impl<B: Filter> Runtime<B> {
                 let result = self.with_filter(|f| f.commit(&anchor, &rules));
                 self.proxy
                     .handle(now, id, Input::RulesCommitted { txn, result });
+            }
+        }
+    }
+
+    /// Queues `bytes` for one socket, and every `Send` to that socket right behind it
+    /// with the same lookup (a read of short lines is a burst of them); returns the
+    /// first other action.
+    fn queue(&mut self, id: SessionId, side: Side, bytes: Bytes) -> Option<(SessionId, Action)> {
+        let Some(c) = out_queue(&mut self.sessions, id, side) else {
+            return self.proxy.poll_action();
+        };
+        c.push(bytes);
+        self.unflushed.insert((id, side));
+        loop {
+            match self.proxy.poll_action() {
+                Some((i, Action::Send(s, b))) if i == id && s == side => c.push(b),
+                other => return other,
             }
         }
     }
@@ -929,6 +947,20 @@ impl<B: Filter> Runtime<B> {
         };
         self.proxy.handle(now, id, input);
     }
+}
+
+/// The connection a `Send` for `side` of session `id` goes to; `None` (logged if the
+/// session is still there) when it has no such socket.
+fn out_queue(
+    sessions: &mut BTreeMap<SessionId, Session>,
+    id: SessionId,
+    side: Side,
+) -> Option<&mut Conn> {
+    let c = sessions.get_mut(&id)?.conn(side);
+    if c.is_none() {
+        warn!("{id} output for the {} dropped: no socket", side.name());
+    }
+    c
 }
 
 /// The one line a session leaves when it ends (info level, `-D 6`), with stable
