@@ -351,7 +351,11 @@ impl Session {
             Input::Written(side, n) => {
                 let q = &mut self.queued[idx(side)];
                 *q = q.saturating_sub(n);
-                // Lines may be waiting for room (`output_full`).
+                // Lines may be waiting for room (`output_full`); with none buffered,
+                // nothing else a write changes can move the session on.
+                if self.inbox.iter().all(LineBuf::is_empty) {
+                    return;
+                }
             }
             Input::Data(side, bytes) => {
                 self.read_bytes[idx(side)] += bytes.len() as u64;
