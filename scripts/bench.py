@@ -5,8 +5,15 @@ Modes:
   bench.py measure --target NAME=PORT[:PID] ... [--raw NAME=PORT[:PID] ...]
       Times whole FTP sessions on 127.0.0.1 against each target, the same workload
       for each, and prints medians with min-max and the ratio to the first target.
+      --ctl NAME=PORT[:PID] ... adds the control-flood figures against the control
+      server below (the first --ctl is the server itself, "direct"): a victim's NOOP
+      round trips beside a client flooding bare newlines, and the proxy's memory per
+      session while clients flood a server that stopped reading.
   bench.py source PORT FILE     serve FILE raw (sendfile) to every connection
   bench.py relay PORT DEST      a trivial one-thread relay: splice through 1 MiB pipes
+  bench.py ctl PORT             a minimal FTP control server that reads as fast as it
+                                is sent to (see ctl_session)
+  bench.py flood PORT SECS LEN  one client sending LEN-byte blank lines for SECS
 
 Every socket operation has a timeout; every loop is bounded by its count.
 """
@@ -36,8 +43,8 @@ def cpu_seconds(pid):
 
 
 def tree(pid):
-    """pid and its descendants (one level of forking suffices for the peers here)."""
-    pids = [pid]
+    """pid and all its descendants (a forking peer's sessions may be grandchildren)."""
+    children = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -46,8 +53,12 @@ def tree(pid):
                 ppid = int(f.read().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
-        if ppid == pid:
-            pids.append(int(entry))
+        children.setdefault(ppid, []).append(int(entry))
+    pids, todo = [], [pid]
+    while todo and len(pids) < 100_000:
+        p = todo.pop()
+        pids.append(p)
+        todo.extend(children.get(p, []))
     return pids
 
 
@@ -205,6 +216,165 @@ def idle_sessions(port, pid, n):
             s.close()
 
 
+def read_reply(f, code):
+    """Reads reply lines from the file `f` until the final one; returns it. Fails on
+    another code."""
+    for _ in range(1000):
+        line = f.readline()
+        if not line:
+            raise RuntimeError(f"closed while waiting for {code!r}")
+        if line[:3] != code[:3] and line[3:4] == b" ":
+            raise RuntimeError(f"{line!r} instead of {code!r}")
+        if line[:4] == code[:3] + b" ":
+            return line
+    raise RuntimeError(f"no final {code!r} line")
+
+
+def control_login(port):
+    """A logged-in control connection to the control server (through `port`)."""
+    s = socket.create_connection((HOST, port), timeout=TIMEOUT)
+    f = s.makefile("rb")
+    read_reply(f, b"220")
+    s.sendall(b"USER anonymous\r\n")
+    read_reply(f, b"230")
+    return s, f
+
+
+def noop_rtts(port, seconds, limit=200_000):
+    """NOOP round trips in ms, one at a time, for `seconds` (at most `limit`)."""
+    s, f = control_login(port)
+    out = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and len(out) < limit:
+        t = time.perf_counter()
+        s.sendall(b"NOOP\r\n")
+        read_reply(f, b"200")
+        out.append((time.perf_counter() - t) * 1000)
+    s.sendall(b"QUIT\r\n")
+    s.close()
+    return out
+
+
+def flooder(port, seconds, line_len):
+    """Sends `line_len`-byte blank lines (spaces, then LF) as fast as the path takes
+    them, for `seconds`; prints the bytes sent."""
+    s = socket.create_connection((HOST, port), timeout=TIMEOUT)
+    read_reply(s.makefile("rb"), b"220")
+    chunk = (b" " * (line_len - 1) + b"\n") * max(1, (64 << 10) // line_len)
+    sent = 0
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end:
+            s.sendall(chunk)
+            sent += len(chunk)
+    except OSError:
+        pass
+    s.close()
+    print(sent, flush=True)
+
+
+FLOOD_SECS = 5.0
+
+
+def victim_beside_flooder(port, flood):
+    """A victim's NOOP round trips (ms) while, if `flood`, another client floods bare
+    newlines through the same port; and the flood's rate in MB/s (0 without)."""
+    if not flood:
+        return noop_rtts(port, FLOOD_SECS - 1), 0.0
+    p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "flood", str(port),
+                          str(FLOOD_SECS), "1"], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        rtts = noop_rtts(port, FLOOD_SECS - 1)
+        out, _ = p.communicate(timeout=TIMEOUT)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return rtts, int(out.split()[0]) / FLOOD_SECS / 1e6
+
+
+def open_deaf(port, n):
+    """n connections through `port` whose server was told to stop reading them."""
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection((HOST, port), timeout=TIMEOUT)
+        read_reply(s.makefile("rb"), b"220")
+        s.sendall(b"SITE DEAF\r\n")
+        # A small send buffer: what the client's kernel holds is nobody's RSS.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 << 10)
+        s.setblocking(False)
+        socks.append(s)
+    return socks
+
+
+def flood_until_stalled(socks, line_len, limit=90.0):
+    """Sends `line_len`-byte blank lines on every socket until none takes any more
+    for half a second, or `limit` seconds have passed, or a socket took 32 MiB (a
+    path that stalls takes a few MiB: what the kernel buffers); returns the bytes
+    taken and whether the path stalled."""
+    line = b" " * (line_len - 1) + b"\n"
+    chunk = line * ((64 << 10) // line_len + 1)
+    sent = [0] * len(socks)
+    start = last = time.monotonic()
+    while time.monotonic() - last < 0.5:
+        if time.monotonic() - start > limit:
+            return sum(sent), False
+        moved = False
+        for i, s in enumerate(socks):
+            if sent[i] >= 32 << 20:
+                return sum(sent), False
+            try:
+                n = s.send(chunk[sent[i] % line_len:])
+            except BlockingIOError:
+                continue
+            sent[i] += n
+            moved = True
+        if moved:
+            last = time.monotonic()
+        else:
+            time.sleep(0.002)
+    return sum(sent), True
+
+
+def flood_memory(port, pid, n, line_lens):
+    """The proxy's (PSS, RSS) growth per session, in KiB, while n clients flood
+    blank lines of each length in `line_lens` at a server that stopped reading, with
+    the bytes each group had taken and whether it stalled (a proxy that answers
+    blank lines itself and drops what its client does not read never does): a list,
+    one entry per length. Each group floods on
+    top of the ones before, all kept open to the end: memory freed by a closed
+    session would be reused by the next group and hide its growth. One session floods
+    1-byte lines first (and stays open, for the same reason), so that what the proxy
+    keeps for all sessions after its first flood (the capacity of the core's action
+    queue) is not counted per session."""
+    warm = open_deaf(port, 1)
+    groups = [warm]
+    out = []
+    try:
+        flood_until_stalled(warm, 1, limit=10.0)
+        for line_len in line_lens:
+            socks = open_deaf(port, n)
+            groups.append(socks)
+            time.sleep(0.5)
+            before = memory_kib(pid)
+            taken, stalled = flood_until_stalled(socks, line_len)
+            time.sleep(0.3)
+            after = memory_kib(pid)
+            out.append((((after[0] - before[0]) / n, (after[1] - before[1]) / n), taken, stalled))
+    finally:
+        for socks in groups:
+            for s in socks:
+                s.close()
+    time.sleep(0.5)
+    return out
+
+
+def p99(xs):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * 0.99))]
+
+
 def med(xs):
     return statistics.median(xs)
 
@@ -260,49 +430,105 @@ def measure(args):
         r["cpu"] = cpus
         print(f"bench: {name} measured", file=sys.stderr, flush=True)
 
-    base = results[targets[0][0]]
+    ctls = [parse_target(t) for t in args.ctl]
+    floods = {}
+    for name, _, _ in ctls:
+        floods[name] = {"alone": [], "beside": [], "rate": []}
+    # Memory first, while the proxies have freed nothing that could hide growth.
+    for name, port, pid in ctls:
+        if pid:
+            lens = (400, 1)
+            for line_len, m in zip(lens, flood_memory(port, pid, args.flood_n, lens)):
+                floods[name][line_len] = m
+    for _ in range(args.runs):
+        for name, port, _ in ctls:
+            r = floods[name]
+            r["alone"] += victim_beside_flooder(port, False)[0]
+            rtts, rate = victim_beside_flooder(port, True)
+            r["beside"] += rtts
+            r["rate"].append(rate)
+    if ctls:
+        print("bench: control floods measured", file=sys.stderr, flush=True)
 
-    def ratio(key, name, inverse=False):
-        b = med(base[key])
-        v = med(results[name][key])
-        return f" ({(b / v if inverse else v / b):.2f}x)"
+    if targets:
+        base = results[targets[0][0]]
 
-    n = args.n
-    gib = args.size / (1 << 30)
-    rows.append(("figure", *[t[0] for t in targets]))
-    rows.append((f"{n} sequential sessions, ms/session",
-                 *[fmt(results[t[0]]["seq"], "ms") + ratio("seq", t[0]) for t in targets]))
-    rows.append((f"{n} concurrent sessions, wall s",
-                 *[fmt(results[t[0]]["conc"], "s", 3) + ratio("conc", t[0]) for t in targets]))
-    rows.append((f"{gib:g} GiB PASV RETR, MB/s",
-                 *[fmt(results[t[0]]["big"], "", 0) + ratio("big", t[0]) for t in targets]))
-    rows.append(("proxy CPU s per GiB",
-                 *[fmt(results[t[0]]["cpu"], "s") if results[t[0]]["cpu"] else "-"
-                   for t in targets]))
-    rows.append((f"proxy PSS / RSS, {n} sessions open",
-                 *[f"{results[t[0]]['mem'][0] / 1024:.1f} / {results[t[0]]['mem'][1] / 1024:.1f} MiB"
-                   if "mem" in results[t[0]] else "-" for t in targets]))
-    if args.idle:
-        rows.append((f"proxy PSS / RSS, {args.idle} idle sessions",
-                     *[f"{results[t[0]]['idle'][0] / 1024:.1f} / {results[t[0]]['idle'][1] / 1024:.1f} MiB"
-                       if "idle" in results[t[0]] else "-" for t in targets]))
-    print()
-    print("| " + " | ".join(rows[0]) + " |")
-    print("|" + "---|" * len(rows[0]))
-    for row in rows[1:]:
-        print("| " + " | ".join(row) + " |")
-    if raws:
+        def ratio(key, name, inverse=False):
+            b = med(base[key])
+            v = med(results[name][key])
+            return f" ({(b / v if inverse else v / b):.2f}x)"
+
+        n = args.n
+        gib = args.size / (1 << 30)
+        rows.append(("figure", *[t[0] for t in targets]))
+        rows.append((f"{n} sequential sessions, ms/session",
+                     *[fmt(results[t[0]]["seq"], "ms") + ratio("seq", t[0]) for t in targets]))
+        rows.append((f"{n} concurrent sessions, wall s",
+                     *[fmt(results[t[0]]["conc"], "s", 3) + ratio("conc", t[0]) for t in targets]))
+        rows.append((f"{gib:g} GiB PASV RETR, MB/s",
+                     *[fmt(results[t[0]]["big"], "", 0) + ratio("big", t[0]) for t in targets]))
+        rows.append(("proxy CPU s per GiB",
+                     *[fmt(results[t[0]]["cpu"], "s") if results[t[0]]["cpu"] else "-"
+                       for t in targets]))
+        rows.append((f"proxy PSS / RSS, {n} sessions open",
+                     *[f"{results[t[0]]['mem'][0] / 1024:.1f} / {results[t[0]]['mem'][1] / 1024:.1f} MiB"
+                       if "mem" in results[t[0]] else "-" for t in targets]))
+        if args.idle:
+            rows.append((f"proxy PSS / RSS, {args.idle} idle sessions",
+                         *[f"{results[t[0]]['idle'][0] / 1024:.1f} / {results[t[0]]['idle'][1] / 1024:.1f} MiB"
+                           if "idle" in results[t[0]] else "-" for t in targets]))
         print()
-        print(f"Raw TCP, {gib:g} GiB, same run (machine limit):")
+        print("| " + " | ".join(rows[0]) + " |")
+        print("|" + "---|" * len(rows[0]))
+        for row in rows[1:]:
+            print("| " + " | ".join(row) + " |")
+        if raws:
+            print()
+            print(f"Raw TCP, {gib:g} GiB, same run (machine limit):")
+            print()
+            print("| path | MB/s | relay CPU s per GiB |")
+            print("|---|---|---|")
+            for name, _, pid in raws:
+                r = results[name]
+                cpu = fmt(r["cpu"], "s") if r["cpu"] else "-"
+                print(f"| {name} | {fmt(r['raw'], '', 0)} | {cpu} |")
+    if ctls:
+        def rtt(xs, ref):
+            ratio = f" ({p99(xs) / p99(ref):.1f}x)" if ref else ""
+            return f"{med(xs):.3f} / {p99(xs):.3f} ms{ratio}"
+
+        d = floods[ctls[0][0]]
         print()
-        print("| path | MB/s | relay CPU s per GiB |")
-        print("|---|---|---|")
-        for name, _, pid in raws:
-            r = results[name]
-            cpu = fmt(r["cpu"], "s") if r["cpu"] else "-"
-            print(f"| {name} | {fmt(r['raw'], '', 0)} | {cpu} |")
-    print()
-    print(f"medians of {args.runs} runs (min-max); ratio to {targets[0][0]}")
+        print("Control-connection floods, against the bench's control server (same run):")
+        print()
+        print("| figure | " + " | ".join(c[0] for c in ctls) + " |")
+        print("|---|" + "---|" * len(ctls))
+        print("| victim NOOP round trip alone, median / p99 | "
+              + " | ".join(rtt(floods[c[0]]["alone"], d["alone"]) for c in ctls) + " |")
+        print("| victim NOOP round trip beside a flooder, median / p99 | "
+              + " | ".join(rtt(floods[c[0]]["beside"], d["beside"]) for c in ctls) + " |")
+        print("| the flooder's bare newlines, MB/s | "
+              + " | ".join(fmt(floods[c[0]]["rate"], "", 1) for c in ctls) + " |")
+        for line_len in (1, 400):
+            cells = []
+            for c in ctls:
+                m = floods[c[0]].get(line_len)
+                if not m:
+                    cells.append("-")
+                    continue
+                (pss, rss), taken, stalled = m
+                took = f"{taken / args.flood_n / 1e6:.1f} MB taken each"
+                if not stalled:
+                    took += ", still taking at the end"
+                cells.append(f"{pss:.0f} / {rss:.0f} KiB ({took})")
+            print(f"| PSS / RSS per session, {args.flood_n} clients flooding {line_len}-byte lines "
+                  f"at a server that stopped reading | " + " | ".join(cells) + " |")
+        print()
+        print(f"round trips pooled over {args.runs} runs of {FLOOD_SECS - 1:g} s; "
+              f"p99 ratio to {ctls[0][0]}")
+    if targets:
+        print()
+        print(f"medians of {args.runs} runs (min-max); ratio to {targets[0][0]}")
 
 
 def source(port, path):
@@ -351,12 +577,63 @@ def relay(port, dest):
         os.close(w)
 
 
+def ctl_session(c):
+    """One control connection of the bench's control server: a greeting, 230 to
+    USER, 200 to NOOP, 221 to QUIT, 502 to anything else; blank lines are skipped
+    unanswered, as FTP servers do, read in 1 MiB at a time so that the server keeps
+    up with any flood. After `SITE DEAF` it never reads the connection again (a
+    server that stopped reading), and lets it go after TIMEOUT * 10 s."""
+    c.settimeout(TIMEOUT * 10)
+    try:
+        c.sendall(b"220 bench control server\r\n")
+        buf = b""
+        while True:
+            d = c.recv(1 << 20)
+            if not d:
+                return
+            buf = (buf + d).lstrip(b" \r\n")
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                buf = buf.lstrip(b" \r\n")
+                cmd = line.strip().upper()
+                if cmd.startswith(b"USER"):
+                    c.sendall(b"230 logged in\r\n")
+                elif cmd == b"NOOP":
+                    c.sendall(b"200 NOOP ok\r\n")
+                elif cmd == b"SITE DEAF":
+                    # A small buffer from now on, so that the flood stalls sooner.
+                    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                    time.sleep(TIMEOUT * 10)
+                    return
+                elif cmd == b"QUIT":
+                    c.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    c.sendall(b"502 not here\r\n")
+    except OSError:
+        pass
+    finally:
+        c.close()
+
+
+def ctl(port):
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((HOST, port))
+    ls.listen(1024)
+    while True:
+        c, _ = ls.accept()
+        threading.Thread(target=ctl_session, args=(c,), daemon=True).start()
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="mode", required=True)
     m = sub.add_parser("measure")
     m.add_argument("--target", action="append", default=[])
     m.add_argument("--raw", action="append", default=[])
+    m.add_argument("--ctl", action="append", default=[])
+    m.add_argument("--flood-n", type=int, default=50)
     m.add_argument("--n", type=int, default=200)
     m.add_argument("--idle", type=int, default=0)
     m.add_argument("--runs", type=int, default=3)
@@ -369,11 +646,21 @@ def main():
     r = sub.add_parser("relay")
     r.add_argument("port", type=int)
     r.add_argument("dest", type=int)
+    c = sub.add_parser("ctl")
+    c.add_argument("port", type=int)
+    f = sub.add_parser("flood")
+    f.add_argument("port", type=int)
+    f.add_argument("seconds", type=float)
+    f.add_argument("line_len", type=int)
     a = p.parse_args()
     if a.mode == "measure":
         measure(a)
     elif a.mode == "source":
         source(a.port, a.path)
+    elif a.mode == "ctl":
+        ctl(a.port)
+    elif a.mode == "flood":
+        flooder(a.port, min(a.seconds, 60), a.line_len)
     else:
         relay(a.port, a.dest)
 

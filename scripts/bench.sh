@@ -10,7 +10,14 @@
 #   - a SIZE_MIB PASV download: MB/s, and the proxy's CPU seconds per GiB
 #   - the proxy's PSS/RSS with N (and IDLE) logged-in sessions open
 # and, as this machine's limit for a relay, a raw TCP stream of the same size
-# directly and through a trivial one-thread splice relay. Prints medians of RUNS
+# directly and through a trivial one-thread splice relay. Then, against a minimal
+# control server of bench.py's that keeps up with any flood (one more instance of
+# each proxy in front of it):
+#   - the proxy's PSS/RSS growth per session while FLOOD_N clients (default 50)
+#     flood 400-byte and then 1-byte lines at a server that stopped reading
+#   - a victim's NOOP round trip (median / p99) alone and beside one client that
+#     floods bare newlines, directly and through each proxy
+# Prints medians of RUNS
 # (min-max) and the ratio to direct; the columns are measured in turn, one round
 # per run, so load changes fall on all of them. BASELINE_BIN=/path/to/an/older/ftp-proxy adds
 # that build as one more column, measured in the same run (to catch a regression
@@ -22,6 +29,7 @@ N=${N:-200}
 SIZE_MIB=${SIZE_MIB:-1024}
 RUNS=${RUNS:-3}
 IDLE=${IDLE:-500}
+FLOOD_N=${FLOOD_N:-50}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-900}
 cd "$(dirname "$0")/.."
 
@@ -57,6 +65,7 @@ ours="$target_dir/release/ftp-proxy"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 FTP_PORT=$(free_port); OUR_PORT=$(free_port); SUSE_PORT=$(free_port); BASE_PORT=$(free_port)
 RAW_PORT=$(free_port); RELAY_PORT=$(free_port)
+CTL_PORT=$(free_port); OUR_CTL_PORT=$(free_port); BASE_CTL_PORT=$(free_port); SUSE_CTL_PORT=$(free_port)
 
 dir=$(mktemp -d /var/tmp/ftp-proxy-bench.XXXXXX)
 chmod 755 "$dir"
@@ -99,44 +108,64 @@ setsid unshare -m --propagation private sh -c 'mount --bind "$0" /etc/passwd && 
 server_pid=$!
 wait_port "$FTP_PORT"
 
-"$ours" -d -D5 -m 500 -R 127.0.0.1 -P "$FTP_PORT" -b 127.0.0.1 -p "$OUR_PORT" >"$dir/ours.log" 2>&1 &
-our_pid=$!
-pids+=("$our_pid")
-wait_port "$OUR_PORT"
+python3 scripts/bench.py ctl "$CTL_PORT" &
+pids+=($!)
+wait_port "$CTL_PORT"
 
-targets=(--target "direct=$FTP_PORT" --target "ftp-proxy=$OUR_PORT:$our_pid")
+# One instance of a proxy binary in front of pure-ftpd and one in front of the
+# control server: start_proxy NAME BIN PORT CTL_PORT; sets started_pid and ctl_pid.
+start_proxy() {
+    "$2" -d -D5 -m 500 -R 127.0.0.1 -P "$FTP_PORT" -b 127.0.0.1 -p "$3" >"$dir/$1.log" 2>&1 &
+    started_pid=$!
+    pids+=("$started_pid")
+    "$2" -d -D5 -m 500 -R 127.0.0.1 -P "$CTL_PORT" -b 127.0.0.1 -p "$4" >"$dir/$1-ctl.log" 2>&1 &
+    ctl_pid=$!
+    pids+=("$ctl_pid")
+    wait_port "$3"
+    wait_port "$4"
+}
+
+start_proxy ours "$ours" "$OUR_PORT" "$OUR_CTL_PORT"
+targets=(--target "direct=$FTP_PORT" --target "ftp-proxy=$OUR_PORT:$started_pid")
+ctls=(--ctl "direct=$CTL_PORT" --ctl "ftp-proxy=$OUR_CTL_PORT:$ctl_pid")
 if [ -n "${BASELINE_BIN:-}" ]; then
     [ -x "$BASELINE_BIN" ] || die "BASELINE_BIN=$BASELINE_BIN is not executable"
-    "$BASELINE_BIN" -d -D5 -m 500 -R 127.0.0.1 -P "$FTP_PORT" -b 127.0.0.1 -p "$BASE_PORT" >"$dir/baseline.log" 2>&1 &
-    base_pid=$!
-    pids+=("$base_pid")
-    wait_port "$BASE_PORT"
-    targets+=(--target "baseline build=$BASE_PORT:$base_pid")
+    start_proxy baseline "$BASELINE_BIN" "$BASE_PORT" "$BASE_CTL_PORT"
+    targets+=(--target "baseline build=$BASE_PORT:$started_pid")
+    ctls+=(--ctl "baseline build=$BASE_CTL_PORT:$ctl_pid")
 fi
 if [ -n "$suse" ]; then
-    cat >"$dir/suse.conf" <<EOF
+    # It (re)creates its logs after dropping to nobody.
+    mkdir "$dir/suse" && chown nobody "$dir/suse"
+    # Two instances: in front of pure-ftpd, and in front of the control server.
+    for which in main ctl; do
+        if [ "$which" = main ]; then port=$SUSE_PORT dest=$FTP_PORT; else port=$SUSE_CTL_PORT dest=$CTL_PORT; fi
+        cat >"$dir/suse-$which.conf" <<EOF
 [-Global-]
 ServerType standalone
 Listen 127.0.0.1
-Port $SUSE_PORT
+Port $port
 DestinationAddress 127.0.0.1
-DestinationPort $FTP_PORT
+DestinationPort $dest
 MaxClients 512
 ForkLimit 100000
 TimeOut 300
-LogDestination $dir/suse/suse.log
+LogDestination $dir/suse/suse-$which.log
 LogLevel ERR
-PidFile $dir/suse.pid
+PidFile $dir/suse-$which.pid
 User nobody
 Group nogroup
 EOF
-    # It (re)creates its log after dropping to nobody.
-    mkdir "$dir/suse" && chown nobody "$dir/suse"
-    "$suse" -d -n -f "$dir/suse.conf" >"$dir/suse.out" 2>&1 &
-    suse_pid=$!
-    pids+=("$suse_pid")
-    wait_port "$SUSE_PORT"
-    targets+=(--target "SuSE ftp-proxy=$SUSE_PORT:$suse_pid")
+        "$suse" -d -n -f "$dir/suse-$which.conf" >"$dir/suse-$which.out" 2>&1 &
+        suse_pid=$!
+        pids+=("$suse_pid")
+        wait_port "$port"
+        if [ "$which" = main ]; then
+            targets+=(--target "SuSE ftp-proxy=$SUSE_PORT:$suse_pid")
+        else
+            ctls+=(--ctl "SuSE ftp-proxy=$SUSE_CTL_PORT:$suse_pid")
+        fi
+    done
 fi
 
 python3 scripts/bench.py source "$RAW_PORT" "$dir/ftp/big" &
@@ -147,7 +176,7 @@ pids+=("$relay_pid")
 wait_port "$RAW_PORT"
 wait_port "$RELAY_PORT"
 
-echo "bench: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg); N=$N SIZE_MIB=$SIZE_MIB RUNS=$RUNS IDLE=$IDLE" >&2
-timeout "$BENCH_TIMEOUT" python3 scripts/bench.py measure "${targets[@]}" \
+echo "bench: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg); N=$N SIZE_MIB=$SIZE_MIB RUNS=$RUNS IDLE=$IDLE FLOOD_N=$FLOOD_N" >&2
+timeout "$BENCH_TIMEOUT" python3 scripts/bench.py measure "${targets[@]}" "${ctls[@]}" \
     --raw "raw TCP direct=$RAW_PORT" --raw "trivial splice relay=$RELAY_PORT:$relay_pid" \
-    --n "$N" --idle "$IDLE" --runs "$RUNS" --size $((SIZE_MIB << 20))
+    --n "$N" --idle "$IDLE" --runs "$RUNS" --size $((SIZE_MIB << 20)) --flood-n "$FLOOD_N"

@@ -118,7 +118,8 @@ pub enum Input {
     Data(Side, Bytes),
     /// The driver wrote this many bytes of what [`Action::Send`] queued for that side.
     /// The core counts what each side has queued and decides read interest from it
-    /// (see [`Action::ReadInterest`]).
+    /// (see [`Action::ReadInterest`]); lines that waited for room in a queue (see
+    /// [`OUTPUT_HIGH_WATER`]) are handled on it.
     Written(Side, usize),
     /// End of file from that side.
     Eof(Side),
@@ -237,7 +238,14 @@ pub enum Action {
 /// Unparsed bytes of one side beyond which the session turns its read interest off.
 pub const INBOX_HIGH_WATER: usize = 8 * 1024;
 /// Output queued for a side (sent but not yet [`Input::Written`]) at which reading
-/// stops.
+/// stops. The session also stops handling the lines that would add to it: a server
+/// line waits while the client's queue is at the mark, a client line while both
+/// queues together are (it may go to the server or be answered by the proxy
+/// itself). Checked before every line, so however short the lines, a session's
+/// queued output passes the mark by one line at most. The mark counts payload
+/// bytes: a driver that keeps each [`Action::Send`] as its own buffer pays per
+/// entry on top (one per byte for a flood of bare `\n`), so it should copy small
+/// sends into shared buffers, as the mio runtime does.
 pub const OUTPUT_HIGH_WATER: usize = 64 * 1024;
 /// Queued output below which reading resumes.
 pub const OUTPUT_LOW_WATER: usize = 16 * 1024;

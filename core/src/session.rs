@@ -372,6 +372,21 @@ impl Session {
         self.emit(cx, Action::Send(side, bytes));
     }
 
+    /// Whether the next line of `side` must wait because the output it may add is
+    /// already at [`OUTPUT_HIGH_WATER`]. A server line goes to the client. A client
+    /// line goes to the server or, answered by the proxy itself, back to the client,
+    /// so both queues together count. Asked before every line: however short the
+    /// lines (a bare `\n`, a 5-byte `AUTH` answered with 80 bytes), what one input
+    /// queues passes the mark by one line at most. The lines left wait in the inbox,
+    /// which stops reading in its turn, and go on when writes are reported.
+    fn output_full(&self, side: Side) -> bool {
+        let queued = match side {
+            Side::Server => self.queued[idx(Side::Client)],
+            Side::Client => self.queued[0] + self.queued[1],
+        };
+        queued >= OUTPUT_HIGH_WATER
+    }
+
     pub(crate) fn handle(&mut self, cx: &mut Cx<'_>, input: Input) {
         match input {
             Input::RulesCommitted { txn, result } => return self.on_commit_result(cx, txn, result),
@@ -406,7 +421,11 @@ impl Session {
             Input::Written(side, n) => {
                 let q = &mut self.queued[idx(side)];
                 *q = q.saturating_sub(n);
-                return;
+                // Lines may be waiting for room (`output_full`); with none buffered,
+                // nothing else a write changes can move the session on.
+                if self.inbox.iter().all(LineBuf::is_empty) {
+                    return;
+                }
             }
             Input::Data(side, bytes) => {
                 self.read_bytes[idx(side)] += bytes.len() as u64;
@@ -465,6 +484,7 @@ impl Session {
                 while self.phase == Phase::Open
                     && self.commit.is_none()
                     && !(side == Side::Client && self.client_blocked())
+                    && !self.output_full(side)
                 {
                     match self.inbox[idx(side)].next_line() {
                         Ok(Some(line)) => {

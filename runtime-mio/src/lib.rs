@@ -10,14 +10,22 @@
 //!
 //! * mio is edge-triggered, so every socket keeps a readiness cache: an event sets
 //!   `readable`/`writable`, only `WouldBlock` clears them. Each socket gets bounded work
-//!   per turn (16 reads, 64 accepts); one with work left goes on a hot list and the
-//!   next poll does not wait.
+//!   per turn: a control socket is served once per turn, however many events it had,
+//!   and reads at most 4 KiB; the listener accepts 64. One with work
+//!   left goes on a hot list, served in the next turn (no new edge would say so), and
+//!   the next poll does not wait. The budget is in bytes because a flood of bare `\n`
+//!   is one line of work per byte: a session flooding so delays the others by about
+//!   one budget's work per turn, not by all it has sent.
 //! * Control output is queued per connection and every write is reported to the core
 //!   (`Input::Written`). The core decides when each side is read and says so with
 //!   `Action::ReadInterest` (its thresholds: 64 KiB queued for the peer, or for the
 //!   client itself, stops reading; below 16 KiB it resumes; unparsed input held behind
 //!   a commit stops it too), so memory per session is bounded although the original's
-//!   is not. A side whose interest comes back on is served in the next turn.
+//!   is not. A side whose interest comes back on is served in the next turn. The
+//!   core emits one `Send` per line; the queue copies small ones into 4 KiB chunks,
+//!   so what it holds is its payload plus one chunk whatever the line lengths (a
+//!   queue entry per 1-byte line would cost tens of times the byte), and a burst of
+//!   lines leaves in one `writev`.
 //! * After every input the core's actions are drained and executed in order;
 //!   `CommitRules` runs synchronously and its acknowledgement is fed back at once.
 //!   `RulesMayRemain` (a failed final removal) is retried once; `remove_all` at exit

@@ -1,7 +1,8 @@
 //! The event loop: sockets and timers in, [`Proxy`] inputs out, actions executed.
 //!
-//! One turn = poll, dispatch the events (each socket serviced with bounded work),
-//! serve the sockets left "hot" by the previous turn, run due timers. After every
+//! One turn = poll, dispatch the events, then serve each control socket that had an
+//! event or was left "hot" by the previous turn, once and with bounded work (a
+//! byte budget of reads), then run due timers. After every
 //! input to the proxy the loop drains `poll_action` completely before anything else
 //! (the core's driving contract).
 
@@ -12,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::{Buf, BytesMut};
 use ftp_proxy_core::{
     Accept, Action, Anchor, Bytes, CloseReason, Filter, FilterError, Input, Proxy, SessionId, Side,
     Summary,
@@ -26,14 +28,30 @@ use crate::sys;
 use crate::token::Tok;
 use crate::{DataPath, Divert, Listener, Options, RunError};
 
-/// Reads per control socket per turn before other sockets get theirs.
-const READS_PER_TURN: usize = 16;
-/// Queued pieces handed to one `writev` of a control socket (well under `IOV_MAX`).
+/// Bytes read from one control socket per turn, at most, before the other sockets
+/// get theirs. A flood of bare `\n` is one line (and one action of the core) per
+/// byte, so the budget is in bytes, not reads: a flooder delays another session's
+/// reply by about one budget's work per turn (a few hundred microseconds for 4 KiB of
+/// bare `\n`), not by all it has sent (docs/performance.md measures it). Control
+/// traffic of any other kind comes in far smaller bursts.
+const READ_BUDGET: usize = 4 * 1024;
+/// Size of one read from a control socket. The core turns each read into its lines'
+/// actions before the driver executes any, so this bounds that queue too (one action
+/// per byte at worst).
+const READ_SIZE: usize = 4 * 1024;
+/// Reads per control socket per turn, at most: the budget in reads of [`READ_SIZE`],
+/// with room for short ones.
+const MAX_READS: usize = 2 * READ_BUDGET / READ_SIZE;
+/// Queued chunks handed to one `writev` of a control socket (well under `IOV_MAX`).
 const IOV_PER_WRITE: usize = 64;
+/// Control output is copied into chunks of this size (a bigger `Send` is queued as
+/// it is). The core emits one `Send` per line, and a line of one byte would cost a
+/// queue entry and a share of a buffer many times its size: coalesced, the memory a
+/// queue holds is its payload plus at most one chunk, whatever the line lengths,
+/// and a burst of lines leaves in one write.
+const OUT_CHUNK: usize = 4 * 1024;
 /// Accepts per turn on the control listener.
 const ACCEPTS_PER_TURN: usize = 64;
-/// Size of one read from a control socket.
-const READ_SIZE: usize = 16 * 1024;
 /// How long accepting pauses after EMFILE/ENFILE (the original's `pause_accept_ev`).
 const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
 /// How long a shutdown waits for sessions to end and their rules to be removed.
@@ -47,7 +65,11 @@ struct Conn {
     writable: bool,
     /// Nothing more will be read (EOF or error reported to the core).
     read_done: bool,
+    /// Output to write, oldest first: full chunks, then (see [`OUT_CHUNK`]) ...
     out: VecDeque<Bytes>,
+    /// ... the chunk being filled, which goes to `out` when full or flushed.
+    tail: BytesMut,
+    /// Bytes in `out` and `tail`.
     queued: usize,
 }
 
@@ -59,22 +81,50 @@ impl Conn {
             writable: ready,
             read_done: false,
             out: VecDeque::new(),
+            tail: BytesMut::new(),
             queued: 0,
         }
     }
 
     fn push(&mut self, b: Bytes) {
-        if !b.is_empty() {
-            self.queued += b.len();
-            self.out.push_back(b);
+        if b.is_empty() {
+            return;
         }
+        self.queued += b.len();
+        if b.len() >= OUT_CHUNK {
+            self.seal();
+            self.out.push_back(b);
+            return;
+        }
+        if self.tail.capacity() - self.tail.len() < b.len() {
+            self.seal();
+            self.tail = BytesMut::with_capacity(OUT_CHUNK);
+        }
+        self.tail.extend_from_slice(&b);
+    }
+
+    /// Moves what the tail chunk holds to `out`; the rest of its buffer stays the
+    /// tail's, for what comes next.
+    fn seal(&mut self) {
+        if !self.tail.is_empty() {
+            self.out.push_back(self.tail.split().freeze());
+        }
+    }
+
+    /// Forgets everything queued (the socket is dead).
+    fn clear(&mut self) {
+        self.out.clear();
+        self.tail = BytesMut::new();
+        self.queued = 0;
     }
 
     /// Writes queued output until it is gone or the socket would block.
     ///
-    /// The whole queue goes out in one `writev` (up to [`IOV_PER_WRITE`] pieces), so a
-    /// burst of reply lines leaves as one segment rather than one per line.
+    /// The whole queue goes out in one `writev` (up to [`IOV_PER_WRITE`] chunks), so a
+    /// burst of reply lines leaves as one segment rather than one per line. Once
+    /// everything is written the buffers are let go: an idle connection holds none.
     fn flush(&mut self) -> io::Result<()> {
+        self.seal();
         while !self.out.is_empty() {
             let iov: Vec<IoSlice<'_>> = self
                 .out
@@ -93,6 +143,7 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
+        self.tail = BytesMut::new();
         Ok(())
     }
 
@@ -107,7 +158,7 @@ impl Conn {
                 n -= front.len();
                 self.out.pop_front();
             } else {
-                let _ = front.split_to(n);
+                front.advance(n);
                 n = 0;
             }
         }
@@ -435,11 +486,13 @@ impl<B: Filter> Runtime<B> {
                 Some((tok, r, w, ev.clone()))
             })
             .collect();
-        let hot = std::mem::take(&mut self.hot);
+        // Control sockets are served after every event is seen, each once, however
+        // many of its events came and whether or not it was hot: one budget per turn.
+        let mut due = std::mem::take(&mut self.hot);
         for (tok, r, w, ev) in events {
-            self.dispatch(tok, r, w, &ev);
+            self.dispatch(tok, r, w, &ev, &mut due);
         }
-        for (id, side) in hot {
+        for (id, side) in due {
             self.service(id, side);
         }
         if let Data::Relay(relay) = &mut self.data {
@@ -466,7 +519,16 @@ impl<B: Filter> Runtime<B> {
         Ok(())
     }
 
-    fn dispatch(&mut self, tok: Tok, r: bool, w: bool, ev: &mio::event::Event) {
+    /// Handles one event; a control socket's readiness is cached and the socket
+    /// added to `due`, served once the turn's events are all in.
+    fn dispatch(
+        &mut self,
+        tok: Tok,
+        r: bool,
+        w: bool,
+        ev: &mio::event::Event,
+        due: &mut BTreeSet<(SessionId, Side)>,
+    ) {
         match tok {
             Tok::Listener => {
                 self.listener_ready = true;
@@ -495,7 +557,7 @@ impl<B: Filter> Runtime<B> {
                 if side == Side::Server && s.connecting {
                     self.check_connect(id);
                 }
-                self.service(id, side);
+                due.insert((id, side));
             }
             Tok::DataListener(_) | Tok::Data(..) => {
                 if let Data::Relay(relay) = &mut self.data {
@@ -668,7 +730,11 @@ impl<B: Filter> Runtime<B> {
         }
         // What was written may have turned read interest on or off.
         self.drain(Instant::now());
-        for _ in 0..READS_PER_TURN {
+        let mut budget = READ_BUDGET;
+        for _ in 0..MAX_READS {
+            if budget == 0 {
+                break;
+            }
             let Some(s) = self.sessions.get_mut(&id) else {
                 return;
             };
@@ -683,13 +749,14 @@ impl<B: Filter> Runtime<B> {
                 return;
             }
             let now;
-            let input = match c.sock.read(&mut self.read_buf) {
+            let input = match c.sock.read(&mut self.read_buf[..budget.min(READ_SIZE)]) {
                 Ok(0) => {
                     c.read_done = true;
                     now = Instant::now();
                     Input::Eof(side)
                 }
                 Ok(n) => {
+                    budget -= n;
                     now = Instant::now();
                     Input::Data(side, Bytes::copy_from_slice(&self.read_buf[..n]))
                 }
@@ -708,6 +775,7 @@ impl<B: Filter> Runtime<B> {
             self.proxy.handle(now, id, input);
             self.drain(now);
         }
+        // The budget is spent with data possibly left: no new edge will say so.
         self.hot.insert((id, side));
     }
 
@@ -735,8 +803,7 @@ impl<B: Filter> Runtime<B> {
             }
             Err(e) => {
                 debug!("{id} {} write error: {e}", side.name());
-                c.out.clear();
-                c.queued = 0;
+                c.clear();
                 let now = Instant::now();
                 self.proxy.handle(now, id, Input::WriteError(side));
                 self.drain(now);
@@ -749,8 +816,15 @@ impl<B: Filter> Runtime<B> {
     /// queued: lines produced by one input leave in one write per socket.
     fn drain(&mut self, now: Instant) {
         loop {
-            while let Some((id, action)) = self.proxy.poll_action() {
-                self.execute(now, id, action);
+            let mut next = self.proxy.poll_action();
+            while let Some((id, action)) = next {
+                next = match action {
+                    Action::Send(side, bytes) => self.queue(id, side, bytes),
+                    action => {
+                        self.execute(now, id, action);
+                        self.proxy.poll_action()
+                    }
+                };
             }
             if self.unflushed.is_empty() {
                 return;
@@ -765,17 +839,10 @@ impl<B: Filter> Runtime<B> {
         match action {
             Action::ConnectServer { to, bind } => self.connect_server(now, id, to, bind),
             Action::Send(side, bytes) => {
-                let Some(s) = self.sessions.get_mut(&id) else {
-                    return;
-                };
-                match s.conn(side) {
-                    Some(c) => c.push(bytes),
-                    None => {
-                        warn!("{id} output for the {} dropped: no socket", side.name());
-                        return;
-                    }
+                if let Some(c) = out_queue(&mut self.sessions, id, side) {
+                    c.push(bytes);
+                    self.unflushed.insert((id, side));
                 }
-                self.unflushed.insert((id, side));
             }
             Action::ReadInterest { side, on } => {
                 if let Some(s) = self.sessions.get_mut(&id) {
@@ -823,6 +890,23 @@ impl<B: Filter> Runtime<B> {
                 let result = self.with_filter(|f| f.commit(&anchor, &rules));
                 self.proxy
                     .handle(now, id, Input::RulesCommitted { txn, result });
+            }
+        }
+    }
+
+    /// Queues `bytes` for one socket, and every `Send` to that socket right behind it
+    /// with the same lookup (a read of short lines is a burst of them); returns the
+    /// first other action.
+    fn queue(&mut self, id: SessionId, side: Side, bytes: Bytes) -> Option<(SessionId, Action)> {
+        let Some(c) = out_queue(&mut self.sessions, id, side) else {
+            return self.proxy.poll_action();
+        };
+        c.push(bytes);
+        self.unflushed.insert((id, side));
+        loop {
+            match self.proxy.poll_action() {
+                Some((i, Action::Send(s, b))) if i == id && s == side => c.push(b),
+                other => return other,
             }
         }
     }
@@ -884,6 +968,20 @@ impl<B: Filter> Runtime<B> {
         };
         self.proxy.handle(now, id, input);
     }
+}
+
+/// The connection a `Send` for `side` of session `id` goes to; `None` (logged if the
+/// session is still there) when it has no such socket.
+fn out_queue(
+    sessions: &mut BTreeMap<SessionId, Session>,
+    id: SessionId,
+    side: Side,
+) -> Option<&mut Conn> {
+    let c = sessions.get_mut(&id)?.conn(side);
+    if c.is_none() {
+        warn!("{id} output for the {} dropped: no socket", side.name());
+    }
+    c
 }
 
 /// The one line a session leaves when it ends (info level, `-D 6`), with stable
