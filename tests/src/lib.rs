@@ -2,6 +2,7 @@
 //! end-to-end tests with real servers, clients and network namespaces.
 
 pub mod e2e;
+pub mod invariants;
 #[cfg(target_os = "linux")]
 pub mod netns;
 pub mod sim;

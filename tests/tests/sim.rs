@@ -29,6 +29,9 @@ fn seeds() {
     let mut closes: BTreeMap<String, u32> = BTreeMap::new();
     let (mut sessions, mut refused, mut commits, mut events) = (0u64, 0u64, 0u64, 0u64);
     let (mut in_use, mut forged, mut forged_opened) = (0u64, 0u64, 0u64);
+    let (mut sentinel, mut forged_421, mut data_ended, mut answered) = (0u64, 0u64, 0u64, 0u64);
+    let (mut joined, mut joins_refused, mut passive_refused, mut server_421) =
+        (0u64, 0u64, 0u64, 0u64);
     for seed in start..start + n {
         match run_seed(seed) {
             Ok(r) => {
@@ -38,6 +41,14 @@ fn seeds() {
                 in_use += u64::from(r.ports_in_use);
                 forged += u64::from(r.forged);
                 forged_opened += u64::from(r.forged_opened);
+                sentinel += u64::from(r.forged_sentinel);
+                forged_421 += u64::from(r.forged_closing);
+                data_ended += u64::from(r.data_ended);
+                answered += u64::from(r.forged_answered);
+                joined += u64::from(r.joined);
+                joins_refused += u64::from(r.joins_refused);
+                passive_refused += u64::from(r.passive_refused);
+                server_421 += u64::from(r.server_421);
                 events += r.events;
                 for (k, v) in r.closes {
                     *closes.entry(k).or_default() += v;
@@ -50,7 +61,13 @@ fn seeds() {
         "{n} seeds: {events} events, {sessions} sessions, {refused} refused, {commits} commits, {in_use} ports in use"
     );
     println!(
-        "{forged} forged STAT listings, {forged_opened} of them opened the forged port (split segments)"
+        "{forged} forged STAT listings ({sentinel} with a 200 sentinel, {forged_421} with a 421), \
+         {forged_opened} of them opened the forged port, {answered} with the PASV/EPSV behind them \
+         answered (forged lines in a later segment), {data_ended} sessions ended their data connections"
+    );
+    println!(
+        "{joined} joined passive transfers ({joins_refused} refused by the server), \
+         {passive_refused} passive refused after a multi-line reply, {server_421} 421s from servers"
     );
     println!("session ends: {closes:#?}");
     assert_eq!(
@@ -71,6 +88,7 @@ fn seeds() {
             "proxy cannot connect to server 198.51.100.10",
             "shutting down",
             "server reply answers no command",
+            "server closing connection (421)",
         ] {
             assert!(
                 closes.keys().any(|k| k.starts_with(kind)),
@@ -80,6 +98,23 @@ fn seeds() {
         assert!(refused > 0, "the -m limit was never reached");
         assert!(in_use > 0, "no proxy port was ever found in use");
         assert!(forged > 0, "no forged STAT listing was ever sent");
+        assert!(sentinel > 0, "no listing forged a 200 sentinel");
+        assert!(forged_421 > 0, "no listing forged a 421");
+        assert!(
+            answered > 0,
+            "forged lines never came in a later segment than the early end"
+        );
+        assert!(data_ended > 0, "no session ended its data connections");
+        assert!(joined > 0, "no passive transfer was served joined");
+        assert!(
+            joins_refused > 0,
+            "no server refused the proxy's PORT of a join"
+        );
+        assert!(
+            passive_refused > 0,
+            "no passive transfer was refused after a multi-line reply"
+        );
+        assert!(server_421 > 0, "no server sent a 421");
     }
 }
 

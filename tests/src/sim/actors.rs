@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 
 use ftp_proxy_core::internals::ftp;
-use ftp_proxy_core::{Pcg32, RandomSource};
+use ftp_proxy_core::{Pcg32, PortRange, RandomSource};
 
 /// What a client line should become on its way to the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +14,10 @@ pub enum Fate {
     Same,
     /// Rewritten to advertise the proxy (PORT or EPRT).
     Rewritten,
+    /// A PASV or EPSV the proxy serves: forwarded, served joined (its own PORT/EPRT
+    /// to the server) or refused, depending on the replies before it (the oracle
+    /// follows them) and the configuration.
+    Passive,
     /// Answered by the proxy with this reply, never forwarded.
     Local(&'static str),
     /// Ends the session (over-long line, NUL byte).
@@ -44,15 +48,22 @@ pub const REPLY_BAD_PORT: &str =
     "501 Bad data port (below 1024 or malformed), refused by proxy\r\n";
 /// A 227/229 naming a bad port.
 pub const REPLY_BAD_PASSIVE: &str = "425 Cannot open passive connection: bad port from server\r\n";
+/// The server refused the proxy's PORT/EPRT of a joined PASV/EPSV.
+pub use crate::invariants::REPLY_JOIN_REFUSED;
+/// A PASV/EPSV after a multi-line reply, with neither a relay nor
+/// `--server-data-ports`.
+pub use crate::invariants::REPLY_PASSIVE_UNSAFE;
 /// `AUTH`, `PBSZ` and `PROT`, answered by the proxy.
 pub const REPLY_NO_TLS: &str =
     "534 Request denied for policy reasons: this proxy carries plain-text FTP only\r\n";
 
 /// The server port a forged 227 inside a `STAT -1` listing names (an internal
-/// service); the sim's servers never offer it for real.
+/// service); the sim's servers never offer it for real, and `--server-data-ports`
+/// ranges never hold it.
 pub const FORGED_PORT: u16 = 3006;
-/// The line of a `STAT -1` listing that ends the reply early (a file named `213 a`).
-pub const EARLY_END: &[u8] = b"213 a\r\n";
+/// The sentinel a forged listing may hold: what a server answers to the proxy's
+/// own PORT, which a client can predict.
+pub const FORGED_SENTINEL: &[u8] = b"200 PORT command successful\r\n";
 
 /// Settings the script generator needs to know the fate of each line.
 #[derive(Debug, Clone, Copy)]
@@ -65,13 +76,28 @@ pub struct Mode {
     pub client_ip: IpAddr,
 }
 
+/// A verb as a client may write it: upper case, or now and then lower case (the
+/// proxy recognises commands case-insensitively, as servers do).
+fn verb(rng: &mut Pcg32, line: &[u8]) -> Vec<u8> {
+    if rng.chance(1, 4) {
+        line.to_ascii_lowercase()
+    } else {
+        line.to_vec()
+    }
+}
+
 fn port_line(rng: &mut Pcg32, m: &Mode, eprt: bool) -> (Vec<u8>, Fate) {
     let low = rng.chance(1, 12);
-    let port = if low {
+    let port = match if low {
         rng.range(1, 1023)
     } else {
         rng.range(1024, 49151)
-    } as u16;
+    } as u16
+    {
+        // Only a forgery names it.
+        FORGED_PORT => FORGED_PORT + 1,
+        p => p,
+    };
     if !eprt {
         let line = format!("PORT 10,1,2,3,{},{}\r\n", port >> 8, port & 0xff);
         let fate = if m.ipv6 {
@@ -82,7 +108,7 @@ fn port_line(rng: &mut Pcg32, m: &Mode, eprt: bool) -> (Vec<u8>, Fate) {
             Fate::Same // replaced below
         };
         return (
-            line.into_bytes(),
+            verb(rng, line.as_bytes()),
             if fate == Fate::Same {
                 Fate::Rewritten
             } else {
@@ -96,7 +122,7 @@ fn port_line(rng: &mut Pcg32, m: &Mode, eprt: bool) -> (Vec<u8>, Fate) {
         IpAddr::V6(a) => format!("EPRT {delim}2{delim}{a}{delim}{port}{delim}\r\n"),
     };
     (
-        line.into_bytes(),
+        verb(rng, line.as_bytes()),
         if low {
             Fate::Local(REPLY_BAD_PORT)
         } else {
@@ -126,24 +152,29 @@ pub fn script(rng: &mut Pcg32, m: &Mode) -> VecDeque<Step> {
     for _ in 0..rng.range(1, 8) {
         let batch = if rng.chance(1, 4) { rng.range(2, 4) } else { 1 };
         let mut lines = Vec::new();
+        let mut forging = false;
         for _ in 0..batch {
             if rng.chance(1, 25) {
-                // A listing with client-chosen file names, then a pipelined PASV/EPSV.
-                lines.push((b"STAT -1\r\n".to_vec(), Fate::Same));
+                // A listing with client-chosen file names, then a pipelined PASV/EPSV,
+                // last in its batch; the pause after it lets the whole listing (and
+                // the server's answer to whatever the proxy made of the PASV/EPSV)
+                // arrive before the next command, so the oracle knows the order.
+                lines.push((verb(rng, b"STAT -1\r\n"), Fate::Same));
                 let passive: &[u8] = if m.ipv6 { b"EPSV\r\n" } else { b"PASV\r\n" };
-                lines.push((passive.to_vec(), Fate::Same));
-                continue;
+                lines.push((verb(rng, passive), Fate::Passive));
+                forging = true;
+                break;
             }
-            lines.push(match rng.uniform(20) {
+            lines.push(match rng.uniform(22) {
                 0..=2 => {
                     let fate = if m.ipv6 {
                         Fate::Local(REPLY_V6)
                     } else {
-                        Fate::Same
+                        Fate::Passive
                     };
-                    (b"PASV\r\n".to_vec(), fate)
+                    (verb(rng, b"PASV\r\n"), fate)
                 }
-                3..=5 => (b"EPSV\r\n".to_vec(), Fate::Same),
+                3..=5 => (verb(rng, b"EPSV\r\n"), Fate::Passive),
                 6..=7 => port_line(rng, m, false),
                 8..=9 => port_line(rng, m, true),
                 10 => (b"NOOP\r\n".to_vec(), Fate::Same),
@@ -151,6 +182,7 @@ pub fn script(rng: &mut Pcg32, m: &Mode) -> VecDeque<Step> {
                 12 => (b"CWD /pub/\xc3\xa9t\xc3\xa9\r\n".to_vec(), Fate::Same),
                 13 => (b"SYST\n".to_vec(), Fate::Same),
                 14 => (b"EPRT |9|x|1|\r\n".to_vec(), Fate::Local(REPLY_BAD_PORT)),
+                15 => (verb(rng, b"HELP\r\n"), Fate::Same),
                 16 => (b"AUTH TLS\r\n".to_vec(), Fate::Local(REPLY_NO_TLS)),
                 17 => {
                     let l: &[u8] = if rng.chance(1, 2) {
@@ -161,10 +193,15 @@ pub fn script(rng: &mut Pcg32, m: &Mode) -> VecDeque<Step> {
                     (l.to_vec(), Fate::Local(REPLY_NO_TLS))
                 }
                 18 => (b"FEAT\r\n".to_vec(), Fate::Same),
+                19 => (verb(rng, b"STAT\r\n"), Fate::Same),
                 _ => (b"RETR file.bin\r\n".to_vec(), Fate::Same),
             });
         }
         steps.push_back(Step::Send(lines));
+        if forging {
+            steps.push_back(Step::Pause(1_000_000 + rng.range(0, 1_000_000) as u64));
+            continue;
+        }
         match rng.uniform(20) {
             0 => steps.push_back(Step::Pause(rng.range(5, 90) as u64 * 1_000_000)),
             1..=8 => steps.push_back(Step::Pause(rng.range(0, 2_000_000) as u64)),
@@ -241,6 +278,20 @@ impl Client {
     }
 }
 
+/// The shape of a forged `STAT -1` listing: after the line that ends it early (a
+/// file named like the reply's last line), file names that look like what the
+/// proxy would take for the answer to the PASV/EPSV the client pipelined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forgery {
+    /// A 227 (IPv4) or 229 (IPv6) naming [`FORGED_PORT`].
+    Passive,
+    /// [`FORGED_SENTINEL`]: the answer the proxy's own PORT would get.
+    Sentinel,
+    /// `421-zzz`, a forged 227/229 and `421 y`: a 421 the proxy relays whole, then
+    /// ends the session with.
+    Closing,
+}
+
 /// What kind of reply a server unit is, for the oracle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
@@ -248,18 +299,52 @@ pub enum Unit {
     Plain,
     /// A 227/229 answering PASV/EPSV with a usable port: rewritten.
     Passive,
-    /// A 227/229 with a bad port: replaced by the proxy's 425.
+    /// A 227/229 with a bad port (or outside `--server-data-ports`): replaced by the
+    /// proxy's 425.
     BadPassive,
     /// A FEAT list: relayed without its AUTH/PBSZ/PROT lines.
     Feat,
-    /// A `STAT -1` listing whose file names end it early and forge a PASV/EPSV
-    /// answer: the session must end after the early end.
-    Forged,
+    /// A `STAT -1` listing whose file names end it early and forge an answer: the
+    /// session must end after the early end.
+    Forged {
+        /// What the file names after the early end forge.
+        forgery: Forgery,
+        /// The index of the line that ends the listing early.
+        early_end: usize,
+    },
+    /// A 421 (service closing), asked or not: its first `lines` lines reach the
+    /// client, the rest (sent after it) must not, and the server closes.
+    Closing {
+        /// How many lines the 421 reply has.
+        lines: usize,
+    },
+}
+
+/// What a server sends at once: chunks, each after an extra delay (microseconds)
+/// on top of the network's, and whether it closes after them.
+#[derive(Debug, Default)]
+pub struct Reply {
+    /// The chunks, each with the extra delay before it.
+    pub chunks: Vec<(u64, Vec<u8>)>,
+    /// The server closes its side after the last chunk.
+    pub close: bool,
+}
+
+impl Reply {
+    fn now(bytes: Vec<u8>) -> Reply {
+        Reply {
+            chunks: vec![(0, bytes)],
+            close: false,
+        }
+    }
 }
 
 /// A scripted server for one session.
 #[derive(Debug, Default)]
 pub struct Server {
+    /// `--server-data-ports`: the ports its passive answers name, but for the bad
+    /// ones (which the proxy refuses).
+    pub data_ports: Option<PortRange>,
     /// Raw bytes received from the proxy.
     pub inbox: ftp_proxy_core::internals::LineBuf,
     /// Every line received, in order.
@@ -270,19 +355,54 @@ pub struct Server {
     pub closed: bool,
 }
 
+fn lines_of(lines: &[&[u8]]) -> Vec<Vec<u8>> {
+    lines.iter().map(|l| l.to_vec()).collect()
+}
+
 impl Server {
-    /// The banner: one line or a multi-line 220, as pure-ftpd sends.
-    pub fn banner(&mut self, rng: &mut Pcg32) -> Vec<u8> {
+    /// The banner: one line or a multi-line 220, as pure-ftpd sends; now and then a
+    /// 421 (too many users) and the end.
+    pub fn banner(&mut self, rng: &mut Pcg32) -> Reply {
+        if rng.chance(1, 60) {
+            return self.closing(
+                vec![b"421 Too many users, try later\r\n".to_vec()],
+                false,
+                rng,
+            );
+        }
         let lines: Vec<Vec<u8>> = if rng.chance(1, 2) {
             vec![b"220 sim ready\r\n".to_vec()]
         } else {
-            vec![
-                b"220-Welcome to the sim\r\n".to_vec(),
-                b"220-You are user 1\r\n".to_vec(),
-                b"220 ready\r\n".to_vec(),
-            ]
+            lines_of(&[
+                b"220-Welcome to the sim\r\n",
+                b"220-You are user 1\r\n",
+                b"220 ready\r\n",
+            ])
         };
-        self.push(lines, Unit::Plain)
+        Reply::now(self.push(lines, Unit::Plain))
+    }
+
+    /// A 421 the server sends unasked (its idle timeout, a shutdown), then closes.
+    pub fn unasked_421(&mut self, rng: &mut Pcg32) -> Reply {
+        self.closing(closing_lines(rng), rng.chance(1, 2), rng)
+    }
+
+    /// A 421 reply, perhaps followed by lines that must not reach the client, then
+    /// the end.
+    fn closing(&mut self, lines: Vec<Vec<u8>>, junk: bool, rng: &mut Pcg32) -> Reply {
+        let n = lines.len();
+        let mut all = lines;
+        if junk {
+            all.push(if rng.chance(1, 2) {
+                b"200 late\r\n".to_vec()
+            } else {
+                b"227 Entering Passive Mode (127,0,0,1,11,190)\r\n".to_vec()
+            });
+        }
+        Reply {
+            chunks: vec![(0, self.push(all, Unit::Closing { lines: n }))],
+            close: true,
+        }
     }
 
     fn push(&mut self, lines: Vec<Vec<u8>>, unit: Unit) -> Vec<u8> {
@@ -291,19 +411,33 @@ impl Server {
         bytes
     }
 
-    /// The reply to one command line, and whether the server then closes.
-    pub fn reply(&mut self, rng: &mut Pcg32, line: &[u8], server_ip: IpAddr) -> (Vec<u8>, bool) {
+    /// A data port for a passive answer: usable (inside `--server-data-ports` when
+    /// set, never [`FORGED_PORT`]) or, now and then, one the proxy must refuse.
+    fn data_port(&self, rng: &mut Pcg32) -> (u16, Unit) {
+        if rng.chance(1, 15) {
+            return match self.data_ports {
+                Some(r) if rng.chance(1, 2) && r.high < 65535 => (r.high + 1, Unit::BadPassive),
+                Some(r) if rng.chance(1, 2) && r.low > 1024 => (r.low - 1, Unit::BadPassive),
+                _ => (rng.range(1, 1023) as u16, Unit::BadPassive),
+            };
+        }
+        let port = match self.data_ports {
+            Some(r) => rng.range(u32::from(r.low), u32::from(r.high)) as u16,
+            None => rng.range(1024, 49151) as u16,
+        };
+        let port = if port == FORGED_PORT { port + 1 } else { port };
+        (port, Unit::Passive)
+    }
+
+    /// The reply to one command line.
+    pub fn reply(&mut self, rng: &mut Pcg32, line: &[u8], server_ip: IpAddr) -> Reply {
         self.received.push(line.to_vec());
         let upper = line.to_ascii_uppercase();
-        let good_port = match rng.range(1024, 49151) as u16 {
-            FORGED_PORT => FORGED_PORT + 1,
-            p => p,
-        };
-        let (port, unit) = if rng.chance(1, 15) {
-            (rng.range(1, 1023) as u16, Unit::BadPassive)
-        } else {
-            (good_port, Unit::Passive)
-        };
+        if rng.chance(1, 150) {
+            // Shutting down instead of answering.
+            return self.closing(closing_lines(rng), rng.chance(1, 3), rng);
+        }
+        let (port, unit) = self.data_port(rng);
         let (p1, p2) = (port >> 8, port & 0xff);
         let h = match server_ip {
             IpAddr::V4(a) => a.octets(),
@@ -318,73 +452,86 @@ impl Server {
                 ],
                 1 => vec![format!("227 ={tuple}\r\n")],
                 2 if unit == Unit::Passive && rng.chance(1, 3) => {
-                    return (
-                        self.push(
-                            vec![b"227 Entering Passive Mode (x)\r\n".to_vec()],
-                            Unit::BadPassive,
-                        ),
-                        false,
-                    )
+                    return Reply::now(self.push(
+                        vec![b"227 Entering Passive Mode (x)\r\n".to_vec()],
+                        Unit::BadPassive,
+                    ))
                 }
                 _ => vec![format!("227 Entering Passive Mode ({tuple}).\r\n")],
             };
-            return (
+            return Reply::now(
                 self.push(lines.into_iter().map(String::into_bytes).collect(), unit),
-                false,
             );
         }
+        if upper.starts_with(b"STAT -1") {
+            return self.forged_listing(rng, server_ip);
+        }
         if upper.starts_with(b"STAT") {
-            let forged = if server_ip.is_ipv4() {
-                format!(
-                    "227 Entering Passive Mode (127,0,0,1,{},{})\r\n",
-                    FORGED_PORT >> 8,
-                    FORGED_PORT & 0xff
-                )
-            } else {
-                format!("229 Entering Extended Passive Mode (|||{FORGED_PORT}|)\r\n")
-            };
-            let lines = vec![
-                b"213-STAT\r\n".to_vec(),
-                b"-rw-r--r-- 1 ftp ftp 0 file\r\n".to_vec(),
-                EARLY_END.to_vec(),
-                forged.into_bytes(),
-                b"213 End.\r\n".to_vec(),
-            ];
-            return (self.push(lines, Unit::Forged), false);
+            // An honest status whose inner lines look like replies, 421 among them.
+            let lines = lines_of(&[
+                b"211-Status of sim\r\n",
+                b" 211 a\r\n",
+                b"421-zzz\r\n",
+                b"227 Entering Passive Mode (127,0,0,1,11,190)\r\n",
+                b"421 y\r\n",
+                b"211 End of status\r\n",
+            ]);
+            return Reply::now(self.push(lines, Unit::Plain));
+        }
+        if upper.starts_with(b"HELP") {
+            let lines = lines_of(&[
+                b"214-The following commands are recognized\r\n",
+                b" USER PASS PASV EPSV PORT EPRT\r\n",
+                b"214 Help OK\r\n",
+            ]);
+            return Reply::now(self.push(lines, Unit::Plain));
         }
         if upper.starts_with(b"FEAT") {
-            let lines = [
-                &b"211-Extensions supported:\r\n"[..],
+            let lines = lines_of(&[
+                b"211-Extensions supported:\r\n",
                 b" EPRT\r\n",
                 b" AUTH TLS\r\n",
                 b" PBSZ\r\n",
                 b" PROT\r\n",
                 b" EPSV\r\n",
                 b"211 End.\r\n",
-            ];
-            return (
-                self.push(lines.iter().map(|l| l.to_vec()).collect(), Unit::Feat),
-                false,
-            );
+            ]);
+            return Reply::now(self.push(lines, Unit::Feat));
         }
         if upper.starts_with(b"EPSV") {
             let d = if rng.chance(1, 5) { '!' } else { '|' };
             let line = format!("229 Entering Extended Passive Mode ({d}{d}{d}{port}{d})\r\n");
-            return (self.push(vec![line.into_bytes()], unit), false);
+            return Reply::now(self.push(vec![line.into_bytes()], unit));
+        }
+        if upper.starts_with(b"PASS") && rng.chance(1, 6) {
+            // pure-ftpd's multi-line login message.
+            let lines = lines_of(&[
+                b"230-Welcome, this is the sim\r\n",
+                b"230-Quota: none\r\n",
+                b"230 Logged in\r\n",
+            ]);
+            return Reply::now(self.push(lines, Unit::Plain));
+        }
+        if upper.starts_with(b"PORT") || upper.starts_with(b"EPRT") {
+            // The client's (rewritten) or the proxy's own, for a joined PASV/EPSV.
+            let lines = match rng.uniform(10) {
+                0 => lines_of(&[b"500 Illegal PORT command\r\n"]),
+                1 => lines_of(&[b"200-PORT command\r\n", b"200 successful\r\n"]),
+                _ => lines_of(&[b"200 Command okay\r\n"]),
+            };
+            return Reply::now(self.push(lines, Unit::Plain));
         }
         let (text, close): (&[u8], bool) = if upper.starts_with(b"USER") {
             (b"331 Password required\r\n", false)
         } else if upper.starts_with(b"PASS") {
             (b"230 Logged in\r\n", false)
-        } else if upper.starts_with(b"PORT") || upper.starts_with(b"EPRT") {
-            (b"200 Command okay\r\n", false)
         } else if upper.starts_with(b"LIST") || upper.starts_with(b"RETR") {
             // A preliminary and a final reply: one unit, since nothing may come between them.
-            let lines = vec![
-                b"150 Opening data connection\r\n".to_vec(),
-                b"226 Transfer complete\r\n".to_vec(),
-            ];
-            return (self.push(lines, Unit::Plain), false);
+            let lines = lines_of(&[
+                b"150 Opening data connection\r\n",
+                b"226 Transfer complete\r\n",
+            ]);
+            return Reply::now(self.push(lines, Unit::Plain));
         } else if upper.starts_with(b"QUIT") {
             (b"221 Goodbye\r\n", true)
         } else if upper.starts_with(b"NOOP")
@@ -395,6 +542,76 @@ impl Server {
         } else {
             (b"500 Unknown command\r\n", false)
         };
-        (self.push(vec![text.to_vec()], Unit::Plain), close)
+        let mut reply = Reply::now(self.push(vec![text.to_vec()], Unit::Plain));
+        reply.close = close;
+        reply
+    }
+
+    /// A `STAT -1` listing of file names the client chose: one ends the reply early,
+    /// the next ones forge an answer ([`Forgery`]). They arrive with the early end,
+    /// or in a later segment, or alone in a segment of their own.
+    fn forged_listing(&mut self, rng: &mut Pcg32, server_ip: IpAddr) -> Reply {
+        let code: &[u8] = if rng.chance(1, 3) { b"211" } else { b"213" };
+        let forged = if server_ip.is_ipv4() {
+            format!(
+                "227 Entering Passive Mode (127,0,0,1,{},{})\r\n",
+                FORGED_PORT >> 8,
+                FORGED_PORT & 0xff
+            )
+        } else {
+            format!("229 Entering Extended Passive Mode (|||{FORGED_PORT}|)\r\n")
+        }
+        .into_bytes();
+        let line = |text: &[u8]| [code, text].concat();
+        let head = vec![
+            line(b"-STAT\r\n"),
+            b"-rw-r--r-- 1 ftp ftp 0 file\r\n".to_vec(),
+            line(b" a\r\n"),
+        ];
+        let early_end = head.len() - 1;
+        let (forgery, payload) = match rng.uniform(3) {
+            0 => (Forgery::Passive, vec![forged]),
+            1 => (Forgery::Sentinel, vec![FORGED_SENTINEL.to_vec()]),
+            _ => (
+                Forgery::Closing,
+                vec![b"421-zzz\r\n".to_vec(), forged, b"421 y\r\n".to_vec()],
+            ),
+        };
+        let tail = vec![line(b" End.\r\n")];
+        let gap = |rng: &mut Pcg32| rng.range(1_000, 40_000) as u64;
+        let chunks = match rng.uniform(3) {
+            0 => vec![(0, [&head[..], &payload, &tail].concat().concat())],
+            1 => vec![
+                (0, head.concat()),
+                (gap(rng), [&payload[..], &tail].concat().concat()),
+            ],
+            _ => vec![
+                (0, head.concat()),
+                (gap(rng), payload.concat()),
+                (if rng.chance(1, 2) { 0 } else { gap(rng) }, tail.concat()),
+            ],
+        };
+        self.sent.push((
+            [head, payload, tail].concat(),
+            Unit::Forged { forgery, early_end },
+        ));
+        Reply {
+            chunks,
+            close: false,
+        }
+    }
+}
+
+/// A 421 reply: one line, or several whose inner lines look like other replies.
+fn closing_lines(rng: &mut Pcg32) -> Vec<Vec<u8>> {
+    if rng.chance(1, 2) {
+        lines_of(&[b"421 Service not available, closing control connection\r\n"])
+    } else {
+        lines_of(&[
+            b"421-Idle timeout (300 seconds)\r\n",
+            b"227 Entering Passive Mode (127,0,0,1,11,190)\r\n",
+            b"200 OK\r\n",
+            b"421 Closing\r\n",
+        ])
     }
 }

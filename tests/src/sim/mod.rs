@@ -7,11 +7,19 @@
 //! Faults: connects refused or never completing, EOF and reset at any point,
 //! over-long lines, NUL bytes, malformed and low ports, PASV under `-6`, wrong USER
 //! under `-A`, busy (once, twice) and failed commits, idle timeouts, more clients
-//! than `-m`, and shutdown at any moment.
+//! than `-m`, shutdown at any moment, servers that send 421 (as the greeting, in
+//! place of an answer, or unasked; one line or several, with lines after it),
+//! refuse PORT/EPRT with 500, send multi-line replies (which make every later
+//! PASV/EPSV joined, refused or bounded by `--server-data-ports`), and forge
+//! answers in `STAT -1` listings (a 227/229, a `200` sentinel, a `421-`).
+//! Worlds differ in `-6`, `-A`, `-m`, `-t`, `-R`, rule options, the relay
+//! ([`Config::relay`]) and `--server-data-ports`.
 //!
-//! After every event the invariants are checked (see `World::check`); at the end
-//! every byte stream is compared with an oracle built from the actors' transcripts.
-//! The same seed always gives the same trace hash.
+//! After every event the invariants are checked (see `World::check`, and the
+//! [`Watch`] of every session, shared with the fuzz target); at the end every byte
+//! stream is compared with an oracle built from the actors' transcripts, which
+//! follows the replies the way the core must (see `World::walk`). The same seed
+//! always gives the same trace hash.
 
 pub mod actors;
 
@@ -24,12 +32,13 @@ use bytes::Bytes;
 use ftp_proxy_core::internals::ftp;
 use ftp_proxy_core::Filter;
 use ftp_proxy_core::{
-    Accept, Action, Anchor, Config, Direction, Input, Pcg32, Proxy, RandomSource, Refused, RuleLog,
-    RuleOptions, SessionId, Side, Translate, DEFAULT_PROXY_PORTS,
+    Accept, Action, Anchor, Config, Direction, Input, Pcg32, PortRange, Proxy, RandomSource,
+    Refused, Rule, RuleLog, RuleOptions, SessionId, Side, Translate, DEFAULT_PROXY_PORTS,
 };
 use pfctl_backend::mock::{FaultRates, MockBackend};
 
-use actors::{Client, Fate, Server, Step, Unit};
+use crate::invariants::Watch;
+use actors::{Client, Fate, Forgery, Reply, Server, Step, Unit};
 
 /// Hard bounds so that no seed can loop forever.
 const MAX_EVENTS: u64 = 200_000;
@@ -77,13 +86,31 @@ pub struct Report {
     pub commits: u32,
     /// Commits answered "proxy port in use", each followed by a new port.
     pub ports_in_use: u32,
-    /// Forged STAT listings the server sent (sessions that must end in a desync).
+    /// Forged STAT listings the server sent (sessions that must end after them).
     pub forged: u32,
-    /// Rule sets committed for the forged port: must stay 0. After a multi-line reply
-    /// no server reply names a passive port (docs/behavior.md, "Replies out of step").
+    /// Of those, listings forging a `200` sentinel and a `421-`.
+    pub forged_sentinel: u32,
+    /// See [`Report::forged_sentinel`].
+    pub forged_closing: u32,
+    /// Rule sets committed naming the forged port: must stay 0. After a multi-line
+    /// reply no server reply names a passive port (docs/behavior.md, "Replies out
+    /// of step").
     pub forged_opened: u32,
     /// Sessions that ended their data connections with them (a reply desync).
     pub data_ended: u32,
+    /// Forged listings after which the proxy still answered the PASV/EPSV held
+    /// behind them (the forged lines came in a later segment), with one of the
+    /// answers that open nothing the forgery names.
+    pub forged_answered: u32,
+    /// Joined rule sets committed (a PASV/EPSV served by the proxy's PORT/EPRT).
+    pub joined: u32,
+    /// Joined PASV/EPSVs whose PORT/EPRT the server refused (the client got 425).
+    pub joins_refused: u32,
+    /// PASV/EPSVs refused by the proxy after a multi-line reply (no relay, no
+    /// `--server-data-ports`).
+    pub passive_refused: u32,
+    /// 421 replies the servers sent (greeting, in place of an answer, unasked).
+    pub server_421: u32,
     /// Sessions ended, by close reason.
     pub closes: BTreeMap<String, u32>,
 }
@@ -108,6 +135,8 @@ enum Ev {
         rules: Vec<ftp_proxy_core::Rule>,
     },
     ClientNext(usize),
+    /// The server sends a 421 of its own accord (its idle timeout, a shutdown).
+    ServerUnasked(usize),
     Timer,
     Shutdown,
 }
@@ -134,6 +163,8 @@ struct Peer {
     proxy_closed: bool,
     /// The read interest last emitted per side (client, server); both start on.
     reading: [bool; 2],
+    /// The invariants of its actions (shared with the fuzz target).
+    watch: Watch,
 }
 
 /// The simulated world of one seed.
@@ -187,7 +218,15 @@ impl World {
             rules,
             pid: PID,
             proxy_ports: DEFAULT_PROXY_PORTS,
-            server_data_ports: None,
+            // Never holding the forged port: the range bounds what a forged answer
+            // may open, and the sim holds it to opening nothing.
+            server_data_ports: rng.chance(1, 3).then(|| {
+                let low = rng.range(4000, 30000) as u16;
+                PortRange {
+                    low,
+                    high: low + rng.range(0, 15000) as u16,
+                }
+            }),
             relay: rng.chance(1, 2),
             login_timeout_secs: [0, 2, 120][rng.uniform(3) as usize],
         };
@@ -216,7 +255,10 @@ impl World {
             };
             peers.push(Peer {
                 client,
-                server: Server::default(),
+                server: Server {
+                    data_ports: cfg.server_data_ports,
+                    ..Server::default()
+                },
                 sid: None,
                 addr,
                 refused: false,
@@ -224,6 +266,7 @@ impl World {
                 ack_at: 0,
                 proxy_closed: false,
                 reading: [true; 2],
+                watch: Watch::new(&cfg, addr.ip(), orig_dst(ipv6).ip()),
             });
         }
         let faults = FaultRates {
@@ -261,11 +304,7 @@ impl World {
     }
 
     fn orig_dst(&self) -> SocketAddr {
-        if self.cfg.ipv6 {
-            "[2001:db8:2::10]:21".parse().unwrap()
-        } else {
-            "198.51.100.10:21".parse().unwrap()
-        }
+        orig_dst(self.cfg.ipv6)
     }
 
     fn proxy_addr(&self, i: usize) -> SocketAddr {
@@ -325,6 +364,11 @@ impl World {
 
     /// Sends bytes down a pipe in random segments, each after a random latency, in order.
     fn pipe(&mut self, i: usize, pipe: Pipe, chunk: Chunk) {
+        self.pipe_after(i, pipe, chunk, 0);
+    }
+
+    /// [`World::pipe`], `extra` microseconds later than the network alone would.
+    fn pipe_after(&mut self, i: usize, pipe: Pipe, chunk: Chunk, extra: u64) {
         let mut pieces = Vec::new();
         match chunk {
             Chunk::Data(mut b) => {
@@ -341,7 +385,7 @@ impl World {
         }
         for piece in pieces {
             let latency = self.rng.range(50, 20_000) as u64;
-            let t = (self.now + latency).max(self.peers[i].pipe_at[pipe as usize]);
+            let t = (self.now + extra + latency).max(self.peers[i].pipe_at[pipe as usize]);
             self.peers[i].pipe_at[pipe as usize] = t;
             let ev = match (pipe, self.peers[i].sid) {
                 (Pipe::ClientToProxy, Some(sid)) => Ev::ToProxy(sid, to_input(Side::Client, piece)),
@@ -393,7 +437,9 @@ impl World {
             return Err(self.fail(format!("rules left in {anchor} after shutdown: {rules:?}")));
         }
         for i in 0..self.peers.len() {
-            self.oracle(i)?;
+            if self.oracle(i)? {
+                self.report.forged_answered += 1;
+            }
         }
         self.report.trace_hash = self.hash;
         Ok(self.report)
@@ -438,6 +484,10 @@ impl World {
                 };
                 let bytes = bytes.to_vec();
                 self.note(tag, sid.0, &bytes);
+                if let Input::ServerSocketOpened { proxy } = &input {
+                    let i = self.by_sid[&sid];
+                    self.peers[i].watch.proxy_opened(proxy.ip());
+                }
                 let now = self.instant();
                 self.proxy.handle(now, sid, input);
             }
@@ -455,6 +505,10 @@ impl World {
                 if result == Err(ftp_proxy_core::FilterError::AddrInUse) {
                     self.report.ports_in_use += 1;
                 }
+                if result.is_ok() {
+                    let i = self.by_sid[&sid];
+                    self.peers[i].watch.acked(&rules);
+                }
                 self.note(
                     if result.is_ok() { "ack" } else { "nak" },
                     sid.0,
@@ -465,6 +519,12 @@ impl World {
                     .handle(now, sid, Input::RulesCommitted { txn, result });
             }
             Ev::ClientNext(i) => self.client_next(i),
+            Ev::ServerUnasked(i) => {
+                if !self.peers[i].server.closed {
+                    let reply = self.peers[i].server.unasked_421(&mut self.rng);
+                    self.server_sends(i, reply);
+                }
+            }
             Ev::Timer => {
                 if self.timer_at.is_some_and(|t| t <= self.now) {
                     self.timer_at = None;
@@ -495,6 +555,11 @@ impl World {
             let Some(&i) = self.by_sid.get(&sid) else {
                 return Err(self.fail(format!("action for unknown session {sid}: {action:?}")));
             };
+            // Relayed text inside a multi-line reply may look like anything.
+            let in_multi = self.peers[i].watch.client_in_multi();
+            if let Err(e) = self.peers[i].watch.action(&action) {
+                return Err(self.fail(format!("{sid}: {e}")));
+            }
             match action {
                 Action::ConnectServer { to, bind } => {
                     self.note("connect", sid.0, b"");
@@ -538,7 +603,11 @@ impl World {
                             self.at(self.now + lat, Ev::ToProxy(sid, Input::ServerConnected));
                             let banner = self.peers[i].server.banner(&mut self.rng);
                             self.peers[i].pipe_at[Pipe::ServerToProxy as usize] = self.now + lat;
-                            self.pipe(i, Pipe::ServerToProxy, Chunk::Data(banner.into()));
+                            self.server_sends(i, banner);
+                            if self.rng.chance(1, 12) {
+                                let at = self.now + self.rng.range(0, 8_000_000) as u64;
+                                self.at(at, Ev::ServerUnasked(i));
+                            }
                         }
                     }
                 }
@@ -548,7 +617,16 @@ impl World {
                         sid.0,
                         &bytes,
                     );
-                    self.check_release(sid, side, &bytes)?;
+                    if !(side == Side::Client && in_multi) {
+                        self.check_release(sid, side, &bytes)?;
+                    }
+                    if side == Side::Client {
+                        if bytes == actors::REPLY_JOIN_REFUSED.as_bytes() {
+                            self.report.joins_refused += 1;
+                        } else if bytes == actors::REPLY_PASSIVE_UNSAFE.as_bytes() {
+                            self.report.passive_refused += 1;
+                        }
+                    }
                     // Reported written at once, while the drain goes on (the
                     // contract allows inputs between polls).
                     let now = self.instant();
@@ -564,10 +642,18 @@ impl World {
                 Action::CommitRules { txn, anchor, rules } => {
                     self.note("commit", sid.0, &txn.to_le_bytes());
                     self.report.commits += 1;
-                    if rules.iter().any(|r| {
-                        matches!(r.translate, Translate::RdrTo { port, .. } if port == actors::FORGED_PORT)
-                    }) {
+                    if rules.iter().any(names_forged_port) {
                         self.report.forged_opened += 1;
+                        return Err(self.fail(format!(
+                            "{sid} commits rules naming the forged port {}: {rules:?}",
+                            actors::FORGED_PORT
+                        )));
+                    }
+                    if rules
+                        .iter()
+                        .any(|r| matches!(r.translate, Translate::JoinWith { .. }))
+                    {
+                        self.report.joined += 1;
                     }
                     if anchor
                         != (Anchor {
@@ -593,9 +679,17 @@ impl World {
                 Action::EndDataConnections { anchor } => {
                     self.note("end-data", sid.0, b"");
                     self.report.data_ended += 1;
-                    if anchor.session != sid.0 || self.peers[i].proxy_closed {
+                    if anchor
+                        != (Anchor {
+                            pid: PID,
+                            session: sid.0,
+                        })
+                        || self.peers[i].proxy_closed
+                    {
                         return Err(self.fail(format!("{sid} ends data of {anchor} after close")));
                     }
+                    // What the runtime does (the mock holds no connections).
+                    let _ = self.filter.kill_connections(&anchor);
                 }
                 Action::ReadInterest { side, on } => {
                     // Every byte is written at once, so only unparsed input behind a
@@ -817,15 +911,9 @@ impl World {
                         .cfg
                         .fixed_server
                         .map_or(self.orig_dst().ip(), |s| s.ip());
-                    let (reply, close) =
-                        self.peers[i].server.reply(&mut self.rng, &line, server_ip);
-                    if matches!(self.peers[i].server.sent.last(), Some((_, Unit::Forged))) {
-                        self.report.forged += 1;
-                    }
-                    self.pipe(i, Pipe::ServerToProxy, Chunk::Data(reply.into()));
-                    if close {
-                        self.peers[i].server.closed = true;
-                        self.pipe(i, Pipe::ServerToProxy, Chunk::Eof);
+                    let reply = self.peers[i].server.reply(&mut self.rng, &line, server_ip);
+                    self.server_sends(i, reply);
+                    if self.peers[i].server.closed {
                         return;
                     }
                 }
@@ -834,99 +922,85 @@ impl World {
         }
     }
 
+    /// Sends what the server answered, counts what kind it is, and closes after it
+    /// if it said so.
+    fn server_sends(&mut self, i: usize, reply: Reply) {
+        match self.peers[i].server.sent.last() {
+            Some((_, Unit::Forged { forgery, .. })) => {
+                self.report.forged += 1;
+                match forgery {
+                    Forgery::Passive => {}
+                    Forgery::Sentinel => self.report.forged_sentinel += 1,
+                    Forgery::Closing => self.report.forged_closing += 1,
+                }
+            }
+            Some((_, Unit::Closing { .. })) => self.report.server_421 += 1,
+            _ => {}
+        }
+        for (extra, bytes) in reply.chunks {
+            self.pipe_after(i, Pipe::ServerToProxy, Chunk::Data(bytes.into()), extra);
+        }
+        if reply.close {
+            self.peers[i].server.closed = true;
+            self.pipe(i, Pipe::ServerToProxy, Chunk::Eof);
+        }
+    }
+
     /// Compares what each side received with what the other sent, rewrites aside.
-    fn oracle(&self, i: usize) -> Result<(), Failure> {
+    /// Returns whether the proxy answered a PASV/EPSV held behind a forged listing.
+    fn oracle(&self, i: usize) -> Result<bool, Failure> {
         let p = &self.peers[i];
-        let Some(sid) = p.sid else { return Ok(()) };
+        let Some(sid) = p.sid else { return Ok(false) };
         let proxy_ip = self.proxy_addr(i).ip();
-        // Client to server: forwarded lines unchanged, PORT/EPRT rewritten, local ones absent.
-        let expected: Vec<&(Vec<u8>, Fate)> = p
-            .client
-            .sent
-            .iter()
-            .take_while(|(_, f)| *f != Fate::Fatal)
-            .filter(|(_, f)| matches!(f, Fate::Same | Fate::Rewritten))
-            .collect();
+        let orig_ip = self.orig_dst().ip();
+        let walk = self.walk(i, sid)?;
+        // Client to server: forwarded lines unchanged, PORT/EPRT rewritten, the
+        // proxy's own PORT/EPRT of a join in place of a PASV/EPSV, local ones absent.
         let got = &p.server.received;
-        if got.len() > expected.len() {
+        if got.len() > walk.server.len() {
             return Err(self.fail(format!(
-                "{sid}: server got {} lines, client sent {}",
+                "{sid}: server got {} lines, {} expected",
                 got.len(),
-                expected.len()
+                walk.server.len()
             )));
         }
-        for (n, (g, (sent, fate))) in got.iter().zip(expected.iter().copied()).enumerate() {
-            let ok = match fate {
-                Fate::Same => g == sent,
-                Fate::Rewritten => rewritten_active(g, sent, proxy_ip),
-                _ => false,
+        for (n, (g, want)) in got.iter().zip(&walk.server).enumerate() {
+            let ok = match want {
+                ToServer::Same(sent) => g == sent,
+                ToServer::Active(sent) => rewritten_active(g, sent, proxy_ip),
+                ToServer::Join => joining_port(g, proxy_ip),
             };
             if !ok {
                 return Err(self.fail(format!(
-                    "{sid}: client line {n} {} reached the server as {}",
-                    ftp::escape(sent),
+                    "{sid}: line {n} to the server should be {want:?}, is {}",
                     ftp::escape(g)
                 )));
             }
         }
-        if p.client.got_221 && got.len() != expected.len() {
+        if p.client.got_221 && got.len() != walk.server.len() {
             return Err(self.fail(format!("{sid}: a clean session lost client lines")));
         }
-        // Server to client: the banner, then for each command in the order sent either
-        // the server's reply to it (rewritten if passive) or the proxy's own reply.
-        // This pins both the bytes and the order of local replies among relayed ones.
-        let mut units = p.server.sent.iter();
-        let mut expected: Vec<Expected> = Vec::new();
-        if let Some((lines, _)) = units.next() {
-            expected.extend(lines.iter().map(|l| Expected::Exact(l.clone())));
-        }
-        for (_, fate) in p.client.sent.iter().take_while(|(_, f)| *f != Fate::Fatal) {
-            match fate {
-                Fate::Local(reply) => expected.push(Expected::Exact(reply.as_bytes().to_vec())),
-                _ => match units.next() {
-                    Some((lines, Unit::Plain)) => {
-                        expected.extend(lines.iter().map(|l| Expected::Exact(l.clone())))
-                    }
-                    Some((_, Unit::BadPassive)) => expected.push(Expected::Exact(
-                        actors::REPLY_BAD_PASSIVE.as_bytes().to_vec(),
-                    )),
-                    Some((lines, Unit::Passive)) => {
-                        expected.push(Expected::Passive(lines[0].clone()))
-                    }
-                    Some((lines, Unit::Feat)) => expected.extend(
-                        lines
-                            .iter()
-                            .filter(|l| l.starts_with(b"211") || !ftp::is_security_feature(l))
-                            .map(|l| Expected::Exact(l.clone())),
-                    ),
-                    Some((lines, Unit::Forged)) => {
-                        // Up to the early end; then at most the rewrite of the forged
-                        // line (separate segments), and nothing more: the session ends.
-                        let end = lines.iter().position(|l| l == actors::EARLY_END).unwrap();
-                        expected.extend(lines[..=end].iter().map(|l| Expected::Exact(l.clone())));
-                        expected.push(Expected::ForgedRewrite);
-                        break;
-                    }
-                    None => break,
-                },
-            }
-        }
-        let orig_ip = self.orig_dst().ip();
+        // Server to client: what the walk expects, in order; an optional line may be
+        // missing; the stream may stop anywhere (the session ended).
         let mut got = p.client.received.iter().peekable();
-        for want in &expected {
-            let Some(&g) = got.peek() else { return Ok(()) };
+        let mut forged_answered = false;
+        for (n, want) in walk.client.iter().enumerate() {
+            let Some(&g) = got.peek() else {
+                return Ok(forged_answered);
+            };
+            let (want, optional) = match want {
+                Expected::Optional(w) => (&**w, true),
+                w => (w, false),
+            };
             let ok = match want {
                 Expected::Exact(w) => g == w,
-                Expected::Passive(first) => rewritten_passive(g, first, orig_ip),
-                Expected::ForgedRewrite => {
-                    if g.starts_with(b"22") {
-                        got.next();
-                    }
-                    continue;
-                }
+                Expected::ProxyPassive { pasv } => rewritten_passive(g, *pasv, orig_ip),
+                Expected::Optional(_) => unreachable!("never nested"),
             };
-            got.next();
-            if !ok {
+            if ok {
+                got.next();
+                forged_answered |= walk.forged_answer == Some(n);
+            } else if !optional {
                 return Err(self.fail(format!(
                     "{sid}: client expected {want:?}, got {}",
                     ftp::escape(g)
@@ -939,26 +1013,248 @@ impl World {
                 ftp::escape(extra)
             )));
         }
-        Ok(())
+        Ok(forged_answered)
     }
+
+    /// What each side of session `i` should have received, had the session not been
+    /// cut short: the banner, then for each client command in the order sent either
+    /// the server's reply to it (rewritten if passive) or the proxy's own reply. This
+    /// pins both the bytes and the order of local replies among relayed ones. It
+    /// follows the replies as the core must: after a multi-line reply (not FEAT's, not
+    /// a held 227/229 or join answer) every PASV/EPSV is joined with a relay, refused
+    /// without one unless `--server-data-ports` is set; a 421 ends everything; a
+    /// forged listing ends the session after its early end.
+    fn walk(&self, i: usize, sid: SessionId) -> Result<Walk, Failure> {
+        let p = &self.peers[i];
+        let mut w = Walk::default();
+        let mut units = p.server.sent.iter().peekable();
+        let Some((banner, kind)) = units.next() else {
+            return Ok(w);
+        };
+        if let Unit::Closing { lines } = kind {
+            w.exact(&banner[..*lines]);
+            return Ok(w);
+        }
+        w.exact(banner);
+        let relay = self.cfg.relay;
+        let bounded = self.cfg.server_data_ports.is_some();
+        let mut steerable = false;
+        let sent: Vec<&(Vec<u8>, Fate)> = p
+            .client
+            .sent
+            .iter()
+            .take_while(|(_, f)| *f != Fate::Fatal)
+            .collect();
+        for (n, &(line, fate)) in sent.iter().enumerate() {
+            // A 421 may come before a local reply was sent: the reply is then never sent.
+            let closing_next = matches!(units.peek(), Some((_, Unit::Closing { .. })));
+            let pasv = ftp::classify(line) == ftp::Command::Pasv;
+            let treat = match fate {
+                Fate::Local(reply) => Treat::Local(reply),
+                Fate::Passive if steerable && relay => Treat::Join,
+                Fate::Passive if steerable && !bounded => {
+                    Treat::Local(actors::REPLY_PASSIVE_UNSAFE)
+                }
+                Fate::Passive => Treat::Passive,
+                Fate::Same => Treat::Forward,
+                Fate::Rewritten => Treat::Forward,
+                Fate::Fatal => unreachable!("taken out above"),
+            };
+            w.server.push(match (treat, fate) {
+                (Treat::Local(reply), _) => {
+                    let e = Expected::Exact(reply.as_bytes().to_vec());
+                    w.client.push(if closing_next {
+                        Expected::Optional(Box::new(e))
+                    } else {
+                        e
+                    });
+                    continue;
+                }
+                (Treat::Join, _) => ToServer::Join,
+                (_, Fate::Rewritten) => ToServer::Active(line.clone()),
+                _ => ToServer::Same(line.clone()),
+            });
+            let Some((lines, unit)) = units.next() else {
+                return Ok(w);
+            };
+            match (treat, *unit) {
+                (_, Unit::Closing { lines: n }) => {
+                    w.exact(&lines[..n]);
+                    return Ok(w);
+                }
+                (Treat::Join, Unit::Plain) => {
+                    let code = lines.last().and_then(|l| ftp::reply_code(l));
+                    w.client.push(match code {
+                        Some((200..=299, false)) => Expected::ProxyPassive { pasv },
+                        _ => Expected::Exact(actors::REPLY_JOIN_REFUSED.as_bytes().to_vec()),
+                    });
+                }
+                (Treat::Passive, Unit::Passive) => w.client.push(Expected::ProxyPassive { pasv }),
+                (Treat::Passive, Unit::BadPassive) => w.client.push(Expected::Exact(
+                    actors::REPLY_BAD_PASSIVE.as_bytes().to_vec(),
+                )),
+                (Treat::Forward, Unit::Plain) => {
+                    w.exact(lines);
+                    if ftp::reply_code(&lines[0]).is_some_and(|(_, more)| more) {
+                        steerable = true;
+                    }
+                }
+                (Treat::Forward, Unit::Feat) => w.client.extend(
+                    lines
+                        .iter()
+                        .filter(|l| l.starts_with(b"211") || !ftp::is_security_feature(l))
+                        .map(|l| Expected::Exact(l.clone())),
+                ),
+                (Treat::Forward, Unit::Forged { forgery, early_end }) => {
+                    w.exact(&lines[..=early_end]);
+                    let next = sent.get(n + 1).filter(|(_, f)| *f == Fate::Passive);
+                    let Some((passive, _)) = next else {
+                        return Err(self.fail(format!(
+                            "{sid}: a forged listing with no PASV/EPSV after it"
+                        )));
+                    };
+                    self.forged_tail(&mut w, forgery, &lines[early_end + 1..], passive);
+                    return Ok(w);
+                }
+                (treat, unit) => {
+                    return Err(self.fail(format!(
+                        "{sid}: the sim's server answered {} ({treat:?}) with {unit:?}",
+                        ftp::escape(line)
+                    )))
+                }
+            }
+        }
+        // A 421 the server sent unasked after its last answer.
+        if let Some((lines, Unit::Closing { lines: n })) = units.next() {
+            w.exact(&lines[..*n]);
+        }
+        Ok(w)
+    }
+
+    /// What may follow the early end of a forged listing, the PASV/EPSV `passive`
+    /// being held behind it: the forged lines never answer it. Whether the proxy
+    /// still deals with the PASV/EPSV depends on whether the forged lines arrived with
+    /// the early end (then the session ends first) or later.
+    fn forged_tail(&self, w: &mut Walk, forgery: Forgery, rest: &[Vec<u8>], passive: &[u8]) {
+        let pasv = ftp::classify(passive) == ftp::Command::Pasv;
+        let (relay, bounded) = (self.cfg.relay, self.cfg.server_data_ports.is_some());
+        // The proxy's answer to the PASV/EPSV, if it got that far.
+        let answer = match (relay, bounded, forgery) {
+            // Joined: the forged 2xx is taken for the answer to the proxy's PORT,
+            // which releases only the proxy's own port.
+            (true, _, Forgery::Passive | Forgery::Sentinel) => {
+                Some(Expected::ProxyPassive { pasv })
+            }
+            // Joined, but the 421 comes first.
+            (true, _, Forgery::Closing) => None,
+            (false, false, _) => Some(Expected::Exact(
+                actors::REPLY_PASSIVE_UNSAFE.as_bytes().to_vec(),
+            )),
+            // Forwarded, answered by the forged line: its port is outside the range.
+            (false, true, Forgery::Passive) => Some(Expected::Exact(
+                actors::REPLY_BAD_PASSIVE.as_bytes().to_vec(),
+            )),
+            // Forwarded, answered by the sentinel: relayed as the non-227 it is.
+            (false, true, Forgery::Sentinel) => {
+                Some(Expected::Exact(actors::FORGED_SENTINEL.to_vec()))
+            }
+            // Forwarded, then the 421 comes.
+            (false, true, Forgery::Closing) => None,
+        };
+        if let Some(a) = answer {
+            w.forged_answer = Some(w.client.len());
+            w.client.push(Expected::Optional(Box::new(a)));
+        }
+        if forgery == Forgery::Closing {
+            // `421-zzz`, the forged line, `421 y`: relayed whole; the session ends.
+            w.exact(&rest[..3]);
+        }
+        // The server may have got the PASV/EPSV, or the proxy's PORT/EPRT of the join.
+        if relay {
+            w.server.push(ToServer::Join);
+        } else if bounded {
+            w.server.push(ToServer::Same(passive.to_vec()));
+        }
+    }
+}
+
+/// What the oracle expects each side of a session to receive.
+#[derive(Default)]
+struct Walk {
+    client: Vec<Expected>,
+    server: Vec<ToServer>,
+    /// Where in `client` the proxy's answer to a PASV/EPSV held behind a forged
+    /// listing may come.
+    forged_answer: Option<usize>,
+}
+
+impl Walk {
+    fn exact(&mut self, lines: &[Vec<u8>]) {
+        self.client
+            .extend(lines.iter().map(|l| Expected::Exact(l.clone())));
+    }
+}
+
+/// How the proxy deals with one client line.
+#[derive(Debug, Clone, Copy)]
+enum Treat {
+    /// Answers it itself.
+    Local(&'static str),
+    /// Forwards it (PORT/EPRT rewritten).
+    Forward,
+    /// Forwards a PASV/EPSV and rewrites its 227/229.
+    Passive,
+    /// Serves a PASV/EPSV joined: its own PORT/EPRT to the server.
+    Join,
+}
+
+/// One line the server should receive.
+#[derive(Debug)]
+enum ToServer {
+    Same(Vec<u8>),
+    /// The rewrite of the client's PORT/EPRT.
+    Active(Vec<u8>),
+    /// The proxy's own PORT/EPRT of a join.
+    Join,
 }
 
 /// One line the client should receive.
 enum Expected {
     Exact(Vec<u8>),
-    /// The rewritten form of the passive reply whose first line this is.
-    Passive(Vec<u8>),
-    /// Optionally, the rewrite of a forged passive answer.
-    ForgedRewrite,
+    /// The proxy's own 227 (PASV) or 229 (EPSV) naming a proxy port.
+    ProxyPassive {
+        pasv: bool,
+    },
+    /// This line, or nothing.
+    Optional(Box<Expected>),
 }
 
 impl std::fmt::Debug for Expected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Expected::Exact(l) => write!(f, "'{}'", ftp::escape(l)),
-            Expected::Passive(l) => write!(f, "the rewrite of '{}'", ftp::escape(l)),
-            Expected::ForgedRewrite => f.write_str("the rewrite of a forged answer, or nothing"),
+            Expected::ProxyPassive { pasv: true } => f.write_str("the proxy's own 227"),
+            Expected::ProxyPassive { pasv: false } => f.write_str("the proxy's own 229"),
+            Expected::Optional(e) => write!(f, "{e:?} or nothing"),
         }
+    }
+}
+
+/// Whether a rule names the forged port anywhere.
+fn names_forged_port(r: &Rule) -> bool {
+    let translated = match r.translate {
+        Translate::RdrTo { port, .. } | Translate::JoinWith { port, .. } => port,
+        Translate::NatTo { .. } => 0,
+    };
+    r.port == actors::FORGED_PORT || translated == actors::FORGED_PORT
+}
+
+/// The server address the clients connect to (diverted to the proxy).
+fn orig_dst(ipv6: bool) -> SocketAddr {
+    if ipv6 {
+        "[2001:db8:2::10]:21".parse().unwrap()
+    } else {
+        "198.51.100.10:21".parse().unwrap()
     }
 }
 
@@ -991,9 +1287,10 @@ fn rewritten_active(got: &[u8], sent: &[u8], proxy_ip: IpAddr) -> bool {
         && (DEFAULT_PROXY_PORTS.low..=DEFAULT_PROXY_PORTS.high).contains(&p)
 }
 
-/// The client must see the proxy's own 227 (with the original server address) or 229.
-fn rewritten_passive(got: &[u8], first_line: &[u8], orig_ip: IpAddr) -> bool {
-    let (expected, port) = if first_line.starts_with(b"227") {
+/// The client must see the proxy's own 227 (with the original server address) for
+/// a PASV, its own 229 for an EPSV, naming a proxy port.
+fn rewritten_passive(got: &[u8], pasv: bool, orig_ip: IpAddr) -> bool {
+    let (expected, port) = if pasv {
         let Some(p) = ftp::parse_227(got) else {
             return false;
         };
@@ -1006,6 +1303,21 @@ fn rewritten_passive(got: &[u8], first_line: &[u8], orig_ip: IpAddr) -> bool {
             return false;
         };
         (ftp::format_229(p), p)
+    };
+    got == expected.as_bytes()
+        && (DEFAULT_PROXY_PORTS.low..=DEFAULT_PROXY_PORTS.high).contains(&port)
+}
+
+/// The proxy's own PORT (EPRT for an IPv6 proxy address) of a join, naming its
+/// address and a proxy port.
+fn joining_port(got: &[u8], proxy_ip: IpAddr) -> bool {
+    let port = match ftp::classify(got) {
+        ftp::Command::Port(Some(p)) | ftp::Command::Eprt(Some(p)) => p,
+        _ => return false,
+    };
+    let expected = match proxy_ip {
+        IpAddr::V4(v4) => ftp::format_port(v4, port),
+        v6 => ftp::format_eprt(v6, port),
     };
     got == expected.as_bytes()
         && (DEFAULT_PROXY_PORTS.low..=DEFAULT_PROXY_PORTS.high).contains(&port)
