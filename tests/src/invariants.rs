@@ -50,8 +50,10 @@ pub const REPLY_PASSIVE_UNSAFE: &str =
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Steerable {
     No,
-    /// A multi-line 211 came after a FEAT was forwarded: it may have been FEAT's
-    /// list (which does not count) or a STAT listing (which does).
+    /// A multi-line reply came that may answer a command whose reply can carry
+    /// client-chosen lines (`ftp::may_carry_client_lines`) or one whose reply cannot
+    /// (FEAT, transfer statistics): which, only the core's reply pairing knows, and
+    /// this watch does not pair replies. The sim's forged-port count still holds.
     Unknown,
     Yes,
 }
@@ -86,6 +88,8 @@ pub struct Watch {
     multi: Option<u16>,
     /// A FEAT went to the server at some time.
     feat_sent: bool,
+    /// A command whose multi-line reply would make the session steerable was forwarded.
+    steer_sent: bool,
     steerable: Steerable,
     closing: Closing,
     /// `EndDataConnections` was the last action.
@@ -111,6 +115,7 @@ impl Watch {
             greeted: false,
             multi: None,
             feat_sent: false,
+            steer_sent: false,
             steerable: Steerable::No,
             closing: Closing::No,
             ending_data: false,
@@ -207,6 +212,9 @@ impl Watch {
                 "'{}' sent to the server after a 421 reached the client",
                 ftp::escape(line)
             ));
+        }
+        if ftp::may_carry_client_lines(line) {
+            self.steer_sent = true;
         }
         let port = match ftp::classify(line) {
             Command::Feat => {
@@ -307,12 +315,8 @@ impl Watch {
         }
         if more {
             self.multi = Some(code);
-            if self.greeted && self.steerable != Steerable::Yes {
-                self.steerable = if code == 211 && self.feat_sent {
-                    Steerable::Unknown
-                } else {
-                    Steerable::Yes
-                };
+            if self.greeted && self.steer_sent && self.steerable == Steerable::No {
+                self.steerable = Steerable::Unknown;
             }
         } else if !self.greeted && code >= 200 {
             self.greeted = true;

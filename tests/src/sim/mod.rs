@@ -1095,7 +1095,9 @@ impl World {
                 )),
                 (Treat::Forward, Unit::Plain) => {
                     w.exact(lines);
-                    if ftp::reply_code(&lines[0]).is_some_and(|(_, more)| more) {
+                    if ftp::may_carry_client_lines(line)
+                        && ftp::reply_code(&lines[0]).is_some_and(|(_, more)| more)
+                    {
                         steerable = true;
                     }
                 }
