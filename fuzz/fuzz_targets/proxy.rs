@@ -1,8 +1,9 @@
 //! The whole [`Proxy`] driven by an arbitrary sequence of connections, socket events,
 //! filter acknowledgements, clock steps and timeouts, obeying the driving contract
 //! of `core/src/proxy.rs`. After every step the invariants of docs/fuzzing.md are
-//! checked; at the end the proxy is shut down and must drain to nothing, leaving
-//! no rules behind.
+//! checked, those of every session's actions by the [`Watch`] the simulation uses
+//! too (`ftp_proxy_tests::invariants`); at the end the proxy is shut down and must
+//! drain to nothing, leaving no rules behind.
 
 #![no_main]
 
@@ -19,6 +20,7 @@ use ftp_proxy_core::{
     Refused, Rule, RuleLog, RuleOptions, SessionId, Side, Translate, DEFAULT_PROXY_PORTS,
     MIN_DATA_PORT, NAT_PORTS, RFC_ACTIVE_SOURCE_PORT,
 };
+use ftp_proxy_tests::invariants::Watch;
 use libfuzzer_sys::fuzz_target;
 
 /// The proxy's settings, drawn from small sets so that every branch is reachable.
@@ -42,6 +44,8 @@ struct Setup {
     /// `--proxy-ports`, when given: the range the fuzzer picks within 1024..=65535,
     /// ordered (small ranges run out of ports, which ends the session).
     proxy_ports: Option<(u16, u16)>,
+    /// [`Config::relay`]: PASV/EPSV after a multi-line reply are served joined.
+    relay: bool,
 }
 
 /// A canned line, so that the fuzzer reaches the rewriting paths without having to
@@ -69,6 +73,28 @@ enum Canned {
     Reply230,
     Reply331,
     Reply500,
+    /// The commands and replies of docs/behavior.md's "Replies out of step" and 421.
+    Stat,
+    StatLower,
+    PasvLower,
+    EpsvLower,
+    Feat,
+    Reply211More,
+    Reply211,
+    Reply213More,
+    /// A listing's early end (a file named `213 a`).
+    Reply213,
+    Reply421,
+    Reply421More,
+    /// What the proxy's own PORT gets (or a forged sentinel).
+    Reply200Port,
+    Reply425,
+    /// A whole listing in one read: opening line, a file, the terminator.
+    Listing,
+    /// A listing cut short by a file named like its end, then a forged 227.
+    ListingForged,
+    /// A listing cut short, then `421-zzz`.
+    Listing421,
 }
 
 #[derive(Debug, Arbitrary)]
@@ -175,6 +201,8 @@ struct Peer {
     last_commit: Option<Vec<Rule>>,
     /// The rules of the last commit acknowledged as taken: what the filter holds.
     installed: Vec<Rule>,
+    /// The invariants of its actions, shared with the simulation.
+    watch: Watch,
 }
 
 struct Harness {
@@ -232,6 +260,9 @@ impl Harness {
                 low: a.min(b).max(MIN_DATA_PORT),
                 high: a.max(b).max(MIN_DATA_PORT),
             }),
+            relay: setup.relay,
+            // 0 (none) to 2 s: short enough that a fuzz input reaches it.
+            login_timeout_secs: u32::from(setup.seed as u8 % 3),
         };
         let proxy = Proxy::new(cfg.clone(), Box::new(Pcg32::new(setup.seed))).ok()?;
         let now = Instant::now();
@@ -312,6 +343,7 @@ impl Harness {
                                 unwritten: [0; 2],
                                 last_commit: None,
                                 installed: Vec::new(),
+                                watch: Watch::new(&self.cfg, client.ip(), orig_dst.ip()),
                             },
                         );
                     }
@@ -328,7 +360,9 @@ impl Harness {
                     return;
                 }
                 let addr = self.addr(proxy % 2, (198, 51, 100), 3, 50000 + u16::from(proxy));
-                self.peers.get_mut(&id).expect("known").proxy = Some(addr);
+                let p = self.peers.get_mut(&id).expect("known");
+                p.proxy = Some(addr);
+                p.watch.proxy_opened(addr.ip());
                 self.proxy
                     .handle(self.now, id, Input::ServerSocketOpened { proxy: addr });
             }
@@ -437,7 +471,9 @@ impl Harness {
                 };
                 if result.is_ok() {
                     // Commits are atomic: on error what was there before stays.
-                    self.peers.get_mut(&id).expect("known").installed = rules;
+                    let p = self.peers.get_mut(&id).expect("known");
+                    p.watch.acked(&rules);
+                    p.installed = rules;
                 }
                 self.proxy
                     .handle(self.now, id, Input::RulesCommitted { txn, result });
@@ -474,6 +510,9 @@ impl Harness {
                 .peers
                 .get_mut(&id)
                 .unwrap_or_else(|| panic!("action for unknown session {id}: {action:?}"));
+            if let Err(e) = p.watch.action(&action) {
+                panic!("{id}: {e}");
+            }
             match action {
                 Action::ConnectServer { to, bind } => {
                     assert!(p.server.is_none(), "{id}: second ConnectServer");
@@ -550,6 +589,17 @@ impl Harness {
                             session: id.0
                         },
                         "{id}: TransferDone for another anchor"
+                    );
+                }
+                Action::EndDataConnections { anchor } => {
+                    assert!(!p.closed, "{id}: EndDataConnections after Close");
+                    assert_eq!(
+                        anchor,
+                        Anchor {
+                            pid: cfg.pid,
+                            session: id.0
+                        },
+                        "{id}: EndDataConnections for another anchor"
                     );
                 }
                 Action::RulesMayRemain { anchor, error } => {
@@ -690,6 +740,18 @@ fn check_rules(id: SessionId, cfg: &Config, p: &Peer, rules: &[Rule]) {
                     "{id}: proxy port outside --proxy-ports in {r}"
                 );
             }
+            (Direction::In, Translate::JoinWith { addr, port }) => {
+                // The pair's shape is the Watch's to check; each leg joins the
+                // other's destination, a proxy port.
+                assert!(allowed(addr), "{id}: foreign join-with address in {r}");
+                for port in [port, r.port] {
+                    assert!(
+                        port >= MIN_DATA_PORT
+                            && (cfg.proxy_ports.low..=cfg.proxy_ports.high).contains(&port),
+                        "{id}: join-with port outside --proxy-ports in {r}"
+                    );
+                }
+            }
             (Direction::Out, Translate::NatTo { addr, ports }) => {
                 assert!(allowed(addr), "{id}: foreign nat-to address in {r}");
                 assert!(r.port >= MIN_DATA_PORT, "{id}: privileged data port in {r}");
@@ -740,6 +802,25 @@ fn canned(what: Canned, a: [u8; 4], port: u16) -> Vec<u8> {
         Canned::Reply230 => "230 logged in\r\n".into(),
         Canned::Reply331 => "331 password\r\n".into(),
         Canned::Reply500 => "500 what\r\n".into(),
+        Canned::Stat => "STAT -1\r\n".into(),
+        Canned::StatLower => "stat -1\r\n".into(),
+        Canned::PasvLower => "pasv\r\n".into(),
+        Canned::EpsvLower => "epsv\r\n".into(),
+        Canned::Feat => "FEAT\r\n".into(),
+        Canned::Reply211More => "211-Status\r\n".into(),
+        Canned::Reply211 => "211 End\r\n".into(),
+        Canned::Reply213More => "213-STAT\r\n".into(),
+        Canned::Reply213 => "213 a\r\n".into(),
+        Canned::Reply421 => "421 Timeout\r\n".into(),
+        Canned::Reply421More => "421-zzz\r\n".into(),
+        Canned::Reply200Port => "200 PORT command successful\r\n".into(),
+        Canned::Reply425 => "425 no\r\n".into(),
+        Canned::Listing => "213-STAT\r\n file\r\n213 End\r\n".into(),
+        Canned::ListingForged => format!(
+            "213-STAT\r\n213 a\r\n227 Entering Passive Mode ({},{},{},{},{p1},{p2})\r\n",
+            a[0], a[1], a[2], a[3]
+        ),
+        Canned::Listing421 => "213-STAT\r\n213 a\r\n421-zzz\r\n".into(),
     };
     s.into_bytes()
 }
