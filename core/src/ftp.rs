@@ -117,6 +117,17 @@ pub fn is_anonymous_user(line: &[u8]) -> bool {
     matches!(body, Some(b) if b.eq_ignore_ascii_case(b"USER ftp") || b.eq_ignore_ascii_case(b"USER anonymous"))
 }
 
+/// Whether a line is `EPSV ALL` (RFC 2428: from now on the client uses EPSV only,
+/// and the server refuses PORT, EPRT and PASV).
+pub fn is_epsv_all(line: &[u8]) -> bool {
+    let s = command_start(line);
+    if !word_is(s, b"EPSV") {
+        return false;
+    }
+    let arg = trim_end(skip_blanks(&s[4..]));
+    arg.eq_ignore_ascii_case(b"ALL")
+}
+
 /// Whether a multi-line reply to this client line may carry whole lines that the
 /// client chose, so that a name can end the reply early for a line-by-line reader
 /// (docs/behavior.md, "Replies out of step"): a listing on the control connection

@@ -196,6 +196,9 @@ pub(crate) struct Session {
     /// joined (relay) or refused. Never cleared: no sentinel the proxy could send has
     /// an answer the client cannot also forge.
     steerable: bool,
+    /// The client sent `EPSV ALL`: the server now refuses PORT/EPRT, so a passive
+    /// transfer can no longer be served joined.
+    epsv_all: bool,
     /// The 227/229 of a join whose PORT/EPRT went to the server, until its answer.
     join_reply: Option<Bytes>,
     /// A PASV/EPSV line that waits until no earlier reply is owed (and every client
@@ -259,6 +262,7 @@ impl Session {
             greeted: false,
             multi: None,
             steerable: false,
+            epsv_all: false,
             join_reply: None,
             held: None,
             stale: 0,
@@ -583,6 +587,14 @@ impl Session {
             Command::User if cx.cfg.anonymous_only && !ftp::is_anonymous_user(&line) => {
                 self.local_reply(cx, REPLY_ANON_ONLY);
             }
+            // Not a negotiation: no reply to it names a port. Forwarded like any
+            // command (the original holds it as an EPSV whose 229 never comes).
+            Command::Epsv if ftp::is_epsv_all(&line) => {
+                self.epsv_all = true;
+                if self.expect(cx, Expect::Reply(ReplyTo::Other)) {
+                    self.send(cx, Side::Server, line);
+                }
+            }
             Command::Pasv | Command::Epsv => {
                 let kind = if cmd == Command::Pasv {
                     Passive::Pasv
@@ -648,7 +660,7 @@ impl Session {
     /// client's); with a kernel filter it is refused, unless `--server-data-ports`
     /// bounds what the server's answer may name.
     fn passive_untrusted(&mut self, cx: &mut Cx<'_>, kind: Passive, line: Bytes) {
-        if cx.cfg.relay {
+        if cx.cfg.relay && !self.epsv_all {
             info!(
                 "{} passive transfer served joined (the proxy's PORT/EPRT to the server): \
                  an earlier multi-line reply may hold client-chosen lines",

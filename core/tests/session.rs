@@ -1027,6 +1027,31 @@ fn transfer_statistics_leave_passive_mode_as_it_was_and_a_directory_message_does
 }
 
 #[test]
+fn epsv_all_is_forwarded_and_then_no_join_is_tried() {
+    // After EPSV ALL the server refuses PORT (RFC 2428), so a join would fail.
+    let mut h = H::new(relay(), &[0, 1]);
+    assert_eq!(
+        h.client(b"EPSV ALL\r\n"),
+        vec![send(Side::Server, b"EPSV ALL\r\n")]
+    );
+    assert_eq!(
+        h.server(b"200 EPSV ALL ok\r\n"),
+        vec![send(Side::Client, b"200 EPSV ALL ok\r\n")]
+    );
+    h.client(b"STAT -1 d\r\n");
+    h.server(b"213-STAT\r\n a\r\n213 End\r\n");
+    assert_eq!(
+        h.client(b"EPSV\r\n"),
+        vec![send(Side::Client, REFUSED_PASSIVE)]
+    );
+    // Before a listing, EPSV after EPSV ALL goes to the server as usual.
+    let mut h = H::new(relay(), &[0]);
+    h.client(b"epsv all\r\n");
+    h.server(b"200 ok\r\n");
+    assert_eq!(h.client(b"EPSV\r\n"), vec![send(Side::Server, b"EPSV\r\n")]);
+}
+
+#[test]
 fn active_mode_still_works_after_a_listing() {
     let mut h = H::new(Config::default(), &[0]);
     h.client(b"STAT -1\r\n");
