@@ -17,9 +17,10 @@ use super::installed;
 use super::proc::{wait_for, ChildGuard};
 use super::server::{free_port, Workdir, PASSWORD, USER};
 
-/// rclone's passive ports, apart from pure-ftpd's (30000-39999) and the proxy's
-/// (49152 up), so a passive port tells who chose it.
-pub const RCLONE_PASSIVE_RANGE: (u16, u16) = (41000, 41999);
+/// rclone's passive ports, apart from pure-ftpd's (20000-29999) and the proxy's
+/// (49152 up), so a passive port tells who chose it; below the ephemeral ports, as
+/// pure-ftpd's (`PASSIVE_RANGE`).
+pub const RCLONE_PASSIVE_RANGE: (u16, u16) = (14000, 14999);
 
 /// A running `rclone serve ftp` on loopback, stopped on drop.
 pub struct RcloneServer {

@@ -33,8 +33,11 @@ pub const SMALL_LEN: usize = 1024;
 /// 10 MiB.
 pub const BIG_LEN: usize = 10 << 20;
 /// pure-ftpd's passive port range. The proxy hands out ports from 49152 up, so a
-/// passive port a client sees tells which of the two chose it.
-pub const PASSIVE_RANGE: (u16, u16) = (30000, 39999);
+/// passive port a client sees tells which of the two chose it. It lies below Linux's
+/// ephemeral ports (32768-60999 by default): a passive port that a busy run's
+/// outgoing connections already hold makes pure-ftpd answer `425 Unable to identify
+/// the local data socket: Address already in use` (seen once in a fresh-root run).
+pub const PASSIVE_RANGE: (u16, u16) = (20000, 29999);
 /// uid/gid the FTP users map to (`nobody`), so uploads are not root-owned.
 const FTP_UID: u32 = 65534;
 

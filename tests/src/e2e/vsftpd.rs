@@ -21,7 +21,7 @@ use super::proc::{wait_for, ChildGuard};
 use super::server::{free_port, write_passwd, Workdir};
 
 /// vsftpd's passive ports, apart from pure-ftpd's, rclone's and the proxy's.
-pub const VSFTPD_PASSIVE_RANGE: (u16, u16) = (43000, 43999);
+pub const VSFTPD_PASSIVE_RANGE: (u16, u16) = (16000, 16999);
 
 /// A running vsftpd serving `anon/` of a [`Workdir`] to anonymous users, stopped
 /// (with its session processes) on drop.
