@@ -37,6 +37,18 @@ fn internal_service(fx: &FtpServer) -> Result<(TcpListener, u16)> {
     Ok((l, port))
 }
 
+/// Fails if the internal service has seen a connection.
+fn no_connection(service: &TcpListener) -> Result<()> {
+    match service.accept() {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(()),
+        Ok((_, from)) => Err(E2eError::check(
+            "no connection to the internal service",
+            format!("one came from {from}"),
+        )),
+        Err(e) => Err(E2eError::io("accept on the internal service")(e)),
+    }
+}
+
 /// Logs in, sends `STAT -1` and `PASV` in one write, and checks that the session
 /// ends without a passive mapping to `port` and without a connection to `service`.
 fn attack(proxy: &ProxyProcess, service: &TcpListener, port: u16) -> Result<()> {
@@ -88,14 +100,7 @@ fn attack(proxy: &ProxyProcess, service: &TcpListener, port: u16) -> Result<()> 
             tail(&log, 4000),
         ));
     }
-    match service.accept() {
-        Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(()),
-        Ok((_, from)) => Err(E2eError::check(
-            "no connection to the internal service",
-            format!("one came from {from}"),
-        )),
-        Err(e) => Err(E2eError::io("accept on the internal service")(e)),
-    }
+    no_connection(service)
 }
 
 #[test]
@@ -209,31 +214,58 @@ fn splitting_forwarder(
     Ok(addr)
 }
 
-#[test]
-fn forged_227_in_a_later_read_than_the_early_end() -> Result<()> {
+/// Where the forwarder cuts pure-ftpd's listing before passing the rest on.
+#[derive(Clone, Copy)]
+enum Cut {
+    /// After the early end (`213 a`): the forged line comes with the rest.
+    AfterEarlyEnd,
+    /// After the early end and again after the forged line, which so arrives alone.
+    AroundForged,
+}
+
+/// The attack through a forwarder that cuts the listing as `cut` says, against a
+/// proxy started with `proxy_args`. Returns the proxy's log, or `None` when the
+/// scenario cannot run (not root).
+fn cut_attack(tag: &str, cut: Cut, proxy_args: &[&str]) -> Result<Option<String>> {
     if !preflight()? {
-        return Ok(());
+        return Ok(None);
     }
-    let work = Workdir::new("desync-split")?;
+    let work = Workdir::new(tag)?;
     let server = FtpServer::start(&work, loopback(false))?;
     let (service, port) = internal_service(&server)?;
+    // An ephemeral port, above pure-ftpd's passive range: the forged port must be
+    // one that `--server-data-ports` would refuse.
+    if (PASSIVE_RANGE.0..=PASSIVE_RANGE.1).contains(&port) {
+        return Err(E2eError::check(
+            "a port outside the passive range",
+            port.to_string(),
+        ));
+    }
     touch(&work.user(), "213 a")?;
-    touch(&work.user(), &forged_name(port))?;
-    // pure-ftpd writes the listing at once; the forwarder makes the proxy read the
-    // forged line and the rest only after it has sent the PASV on.
-    let fwd = splitting_forwarder(
-        server.addr(),
-        vec![b"213 a\r\n".to_vec()],
-        Duration::from_millis(300),
-    )?;
+    let forged = forged_name(port);
+    touch(&work.user(), &forged)?;
+    // pure-ftpd writes the listing at once; the forwarder makes the proxy read what
+    // follows each cut only after it has acted on what came before.
+    let mut markers = vec![b"213 a\r\n".to_vec()];
+    if let Cut::AroundForged = cut {
+        markers.push(format!("{forged}\r\n").into_bytes());
+    }
+    let fwd = splitting_forwarder(server.addr(), markers, Duration::from_millis(300))?;
     let proxy = ProxyProcess::start(
         loopback(false),
         fwd,
-        &[],
+        proxy_args,
         &work.root().join("ftp-proxy.log"),
     )?;
     attack(&proxy, &service, port)?;
-    let log = proxy.log();
+    Ok(Some(proxy.log()))
+}
+
+#[test]
+fn forged_227_in_a_later_read_than_the_early_end() -> Result<()> {
+    let Some(log) = cut_attack("desync-split", Cut::AfterEarlyEnd, &[])? else {
+        return Ok(());
+    };
     if !log.contains("passive transfer served joined") {
         return Err(E2eError::check(
             "the PASV after the listing was served joined, not asked of the server",
@@ -248,27 +280,7 @@ fn forged_227_alone_in_a_read_without_server_data_ports() -> Result<()> {
     // The review's read-boundary case, with the default options: the forged line is
     // the whole of a read, after the reply seemed to end and before the rest of the
     // listing. No server PASV is ever sent, so it can answer nothing that opens a port.
-    if !preflight()? {
-        return Ok(());
-    }
-    let work = Workdir::new("desync-alone-default")?;
-    let server = FtpServer::start(&work, loopback(false))?;
-    let (service, port) = internal_service(&server)?;
-    touch(&work.user(), "213 a")?;
-    let forged = forged_name(port);
-    touch(&work.user(), &forged)?;
-    let fwd = splitting_forwarder(
-        server.addr(),
-        vec![b"213 a\r\n".to_vec(), format!("{forged}\r\n").into_bytes()],
-        Duration::from_millis(300),
-    )?;
-    let proxy = ProxyProcess::start(
-        loopback(false),
-        fwd,
-        &[],
-        &work.root().join("ftp-proxy.log"),
-    )?;
-    attack(&proxy, &service, port)
+    cut_attack("desync-alone-default", Cut::AroundForged, &[]).map(drop)
 }
 
 #[test]
@@ -306,14 +318,7 @@ fn a_421_inside_a_listing_ends_the_session_with_nothing_after_it() -> Result<()>
             tail(&log, 4000),
         ));
     }
-    match service.accept() {
-        Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(()),
-        Ok((_, from)) => Err(E2eError::check(
-            "no connection to the internal service",
-            format!("one came from {from}"),
-        )),
-        Err(e) => Err(E2eError::io("accept on the internal service")(e)),
-    }
+    no_connection(&service)
 }
 
 #[test]
@@ -435,39 +440,14 @@ fn server_data_ports_admit_the_passive_range_and_refuse_the_rest() -> Result<()>
 
 #[test]
 fn server_data_ports_refuse_a_forged_227_that_arrives_alone() -> Result<()> {
-    // The one order the desync checks cannot see: the forged line in a read of its
-    // own, after the PASV went out and before the rest of the listing. Restricted to
-    // pure-ftpd's passive range, the proxy refuses the forged port all the same.
-    if !preflight()? {
-        return Ok(());
-    }
-    let work = Workdir::new("desync-alone")?;
-    let server = FtpServer::start(&work, loopback(false))?;
-    let mut tries = 0;
-    let (service, port) = loop {
-        let (l, p) = internal_service(&server)?;
-        if !(PASSIVE_RANGE.0..=PASSIVE_RANGE.1).contains(&p) {
-            break (l, p);
-        }
-        tries += 1;
-        if tries > 20 {
-            return Err(E2eError::check("a port outside the passive range", ""));
-        }
-    };
-    touch(&work.user(), "213 a")?;
-    let forged = forged_name(port);
-    touch(&work.user(), &forged)?;
-    let fwd = splitting_forwarder(
-        server.addr(),
-        vec![b"213 a\r\n".to_vec(), format!("{forged}\r\n").into_bytes()],
-        Duration::from_millis(300),
-    )?;
+    // The forged line in a read of its own, after the PASV went out and before the
+    // rest of the listing. Restricted to pure-ftpd's passive range, the proxy refuses
+    // the forged port all the same.
     let range = format!("{}:{}", PASSIVE_RANGE.0, PASSIVE_RANGE.1);
-    let proxy = ProxyProcess::start(
-        loopback(false),
-        fwd,
+    cut_attack(
+        "desync-alone",
+        Cut::AroundForged,
         &["--server-data-ports", &range],
-        &work.root().join("ftp-proxy.log"),
-    )?;
-    attack(&proxy, &service, port)
+    )
+    .map(drop)
 }
