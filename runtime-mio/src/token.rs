@@ -18,6 +18,14 @@
 //! non-blocking operation, which ends at `WouldBlock` if the socket was not ready
 //! (a pending connect is checked with `take_error` and `peer_addr`, which say
 //! "not yet"). No state changes on the event alone, only on what the socket returned.
+//!
+//! Distinct ids give distinct tokens only where `usize` has 64 bits (every target
+//! the daemon is built for): a session id takes 32 bits, the side and the kind three
+//! more, and relay ids stay below 2^61. On a 32-bit target two live sessions whose
+//! ids differ by a multiple of 2^29 would share a token: one's readiness could be
+//! taken for the other's and lost (mio's events are edge-triggered), stalling it
+//! until its peer sends more or it idles out. A 32-bit port must narrow the id
+//! space first.
 
 use ftp_proxy_core::{SessionId, Side};
 use mio::Token;
