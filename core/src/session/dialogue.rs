@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use log::{debug, error, info, warn};
 
-use crate::event::{Action, CloseReason, Side};
+use crate::event::{Action, CloseReason, Side, MAX_PIPELINED};
 use crate::ftp::{self, Command};
 use crate::rules::{Mode, MIN_DATA_PORT};
 
@@ -40,19 +40,12 @@ const REPLY_JOIN_REFUSED: &str =
 const REPLY_NO_TLS: &str =
     "534 Request denied for policy reasons: this proxy carries plain-text FTP only\r\n";
 
-/// The pipelining limit: how many client commands may await their replies (or the
-/// proxy's own answer) at once. The command that would be one more ends the session
-/// with [`CloseReason::TooManyPipelined`], unforwarded: a client that never reads
-/// replies cannot make the proxy remember without bound. Far above what a client
-/// pipelines in practice (ftplib, lftp and curl send one command at a time, or a
-/// handful).
-pub(super) const MAX_PIPELINED: usize = 4096;
 /// How much of a multi-line 227/229 reply is collected before it is refused.
 const MAX_HELD_REPLY: usize = 8192;
 
 impl Session {
-    /// Whether one more command may await its reply; ends the session when not (too
-    /// many pipelined): the caller must then neither forward the command nor commit
+    /// Whether one more command may await its reply; ends the session when not
+    /// ([`MAX_PIPELINED`]): the caller must then neither forward the command nor commit
     /// rules for it.
     #[must_use]
     fn may_pipeline(&mut self, cx: &mut Cx<'_>) -> bool {

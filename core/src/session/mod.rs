@@ -210,7 +210,7 @@ impl Session {
                 return self.close(
                     cx,
                     CloseReason::ConnectFailed {
-                        server: self.ends.server.ip().to_string(),
+                        server: self.ends.server,
                         error,
                     },
                 )
@@ -323,7 +323,9 @@ impl Session {
             }
             CloseReason::Timeout(Side::Server) => warn!("{} {reason}", self.id),
             // The original's CRIT ones (cli/src/logging.rs reads the key).
-            CloseReason::ConnectFailed { .. } | CloseReason::Filter(_) => {
+            CloseReason::ConnectFailed { .. }
+            | CloseReason::Filter(_)
+            | CloseReason::NoProxyPort { .. } => {
                 error!(priority = "crit"; "{} {reason}", self.id)
             }
             _ => error!("{} {reason}", self.id),

@@ -170,7 +170,8 @@ impl Session {
                     for port in ports {
                         cx.ports.remove(&port);
                     }
-                    return self.close(cx, CloseReason::Filter(FilterError::Busy));
+                    let range = cx.cfg.proxy_ports;
+                    return self.close(cx, CloseReason::NoProxyPort { range });
                 }
             }
         }
