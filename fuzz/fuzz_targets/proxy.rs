@@ -16,8 +16,8 @@ use bytes::Bytes;
 use ftp_proxy_core::internals::ftp::{self, Command};
 use ftp_proxy_core::internals::MAX_LINE;
 use ftp_proxy_core::{
-    Accept, Action, Anchor, Config, Direction, FilterError, Input, Pcg32, PortRange, Proxy,
-    Refused, Rule, RuleLog, RuleOptions, SessionId, Side, Translate, DEFAULT_PROXY_PORTS,
+    Accept, Action, Anchor, Config, ConnectError, Direction, FilterError, Input, Pcg32, PortRange,
+    Proxy, Refused, Rule, RuleLog, RuleOptions, SessionId, Side, Translate, DEFAULT_PROXY_PORTS,
     MIN_DATA_PORT, NAT_PORTS, RFC_ACTIVE_SOURCE_PORT,
 };
 use ftp_proxy_tests::invariants::Watch;
@@ -379,7 +379,7 @@ impl Harness {
                 if p.server.is_none() || p.proxy.is_some() {
                     return;
                 }
-                let error = "Network unreachable".to_string();
+                let error = ConnectError::from_kind(std::io::ErrorKind::NetworkUnreachable);
                 self.proxy
                     .handle(self.now, id, Input::ServerConnectFailed { error });
             }

@@ -691,9 +691,7 @@ impl<B: Filter> Runtime<B> {
         }
         let failed = |e: io::Error| {
             debug!("{id} connect failed: {e}");
-            Some(Input::ServerConnectFailed {
-                error: e.to_string(),
-            })
+            Some(Input::ServerConnectFailed { error: e.into() })
         };
         let input = match c.sock.take_error() {
             Ok(Some(e)) | Err(e) => failed(e),
@@ -937,7 +935,7 @@ impl<B: Filter> Runtime<B> {
         let started = sys::start_connect(to, bind.map(|ip| SocketAddr::new(ip, 0)));
         let input = match started {
             Err(e) => Input::ServerConnectFailed {
-                error: e.errno().desc().to_string(),
+                error: ftp_proxy_core::ConnectError::from_errno(e.errno() as i32),
             },
             Ok(std) => {
                 let mut sock = TcpStream::from_std(std);
@@ -959,9 +957,7 @@ impl<B: Filter> Runtime<B> {
                     }
                     Err(e) => {
                         let _ = self.poll.registry().deregister(&mut sock);
-                        Input::ServerConnectFailed {
-                            error: e.to_string(),
-                        }
+                        Input::ServerConnectFailed { error: e.into() }
                     }
                 }
             }
