@@ -112,6 +112,7 @@ use nix::errno::Errno;
 /// crate links no filter code of its own.
 pub use ftp_proxy_core::Filter;
 
+mod dataplane;
 mod pipe;
 mod relay;
 mod runtime;
