@@ -159,7 +159,7 @@ fn server_connected(
     let stream = match result.and_then(|s| s.local_addr().map(|a| (s, a))) {
         Ok(s) => s,
         Err(e) => {
-            let error = e.to_string();
+            let error = e.into();
             return proxy.handle(now, id, Input::ServerConnectFailed { error });
         }
     };

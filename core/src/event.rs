@@ -11,15 +11,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::error::FilterError;
-use crate::rules::{Anchor, Mode, Rule};
+use crate::error::{ConnectError, FilterError};
+use crate::rules::{Anchor, Mode, PortRange, Rule};
 
 /// A session's id: starts at 1 and counts up; after `u32::MAX` accepts it wraps to
 /// 1, skipping ids still live, so no two live sessions ever share one. It names the
 /// anchor (`ftp-proxy/<pid>.<id>`) and prefixes log lines.
 ///
-/// `Display` writes `#` and the number (`#17`), as every log line of the core
-/// begins; `Debug` writes `SessionId(17)`. Use `.0` for the bare number.
+/// `Display` writes `#` and the number (`#12`), the prefix of every log line the
+/// core writes for the session (`#12 client close`); the relay's and the
+/// runtime's lines use the same prefix, so one grep follows a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SessionId(pub u32);
 
@@ -139,8 +140,8 @@ pub enum Input {
     /// This is the one way to report a failed connect; a failure after the socket was
     /// opened is logged as the original does (`server refused connection`).
     ServerConnectFailed {
-        /// The OS error, as text for the log.
-        error: String,
+        /// The OS error (kind and errno), for the log.
+        error: ConnectError,
     },
     /// Bytes read from that side.
     Data(Side, Bytes),
@@ -287,6 +288,13 @@ pub const INBOX_HIGH_WATER: usize = 8 * 1024;
 pub const OUTPUT_HIGH_WATER: usize = 64 * 1024;
 /// Queued output below which reading resumes.
 pub const OUTPUT_LOW_WATER: usize = 16 * 1024;
+/// The pipelining limit: how many client commands of a session may await their
+/// replies (the server's, or the proxy's own answer) at once. The command that
+/// would be one more is not forwarded and ends the session with
+/// [`CloseReason::TooManyPipelined`], so a client that never reads replies cannot
+/// make the proxy remember without bound. Lines without a command word are not
+/// owed a reply and do not count.
+pub const MAX_PIPELINED: usize = 4096;
 
 /// Data connections a session negotiated, by mode.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -357,20 +365,23 @@ pub enum CloseReason {
     NotClean(Side),
     /// The connection to the server could not even be started.
     ConnectFailed {
-        /// The server address, as text.
-        server: String,
-        /// The OS error, as text.
-        error: String,
+        /// The server the session connects to (the text gives its address only,
+        /// as the original does).
+        server: SocketAddr,
+        /// What the OS said.
+        error: ConnectError,
     },
     /// Committing the data-connection rules failed.
     Filter(FilterError),
-    /// The client pipelined more commands than the proxy tracks without reading replies.
-    ///
-    /// The limit is 4,096 outstanding: every command forwarded waits until its final
-    /// reply has been relayed, and every answer the proxy gives itself waits until
-    /// the replies before it have gone; the command that would be the 4,097th ends
-    /// the session (a line with no command word, which no server answers, does not
-    /// count). No client that reads its replies comes near it.
+    /// A negotiation found no free proxy port: every port of `range`
+    /// (`--proxy-ports`) is held by a live session, so no new data connection can
+    /// be offered without sharing one.
+    NoProxyPort {
+        /// The configured proxy-port range.
+        range: PortRange,
+    },
+    /// The client pipelined more commands than the proxy tracks without reading
+    /// replies: more than [`MAX_PIPELINED`] (4096) would await their replies.
     TooManyPipelined,
     /// A server reply line arrived that answers no command: the server sent it
     /// before it could have seen the command it would answer, or when nothing was
@@ -405,6 +416,7 @@ impl CloseReason {
             CloseReason::NotClean(Side::Server) => "server_not_clean",
             CloseReason::ConnectFailed { .. } => "connect_failed",
             CloseReason::Filter(_) => "filter_failed",
+            CloseReason::NoProxyPort { .. } => "no_proxy_port",
             CloseReason::TooManyPipelined => "too_many_pipelined",
             CloseReason::ReplyDesync => "reply_desync",
             CloseReason::ServerClosing => "server_closing",
@@ -440,9 +452,13 @@ impl fmt::Display for CloseReason {
                 f.write_str("server reply too long or not clean")
             }
             CloseReason::ConnectFailed { server, error } => {
-                write!(f, "proxy cannot connect to server {server}: {error}")
+                write!(f, "proxy cannot connect to server {}: {error}", server.ip())
             }
             CloseReason::Filter(e) => write!(f, "pf operation failed: {e}"),
+            CloseReason::NoProxyPort { range } => write!(
+                f,
+                "no free proxy port: every port of {range} is held by a live session"
+            ),
             CloseReason::TooManyPipelined => f.write_str("client pipelined too many commands"),
             CloseReason::ReplyDesync => {
                 f.write_str("server reply answers no command (replies out of step)")

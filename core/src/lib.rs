@@ -33,10 +33,10 @@ pub use config::{
     Config, ConfigError, COMMIT_RETRY_DELAY, CONNECT_TIMEOUT, DEFAULT_LOGIN_TIMEOUT_SECS,
     DEFAULT_PROXY_PORTS, MAX_SESSIONS_LIMIT, MAX_TIMEOUT_SECS, PF_NAME_SIZE,
 };
-pub use error::FilterError;
+pub use error::{ConnectError, FilterError};
 pub use event::{
     Accept, Action, CloseReason, DataCounts, Input, Refused, SessionId, Side, Summary,
-    INBOX_HIGH_WATER, OUTPUT_HIGH_WATER, OUTPUT_LOW_WATER,
+    INBOX_HIGH_WATER, MAX_PIPELINED, OUTPUT_HIGH_WATER, OUTPUT_LOW_WATER,
 };
 pub use filter::Filter;
 pub use forward::{forwards, Forward, ForwardError, Source};

@@ -6,8 +6,8 @@ mod support;
 use std::time::Duration;
 
 use ftp_proxy_core::{
-    Accept, Action, CloseReason, Config, DataCounts, FilterError, Input, PortRange, Proxy, Side,
-    OUTPUT_HIGH_WATER, OUTPUT_LOW_WATER,
+    Accept, Action, CloseReason, Config, ConnectError, DataCounts, FilterError, Input, PortRange,
+    Proxy, Side, OUTPUT_HIGH_WATER, OUTPUT_LOW_WATER,
 };
 use support::*;
 
@@ -200,16 +200,23 @@ fn proxy_ports_come_from_the_configured_range() {
                     .unwrap();
                 ports.push(line);
             }
-            None => assert!(
-                acts.iter().any(|a| matches!(
-                    a,
-                    Action::Close {
-                        reason: CloseReason::Filter(FilterError::Busy),
-                        ..
-                    }
-                )),
-                "{acts:?}"
-            ),
+            None => {
+                let reason = acts.iter().find_map(|a| match a {
+                    Action::Close { reason, .. } => Some(reason),
+                    _ => None,
+                });
+                assert_eq!(
+                    reason,
+                    Some(&CloseReason::NoProxyPort { range }),
+                    "{acts:?}"
+                );
+                let reason = reason.unwrap();
+                assert_eq!(reason.kind(), "no_proxy_port");
+                assert_eq!(
+                    reason.to_string(),
+                    "no free proxy port: every port of 40000:40001 is held by a live session"
+                );
+            }
         }
     }
     assert_eq!(
@@ -245,28 +252,43 @@ fn a_connect_failure_reads_by_when_it_happened() {
     let later = p
         .accept(now, Accept::new(addr(CLIENT), addr(SERVER)))
         .unwrap();
-    let error = "Connection refused".to_string();
-    p.handle(
-        now,
-        at_once,
-        Input::ServerConnectFailed {
-            error: error.clone(),
-        },
-    );
+    // ECONNREFUSED, as the OS reports it.
+    let econnrefused = if cfg!(target_os = "linux") { 111 } else { 61 };
+    let error = ConnectError::from(std::io::Error::from_raw_os_error(econnrefused));
+    p.handle(now, at_once, Input::ServerConnectFailed { error });
     p.handle(now, later, Input::ServerSocketOpened { proxy: addr(PROXY) });
     p.handle(now, later, Input::ServerConnectFailed { error });
-    let reasons: Vec<String> = std::iter::from_fn(|| p.poll_action())
+    let reasons: Vec<CloseReason> = std::iter::from_fn(|| p.poll_action())
         .filter_map(|(_, a)| match a {
-            Action::Close { reason, .. } => Some(reason.to_string()),
+            Action::Close { reason, .. } => Some(reason),
             _ => None,
         })
         .collect();
     assert_eq!(
         reasons,
         [
+            CloseReason::ConnectFailed {
+                server: addr(SERVER),
+                error,
+            },
+            CloseReason::ServerRefused
+        ]
+    );
+    assert_eq!(error.kind, std::io::ErrorKind::ConnectionRefused);
+    assert_eq!(
+        reasons.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [
             "proxy cannot connect to server 198.51.100.10: Connection refused",
             "server refused connection"
         ]
+    );
+    let unnumbered = CloseReason::ConnectFailed {
+        server: addr(SERVER),
+        error: ConnectError::from_kind(std::io::ErrorKind::TimedOut),
+    };
+    assert_eq!(
+        unnumbered.to_string(),
+        "proxy cannot connect to server 198.51.100.10: timed out"
     );
 }
 
@@ -302,10 +324,15 @@ fn close_reason_kinds_are_distinct() {
         CloseReason::NotClean(Side::Client),
         CloseReason::NotClean(Side::Server),
         CloseReason::ConnectFailed {
-            server: String::new(),
-            error: String::new(),
+            server: addr(SERVER),
+            error: ConnectError::from_kind(std::io::ErrorKind::ConnectionRefused),
         },
         CloseReason::Filter(FilterError::Busy),
+        CloseReason::NoProxyPort {
+            range: PortRange::single(50000),
+        },
+        CloseReason::LoginTimeout,
+        CloseReason::ServerClosing,
         CloseReason::TooManyPipelined,
         CloseReason::ReplyDesync,
         CloseReason::Shutdown,

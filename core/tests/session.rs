@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ftp_proxy_core::{
     Accept, Action, CloseReason, Config, FilterError, Input, Proxy, Refused, SessionId, Side,
+    MAX_PIPELINED,
 };
 use support::*;
 
@@ -398,8 +399,9 @@ fn too_many_pipelined_commands_end_the_session_without_forwarding_the_last() {
         b"EPRT |1|1.2.3.4|5000|\r\n",
     ] {
         let mut h = H::new(Config::default(), &[0]);
-        let a = h.client(&b"NOOP\r\n".repeat(4096));
-        assert_eq!(a.len(), 4096, "every NOOP forwarded");
+        assert_eq!(MAX_PIPELINED, 4096, "docs/behavior.md says so");
+        let a = h.client(&b"NOOP\r\n".repeat(MAX_PIPELINED));
+        assert_eq!(a.len(), MAX_PIPELINED, "every NOOP forwarded");
         assert_eq!(
             h.client(last),
             vec![close(CloseReason::TooManyPipelined)],

@@ -26,8 +26,14 @@
 //!   so what it holds is its payload plus one chunk whatever the line lengths (a
 //!   queue entry per 1-byte line would cost tens of times the byte), and a burst of
 //!   lines leaves in one `writev`.
-//! * After every input the core's actions are drained and executed in order;
-//!   `CommitRules` runs synchronously and its acknowledgement is fed back at once.
+//! * One path drives the core: every input is fed, then the core's actions are
+//!   drained and executed in order, in one place. `CommitRules` runs synchronously
+//!   and its acknowledgement is fed back at once; writes return what they did, and
+//!   the drain feeds it back (`Input::Written`, `Input::WriteError`), so nothing
+//!   re-enters the core from inside an action or a write.
+//! * The packet filter and the relay are one seam to the loop (what it commits,
+//!   when a transfer or session ends, their sockets' events and timers): the loop
+//!   never asks which one carries the data connections.
 //!   `RulesMayRemain` (a failed final removal) is retried once; `remove_all` at exit
 //!   is the backstop.
 //! * Logging: the core logs the session's story and its end reason; this crate logs
@@ -112,6 +118,7 @@ use nix::errno::Errno;
 /// crate links no filter code of its own.
 pub use ftp_proxy_core::Filter;
 
+mod dataplane;
 mod pipe;
 mod relay;
 mod runtime;

@@ -2,13 +2,37 @@
 //!
 //! One turn = poll, dispatch the events, then serve each control socket that had an
 //! event or was left "hot" by the previous turn, once and with bounded work (a
-//! byte budget of reads), then run due timers. After every
-//! input to the proxy the loop drains `poll_action` completely before anything else
-//! (the core's driving contract).
+//! byte budget of reads), then the data plane's hot work and timers, then the
+//! core's.
+//!
+//! # The one drive path
+//!
+//! The core is fed in one place, the section "Driving the core" below:
+//!
+//! * [`feed`](Runtime::feed) hands it one [`Call`] (an input, the clock, the
+//!   shutdown) and [`admit`](Runtime::admit) one accepted connection; both end in
+//!   [`drain`](Runtime::drain). Nothing else calls `Proxy::handle`,
+//!   `handle_timeout`, `accept` or `shutdown`.
+//! * `drain` is the only place actions are executed. It takes them in order until
+//!   there are none; an action that has an immediate answer (a commit's result, a
+//!   server socket opened or not) returns it from [`execute`](Runtime::execute)
+//!   and `drain` feeds it back before taking the next action. Then it writes what
+//!   the actions queued, once per socket, and feeds what each write did
+//!   ([`Flushed`]: `Input::Written`, `Input::WriteError`) back, and goes round
+//!   again until no action and no output is left. Lines produced by one input thus
+//!   leave in one write per socket.
+//! * Nothing calls the core or `drain` while `drain` runs (checked in debug builds):
+//!   writes, the data plane and the actions' execution return what happened as
+//!   values.
+//!
+//! Where the data connections go is the business of the
+//! [`DataPlane`](crate::dataplane::DataPlane):
+//! the loop hands it commits, its sockets' events and its turn, and never asks which
+//! one it is.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{self, ErrorKind, IoSlice, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +46,8 @@ use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Waker};
 
-use crate::relay::{Relay, RelayLimits};
+use crate::dataplane::Plane;
+use crate::relay::RelayLimits;
 use crate::signal::Signals;
 use crate::sys;
 use crate::token::Tok;
@@ -118,12 +143,25 @@ impl Conn {
         self.queued = 0;
     }
 
-    /// Writes queued output until it is gone or the socket would block.
+    /// Writes queued output until it is gone or the socket would block, and says
+    /// what it did; it does not tell the core (the caller does).
     ///
     /// The whole queue goes out in one `writev` (up to [`IOV_PER_WRITE`] chunks), so a
     /// burst of reply lines leaves as one segment rather than one per line. Once
     /// everything is written the buffers are let go: an idle connection holds none.
-    fn flush(&mut self) -> io::Result<()> {
+    /// After an error the queue is forgotten (the socket is dead).
+    fn flush(&mut self) -> Flushed {
+        let before = self.queued;
+        match self.write_out() {
+            Ok(()) => Flushed::Written(before - self.queued),
+            Err(e) => {
+                self.clear();
+                Flushed::Failed(e)
+            }
+        }
+    }
+
+    fn write_out(&mut self) -> io::Result<()> {
         self.seal();
         while !self.out.is_empty() {
             let iov: Vec<IoSlice<'_>> = self
@@ -165,6 +203,41 @@ impl Conn {
     }
 }
 
+/// What one [`Conn::flush`] did.
+#[derive(Debug)]
+enum Flushed {
+    /// This many bytes went out (0 if the socket would block at once).
+    Written(usize),
+    /// The socket failed; what was queued is forgotten.
+    Failed(io::Error),
+}
+
+impl Flushed {
+    /// The input that tells the core, if any.
+    fn input(self, id: SessionId, side: Side) -> Option<Input> {
+        match self {
+            Flushed::Written(0) => None,
+            Flushed::Written(n) => Some(Input::Written(side, n)),
+            Flushed::Failed(e) => {
+                debug!("{id} {} write error: {e}", side.name());
+                Some(Input::WriteError(side))
+            }
+        }
+    }
+}
+
+/// A call into the core that [`Runtime::feed`] makes (a new connection is
+/// [`Runtime::admit`]'s).
+#[derive(Debug)]
+enum Call {
+    /// `Proxy::handle`.
+    Input(SessionId, Input),
+    /// `Proxy::handle_timeout`.
+    Timeout,
+    /// `Proxy::shutdown`.
+    Shutdown,
+}
+
 /// The sockets of one session.
 #[derive(Debug)]
 struct Session {
@@ -185,47 +258,6 @@ impl Session {
     }
     fn reading(&self, side: Side) -> bool {
         self.reading[side as usize]
-    }
-}
-
-enum Data<B> {
-    Kernel(B),
-    Relay(Relay),
-}
-
-/// The relay as a [`Filter`]: it executes the rules itself, and needs the poll
-/// registry for the listeners it opens. Its listeners and data connections live on
-/// in the relay; this is only the view one call needs.
-struct RelayFilter<'a> {
-    relay: &'a mut Relay,
-    registry: &'a mio::Registry,
-}
-
-impl Filter for RelayFilter<'_> {
-    fn name(&self) -> &'static str {
-        "relay"
-    }
-
-    fn commit(
-        &mut self,
-        anchor: &Anchor,
-        rules: &[ftp_proxy_core::Rule],
-    ) -> Result<(), FilterError> {
-        self.relay.commit(self.registry, anchor, rules)
-    }
-
-    /// Resets the anchor's data connections in progress (and any waiting for its
-    /// partner of a join); it cannot fail.
-    fn kill_connections(&mut self, anchor: &Anchor) -> Result<(), FilterError> {
-        self.relay.kill_session(self.registry, anchor.session);
-        Ok(())
-    }
-
-    /// Closes every listener and resets the data connections in progress; it
-    /// cannot fail.
-    fn remove_all(&mut self) -> Result<(), FilterError> {
-        self.relay.remove_all(self.registry);
-        Ok(())
     }
 }
 
@@ -257,7 +289,10 @@ pub struct Runtime<B: Filter> {
     accept_paused_until: Option<Instant>,
     divert: Divert,
     proxy: Proxy,
-    data: Data<B>,
+    /// Whoever carries the data connections.
+    data: Plane<B>,
+    /// [`drain`](Self::drain) is running: nothing may call the core (debug check).
+    draining: bool,
     sessions: BTreeMap<SessionId, Session>,
     /// Control sockets with work left from the previous turn.
     hot: BTreeSet<(SessionId, Side)>,
@@ -302,10 +337,8 @@ impl<B: Filter> Runtime<B> {
             accept_paused_until: None,
             divert: opts.divert,
             proxy,
-            data: match data {
-                DataPath::Kernel(b) => Data::Kernel(b),
-                DataPath::Relay => Data::Relay(Relay::new(opts.max_sessions as usize)),
-            },
+            data: Plane::new(data, opts.max_sessions as usize),
+            draining: false,
             sessions: BTreeMap::new(),
             hot: BTreeSet::new(),
             unflushed: BTreeSet::new(),
@@ -350,35 +383,25 @@ impl<B: Filter> Runtime<B> {
 
     /// The packet-filter backend, when the kernel carries data connections.
     pub fn backend(&self) -> Option<&B> {
-        match &self.data {
-            Data::Kernel(b) => Some(b),
-            Data::Relay(_) => None,
-        }
+        self.data.backend()
     }
 
     /// Relay listeners and data connections in progress (`(0, 0)` without the relay).
     pub fn relay_counts(&self) -> (usize, usize) {
-        match &self.data {
-            Data::Kernel(_) => (0, 0),
-            Data::Relay(r) => (r.listener_count(), r.pair_count()),
-        }
+        self.data.get().counts()
     }
 
     /// Chooses how the relay moves data for connections accepted from now on:
     /// `splice(2)` through kernel pipes (Linux; the default there) or copying through
     /// user space. Without the relay this does nothing.
     pub fn set_relay_zero_copy(&mut self, on: bool) {
-        if let Data::Relay(r) = &mut self.data {
-            r.set_zero_copy(on);
-        }
+        self.data.get_mut().set_relay_zero_copy(on);
     }
 
     /// Sets the per-session cap and the timeouts of relayed data connections. Without
     /// the relay this does nothing.
     pub fn set_relay_limits(&mut self, limits: RelayLimits) {
-        if let Data::Relay(r) = &mut self.data {
-            r.set_limits(limits);
-        }
+        self.data.get_mut().set_relay_limits(limits);
     }
 
     /// Whether a shutdown has started.
@@ -408,20 +431,8 @@ impl<B: Filter> Runtime<B> {
     /// Removes every rule this process installed (and, with the relay, resets the data
     /// connections still in progress); called once the loop is done.
     pub fn finish(&mut self) {
-        if let Err(e) = self.with_filter(|f| f.remove_all()) {
+        if let Err(e) = self.data.get_mut().remove_all(self.poll.registry()) {
             error!(priority = "crit"; "pf rule removal failed: {e}");
-        }
-    }
-
-    /// Runs `f` on whatever executes the core's rules: the kernel backend, or the
-    /// relay seen as a [`Filter`].
-    fn with_filter<R>(&mut self, f: impl FnOnce(&mut dyn Filter) -> R) -> R {
-        match &mut self.data {
-            Data::Kernel(b) => f(b),
-            Data::Relay(relay) => f(&mut RelayFilter {
-                relay,
-                registry: self.poll.registry(),
-            }),
         }
     }
 
@@ -436,8 +447,7 @@ impl<B: Filter> Runtime<B> {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
-        self.proxy.shutdown(now);
-        self.drain(now);
+        self.feed(now, Call::Shutdown);
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -445,10 +455,7 @@ impl<B: Filter> Runtime<B> {
             self.proxy.poll_timeout(),
             self.accept_paused_until,
             self.shutdown_deadline,
-            match &self.data {
-                Data::Relay(r) => r.poll_timeout(),
-                Data::Kernel(_) => None,
-            },
+            self.data.get().poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -458,8 +465,7 @@ impl<B: Filter> Runtime<B> {
     /// One round: waits for events (at most `max_wait`, if given), handles them, the
     /// hot sockets and due timers.
     pub fn turn(&mut self, max_wait: Option<Duration>) -> Result<(), RunError> {
-        let relay_hot = matches!(&self.data, Data::Relay(r) if r.is_hot());
-        let timeout = if !self.hot.is_empty() || relay_hot || self.accept_hot {
+        let timeout = if !self.hot.is_empty() || self.data.get().is_hot() || self.accept_hot {
             Some(Duration::ZERO)
         } else {
             let now = Instant::now();
@@ -495,10 +501,9 @@ impl<B: Filter> Runtime<B> {
         for (id, side) in due {
             self.service(id, side);
         }
-        if let Data::Relay(relay) = &mut self.data {
-            relay.run_hot(self.poll.registry());
-            relay.sweep(self.poll.registry(), Instant::now());
-        }
+        let data = self.data.get_mut();
+        data.run_hot(self.poll.registry());
+        data.handle_timeout(self.poll.registry(), Instant::now());
         if std::mem::take(&mut self.accept_hot) {
             self.accept();
         }
@@ -506,8 +511,7 @@ impl<B: Filter> Runtime<B> {
         if self.proxy.poll_timeout().is_some_and(|t| t <= now) {
             // A commit retry that goes through turns reading back on through
             // `Action::ReadInterest`, which marks that side hot.
-            self.proxy.handle_timeout(now);
-            self.drain(now);
+            self.feed(now, Call::Timeout);
         }
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_paused_until = None;
@@ -560,9 +564,7 @@ impl<B: Filter> Runtime<B> {
                 due.insert((id, side));
             }
             Tok::DataListener(_) | Tok::Data(..) => {
-                if let Data::Relay(relay) = &mut self.data {
-                    relay.event(self.poll.registry(), tok, ev);
-                }
+                self.data.get_mut().event(self.poll.registry(), tok, ev);
             }
         }
     }
@@ -628,19 +630,23 @@ impl<B: Filter> Runtime<B> {
         })
     }
 
-    /// Hands one accepted connection to the core and registers its socket.
-    fn start_session(&mut self, mut sock: TcpStream, peer: SocketAddr) {
+    /// Hands one accepted connection to the core (if it is one to serve).
+    fn start_session(&mut self, sock: TcpStream, peer: SocketAddr) {
         let Some(conn) = self.describe(&sock, peer) else {
             return;
         };
-        let now = Instant::now();
-        // On refusal the core logged it; no reply, as in the original.
-        let Ok(id) = self.proxy.accept(now, conn) else {
-            return;
-        };
-        if let Data::Relay(relay) = &mut self.data {
-            relay.session_started(id.0, conn.client.ip());
-        }
+        self.admit(Instant::now(), conn, sock);
+    }
+
+    /// Sets up the sockets of session `id`, which the core has just accepted from
+    /// `client`; the input for the core if the client socket cannot be registered.
+    fn open_session(
+        &mut self,
+        id: SessionId,
+        client: IpAddr,
+        mut sock: TcpStream,
+    ) -> Option<Input> {
+        self.data.get_mut().session_started(id, client);
         sys::keepalive(&sock);
         sys::nodelay(&sock);
         let rw = Interest::READABLE | Interest::WRITABLE;
@@ -658,11 +664,10 @@ impl<B: Filter> Runtime<B> {
         self.sessions.insert(id, session);
         if let Err(e) = registered {
             error!(priority = "crit"; "{id} cannot register client socket: {e}");
-            self.proxy.handle(now, id, Input::Reset(Side::Client));
-        } else {
-            self.hot.insert((id, Side::Client));
+            return Some(Input::Reset(Side::Client));
         }
-        self.drain(now);
+        self.hot.insert((id, Side::Client));
+        None
     }
 
     /// Whether `orig`, the original destination of an accepted connection, is the
@@ -691,9 +696,7 @@ impl<B: Filter> Runtime<B> {
         }
         let failed = |e: io::Error| {
             debug!("{id} connect failed: {e}");
-            Some(Input::ServerConnectFailed {
-                error: e.to_string(),
-            })
+            Some(Input::ServerConnectFailed { error: e.into() })
         };
         let input = match c.sock.take_error() {
             Ok(Some(e)) | Err(e) => failed(e),
@@ -717,19 +720,17 @@ impl<B: Filter> Runtime<B> {
         } else {
             c.read_done = true;
         }
-        let now = Instant::now();
-        self.proxy.handle(now, id, input);
-        self.drain(now);
+        self.feed(Instant::now(), Call::Input(id, input));
     }
 
     /// Writes and reads one control socket, with bounded work.
     fn service(&mut self, id: SessionId, side: Side) {
-        // Write first: what the peer sent may be waiting for this socket.
-        if !self.flush(id, side) {
-            return;
+        // Write first: what the peer sent may be waiting for this socket. What was
+        // written may turn read interest on or off, and a write error may end the
+        // session (the loop below then finds it gone).
+        if let Some(wrote) = self.flush(id, side) {
+            self.feed(Instant::now(), Call::Input(id, wrote));
         }
-        // What was written may have turned read interest on or off.
-        self.drain(Instant::now());
         let mut budget = READ_BUDGET;
         for _ in 0..MAX_READS {
             if budget == 0 {
@@ -772,72 +773,88 @@ impl<B: Filter> Runtime<B> {
                     Input::Reset(side)
                 }
             };
-            self.proxy.handle(now, id, input);
-            self.drain(now);
+            self.feed(now, Call::Input(id, input));
         }
         // The budget is spent with data possibly left: no new edge will say so.
         self.hot.insert((id, side));
     }
 
-    /// Flushes one side's output if the socket can take it. Returns false if the
-    /// session is gone (or just ended because of a write error).
-    fn flush(&mut self, id: SessionId, side: Side) -> bool {
-        let Some(s) = self.sessions.get_mut(&id) else {
-            return false;
-        };
+    /// Writes one side's queued output if the socket can take it; what the core must
+    /// hear of it ([`Flushed::input`]), if anything. It does not tell the core itself.
+    fn flush(&mut self, id: SessionId, side: Side) -> Option<Input> {
+        let s = self.sessions.get_mut(&id)?;
         let connecting = s.connecting;
-        let Some(c) = s.conn(side) else { return true };
+        let c = s.conn(side)?;
         if c.queued == 0 || !c.writable || (side == Side::Server && connecting) {
-            return true;
+            return None;
         }
-        let before = c.queued;
-        match c.flush() {
-            Ok(()) => {
-                let written = before - c.queued;
-                if written > 0 {
-                    // Its actions (read interest) run in the caller's drain.
-                    let now = Instant::now();
-                    self.proxy.handle(now, id, Input::Written(side, written));
-                }
-                true
-            }
-            Err(e) => {
-                debug!("{id} {} write error: {e}", side.name());
-                c.clear();
-                let now = Instant::now();
-                self.proxy.handle(now, id, Input::WriteError(side));
-                self.drain(now);
-                self.sessions.contains_key(&id)
-            }
+        c.flush().input(id, side)
+    }
+
+    // ---- Driving the core: the only code that calls it (see the module docs). ----
+
+    /// Feeds one call to the core, then drains every action it produced.
+    fn feed(&mut self, now: Instant, call: Call) {
+        debug_assert!(!self.draining, "the core fed from inside drain");
+        match call {
+            Call::Input(id, input) => self.proxy.handle(now, id, input),
+            Call::Timeout => self.proxy.handle_timeout(now),
+            Call::Shutdown => self.proxy.shutdown(now),
+        }
+        self.drain(now);
+    }
+
+    /// Offers one accepted connection to the core; if it is taken, sets the session's
+    /// sockets up, then drains (the core's first actions need the session).
+    fn admit(&mut self, now: Instant, conn: Accept, sock: TcpStream) {
+        debug_assert!(!self.draining, "the core fed from inside drain");
+        // On refusal the core logged it; no reply, as in the original.
+        let Ok(id) = self.proxy.accept(now, conn) else {
+            return;
+        };
+        match self.open_session(id, conn.client.ip(), sock) {
+            Some(input) => self.feed(now, Call::Input(id, input)),
+            None => self.drain(now),
         }
     }
 
-    /// Executes every pending action (the core's drain rule), then writes what they
-    /// queued: lines produced by one input leave in one write per socket.
+    /// Executes every pending action (the core's drain rule), feeding each immediate
+    /// answer back before the next action, then writes what they queued and feeds
+    /// back what the writes did, until nothing is left: lines produced by one input
+    /// leave in one write per socket.
     fn drain(&mut self, now: Instant) {
+        debug_assert!(!self.draining, "drain re-entered");
+        self.draining = true;
         loop {
             let mut next = self.proxy.poll_action();
             while let Some((id, action)) = next {
                 next = match action {
                     Action::Send(side, bytes) => self.queue(id, side, bytes),
                     action => {
-                        self.execute(now, id, action);
+                        if let Some(answer) = self.execute(id, action) {
+                            self.proxy.handle(now, id, answer);
+                        }
                         self.proxy.poll_action()
                     }
                 };
             }
             if self.unflushed.is_empty() {
-                return;
+                break;
             }
             for (id, side) in std::mem::take(&mut self.unflushed) {
-                self.flush(id, side);
+                if let Some(wrote) = self.flush(id, side) {
+                    self.proxy.handle(now, id, wrote);
+                }
             }
         }
+        self.draining = false;
     }
 
-    fn execute(&mut self, now: Instant, id: SessionId, action: Action) {
+    /// Executes one action; returns the core's input that answers it at once, if it
+    /// has one (a commit's result, the server socket opened or not).
+    fn execute(&mut self, id: SessionId, action: Action) -> Option<Input> {
         match action {
-            Action::ConnectServer { to, bind } => self.connect_server(now, id, to, bind),
+            Action::ConnectServer { to, bind } => return self.connect_server(id, to, bind),
             Action::Send(side, bytes) => {
                 if let Some(c) = out_queue(&mut self.sessions, id, side) {
                     c.push(bytes);
@@ -854,44 +871,29 @@ impl<B: Filter> Runtime<B> {
             }
             Action::RulesMayRemain { anchor, error } => self.rules_may_remain(anchor, &error),
             Action::EndDataConnections { anchor } => {
-                if let Err(e) = self.with_filter(|f| f.kill_connections(&anchor)) {
+                let killed = self
+                    .data
+                    .get_mut()
+                    .kill_connections(self.poll.registry(), &anchor);
+                if let Err(e) = killed {
                     error!("{id} cannot end the data connections of {anchor}: {e}");
                 }
             }
-            // The kernel's states need no word; the relay closes finished pairs.
             Action::TransferDone { anchor } => {
-                if let Data::Relay(relay) = &mut self.data {
-                    relay.transfer_done(self.poll.registry(), &anchor);
-                }
+                self.data
+                    .get_mut()
+                    .transfer_done(self.poll.registry(), &anchor);
             }
-            Action::Close { reason, summary } => {
-                let Some(mut s) = self.sessions.remove(&id) else {
-                    return;
-                };
-                let relayed = match &mut self.data {
-                    Data::Relay(r) => Some(r.session_ended(id.0)),
-                    Data::Kernel(_) => None,
-                };
-                info!("{}", SummaryLine(id, &reason, &summary, relayed));
-                let registry = self.poll.registry();
-                // One best-effort flush of what is queued, errors ignored (as ftp-proxy.c's `end_session`).
-                let _ = s.client.flush();
-                let _ = registry.deregister(&mut s.client.sock);
-                if let Some(mut c) = s.server.take() {
-                    if !s.connecting {
-                        let _ = c.flush();
-                    }
-                    let _ = registry.deregister(&mut c.sock);
-                }
-                self.hot.remove(&(id, Side::Client));
-                self.hot.remove(&(id, Side::Server));
-            }
+            Action::Close { reason, summary } => self.close(id, &reason, &summary),
             Action::CommitRules { txn, anchor, rules } => {
-                let result = self.with_filter(|f| f.commit(&anchor, &rules));
-                self.proxy
-                    .handle(now, id, Input::RulesCommitted { txn, result });
+                let result = self
+                    .data
+                    .get_mut()
+                    .commit(self.poll.registry(), &anchor, &rules);
+                return Some(Input::RulesCommitted { txn, result });
             }
         }
+        None
     }
 
     /// Queues `bytes` for one socket, and every `Send` to that socket right behind it
@@ -911,10 +913,38 @@ impl<B: Filter> Runtime<B> {
         }
     }
 
+    // ---- End of the drive path. ----
+
+    /// The core has ended session `id`: its summary line, one best-effort flush of
+    /// what is queued, and its sockets let go.
+    fn close(&mut self, id: SessionId, reason: &CloseReason, summary: &Summary) {
+        let Some(mut s) = self.sessions.remove(&id) else {
+            return;
+        };
+        let relayed = self.data.get_mut().session_ended(id);
+        info!("{}", SummaryLine(id, reason, summary, relayed));
+        let registry = self.poll.registry();
+        // Errors ignored (as ftp-proxy.c's `end_session`); the core has forgotten
+        // the session, so there is no one to tell.
+        let _ = s.client.flush();
+        let _ = registry.deregister(&mut s.client.sock);
+        if let Some(mut c) = s.server.take() {
+            if !s.connecting {
+                let _ = c.flush();
+            }
+            let _ = registry.deregister(&mut c.sock);
+        }
+        self.hot.remove(&(id, Side::Client));
+        self.hot.remove(&(id, Side::Server));
+    }
+
     /// The core could not remove a finished session's rules (and has logged it):
     /// try once more, and otherwise leave them to `remove_all` at exit.
     fn rules_may_remain(&mut self, anchor: Anchor, error: &FilterError) {
-        let retry = self.with_filter(|f| f.commit(&anchor, &[]));
+        let retry = self
+            .data
+            .get_mut()
+            .commit(self.poll.registry(), &anchor, &[]);
         match retry {
             Ok(()) => info!("rules of {anchor} removed on the second attempt (first: {error})"),
             Err(e) => error!(
@@ -924,20 +954,21 @@ impl<B: Filter> Runtime<B> {
         }
     }
 
+    /// Starts the server connect of session `id`; what the core must hear at once
+    /// (`ServerSocketOpened` or `ServerConnectFailed`), `None` if the session is gone.
     fn connect_server(
         &mut self,
-        now: Instant,
         id: SessionId,
         to: SocketAddr,
         bind: Option<std::net::IpAddr>,
-    ) {
+    ) -> Option<Input> {
         if !self.sessions.contains_key(&id) {
-            return;
+            return None;
         }
         let started = sys::start_connect(to, bind.map(|ip| SocketAddr::new(ip, 0)));
         let input = match started {
             Err(e) => Input::ServerConnectFailed {
-                error: e.errno().desc().to_string(),
+                error: ftp_proxy_core::ConnectError::from_errno(e.errno() as i32),
             },
             Ok(std) => {
                 let mut sock = TcpStream::from_std(std);
@@ -959,14 +990,12 @@ impl<B: Filter> Runtime<B> {
                     }
                     Err(e) => {
                         let _ = self.poll.registry().deregister(&mut sock);
-                        Input::ServerConnectFailed {
-                            error: e.to_string(),
-                        }
+                        Input::ServerConnectFailed { error: e.into() }
                     }
                 }
             }
         };
-        self.proxy.handle(now, id, input);
+        Some(input)
     }
 }
 

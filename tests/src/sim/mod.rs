@@ -34,8 +34,9 @@ use bytes::Bytes;
 use ftp_proxy_core::internals::ftp;
 use ftp_proxy_core::Filter;
 use ftp_proxy_core::{
-    Accept, Action, Anchor, Config, Direction, Input, Pcg32, PortRange, Proxy, RandomSource,
-    Refused, Rule, RuleLog, RuleOptions, SessionId, Side, Translate, DEFAULT_PROXY_PORTS,
+    Accept, Action, Anchor, Config, ConnectError, Direction, Input, Pcg32, PortRange, Proxy,
+    RandomSource, Refused, Rule, RuleLog, RuleOptions, SessionId, Side, Translate,
+    DEFAULT_PROXY_PORTS,
 };
 use pfctl_backend::mock::{FaultRates, MockBackend};
 
@@ -569,7 +570,7 @@ impl World {
                             Ev::ToProxy(
                                 sid,
                                 Input::ServerConnectFailed {
-                                    error: "Network unreachable".into(),
+                                    error: ConnectError::from_errno(libc::ENETUNREACH),
                                 },
                             ),
                         ),
@@ -579,7 +580,7 @@ impl World {
                                 Ev::ToProxy(sid, Input::ServerSocketOpened { proxy }),
                             );
                             let failed = Input::ServerConnectFailed {
-                                error: "Connection refused".into(),
+                                error: ConnectError::from_errno(libc::ECONNREFUSED),
                             };
                             self.at(self.now + lat, Ev::ToProxy(sid, failed));
                         }
