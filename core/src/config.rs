@@ -23,9 +23,22 @@ pub const PF_NAME_SIZE: usize = 64;
 /// a password, short enough that `-m` connections that never log in free their
 /// slots within minutes.
 pub const DEFAULT_LOGIN_TIMEOUT_SECS: u32 = 120;
-/// How long the server may stay silent after the connect (`CONNECT_TIMEOUT`).
+/// 30 seconds: how long a new session waits for the server's first bytes (the
+/// original's `CONNECT_TIMEOUT`).
+///
+/// The timer starts when the session is accepted, before
+/// [`Action::ConnectServer`](crate::Action::ConnectServer), and only server data
+/// ([`Input::Data`](crate::Input::Data) from the server) moves it on, to the idle
+/// timeout; [`Input::ServerConnected`](crate::Input::ServerConnected) does not. So a
+/// connect that never completes (no SYN-ACK, no RST) is covered by the core's own
+/// timer, whatever the driver's connect does: 30 s after the accept the session
+/// closes with `server timeout` (a warning, `CloseReason::Timeout(Server)`), and so
+/// does one whose server connects but never sends its greeting. The driver then
+/// abandons its connect attempt when it executes the `Close`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Pause before the single retry of a commit the filter reported busy.
+/// 5 milliseconds: the pause before the single retry of a commit the filter reported
+/// busy ([`FilterError::Busy`](crate::FilterError::Busy)). The same transaction is
+/// emitted again once; a second `Busy` ends the session like any other filter error.
 pub const COMMIT_RETRY_DELAY: Duration = Duration::from_millis(5);
 
 /// Everything the core needs to know about the command line.

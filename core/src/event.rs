@@ -20,7 +20,8 @@ use crate::rules::{Anchor, Mode, PortRange, Rule};
 ///
 /// `Display` writes `#` and the number (`#12`), the prefix of every log line the
 /// core writes for the session (`#12 client close`); the relay's and the
-/// runtime's lines use the same prefix, so one grep follows a session.
+/// runtime's lines use the same prefix, so one grep follows a session. `Debug`
+/// writes `SessionId(12)`; use `.0` for the bare number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SessionId(pub u32);
 
@@ -67,9 +68,18 @@ impl fmt::Display for Side {
 ///
 /// A struct rather than positional arguments: `client` and `orig_dst` have the same
 /// type and are easy to swap, and the routing domain is easy to forget.
+///
+/// **The driver unmaps addresses, the core does not.** A dual-stack (`[::]`) socket
+/// reports an IPv4 peer as `::ffff:a.b.c.d`; every address the driver passes in
+/// (`client` and `orig_dst` here, `proxy` of [`Input::ServerSocketOpened`]) must be
+/// the plain IPv4 one (`Ipv6Addr::to_ipv4_mapped`), or the session's rules and
+/// rewritten replies name an IPv6 address for an IPv4 connection. runtime-mio unmaps
+/// each of them where it reads it from a socket. The one place the core compares
+/// both forms itself is the admission of a relayed data connection (`Forward`),
+/// whose peer address comes straight from an accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Accept {
-    /// The client's address (v4-mapped addresses unmapped).
+    /// The client's address, v4-mapped addresses unmapped by the driver (see above).
     pub client: SocketAddr,
     /// Where the client meant to go: the diverted destination, or in reverse mode
     /// (`-R`) the listener's own address.
@@ -98,11 +108,27 @@ impl Accept {
 /// behind the ones not yet taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
-    /// The socket towards the server exists and its connect is under way; `proxy` is
-    /// its local address (`getsockname`), the proxy's address in rules and rewrites.
+    /// The socket towards the server has its local address: `proxy` (`getsockname`,
+    /// unmapped as [`Accept`] says) is the proxy's address in rules and rewrites.
+    /// Report it once, as soon as the address is known.
     ///
-    /// Required before the session reads client commands: client bytes that arrive
-    /// earlier are buffered (subject to read interest) and parsed after it.
+    /// When that is depends on the driver, and the core accepts either order:
+    /// * a driver that starts a non-blocking `connect(2)` itself (mio, the daemon)
+    ///   knows it at once and reports it while the connect is still under way;
+    /// * a driver whose connect is one awaited call (tokio's `TcpStream::connect`,
+    ///   std's blocking `connect`) learns it only when the call returns: it reports
+    ///   `ServerSocketOpened` then, immediately followed by
+    ///   [`Input::ServerConnected`] (the threaded example does so).
+    ///
+    /// Until it arrives, client bytes are buffered (subject to read interest) and
+    /// parsed after it; server bytes are handled as they come, though no driver has
+    /// any before its connect returns. The only other difference is the log line of
+    /// a failed connect: a [`Input::ServerConnectFailed`] before this input ends the
+    /// session as `proxy cannot connect to server <ip>: <error>`
+    /// ([`CloseReason::ConnectFailed`], logged as critical), after it as `server
+    /// refused connection` ([`CloseReason::ServerRefused`], an error, the original's
+    /// asynchronous failure). A driver that cannot report it before the outcome
+    /// therefore logs every refused connect the first way.
     ServerSocketOpened {
         /// Local address of the server-side socket.
         proxy: SocketAddr,
@@ -189,6 +215,16 @@ pub enum Action {
     },
     /// Flush what is queued for both sides (one attempt), then close both sockets.
     /// A `CommitRules` removing the session's rules may follow.
+    ///
+    /// "One attempt" is the original's `end_session`: write what the socket takes now,
+    /// without waiting for it to become writable, ignore errors, and close; whatever
+    /// does not fit is dropped (the last lines are typically a 421 or a reply the
+    /// session ends on). For an asynchronous writer that means a non-blocking try
+    /// (tokio's `try_write` until `WouldBlock`), or at most a short, bounded wait
+    /// in a task of its own; never keep the session's resources waiting on a peer
+    /// that does not read. The session is closed for the core already: inputs for it
+    /// (a `Written`, an `Eof`) are ignored from here on, except the
+    /// [`Input::RulesCommitted`] of the removal.
     ///
     /// The core has already logged `reason` (as the original does); the driver logs
     /// the one summary line from `summary` and does not log the reason again.
@@ -345,8 +381,13 @@ pub enum CloseReason {
         /// The configured proxy-port range.
         range: PortRange,
     },
-    /// The client pipelined more commands than the proxy tracks without reading
-    /// replies: more than [`MAX_PIPELINED`] (4096) would await their replies.
+    /// The client pipelined more commands than the proxy tracks without reading replies.
+    ///
+    /// The limit is [`MAX_PIPELINED`] (4,096) outstanding: every command forwarded waits until its final
+    /// reply has been relayed, and every answer the proxy gives itself waits until
+    /// the replies before it have gone; the command that would be the 4,097th ends
+    /// the session (a line with no command word, which no server answers, does not
+    /// count). No client that reads its replies comes near it.
     TooManyPipelined,
     /// A server reply line arrived that answers no command: the server sent it
     /// before it could have seen the command it would answer, or when nothing was

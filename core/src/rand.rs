@@ -1,11 +1,57 @@
 //! Randomness is passed in: the core never draws from a global generator.
 //!
-//! The daemon supplies a CSPRNG (a predictable proxy port would let an attacker race
-//! the rdr-to rule); the simulation supplies [`Pcg32`] with a seed, so a seed fixes
-//! every port the proxy ever picks.
+//! Production drivers supply a CSPRNG: a predictable proxy port would let an attacker
+//! race the data connection into the rdr-to rule. The daemon's is
+//! `ftp_proxy_runtime::OsRandom` (`getrandom(2)`, `getentropy(2)` off Linux,
+//! buffered); a driver that does not link runtime-mio writes its own in a few lines
+//! on the kernel's generator, as [`RandomSource`]'s example does. The simulation
+//! supplies [`Pcg32`] with a seed, so a seed fixes every port the proxy ever picks.
 
 /// A source of random 32-bit words; the proxy draws its ports through
 /// [`uniform`](Self::uniform), which every source shares.
+///
+/// The one in production is `ftp_proxy_runtime::OsRandom`. Without runtime-mio,
+/// implement [`next_u32`](Self::next_u32) on the kernel's CSPRNG: the `getrandom`
+/// crate's `getrandom::u32()` (or `getrandom::fill`), or `/dev/urandom` read in
+/// blocks as here. Do not seed [`Pcg32`] from it instead: a PCG's output gives its
+/// state away, so after a few proxy ports the next ones are known.
+///
+/// ```
+/// use std::io::Read;
+///
+/// /// The kernel's CSPRNG through `/dev/urandom`, 64 words per read.
+/// struct Urandom {
+///     file: std::fs::File,
+///     buf: [u8; 256],
+///     left: usize,
+/// }
+///
+/// impl Urandom {
+///     fn open() -> std::io::Result<Urandom> {
+///         let file = std::fs::File::open("/dev/urandom")?;
+///         Ok(Urandom { file, buf: [0; 256], left: 0 })
+///     }
+/// }
+///
+/// impl ftp_proxy_core::RandomSource for Urandom {
+///     fn next_u32(&mut self) -> u32 {
+///         if self.left == 0 {
+///             // No port without randomness: failing is safer than guessing.
+///             self.file.read_exact(&mut self.buf).expect("/dev/urandom");
+///             self.left = self.buf.len();
+///         }
+///         self.left -= 4;
+///         let w = &self.buf[self.left..self.left + 4];
+///         u32::from_ne_bytes([w[0], w[1], w[2], w[3]])
+///     }
+/// }
+///
+/// # #[cfg(unix)] {
+/// let cfg = ftp_proxy_core::Config::default();
+/// let proxy = ftp_proxy_core::Proxy::new(cfg, Box::new(Urandom::open().unwrap()));
+/// assert!(proxy.is_ok());
+/// # }
+/// ```
 pub trait RandomSource {
     /// The next 32 uniformly random bits.
     fn next_u32(&mut self) -> u32;
@@ -28,7 +74,9 @@ pub trait RandomSource {
 }
 
 /// PCG-XSH-RR 32-bit generator (O'Neill 2014): small, fast, seedable, not
-/// cryptographic. For tests and simulations only.
+/// cryptographic. For tests and simulations only: its output reveals its state, so
+/// proxy ports drawn from it can be predicted. Production drivers use a CSPRNG (see
+/// [`RandomSource`]).
 #[derive(Debug, Clone)]
 pub struct Pcg32 {
     state: u64,

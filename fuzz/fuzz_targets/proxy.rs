@@ -1,9 +1,10 @@
 //! The whole [`Proxy`] driven by an arbitrary sequence of connections, socket events,
 //! filter acknowledgements, clock steps and timeouts, obeying the driving contract
 //! of `core/src/proxy.rs`. After every step the invariants of docs/fuzzing.md are
-//! checked, those of every session's actions by the [`Watch`] the simulation uses
-//! too (`ftp_proxy_tests::invariants`); at the end the proxy is shut down and must
-//! drain to nothing, leaving no rules behind.
+//! checked by the [`Checker`] the simulation runs too
+//! (`ftp_proxy_tests::invariants`); this file only drives the proxy within the
+//! contract. At the end the proxy is shut down and must drain to nothing, leaving no
+//! rules behind.
 
 #![no_main]
 
@@ -13,14 +14,11 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use bytes::Bytes;
-use ftp_proxy_core::internals::ftp::{self, Command};
-use ftp_proxy_core::internals::MAX_LINE;
 use ftp_proxy_core::{
-    Accept, Action, Anchor, Config, ConnectError, Direction, FilterError, Input, Pcg32, PortRange,
-    Proxy, Refused, Rule, RuleLog, RuleOptions, SessionId, Side, Translate, DEFAULT_PROXY_PORTS,
-    MIN_DATA_PORT, NAT_PORTS, RFC_ACTIVE_SOURCE_PORT,
+    Accept, Action, Config, ConnectError, FilterError, Input, Pcg32, PortRange, Proxy, Refused, Rule, RuleLog,
+    RuleOptions, SessionId, Side, DEFAULT_PROXY_PORTS, MIN_DATA_PORT,
 };
-use ftp_proxy_tests::invariants::Watch;
+use ftp_proxy_tests::invariants::Checker;
 use libfuzzer_sys::fuzz_target;
 
 /// The proxy's settings, drawn from small sets so that every branch is reachable.
@@ -183,26 +181,15 @@ fn v6(net: u16, host: u16) -> IpAddr {
     IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, net, 0, 0, 0, 0, host))
 }
 
-/// What the harness knows of one session: the addresses its rules may name and
-/// where it stands in the driving contract.
+/// Where one session stands in the driving contract, for choosing legal inputs
+/// (whether it is closed and what it reads, the [`Checker`]'s watch knows).
 #[derive(Debug)]
 struct Peer {
-    client: SocketAddr,
-    orig_dst: SocketAddr,
     server: Option<SocketAddr>,
     proxy: Option<SocketAddr>,
     connected: bool,
-    closed: bool,
-    /// The read interest last emitted per side (client, server); both start on.
-    reading: [bool; 2],
     /// Bytes sent to each side and not yet reported written.
     unwritten: [usize; 2],
-    /// The last rule set committed for its anchor, acknowledged or not.
-    last_commit: Option<Vec<Rule>>,
-    /// The rules of the last commit acknowledged as taken: what the filter holds.
-    installed: Vec<Rule>,
-    /// The invariants of its actions, shared with the simulation.
-    watch: Watch,
 }
 
 struct Harness {
@@ -211,9 +198,10 @@ struct Harness {
     now: Instant,
     ids: Vec<SessionId>,
     peers: BTreeMap<SessionId, Peer>,
+    /// The invariants, shared with the simulation.
+    checker: Checker,
     /// Commits not yet acknowledged, oldest first.
     pending: Vec<(SessionId, u64, Vec<Rule>)>,
-    shut_down: bool,
     /// Reads left for `Op::Flood` in this input, so one input stays fast.
     flood_budget: usize,
 }
@@ -267,13 +255,13 @@ impl Harness {
         let proxy = Proxy::new(cfg.clone(), Box::new(Pcg32::new(setup.seed))).ok()?;
         let now = Instant::now();
         Some(Harness {
+            checker: Checker::new(&cfg),
             cfg,
             proxy,
             now,
             ids: Vec::new(),
             peers: BTreeMap::new(),
             pending: Vec::new(),
-            shut_down: false,
             flood_budget: FLOOD_BUDGET,
         })
     }
@@ -285,6 +273,12 @@ impl Harness {
     fn peer(&self, s: u8) -> Option<(SessionId, &Peer)> {
         let id = self.pick(s)?;
         Some((id, &self.peers[&id]))
+    }
+
+    /// Whether session `id` closed, or does not read from `side` now.
+    fn deaf(&self, id: SessionId, side: Side) -> bool {
+        let w = self.checker.session(id).expect("accepted");
+        w.closed() || !w.reading(side)
     }
 
     fn addr(&self, host: u8, v4net: (u8, u8, u8), v6net: u16, port: u16) -> SocketAddr {
@@ -304,7 +298,7 @@ impl Harness {
         if side == Side::Server && p.proxy.is_none() {
             return;
         }
-        if matches!(input, Input::Data(..)) && (p.closed || !p.reading[side_idx(side)]) {
+        if matches!(input, Input::Data(..)) && self.deaf(id, side) {
             return;
         }
         self.proxy.handle(self.now, id, input);
@@ -325,33 +319,19 @@ impl Harness {
                     orig_dst,
                     rdomain: u32::from(rdomain % 3),
                 };
-                match self.proxy.accept(self.now, conn) {
-                    Ok(id) => {
-                        assert!(!self.shut_down, "accepted after shutdown");
-                        assert!(!self.peers.contains_key(&id), "session id {id} reused");
-                        self.ids.push(id);
-                        self.peers.insert(
-                            id,
-                            Peer {
-                                client,
-                                orig_dst,
-                                server: None,
-                                proxy: None,
-                                connected: false,
-                                closed: false,
-                                reading: [true; 2],
-                                unwritten: [0; 2],
-                                last_commit: None,
-                                installed: Vec::new(),
-                                watch: Watch::new(&self.cfg, client.ip(), orig_dst.ip()),
-                            },
-                        );
-                    }
-                    Err(Refused::ShuttingDown) => assert!(self.shut_down),
-                    Err(Refused::Limit(m)) => {
-                        assert_eq!(m, self.cfg.max_sessions);
-                        assert!(before >= m as usize, "refused below the limit");
-                    }
+                let result = self.proxy.accept(self.now, conn);
+                if let Err(e) = self.checker.accepted(&conn, before, &result) {
+                    panic!("{e}");
+                }
+                if let Ok(id) = result {
+                    self.ids.push(id);
+                    let peer = Peer {
+                        server: None,
+                        proxy: None,
+                        connected: false,
+                        unwritten: [0; 2],
+                    };
+                    self.peers.insert(id, peer);
                 }
             }
             Op::Opened { s, proxy } => {
@@ -360,9 +340,8 @@ impl Harness {
                     return;
                 }
                 let addr = self.addr(proxy % 2, (198, 51, 100), 3, 50000 + u16::from(proxy));
-                let p = self.peers.get_mut(&id).expect("known");
-                p.proxy = Some(addr);
-                p.watch.proxy_opened(addr.ip());
+                self.peers.get_mut(&id).expect("known").proxy = Some(addr);
+                self.checker.proxy_opened(id, addr.ip());
                 self.proxy
                     .handle(self.now, id, Input::ServerSocketOpened { proxy: addr });
             }
@@ -417,8 +396,7 @@ impl Harness {
                 let n = (usize::from(times) * 4).min(self.flood_budget);
                 self.flood_budget -= n;
                 for _ in 0..n {
-                    let p = &self.peers[&id];
-                    if p.closed || !p.reading[side_idx(side)] {
+                    if self.deaf(id, side) {
                         break;
                     }
                     self.socket_event(s, side, Input::Data(side, chunk.clone()));
@@ -471,9 +449,7 @@ impl Harness {
                 };
                 if result.is_ok() {
                     // Commits are atomic: on error what was there before stays.
-                    let p = self.peers.get_mut(&id).expect("known");
-                    p.watch.acked(&rules);
-                    p.installed = rules;
+                    self.checker.acked(id, &rules);
                 }
                 self.proxy
                     .handle(self.now, id, Input::RulesCommitted { txn, result });
@@ -494,7 +470,7 @@ impl Harness {
                 self.proxy.handle_timeout(self.now);
             }
             Op::Shutdown => {
-                self.shut_down = true;
+                self.checker.shutdown();
                 self.proxy.shutdown(self.now);
             }
         }
@@ -505,144 +481,26 @@ impl Harness {
     /// Executes every action the proxy emitted, checking each one.
     fn drain(&mut self) {
         while let Some((id, action)) = self.proxy.poll_action() {
-            let cfg = &self.cfg;
-            let p = self
-                .peers
-                .get_mut(&id)
-                .unwrap_or_else(|| panic!("action for unknown session {id}: {action:?}"));
-            if let Err(e) = p.watch.action(&action) {
-                panic!("{id}: {e}");
+            if let Err(e) = self.checker.action(id, &action) {
+                panic!("{e}");
             }
+            let p = self.peers.get_mut(&id).expect("the checker knows it");
             match action {
-                Action::ConnectServer { to, bind } => {
-                    assert!(p.server.is_none(), "{id}: second ConnectServer");
-                    assert!(!p.closed, "{id}: ConnectServer after Close");
-                    assert_eq!(to, cfg.fixed_server.unwrap_or(p.orig_dst), "{id}: server");
-                    assert_eq!(bind, cfg.source_addr, "{id}: source address");
-                    p.server = Some(to);
-                }
-                Action::Send(side, bytes) => {
-                    assert!(!p.closed, "{id}: Send after Close");
-                    p.unwritten[side_idx(side)] += bytes.len();
-                    assert!(
-                        bytes.len() <= MAX_LINE,
-                        "{id}: {} byte line to the {side:?}",
-                        bytes.len()
-                    );
-                    assert!(
-                        bytes.iter().position(|&b| b == b'\n') == Some(bytes.len() - 1),
-                        "{id}: Send is not exactly one line: {bytes:?}"
-                    );
-                    if side == Side::Server {
-                        check_active_release(id, cfg, p, &bytes);
-                    }
-                }
-                Action::CommitRules { txn, anchor, rules } => {
-                    assert_eq!(
-                        anchor,
-                        Anchor {
-                            pid: cfg.pid,
-                            session: id.0
-                        },
-                        "{id}: anchor"
-                    );
-                    if p.closed || self.shut_down {
-                        assert!(
-                            rules.is_empty(),
-                            "{id}: rules committed after the session ended"
-                        );
-                    }
-                    check_rules(id, cfg, p, &rules);
-                    p.last_commit = Some(rules.clone());
+                Action::ConnectServer { to, .. } => p.server = Some(to),
+                Action::Send(side, bytes) => p.unwritten[side_idx(side)] += bytes.len(),
+                Action::CommitRules { txn, rules, .. } => {
                     self.pending.retain(|&(s, t, _)| (s, t) != (id, txn));
                     self.pending.push((id, txn, rules));
                 }
-                Action::Close { reason, summary } => {
-                    assert!(!p.closed, "{id}: closed twice");
-                    assert_eq!(
-                        summary.client, p.client,
-                        "{id}: summary's client ({reason})"
-                    );
-                    assert_eq!(
-                        summary.server,
-                        cfg.fixed_server.unwrap_or(p.orig_dst),
-                        "{id}: summary's server ({reason})"
-                    );
-                    p.closed = true;
-                }
-                Action::ReadInterest { side, on } => {
-                    assert!(!p.closed, "{id}: ReadInterest {side} {on} after Close");
-                    let last = &mut p.reading[side_idx(side)];
-                    assert_ne!(*last, on, "{id}: ReadInterest {side} {on} repeated");
-                    *last = on;
-                }
-                Action::TransferDone { anchor } => {
-                    assert!(!p.closed, "{id}: TransferDone after Close");
-                    assert!(
-                        p.last_commit.is_some(),
-                        "{id}: TransferDone without rules ever committed"
-                    );
-                    assert_eq!(
-                        anchor,
-                        Anchor {
-                            pid: cfg.pid,
-                            session: id.0
-                        },
-                        "{id}: TransferDone for another anchor"
-                    );
-                }
-                Action::EndDataConnections { anchor } => {
-                    assert!(!p.closed, "{id}: EndDataConnections after Close");
-                    assert_eq!(
-                        anchor,
-                        Anchor {
-                            pid: cfg.pid,
-                            session: id.0
-                        },
-                        "{id}: EndDataConnections for another anchor"
-                    );
-                }
-                Action::RulesMayRemain { anchor, error } => {
-                    assert!(
-                        p.closed,
-                        "{id}: RulesMayRemain ({error}) for an open session"
-                    );
-                    assert_eq!(
-                        anchor,
-                        Anchor {
-                            pid: cfg.pid,
-                            session: id.0
-                        },
-                        "{id}: RulesMayRemain for another anchor"
-                    );
-                }
+                _ => {}
             }
         }
     }
 
     /// Invariants that hold between any two inputs.
     fn check(&self) {
-        assert!(
-            self.proxy.len() <= self.cfg.max_sessions as usize,
-            "session limit exceeded"
-        );
-        for id in self.proxy.session_ids() {
-            assert!(
-                self.peers.contains_key(&id),
-                "proxy holds unknown session {id}"
-            );
-        }
-        for (id, p) in &self.peers {
-            let live = self.proxy.session_ids().any(|s| s == *id);
-            if !live {
-                // Forgotten: it must have ended and asked for its rules to go.
-                assert!(p.closed, "{id} forgotten without a Close");
-                let last = p.last_commit.as_deref().unwrap_or(&[]);
-                assert!(last.is_empty(), "{id} forgotten with rules left: {last:?}");
-            }
-            if self.shut_down {
-                assert!(p.closed, "{id} still open after shutdown");
-            }
+        if let Err(e) = self.checker.check(&self.proxy) {
+            panic!("{e}");
         }
     }
 
@@ -667,103 +525,10 @@ impl Harness {
                 self.step(Op::Ack { i: 0, result: 0 });
             }
         }
-        assert!(
-            self.proxy.is_empty(),
-            "sessions left after shutdown: {}",
-            self.proxy.len()
-        );
+        if let Err(e) = self.checker.finished(&self.proxy) {
+            panic!("{e}");
+        }
         assert!(self.proxy.poll_action().is_none());
-        for (id, p) in &self.peers {
-            assert!(p.closed, "{id} never closed");
-            let last = p.last_commit.as_deref().unwrap_or(&[]);
-            assert!(last.is_empty(), "{id} left rules after shutdown: {last:?}");
-        }
-    }
-}
-
-/// A PORT or EPRT reaching the server is always the proxy's own (the client's is
-/// never forwarded): it advertises a proxy port whose rules the filter already
-/// holds, so the server's data connection cannot arrive before them.
-fn check_active_release(id: SessionId, cfg: &Config, p: &Peer, line: &[u8]) {
-    let port = match ftp::classify(line) {
-        Command::Port(port) | Command::Eprt(port) => port,
-        _ => return,
-    };
-    let port = port.unwrap_or_else(|| panic!("{id}: unparsable {line:?} to the server"));
-    let range = cfg.proxy_ports;
-    assert!(
-        (range.low..=range.high).contains(&port),
-        "{id}: {line:?} to the server does not name a proxy port"
-    );
-    assert!(
-        p.installed
-            .iter()
-            .any(|r| r.direction == Direction::In && r.port == port),
-        "{id}: {line:?} left before its rules were committed ({:?})",
-        p.installed
-    );
-}
-
-/// Every rule names only the session's client, server and proxy addresses (and the
-/// original destination, which is the server unless `-R` is set); data ports are
-/// never privileged; proxy ports come from the documented range.
-fn check_rules(id: SessionId, cfg: &Config, p: &Peer, rules: &[Rule]) {
-    let proxy = p.proxy.map(|a| a.ip());
-    let server = p.server.map(|a| a.ip());
-    let allowed = |ip: IpAddr| {
-        ip == p.client.ip() || ip == p.orig_dst.ip() || Some(ip) == server || Some(ip) == proxy
-    };
-    for r in rules {
-        assert!(
-            proxy.is_some(),
-            "{id}: rules before the proxy address is known: {r}"
-        );
-        assert!(
-            allowed(r.from) && allowed(r.to),
-            "{id}: foreign address in {r}"
-        );
-        assert_eq!(r.from.is_ipv6(), cfg.ipv6, "{id}: family of {r}");
-        match (r.direction, r.translate) {
-            (Direction::In, Translate::RdrTo { addr, port }) => {
-                assert!(allowed(addr), "{id}: foreign rdr-to address in {r}");
-                assert!(port >= MIN_DATA_PORT, "{id}: privileged data port in {r}");
-                if let (Some(range), Some(server)) = (cfg.server_data_ports, server) {
-                    if addr == server && server != p.client.ip() {
-                        assert!(
-                            (range.low..=range.high).contains(&port),
-                            "{id}: server data port outside --server-data-ports in {r}"
-                        );
-                    }
-                }
-                assert!(
-                    (cfg.proxy_ports.low..=cfg.proxy_ports.high).contains(&r.port),
-                    "{id}: proxy port outside --proxy-ports in {r}"
-                );
-            }
-            (Direction::In, Translate::JoinWith { addr, port }) => {
-                // The pair's shape is the Watch's to check; each leg joins the
-                // other's destination, a proxy port.
-                assert!(allowed(addr), "{id}: foreign join-with address in {r}");
-                for port in [port, r.port] {
-                    assert!(
-                        port >= MIN_DATA_PORT
-                            && (cfg.proxy_ports.low..=cfg.proxy_ports.high).contains(&port),
-                        "{id}: join-with port outside --proxy-ports in {r}"
-                    );
-                }
-            }
-            (Direction::Out, Translate::NatTo { addr, ports }) => {
-                assert!(allowed(addr), "{id}: foreign nat-to address in {r}");
-                assert!(r.port >= MIN_DATA_PORT, "{id}: privileged data port in {r}");
-                assert!(
-                    ports == NAT_PORTS
-                        || (cfg.rules.rfc_mode
-                            && ports == PortRange::single(RFC_ACTIVE_SOURCE_PORT)),
-                    "{id}: nat-to ports in {r}"
-                );
-            }
-            _ => panic!("{id}: translation does not fit the direction: {r}"),
-        }
     }
 }
 

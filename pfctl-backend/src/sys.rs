@@ -3,9 +3,12 @@
 //! (OpenBSD), `getrandom(2)` and the netlink socket option `NETLINK_CAP_ACK`
 //! (Linux). All `unsafe` of the crate is here (the crate root denies it elsewhere);
 //! each block says why it is sound.
+//!
+//! A leaf: it imports nothing from the crate. It takes plain values (a borrowed
+//! descriptor, an errno as `i32`, a `Pod` structure) and the typed wrappers live with
+//! the types they serve (`pf::device`'s `DevPf` and `Errno`); the structures declare
+//! themselves `Pod` where they are defined, through [`unsafe_impl_pod!`].
 #![allow(unsafe_code)]
-
-use crate::pf::abi;
 
 /// Plain-old-data ioctl structures.
 ///
@@ -31,64 +34,58 @@ pub unsafe trait Pod: Copy + 'static {
     }
 }
 
-// SAFETY: each type is `#[repr(C)]`, holds only integers, integer arrays and other
-// `Pod` types, and has no implicit padding (checked field by field in
-// `pf::abi`'s tests and against a C compiler in `pf::c_layout`).
-unsafe impl Pod for abi::PfAddr {}
-unsafe impl Pod for abi::PfAddrWrap {}
-unsafe impl Pod for abi::PfRuleAddr {}
-unsafe impl Pod for abi::PfPool {}
-unsafe impl Pod for abi::PfRuleId {}
-unsafe impl Pod for abi::PfRuleCommon {}
-unsafe impl Pod for abi::PfDivert {}
-unsafe impl Pod for abi::PfLimiterRef {}
-unsafe impl Pod for abi::PfRule1543 {}
-unsafe impl Pod for abi::PfRule1548 {}
-unsafe impl<R: abi::PfRuleLayout> Pod for abi::PfiocRule<R> {}
-unsafe impl Pod for abi::PfiocTransE {}
-unsafe impl Pod for abi::PfiocTrans {}
-unsafe impl Pod for abi::PfiocRuleset {}
-unsafe impl Pod for abi::PfStatus {}
-unsafe impl Pod for abi::PfStateCmp {}
-unsafe impl Pod for abi::PfiocStateKill {}
+/// `unsafe impl Pod for T {}` for each type listed, invoked where the types are defined
+/// so that this module needs not name them. `impl<R: Bound> T<R>` declares a generic one.
+///
+/// Invoking it is the promise the [`Pod`] contract asks for (`#[repr(C)]`, integers
+/// only, no implicit padding); the invocation says, in a `SAFETY:` comment, which tests
+/// check that promise.
+macro_rules! unsafe_impl_pod {
+    (impl<$g:ident: $bound:path> $t:ty) => {
+        #[allow(unsafe_code)]
+        unsafe impl<$g: $bound> $crate::sys::Pod for $t {}
+    };
+    ($($t:ty),* $(,)?) => {
+        $(
+            #[allow(unsafe_code)]
+            unsafe impl $crate::sys::Pod for $t {}
+        )*
+    };
+}
+pub(crate) use unsafe_impl_pod;
 
+/// One `ioctl(2)` on `fd` whose argument is `arg`, a structure of the size `request`
+/// encodes; the errno on failure.
+///
+/// The kernel copies `size_of::<T>()` bytes in and out of `arg`, which a `Pod` can
+/// hold whatever they are. `arg` must be the structure `request` names (the request
+/// numbers are computed from `size_of` of these very types); an argument that holds a
+/// user-space address (`pfioc_trans.array`) must point at memory that outlives the
+/// call, as `Transaction` guarantees for its own boxed element.
 #[cfg(target_os = "openbsd")]
-pub(crate) mod pf_dev {
-    //! `ioctl(2)` on `/dev/pf`.
-
-    use std::ffi::c_void;
-    use std::os::fd::{AsRawFd, OwnedFd};
-
-    use crate::pf::device::Errno;
-
-    // The structures mirror the LP64 layouts; refuse to build where they would be wrong.
-    const _: () = assert!(
-        std::mem::size_of::<usize>() == 8,
-        "pf structures are mirrored for 64-bit OpenBSD"
-    );
-
-    #[derive(Debug)]
-    pub(crate) struct Fd(pub(crate) OwnedFd);
-
-    impl Fd {
-        /// One `ioctl(2)`; `arg` must point at the structure `request` encodes.
-        pub(crate) fn ioctl(&self, request: u64, arg: *mut c_void) -> Result<(), Errno> {
-            // SAFETY: every caller passes a pointer to a live, exclusively borrowed
-            // structure whose size is the one encoded in `request` (the numbers are
-            // computed from `size_of` of these very types), so the kernel's copyin and
-            // copyout stay inside it. Transactions point `array` at their own boxed
-            // element, which the same borrow keeps alive.
-            let rc = unsafe { libc::ioctl(self.0.as_raw_fd(), request as libc::c_ulong, arg) };
-            if rc == -1 {
-                Err(Errno(
-                    std::io::Error::last_os_error()
-                        .raw_os_error()
-                        .unwrap_or(libc::EIO),
-                ))
-            } else {
-                Ok(())
-            }
-        }
+pub(crate) fn ioctl<T: Pod>(
+    fd: std::os::fd::BorrowedFd<'_>,
+    request: u64,
+    arg: &mut T,
+) -> Result<(), i32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `arg` is a live, exclusively borrowed `Pod` structure of the size the
+    // request encodes, so the kernel's copyin and copyout stay inside it and any bytes
+    // it writes form a valid value. The one embedded address (a transaction's `array`)
+    // points at the transaction's own boxed element, alive for the same borrow.
+    let rc = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            request as libc::c_ulong,
+            (arg as *mut T).cast::<libc::c_void>(),
+        )
+    };
+    if rc == -1 {
+        Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO))
+    } else {
+        Ok(())
     }
 }
 

@@ -327,7 +327,12 @@ pub fn raise_nofile_limit(max_sessions: u32, relay: bool) -> Result<(), StartErr
     }
 }
 
-/// The kernel's CSPRNG (`getrandom(2)` / `getentropy(2)`), buffered.
+/// The kernel's CSPRNG (`getrandom(2)` / `getentropy(2)`), buffered: the
+/// [`RandomSource`](ftp_proxy_core::RandomSource) to give
+/// [`Proxy::new`](ftp_proxy_core::Proxy::new) in
+/// production, whatever the data path (the core's `Pcg32` is for tests and
+/// simulations). It panics if the kernel refuses randomness (any error but EINTR),
+/// rather than draw a guessable port.
 ///
 /// Proxy ports must be unpredictable: a guessed port lets an attacker race the data
 /// connection into the rdr-to rule. Draws use the core's rejection sampling

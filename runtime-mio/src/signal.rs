@@ -1,12 +1,11 @@
 //! SIGHUP/SIGINT/SIGTERM delivered through the event loop (the self-pipe trick).
 //!
-//! The handler only does async-signal-safe work: it records the signal in an atomic
+//! The handler (in `sys`, with the state it touches) only does async-signal-safe work: it records the signal in an atomic
 //! bit set and writes one byte to a non-blocking pipe whose read end the poller
 //! watches. This works on Linux and OpenBSD alike (OpenBSD has no signalfd).
 
 use std::io::Read;
-use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::os::fd::AsFd;
 
 use mio::unix::pipe;
 use nix::errno::Errno;
@@ -14,24 +13,8 @@ use nix::sys::signal::Signal;
 
 use crate::sys;
 
-/// Write end of the pipe, or -1 when no loop is listening.
-static PIPE_WR: AtomicI32 = AtomicI32::new(-1);
-/// Bit `n` set: signal `n` arrived and was not yet taken.
-static PENDING: AtomicU64 = AtomicU64::new(0);
-
 /// The signals that end the daemon (ftp-proxy.c's `main` installs `handle_signal` for these).
 const HANDLED: [Signal; 3] = [Signal::SIGHUP, Signal::SIGINT, Signal::SIGTERM];
-
-/// Called by the handler (`sys::on_signal`): records `sig` and returns the pipe's
-/// write end to wake the loop with, if one is listening. Only touches atomics, so it
-/// is async-signal-safe.
-pub(crate) fn note(sig: libc::c_int) -> Option<RawFd> {
-    if (0..64).contains(&sig) {
-        PENDING.fetch_or(1 << sig, Ordering::SeqCst);
-    }
-    let fd = PIPE_WR.load(Ordering::SeqCst);
-    (fd >= 0).then_some(fd)
-}
 
 /// The installed handlers and the pipe's ends. Dropping it detaches the pipe (the
 /// handlers stay, but only record signals).
@@ -45,7 +28,7 @@ impl Signals {
     /// Creates the pipe, installs the handlers and ignores SIGPIPE.
     pub(crate) fn install() -> Result<Signals, Errno> {
         let (tx, rx) = pipe::new().map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
-        PIPE_WR.store(tx.as_raw_fd(), Ordering::SeqCst);
+        sys::set_signal_wake(Some(tx.as_fd()));
         sys::catch_signals(&HANDLED)?;
         Ok(Signals { rx, _tx: tx })
     }
@@ -66,13 +49,13 @@ impl Signals {
                 Err(_) => break,
             }
         }
-        let bits = PENDING.swap(0, Ordering::SeqCst);
+        let bits = sys::take_signals();
         (0..64).filter(|n| bits & (1 << n) != 0).collect()
     }
 }
 
 impl Drop for Signals {
     fn drop(&mut self) {
-        PIPE_WR.store(-1, Ordering::SeqCst);
+        sys::set_signal_wake(None);
     }
 }

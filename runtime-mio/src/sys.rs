@@ -2,10 +2,15 @@
 //! socket options, binds before connect, rlimits, the kernel CSPRNG, the signal
 //! handler. All `unsafe` of the crate is here (the crate root denies it elsewhere);
 //! each block says why it is sound.
+//!
+//! A leaf: it imports nothing from the crate. It takes and returns plain values
+//! (addresses, descriptors, errnos, a signal bit set); the typed wrappers live with
+//! their users (`signal::Signals` owns the pipe whose write end the handler is given).
 #![allow(unsafe_code)]
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
@@ -299,7 +304,15 @@ pub(crate) fn fill_random(buf: &mut [u32]) {
     }
 }
 
+/// Write end of the wake-up pipe, or -1 when no loop is listening.
+static SIGNAL_WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+/// Bit `n` set: signal `n` arrived and was not yet taken.
+static SIGNALS_PENDING: AtomicU64 = AtomicU64::new(0);
+
 /// Installs [`on_signal`] for `sigs` (with `SA_RESTART`) and ignores SIGPIPE.
+///
+/// The handler records each signal for [`take_signals`] and writes one byte to the
+/// descriptor [`set_signal_wake`] published, if any.
 pub(crate) fn catch_signals(sigs: &[nix::sys::signal::Signal]) -> Result<(), Errno> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let action = SigAction::new(
@@ -309,7 +322,7 @@ pub(crate) fn catch_signals(sigs: &[nix::sys::signal::Signal]) -> Result<(), Err
     );
     for &sig in sigs {
         // SAFETY: the handler is async-signal-safe: it saves and restores errno,
-        // touches only atomics (`signal::note`) and calls write(2).
+        // touches only this module's atomics and calls write(2).
         unsafe { sigaction(sig, &action) }?;
     }
     let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
@@ -318,14 +331,31 @@ pub(crate) fn catch_signals(sigs: &[nix::sys::signal::Signal]) -> Result<(), Err
     Ok(())
 }
 
+/// Publishes the write end of the pipe the handler wakes the loop through (`Some`),
+/// or withdraws it (`None`). The caller keeps a published descriptor open until it
+/// withdraws it.
+pub(crate) fn set_signal_wake(fd: Option<BorrowedFd<'_>>) {
+    SIGNAL_WAKE_FD.store(fd.map_or(-1, |fd| fd.as_raw_fd()), Ordering::SeqCst);
+}
+
+/// The signals that arrived since the last call, as a bit set (bit `n`: signal `n`).
+pub(crate) fn take_signals() -> u64 {
+    SIGNALS_PENDING.swap(0, Ordering::SeqCst)
+}
+
 /// The signal handler: records the signal and wakes the loop through the self-pipe.
+/// Only touches atomics and calls write(2), so it is async-signal-safe.
 extern "C" fn on_signal(sig: libc::c_int) {
     let saved = Errno::last_raw();
-    if let Some(fd) = crate::signal::note(sig) {
+    if (0..64).contains(&sig) {
+        SIGNALS_PENDING.fetch_or(1 << sig, Ordering::SeqCst);
+    }
+    let fd = SIGNAL_WAKE_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
         let byte = 1u8;
         // SAFETY: write(2) is async-signal-safe; fd is the pipe's write end, kept open
-        // while the signal module publishes it. A full pipe (EAGAIN) still leaves the
-        // loop woken.
+        // while it is published (`set_signal_wake`). A full pipe (EAGAIN) still leaves
+        // the loop woken.
         unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
     }
     Errno::set_raw(saved);

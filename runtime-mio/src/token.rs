@@ -1,8 +1,31 @@
 //! What a mio [`Token`] names.
 //!
-//! The low two bits say which kind of socket it is, the rest which one. Session ids and
-//! relay ids are never reused, so a late event for a socket already closed finds
-//! nothing and is ignored (no generation counter needed).
+//! The low two bits say which kind of socket it is, the rest which one.
+//!
+//! Ids are reused only after they wrap, and there is no generation counter:
+//! * Session ids are the core's `u32`s, which wrap to 1 after `u32::MAX` and skip any
+//!   id a live session still holds (`Proxy::accept`), so an id comes back at the
+//!   earliest once the session that held it is gone, and in practice only after
+//!   about 4·10⁹ further sessions.
+//! * Relay ids (listeners and pairs) are `u64`s counted up by one; they do not wrap
+//!   in the life of a process.
+//!
+//! So a late event (mio's batch still holds it after its socket was closed) either
+//! finds nothing and is ignored, or, if its session id was just handed to a new
+//! session, names a socket of that new session. That is harmless because an event is
+//! only a readiness hint here, as mio's own contract (spurious events happen)
+//! requires: the loop sets the socket's readable/writable flags and tries the
+//! non-blocking operation, which ends at `WouldBlock` if the socket was not ready
+//! (a pending connect is checked with `take_error` and `peer_addr`, which say
+//! "not yet"). No state changes on the event alone, only on what the socket returned.
+//!
+//! Distinct ids give distinct tokens only where `usize` has 64 bits (every target
+//! the daemon is built for): a session id takes 32 bits, the side and the kind three
+//! more, and relay ids stay below 2^61. On a 32-bit target two live sessions whose
+//! ids differ by a multiple of 2^29 would share a token: one's readiness could be
+//! taken for the other's and lost (mio's events are edge-triggered), stalling it
+//! until its peer sends more or it idles out. A 32-bit port must narrow the id
+//! space first.
 
 use ftp_proxy_core::{SessionId, Side};
 use mio::Token;

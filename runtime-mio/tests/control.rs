@@ -44,12 +44,9 @@ fn read_end(s: &mut std::net::TcpStream) -> Option<ErrorKind> {
 fn rules_committed_then_removed_at_session_end() {
     let server = ScriptedServer::start(ip("127.0.0.3"), files());
     let backend = MockHandle::new();
-    let proxy = RunningProxy::start(
-        cfg(server.addr),
-        "127.0.0.1:0".parse().unwrap(),
-        false,
-        Some(backend.clone()),
-    );
+    let proxy = RunningProxy::builder(cfg(server.addr))
+        .kernel(backend.clone())
+        .start();
     let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
     c.login();
     let data = c.pasv();
@@ -92,12 +89,9 @@ fn rules_committed_then_removed_at_session_end() {
 fn shutdown_ends_live_sessions_and_removes_their_rules() {
     let server = ScriptedServer::start(ip("127.0.0.3"), files());
     let backend = MockHandle::new();
-    let proxy = RunningProxy::start(
-        cfg(server.addr),
-        "127.0.0.1:0".parse().unwrap(),
-        false,
-        Some(backend.clone()),
-    );
+    let proxy = RunningProxy::builder(cfg(server.addr))
+        .kernel(backend.clone())
+        .start();
     let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
     c.login();
     c.pasv();
@@ -126,7 +120,7 @@ fn session_limit_refuses_extra_clients() {
         max_sessions: 1,
         ..cfg(server.addr)
     };
-    let proxy = RunningProxy::start(config, "127.0.0.1:0".parse().unwrap(), false, None);
+    let proxy = RunningProxy::builder(config).start();
     let mut first = Client::connect(ip("127.0.0.2"), proxy.addr);
     first.login();
     let mut second = connect_from(ip("127.0.0.2"), proxy.addr).unwrap();
@@ -157,7 +151,7 @@ fn idle_timeout_closes_the_session() {
         idle_timeout_secs: 1,
         ..cfg(server.addr)
     };
-    let proxy = RunningProxy::start(config, "127.0.0.1:0".parse().unwrap(), false, None);
+    let proxy = RunningProxy::builder(config).start();
     let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
     c.login();
     // Silent client: the proxy must close the control connection (a hang would make
@@ -174,7 +168,7 @@ fn unreachable_server_closes_the_client() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let proxy = RunningProxy::start(cfg(dead), "127.0.0.1:0".parse().unwrap(), false, None);
+    let proxy = RunningProxy::builder(cfg(dead)).start();
     let mut c = connect_from(ip("127.0.0.2"), proxy.addr).unwrap();
     assert_eq!(
         read_end(&mut c),
@@ -193,7 +187,10 @@ fn relay_refuses_strangers_and_a_second_connection() {
         source_addr: Some(ip("127.0.0.24")),
         ..cfg(server.addr)
     };
-    let proxy = RunningProxy::start(config, "127.0.0.23:0".parse().unwrap(), true, None);
+    let proxy = RunningProxy::builder(config)
+        .listen("127.0.0.23:0".parse().unwrap())
+        .relay()
+        .start();
     let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
     c.login();
     let data = c.pasv();
@@ -264,12 +261,9 @@ fn busy_commit_is_retried_and_the_reply_follows() {
     backend
         .lock()
         .push_result(Err(ftp_proxy_core::FilterError::Busy));
-    let proxy = RunningProxy::start(
-        cfg(server.addr),
-        "127.0.0.1:0".parse().unwrap(),
-        false,
-        Some(backend.clone()),
-    );
+    let proxy = RunningProxy::builder(cfg(server.addr))
+        .kernel(backend.clone())
+        .start();
     let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
     c.login();
     // Pipelined: the USER behind the PASV waits for the retried commit.
@@ -295,12 +289,9 @@ fn failed_commit_ends_the_session() {
     backend
         .lock()
         .push_result(Err(ftp_proxy_core::FilterError::PermissionDenied));
-    let proxy = RunningProxy::start(
-        cfg(server.addr),
-        "127.0.0.1:0".parse().unwrap(),
-        false,
-        Some(backend.clone()),
-    );
+    let proxy = RunningProxy::builder(cfg(server.addr))
+        .kernel(backend.clone())
+        .start();
     let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
     c.login();
     c.w.write_all(b"PASV\r\n").unwrap();
@@ -318,12 +309,7 @@ fn control_backpressure_loses_nothing() {
     // 200k lines (4.4 MB) towards a client that does not read at first: the proxy must
     // stop reading the server (bounded buffers) and resume when the client drains.
     let server = ScriptedServer::start(ip("127.0.0.3"), files());
-    let proxy = RunningProxy::start(
-        cfg(server.addr),
-        "127.0.0.1:0".parse().unwrap(),
-        false,
-        None,
-    );
+    let proxy = RunningProxy::builder(cfg(server.addr)).start();
     let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
     c.login();
     const N: usize = 200_000;
@@ -350,15 +336,11 @@ fn client_that_never_reads_proxy_replies_is_not_read_without_bound() {
     const BUDGET: usize = 16 << 20;
     const LINE: &[u8] = b"USER bob\r\n";
     let server = ScriptedServer::start(ip("127.0.0.3"), files());
-    let proxy = RunningProxy::start(
-        Config {
-            anonymous_only: true,
-            ..cfg(server.addr)
-        },
-        "127.0.0.1:0".parse().unwrap(),
-        false,
-        None,
-    );
+    let proxy = RunningProxy::builder(Config {
+        anonymous_only: true,
+        ..cfg(server.addr)
+    })
+    .start();
     let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
     assert!(c.reply().starts_with("220"));
     let chunk = LINE.repeat(6553);
@@ -421,12 +403,9 @@ fn a_failed_final_removal_is_retried() {
             text: "Input/output error".into(),
         }));
     }
-    let proxy = RunningProxy::start(
-        cfg(server.addr),
-        "127.0.0.1:0".parse().unwrap(),
-        false,
-        Some(backend.clone()),
-    );
+    let proxy = RunningProxy::builder(cfg(server.addr))
+        .kernel(backend.clone())
+        .start();
     let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
     c.login();
     c.pasv();
@@ -459,12 +438,9 @@ fn reading_resumes_after_a_retried_commit_with_input_held() {
     backend
         .lock()
         .push_result(Err(ftp_proxy_core::FilterError::Busy));
-    let proxy = RunningProxy::start(
-        cfg(server.addr),
-        "127.0.0.1:0".parse().unwrap(),
-        false,
-        Some(backend.clone()),
-    );
+    let proxy = RunningProxy::builder(cfg(server.addr))
+        .kernel(backend.clone())
+        .start();
     let mut c = Client::connect(ip("127.0.0.2"), proxy.addr);
     c.login();
     const N: usize = 4000;

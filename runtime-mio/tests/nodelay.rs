@@ -78,16 +78,14 @@ fn control_and_data_sockets_have_nodelay() {
     // Large enough that the transfer is still in progress while the sockets are looked at.
     files.insert("big".to_string(), payload(32 << 20, 5));
     let server = ScriptedServer::start(ip(SERVER), files);
-    let proxy = RunningProxy::start(
-        Config {
-            fixed_server: Some(server.addr),
-            source_addr: Some(ip(PROXY_OUT)),
-            ..Config::default()
-        },
-        SocketAddr::new(ip(PROXY), 0),
-        true,
-        None,
-    );
+    let proxy = RunningProxy::builder(Config {
+        fixed_server: Some(server.addr),
+        source_addr: Some(ip(PROXY_OUT)),
+        ..Config::default()
+    })
+    .listen(SocketAddr::new(ip(PROXY), 0))
+    .relay()
+    .start();
     let mut c = Client::connect(ip(CLIENT), proxy.addr);
     c.login();
     let data_addr = c.pasv();

@@ -78,13 +78,10 @@ fn redirected_clients_see_their_original_destination() {
             fixed_server: Some(server.addr),
             ..Config::default()
         };
-        let proxy = RunningProxy::start_divert(
-            cfg,
-            "127.0.0.1:0".parse().unwrap(),
-            true,
-            None,
-            Divert::OriginalDst,
-        );
+        let proxy = RunningProxy::builder(cfg)
+            .relay()
+            .divert(Divert::OriginalDst)
+            .start();
         // Locally generated connections only pass the output hook (docs/linux.md, "Limits").
         let rules = format!(
             "table ip t {{\n chain out {{\n  type nat hook output priority -100; policy accept;\n  \
@@ -157,13 +154,11 @@ fn redirected_ipv6_clients_see_their_original_destination() {
             ipv6: true,
             ..Config::default()
         };
-        let proxy = RunningProxy::start_divert(
-            cfg,
-            "[::1]:0".parse().unwrap(),
-            true,
-            None,
-            Divert::OriginalDst,
-        );
+        let proxy = RunningProxy::builder(cfg)
+            .listen("[::1]:0".parse().unwrap())
+            .relay()
+            .divert(Divert::OriginalDst)
+            .start();
         let rules = format!(
             "table ip6 t {{\n chain out {{\n  type nat hook output priority -100; policy accept;\n  \
              ip6 daddr 2001:db8:ff::9 tcp dport 21 redirect to :{}\n }}\n}}\n",

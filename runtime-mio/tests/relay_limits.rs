@@ -75,7 +75,10 @@ fn assert_reset(s: &mut TcpStream, what: &str) {
 #[test]
 fn every_refused_data_connection_is_reset() {
     let server = ScriptedServer::start(ip(SERVER), files());
-    let proxy = RunningProxy::start(cfg(server.addr), SocketAddr::new(ip(PROXY), 0), true, None);
+    let proxy = RunningProxy::builder(cfg(server.addr))
+        .listen(SocketAddr::new(ip(PROXY), 0))
+        .relay()
+        .start();
     let mut c = Client::connect(ip(CLIENT), proxy.addr);
     c.login();
     let data_addr = c.pasv();
@@ -102,7 +105,10 @@ fn every_refused_data_connection_is_reset() {
 #[test]
 fn one_negotiation_lets_exactly_one_data_connection_through() {
     let server = ScriptedServer::start(ip(SERVER), files());
-    let proxy = RunningProxy::start(cfg(server.addr), SocketAddr::new(ip(PROXY), 0), true, None);
+    let proxy = RunningProxy::builder(cfg(server.addr))
+        .listen(SocketAddr::new(ip(PROXY), 0))
+        .relay()
+        .start();
     let mut c = Client::connect(ip(CLIENT), proxy.addr);
     c.login();
 
@@ -152,7 +158,10 @@ fn one_session_cannot_hold_every_data_connection() {
     };
     let mut config = cfg(server.addr);
     config.max_sessions = 3;
-    let proxy = RunningProxy::start_limited(config, SocketAddr::new(ip(PROXY), 0), limits);
+    let proxy = RunningProxy::builder(config)
+        .listen(SocketAddr::new(ip(PROXY), 0))
+        .limits(limits)
+        .start();
     let mut hog = Client::connect(ip(CLIENT), proxy.addr);
     hog.login();
     // An active negotiation whose data connection comes (from the server's address)
@@ -195,8 +204,10 @@ fn finished_transfers_do_not_count_when_a_side_never_closes() {
         idle: Duration::from_secs(600),
         linger: Duration::from_secs(600),
     };
-    let proxy =
-        RunningProxy::start_limited(cfg(server.addr), SocketAddr::new(ip(PROXY), 0), limits);
+    let proxy = RunningProxy::builder(cfg(server.addr))
+        .listen(SocketAddr::new(ip(PROXY), 0))
+        .limits(limits)
+        .start();
     let mut c = Client::connect(ip(CLIENT), proxy.addr);
     c.login();
     for i in 0..6u32 {
@@ -249,7 +260,10 @@ fn finished_transfers_do_not_count_when_a_side_never_closes() {
 #[test]
 fn a_receiver_that_closed_its_side_first_gets_the_whole_download() {
     let server = ScriptedServer::start(ip(SERVER), files());
-    let proxy = RunningProxy::start(cfg(server.addr), SocketAddr::new(ip(PROXY), 0), true, None);
+    let proxy = RunningProxy::builder(cfg(server.addr))
+        .listen(SocketAddr::new(ip(PROXY), 0))
+        .relay()
+        .start();
     let mut c = Client::connect(ip(CLIENT), proxy.addr);
     c.login();
     let data_addr = c.pasv();
@@ -273,8 +287,10 @@ fn idle_and_half_closed_data_connections_expire() {
         idle: Duration::from_secs(2),
         linger: Duration::from_secs(1),
     };
-    let proxy =
-        RunningProxy::start_limited(cfg(server.addr), SocketAddr::new(ip(PROXY), 0), limits);
+    let proxy = RunningProxy::builder(cfg(server.addr))
+        .listen(SocketAddr::new(ip(PROXY), 0))
+        .limits(limits)
+        .start();
     let mut c = Client::connect(ip(CLIENT), proxy.addr);
     c.login();
 
@@ -309,16 +325,14 @@ fn idle_and_half_closed_data_connections_expire() {
 /// would connect the proxy to itself, again and again.
 #[test]
 fn connection_to_own_listener_is_refused() {
-    let proxy = RunningProxy::start_divert(
-        Config {
-            max_sessions: 5,
-            ..Config::default()
-        },
-        SocketAddr::new(ip(PROXY), 0),
-        true,
-        None,
-        Divert::OriginalDst,
-    );
+    let proxy = RunningProxy::builder(Config {
+        max_sessions: 5,
+        ..Config::default()
+    })
+    .listen(SocketAddr::new(ip(PROXY), 0))
+    .relay()
+    .divert(Divert::OriginalDst)
+    .start();
     let mut s = connect_from(ip(CLIENT), proxy.addr).expect("kernel accepts");
     let r = outcome(&mut s);
     assert!(

@@ -43,12 +43,10 @@ fn files() -> BTreeMap<String, Vec<u8>> {
 #[test]
 fn passive_download_and_upload_through_relay() {
     let server = ScriptedServer::start(ip(SERVER), files());
-    let proxy = RunningProxy::start(
-        reverse_cfg(server.addr),
-        SocketAddr::new(ip(PROXY), 0),
-        true,
-        None,
-    );
+    let proxy = RunningProxy::builder(reverse_cfg(server.addr))
+        .listen(SocketAddr::new(ip(PROXY), 0))
+        .relay()
+        .start();
     let mut c = Client::connect(ip(CLIENT), proxy.addr);
     c.login();
 
@@ -99,12 +97,10 @@ fn passive_download_and_upload_through_relay() {
 #[test]
 fn active_port_download_through_relay() {
     let server = ScriptedServer::start(ip(SERVER), files());
-    let proxy = RunningProxy::start(
-        reverse_cfg(server.addr),
-        SocketAddr::new(ip(PROXY), 0),
-        true,
-        None,
-    );
+    let proxy = RunningProxy::builder(reverse_cfg(server.addr))
+        .listen(SocketAddr::new(ip(PROXY), 0))
+        .relay()
+        .start();
     let mut c = Client::connect(ip(CLIENT), proxy.addr);
     c.login();
     let l = TcpListener::bind((ip(CLIENT), 0)).unwrap();
@@ -147,12 +143,10 @@ fn active_port_download_through_relay() {
 #[test]
 fn ten_mib_both_ways_with_half_close() {
     let server = ScriptedServer::start(ip(SERVER), files());
-    let proxy = RunningProxy::start(
-        reverse_cfg(server.addr),
-        SocketAddr::new(ip(PROXY), 0),
-        true,
-        None,
-    );
+    let proxy = RunningProxy::builder(reverse_cfg(server.addr))
+        .listen(SocketAddr::new(ip(PROXY), 0))
+        .relay()
+        .start();
     let mut c = Client::connect(ip(CLIENT), proxy.addr);
     c.login();
     let data_addr = c.pasv();
@@ -187,12 +181,10 @@ fn ten_mib_both_ways_with_half_close() {
 fn ipv6_epsv_download_through_relay() {
     let lo6 = ip("::1");
     let server = ScriptedServer::start(lo6, files());
-    let proxy = RunningProxy::start(
-        reverse_cfg(server.addr),
-        SocketAddr::new(lo6, 0),
-        true,
-        None,
-    );
+    let proxy = RunningProxy::builder(reverse_cfg(server.addr))
+        .listen(SocketAddr::new(lo6, 0))
+        .relay()
+        .start();
     let mut c = Client::connect(lo6, proxy.addr);
     c.login();
     let port = c.epsv();
@@ -214,7 +206,10 @@ fn rfc_mode_active_data_comes_from_port_20() {
     // An address of its own: a TIME_WAIT left on 127.0.0.1:20 by another program (an
     // FTP server sending active data as root) would block binding port 20 there.
     let own = ip("127.0.0.6");
-    let proxy = RunningProxy::start(cfg, SocketAddr::new(own, 0), true, None);
+    let proxy = RunningProxy::builder(cfg)
+        .listen(SocketAddr::new(own, 0))
+        .relay()
+        .start();
     let mut c = Client::connect(ip(CLIENT), proxy.addr);
     c.login();
     for round in 0..2 {
@@ -249,12 +244,10 @@ fn rfc_mode_active_data_comes_from_port_20() {
 fn transfer_outlives_its_control_session() {
     // pf keeps states after their rules are removed; the relay keeps the data pair.
     let server = ScriptedServer::start(ip(SERVER), files());
-    let proxy = RunningProxy::start(
-        reverse_cfg(server.addr),
-        SocketAddr::new(ip(PROXY), 0),
-        true,
-        None,
-    );
+    let proxy = RunningProxy::builder(reverse_cfg(server.addr))
+        .listen(SocketAddr::new(ip(PROXY), 0))
+        .relay()
+        .start();
     let mut c = Client::connect(ip(CLIENT), proxy.addr);
     c.login();
     let data_addr = c.pasv();
@@ -285,12 +278,10 @@ fn forty_concurrent_sessions_each_get_their_own_bytes() {
         );
     }
     let server = ScriptedServer::start(ip(SERVER), f);
-    let proxy = RunningProxy::start(
-        reverse_cfg(server.addr),
-        SocketAddr::new(ip(PROXY), 0),
-        true,
-        None,
-    );
+    let proxy = RunningProxy::builder(reverse_cfg(server.addr))
+        .listen(SocketAddr::new(ip(PROXY), 0))
+        .relay()
+        .start();
     let addr = proxy.addr;
     let workers: Vec<_> = (0..40u32)
         .map(|i| {
@@ -330,12 +321,10 @@ fn shutdown_resets_data_connections_in_progress() {
     // The relay dies with the process: a transfer it cuts short must end in a reset on
     // both sides, never in the end of file that says "complete" in stream mode.
     let server = ScriptedServer::start(ip(SERVER), files());
-    let proxy = RunningProxy::start(
-        reverse_cfg(server.addr),
-        SocketAddr::new(ip(PROXY), 0),
-        true,
-        None,
-    );
+    let proxy = RunningProxy::builder(reverse_cfg(server.addr))
+        .listen(SocketAddr::new(ip(PROXY), 0))
+        .relay()
+        .start();
     let mut c = Client::connect(ip(CLIENT), proxy.addr);
     c.login();
     let data_addr = c.pasv();
@@ -376,15 +365,13 @@ fn data_connections_outliving_their_sessions_stay_within_the_session_limit() {
     // (9 per session, `nofile_needed`) runs out for everyone. The relay carries at most
     // as many data connections as there may be sessions; the next is refused.
     let server = ScriptedServer::start(ip(SERVER), files());
-    let proxy = RunningProxy::start(
-        Config {
-            max_sessions: 2,
-            ..reverse_cfg(server.addr)
-        },
-        SocketAddr::new(ip(PROXY), 0),
-        true,
-        None,
-    );
+    let proxy = RunningProxy::builder(Config {
+        max_sessions: 2,
+        ..reverse_cfg(server.addr)
+    })
+    .listen(SocketAddr::new(ip(PROXY), 0))
+    .relay()
+    .start();
     let mut stalled = Vec::new();
     for i in 0..2 {
         let mut c = Client::connect(ip(CLIENT), proxy.addr);
@@ -447,14 +434,13 @@ fn transfers_outliving_their_sessions_count_against_their_client_address() {
         idle: Duration::from_secs(600),
         linger: Duration::from_secs(600),
     };
-    let proxy = RunningProxy::start_limited(
-        Config {
-            max_sessions: 4,
-            ..reverse_cfg(server.addr)
-        },
-        SocketAddr::new(ip(PROXY), 0),
-        limits,
-    );
+    let proxy = RunningProxy::builder(Config {
+        max_sessions: 4,
+        ..reverse_cfg(server.addr)
+    })
+    .listen(SocketAddr::new(ip(PROXY), 0))
+    .limits(limits)
+    .start();
     // One session at a time: start a download, end the session, keep the download.
     let orphan = |n: usize| {
         let mut c = Client::connect(ip(CLIENT), proxy.addr);

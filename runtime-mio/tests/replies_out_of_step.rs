@@ -24,7 +24,7 @@ fn proxy_for(server: SocketAddr) -> RunningProxy {
         relay: true,
         ..Config::default()
     };
-    RunningProxy::start(cfg, "127.0.0.1:0".parse().unwrap(), true, None)
+    RunningProxy::builder(cfg).relay().start()
 }
 
 #[test]

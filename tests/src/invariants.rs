@@ -1,25 +1,55 @@
-//! Invariants of one session's actions that hold whatever its peers send: shared by
-//! the simulation (`sim`) and the `proxy` fuzz target (fuzz/, docs/fuzzing.md).
+//! The invariants of the proxy's actions that hold whatever its peers send: one
+//! checker shared by the simulation (`sim`) and the `proxy` fuzz target (fuzz/,
+//! docs/fuzzing.md), so that the two check the same rules with the same code.
 //!
-//! A [`Watch`] follows one session from outside, seeing only what a driver sees:
-//! its actions in order, which commits the filter took, and the proxy address of
-//! its server socket. From the lines the proxy sends the client it tells the
-//! structure of the server's replies (greeting, multi-line replies, 421) the way the
-//! core does, which is enough to check the rules of docs/behavior.md ("Replies out
-//! of step", "421"):
+//! A [`Checker`] follows the whole [`Proxy`] from outside, seeing only what a driver
+//! sees: the accepts and their outcome, every action in order, which commits the
+//! filter took, the proxy address of each server socket, and the shutdown. It keeps
+//! one [`Watch`] per session and checks, besides:
+//!
+//! * never more than `-m` sessions, no refusal below the limit, no session id
+//!   reused, no acceptance after shutdown, no refusal as shutting down before it;
+//! * every session the proxy holds was accepted; one it has forgotten was closed and
+//!   its last commit (acknowledged or not) was empty; after shutdown every session is
+//!   closed at once and no non-empty rule set is committed;
+//! * at the end ([`Checker::finished`]) the proxy is empty and every session closed
+//!   with an empty last commit.
+//!
+//! A [`Watch`] checks one session's actions. The driving contract:
+//!
+//! * at most one `ConnectServer` (to the `-R` server or the original destination,
+//!   bound to `-a`), at most one `Close`, no `Send`, `ReadInterest`,
+//!   `TransferDone` or `EndDataConnections` after it, and `RulesMayRemain` only after
+//!   it; `TransferDone` only for a session that committed;
+//! * every `Close` carries a summary naming the session's client and its server;
+//! * `ReadInterest` only on a change (never the same value twice in a row for a side);
+//! * every `Send` is exactly one line (ends with its only LF) of at most
+//!   [`MAX_LINE`] bytes;
+//! * every commit names the session's own anchor (`pid`, session id); every rule
+//!   names only the session's client, original destination, server and proxy
+//!   addresses, in the session's family, and only once the proxy address is known;
+//!   data ports are never below 1024; proxy ports are inside `--proxy-ports`,
+//!   `nat-to` ports 50001-65535 (or 20 with `-r`), a passive `rdr-to` towards the
+//!   server inside `--server-data-ports` when that is given.
+//!
+//! And, from the lines the proxy sends the client, telling the structure of the
+//! server's replies (greeting, multi-line replies, 421) the way the core does, the
+//! rules of docs/behavior.md ("Replies out of step", "421"):
 //!
 //! * a [`Mode::Joined`](ftp_proxy_core::Mode::Joined) rule set is exactly two
 //!   `join-with` rules: from the client to the original destination on the proxy
 //!   port the client is told, and from the server to the proxy on the port the
 //!   proxy's PORT/EPRT names, each joining with the other, both proxy ports in the
-//!   configured range (never below 1024), and only with a relay
-//!   ([`Config::relay`]);
-//! * once a multi-line reply after the greeting (not FEAT's) reached the client, no
-//!   passive rule set takes its port from a server reply (with a relay every
-//!   passive transfer is joined; with neither a relay nor `--server-data-ports` it
-//!   is refused), and no joined rule set exists before that;
+//!   configured range (never below 1024), only with a relay ([`Config::relay`]),
+//!   never after `EPSV ALL`, and never before a multi-line reply after the greeting;
+//! * once a multi-line reply after the greeting is known to answer a command whose
+//!   reply can carry client-chosen lines ([`ftp::may_carry_client_lines`]), no
+//!   passive rule set takes its port from a server reply, unless `--server-data-ports`
+//!   bounds it and no relay serves the transfer joined (see [`Steerable`] for when
+//!   the watch knows);
 //! * every PORT/EPRT the proxy sends the server names the proxy's own address and a
-//!   proxy port of the rules in force; that of a join the server leg's port, and the
+//!   proxy port whose `in` rule from the server the filter holds (the last commit
+//!   acknowledged as taken has it); that of a join the server leg's port, and the
 //!   client then gets either the proxy's own 227/229 naming the client leg's port or
 //!   the 425 of a refused join, and nothing else from the server's answer;
 //! * [`Action::EndDataConnections`] comes only right before a
@@ -28,12 +58,18 @@
 //! * once a 421 outside any multi-line reply reached the client, nothing more goes
 //!   to the server and no rules are committed; when its last line has gone the
 //!   session closes at once with [`CloseReason::ServerClosing`], and only then.
+//!
+//! The checks that depend on the harness's own world (the sim's honest servers and
+//! its mock filter, the fuzzer's legal inputs) stay with the harness.
 
-use std::net::IpAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 
 use ftp_proxy_core::internals::ftp::{self, Command};
+use ftp_proxy_core::internals::MAX_LINE;
 use ftp_proxy_core::{
-    Action, CloseReason, Config, Direction, PortRange, Rule, Side, Translate, MIN_DATA_PORT,
+    Accept, Action, Anchor, CloseReason, Config, Direction, PortRange, Proxy, Refused, Rule,
+    SessionId, Side, Translate, MIN_DATA_PORT, NAT_PORTS, RFC_ACTIVE_SOURCE_PORT,
 };
 
 /// The 425 a client gets when the server refused the proxy's PORT/EPRT of a join
@@ -45,16 +81,167 @@ pub const REPLY_JOIN_REFUSED: &str =
 pub const REPLY_PASSIVE_UNSAFE: &str =
     "425 Passive mode refused by proxy after a multi-line reply; use active mode (PORT/EPRT)\r\n";
 
+/// The whole proxy's invariants: accepts, the session table, shutdown, and a
+/// [`Watch`] per session (see the module docs).
+#[derive(Debug)]
+pub struct Checker {
+    cfg: Config,
+    sessions: BTreeMap<SessionId, Watch>,
+    shut_down: bool,
+}
+
+impl Checker {
+    /// A checker for a proxy built from `cfg`.
+    pub fn new(cfg: &Config) -> Checker {
+        Checker {
+            cfg: cfg.clone(),
+            sessions: BTreeMap::new(),
+            shut_down: false,
+        }
+    }
+
+    /// `Proxy::accept(conn)` answered `result`, with `live` sessions before the call.
+    pub fn accepted(
+        &mut self,
+        conn: &Accept,
+        live: usize,
+        result: &Result<SessionId, Refused>,
+    ) -> Result<(), String> {
+        match *result {
+            Ok(id) => {
+                if self.shut_down {
+                    return Err(format!("{id} accepted after shutdown"));
+                }
+                if self.sessions.contains_key(&id) {
+                    return Err(format!("session id {id} reused"));
+                }
+                let watch = Watch::new(&self.cfg, id, conn.client, conn.orig_dst);
+                self.sessions.insert(id, watch);
+            }
+            Err(Refused::Limit(m)) => {
+                if m != self.cfg.max_sessions {
+                    return Err(format!("refused at a limit of {m}, not -m"));
+                }
+                if live < m as usize {
+                    return Err(format!("refused at {live} of {m} sessions"));
+                }
+            }
+            Err(Refused::ShuttingDown) => {
+                if !self.shut_down {
+                    return Err("refused as shutting down before shutdown".into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `Proxy::shutdown` was called.
+    pub fn shutdown(&mut self) {
+        self.shut_down = true;
+    }
+
+    /// The session's server socket was reported open with this local (proxy) address.
+    pub fn proxy_opened(&mut self, id: SessionId, proxy: IpAddr) {
+        if let Some(w) = self.sessions.get_mut(&id) {
+            w.proxy_opened(proxy);
+        }
+    }
+
+    /// The filter took a commit of these rules for the session (what it now holds).
+    pub fn acked(&mut self, id: SessionId, rules: &[Rule]) {
+        if let Some(w) = self.sessions.get_mut(&id) {
+            w.acked(rules);
+        }
+    }
+
+    /// Checks the next action the proxy emitted, for session `id`.
+    pub fn action(&mut self, id: SessionId, action: &Action) -> Result<(), String> {
+        let Some(w) = self.sessions.get_mut(&id) else {
+            return Err(format!("action for unknown session {id}: {action:?}"));
+        };
+        if let Action::CommitRules { rules, .. } = action {
+            if self.shut_down && !rules.is_empty() {
+                return Err(format!(
+                    "{id}: rules committed after shutdown: {}",
+                    show(rules)
+                ));
+            }
+        }
+        w.action(action).map_err(|e| format!("{id}: {e}"))
+    }
+
+    /// The watch of session `id`, if it was accepted.
+    pub fn session(&self, id: SessionId) -> Option<&Watch> {
+        self.sessions.get(&id)
+    }
+
+    /// Invariants that hold between any two inputs.
+    pub fn check(&self, proxy: &Proxy) -> Result<(), String> {
+        if proxy.len() > self.cfg.max_sessions as usize {
+            return Err(format!(
+                "{} sessions, limit {}",
+                proxy.len(),
+                self.cfg.max_sessions
+            ));
+        }
+        for id in proxy.session_ids() {
+            if !self.sessions.contains_key(&id) {
+                return Err(format!("proxy holds unknown session {id}"));
+            }
+        }
+        for (id, w) in &self.sessions {
+            if !proxy.session_ids().any(|s| s == *id) {
+                // Forgotten: it must have ended and asked for its rules to go.
+                if !w.closed {
+                    return Err(format!("{id} forgotten without a Close"));
+                }
+                if let Some(last) = w.last_commit.as_deref().filter(|r| !r.is_empty()) {
+                    return Err(format!("{id} forgotten with rules left: {}", show(last)));
+                }
+            }
+            if self.shut_down && !w.closed {
+                return Err(format!("{id} still open after shutdown"));
+            }
+        }
+        Ok(())
+    }
+
+    /// After shutdown, once the driver has run everything: the proxy is empty and
+    /// every session closed with an empty last commit.
+    pub fn finished(&self, proxy: &Proxy) -> Result<(), String> {
+        if !proxy.is_empty() {
+            return Err(format!("{} sessions left after shutdown", proxy.len()));
+        }
+        for (id, w) in &self.sessions {
+            if !w.closed {
+                return Err(format!("{id} never closed"));
+            }
+            if let Some(last) = w.last_commit.as_deref().filter(|r| !r.is_empty()) {
+                return Err(format!("{id} left rules after shutdown: {}", show(last)));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Whether the session's replies may hold client-chosen lines, as far as an
-/// outside observer can tell.
+/// outside observer can tell. The core decides it by pairing each reply with its
+/// command (`ReplyTo::Steerable`); the watch does not pair replies, so it says
+/// [`Yes`](Steerable::Yes) only when the pairing cannot matter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Steerable {
     No,
-    /// A multi-line reply came that may answer a command whose reply can carry
-    /// client-chosen lines (`ftp::may_carry_client_lines`) or one whose reply cannot
-    /// (FEAT, transfer statistics): which, only the core's reply pairing knows, and
-    /// this watch does not pair replies. The sim's forged-port count still holds.
+    /// A multi-line reply came after the greeting while a command whose reply can
+    /// carry client-chosen lines (`ftp::may_carry_client_lines`) had been forwarded,
+    /// but so had others (FEAT, HELP, a transfer, the proxy's own PORT): which one it
+    /// answers only the core's reply pairing knows. Joined rules are allowed from
+    /// here on, passive ones too (the sim's forged-port count still holds).
     Unknown,
+    /// A multi-line reply came after the greeting when every line the proxy ever
+    /// forwarded to the server was such a command (`USER`, `PASS`, `CWD`, ...): the
+    /// reply answers one of them whatever the pairing (a reply that answers nothing
+    /// ends the session), so the core must now distrust every server reply that
+    /// names a passive port. Typical: `USER`, `PASS`, then a `230-` welcome.
     Yes,
 }
 
@@ -72,24 +259,41 @@ enum Closing {
 #[derive(Debug)]
 pub struct Watch {
     relay: bool,
+    ipv6: bool,
+    rfc_mode: bool,
     server_data_ports: Option<PortRange>,
     proxy_ports: PortRange,
+    anchor: Anchor,
+    /// The client's address, as the summary must name it.
+    client_addr: SocketAddr,
+    /// The server the session connects to (`-R`, or the original destination).
+    server_addr: SocketAddr,
+    /// `-a`: the address the connect to the server is bound to.
+    source_addr: Option<IpAddr>,
     client: IpAddr,
     orig_dst: IpAddr,
     server: IpAddr,
     proxy: Option<IpAddr>,
     /// The rules of the last commit the filter took.
     installed: Vec<Rule>,
+    /// The rules of the last commit asked for, taken or not.
+    last_commit: Option<Vec<Rule>>,
     /// A non-empty rule set was committed at some time.
     committed: bool,
+    /// `ConnectServer` was emitted.
+    connecting: bool,
+    /// The read interest last emitted per side (client, server); both start on.
+    reading: [bool; 2],
     /// The first complete reply (the greeting) reached the client.
     greeted: bool,
     /// The client is inside a multi-line reply with this code.
     multi: Option<u16>,
-    /// A FEAT went to the server at some time.
-    feat_sent: bool,
     /// A command whose multi-line reply would make the session steerable was forwarded.
     steer_sent: bool,
+    /// Every line forwarded to the server so far was such a command.
+    only_steer_sent: bool,
+    /// `EPSV ALL` went to the server: no passive transfer is served joined after it.
+    epsv_all: bool,
     steerable: Steerable,
     closing: Closing,
     /// `EndDataConnections` was the last action.
@@ -100,22 +304,36 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// A watch for a session of `cfg` accepted from `client` for `orig_dst`.
-    pub fn new(cfg: &Config, client: IpAddr, orig_dst: IpAddr) -> Watch {
+    /// A watch for session `id` of `cfg`, accepted from `client` for `orig_dst`.
+    pub fn new(cfg: &Config, id: SessionId, client: SocketAddr, orig_dst: SocketAddr) -> Watch {
+        let server_addr = cfg.fixed_server.unwrap_or(orig_dst);
         Watch {
             relay: cfg.relay,
+            ipv6: cfg.ipv6,
+            rfc_mode: cfg.rules.rfc_mode,
             server_data_ports: cfg.server_data_ports,
             proxy_ports: cfg.proxy_ports,
-            client,
-            orig_dst,
-            server: cfg.fixed_server.map_or(orig_dst, |s| s.ip()),
+            anchor: Anchor {
+                pid: cfg.pid,
+                session: id.0,
+            },
+            client_addr: client,
+            server_addr,
+            source_addr: cfg.source_addr,
+            client: client.ip(),
+            orig_dst: orig_dst.ip(),
+            server: server_addr.ip(),
             proxy: None,
             installed: Vec::new(),
+            last_commit: None,
             committed: false,
+            connecting: false,
+            reading: [true; 2],
             greeted: false,
             multi: None,
-            feat_sent: false,
             steer_sent: false,
+            only_steer_sent: true,
+            epsv_all: false,
             steerable: Steerable::No,
             closing: Closing::No,
             ending_data: false,
@@ -137,6 +355,16 @@ impl Watch {
     /// Whether the session committed rules at some time.
     pub fn committed(&self) -> bool {
         self.committed
+    }
+
+    /// Whether the session emitted its `Close`.
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+
+    /// The read interest last emitted for `side` (on until the first `ReadInterest`).
+    pub fn reading(&self, side: Side) -> bool {
+        self.reading[side_idx(side)]
     }
 
     /// Whether the client is inside a multi-line reply (whose inner lines are the
@@ -165,23 +393,95 @@ impl Watch {
                 "a 421 was relayed whole, yet the session goes on: {action:?}"
             ));
         }
+        let after_close = self.closed
+            && !matches!(
+                action,
+                Action::CommitRules { .. } | Action::RulesMayRemain { .. }
+            );
+        if after_close {
+            return Err(format!("{action:?} after the close"));
+        }
         match action {
-            Action::Send(Side::Server, line) => self.sent_to_server(line),
-            Action::Send(Side::Client, line) => self.sent_to_client(line),
-            Action::CommitRules { rules, .. } => self.commit(rules),
-            Action::EndDataConnections { .. } => {
+            Action::ConnectServer { to, bind } => {
+                if std::mem::replace(&mut self.connecting, true) {
+                    return Err("a second ConnectServer".into());
+                }
+                if *to != self.server_addr || *bind != self.source_addr {
+                    return Err(format!(
+                        "connect to {to} bound to {bind:?}, expected {} bound to {:?}",
+                        self.server_addr, self.source_addr
+                    ));
+                }
+                Ok(())
+            }
+            Action::Send(side, line) => {
+                if line.len() > MAX_LINE {
+                    return Err(format!("{} byte line to the {side:?}", line.len()));
+                }
+                if line.iter().position(|&b| b == b'\n') != Some(line.len().wrapping_sub(1)) {
+                    return Err(format!("Send is not exactly one line: {line:?}"));
+                }
+                match side {
+                    Side::Server => self.sent_to_server(line),
+                    Side::Client => self.sent_to_client(line),
+                }
+            }
+            Action::CommitRules { anchor, rules, .. } => {
+                self.own_anchor(anchor, "CommitRules")?;
+                if self.closed && !rules.is_empty() {
+                    return Err(format!("rules committed after the close: {}", show(rules)));
+                }
+                self.last_commit = Some(rules.clone());
+                self.check_rules(rules)?;
+                self.commit(rules)
+            }
+            Action::EndDataConnections { anchor } => {
+                self.own_anchor(anchor, "EndDataConnections")?;
                 if !self.committed {
                     return Err("EndDataConnections for a session that never committed".into());
-                }
-                if self.closed {
-                    return Err("EndDataConnections after the close".into());
                 }
                 self.ending_data = true;
                 Ok(())
             }
-            Action::Close { reason, .. } => self.close(reason),
-            _ => Ok(()),
+            Action::TransferDone { anchor } => {
+                self.own_anchor(anchor, "TransferDone")?;
+                if self.last_commit.is_none() {
+                    return Err("TransferDone without rules ever committed".into());
+                }
+                Ok(())
+            }
+            Action::RulesMayRemain { anchor, error } => {
+                self.own_anchor(anchor, "RulesMayRemain")?;
+                if !self.closed {
+                    return Err(format!("RulesMayRemain ({error}) for an open session"));
+                }
+                Ok(())
+            }
+            Action::ReadInterest { side, on } => {
+                let last = &mut self.reading[side_idx(*side)];
+                if *last == *on {
+                    return Err(format!("ReadInterest {side} {on} repeated"));
+                }
+                *last = *on;
+                Ok(())
+            }
+            Action::Close { reason, summary } => {
+                if summary.client != self.client_addr || summary.server != self.server_addr {
+                    return Err(format!(
+                        "the summary ({reason}) names client {} and server {}, not {} and {}",
+                        summary.client, summary.server, self.client_addr, self.server_addr
+                    ));
+                }
+                self.close(reason)
+            }
         }
+    }
+
+    fn own_anchor(&self, anchor: &Anchor, what: &str) -> Result<(), String> {
+        if *anchor != self.anchor {
+            return Err(format!("{what} for {anchor}, not {}", self.anchor));
+        }
+        Ok(())
     }
 
     fn close(&mut self, reason: &CloseReason) -> Result<(), String> {
@@ -215,10 +515,12 @@ impl Watch {
         }
         if ftp::may_carry_client_lines(line) {
             self.steer_sent = true;
+        } else {
+            self.only_steer_sent = false;
         }
         let port = match ftp::classify(line) {
-            Command::Feat => {
-                self.feat_sent = true;
+            Command::Epsv if ftp::is_epsv_all(line) => {
+                self.epsv_all = true;
                 return Ok(());
             }
             Command::Port(port) | Command::Eprt(port) => port,
@@ -315,11 +617,81 @@ impl Watch {
         }
         if more {
             self.multi = Some(code);
-            if self.greeted && self.steer_sent && self.steerable == Steerable::No {
-                self.steerable = Steerable::Unknown;
+            if self.greeted && self.steer_sent && self.steerable != Steerable::Yes {
+                self.steerable = if self.only_steer_sent {
+                    Steerable::Yes
+                } else {
+                    Steerable::Unknown
+                };
             }
         } else if !self.greeted && code >= 200 {
             self.greeted = true;
+        }
+        Ok(())
+    }
+
+    /// What holds for every rule, whatever the mode (see the module docs).
+    fn check_rules(&self, rules: &[Rule]) -> Result<(), String> {
+        let allowed = |ip: IpAddr| {
+            ip == self.client || ip == self.orig_dst || ip == self.server || Some(ip) == self.proxy
+        };
+        let proxy_port = |port: u16| {
+            port >= MIN_DATA_PORT && (self.proxy_ports.low..=self.proxy_ports.high).contains(&port)
+        };
+        for r in rules {
+            if self.proxy.is_none() {
+                return Err(format!("rules before the proxy address is known: {r}"));
+            }
+            if !allowed(r.from) || !allowed(r.to) {
+                return Err(format!("foreign address in {r}"));
+            }
+            if r.from.is_ipv6() != self.ipv6 {
+                return Err(format!("family of {r}"));
+            }
+            match (r.direction, r.translate) {
+                (Direction::In, Translate::RdrTo { addr, port }) => {
+                    if !allowed(addr) {
+                        return Err(format!("foreign rdr-to address in {r}"));
+                    }
+                    if port < MIN_DATA_PORT {
+                        return Err(format!("privileged data port in {r}"));
+                    }
+                    if let Some(range) = self.server_data_ports {
+                        let towards_server = addr == self.server && self.server != self.client;
+                        if towards_server && !(range.low..=range.high).contains(&port) {
+                            return Err(format!(
+                                "server data port outside --server-data-ports in {r}"
+                            ));
+                        }
+                    }
+                    if !proxy_port(r.port) {
+                        return Err(format!("proxy port outside --proxy-ports in {r}"));
+                    }
+                }
+                (Direction::In, Translate::JoinWith { addr, port }) => {
+                    // The pair's shape is `check_joined`'s; each leg joins the other's
+                    // destination, a proxy port.
+                    if !allowed(addr) {
+                        return Err(format!("foreign join-with address in {r}"));
+                    }
+                    if !proxy_port(port) || !proxy_port(r.port) {
+                        return Err(format!("join-with port outside --proxy-ports in {r}"));
+                    }
+                }
+                (Direction::Out, Translate::NatTo { addr, ports }) => {
+                    if !allowed(addr) {
+                        return Err(format!("foreign nat-to address in {r}"));
+                    }
+                    if r.port < MIN_DATA_PORT {
+                        return Err(format!("privileged data port in {r}"));
+                    }
+                    let rfc = self.rfc_mode && ports == PortRange::single(RFC_ACTIVE_SOURCE_PORT);
+                    if ports != NAT_PORTS && !rfc {
+                        return Err(format!("nat-to ports in {r}"));
+                    }
+                }
+                _ => return Err(format!("translation does not fit the direction: {r}")),
+            }
         }
         Ok(())
     }
@@ -340,6 +712,9 @@ impl Watch {
             if !self.relay {
                 return Err(format!("joined rules without a relay: {}", show(rules)));
             }
+            if self.epsv_all {
+                return Err(format!("joined rules after EPSV ALL: {}", show(rules)));
+            }
             if self.steerable == Steerable::No {
                 return Err(format!(
                     "joined rules before any multi-line reply: {}",
@@ -353,12 +728,16 @@ impl Watch {
                 && r.from == self.client
                 && matches!(r.translate, Translate::RdrTo { .. })
         });
+        // Served joined with a relay (unless EPSV ALL), refused with neither a relay
+        // nor --server-data-ports: only the bounded case takes a port from the server.
+        let joined_instead = self.relay && !self.epsv_all;
         if passive
             && self.steerable == Steerable::Yes
-            && (self.relay || self.server_data_ports.is_none())
+            && (joined_instead || self.server_data_ports.is_none())
         {
             return Err(format!(
-                "after a multi-line reply, passive rules took their port from a server reply: {}",
+                "after a multi-line reply to a command whose reply can carry client-chosen \
+                 lines, passive rules took their port from a server reply: {}",
                 show(rules)
             ));
         }
@@ -434,7 +813,132 @@ fn starts_with_ci(line: &[u8], word: &[u8]) -> bool {
     line.len() >= word.len() && line[..word.len()].eq_ignore_ascii_case(word)
 }
 
+fn side_idx(side: Side) -> usize {
+    match side {
+        Side::Client => 0,
+        Side::Server => 1,
+    }
+}
+
 fn show(rules: &[Rule]) -> String {
     let shown: Vec<String> = rules.iter().map(ToString::to_string).collect();
     shown.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use ftp_proxy_core::{data_rules, Mode, RuleOptions, SessionAddrs};
+
+    const CLIENT: &str = "203.0.113.5:40000";
+    const DST: &str = "198.51.100.10:21";
+    const PROXY: &str = "198.51.100.1";
+
+    fn watch(cfg: &Config) -> Watch {
+        let mut w = Watch::new(
+            cfg,
+            SessionId(1),
+            CLIENT.parse().unwrap(),
+            DST.parse().unwrap(),
+        );
+        let connect = Action::ConnectServer {
+            to: DST.parse().unwrap(),
+            bind: None,
+        };
+        w.action(&connect).unwrap();
+        w.proxy_opened(PROXY.parse().unwrap());
+        w
+    }
+
+    fn send(w: &mut Watch, side: Side, line: &str) -> Result<(), String> {
+        w.action(&Action::Send(side, Bytes::copy_from_slice(line.as_bytes())))
+    }
+
+    /// The passive rules the core commits for a 227 naming server port 6000.
+    fn passive_commit(cfg: &Config) -> Action {
+        let addrs = SessionAddrs {
+            client: CLIENT.parse::<SocketAddr>().unwrap().ip(),
+            server: DST.parse::<SocketAddr>().unwrap().ip(),
+            orig_server: DST.parse::<SocketAddr>().unwrap().ip(),
+            proxy: PROXY.parse().unwrap(),
+            client_rdomain: 0,
+        };
+        let rules = data_rules(Mode::Passive, &addrs, 6000, 55000, &RuleOptions::default());
+        Action::CommitRules {
+            txn: 1,
+            anchor: Anchor {
+                pid: cfg.pid,
+                session: 1,
+            },
+            rules: rules.to_vec(),
+        }
+    }
+
+    /// Greeting, then `commands` forwarded, then a multi-line reply.
+    fn dialogue(w: &mut Watch, commands: &[&str]) {
+        send(w, Side::Client, "220 ready\r\n").unwrap();
+        for c in commands {
+            send(w, Side::Server, c).unwrap();
+        }
+        send(w, Side::Client, "230-Welcome\r\n").unwrap();
+        send(w, Side::Client, "230 Logged in\r\n").unwrap();
+    }
+
+    #[test]
+    fn passive_rules_after_a_welcome_to_user_and_pass_are_caught() {
+        let cfg = Config::default();
+        let mut w = watch(&cfg);
+        dialogue(&mut w, &["USER bob\r\n", "PASS x\r\n"]);
+        assert_eq!(w.steerable, Steerable::Yes);
+        let e = w.action(&passive_commit(&cfg)).unwrap_err();
+        assert!(e.contains("passive rules took their port"), "{e}");
+    }
+
+    #[test]
+    fn bounded_passive_rules_after_a_welcome_pass() {
+        // Without a relay, --server-data-ports makes the server's answer safe enough.
+        let cfg = Config {
+            server_data_ports: Some(PortRange {
+                low: 5000,
+                high: 7000,
+            }),
+            ..Config::default()
+        };
+        let mut w = watch(&cfg);
+        dialogue(&mut w, &["USER bob\r\n"]);
+        w.action(&passive_commit(&cfg)).unwrap();
+    }
+
+    #[test]
+    fn a_multi_line_reply_that_may_answer_feat_decides_nothing() {
+        let cfg = Config::default();
+        let mut w = watch(&cfg);
+        dialogue(&mut w, &["USER bob\r\n", "FEAT\r\n"]);
+        assert_eq!(w.steerable, Steerable::Unknown);
+        w.action(&passive_commit(&cfg)).unwrap();
+        // Before any command that could steer a reply, a multi-line one is harmless.
+        let mut w = watch(&cfg);
+        dialogue(&mut w, &["SYST\r\n"]);
+        assert_eq!(w.steerable, Steerable::No);
+        w.action(&passive_commit(&cfg)).unwrap();
+    }
+
+    #[test]
+    fn the_driving_contract_is_checked() {
+        let cfg = Config::default();
+        let mut w = watch(&cfg);
+        let off = Action::ReadInterest {
+            side: Side::Client,
+            on: false,
+        };
+        w.action(&off).unwrap();
+        assert!(w.action(&off).unwrap_err().contains("repeated"));
+        assert!(send(&mut w, Side::Client, "220 a\r\n220 b\r\n").is_err());
+        let mut other = passive_commit(&cfg);
+        if let Action::CommitRules { anchor, .. } = &mut other {
+            anchor.session = 2;
+        }
+        assert!(w.action(&other).unwrap_err().contains("CommitRules for"));
+    }
 }

@@ -78,6 +78,13 @@ pub const TH_ACK: u8 = 0x10;
 
 pub use crate::sys::Pod;
 
+// The structures mirror the LP64 layouts; refuse to build where they would be wrong.
+#[cfg(target_os = "openbsd")]
+const _: () = assert!(
+    size_of::<usize>() == 8,
+    "pf structures are mirrored for 64-bit OpenBSD"
+);
+
 /// `struct pf_addr`: 16 bytes of address in network order (IPv4 uses the first 4).
 #[repr(C, align(4))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -554,6 +561,31 @@ pub struct PfiocStateKill {
     pub psk_rdomain: u16,
     /// C padding.
     pub _pad1: [u8; 2],
+}
+
+// SAFETY: each type is `#[repr(C)]`, holds only integers, integer arrays and other
+// `Pod` types, and has no implicit padding: every padding byte of the C layout is a
+// named `_pad*` field, checked field by field in this module's tests and against a C
+// compiler in `pf::c_layout`. `PfiocRule<R>` is `Pod` only for a `Pod` rule `R`.
+crate::sys::unsafe_impl_pod!(impl<R: PfRuleLayout> PfiocRule<R>);
+// SAFETY: as above.
+crate::sys::unsafe_impl_pod! {
+    PfAddr,
+    PfAddrWrap,
+    PfRuleAddr,
+    PfPool,
+    PfRuleId,
+    PfRuleCommon,
+    PfDivert,
+    PfLimiterRef,
+    PfRule1543,
+    PfRule1548,
+    PfiocTransE,
+    PfiocTrans,
+    PfiocRuleset,
+    PfStatus,
+    PfStateCmp,
+    PfiocStateKill,
 }
 
 /// `_IOWR(group, num, size)` of sys/ioccom.h: in/out parameter of `size` bytes.

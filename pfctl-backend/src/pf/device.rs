@@ -84,10 +84,13 @@ impl Transaction {
         self.header.array == (&*self.element as *const PfiocTransE) as usize as u64
     }
 
-    /// The ioctl argument; `array` is re-derived so the kernel writes into `element`.
-    pub fn as_mut_ptr(&mut self) -> *mut std::ffi::c_void {
+    /// The ioctl argument (the header), with `array` re-derived so the kernel writes
+    /// into `element`. Crate-private: the header must keep describing exactly the one
+    /// boxed element (`size` 1), which only this type's own methods guarantee.
+    #[cfg_attr(not(target_os = "openbsd"), allow(dead_code))]
+    pub(crate) fn ioctl_arg(&mut self) -> &mut PfiocTrans {
         self.refresh_array();
-        (&mut self.header as *mut PfiocTrans).cast()
+        &mut self.header
     }
 }
 
@@ -154,68 +157,67 @@ impl<D: PfDevice + ?Sized> PfDevice for &mut D {
 #[derive(Debug)]
 pub struct DevPf {
     #[cfg_attr(not(target_os = "openbsd"), allow(dead_code))]
-    inner: sys::Fd,
+    inner: Fd,
 }
 
+/// The descriptor of `/dev/pf`.
+#[cfg(target_os = "openbsd")]
+type Fd = std::os::fd::OwnedFd;
+
+/// No value: `/dev/pf` cannot be opened off OpenBSD.
+#[cfg(not(target_os = "openbsd"))]
+#[derive(Debug)]
+enum Fd {}
+
+#[cfg(target_os = "openbsd")]
 impl DevPf {
     /// Opens `/dev/pf` read-write.
-    #[cfg(target_os = "openbsd")]
     pub fn open() -> std::io::Result<DevPf> {
-        use std::os::fd::OwnedFd;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open("/dev/pf")?;
         Ok(DevPf {
-            inner: sys::Fd(OwnedFd::from(file)),
+            inner: Fd::from(file),
         })
     }
-}
 
-#[cfg(target_os = "openbsd")]
-use crate::sys::pf_dev as sys;
-
-#[cfg(not(target_os = "openbsd"))]
-mod sys {
-    /// No value: `/dev/pf` cannot be opened off OpenBSD.
-    #[derive(Debug)]
-    pub(super) enum Fd {}
+    /// One ioctl with `arg`, the structure `request` encodes.
+    fn ioctl<T: Pod>(&self, request: u64, arg: &mut T) -> Result<(), Errno> {
+        use std::os::fd::AsFd;
+        crate::sys::ioctl(self.inner.as_fd(), request, arg).map_err(Errno)
+    }
 }
 
 #[cfg(target_os = "openbsd")]
 impl PfDevice for DevPf {
     fn get_status(&mut self, status: &mut PfStatus) -> Result<(), Errno> {
-        self.inner
-            .ioctl(super::abi::DIOCGETSTATUS, (status as *mut PfStatus).cast())
+        self.ioctl(super::abi::DIOCGETSTATUS, status)
     }
     fn xbegin(&mut self, t: &mut Transaction) -> Result<(), Errno> {
-        self.inner.ioctl(super::abi::DIOCXBEGIN, t.as_mut_ptr())
+        self.ioctl(super::abi::DIOCXBEGIN, t.ioctl_arg())
     }
     fn add_rule(&mut self, rule: &mut RuleIoc) -> Result<(), Errno> {
         let request = rule.layout().diocaddrule();
-        self.inner.ioctl(request, rule.as_mut_ptr())
+        match rule {
+            RuleIoc::V1543(r) => self.ioctl(request, &mut **r),
+            RuleIoc::V1548(r) => self.ioctl(request, &mut **r),
+        }
     }
     fn xcommit(&mut self, t: &mut Transaction) -> Result<(), Errno> {
-        self.inner.ioctl(super::abi::DIOCXCOMMIT, t.as_mut_ptr())
+        self.ioctl(super::abi::DIOCXCOMMIT, t.ioctl_arg())
     }
     fn xrollback(&mut self, t: &mut Transaction) -> Result<(), Errno> {
-        self.inner.ioctl(super::abi::DIOCXROLLBACK, t.as_mut_ptr())
+        self.ioctl(super::abi::DIOCXROLLBACK, t.ioctl_arg())
     }
     fn get_rulesets(&mut self, rs: &mut PfiocRuleset) -> Result<(), Errno> {
-        self.inner.ioctl(
-            super::abi::DIOCGETRULESETS,
-            (rs as *mut PfiocRuleset).cast(),
-        )
+        self.ioctl(super::abi::DIOCGETRULESETS, rs)
     }
     fn get_ruleset(&mut self, rs: &mut PfiocRuleset) -> Result<(), Errno> {
-        self.inner
-            .ioctl(super::abi::DIOCGETRULESET, (rs as *mut PfiocRuleset).cast())
+        self.ioctl(super::abi::DIOCGETRULESET, rs)
     }
     fn kill_states(&mut self, psk: &mut PfiocStateKill) -> Result<(), Errno> {
-        self.inner.ioctl(
-            super::abi::DIOCKILLSTATES,
-            (psk as *mut PfiocStateKill).cast(),
-        )
+        self.ioctl(super::abi::DIOCKILLSTATES, psk)
     }
 }
 
@@ -277,6 +279,10 @@ mod tests {
         // Moving the transaction keeps `array` pointing at its element.
         let moved = [t];
         assert!(moved[0].array_points_at_element());
+        let [mut moved] = moved;
+        let arg = moved.ioctl_arg() as *const PfiocTrans;
+        assert_eq!(arg, moved.header() as *const PfiocTrans);
+        assert!(moved.array_points_at_element());
         assert!(Transaction::new(&"x".repeat(1024)).is_none());
         assert!(Transaction::new(&"x".repeat(1023)).is_some());
     }

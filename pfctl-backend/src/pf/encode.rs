@@ -69,14 +69,6 @@ impl RuleIoc {
             RuleIoc::V1548(r) => r.rule.common(),
         }
     }
-
-    /// The whole structure as the ioctl argument; valid while `self` is borrowed.
-    pub fn as_mut_ptr(&mut self) -> *mut std::ffi::c_void {
-        match self {
-            RuleIoc::V1543(r) => (&mut **r as *mut PfiocRule<PfRule1543>).cast(),
-            RuleIoc::V1548(r) => (&mut **r as *mut PfiocRule<PfRule1548>).cast(),
-        }
-    }
 }
 
 /// The bytes of a NUL-terminated C string field, without the NUL (all of it if none).

@@ -40,42 +40,87 @@ pub struct RunningProxy {
     pub peak_sessions: Arc<Mutex<usize>>,
 }
 
-impl RunningProxy {
-    /// Starts a proxy listening on `listen_addr` (port 0 picks one).
-    pub fn start(
-        cfg: Config,
-        listen_addr: SocketAddr,
-        relay: bool,
-        backend: Option<MockHandle>,
-    ) -> RunningProxy {
-        RunningProxy::start_divert(cfg, listen_addr, relay, backend, Divert::Getsockname)
+/// How a [`RunningProxy`] is set up; [`RunningProxy::builder`] makes one.
+///
+/// By default the proxy listens on `127.0.0.1:0`, finds the original destination with
+/// `getsockname`, and commits its rules to a fresh mock filter (the kernel data path).
+#[must_use = "a builder does nothing until `start`"]
+pub struct ProxyBuilder {
+    cfg: Config,
+    listen: SocketAddr,
+    data: Data,
+    divert: Divert,
+    limits: Option<RelayLimits>,
+}
+
+/// Which data path the runtime drives.
+enum Data {
+    /// The kernel path with this mock filter (a fresh one if none given).
+    Kernel(Option<MockHandle>),
+    /// The userspace relay.
+    Relay,
+}
+
+impl ProxyBuilder {
+    /// Listens on `addr` (port 0 picks one) instead of `127.0.0.1:0`.
+    pub fn listen(mut self, addr: SocketAddr) -> ProxyBuilder {
+        self.listen = addr;
+        self
     }
 
-    /// [`start`](Self::start) with a choice of how the original destination is found.
-    pub fn start_divert(
-        cfg: Config,
-        listen_addr: SocketAddr,
-        relay: bool,
-        backend: Option<MockHandle>,
-        divert: Divert,
-    ) -> RunningProxy {
-        RunningProxy::start_full(cfg, listen_addr, relay, backend, divert, None)
+    /// Carries the data connections in the userspace relay.
+    pub fn relay(mut self) -> ProxyBuilder {
+        self.data = Data::Relay;
+        self
     }
 
-    /// A relay proxy with these data-connection limits.
-    pub fn start_limited(
-        cfg: Config,
-        listen_addr: SocketAddr,
-        limits: RelayLimits,
-    ) -> RunningProxy {
+    /// The relay with these data-connection limits.
+    pub fn limits(mut self, limits: RelayLimits) -> ProxyBuilder {
+        self.data = Data::Relay;
+        self.limits = Some(limits);
+        self
+    }
+
+    /// The kernel data path, committing to `backend` (a handle the test keeps to look
+    /// at the rules).
+    pub fn kernel(mut self, backend: MockHandle) -> ProxyBuilder {
+        self.data = Data::Kernel(Some(backend));
+        self
+    }
+
+    /// Finds the original destination of a control connection this way.
+    pub fn divert(mut self, divert: Divert) -> ProxyBuilder {
+        self.divert = divert;
+        self
+    }
+
+    /// Starts the runtime in its own thread and waits until it listens.
+    pub fn start(self) -> RunningProxy {
+        let (relay, backend) = match self.data {
+            Data::Relay => (true, None),
+            Data::Kernel(b) => (false, b),
+        };
         RunningProxy::start_full(
-            cfg,
-            listen_addr,
-            true,
-            None,
-            Divert::Getsockname,
-            Some(limits),
+            self.cfg,
+            self.listen,
+            relay,
+            backend,
+            self.divert,
+            self.limits,
         )
+    }
+}
+
+impl RunningProxy {
+    /// A proxy with configuration `cfg`, to be set up and [started](ProxyBuilder::start).
+    pub fn builder(cfg: Config) -> ProxyBuilder {
+        ProxyBuilder {
+            cfg,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data: Data::Kernel(None),
+            divert: Divert::Getsockname,
+            limits: None,
+        }
     }
 
     fn start_full(
