@@ -119,7 +119,8 @@ mod signal;
 mod sys;
 mod token;
 
-pub use relay::RelayLimits;
+/// The relay's per-session cap and idle limits: the core's ([`ftp_proxy_core::Relay`]).
+pub use ftp_proxy_core::RelayLimits;
 pub use runtime::{Runtime, ShutdownHandle, SHUTDOWN_GRACE};
 
 /// How the proxy learns where a diverted client originally wanted to go.
