@@ -367,7 +367,12 @@ impl Relay {
                     sys::nodelay(&stream);
                     let Some(other) = self.listeners.get_mut(&with).and_then(|l| l.held.take())
                     else {
+                        // The policy paired it with a leg this relay does not hold:
+                        // the pair ends at once (and is logged), not at the idle limit.
                         reset(&stream);
+                        let error = SocketError::from(ErrorKind::NotConnected);
+                        self.policy.failed(Instant::now(), pair, IoOp::Setup, error);
+                        self.drain(registry);
                         continue;
                     };
                     let target = other.local_addr().unwrap_or(peer);
