@@ -378,6 +378,36 @@ fn pure_ftpd_explicit_transfers_with_every_client() -> Result<()> {
         "pure-ftpd -Y 3 refuses USER before AUTH",
         log,
     )?;
+    // Offered the control session, pure-ftpd resumes it with TLS 1.2 only.
+    let mut resumed = Vec::new();
+    for version in TlsVersion::ALL {
+        let got = work
+            .local()
+            .join(format!("resume-{}.bin", version.script_name()));
+        let log = ftplib_ftps(
+            target,
+            &ClientTls::explicit(&pki.ca()).pinned(version),
+            SessionReuse::Resume,
+            &[
+                format!("login:{USER}:{PASSWORD}"),
+                "prot:P".into(),
+                format!("pasv:retr:{SMALL}:{}", got.display()),
+                "quit".into(),
+            ],
+        )?
+        .ok()?;
+        assert_same_file(&work.original(SMALL), &got)?;
+        resumed.push(script_data_handshakes(&log));
+    }
+    check(
+        resumed
+            == vec![
+                vec![("TLSv1.2".to_string(), true)],
+                vec![("TLSv1.3".to_string(), false)],
+            ],
+        "pure-ftpd resumes a TLS 1.2 session, not a TLS 1.3 one",
+        format!("{resumed:?}"),
+    )?;
     Ok(())
 }
 
@@ -575,10 +605,23 @@ fn clients_refuse_a_wrong_or_untrusted_certificate() -> Result<()> {
     let Some((work, pki)) = setup("ftps-wrong-name")? else {
         return Ok(());
     };
-    for (cert, what) in [
-        (pki.wrong_name(), "wrong name"),
-        (pki.untrusted(), "untrusted"),
-    ] {
+    let cases = [
+        (
+            pki.wrong_name(),
+            "wrong name",
+            "no alternative certificate subject name matches",
+            "certificate common name doesn't match requested host name",
+            "IP address mismatch",
+        ),
+        (
+            pki.untrusted(),
+            "untrusted",
+            "self-signed certificate",
+            "The certificate issuer is unknown",
+            "self-signed certificate",
+        ),
+    ];
+    for (cert, what, curl_reason, lftp_reason, py_reason) in cases {
         let server = vsftpd(&work, VsftpdTls::explicit(&cert), false)?;
         let tls = ClientTls::explicit(&pki.ca());
         let got = work.local().join("never.bin");
@@ -591,7 +634,7 @@ fn clients_refuse_a_wrong_or_untrusted_certificate() -> Result<()> {
             &got,
         )?;
         check(
-            curl.status().code() == Some(60),
+            curl.status().code() == Some(60) && curl.output().contains(curl_reason),
             format!("{what}: curl exits 60 (peer certificate cannot be authenticated)"),
             curl.output().to_string(),
         )?;
@@ -603,7 +646,7 @@ fn clients_refuse_a_wrong_or_untrusted_certificate() -> Result<()> {
             &[format!("get {SMALL} -o {}", got.display())],
         )?;
         check(
-            !lftp.succeeded() && lftp.output().contains("Certificate verification"),
+            !lftp.succeeded() && lftp.output().contains(lftp_reason),
             format!("{what}: lftp refuses the certificate"),
             lftp.output().to_string(),
         )?;
@@ -614,7 +657,9 @@ fn clients_refuse_a_wrong_or_untrusted_certificate() -> Result<()> {
             &["login:anonymous:x@".into(), "quit".into()],
         )?;
         check(
-            !py.succeeded() && py.output().contains("CERTIFICATE_VERIFY_FAILED"),
+            !py.succeeded()
+                && py.output().contains("CERTIFICATE_VERIFY_FAILED")
+                && py.output().contains(py_reason),
             format!("{what}: ftplib refuses the certificate"),
             py.output().to_string(),
         )?;
