@@ -23,43 +23,55 @@
 //!
 //! * **vsftpd's TLS versions.** This vsftpd has no `ssl_tlsv1_2`/`ssl_tlsv1_3`
 //!   options (only `ssl_tlsv1`, `ssl_sslv2`, `ssl_sslv3`); it negotiates TLS 1.3 and
-//!   TLS 1.2 alike. Its default `ssl_ciphers` (`DES-CBC3-SHA`) is refused by OpenSSL
-//!   3.0, which leaves TLS 1.2 without a cipher (clients pinned to 1.2 get a
-//!   handshake failure alert), so the fixture sets `ssl_ciphers=HIGH`. The TLS
-//!   version a test wants is therefore chosen on the client side ([`TlsVersion`]).
+//!   TLS 1.2 alike, and an unpinned client gets TLS 1.3. With its default
+//!   `ssl_ciphers` (`DES-CBC3-SHA`, which OpenSSL 3.0 no longer offers) TLS 1.2 has
+//!   no cipher: curl pinned to 1.2 fails with exit 35, `sslv3 alert handshake
+//!   failure`, while TLS 1.3 (whose suites that setting does not touch) works. So
+//!   the fixture sets `ssl_ciphers=HIGH`, and a test picks the TLS version on the
+//!   client side ([`TlsVersion`]).
 //! * **vsftpd's `require_ssl_reuse=YES`** (its default) checks, after the handshake
 //!   of each PROT P data connection, that the client resumed the control
 //!   connection's TLS session. A data connection that did not (Python's stock
-//!   `FTP_TLS`, which wraps data sockets without `session=`) is closed after the
-//!   handshake, and the transfer's reply is
-//!   `522 SSL connection failed: session reuse required`; its log (with
-//!   `debug_ssl=YES`) says `No SSL session reuse on data channel.` With TLS 1.2
-//!   and 1.3 alike. With `require_ssl_reuse=NO` the same client transfers.
+//!   `FTP_TLS`, which wraps data sockets without `session=`) completes its
+//!   handshake and is then closed, and the transfer's final reply is
+//!   `522 SSL connection failed: session reuse required`; the log (with
+//!   `debug_ssl=YES`) says `No SSL session reuse on data channel.` The same with
+//!   TLS 1.2 and 1.3. With `require_ssl_reuse=NO` the same client transfers.
 //! * **Who resumes.** curl and lftp resume the control session on every data
-//!   connection, passive and active, with TLS 1.2 and TLS 1.3 (vsftpd logs
-//!   `reused` for each data handshake). Python resumes when it is given the control
-//!   socket's session (`wrap_socket(..., session=ctrl.session)`), with both versions
-//!   (`SSLSocket.session_reused` is true).
-//! * **pure-ftpd** (`-Y 1`, certificate with `-2 CERT,KEY`) requires no resumption:
+//!   connection, PASV and EPSV (lftp also PORT), with TLS 1.2 and TLS 1.3: vsftpd
+//!   logs `reused` for each data handshake. Python resumes when it is given the
+//!   control socket's session (`wrap_socket(..., session=ctrl.session)`), with both
+//!   versions (`SSLSocket.session_reused` is true); without it, never.
+//! * **pure-ftpd** (`-Y 3`, certificate with `-2 CERT,KEY`) requires no resumption:
 //!   a data connection that does not resume is served. Offered the session, it
 //!   resumes it with TLS 1.2 but not with TLS 1.3 (a full handshake each time).
+//!   Under `-Y 3` a plain-text `USER` gets `421 Please reconnect using TLS security
+//!   mechanisms.` and the connection is closed.
 //! * **curl 7.88.1 in active mode** (`-P`) never starts TLS on the data connection
-//!   the server opens to it, so a PROT P transfer fails (exit 28 and vsftpd logs
-//!   `SSL_accept failed`); curl 8.0 fixed that. lftp and Python do active-mode FTPS.
+//!   the server opens to it, so a PROT P transfer hangs until `--max-time` (exit
+//!   28) and vsftpd logs `SSL_accept failed`. lftp and Python do active-mode FTPS.
+//!   (The test expects a curl 8 or later to succeed; that branch is unmeasured.)
 //! * **vsftpd's refusals** (`force_anon_logins_ssl`, `force_anon_data_ssl`): a
-//!   login before `AUTH TLS` gets `530 Anonymous sessions must use encryption.`;
-//!   a transfer after `PROT C` gets `522 Data connections must be encrypted.`
+//!   login before `AUTH TLS` gets `530 Anonymous sessions must use encryption.`
+//!   and the connection is closed; a transfer after `PROT C` gets
+//!   `522 Data connections must be encrypted.`
 //! * **vsftpd's replies** to the protection commands: `234 Proceed with
 //!   negotiation.`, `200 PBSZ set to 0.`, `200 PROT now Private.`. curl 7.88.1
-//!   sends `AUTH SSL` first, lftp and Python `AUTH TLS`; vsftpd accepts both.
-//! * **Name checks.** With the CA given, curl (exit 60, `no alternative certificate
-//!   subject name matches`), lftp (`Certificate verification: certificate common
-//!   name doesn't match requested host name`) and Python
-//!   (`SSLCertVerificationError`, `Hostname mismatch`) refuse the wrong-name
-//!   certificate, and a certificate from another CA, before sending `USER`.
+//!   sends `AUTH SSL`, lftp and Python `AUTH TLS`; vsftpd accepts both.
+//! * **Certificate checks.** Every client dials `127.0.0.1`, so the name checked is
+//!   the IP SAN. Against the wrong-name certificate curl exits 60 (`no alternative
+//!   certificate subject name matches`), lftp fails with `certificate common name
+//!   doesn't match requested host name` and Python with
+//!   `CERTIFICATE_VERIFY_FAILED` (`IP address mismatch`); against the self-signed
+//!   one curl exits 60 and Python fails (`self-signed certificate`), lftp with `The
+//!   certificate issuer is unknown`. curl and Python refuse during the handshake
+//!   and send nothing more. lftp (GnuTLS) checks the certificate only after the
+//!   handshake, by when it has written `USER` into the TLS session: vsftpd logs
+//!   that `USER` (for the wrong-name certificate), then lftp closes; no `PASS` and
+//!   no transfer command follow.
 //! * **Implicit FTPS** (vsftpd `implicit_ssl=YES`): curl with `ftps://`, lftp with
 //!   `ftps://` and Python wrapping the socket before the banner; no `AUTH` is sent,
-//!   and data connections are protected as after `AUTH TLS`.
+//!   and data connections are protected and resumed as after `AUTH TLS`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
