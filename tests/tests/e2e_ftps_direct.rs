@@ -449,6 +449,12 @@ fn vsftpd_require_ssl_reuse_refuses_a_fresh_data_session() -> Result<()> {
             format!("{version:?}: one data handshake, in that version, not resumed"),
             out,
         )?;
+        let last_data = server.tls_handshakes().into_iter().rfind(|h| h.after_login);
+        check(
+            last_data.as_ref().is_some_and(|h| !h.reused),
+            format!("{version:?}: vsftpd logged the data handshake as not reused"),
+            format!("{last_data:?}"),
+        )?;
         // The same client resuming the session transfers.
         let log = ftplib_ftps(
             server.addr(),

@@ -285,7 +285,8 @@ fn parse_handshake(line: &str) -> Option<VsftpdHandshake> {
     let (version, rest) = details.split_once(',')?;
     Some(VsftpdHandshake {
         version: version.to_string(),
-        reused: rest.contains(" reused,"),
+        // `reused` or `not reused` as a field of its own.
+        reused: rest.split(',').any(|f| f.trim() == "reused"),
         after_login: head.contains("] ["),
     })
 }
