@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::error::{ConnectError, FilterError};
+use crate::error::{FilterError, SocketError};
 use crate::rules::{Anchor, Mode, PortRange, Rule};
 
 /// A session's id: starts at 1 and counts up; after `u32::MAX` accepts it wraps to
@@ -142,7 +142,7 @@ pub enum Input {
     /// opened is logged as the original does (`server refused connection`).
     ServerConnectFailed {
         /// The OS error (kind and errno), for the log.
-        error: ConnectError,
+        error: SocketError,
     },
     /// Bytes read from that side.
     Data(Side, Bytes),
@@ -370,7 +370,7 @@ pub enum CloseReason {
         /// as the original does).
         server: SocketAddr,
         /// What the OS said.
-        error: ConnectError,
+        error: SocketError,
     },
     /// Committing the data-connection rules failed.
     Filter(FilterError),

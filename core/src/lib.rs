@@ -37,7 +37,7 @@ pub use config::{
     Config, ConfigError, COMMIT_RETRY_DELAY, CONNECT_TIMEOUT, DEFAULT_LOGIN_TIMEOUT_SECS,
     DEFAULT_PROXY_PORTS, MAX_SESSIONS_LIMIT, MAX_TIMEOUT_SECS, PF_NAME_SIZE,
 };
-pub use error::{ConnectError, FilterError};
+pub use error::{FilterError, SocketError};
 pub use event::{
     Accept, Action, CloseReason, DataCounts, Input, Refused, SessionId, Side, Summary,
     INBOX_HIGH_WATER, MAX_PIPELINED, OUTPUT_HIGH_WATER, OUTPUT_LOW_WATER,
@@ -48,8 +48,7 @@ pub use proxy::Proxy;
 pub use rand::{Pcg32, RandomSource};
 pub use relay::{
     Admission, ConnectError, Decision, Flow, IdleCause, IoOp, Leg, ListenerId, Origin, PairEnd,
-    PairId, PairState, PreparedCommit, Refusal, Relay, RelayLimits, Security, SocketError,
-    RELAY_SWEEP_EVERY,
+    PairId, PairState, PreparedCommit, Refusal, Relay, RelayLimits, Security, RELAY_SWEEP_EVERY,
 };
 pub use rules::{
     data_rules, Anchor, Direction, Family, Mode, PortRange, Rule, RuleLog, RuleOptions,

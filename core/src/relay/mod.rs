@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
+use crate::error::SocketError;
 use crate::event::SessionId;
 use crate::forward::{forwards, Forward, ForwardError};
 use crate::rules::{Anchor, Rule};
 
 pub use vocab::{
     Admission, ConnectError, Decision, Flow, IdleCause, IoOp, Leg, ListenerId, Origin, PairEnd,
-    PairId, PairState, PreparedCommit, Refusal, RelayLimits, Security, SocketError,
+    PairId, PairState, PreparedCommit, Refusal, RelayLimits, Security,
 };
 
 /// How often a [`Relay`] checks its data connections against their idle limits:
@@ -776,7 +777,7 @@ impl Relay {
                         warn!(
                             "relay: cannot bind source port {} ({}), using an ephemeral port",
                             bind.port(),
-                            e.description()
+                            e
                         );
                     }
                     Some((Attempt::AnyPort, Some(SocketAddr::new(bind.ip(), 0))))
@@ -881,7 +882,7 @@ impl Relay {
                     p.peer,
                     p.fwd.listen,
                     p.fwd.target,
-                    error.description()
+                    error
                 );
             }
             PairEnd::Failed { op, error } => info!(

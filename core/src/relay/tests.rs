@@ -1305,16 +1305,14 @@ fn refusal_texts_are_the_notice_lines() {
 }
 
 #[test]
-fn socket_errors_print_as_io_errors_and_strerror() {
+fn socket_errors_print_as_strerror_without_the_os_error_suffix() {
     let e = SocketError::from(&std::io::Error::from_raw_os_error(111));
     assert_eq!(e.kind, ErrorKind::ConnectionRefused);
     assert_eq!(e.errno, Some(111));
-    assert_eq!(
-        e.to_string(),
-        std::io::Error::from_raw_os_error(111).to_string()
-    );
-    assert!(!e.description().contains("os error"));
+    let io_text = std::io::Error::from_raw_os_error(111).to_string();
+    assert!(io_text.starts_with(&e.to_string()), "{io_text} / {e}");
+    assert!(!e.to_string().contains("os error"));
     let k = SocketError::from(ErrorKind::TimedOut);
     assert_eq!(k.errno, None);
-    assert_eq!(k.description(), k.to_string());
+    assert_eq!(k.to_string(), "timed out");
 }

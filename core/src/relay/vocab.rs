@@ -2,10 +2,10 @@
 //! an accepted connection, the decisions, the socket facts and errors.
 
 use std::fmt;
-use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use crate::error::SocketError;
 use crate::forward::Forward;
 use crate::rules::Anchor;
 
@@ -330,69 +330,6 @@ impl fmt::Display for IoOp {
         })
     }
 }
-
-/// A failed socket call: its [`io::ErrorKind`] and, where the OS gave one, its
-/// error number. `Display` is [`io::Error`]'s (`Connection refused (os error 111)`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SocketError {
-    /// The portable kind, which the relay's decisions look at.
-    pub kind: io::ErrorKind,
-    /// The OS error number, for the log.
-    pub errno: Option<i32>,
-}
-
-impl SocketError {
-    /// From an OS error number.
-    pub fn from_errno(errno: i32) -> SocketError {
-        SocketError {
-            kind: io::Error::from_raw_os_error(errno).kind(),
-            errno: Some(errno),
-        }
-    }
-
-    /// The text without the `(os error N)` suffix, as `strerror(3)` has it.
-    pub(crate) fn description(&self) -> String {
-        let text = self.to_string();
-        match self.errno {
-            Some(n) => text
-                .strip_suffix(&format!(" (os error {n})"))
-                .map_or_else(|| text.clone(), str::to_owned),
-            None => text,
-        }
-    }
-}
-
-impl From<&io::Error> for SocketError {
-    fn from(e: &io::Error) -> SocketError {
-        SocketError {
-            kind: e.kind(),
-            errno: e.raw_os_error(),
-        }
-    }
-}
-
-impl From<io::Error> for SocketError {
-    fn from(e: io::Error) -> SocketError {
-        SocketError::from(&e)
-    }
-}
-
-impl From<io::ErrorKind> for SocketError {
-    fn from(kind: io::ErrorKind) -> SocketError {
-        SocketError { kind, errno: None }
-    }
-}
-
-impl fmt::Display for SocketError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.errno {
-            Some(n) => io::Error::from_raw_os_error(n).fmt(f),
-            None => io::Error::from(self.kind).fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for SocketError {}
 
 /// Why a [`Decision::Connect`] did not give a connected leg.
 #[non_exhaustive]
