@@ -352,7 +352,7 @@ pub enum ConnectError {
     },
     /// The connect was under way and failed: `to` refused it, was unreachable, or
     /// did not answer in the kernel's time (a driver with a connect timeout of its
-    /// own reports it here, as [`io::ErrorKind::TimedOut`]).
+    /// own reports it here, as [`std::io::ErrorKind::TimedOut`]).
     Refused {
         /// The target.
         to: SocketAddr,
