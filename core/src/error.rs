@@ -45,50 +45,50 @@ impl std::error::Error for FilterError {}
 /// reduced to what the core needs to log it and what an integrator may match on.
 ///
 /// The core stays free of IO: [`io::ErrorKind`] and an errno are plain values. Build
-/// one with [`ConnectError::from_errno`], [`ConnectError::from_kind`], or `From` an
+/// one with [`SocketError::from_errno`], [`SocketError::from_kind`], or `From` an
 /// [`io::Error`] (tokio, std and mio report connects that way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnectError {
+pub struct SocketError {
     /// What kind of failure it was (`ConnectionRefused`, `TimedOut`, ...).
     pub kind: io::ErrorKind,
     /// The raw OS error number (`ECONNREFUSED`, ...), where there is one.
     pub errno: Option<i32>,
 }
 
-impl ConnectError {
+impl SocketError {
     /// The OS error `errno` (from `socket`, `bind`, `connect` or `SO_ERROR`); its
     /// kind is the one std gives that number on this platform.
-    pub fn from_errno(errno: i32) -> ConnectError {
-        ConnectError {
+    pub fn from_errno(errno: i32) -> SocketError {
+        SocketError {
             kind: io::Error::from_raw_os_error(errno).kind(),
             errno: Some(errno),
         }
     }
 
     /// A failure without an OS error number (a runtime's own, e.g. a timeout).
-    pub fn from_kind(kind: io::ErrorKind) -> ConnectError {
-        ConnectError { kind, errno: None }
+    pub fn from_kind(kind: io::ErrorKind) -> SocketError {
+        SocketError { kind, errno: None }
     }
 }
 
-impl From<&io::Error> for ConnectError {
-    fn from(e: &io::Error) -> ConnectError {
-        ConnectError {
+impl From<&io::Error> for SocketError {
+    fn from(e: &io::Error) -> SocketError {
+        SocketError {
             kind: e.kind(),
             errno: e.raw_os_error(),
         }
     }
 }
 
-impl From<io::Error> for ConnectError {
-    fn from(e: io::Error) -> ConnectError {
-        ConnectError::from(&e)
+impl From<io::Error> for SocketError {
+    fn from(e: io::Error) -> SocketError {
+        SocketError::from(&e)
     }
 }
 
 /// The OS's text for the errno (`strerror`, as the original logs it: `Connection
 /// refused`), or without one the kind's (`connection refused`).
-impl fmt::Display for ConnectError {
+impl fmt::Display for SocketError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.errno {
             Some(errno) => {
@@ -102,7 +102,13 @@ impl fmt::Display for ConnectError {
     }
 }
 
-impl std::error::Error for ConnectError {}
+impl From<io::ErrorKind> for SocketError {
+    fn from(kind: io::ErrorKind) -> SocketError {
+        SocketError::from_kind(kind)
+    }
+}
+
+impl std::error::Error for SocketError {}
 
 #[cfg(test)]
 mod tests {
@@ -111,11 +117,11 @@ mod tests {
     #[test]
     fn a_connect_error_reads_as_strerror_and_keeps_its_kind() {
         let e = io::Error::from(io::ErrorKind::ConnectionRefused);
-        assert_eq!(ConnectError::from(&e).errno, None);
-        assert_eq!(ConnectError::from(e).to_string(), "connection refused");
+        assert_eq!(SocketError::from(&e).errno, None);
+        assert_eq!(SocketError::from(e).to_string(), "connection refused");
         let refused = io::Error::from_raw_os_error(111);
-        let c = ConnectError::from(&refused);
-        assert_eq!(c, ConnectError::from_errno(111));
+        let c = SocketError::from(&refused);
+        assert_eq!(c, SocketError::from_errno(111));
         assert_eq!(c.errno, Some(111));
         assert_eq!(c.kind, refused.kind());
         let text = refused.to_string();
@@ -124,8 +130,8 @@ mod tests {
         #[cfg(target_os = "linux")]
         assert_eq!(c.to_string(), "Connection refused");
         assert_eq!(
-            ConnectError::from_kind(io::ErrorKind::TimedOut),
-            ConnectError {
+            SocketError::from_kind(io::ErrorKind::TimedOut),
+            SocketError {
                 kind: io::ErrorKind::TimedOut,
                 errno: None
             }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::error::{ConnectError, FilterError};
+use crate::error::{FilterError, SocketError};
 use crate::rules::{Anchor, Mode, PortRange, Rule};
 
 /// A session's id: starts at 1 and counts up; after `u32::MAX` accepts it wraps to
@@ -20,7 +20,8 @@ use crate::rules::{Anchor, Mode, PortRange, Rule};
 ///
 /// `Display` writes `#` and the number (`#12`), the prefix of every log line the
 /// core writes for the session (`#12 client close`); the relay's and the
-/// runtime's lines use the same prefix, so one grep follows a session.
+/// runtime's lines use the same prefix, so one grep follows a session. `Debug`
+/// writes `SessionId(12)`; use `.0` for the bare number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SessionId(pub u32);
 
@@ -141,7 +142,7 @@ pub enum Input {
     /// opened is logged as the original does (`server refused connection`).
     ServerConnectFailed {
         /// The OS error (kind and errno), for the log.
-        error: ConnectError,
+        error: SocketError,
     },
     /// Bytes read from that side.
     Data(Side, Bytes),
@@ -369,7 +370,7 @@ pub enum CloseReason {
         /// as the original does).
         server: SocketAddr,
         /// What the OS said.
-        error: ConnectError,
+        error: SocketError,
     },
     /// Committing the data-connection rules failed.
     Filter(FilterError),
@@ -380,8 +381,13 @@ pub enum CloseReason {
         /// The configured proxy-port range.
         range: PortRange,
     },
-    /// The client pipelined more commands than the proxy tracks without reading
-    /// replies: more than [`MAX_PIPELINED`] (4096) would await their replies.
+    /// The client pipelined more commands than the proxy tracks without reading replies.
+    ///
+    /// The limit is [`MAX_PIPELINED`] (4,096) outstanding: every command forwarded waits until its final
+    /// reply has been relayed, and every answer the proxy gives itself waits until
+    /// the replies before it have gone; the command that would be the 4,097th ends
+    /// the session (a line with no command word, which no server answers, does not
+    /// count). No client that reads its replies comes near it.
     TooManyPipelined,
     /// A server reply line arrived that answers no command: the server sent it
     /// before it could have seen the command it would answer, or when nothing was

@@ -1,54 +1,8 @@
-//! The userspace data path: what a session's rules mean as sockets.
-//!
-//! A packet filter carries a data connection in the kernel: the `rdr-to` rule steers
-//! its first SYN to the real endpoint and the paired `nat-to` rule rewrites its
-//! source. A driver without such a filter (the mio runtime's relay, a threaded or
-//! async proxy) carries the connection itself. [`forwards`] turns the rule set of one
-//! [`Action::CommitRules`](crate::Action::CommitRules) into the [`Forward`]s that do
-//! the same, so that every such driver reads the rules one way.
-//!
-//! # Semantics every driver keeps
-//!
-//! * **Listen** on [`Forward::listen`], the rdr-to rule's destination: the address
-//!   and proxy port the core advertised in its rewritten 227/229/PORT/EPRT.
-//! * **Admit only** [`Forward::from`] ([`Forward::admits`]); every other peer is
-//!   refused. Refuse with a reset (`SO_LINGER` 0) where the socket API allows it: a
-//!   clean close looks like an empty, successful transfer to whoever connected.
-//! * **One data connection** per forward, ever (the rules' `keep state (max 1)`, read
-//!   as "one negotiation lets exactly one connection through"): every later
-//!   connection is refused, while the first is in progress and after it has ended. A
-//!   client that wants a second transfer negotiates again (`PASV`, `EPSV`, `PORT`,
-//!   `EPRT`), as clients do. Under pf the original is looser: `max` limits
-//!   *concurrent* states (pf.conf(5)), so once the first state has gone a new SYN
-//!   matches the rule again for as long as the rules stand. A port that keeps
-//!   admitting connections that long gives a late or forged connection from the
-//!   admitted address a window no transfer needs (docs/behavior.md). A connection a
-//!   driver refuses for its own caps does not count: the negotiation's one
-//!   connection is the first it carries.
-//! * **Connect** to [`Forward::target`], the rdr-to translation, from
-//!   [`Forward::source`], the paired nat-to address. [`Source::bind_addr`] says which
-//!   port: a single-port range (port 20 with `-r` and PORT) is bound exactly, a range
-//!   means any port the kernel picks.
-//! * **Copy** the bytes both ways unchanged, passing each side's end of file on as a
-//!   half-close once everything before it is written; an error or reset on one side
-//!   resets the other, so neither mistakes an abort for a complete transfer.
-//! * **Replacing the rules** (the next commit for the same anchor) closes the
-//!   listeners of forwards that are gone but lets data connections in progress run
-//!   to their end, as pf keeps a state after its rule is removed. A forward whose
-//!   `listen` address is in both the old and the new set keeps its listening socket
-//!   (binding it again would fail) and takes the new forward's other fields.
-//! * **Joins** ([`Forward::join`], the rules of [`Mode::Joined`](crate::Mode::Joined)):
-//!   two forwards name each other's `listen` address as their `target`. Admit one
-//!   connection on each (from its own `from`), hold the first until the second
-//!   arrives, then copy between them as above; nothing is connected. A held
-//!   connection whose partner never comes is reset when the driver's idle limit for
-//!   data connections runs out, or when the rules are replaced.
-//! * **Binding fails** with `EADDRINUSE`: answer the commit with
-//!   [`FilterError::AddrInUse`] (the core then picks another proxy port) and leave the
-//!   old set in force: a commit is all or nothing.
-//!
-//! How long a data connection may stay idle, and how many a session may have, is the
-//! driver's policy; docs/embedding.md gives the mio runtime's.
+//! The userspace data path's reading of a rule set: [`forwards`] turns the rules of
+//! one [`Action::CommitRules`](crate::Action::CommitRules) into [`Forward`]s, so that
+//! every driver without a packet filter reads the rules one way. What a driver does
+//! with them is the policy of [`Relay`](crate::Relay), whose documentation states
+//! the semantics.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -78,8 +32,9 @@ impl Source {
     }
 }
 
-/// One data connection the rules allow, as a driver carries it (see the module docs
-/// for the semantics).
+/// One data connection the rules allow: one negotiation, as a driver without a
+/// packet filter carries it. [`Relay`](crate::Relay) takes the rules and applies
+/// these (listen, admit, connect, join); its documentation states the semantics.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Forward {
     /// Where the originator connects: the rdr-to rule's destination and port.
@@ -95,7 +50,7 @@ pub struct Forward {
     /// A leg of a [`Mode::Joined`](crate::Mode::Joined) pair (a `join-with` rule):
     /// `target` is not connected to but is the `listen` address of the other leg,
     /// and the connection accepted here is joined with the one accepted there, in
-    /// whichever order they arrive. See the module docs.
+    /// whichever order they arrive ([`Relay`](crate::Relay), "Joins").
     pub join: bool,
 }
 

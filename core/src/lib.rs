@@ -10,7 +10,10 @@
 //! deterministic simulation.
 //!
 //! Start at [`Proxy`]: its documentation states the driving contract. The packet
-//! filter a driver commits rules to implements [`Filter`].
+//! filter a driver commits rules to implements [`Filter`]. A driver without a packet
+//! filter carries the data connections itself: [`Relay`] is their policy (who is
+//! admitted, what is connected and paired, when a connection is over), and its
+//! documentation states the semantics.
 
 #![forbid(unsafe_code)]
 
@@ -23,6 +26,7 @@ mod ftp;
 mod line;
 mod proxy;
 mod rand;
+mod relay;
 mod rules;
 mod session;
 
@@ -33,7 +37,7 @@ pub use config::{
     Config, ConfigError, COMMIT_RETRY_DELAY, CONNECT_TIMEOUT, DEFAULT_LOGIN_TIMEOUT_SECS,
     DEFAULT_PROXY_PORTS, MAX_SESSIONS_LIMIT, MAX_TIMEOUT_SECS, PF_NAME_SIZE,
 };
-pub use error::{ConnectError, FilterError};
+pub use error::{FilterError, SocketError};
 pub use event::{
     Accept, Action, CloseReason, DataCounts, Input, Refused, SessionId, Side, Summary,
     INBOX_HIGH_WATER, MAX_PIPELINED, OUTPUT_HIGH_WATER, OUTPUT_LOW_WATER,
@@ -42,6 +46,10 @@ pub use filter::Filter;
 pub use forward::{forwards, Forward, ForwardError, Source};
 pub use proxy::Proxy;
 pub use rand::{Pcg32, RandomSource};
+pub use relay::{
+    Admission, ConnectError, Decision, Flow, IdleCause, IoOp, Leg, ListenerId, Origin, PairEnd,
+    PairId, PairState, PreparedCommit, Refusal, Relay, RelayLimits, Security, RELAY_SWEEP_EVERY,
+};
 pub use rules::{
     data_rules, Anchor, Direction, Family, Mode, PortRange, Rule, RuleLog, RuleOptions,
     SessionAddrs, Translate, Verdict, MIN_DATA_PORT, NAT_PORTS, RFC_ACTIVE_SOURCE_PORT,

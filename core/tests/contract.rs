@@ -6,8 +6,8 @@ mod support;
 use std::time::Duration;
 
 use ftp_proxy_core::{
-    Accept, Action, CloseReason, Config, ConnectError, DataCounts, FilterError, Input, PortRange,
-    Proxy, Side, OUTPUT_HIGH_WATER, OUTPUT_LOW_WATER,
+    Accept, Action, CloseReason, Config, DataCounts, FilterError, Input, PortRange, Proxy, Side,
+    SocketError, OUTPUT_HIGH_WATER, OUTPUT_LOW_WATER,
 };
 use support::*;
 
@@ -254,7 +254,7 @@ fn a_connect_failure_reads_by_when_it_happened() {
         .unwrap();
     // ECONNREFUSED, as the OS reports it.
     let econnrefused = if cfg!(target_os = "linux") { 111 } else { 61 };
-    let error = ConnectError::from(std::io::Error::from_raw_os_error(econnrefused));
+    let error = SocketError::from(std::io::Error::from_raw_os_error(econnrefused));
     p.handle(now, at_once, Input::ServerConnectFailed { error });
     p.handle(now, later, Input::ServerSocketOpened { proxy: addr(PROXY) });
     p.handle(now, later, Input::ServerConnectFailed { error });
@@ -284,7 +284,7 @@ fn a_connect_failure_reads_by_when_it_happened() {
     );
     let unnumbered = CloseReason::ConnectFailed {
         server: addr(SERVER),
-        error: ConnectError::from_kind(std::io::ErrorKind::TimedOut),
+        error: SocketError::from_kind(std::io::ErrorKind::TimedOut),
     };
     assert_eq!(
         unnumbered.to_string(),
@@ -325,7 +325,7 @@ fn close_reason_kinds_are_distinct() {
         CloseReason::NotClean(Side::Server),
         CloseReason::ConnectFailed {
             server: addr(SERVER),
-            error: ConnectError::from_kind(std::io::ErrorKind::ConnectionRefused),
+            error: SocketError::from_kind(std::io::ErrorKind::ConnectionRefused),
         },
         CloseReason::Filter(FilterError::Busy),
         CloseReason::NoProxyPort {

@@ -51,19 +51,13 @@
 //!
 //! # The userspace relay ([`DataPath::Relay`])
 //!
-//! The relay executes the core's rules instead of a packet filter: for each
-//! `rdr-to` rule (`from A to B port P rdr-to C port Q`) it listens on `B:P`, accepts
-//! connections from `A` only, connects to `C:Q` from the paired `nat-to` address and
-//! copies both ways, passing half-closes on. Differences from the kernel path, all
-//! deliberate:
+//! The relay carries the data connections itself instead of a packet filter. Its
+//! policy (listeners per negotiation, who is admitted, one connection per
+//! negotiation, the caps, joins, idle limits, finished transfers, resets at exit,
+//! and the log lines that explain a `425` or `426`) is
+//! [`ftp_proxy_core::Relay`]'s, documented once there; this crate executes its
+//! decisions with mio sockets. What only the sockets add:
 //!
-//! * `keep state (max 1)`: one negotiation carries exactly one data connection. A
-//!   later one (while the first is in progress or after it has ended) is accepted
-//!   and reset at once (pf would drop its SYN). Other sources are reset the same way.
-//! * Source ports: a `nat-to` range lets the kernel pick an ephemeral port (pf picks
-//!   from 50001-65535). A single port (20, with `-r`) is bound; without the privilege
-//!   to bind it the relay logs a warning once and uses an ephemeral port. A `nat-to`
-//!   address that is not local (transparent setups) falls back to the kernel's choice.
 //! * The relay listens on the rule's destination `B`, so `B` must be an address of
 //!   this host: true in reverse mode (`-R`, where `B` is the address the client
 //!   connected to) and for active mode (`B` is the proxy's own address). A diverted
@@ -73,26 +67,14 @@
 //!   fails the commit (`EADDRINUSE`, reported as `AddrInUse`, on which the core picks
 //!   another proxy port, up to 8 times). The proxy's own outgoing
 //!   sockets carry `SO_REUSEADDR` and never block a relay listener this way.
-//! * A failed connect to the real endpoint resets the accepted connection.
-//! * Bind failures are commit failures: `EADDRINUSE` is [`FilterError::AddrInUse`](ftp_proxy_core::FilterError)
-//!   (the core moves to another port), anything else `Other` with the errno; the session
-//!   then ends with `pf operation failed: ...`.
-//! * At most `max_sessions` (`-m`) data connections are relayed at once; one more is
-//!   accepted and reset. Pairs outlive their sessions, so without this bound a client
-//!   could pile up stalled transfers beyond the session limit and exhaust the
-//!   descriptors [`nofile_needed`] budgets (one pair per session).
-//! * Per session, [`RelayLimits`] apply, and pairs that outlive a session count
-//!   against the later sessions of its client address (the loop tells the relay
-//!   each session's client when it accepts it), so a client that ends its sessions
-//!   and keeps their transfers holds no more than one live session could.
-//! * `Action::TransferDone` (a transfer's final reply relayed) closes the session's
-//!   pairs on which one side has finished, without waiting for the other side's end
-//!   of file (rclone never sends it after an upload).
-//! * Data connections in progress survive the replacement or removal of their rules
-//!   (as pf states do), but not the end of the process: at exit each is reset on both
-//!   sides, so that no receiver takes a cut-short stream-mode transfer for a whole one.
-//! * Tags, queues, logging and routing-table options of the rules have no meaning in
-//!   userspace and are ignored.
+//!   Any other bind failure is `Other` with the errno; the session then ends with
+//!   `pf operation failed: ...`.
+//! * Refusals and resets are `SO_LINGER` 0 closes (pf would drop the SYN).
+//! * The `-m` cap is the policy's global cap: pairs outlive their sessions, and the
+//!   descriptor budget [`nofile_needed`] counts one pair per session.
+//! * [`RelayLimits`] (the core's) come from `--relay-per-session`,
+//!   `--relay-idle-timeout` and `--relay-linger`; the loop names each session's
+//!   client address to the relay when it accepts it.
 //!
 //! Each direction of a data connection has a bounded buffer; a full one stops reading
 //! its source. On Linux the bytes move with `splice(2)` through a 1 MiB kernel pipe
@@ -126,7 +108,8 @@ mod signal;
 mod sys;
 mod token;
 
-pub use relay::RelayLimits;
+/// The relay's per-session cap and idle limits: the core's ([`ftp_proxy_core::Relay`]).
+pub use ftp_proxy_core::RelayLimits;
 pub use runtime::{Runtime, ShutdownHandle, SHUTDOWN_GRACE};
 
 /// How the proxy learns where a diverted client originally wanted to go.

@@ -968,7 +968,7 @@ impl<B: Filter> Runtime<B> {
         let started = sys::start_connect(to, bind.map(|ip| SocketAddr::new(ip, 0)));
         let input = match started {
             Err(e) => Input::ServerConnectFailed {
-                error: ftp_proxy_core::ConnectError::from_errno(e.errno() as i32),
+                error: ftp_proxy_core::SocketError::from_errno(e.errno() as i32),
             },
             Ok(std) => {
                 let mut sock = TcpStream::from_std(std);

@@ -11,6 +11,11 @@
 //! The scenarios must run as root (CI does): pure-ftpd runs in a private mount
 //! namespace and the proxy chroots and drops privileges. As root, missing programs
 //! fail the test; as another user, the test prints why it did not run and passes.
+//!
+//! FTPS: a per-test CA and certificates ([`Pki`]), vsftpd and pure-ftpd with TLS
+//! ([`VsftpdTls`], [`FtpServer::start_tls`]) and the clients' TLS options
+//! ([`ClientTls`]); what the real parts do with TLS is in the `tls` module's
+//! documentation (tests/src/e2e/tls.rs).
 
 mod clients;
 mod control;
@@ -21,11 +26,13 @@ mod proc;
 mod proxy;
 mod rclone;
 mod server;
+mod tls;
 mod vsftpd;
 
 pub use clients::{
-    curl, curl_list, curl_retr, curl_stor, ftp_url, ftplib, ftplib_script, lftp, prove_mode,
-    DataMode, HeldClient, Login, CLIENT_TIMEOUT,
+    curl, curl_ftps, curl_ftps_retr, curl_ftps_stor, curl_list, curl_retr, curl_stor, curl_version,
+    ftp_url, ftplib, ftplib_ftps, ftplib_script, ftps_url, lftp, lftp_ftps, prove_mode, Attempt,
+    ClientTls, DataMode, FtpsMode, HeldClient, Login, SessionReuse, CLIENT_TIMEOUT,
 };
 pub use control::{connect_from, Control, Reply};
 pub use error::{tail, E2eError, Result};
@@ -35,7 +42,10 @@ pub use proc::{group_members, run, run_ok, wait_for, ChildGuard};
 pub use proxy::{build_in_test_profile, proxy_binary, wait_listening, ProxyProcess, LISTENING};
 pub use rclone::{RcloneServer, RCLONE_PASSIVE_RANGE};
 pub use server::{
-    assert_same_file, free_port, FtpServer, Workdir, BIG, BIG_LEN, PASSIVE_RANGE, PASSWORD, SMALL,
-    SMALL_LEN, USER,
+    assert_same_file, free_port, pure_ftpd_tls_args, FtpServer, PureFtpdTls, Workdir, BIG, BIG_LEN,
+    PASSIVE_RANGE, PASSWORD, SMALL, SMALL_LEN, USER,
 };
-pub use vsftpd::{Vsftpd, VSFTPD_PASSIVE_RANGE};
+pub use tls::{CertPair, Pki, TlsVersion, SERVER_NAME, WRONG_NAME};
+pub use vsftpd::{
+    Vsftpd, VsftpdConfig, VsftpdHandshake, VsftpdTls, VSFTPD_PASSIVE_RANGE, VSFTPD_UPLOAD_DIR,
+};

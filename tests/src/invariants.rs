@@ -45,7 +45,7 @@
 //! * once a multi-line reply after the greeting is known to answer a command whose
 //!   reply can carry client-chosen lines ([`ftp::may_carry_client_lines`]), no
 //!   passive rule set takes its port from a server reply, unless `--server-data-ports`
-//!   bounds it and no relay serves the transfer joined (see [`Steerable`] for when
+//!   bounds it and no relay serves the transfer joined (see `Steerable` for when
 //!   the watch knows);
 //! * every PORT/EPRT the proxy sends the server names the proxy's own address and a
 //!   proxy port whose `in` rule from the server the filter holds (the last commit

@@ -2,48 +2,18 @@
 //! carry a TLS control channel. It answers AUTH/PBSZ/PROT itself with 534 and drops
 //! AUTH from FEAT, so clients fall back to plain text (curl --ssl, lftp) or fail at
 //! once with a clear message (curl --ssl-reqd), never on a broken session. The
-//! server is a pure-ftpd with TLS enabled (`-Y 1`, self-signed certificate).
+//! server is a pure-ftpd with TLS enabled (`-Y 1`, a certificate from the
+//! test's CA).
 
-use std::fs;
 use std::time::{Duration, Instant};
 
 use ftp_proxy_tests::e2e::*;
 
-/// pure-ftpd with TLS allowed (`-Y 1`) and a fresh self-signed certificate.
+/// pure-ftpd with TLS allowed (`-Y 1`) and a certificate from a fresh test CA.
 fn tls_fixture(tag: &str) -> Result<Option<Fixture>> {
     Fixture::start_with(tag, false, &[], |work| {
-        let dir = work.root();
-        let key = dir.join("key.pem");
-        let cert = dir.join("cert.pem");
-        run_ok(
-            "openssl",
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=localhost",
-                "-keyout",
-                &key.display().to_string(),
-                "-out",
-                &cert.display().to_string(),
-            ],
-            60,
-        )?;
-        let both = dir.join("pure-ftpd.pem");
-        let mut pem = fs::read(&key).map_err(E2eError::io("read key"))?;
-        pem.extend(fs::read(&cert).map_err(E2eError::io("read cert"))?);
-        fs::write(&both, pem).map_err(E2eError::io("write pure-ftpd.pem"))?;
-        Ok(vec![
-            "-Y".into(),
-            "1".into(),
-            "-2".into(),
-            both.display().to_string(),
-        ])
+        let pki = Pki::create(&work.root().join("pki"))?;
+        Ok(pure_ftpd_tls_args(PureFtpdTls::Allowed, &pki.server()))
     })
 }
 

@@ -6,12 +6,18 @@
 //! client's verbose transcript is normalised to `> CMD` / `< REPLY` lines and
 //! [`prove_mode`] requires the mode's command, its success reply, and the absence of
 //! the fallback command.
+//!
+//! FTPS: [`ClientTls`] says how a client secures the session (explicit `AUTH TLS` or
+//! implicit, the CA it verifies the server against, a pinned [`TlsVersion`]), and
+//! [`curl_ftps_retr`], [`curl_ftps_stor`], [`lftp_ftps`] and [`ftplib_ftps`] run
+//! each client with it. They return an [`Attempt`], since a refused session is an
+//! outcome the FTPS scenarios assert on.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{ChildStdin, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -19,6 +25,7 @@ use std::time::Duration;
 use super::error::{tail, E2eError, Result};
 use super::proc::{command_error, run, wait_for, ChildGuard};
 use super::server::{PASSWORD, USER};
+use super::tls::TlsVersion;
 
 /// Every client run is bounded by this (seconds); a 10 MiB transfer takes well under 5.
 pub const CLIENT_TIMEOUT: u64 = 90;
@@ -95,6 +102,16 @@ impl DataMode {
             DataMode::Epsv => "epsv",
             DataMode::Port => "port",
             DataMode::Eprt => "eprt",
+        }
+    }
+
+    /// lftp settings selecting this mode. lftp has no switch between PORT and EPRT:
+    /// with passive mode off it sends PORT on IPv4 and EPRT on IPv6.
+    pub fn lftp_settings(self) -> &'static [&'static str] {
+        match self {
+            DataMode::Pasv => &["set ftp:passive-mode on", "set ftp:prefer-epsv no"],
+            DataMode::Epsv => &["set ftp:passive-mode on", "set ftp:prefer-epsv yes"],
+            DataMode::Port | DataMode::Eprt => &["set ftp:passive-mode off"],
         }
     }
 
@@ -220,6 +237,15 @@ fn parse_ext_port(text: &str) -> Option<u16> {
 
 /// `ftp://[user:pass@]host:port/path`.
 pub fn ftp_url(target: SocketAddr, login: Login, path: &str) -> String {
+    url("ftp", target, login, path)
+}
+
+/// The URL for `tls`: `ftps://` (curl's and lftp's implicit FTPS) or `ftp://`.
+pub fn ftps_url(target: SocketAddr, login: Login, path: &str, tls: &ClientTls) -> String {
+    url(tls.scheme(), target, login, path)
+}
+
+fn url(scheme: &str, target: SocketAddr, login: Login, path: &str) -> String {
     let auth = match login {
         Login::Anonymous => String::new(),
         Login::User => format!("{USER}:{PASSWORD}@"),
@@ -229,10 +255,239 @@ pub fn ftp_url(target: SocketAddr, login: Login, path: &str) -> String {
         SocketAddr::V6(a) => format!("[{}]", a.ip()),
     };
     format!(
-        "ftp://{auth}{host}:{}/{}",
+        "{scheme}://{auth}{host}:{}/{}",
         target.port(),
         path.trim_start_matches('/')
     )
+}
+
+/// Explicit or implicit FTPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FtpsMode {
+    /// `AUTH TLS` on the plain-text connection, after the banner.
+    Explicit,
+    /// TLS from the first byte (`ftps://`, the port-990 convention).
+    Implicit,
+}
+
+/// How an FTPS client secures its session. Every client verifies the server's
+/// certificate against `ca` and the name or address it dialled, and protects its
+/// data connections (PBSZ 0, PROT P).
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// Explicit or implicit.
+    pub mode: FtpsMode,
+    /// The CA the server's certificate must chain to.
+    pub ca: PathBuf,
+    /// The only TLS version allowed, or `None` for whatever both sides prefer.
+    pub version: Option<TlsVersion>,
+}
+
+impl ClientTls {
+    /// Explicit FTPS verified against `ca`.
+    pub fn explicit(ca: &Path) -> ClientTls {
+        ClientTls {
+            mode: FtpsMode::Explicit,
+            ca: ca.to_path_buf(),
+            version: None,
+        }
+    }
+
+    /// Implicit FTPS verified against `ca`.
+    pub fn implicit(ca: &Path) -> ClientTls {
+        ClientTls {
+            mode: FtpsMode::Implicit,
+            ..ClientTls::explicit(ca)
+        }
+    }
+
+    /// The same, pinned to `version`.
+    pub fn pinned(mut self, version: TlsVersion) -> ClientTls {
+        self.version = Some(version);
+        self
+    }
+
+    fn scheme(&self) -> &'static str {
+        match self.mode {
+            FtpsMode::Explicit => "ftp",
+            FtpsMode::Implicit => "ftps",
+        }
+    }
+
+    /// curl's options (the URL scheme says implicit).
+    fn curl_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if self.mode == FtpsMode::Explicit {
+            args.push("--ssl-reqd".to_string());
+        }
+        args.extend(["--cacert".to_string(), self.ca.display().to_string()]);
+        if let Some(v) = self.version {
+            args.extend(v.curl_args().iter().map(|a| a.to_string()));
+        }
+        args
+    }
+
+    /// lftp's settings: TLS on, required, also for anonymous logins (lftp sends no
+    /// AUTH for them otherwise) and for data; the certificate and its name checked.
+    fn lftp_settings(&self) -> Vec<String> {
+        let mut set = vec![
+            "set ftp:ssl-allow yes".to_string(),
+            "set ftp:ssl-force true".into(),
+            "set ftp:ssl-protect-data true".into(),
+            "set ftp:ssl-protect-list true".into(),
+            "set ftp:ssl-allow-anonymous true".into(),
+            "set ssl:verify-certificate yes".into(),
+            "set ssl:check-hostname yes".into(),
+            format!("set ssl:ca-file {}", self.ca.display()),
+        ];
+        if let Some(v) = self.version {
+            set.push(format!("set ssl:priority {}", v.gnutls_priority()));
+        }
+        set
+    }
+
+    /// ftp_client.py's options.
+    fn ftplib_options(&self, reuse: SessionReuse) -> Vec<String> {
+        let mut opts = vec![
+            match self.mode {
+                FtpsMode::Explicit => "--tls=explicit".to_string(),
+                FtpsMode::Implicit => "--tls=implicit".to_string(),
+            },
+            format!("--ca={}", self.ca.display()),
+            match reuse {
+                SessionReuse::Resume => "--reuse=yes".to_string(),
+                SessionReuse::Fresh => "--reuse=no".to_string(),
+            },
+        ];
+        if let Some(v) = self.version {
+            opts.push(format!("--tls-version={}", v.script_name()));
+        }
+        opts
+    }
+}
+
+/// Whether ftp_client.py's data connections resume the control connection's TLS
+/// session, which vsftpd's `require_ssl_reuse` insists on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionReuse {
+    /// `wrap_socket(..., session=control.session)`, as curl and lftp do.
+    Resume,
+    /// A new session per data connection, as Python's stock `FTP_TLS` does.
+    Fresh,
+}
+
+/// One client run that may fail: how it ended and everything it printed.
+pub struct Attempt {
+    program: &'static str,
+    args: Vec<String>,
+    out: Output,
+    text: String,
+}
+
+impl Attempt {
+    fn new(program: &'static str, args: Vec<String>, out: Output, text: String) -> Attempt {
+        Attempt {
+            program,
+            args,
+            out,
+            text,
+        }
+    }
+
+    /// Whether it exited 0.
+    pub fn succeeded(&self) -> bool {
+        self.out.status.success()
+    }
+
+    /// How it ended.
+    pub fn status(&self) -> ExitStatus {
+        self.out.status
+    }
+
+    /// Its transcript: for lftp normalised like [`lftp`]'s, for curl its verbose
+    /// log, for ftp_client.py its output and then its error output.
+    pub fn output(&self) -> &str {
+        &self.text
+    }
+
+    /// The transcript if it succeeded, else an error with the command and its output.
+    pub fn ok(self) -> Result<String> {
+        if self.succeeded() {
+            Ok(self.text)
+        } else {
+            Err(command_error(self.program, &self.args, &self.out))
+        }
+    }
+}
+
+/// The version of the curl in `PATH`, e.g. `(7, 88, 1)`.
+pub fn curl_version() -> Result<(u32, u32, u32)> {
+    let out = run("curl", &["--version"], 10)?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let parsed = text.split_whitespace().nth(1).map(|v| {
+        v.split('.')
+            .map(|n| n.parse::<u32>().ok())
+            .collect::<Vec<_>>()
+    });
+    match parsed.as_deref() {
+        Some([Some(a), Some(b), Some(c)]) => Ok((*a, *b, *c)),
+        _ => Err(E2eError::check("curl --version names a version", text)),
+    }
+}
+
+/// Runs curl like [`curl`] with `tls`'s options before `args`, whatever the outcome.
+pub fn curl_ftps(tls: &ClientTls, args: &[String]) -> Result<Attempt> {
+    let mut all = vec![
+        "-sS".to_string(),
+        "-v".into(),
+        "--max-time".into(),
+        "60".into(),
+    ];
+    all.extend(tls.curl_args());
+    all.extend_from_slice(args);
+    let out = run("curl", &all, CLIENT_TIMEOUT)?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(Attempt::new("curl", all, out, text))
+}
+
+/// curl downloads `remote` to `local` over FTPS using `mode`.
+pub fn curl_ftps_retr(
+    target: SocketAddr,
+    login: Login,
+    mode: DataMode,
+    tls: &ClientTls,
+    remote: &str,
+    local: &Path,
+) -> Result<Attempt> {
+    let mut args: Vec<String> = mode.curl_args().iter().map(|s| s.to_string()).collect();
+    args.extend([
+        ftps_url(target, login, remote, tls),
+        "-o".into(),
+        local.display().to_string(),
+    ]);
+    curl_ftps(tls, &args)
+}
+
+/// curl uploads `local` as `remote` over FTPS using `mode`.
+pub fn curl_ftps_stor(
+    target: SocketAddr,
+    login: Login,
+    mode: DataMode,
+    tls: &ClientTls,
+    local: &Path,
+    remote: &str,
+) -> Result<Attempt> {
+    let mut args: Vec<String> = mode.curl_args().iter().map(|s| s.to_string()).collect();
+    args.extend([
+        "-T".into(),
+        local.display().to_string(),
+        ftps_url(target, login, remote, tls),
+    ]);
+    curl_ftps(tls, &args)
 }
 
 /// Runs curl with `-sS -v` (verbose log returned) and the given arguments.
@@ -304,6 +559,31 @@ pub fn lftp(
     settings: &[&str],
     commands: &[String],
 ) -> Result<String> {
+    let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
+    lftp_run(target, login, "ftp", &settings, commands)?.ok()
+}
+
+/// Runs lftp like [`lftp`] over FTPS as `tls` says (`settings` come after its TLS
+/// settings), whatever the outcome.
+pub fn lftp_ftps(
+    target: SocketAddr,
+    login: Login,
+    tls: &ClientTls,
+    settings: &[&str],
+    commands: &[String],
+) -> Result<Attempt> {
+    let mut all = tls.lftp_settings();
+    all.extend(settings.iter().map(|s| s.to_string()));
+    lftp_run(target, login, tls.scheme(), &all, commands)
+}
+
+fn lftp_run(
+    target: SocketAddr,
+    login: Login,
+    scheme: &str,
+    settings: &[String],
+    commands: &[String],
+) -> Result<Attempt> {
     // Without these, a failure retries for minutes (test-servers.md).
     let mut script = String::from(
         "set net:max-retries 1; set net:timeout 10; set cmd:fail-exit yes; set ftp:ssl-allow no; \
@@ -318,24 +598,23 @@ pub fn lftp(
         SocketAddr::V6(a) => format!("[{}]", a.ip()),
     };
     match login {
-        Login::Anonymous => script.push_str(&format!("open ftp://{host}:{}; ", target.port())),
+        Login::Anonymous => {
+            script.push_str(&format!("open {scheme}://{host}:{}; ", target.port()));
+        }
         Login::User => script.push_str(&format!(
-            "open -u {USER},{PASSWORD} ftp://{host}:{}; ",
+            "open -u {USER},{PASSWORD} {scheme}://{host}:{}; ",
             target.port()
         )),
     }
     script.push_str(&commands.join("; "));
-    let args = ["-d".to_string(), "-c".into(), script];
+    let args = vec!["-d".to_string(), "-c".into(), script];
     let out = run("lftp", &args, CLIENT_TIMEOUT)?;
-    if !out.status.success() {
-        return Err(command_error("lftp", &args, &out));
-    }
     let raw = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stderr),
         String::from_utf8_lossy(&out.stdout)
     );
-    Ok(raw
+    let text = raw
         .lines()
         .map(
             |l| match (l.strip_prefix("---> "), l.strip_prefix("<--- ")) {
@@ -344,7 +623,8 @@ pub fn lftp(
                 _ => format!("{l}\n"),
             },
         )
-        .collect())
+        .collect();
+    Ok(Attempt::new("lftp", args, out, text))
 }
 
 /// Path of the ftplib client script.
@@ -360,6 +640,28 @@ fn ftplib_args(target: SocketAddr, ops: &[String]) -> Vec<String> {
     ];
     args.extend_from_slice(ops);
     args
+}
+
+/// Runs ftp_client.py over FTPS as `tls` says, its data connections resuming the
+/// control connection's TLS session or not, whatever the outcome. Its transcript
+/// adds `= tls control VERSION` and, per data connection,
+/// `= tls data VERSION reused=True|False` (whether the server resumed the session).
+pub fn ftplib_ftps(
+    target: SocketAddr,
+    tls: &ClientTls,
+    reuse: SessionReuse,
+    ops: &[String],
+) -> Result<Attempt> {
+    let mut args = vec![ftplib_script().to_string()];
+    args.extend(tls.ftplib_options(reuse));
+    args.extend(ftplib_args(target, ops).into_iter().skip(1));
+    let out = run("python3", &args, CLIENT_TIMEOUT)?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(Attempt::new("python3", args, out, text))
 }
 
 /// Runs ftp_client.py with `ops` to completion; returns its transcript.

@@ -6,6 +6,9 @@
 //! `ftp` user whose home is this test's directory. Named users come from a puredb
 //! file with SHA-512 crypt hashes (`openssl passwd -6`), which log in in about 1 ms;
 //! `pure-pw useradd` would hash with argon2id and cost 2.5 s per login.
+//!
+//! FTPS: [`FtpServer::start_tls`] with a [`PureFtpdTls`] level and a certificate
+//! from [`Pki`](super::Pki).
 
 use std::fs;
 use std::io::Read;
@@ -19,6 +22,7 @@ use std::time::Duration;
 use super::control::Control;
 use super::error::{tail, E2eError, Result};
 use super::proc::{run_ok, wait_for, ChildGuard};
+use super::tls::CertPair;
 
 /// The named (virtual) FTP user; its home is writable, so uploads go there.
 pub const USER: &str = "alice";
@@ -39,7 +43,7 @@ pub const BIG_LEN: usize = 10 << 20;
 /// the local data socket: Address already in use` (seen once in a fresh-root run).
 pub const PASSIVE_RANGE: (u16, u16) = (20000, 29999);
 /// uid/gid the FTP users map to (`nobody`), so uploads are not root-owned.
-const FTP_UID: u32 = 65534;
+pub(super) const FTP_UID: u32 = 65534;
 
 /// A per-test directory tree, removed when dropped:
 /// `anon/` (served to anonymous users, read-only), `user/` (the named user's home,
@@ -160,6 +164,18 @@ impl FtpServer {
         FtpServer::start_with(work, ip, &[])
     }
 
+    /// With FTPS at `level` ([`pure_ftpd_tls_args`]) and the certificate `cert`.
+    pub fn start_tls(
+        work: &Workdir,
+        ip: IpAddr,
+        level: PureFtpdTls,
+        cert: &CertPair,
+    ) -> Result<FtpServer> {
+        let args = pure_ftpd_tls_args(level, cert);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        FtpServer::start_with(work, ip, &args)
+    }
+
     /// Like [`start`](Self::start), with extra pure-ftpd options (e.g. `-Y 1` for TLS).
     pub fn start_with(work: &Workdir, ip: IpAddr, extra: &[&str]) -> Result<FtpServer> {
         let passwd = write_passwd(work)?;
@@ -237,6 +253,33 @@ impl FtpServer {
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// pure-ftpd's TLS levels (`-Y`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PureFtpdTls {
+    /// `-Y 1`: plain text and `AUTH TLS` both accepted.
+    Allowed,
+    /// `-Y 2`: sessions must start TLS before logging in.
+    ControlRequired,
+    /// `-Y 3`: TLS required on the control connection and on every data connection.
+    Required,
+}
+
+/// pure-ftpd's options for FTPS: `-Y LEVEL -2 CERT,KEY` (its `--certfile` takes the
+/// certificate and the key as two comma-separated files).
+pub fn pure_ftpd_tls_args(level: PureFtpdTls, cert: &CertPair) -> Vec<String> {
+    let level = match level {
+        PureFtpdTls::Allowed => "1",
+        PureFtpdTls::ControlRequired => "2",
+        PureFtpdTls::Required => "3",
+    };
+    vec![
+        "-Y".into(),
+        level.into(),
+        "-2".into(),
+        format!("{},{}", cert.cert.display(), cert.key.display()),
+    ]
 }
 
 /// `/etc/passwd` plus an `ftp` user whose home is the anonymous directory (vsftpd's

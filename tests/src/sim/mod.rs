@@ -34,8 +34,8 @@ use bytes::Bytes;
 use ftp_proxy_core::internals::ftp;
 use ftp_proxy_core::Filter;
 use ftp_proxy_core::{
-    Accept, Action, Anchor, Config, ConnectError, Direction, Input, Pcg32, PortRange, Proxy,
-    RandomSource, Refused, Rule, RuleLog, RuleOptions, SessionId, Side, Translate,
+    Accept, Action, Anchor, Config, Direction, Input, Pcg32, PortRange, Proxy, RandomSource,
+    Refused, Rule, RuleLog, RuleOptions, SessionId, Side, SocketError, Translate,
     DEFAULT_PROXY_PORTS,
 };
 use pfctl_backend::mock::{FaultRates, MockBackend};
@@ -570,7 +570,7 @@ impl World {
                             Ev::ToProxy(
                                 sid,
                                 Input::ServerConnectFailed {
-                                    error: ConnectError::from_errno(libc::ENETUNREACH),
+                                    error: SocketError::from_errno(libc::ENETUNREACH),
                                 },
                             ),
                         ),
@@ -580,7 +580,7 @@ impl World {
                                 Ev::ToProxy(sid, Input::ServerSocketOpened { proxy }),
                             );
                             let failed = Input::ServerConnectFailed {
-                                error: ConnectError::from_errno(libc::ECONNREFUSED),
+                                error: SocketError::from_errno(libc::ECONNREFUSED),
                             };
                             self.at(self.now + lat, Ev::ToProxy(sid, failed));
                         }
