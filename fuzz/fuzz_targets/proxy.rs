@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use ftp_proxy_core::{
-    Accept, Action, Config, SocketError, FilterError, Input, Pcg32, PortRange, Proxy, Refused, Rule, RuleLog,
-    RuleOptions, SessionId, Side, DEFAULT_PROXY_PORTS, MIN_DATA_PORT,
+    Accept, Action, Config, FilterError, Input, Pcg32, PortRange, Proxy, Refused, Rule, RuleLog,
+    RuleOptions, SessionId, Side, SocketError, DEFAULT_PROXY_PORTS, MIN_DATA_PORT,
 };
 use ftp_proxy_tests::invariants::Checker;
 use libfuzzer_sys::fuzz_target;

@@ -941,4 +941,108 @@ mod tests {
         }
         assert!(w.action(&other).unwrap_err().contains("CommitRules for"));
     }
+
+    /// The real core in the dialogue that makes the watch sure (USER, a `230-`
+    /// welcome, then PASV), through the [`Checker`]: the two agree in each of the
+    /// three ways the core may answer, and the watch has said `Yes`.
+    #[test]
+    fn the_core_and_the_checker_agree_after_a_welcome() {
+        use ftp_proxy_core::{Input, Pcg32};
+        use std::time::Instant;
+
+        let ranges = Some(PortRange {
+            low: 5000,
+            high: 7000,
+        });
+        for (relay, server_data_ports) in [(false, None), (true, None), (false, ranges)] {
+            let cfg = Config {
+                relay,
+                server_data_ports,
+                ..Config::default()
+            };
+            let mut proxy = Proxy::new(cfg.clone(), Box::new(Pcg32::new(7))).unwrap();
+            let mut checker = Checker::new(&cfg);
+            let now = Instant::now();
+            let conn = Accept::new(CLIENT.parse().unwrap(), DST.parse().unwrap());
+            let result = proxy.accept(now, conn);
+            checker.accepted(&conn, 0, &result).unwrap();
+            let id = result.unwrap();
+            let proxy_addr = SocketAddr::new(PROXY.parse().unwrap(), 50000);
+            checker.proxy_opened(id, proxy_addr.ip());
+            let mut sent = Vec::new();
+            let mut feed = |proxy: &mut Proxy, input: Option<Input>| {
+                if let Some(input) = input {
+                    proxy.handle(now, id, input);
+                }
+                while let Some((sid, action)) = proxy.poll_action() {
+                    checker.action(sid, &action).unwrap();
+                    if let Action::CommitRules { txn, rules, .. } = &action {
+                        checker.acked(sid, rules);
+                        let ok = Input::RulesCommitted {
+                            txn: *txn,
+                            result: Ok(()),
+                        };
+                        proxy.handle(now, sid, ok);
+                    }
+                    sent.push(action);
+                }
+            };
+            let data =
+                |side: Side, s: &str| Some(Input::Data(side, Bytes::copy_from_slice(s.as_bytes())));
+            feed(&mut proxy, None);
+            feed(
+                &mut proxy,
+                Some(Input::ServerSocketOpened { proxy: proxy_addr }),
+            );
+            feed(&mut proxy, data(Side::Server, "220 ready\r\n"));
+            feed(&mut proxy, data(Side::Client, "USER bob\r\n"));
+            feed(
+                &mut proxy,
+                data(Side::Server, "230-Welcome\r\n230 Logged in\r\n"),
+            );
+            feed(&mut proxy, data(Side::Client, "PASV\r\n"));
+            if server_data_ports.is_some() {
+                feed(
+                    &mut proxy,
+                    data(
+                        Side::Server,
+                        "227 Entering Passive Mode (198,51,100,10,23,112)\r\n",
+                    ),
+                );
+            }
+            assert_eq!(checker.session(id).unwrap().steerable, Steerable::Yes);
+            let commits: Vec<&Vec<Rule>> = sent
+                .iter()
+                .filter_map(|a| match a {
+                    Action::CommitRules { rules, .. } if !rules.is_empty() => Some(rules),
+                    _ => None,
+                })
+                .collect();
+            match (relay, server_data_ports) {
+                (false, None) => {
+                    let refused = Action::Send(
+                        Side::Client,
+                        Bytes::from_static(REPLY_PASSIVE_UNSAFE.as_bytes()),
+                    );
+                    assert!(sent.contains(&refused), "{sent:?}");
+                    assert!(commits.is_empty(), "{commits:?}");
+                }
+                (true, _) => {
+                    assert_eq!(commits.len(), 1, "{sent:?}");
+                    assert!(joined(commits[0]).is_some(), "{commits:?}");
+                }
+                (false, Some(_)) => {
+                    assert_eq!(commits.len(), 1, "{sent:?}");
+                    assert!(
+                        commits[0].iter().any(|r| r.translate
+                            == Translate::RdrTo {
+                                addr: DST.parse::<SocketAddr>().unwrap().ip(),
+                                port: 6000
+                            }),
+                        "{commits:?}"
+                    );
+                }
+            }
+        }
+    }
 }
