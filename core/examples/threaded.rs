@@ -5,18 +5,23 @@
 //! cargo run -p ftp-proxy-core --example threaded -- 127.0.0.1:2121 127.0.0.1:21
 //! ```
 //!
-//! One thread owns the [`Proxy`] and is the only one to touch it: every other thread
-//! (the client acceptor, a reader and a writer per control socket, the server
-//! connects, the data path) sends it an [`Event`] over one channel. The core thread
-//! feeds each event to the proxy and executes the actions, opening or closing a
-//! reader's [`Gate`] on [`Action::ReadInterest`]; each writer reports what it wrote
-//! ([`Input::Written`]), from which the core decides that read interest. The packet filter is the
-//! userspace data path: each commit becomes [`Forward`]s, run by [`DataPath`].
+//! One thread owns the [`Proxy`] and the data path's [`Relay`] and is the only one
+//! to touch them: every other thread (the client acceptor, a reader and a writer per
+//! control socket, the server connects, an acceptor per data listener, the data
+//! connects, two copy threads per data connection) sends it an [`Event`] over one
+//! channel. The core thread feeds each event to the proxy or the relay and executes
+//! what they say, opening or closing a reader's [`Gate`] on [`Action::ReadInterest`];
+//! each writer reports what it wrote ([`Input::Written`]), from which the core
+//! decides that read interest. Each commit's rules go to the [`Relay`], which
+//! decides every data-path question (listeners, admission, joins, caps, idle limits
+//! on this thread's clock, finished transfers, desync kills, the byte counts of the
+//! summary); [`DataPath`] only binds, accepts, connects and copies.
 //!
 //! What std cannot do, and a production driver (the mio runtime) does: bind a source
-//! address before connecting (`-a`, and the nat-to address of a [`Forward`], which on
-//! a one-host reverse proxy is the address the kernel picks anyway), refuse with a
-//! reset rather than a close, and limit data connections beyond one per negotiation.
+//! address before connecting (`-a`, and the nat-to source of a `Connect`, which on a
+//! one-host reverse proxy is the address the kernel picks anyway), reset a socket
+//! rather than close it (no `SO_LINGER`: where the relay says reset, the peer sees an
+//! end of file), and tell a kernel send queue's progress to the idle sweep.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -29,9 +34,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use ftp_proxy_core::{
-    forwards, Accept, Action, Anchor, Config, FilterError, Forward, Input, Pcg32, Proxy, Rule,
-    SessionId, Side,
+    Accept, Action, Admission, Anchor, Config, ConnectError, Decision, FilterError, Flow, Input,
+    IoOp, ListenerId, PairId, PairState, Pcg32, Proxy, Relay, Rule, SessionId, Side, SocketError,
 };
+
+/// Data connections carried at once, in all sessions (the daemon's `-m`).
+const MAX_PAIRS: usize = 100;
 
 /// What reaches the core thread.
 enum Event {
@@ -45,6 +53,12 @@ enum Event {
     ServerConnect(SessionId, io::Result<TcpStream>),
     /// Anything else that happened to a session's sockets.
     Input(SessionId, Input),
+    /// A connection arrived on a data listener, from this peer.
+    DataAccepted(ListenerId, TcpStream, SocketAddr),
+    /// The connect of a [`Decision::Connect`] to this target has finished.
+    DataConnect(PairId, SocketAddr, io::Result<TcpStream>),
+    /// A copy thread's direction (`true`: up) moved bytes or ended, perhaps failing.
+    DataCopied(PairId, bool, Flow, Option<(IoOp, SocketError)>),
 }
 
 fn main() {
@@ -62,6 +76,8 @@ fn main() {
         ipv6: server.is_ipv6(),
         fixed_server: Some(server),
         pid: std::process::id(),
+        // The relay joins two connections that both end here (`Mode::Joined`).
+        relay: true,
         ..Config::default()
     };
     let proxy = Proxy::new(cfg, Box::new(Pcg32::new(seed()))).expect("a valid config");
@@ -94,9 +110,13 @@ fn accept_clients(listener: TcpListener, events: Sender<Event>) {
 /// The core thread: one event in, every action out, until the channel closes.
 fn drive(mut proxy: Proxy, events: Receiver<Event>, tx: Sender<Event>) {
     let mut conns: HashMap<SessionId, Conn> = HashMap::new();
-    let mut data = DataPath::default();
+    let mut data = DataPath::new();
     loop {
-        let event = match proxy.poll_timeout() {
+        let deadline = match (proxy.poll_timeout(), data.relay.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let event = match deadline {
             Some(at) => match events.recv_timeout(at.saturating_duration_since(Instant::now())) {
                 Ok(ev) => Some(ev),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -109,7 +129,12 @@ fn drive(mut proxy: Proxy, events: Receiver<Event>, tx: Sender<Event>) {
         };
         let now = Instant::now();
         match event {
-            None => proxy.handle_timeout(now),
+            None => {
+                // Both take a spurious call as nothing.
+                proxy.handle_timeout(now);
+                data.relay.handle_timeout(now, |_| [None, None]);
+                data.drain(now, &tx);
+            }
             Some(Event::Client {
                 stream,
                 peer,
@@ -122,6 +147,7 @@ fn drive(mut proxy: Proxy, events: Receiver<Event>, tx: Sender<Event>) {
                 };
                 match proxy.accept(now, conn) {
                     Ok(id) => {
+                        data.relay.session_started(id, peer.ip());
                         let client = Half::spawn(id, Side::Client, stream, &tx);
                         conns.insert(
                             id,
@@ -139,6 +165,11 @@ fn drive(mut proxy: Proxy, events: Receiver<Event>, tx: Sender<Event>) {
                 server_connected(&mut proxy, &mut conns, &tx, now, id, result)
             }
             Some(Event::Input(id, input)) => proxy.handle(now, id, input),
+            Some(Event::DataAccepted(l, stream, peer)) => data.accepted(now, &tx, l, stream, peer),
+            Some(Event::DataConnect(pair, to, r)) => data.connected(now, &tx, pair, to, r),
+            Some(Event::DataCopied(pair, up, flow, failed)) => {
+                data.copied(now, &tx, pair, up, flow, failed)
+            }
         }
         while let Some((id, action)) = proxy.poll_action() {
             execute(&mut proxy, &mut conns, &mut data, &tx, now, id, action);
@@ -213,13 +244,14 @@ fn execute(
             None => {}
         },
         Action::CommitRules { txn, anchor, rules } => {
-            let result = data.commit(anchor, &rules);
+            let result = data.commit(now, tx, anchor, &rules);
             proxy.handle(now, id, Input::RulesCommitted { txn, result });
         }
         Action::Close { reason, summary } => {
             // The core has logged the reason; the driver logs what the session did.
+            let (up, down) = data.relay.session_ended(id);
             log::info!(
-                "{id} session summary: client={} server={} commands={} rules={} reason={}",
+                "{id} session summary: client={} server={} commands={} rules={} data_up={up} data_down={down} reason={}",
                 summary.client,
                 summary.server,
                 summary.commands,
@@ -230,23 +262,19 @@ fn execute(
                 conn.close();
             }
         }
-        Action::EndDataConnections { anchor } => {
-            // This example does not track the connections its threads carry, so it
-            // can only stop listening; the mio runtime resets them too.
-            log::warn!("{id} replies out of step: closing the data listeners of {anchor}");
-            let _ = data.commit(anchor, &[]);
+        Action::EndDataConnections { .. } => {
+            data.relay.kill_session(id);
+            data.drain(now, tx);
         }
         Action::RulesMayRemain { anchor, error } => {
             // Removing listeners cannot fail here; a real filter would retry.
             log::error!("{id} rules of {anchor} may remain: {error}");
-            let _ = data.commit(anchor, &[]);
+            let _ = data.commit(now, tx, anchor, &[]);
         }
-        // Ignored on purpose: each data connection here ends when both sides have
-        // closed it, with no limit on how many a session holds, so a side that never
-        // closes (rclone after STOR) costs two threads until the peer goes, not a
-        // refused transfer. The mio runtime, which caps them, closes such a finished
-        // connection (docs/embedding.md).
-        Action::TransferDone { .. } => {}
+        Action::TransferDone { anchor } => {
+            data.relay.transfer_done(SessionId(anchor.session));
+            data.drain(now, tx);
+        }
     }
 }
 
@@ -352,57 +380,209 @@ impl Gate {
     }
 }
 
-/// The packet filter of this proxy: the listeners of each session's forwards.
-#[derive(Default)]
+/// The data path: `Relay` decides everything; this holds the sockets it speaks of
+/// and the threads that move their bytes.
 struct DataPath {
-    anchors: HashMap<Anchor, Vec<Listening>>,
+    relay: Relay,
+    /// Each listener's address and its accept thread's stop flag.
+    listeners: HashMap<ListenerId, (SocketAddr, Arc<AtomicBool>)>,
+    /// A join's first leg, waiting for its partner ([`Admission::Hold`]).
+    held: HashMap<ListenerId, TcpStream>,
+    /// Accepted connections whose second leg is being connected.
+    opening: HashMap<PairId, TcpStream>,
+    /// Pairs being copied: both sockets, and what their copy threads last said.
+    pairs: HashMap<PairId, ([TcpStream; 2], PairState)>,
 }
 
 impl DataPath {
-    /// Replaces the anchor's forwards, all or nothing (the commit's contract): every
-    /// new listener is bound before an old one closes; one on the same address stays.
-    fn commit(&mut self, anchor: Anchor, rules: &[Rule]) -> Result<(), FilterError> {
-        let wanted = forwards(rules)?;
-        // Joins (two accepted connections) are the mio relay's; this example leaves
-        // `Config::relay` off, so the core never asks for one.
-        if let Some(join) = wanted.iter().find(|f| f.join) {
-            return Err(FilterError::Unsupported(format!("join {join}")));
+    fn new() -> DataPath {
+        DataPath {
+            relay: Relay::new(MAX_PAIRS),
+            listeners: HashMap::new(),
+            held: HashMap::new(),
+            opening: HashMap::new(),
+            pairs: HashMap::new(),
         }
-        let mut old = self.anchors.remove(&anchor).unwrap_or_default();
+    }
+
+    /// The commit of a rule set, all or nothing: the relay plans it, every new
+    /// listener is bound, and only then is it put in force.
+    fn commit(
+        &mut self,
+        now: Instant,
+        tx: &Sender<Event>,
+        anchor: Anchor,
+        rules: &[Rule],
+    ) -> Result<(), FilterError> {
+        let prepared = self.relay.prepare(anchor, rules)?;
         let mut bound = Vec::new();
-        for fwd in &wanted {
-            if old.iter().any(|l| l.addr == fwd.listen) {
-                continue;
-            }
-            match TcpListener::bind(fwd.listen) {
-                Ok(sock) => bound.push((sock, fwd.clone())),
-                Err(e) => {
-                    self.anchors.insert(anchor, old);
-                    return Err(bind_error(fwd.listen, &e));
-                }
-            }
+        for (id, addr) in prepared.listen() {
+            // Dropping those already bound closes them.
+            bound.push((
+                id,
+                addr,
+                TcpListener::bind(addr).map_err(|e| bind_error(addr, &e))?,
+            ));
         }
-        let mut next = Vec::new();
-        for fwd in wanted {
-            if let Some(i) = old.iter().position(|l| l.addr == fwd.listen) {
-                let kept = old.swap_remove(i);
-                *kept.fwd.lock().expect("forward lock") = fwd;
-                next.push(kept);
-            }
+        self.relay.commit(now, prepared);
+        for (id, addr, sock) in bound {
+            let stop = Arc::new(AtomicBool::new(false));
+            let (s, tx) = (stop.clone(), tx.clone());
+            thread::spawn(move || accept_data(id, &sock, &s, &tx));
+            self.listeners.insert(id, (addr, stop));
         }
-        for gone in old {
-            gone.stop();
-        }
-        next.extend(
-            bound
-                .into_iter()
-                .map(|(sock, fwd)| Listening::spawn(sock, fwd, anchor.session)),
-        );
-        if !next.is_empty() {
-            self.anchors.insert(anchor, next);
-        }
+        self.drain(now, tx);
         Ok(())
     }
+
+    /// A connection arrived on a listener: the relay says what becomes of it.
+    fn accepted(
+        &mut self,
+        now: Instant,
+        tx: &Sender<Event>,
+        id: ListenerId,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) {
+        match self.relay.accept(now, id, peer) {
+            Admission::Open { pair, .. } => {
+                self.opening.insert(pair, stream);
+            }
+            Admission::Hold { .. } => {
+                self.held.insert(id, stream);
+            }
+            Admission::Join { pair, with, .. } => match self.held.remove(&with) {
+                Some(other) => self.carry(tx, pair, stream, other),
+                None => close(&stream),
+            },
+            // Refused (the relay logged why): closed, as std allows.
+            _ => close(&stream),
+        }
+        self.drain(now, tx);
+    }
+
+    /// The connect of a [`Decision::Connect`] has finished.
+    fn connected(
+        &mut self,
+        now: Instant,
+        tx: &Sender<Event>,
+        pair: PairId,
+        to: SocketAddr,
+        result: io::Result<TcpStream>,
+    ) {
+        match result {
+            Ok(opened) => {
+                // A pair closed meanwhile has no use for it: dropping it closes it.
+                if let Some(accepted) = self.opening.remove(&pair) {
+                    self.relay.connected(now, pair);
+                    self.carry(tx, pair, accepted, opened);
+                }
+            }
+            Err(e) => {
+                let error = SocketError::from(&e);
+                self.relay
+                    .connect_failed(now, pair, ConnectError::Refused { to, error });
+            }
+        }
+        self.drain(now, tx);
+    }
+
+    /// A copy thread's news: the facts of its direction, and a failure if any.
+    fn copied(
+        &mut self,
+        now: Instant,
+        tx: &Sender<Event>,
+        pair: PairId,
+        up: bool,
+        flow: Flow,
+        failed: Option<(IoOp, SocketError)>,
+    ) {
+        let Some((_, state)) = self.pairs.get_mut(&pair) else {
+            return;
+        };
+        *if up { &mut state.up } else { &mut state.down } = flow;
+        self.relay.report(now, pair, *state);
+        if let Some((op, error)) = failed {
+            self.relay.failed(now, pair, op, error);
+        }
+        self.drain(now, tx);
+    }
+
+    /// Starts copying both ways between the pair's legs.
+    fn carry(&mut self, tx: &Sender<Event>, pair: PairId, first: TcpStream, second: TcpStream) {
+        let clones = (|| {
+            Ok::<_, io::Error>([
+                first.try_clone()?,
+                second.try_clone()?,
+                first.try_clone()?,
+                second.try_clone()?,
+            ])
+        })();
+        let Ok([a, b, c, d]) = clones else {
+            return self.relay.failed(
+                Instant::now(),
+                pair,
+                IoOp::Setup,
+                SocketError::from(io::ErrorKind::Other),
+            );
+        };
+        let tx2 = tx.clone();
+        let tx = tx.clone();
+        thread::spawn(move || copy(pair, true, a, b, &tx));
+        thread::spawn(move || copy(pair, false, d, c, &tx2));
+        self.pairs
+            .insert(pair, ([first, second], PairState::default()));
+    }
+
+    /// Executes the relay's decisions, in order, until none is left.
+    fn drain(&mut self, now: Instant, tx: &Sender<Event>) {
+        while let Some(decision) = self.relay.poll_decision() {
+            match decision {
+                Decision::StopListening(id) => {
+                    if let Some((addr, stop)) = self.listeners.remove(&id) {
+                        stop.store(true, Ordering::SeqCst);
+                        // A blocked `accept` cannot be interrupted in std: wake it.
+                        let _ = TcpStream::connect(addr);
+                    }
+                    if let Some(held) = self.held.remove(&id) {
+                        close(&held);
+                    }
+                }
+                Decision::Connect { pair, to, .. } => {
+                    let tx = tx.clone();
+                    thread::spawn(move || {
+                        let _ = tx.send(Event::DataConnect(pair, to, TcpStream::connect(to)));
+                    });
+                }
+                Decision::Refresh(pair) => {
+                    // The copy threads never stop reading: what they last said stands.
+                    if let Some((_, state)) = self.pairs.get(&pair) {
+                        self.relay.report(now, pair, *state);
+                    }
+                }
+                Decision::ResetHeld(id) => {
+                    if let Some(held) = self.held.remove(&id) {
+                        close(&held);
+                    }
+                }
+                Decision::Close { pair, .. } => {
+                    if let Some(accepted) = self.opening.remove(&pair) {
+                        close(&accepted);
+                    }
+                    if let Some((socks, _)) = self.pairs.remove(&pair) {
+                        socks.iter().for_each(close);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Ends a socket that copy threads may hold too, waking them. std has no
+/// `SO_LINGER`, so where the relay says reset this sends an end of file.
+fn close(sock: &TcpStream) {
+    let _ = sock.shutdown(Shutdown::Both);
 }
 
 fn bind_error(addr: SocketAddr, e: &io::Error) -> FilterError {
@@ -416,94 +596,52 @@ fn bind_error(addr: SocketAddr, e: &io::Error) -> FilterError {
     }
 }
 
-/// One forward's listener, run by its own thread until [`stop`](Self::stop).
-struct Listening {
-    addr: SocketAddr,
-    fwd: Arc<Mutex<Forward>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Listening {
-    /// `session` prefixes the log lines, as the core's `#id` does.
-    fn spawn(sock: TcpListener, fwd: Forward, session: u32) -> Listening {
-        let addr = fwd.listen;
-        let fwd = Arc::new(Mutex::new(fwd));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (f, s) = (fwd.clone(), stop.clone());
-        thread::spawn(move || serve_forward(&sock, &f, &s, session));
-        Listening { addr, fwd, stop }
-    }
-
-    /// Closes the listener; data connections in progress run to their end. A blocked
-    /// `accept` cannot be interrupted in std, so a connection of our own wakes it.
-    fn stop(self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
-    }
-}
-
-/// Accepts the forward's one data connection, from its source only: every later
-/// one is refused, while the first runs and after it has ended.
-fn serve_forward(sock: &TcpListener, fwd: &Mutex<Forward>, stop: &AtomicBool, session: u32) {
-    let mut used = false;
-    for conn in sock.incoming() {
+/// One listener's accept loop: every connection goes to the core thread.
+fn accept_data(id: ListenerId, sock: &TcpListener, stop: &AtomicBool, events: &Sender<Event>) {
+    for stream in sock.incoming() {
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        let Ok(conn) = conn else { continue };
-        let Ok(peer) = conn.peer_addr() else { continue };
-        let fwd = fwd.lock().expect("forward lock").clone();
-        if !fwd.admits(peer.ip()) {
-            log::warn!(
-                "#{session} data connection from {peer} to {} refused: a stranger, only {} may connect",
-                fwd.listen,
-                fwd.from
-            );
+        let Ok(stream) = stream else { continue };
+        let Ok(peer) = stream.peer_addr() else {
             continue;
-        }
-        if used {
-            log::warn!(
-                "#{session} data connection from {peer} to {} refused: this negotiation's one data connection has already been made",
-                fwd.listen
-            );
-            continue;
-        }
-        used = true;
-        thread::spawn(move || carry(conn, &fwd, session));
-    }
-}
-
-/// Connects to the forward's target and copies both ways, passing each end of file on.
-fn carry(accepted: TcpStream, fwd: &Forward, session: u32) {
-    let opened = match TcpStream::connect(fwd.target) {
-        Ok(s) => s,
-        Err(e) => {
-            log::warn!(
-                "#{session} data connection {fwd} failed: cannot connect to {}: {e}",
-                fwd.target
-            );
+        };
+        if events.send(Event::DataAccepted(id, stream, peer)).is_err() {
             return;
         }
-    };
-    let (Ok(a), Ok(b)) = (accepted.try_clone(), opened.try_clone()) else {
-        return;
-    };
-    let up = thread::spawn(move || pump(a, b));
-    pump(opened, accepted);
-    let _ = up.join();
+    }
 }
 
-/// One direction: copy until end of file, then half-close; on an error, end both ways.
-fn pump(mut from: TcpStream, mut to: TcpStream) {
-    match io::copy(&mut from, &mut to) {
-        Ok(_) => {
-            let _ = to.shutdown(Shutdown::Write);
+/// One direction of a pair: copy, passing the end of file on, and report the
+/// direction's facts after each write. Blocked in `read`, it holds nothing and its
+/// source is quiet.
+fn copy(pair: PairId, up: bool, mut from: TcpStream, mut to: TcpStream, events: &Sender<Event>) {
+    let mut flow = Flow {
+        quiet: true,
+        ..Flow::default()
+    };
+    let mut buf = vec![0u8; 16 * 1024];
+    let failed = loop {
+        let n = match from.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => break Some((IoOp::Read, SocketError::from(e))),
+        };
+        if n == 0 {
+            flow.eof = true;
+            match to.shutdown(Shutdown::Write) {
+                Ok(()) => flow.shut = true,
+                Err(e) => break Some((IoOp::Shutdown, SocketError::from(e))),
+            }
+            break None;
         }
-        Err(_) => {
-            let _ = from.shutdown(Shutdown::Both);
-            let _ = to.shutdown(Shutdown::Both);
+        if let Err(e) = to.write_all(&buf[..n]) {
+            break Some((IoOp::Write, SocketError::from(e)));
         }
-    }
+        flow.moved += n as u64;
+        let _ = events.send(Event::DataCopied(pair, up, flow, None));
+    };
+    let _ = events.send(Event::DataCopied(pair, up, flow, failed));
 }
 
 /// Proxy ports must be unpredictable: seed from the kernel, else from the clock.

@@ -1,7 +1,8 @@
 //! The second driver: `core/examples/threaded.rs`, a std-threads reverse proxy on the
 //! core's public API and its `Forward`s, in front of a real pure-ftpd, carries curl's
 //! RETR and STOR of 1 KiB and 10 MiB files in PASV, EPSV, PORT and EPRT, each
-//! compared byte for byte and each proven to have gone through the proxy's ports.
+//! compared byte for byte and each proven to have gone through the proxy's ports,
+//! and the relay's byte counts in the session summaries.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -88,6 +89,22 @@ fn threaded_example_transfers_in_all_four_modes() -> Result<()> {
                 }
             }
             assert_same_file(&work.original(name), &work.user().join(&remote))?;
+        }
+    }
+    // The relay counts each session's data bytes: the 10 MiB went down in a RETR
+    // session and up in a STOR one, and each summary says so.
+    let size = fs::metadata(work.original(BIG))
+        .map_err(E2eError::io("size of the big file"))?
+        .len();
+    for field in [format!("data_up={size} "), format!("data_down={size} ")] {
+        if !log()
+            .lines()
+            .any(|l| l.contains("session summary") && l.contains(&field))
+        {
+            return Err(E2eError::check(
+                format!("a session summary with {field}"),
+                tail(&log(), 3000),
+            ));
         }
     }
     Ok(())
