@@ -743,7 +743,7 @@ fn a_connect_that_cannot_start_or_is_refused_resets_the_accepted_leg() {
     let n = notices();
     assert_eq!(
         n[n.len() - 1..],
-        vec![format!("#1 203.0.113.10:40001 -> 203.0.113.1:50001 -> 198.51.100.10:40001 data connection failed: 198.51.100.10:40001 refused it or did not answer: {}", std::io::Error::from_raw_os_error(111))]
+        vec![format!("#1 203.0.113.10:40001 -> 203.0.113.1:50001 -> 198.51.100.10:40001 data connection failed: 198.51.100.10:40001 refused it or did not answer: {}", SocketError::from_errno(111))]
     );
 }
 
@@ -1192,7 +1192,7 @@ fn a_failed_socket_resets_the_pair_and_logs_at_info() {
         info,
         vec![format!(
             "relay: #1 203.0.113.10:40001 -> 203.0.113.1:50000 -> 198.51.100.10:40000: read: {} (after 3 bytes up, 4 down)",
-            std::io::Error::from_raw_os_error(104)
+            SocketError::from_errno(104)
         )]
     );
 }
