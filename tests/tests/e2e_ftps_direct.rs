@@ -7,7 +7,8 @@
 //! measured results are written up in tests/src/e2e/tls.rs.
 
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 
 use ftp_proxy_tests::e2e::*;
 
@@ -93,39 +94,15 @@ fn vsftpd_explicit_transfers_with_every_client() -> Result<()> {
     let mut transfers = 0;
     for mode in [DataMode::Pasv, DataMode::Epsv] {
         let m = mode.command().to_lowercase();
-        // curl
-        let got = work.local().join(format!("curl-{m}.bin"));
-        let log = curl_ftps_retr(target, Login::Anonymous, mode, &tls, BIG, &got)?.ok()?;
-        prove_mode(&log, mode)?;
-        assert_same_file(&work.original(BIG), &got)?;
-        let name = format!("{VSFTPD_UPLOAD_DIR}/curl-{m}.up");
-        curl_ftps_stor(
+        curl_and_lftp(
+            &work,
             target,
             Login::Anonymous,
             mode,
             &tls,
-            &work.original(SMALL),
-            &name,
-        )?
-        .ok()?;
-        assert_same_file(&work.original(SMALL), &work.anon().join(&name))?;
-        // lftp
-        let got = work.local().join(format!("lftp-{m}.bin"));
-        let name = format!("{VSFTPD_UPLOAD_DIR}/lftp-{m}.up");
-        let log = lftp_ftps(
-            target,
-            Login::Anonymous,
-            &tls,
-            &lftp_mode_settings(mode),
-            &[
-                format!("get {BIG} -o {}", got.display()),
-                format!("put {} -o {name}", work.original(SMALL).display()),
-            ],
-        )?
-        .ok()?;
-        prove_mode(&log, mode)?;
-        assert_same_file(&work.original(BIG), &got)?;
-        assert_same_file(&work.original(SMALL), &work.anon().join(&name))?;
+            &format!("{VSFTPD_UPLOAD_DIR}/"),
+            &work.anon(),
+        )?;
         // ftplib, resuming the session
         let got = work.local().join(format!("ftplib-{m}.bin"));
         let name = format!("{VSFTPD_UPLOAD_DIR}/ftplib-{m}.up");
@@ -312,38 +289,7 @@ fn pure_ftpd_explicit_transfers_with_every_client() -> Result<()> {
     let tls = ClientTls::explicit(&pki.ca());
     for mode in [DataMode::Pasv, DataMode::Epsv] {
         let m = mode.command().to_lowercase();
-        let got = work.local().join(format!("curl-{m}.bin"));
-        let log = curl_ftps_retr(target, Login::User, mode, &tls, BIG, &got)?.ok()?;
-        prove_mode(&log, mode)?;
-        assert_same_file(&work.original(BIG), &got)?;
-        let name = format!("curl-{m}.up");
-        curl_ftps_stor(
-            target,
-            Login::User,
-            mode,
-            &tls,
-            &work.original(SMALL),
-            &name,
-        )?
-        .ok()?;
-        assert_same_file(&work.original(SMALL), &work.user().join(&name))?;
-
-        let got = work.local().join(format!("lftp-{m}.bin"));
-        let name = format!("lftp-{m}.up");
-        let log = lftp_ftps(
-            target,
-            Login::User,
-            &tls,
-            &lftp_mode_settings(mode),
-            &[
-                format!("get {BIG} -o {}", got.display()),
-                format!("put {} -o {name}", work.original(SMALL).display()),
-            ],
-        )?
-        .ok()?;
-        prove_mode(&log, mode)?;
-        assert_same_file(&work.original(BIG), &got)?;
-        assert_same_file(&work.original(SMALL), &work.user().join(&name))?;
+        curl_and_lftp(&work, target, Login::User, mode, &tls, "", &work.user())?;
 
         for reuse in [SessionReuse::Resume, SessionReuse::Fresh] {
             let got = work.local().join(format!("ftplib-{m}-{reuse:?}.bin"));
@@ -696,4 +642,43 @@ fn clients_refuse_a_wrong_or_untrusted_certificate() -> Result<()> {
         String::new(),
     )?;
     Ok(())
+}
+
+/// curl downloads `BIG` and uploads `SMALL`, then lftp does both in one session, in
+/// `mode`; every file is compared. Uploads are named `{prefix}{client}-{mode}.up`
+/// and land in `landing` (the server's view of the login's root).
+fn curl_and_lftp(
+    work: &Workdir,
+    target: SocketAddr,
+    login: Login,
+    mode: DataMode,
+    tls: &ClientTls,
+    prefix: &str,
+    landing: &Path,
+) -> Result<()> {
+    let m = mode.command().to_lowercase();
+    let got = work.local().join(format!("curl-{m}.bin"));
+    let log = curl_ftps_retr(target, login, mode, tls, BIG, &got)?.ok()?;
+    prove_mode(&log, mode)?;
+    assert_same_file(&work.original(BIG), &got)?;
+    let name = format!("{prefix}curl-{m}.up");
+    curl_ftps_stor(target, login, mode, tls, &work.original(SMALL), &name)?.ok()?;
+    assert_same_file(&work.original(SMALL), &landing.join(&name))?;
+
+    let got = work.local().join(format!("lftp-{m}.bin"));
+    let name = format!("{prefix}lftp-{m}.up");
+    let log = lftp_ftps(
+        target,
+        login,
+        tls,
+        &lftp_mode_settings(mode),
+        &[
+            format!("get {BIG} -o {}", got.display()),
+            format!("put {} -o {name}", work.original(SMALL).display()),
+        ],
+    )?
+    .ok()?;
+    prove_mode(&log, mode)?;
+    assert_same_file(&work.original(BIG), &got)?;
+    assert_same_file(&work.original(SMALL), &landing.join(&name))
 }
