@@ -27,6 +27,7 @@ mod line;
 mod proxy;
 mod rand;
 mod relay;
+mod route;
 mod rules;
 mod session;
 
@@ -49,6 +50,9 @@ pub use rand::{Pcg32, RandomSource};
 pub use relay::{
     Admission, ConnectError, Decision, Flow, IdleCause, IoOp, Leg, ListenerId, Origin, PairEnd,
     PairId, PairState, PreparedCommit, Refusal, Relay, RelayLimits, Security, RELAY_SWEEP_EVERY,
+};
+pub use route::{
+    parse_user_target, AllowDest, Cidr, DestPolicy, DestRefusal, Host, TargetError, UserTarget,
 };
 pub use rules::{
     data_rules, Anchor, Direction, Family, Mode, PortRange, Rule, RuleLog, RuleOptions,
