@@ -25,6 +25,7 @@ mod forward;
 mod ftp;
 mod line;
 mod proxy;
+pub mod proxy_protocol;
 mod rand;
 mod relay;
 mod route;
@@ -52,7 +53,8 @@ pub use relay::{
     PairId, PairState, PreparedCommit, Refusal, Relay, RelayLimits, Security, RELAY_SWEEP_EVERY,
 };
 pub use route::{
-    parse_user_target, AllowDest, Cidr, DestPolicy, DestRefusal, Host, TargetError, UserTarget,
+    parse_user_target, AllowDest, Cidr, DestPolicy, DestRefusal, Host, Route, RouteError,
+    RouteTable, TargetError, UserTarget, MAX_ROUTES,
 };
 pub use rules::{
     data_rules, Anchor, Direction, Family, Mode, PortRange, Rule, RuleLog, RuleOptions,
