@@ -38,6 +38,14 @@ pub struct UserTarget {
     pub port: u16,
 }
 
+impl UserTarget {
+    /// Whether the user part is `ftp` or `anonymous` (any case), the names `-A`
+    /// admits: with `-A` a forward session must still log in anonymously.
+    pub fn is_anonymous(&self) -> bool {
+        self.user.eq_ignore_ascii_case("ftp") || self.user.eq_ignore_ascii_case("anonymous")
+    }
+}
+
 /// Why a `USER` argument names no usable target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetError {
@@ -181,6 +189,15 @@ mod tests {
             ("me@example.org".into(), "ftp.example.org".into(), 21)
         );
         assert_eq!(ok("  u@h  "), ("u".into(), "h".into(), 21));
+    }
+
+    #[test]
+    fn anonymous_only() {
+        let a = |arg: &str| parse_user_target(arg).unwrap().is_anonymous();
+        assert!(a("anonymous@127.0.0.2"));
+        assert!(a("FTP@127.0.0.2:2121"));
+        assert!(!a("bench@127.0.0.1"));
+        assert!(!a("anonymous@x@127.0.0.2"));
     }
 
     #[test]
