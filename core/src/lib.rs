@@ -25,8 +25,10 @@ mod forward;
 mod ftp;
 mod line;
 mod proxy;
+pub mod proxy_protocol;
 mod rand;
 mod relay;
+mod route;
 mod rules;
 mod session;
 
@@ -49,6 +51,10 @@ pub use rand::{Pcg32, RandomSource};
 pub use relay::{
     Admission, ConnectError, Decision, Flow, IdleCause, IoOp, Leg, ListenerId, Origin, PairEnd,
     PairId, PairState, PreparedCommit, Refusal, Relay, RelayLimits, Security, RELAY_SWEEP_EVERY,
+};
+pub use route::{
+    parse_user_target, AllowDest, Cidr, DestPolicy, DestRefusal, Host, Route, RouteError,
+    RouteTable, TargetError, UserTarget, MAX_ROUTES,
 };
 pub use rules::{
     data_rules, Anchor, Direction, Family, Mode, PortRange, Rule, RuleLog, RuleOptions,
