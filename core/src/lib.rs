@@ -29,6 +29,7 @@ mod rand;
 mod relay;
 mod rules;
 mod session;
+mod translate;
 
 /// The byte buffer of [`Input::Data`] and [`Action::Send`], re-exported so that
 /// drivers name the same version the core uses.
@@ -53,6 +54,10 @@ pub use relay::{
 pub use rules::{
     data_rules, Anchor, Direction, Family, Mode, PortRange, Rule, RuleLog, RuleOptions,
     SessionAddrs, Translate, Verdict, MIN_DATA_PORT, NAT_PORTS, RFC_ACTIVE_SOURCE_PORT,
+};
+pub use translate::{
+    answered_by_proxy, client_reply, needs_relay, passive_answer, server_active_line,
+    server_command, DataCommand, PassiveAnswer, ReplyError, ServerDataMode, ServerSupport,
 };
 
 /// Parsing and framing helpers the simulation uses as its oracle. Not part of the
