@@ -56,8 +56,9 @@ pub use rules::{
     SessionAddrs, Translate, Verdict, MIN_DATA_PORT, NAT_PORTS, RFC_ACTIVE_SOURCE_PORT,
 };
 pub use translate::{
-    answered_by_proxy, client_reply, needs_relay, passive_answer, server_active_line,
-    server_command, DataCommand, PassiveAnswer, ReplyError, ServerDataMode, ServerSupport,
+    answered_by_proxy, check_data_path, client_reply, needs_relay, passive_answer,
+    server_active_line, server_command, DataCommand, DataPathError, PassiveAnswer, ReplyError,
+    ServerDataMode, ServerSupport,
 };
 
 /// Parsing and framing helpers the simulation uses as its oracle. Not part of the

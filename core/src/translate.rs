@@ -213,3 +213,49 @@ pub fn answered_by_proxy(line: &[u8], server: Family, translated: bool) -> Optio
         None
     }
 }
+
+/// A configuration whose transfers would need the relay while the daemon has none
+/// (only a packet filter): refused at start-up, never left to hang a transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataPathError {
+    /// `--server-data-mode` other than `client` makes every transfer translated.
+    ServerDataModeNeedsRelay(ServerDataMode),
+    /// Client and server families may differ (a listener and `-R` of different
+    /// families, or `--nat64-prefix`).
+    FamiliesNeedRelay,
+}
+
+impl std::fmt::Display for DataPathError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ServerDataModeNeedsRelay(m) => write!(
+                f,
+                "--server-data-mode {m:?} translates every transfer, which only the relay can carry; \
+                 run without a packet filter or use --server-data-mode client"
+            ),
+            Self::FamiliesNeedRelay => write!(
+                f,
+                "client and server address families differ, which only the relay can carry"
+            ),
+        }
+    }
+}
+
+/// Start-up check: `mode`, whether families may differ, and whether a userspace
+/// relay carries the transfers the packet filter cannot.
+pub fn check_data_path(
+    mode: ServerDataMode,
+    families_may_differ: bool,
+    relay_available: bool,
+) -> Result<(), DataPathError> {
+    if relay_available {
+        return Ok(());
+    }
+    if mode != ServerDataMode::Client {
+        return Err(DataPathError::ServerDataModeNeedsRelay(mode));
+    }
+    if families_may_differ {
+        return Err(DataPathError::FamiliesNeedRelay);
+    }
+    Ok(())
+}

@@ -149,3 +149,21 @@ fn rfc6384_commands_the_proxy_answers_itself_when_translating() {
     assert_eq!(answered_by_proxy(b"LPSVX\r\n", V4, true), None);
     assert_eq!(answered_by_proxy(b"EPSV\r\n", V4, true), None);
 }
+
+#[test]
+fn impossible_data_paths_are_start_up_errors() {
+    use ftp_proxy_core::{check_data_path, DataPathError};
+    assert_eq!(check_data_path(M::Client, false, false), Ok(()));
+    assert_eq!(check_data_path(M::Passive, true, true), Ok(()));
+    assert_eq!(
+        check_data_path(M::Active, false, false),
+        Err(DataPathError::ServerDataModeNeedsRelay(M::Active))
+    );
+    assert_eq!(
+        check_data_path(M::Client, true, false),
+        Err(DataPathError::FamiliesNeedRelay)
+    );
+    assert!(DataPathError::FamiliesNeedRelay
+        .to_string()
+        .contains("relay"));
+}
