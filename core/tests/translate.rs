@@ -167,3 +167,51 @@ fn impossible_data_paths_are_start_up_errors() {
         .to_string()
         .contains("relay"));
 }
+
+/// Every pairing: an IPv6 server is never sent PASV/PORT, the proxy's mode wins
+/// over the client's towards the server, and a pairing the packet filter could
+/// join (same family, same direction) is never sent to the relay.
+#[test]
+fn every_pairing_is_consistent() {
+    let cmds = [C::Pasv, C::Epsv, C::Port, C::Eprt];
+    for c in cmds {
+        for cf in [V4, V6] {
+            for sf in [V4, V6] {
+                for m in [M::Client, M::Passive, M::Active] {
+                    for refused in [false, true] {
+                        let s = server_command(
+                            c,
+                            sf,
+                            m,
+                            ServerSupport {
+                                epsv_refused: refused,
+                            },
+                        );
+                        let what = format!("{c:?} {cf:?}->{sf:?} {m:?} refused={refused}: {s:?}");
+                        if sf == V6 {
+                            assert!(matches!(s, C::Epsv | C::Eprt), "{what}");
+                        }
+                        if refused && sf == V4 {
+                            assert_ne!(s, C::Epsv, "{what}");
+                        }
+                        match m {
+                            M::Client => assert_eq!(s.is_passive(), c.is_passive(), "{what}"),
+                            M::Passive => assert!(s.is_passive(), "{what}"),
+                            M::Active => assert!(!s.is_passive(), "{what}"),
+                            _ => unreachable!(),
+                        }
+                        let relay = needs_relay(c, cf, s, sf);
+                        assert_eq!(
+                            relay,
+                            cf != sf || c.is_passive() != s.is_passive(),
+                            "{what}"
+                        );
+                        if m == M::Client && cf == sf {
+                            assert!(!relay, "{what}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
