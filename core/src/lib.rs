@@ -31,6 +31,7 @@ mod relay;
 mod route;
 mod rules;
 mod session;
+mod translate;
 
 /// The byte buffer of [`Input::Data`] and [`Action::Send`], re-exported so that
 /// drivers name the same version the core uses.
@@ -59,6 +60,11 @@ pub use route::{
 pub use rules::{
     data_rules, Anchor, Direction, Family, Mode, PortRange, Rule, RuleLog, RuleOptions,
     SessionAddrs, Translate, Verdict, MIN_DATA_PORT, NAT_PORTS, RFC_ACTIVE_SOURCE_PORT,
+};
+pub use translate::{
+    answered_by_proxy, check_data_path, client_reply, needs_relay, passive_answer,
+    server_active_line, server_command, DataCommand, DataPathError, PassiveAnswer, ReplyError,
+    ServerDataMode, ServerSupport,
 };
 
 /// Parsing and framing helpers the simulation uses as its oracle. Not part of the
