@@ -63,6 +63,9 @@ impl Default for RelayLimits {
 pub enum Security {
     /// The bytes cross the socket as they are.
     Plain,
+    /// The leg carries TLS records (RFC 4217 `PROT P`): the driver runs the
+    /// handshake and the record layer, the policy sees plaintext byte counts.
+    Tls,
 }
 
 /// How one leg of a pair came to be.
