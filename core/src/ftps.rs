@@ -6,23 +6,25 @@
 //! `--tls-required` refuses. The driver (runtime-mio) runs handshakes and the record
 //! layer; nothing here touches bytes on the wire except to find where plaintext ends.
 //!
-//! Reply codes, after RFC 4217 and RFC 2228:
+//! Reply codes (RFC 2228 defines the commands and their replies, RFC 4217 their
+//! use with TLS):
 //! * `AUTH TLS`, `AUTH SSL`, `AUTH TLS-C`, `AUTH TLS-P`: `234`, then the client's
 //!   control connection switches to TLS once that line is flushed
-//!   ([`Answer::ReplyThenStartTls`]). Any other mechanism: `504`. A second `AUTH`
-//!   on a protected connection: `503` (RFC 2228 `AUTH`: "bad sequence").
-//!   Without TLS configured the proxy keeps today's `534` (dialogue.rs).
-//! * `PBSZ`: `503` before `AUTH`; otherwise `200 PBSZ=0` (RFC 4217 §9: TLS ignores
-//!   the buffer size and the server states 0).
+//!   ([`Answer::ReplyThenStartTls`]). Any other mechanism: `504` (not
+//!   implemented for that parameter). A second `AUTH` on a protected connection:
+//!   `503` (bad sequence). Without TLS configured the proxy keeps today's `534`
+//!   (session/dialogue.rs).
+//! * `PBSZ`: `503` before `AUTH`; otherwise `200 PBSZ=0` (for TLS the only size is
+//!   0, RFC 4217).
 //! * `PROT`: `503` before `PBSZ`; `P` and `C` `200`; `S` and `E` `536` (level not
-//!   supported by the mechanism); anything else `504`.
-//! * `CCC`: `534`: the proxy never reverts a protected control connection to plain
-//!   text, since it must keep reading every line for its rules (RFC 4217 §6: a
-//!   server may refuse it by policy with 534).
-//! * `--tls-required`: `USER` and `PASS` before a completed `AUTH` get `530`
-//!   (as vsftpd's `force_local_logins_ssl`); a transfer (`RETR`, `STOR`, `STOU`,
-//!   `APPE`, `LIST`, `NLST`, `MLSD`) without `PROT P` gets `521` (RFC 4217 §9:
-//!   the data connection cannot be opened with this PROT setting).
+//!   supported by the mechanism); anything else `504` (RFC 2228, `PROT`).
+//! * `CCC`: `534` (request denied for policy reasons): the proxy never reverts a
+//!   protected control connection to plain text.
+//! * `--tls-required`: `USER` and `PASS` before a completed `AUTH` get `530` (not
+//!   logged in, RFC 959; vsftpd's `force_local_logins_ssl` answers the same); a
+//!   transfer (`RETR`, `STOR`, `STOU`, `APPE`, `LIST`, `NLST`, `MLSD`) without
+//!   `PROT P` gets `521` (RFC 4217's reply for a data connection the server will
+//!   not open with the current `PROT` setting).
 
 use crate::relay::Security;
 
@@ -122,7 +124,7 @@ fn split(line: &[u8]) -> (&[u8], &[u8]) {
     let line = &line[..end];
     let word_end = line
         .iter()
-        .position(|b| matches!(b, b' ' | b'\t'))
+        .position(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
         .unwrap_or(line.len());
     let arg = &line[word_end..];
     let arg_start = arg
