@@ -15,7 +15,7 @@ cd "$(dirname "$0")/../fuzz"
 
 CARGO_FUZZ_VERSION=0.13.2
 SECONDS_EACH=${FUZZ_SECONDS:-15}
-ALL=(line_framing ftp_parse proxy nft_acks route_parse)
+ALL=(line_framing ftp_parse proxy nft_acks route_parse ftps)
 if [ $# -gt 0 ]; then targets=("$@"); else targets=("${ALL[@]}"); fi
 
 if ! command -v cargo-fuzz >/dev/null; then

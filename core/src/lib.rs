@@ -23,6 +23,7 @@ mod event;
 mod filter;
 mod forward;
 mod ftp;
+pub mod ftps;
 mod line;
 mod proxy;
 pub mod proxy_protocol;

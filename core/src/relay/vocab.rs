@@ -56,13 +56,16 @@ impl Default for RelayLimits {
     }
 }
 
-/// What protects the bytes of one leg. Every leg is plain today; a TLS data
-/// channel (FTPS) adds its variant here, so that the same policy carries it.
+/// What protects the bytes of one leg. The policy treats both alike; which legs
+/// are TLS (`PROT P`) is decided in [`crate::ftps`]. No driver runs TLS legs yet.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Security {
     /// The bytes cross the socket as they are.
     Plain,
+    /// The leg carries TLS records (RFC 4217 `PROT P`): the driver runs the
+    /// handshake and the record layer, the policy sees plaintext byte counts.
+    Tls,
 }
 
 /// How one leg of a pair came to be.
