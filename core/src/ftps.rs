@@ -292,7 +292,14 @@ pub fn server_data_security(policy: &TlsPolicy) -> Security {
 
 #[cfg(test)]
 mod tests {
+    use super::Answer::{Pass, Reply, ReplyThenStartTls};
     use super::*;
+
+    /// Asserts `line`'s answer in session `s`, naming the line when it differs.
+    fn says(s: &mut FtpsState, p: &TlsPolicy, line: &[u8], want: Answer) {
+        let got = s.command(p, line);
+        assert_eq!(got, want, "{:?}", String::from_utf8_lossy(line));
+    }
 
     const EXPLICIT: TlsPolicy = TlsPolicy {
         client: ClientTls::Explicit,
@@ -325,62 +332,44 @@ mod tests {
     fn explicit_sequence_auth_pbsz_prot() {
         let mut s = FtpsState::new(&EXPLICIT);
         assert!(!s.control_protected());
-        assert_eq!(
-            s.command(&EXPLICIT, b"PBSZ 0\r\n"),
-            Answer::Reply(REPLY_PBSZ_EARLY)
+        says(&mut s, &EXPLICIT, b"PBSZ 0\r\n", Reply(REPLY_PBSZ_EARLY));
+        says(&mut s, &EXPLICIT, b"PROT P\r\n", Reply(REPLY_PROT_EARLY));
+        says(
+            &mut s,
+            &EXPLICIT,
+            b"AUTH KERBEROS_V4\r\n",
+            Reply(REPLY_AUTH_MECH),
         );
-        assert_eq!(
-            s.command(&EXPLICIT, b"PROT P\r\n"),
-            Answer::Reply(REPLY_PROT_EARLY)
-        );
-        assert_eq!(
-            s.command(&EXPLICIT, b"AUTH KERBEROS_V4\r\n"),
-            Answer::Reply(REPLY_AUTH_MECH)
-        );
-        assert_eq!(
-            s.command(&EXPLICIT, b" auth tls\r\n"),
-            Answer::ReplyThenStartTls(REPLY_AUTH_OK)
+        says(
+            &mut s,
+            &EXPLICIT,
+            b" auth tls\r\n",
+            ReplyThenStartTls(REPLY_AUTH_OK),
         );
         assert!(s.control_protected());
-        assert_eq!(
-            s.command(&EXPLICIT, b"AUTH TLS\r\n"),
-            Answer::Reply(REPLY_AUTH_AGAIN)
-        );
-        assert_eq!(
-            s.command(&EXPLICIT, b"PBSZ 0\r\n"),
-            Answer::Reply(REPLY_PBSZ_OK)
-        );
-        assert_eq!(
-            s.command(&EXPLICIT, b"PROT S\r\n"),
-            Answer::Reply(REPLY_PROT_LEVEL)
-        );
-        assert_eq!(
-            s.command(&EXPLICIT, b"PROT X\r\n"),
-            Answer::Reply(REPLY_PROT_BAD)
-        );
+        says(&mut s, &EXPLICIT, b"AUTH TLS\r\n", Reply(REPLY_AUTH_AGAIN));
+        says(&mut s, &EXPLICIT, b"PBSZ 0\r\n", Reply(REPLY_PBSZ_OK));
+        says(&mut s, &EXPLICIT, b"PROT S\r\n", Reply(REPLY_PROT_LEVEL));
+        says(&mut s, &EXPLICIT, b"PROT X\r\n", Reply(REPLY_PROT_BAD));
         assert_eq!(s.prot(), Prot::Clear);
-        assert_eq!(
-            s.command(&EXPLICIT, b"PROT P\r\n"),
-            Answer::Reply(REPLY_PROT_OK)
-        );
+        says(&mut s, &EXPLICIT, b"PROT P\r\n", Reply(REPLY_PROT_OK));
         assert_eq!(s.client_data_security(), Security::Tls);
-        assert_eq!(
-            s.command(&EXPLICIT, b"prot c\n"),
-            Answer::Reply(REPLY_PROT_OK)
-        );
+        says(&mut s, &EXPLICIT, b"prot c\n", Reply(REPLY_PROT_OK));
         assert_eq!(s.client_data_security(), Security::Plain);
-        assert_eq!(s.command(&EXPLICIT, b"CCC\r\n"), Answer::Reply(REPLY_CCC));
-        assert_eq!(s.command(&EXPLICIT, b"RETR x\r\n"), Answer::Pass);
-        assert_eq!(s.command(&EXPLICIT, b"AUTHX TLS\r\n"), Answer::Pass);
+        says(&mut s, &EXPLICIT, b"CCC\r\n", Reply(REPLY_CCC));
+        says(&mut s, &EXPLICIT, b"RETR x\r\n", Pass);
+        says(&mut s, &EXPLICIT, b"AUTHX TLS\r\n", Pass);
         assert_eq!(feat_lines(&EXPLICIT).len(), 3);
     }
 
     #[test]
     fn auth_ssl_is_accepted_like_auth_tls() {
         let mut s = FtpsState::new(&EXPLICIT);
-        assert_eq!(
-            s.command(&EXPLICIT, b"AUTH SSL\r\n"),
-            Answer::ReplyThenStartTls(REPLY_AUTH_OK)
+        says(
+            &mut s,
+            &EXPLICIT,
+            b"AUTH SSL\r\n",
+            ReplyThenStartTls(REPLY_AUTH_OK),
         );
     }
 
@@ -392,49 +381,45 @@ mod tests {
         };
         let mut s = FtpsState::new(&p);
         assert!(s.control_protected());
-        assert_eq!(
-            s.command(&p, b"AUTH TLS\r\n"),
-            Answer::Reply(REPLY_AUTH_AGAIN)
-        );
-        assert_eq!(s.command(&p, b"PBSZ 0\r\n"), Answer::Reply(REPLY_PBSZ_OK));
+        says(&mut s, &p, b"AUTH TLS\r\n", Reply(REPLY_AUTH_AGAIN));
+        says(&mut s, &p, b"PBSZ 0\r\n", Reply(REPLY_PBSZ_OK));
     }
 
     #[test]
     fn required_refuses_plain_login_and_unprotected_transfers() {
         let mut s = FtpsState::new(&REQUIRED);
-        assert_eq!(
-            s.command(&REQUIRED, b"USER bob\r\n"),
-            Answer::Reply(REPLY_LOGIN_NEEDS_TLS)
+        says(
+            &mut s,
+            &REQUIRED,
+            b"USER bob\r\n",
+            Reply(REPLY_LOGIN_NEEDS_TLS),
         );
-        assert_eq!(
-            s.command(&REQUIRED, b"PASS x\r\n"),
-            Answer::Reply(REPLY_LOGIN_NEEDS_TLS)
+        says(
+            &mut s,
+            &REQUIRED,
+            b"PASS x\r\n",
+            Reply(REPLY_LOGIN_NEEDS_TLS),
         );
         assert!(matches!(
             s.command(&REQUIRED, b"AUTH TLS\r\n"),
             Answer::ReplyThenStartTls(_)
         ));
-        assert_eq!(s.command(&REQUIRED, b"USER bob\r\n"), Answer::Pass);
-        assert_eq!(
-            s.command(&REQUIRED, b"RETR f\r\n"),
-            Answer::Reply(REPLY_TRANSFER_NEEDS_PROT)
+        says(&mut s, &REQUIRED, b"USER bob\r\n", Pass);
+        says(
+            &mut s,
+            &REQUIRED,
+            b"RETR f\r\n",
+            Reply(REPLY_TRANSFER_NEEDS_PROT),
         );
-        assert_eq!(
-            s.command(&REQUIRED, b"PBSZ 0\r\n"),
-            Answer::Reply(REPLY_PBSZ_OK)
+        says(&mut s, &REQUIRED, b"PBSZ 0\r\n", Reply(REPLY_PBSZ_OK));
+        says(&mut s, &REQUIRED, b"PROT C\r\n", Reply(REPLY_PROT_OK));
+        says(
+            &mut s,
+            &REQUIRED,
+            b"stor f\r\n",
+            Reply(REPLY_TRANSFER_NEEDS_PROT),
         );
-        assert_eq!(
-            s.command(&REQUIRED, b"PROT C\r\n"),
-            Answer::Reply(REPLY_PROT_OK)
-        );
-        assert_eq!(
-            s.command(&REQUIRED, b"stor f\r\n"),
-            Answer::Reply(REPLY_TRANSFER_NEEDS_PROT)
-        );
-        assert_eq!(
-            s.command(&REQUIRED, b"PROT P\r\n"),
-            Answer::Reply(REPLY_PROT_OK)
-        );
+        says(&mut s, &REQUIRED, b"PROT P\r\n", Reply(REPLY_PROT_OK));
         for l in [&b"RETR f\r\n"[..], b"STOR f\r\n", b"LIST\r\n", b"MLSD\r\n"] {
             assert_eq!(s.command(&REQUIRED, l), Answer::Pass);
         }
@@ -484,9 +469,6 @@ mod tests {
         ] {
             let _ = s.command(&REQUIRED, l);
         }
-        assert_eq!(
-            s.command(&REQUIRED, b"PROT  P \r\n"),
-            Answer::Reply(REPLY_PROT_EARLY)
-        );
+        says(&mut s, &REQUIRED, b"PROT  P \r\n", Reply(REPLY_PROT_EARLY));
     }
 }
