@@ -2,8 +2,8 @@
 //!
 //! Production drivers supply a CSPRNG: a predictable proxy port would let an attacker
 //! race the data connection into the rdr-to rule. The daemon's is
-//! `ftp_proxy_runtime::OsRandom` (`getrandom(2)`, `getentropy(2)` off Linux,
-//! buffered); a driver that does not link runtime-mio writes its own in a few lines
+//! `ftp_proxy_runtime::OsRandom` (the kernel's generator, read in buffered
+//! blocks); a driver that does not link runtime-mio writes its own in a few lines
 //! on the kernel's generator, as [`RandomSource`]'s example does. The simulation
 //! supplies [`Pcg32`] with a seed, so a seed fixes every port the proxy ever picks.
 
@@ -11,9 +11,8 @@
 /// [`uniform`](Self::uniform), which every source shares.
 ///
 /// The one in production is `ftp_proxy_runtime::OsRandom`. Without runtime-mio,
-/// implement [`next_u32`](Self::next_u32) on the kernel's CSPRNG: the `getrandom`
-/// crate's `getrandom::u32()` (or `getrandom::fill`), or `/dev/urandom` read in
-/// blocks as here. Do not seed [`Pcg32`] from it instead: a PCG's output gives its
+/// implement [`next_u32`](Self::next_u32) on the kernel's CSPRNG: a well-kept crate
+/// for OS randomness, or `/dev/urandom` read in blocks as here. Do not seed [`Pcg32`] from it instead: a PCG's output gives its
 /// state away, so after a few proxy ports the next ones are known.
 ///
 /// ```

@@ -1,8 +1,6 @@
 //! The userspace data path's policy: what a session's rules mean as sockets, and
 //! every rule a driver that carries data connections itself must keep.
 
-#[cfg(test)]
-mod tests;
 mod vocab;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -370,6 +368,11 @@ impl Relay {
     /// Pairs in progress (connecting, or carrying bytes).
     pub fn pair_count(&self) -> usize {
         self.pairs.len()
+    }
+
+    /// Anchors with rules in force (an empty commit removes its anchor).
+    pub fn anchor_count(&self) -> usize {
+        self.anchors.len()
     }
 
     /// Join legs held, waiting for their partner.

@@ -32,26 +32,38 @@ impl Timer {
 }
 
 /// A deadline per [`Timer`], each armed or not.
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct TimerTable {
-    data: [Option<Instant>; Timer::VALUES.len()],
+///
+/// Generic over the point in time only so that its own tests can use a plain
+/// `Duration` from zero: the core never reads a clock, and a session's table holds
+/// the driver's `Instant`s.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TimerTable<T = Instant> {
+    data: [Option<T>; Timer::VALUES.len()],
 }
 
-impl TimerTable {
+impl<T> Default for TimerTable<T> {
+    fn default() -> Self {
+        TimerTable {
+            data: [const { None }; Timer::VALUES.len()],
+        }
+    }
+}
+
+impl<T: Copy + Ord> TimerTable<T> {
     /// Arms `timer` for `deadline`, replacing any earlier deadline.
-    pub(super) fn set(&mut self, timer: Timer, deadline: Instant) {
+    pub(super) fn set(&mut self, timer: Timer, deadline: T) {
         self.data[timer as usize] = Some(deadline);
     }
 
     /// Arms `timer` for `deadline`, or stops it when there is none (a timeout of
     /// zero, which the man page reads as "no timeout").
-    pub(super) fn set_or_stop(&mut self, timer: Timer, deadline: Option<Instant>) {
+    pub(super) fn set_or_stop(&mut self, timer: Timer, deadline: Option<T>) {
         self.data[timer as usize] = deadline;
     }
 
     /// When `timer` is due, if it is armed.
     #[cfg(test)]
-    pub(super) fn get(&self, timer: Timer) -> Option<Instant> {
+    pub(super) fn get(&self, timer: Timer) -> Option<T> {
         self.data[timer as usize]
     }
 
@@ -66,12 +78,12 @@ impl TimerTable {
     }
 
     /// The earliest armed deadline.
-    pub(super) fn next_timeout(&self) -> Option<Instant> {
+    pub(super) fn next_timeout(&self) -> Option<T> {
         self.data.iter().flatten().min().copied()
     }
 
     /// Whether `timer` is armed and its deadline is not after `now`.
-    pub(super) fn is_expired(&self, timer: Timer, now: Instant) -> bool {
+    pub(super) fn is_expired(&self, timer: Timer, now: T) -> bool {
         self.data[timer as usize].is_some_and(|t| t <= now)
     }
 }
@@ -83,8 +95,8 @@ mod tests {
 
     #[test]
     fn the_earliest_armed_deadline_is_next() {
-        let t0 = Instant::now();
-        let mut t = TimerTable::default();
+        let t0 = Duration::ZERO;
+        let mut t = TimerTable::<Duration>::default();
         assert_eq!(t.next_timeout(), None);
         t.set(Timer::ClientIdle, t0 + Duration::from_secs(5));
         t.set(Timer::CommitRetry, t0 + Duration::from_millis(5));
@@ -104,8 +116,8 @@ mod tests {
 
     #[test]
     fn every_timer_has_its_own_slot() {
-        let t0 = Instant::now();
-        let mut t = TimerTable::default();
+        let t0 = Duration::ZERO;
+        let mut t = TimerTable::<Duration>::default();
         for (i, timer) in Timer::VALUES.into_iter().enumerate() {
             assert_eq!(
                 timer as usize,

@@ -1,4 +1,6 @@
-//! Every rule of the relay policy, driven without a socket.
+//! Every rule of the relay policy (`ftp_proxy_core::Relay`), driven through its
+//! public API without a socket. It lives outside `src/` because its clock origin is
+//! the test's own `Instant::now()`: the core itself never reads a clock.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -7,8 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use super::*;
-use crate::rules::{data_rules, Mode, RuleOptions, SessionAddrs};
+use ftp_proxy_core::*;
 
 // ---- a log capture per test thread ----
 
@@ -301,7 +302,7 @@ fn commit_listens_and_the_empty_commit_stops_and_logs_the_unused_negotiation() {
     assert!(again.is_empty());
     assert_eq!(d, vec![Decision::StopListening(new[0].0)]);
     assert_eq!(h.relay.listener_count(), 0);
-    assert!(h.relay.anchors.is_empty());
+    assert_eq!(h.relay.anchor_count(), 0);
     assert_eq!(
         notices(),
         vec!["#1 data connection failed: 203.0.113.10 never connected to 203.0.113.1:50000 before the session ended"]
@@ -360,7 +361,7 @@ fn rules_with_no_meaning_as_sockets_are_an_error_and_change_nothing() {
     let mut h = H::new(8);
     let l = h.listen(1, &passive(40000, 50000));
     let mut rules = passive(40001, 50001);
-    rules[1].direction = crate::rules::Direction::In;
+    rules[1].direction = Direction::In;
     let e = h.relay.prepare(anchor(1), &rules).unwrap_err();
     assert_eq!(*e.rule, rules[1]);
     assert_eq!(h.relay.forward(l).unwrap().target.port(), 40000);
