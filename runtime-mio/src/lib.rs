@@ -102,6 +102,7 @@ pub use ftp_proxy_core::Filter;
 
 mod dataplane;
 mod pipe;
+pub mod proxy_header;
 mod relay;
 mod runtime;
 mod signal;
@@ -110,6 +111,7 @@ mod token;
 
 /// The relay's per-session cap and idle limits: the core's ([`ftp_proxy_core::Relay`]).
 pub use ftp_proxy_core::RelayLimits;
+pub use proxy_header::{Inbound, ProxyProtocol, Version as ProxyVersion};
 pub use runtime::{Runtime, ShutdownHandle, SHUTDOWN_GRACE};
 
 /// How the proxy learns where a diverted client originally wanted to go.
