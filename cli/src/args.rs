@@ -19,12 +19,12 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use ftp_proxy_core::Cidr;
 use ftp_proxy_core::PortRange;
 use ftp_proxy_core::{
     DEFAULT_LOGIN_TIMEOUT_SECS, DEFAULT_PROXY_PORTS, MAX_SESSIONS_LIMIT, MAX_TIMEOUT_SECS,
     PF_NAME_SIZE,
 };
-use ftp_proxy_core::Cidr;
 use ftp_proxy_runtime::{ProxyVersion, RelayLimits};
 
 /// The usage text, three lines with a fixed 17-space indent, as `usage()` prints it.
@@ -975,8 +975,10 @@ mod tests {
         };
         assert!(invalid("--proxy-protocol-in").contains("needs --proxy-protocol-from"));
         assert!(invalid("--proxy-protocol-from 10.0.0.0/8").contains("without --proxy-protocol-in"));
-        assert!(invalid("--proxy-protocol-in --proxy-protocol-from 10.0.0.0/33")
-            .contains("bad prefix length"));
+        assert!(
+            invalid("--proxy-protocol-in --proxy-protocol-from 10.0.0.0/33")
+                .contains("bad prefix length")
+        );
         assert!(invalid("--proxy-protocol-out v3").contains("expected v1 or v2"));
     }
 

@@ -211,9 +211,9 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
         linger: Duration::from_secs(args.relay_linger.into()),
     });
     runtime.set_proxy_protocol(ProxyProtocol {
-        inbound: args.proxy_protocol_in.then(|| {
-            Inbound::new(args.proxy_protocol_from.clone(), args.max_sessions as usize)
-        }),
+        inbound: args
+            .proxy_protocol_in
+            .then(|| Inbound::new(args.proxy_protocol_from.clone(), args.max_sessions as usize)),
         outbound: args.proxy_protocol_out,
     });
 

@@ -196,8 +196,7 @@ impl Pending {
         }
         let id = self.next_id;
         self.next_id += 1;
-        if let Err(e) = registry.register(&mut sock, Tok::Header(id).token(), Interest::READABLE)
-        {
+        if let Err(e) = registry.register(&mut sock, Tok::Header(id).token(), Interest::READABLE) {
             warn!("refused connection from {peer}: cannot register its socket: {e}");
             return None;
         }
@@ -231,10 +230,7 @@ impl Pending {
                 let _ = registry.deregister(&mut w.sock);
                 let client = match header {
                     Header::Proxied { src, dst } => {
-                        debug!(
-                            "connection from {} is proxied for {src} (to {dst})",
-                            w.peer
-                        );
+                        debug!("connection from {} is proxied for {src} (to {dst})", w.peer);
                         Some(src)
                     }
                     Header::Local => {
@@ -303,7 +299,9 @@ fn read_header(w: &mut Waiting) -> Step {
             Ok(n) => w.buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Wait,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Step::Drop(format!("read error before the PROXY protocol header: {e}")),
+            Err(e) => {
+                return Step::Drop(format!("read error before the PROXY protocol header: {e}"))
+            }
         }
         match proxy_protocol::parse(&w.buf) {
             Ok(None) => {}

@@ -732,7 +732,10 @@ impl<B: Filter> Runtime<B> {
             self.data.get_mut().session_via(id, peer.ip());
         }
         if !rest.is_empty() && self.sessions.contains_key(&id) {
-            self.feed(now, Call::Input(id, Input::Data(Side::Client, Bytes::from(rest))));
+            self.feed(
+                now,
+                Call::Input(id, Input::Data(Side::Client, Bytes::from(rest))),
+            );
         }
     }
 
