@@ -7,8 +7,8 @@
 //! # In
 //!
 //! A connection accepted while headers are expected ([`Inbound`]) is not a session
-//! yet. It waits in [`Pending`] until its header is complete, and only then is it
-//! offered to the core, with the header's client as [`Accept::client`]
+//! yet. It waits (in `Pending`) until its header is complete, and only then is it
+//! offered to the core, with the header's client as [`Accept::client`](ftp_proxy_core::Accept::client)
 //! (so rules, log lines, the summary and the relay's admission see the real client).
 //! While it waits:
 //!
