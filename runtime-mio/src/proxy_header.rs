@@ -20,8 +20,12 @@
 //!   than one small buffer;
 //! * it has [`Inbound::timeout`] to complete the header; one that sends nothing, or
 //!   half a header, is closed then, with a log line;
-//! * at most [`Inbound::max_pending`] wait at once (the session limit): a flood of
-//!   silent connections cannot hold more descriptors than the sessions could.
+//! * it counts against the session limit ([`Inbound::max_sessions`], `-m`) while it
+//!   waits: it is a session to be and holds a descriptor like one, so a flood of
+//!   silent connections cannot hold more descriptors than the sessions could;
+//! * a header whose client is of the other address family than the connection is
+//!   refused: the proxy does not cross families within a session (its rules and
+//!   rewritten replies are of one family).
 //!
 //! Bytes after the header are the start of the FTP session and are handed to it as
 //! its first client data.
@@ -62,18 +66,19 @@ pub struct Inbound {
     pub from: Vec<Cidr>,
     /// How long a connection may take to send its header ([`DEFAULT_HEADER_TIMEOUT`]).
     pub timeout: Duration,
-    /// Connections waiting for their header at once, at most; one more is closed.
-    pub max_pending: usize,
+    /// Sessions plus connections waiting for their header, at most (the daemon's
+    /// `-m`); a connection beyond it is closed unread.
+    pub max_sessions: usize,
 }
 
 impl Inbound {
-    /// Headers from `from`, with the default timeout and at most `max_pending`
-    /// connections waiting.
-    pub fn new(from: Vec<Cidr>, max_pending: usize) -> Inbound {
+    /// Headers from `from`, with the default timeout, and at most `max_sessions`
+    /// sessions and waiting connections together.
+    pub fn new(from: Vec<Cidr>, max_sessions: usize) -> Inbound {
         Inbound {
             from,
             timeout: DEFAULT_HEADER_TIMEOUT,
-            max_pending,
+            max_sessions,
         }
     }
 
@@ -170,8 +175,9 @@ impl Pending {
         self.conns.values().map(|w| w.deadline).min()
     }
 
-    /// Takes a freshly accepted connection from `peer`: refused at once (logged)
-    /// when the peer is not a trusted balancer or too many wait already; else read
+    /// Takes a freshly accepted connection from `peer` while `sessions` sessions are
+    /// live: refused at once (logged) when the peer is not a trusted balancer or the
+    /// session limit is reached; else read
     /// at once (the header usually came with the handshake) and, if still
     /// incomplete, registered to wait.
     pub(crate) fn offer(
@@ -180,6 +186,7 @@ impl Pending {
         now: Instant,
         mut sock: TcpStream,
         peer: SocketAddr,
+        sessions: usize,
     ) -> Option<Arrived> {
         if !self.cfg.trusts(peer) {
             warn!(
@@ -187,9 +194,10 @@ impl Pending {
             );
             return None;
         }
-        if self.conns.len() >= self.cfg.max_pending {
+        if sessions + self.conns.len() >= self.cfg.max_sessions {
             warn!(
-                "refused connection from {peer}: {} connections already wait for their PROXY protocol header",
+                "refused connection from {peer}: session limit ({}) reached by {sessions} sessions and {} connections waiting for their PROXY protocol header",
+                self.cfg.max_sessions,
                 self.conns.len()
             );
             return None;

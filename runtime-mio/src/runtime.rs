@@ -696,7 +696,8 @@ impl<B: Filter> Runtime<B> {
     fn start_session(&mut self, sock: TcpStream, peer: SocketAddr) {
         if let Some(h) = self.headers.as_mut() {
             let peer = sys::unmap(peer);
-            if let Some(a) = h.offer(self.poll.registry(), Instant::now(), sock, peer) {
+            let live = self.sessions.len();
+            if let Some(a) = h.offer(self.poll.registry(), Instant::now(), sock, peer, live) {
                 self.header_arrived(a);
             }
             return;
@@ -722,7 +723,15 @@ impl<B: Filter> Runtime<B> {
             return;
         };
         if let Some(c) = client {
-            conn.client = sys::unmap(c);
+            let c = sys::unmap(c);
+            if c.is_ipv4() != conn.orig_dst.is_ipv4() {
+                warn!(
+                    "closed connection from {peer}: its PROXY protocol header names {c}, of the other address family than the connection to {}; sessions do not cross families",
+                    conn.orig_dst
+                );
+                return;
+            }
+            conn.client = c;
         }
         let now = Instant::now();
         let Some(id) = self.admit(now, conn, sock) else {

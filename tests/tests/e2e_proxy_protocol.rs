@@ -199,13 +199,17 @@ fn the_header_names_the_client_and_the_relay_admits_it_and_its_balancer() -> Res
     Ok(())
 }
 
-/// What is refused, and how fast: a source not in `--proxy-protocol-from` at once,
-/// bytes that are not a header at once, a connection that sends nothing after the
-/// deadline (5 s), while a session with a v2 header is served meanwhile; a v2
-/// `LOCAL` header (a health check) is served with the balancer's own address.
+/// What is refused, and how fast: a source not in `--proxy-protocol-from`, bytes
+/// that are not a header and a header naming an IPv6 client on an IPv4 connection
+/// at once, a connection that sends nothing after the deadline (5 s), while a
+/// session whose v2 header came in two pieces is served meanwhile; a connection
+/// beyond `-m 2` (one session and one waiting connection) at once; a v2 `LOCAL`
+/// header (a health check) is served with the balancer's own address.
 #[test]
 fn strangers_garbage_and_silence_are_closed_and_local_is_served() -> Result<()> {
-    let Some(fx) = Fixture::start("pp-refuse", false, &IN_ARGS)? else {
+    let mut args = IN_ARGS.to_vec();
+    args.extend(["-m", "2"]);
+    let Some(fx) = Fixture::start("pp-refuse", false, &args)? else {
         return Ok(());
     };
     let proxy = fx.proxy()?.addr();
@@ -219,10 +223,20 @@ fn strangers_garbage_and_silence_are_closed_and_local_is_served() -> Result<()> 
     let mut garbage = Control::connect_from(BALANCER, proxy, limit)?;
     garbage.send_raw(b"USER ftp\r\n")?;
     let (got2, took2) = garbage.expect_closed(limit)?;
-    if !got.is_empty() || !got2.is_empty() || took > limit || took2 > limit {
+    // A client of the other family.
+    let mut v6 = Control::connect_from(BALANCER, proxy, limit)?;
+    v6.send_raw(&encode_v1(sa("[2001:db8::7]:5"), sa("[2001:db8::1]:21")))?;
+    let (got4, took4) = v6.expect_closed(limit)?;
+    if !got.is_empty()
+        || !got2.is_empty()
+        || !got4.is_empty()
+        || took > limit
+        || took2 > limit
+        || took4 > limit
+    {
         return Err(E2eError::check(
-            "both closed at once without a greeting",
-            format!("{got:?} {took:?} {got2:?} {took2:?}"),
+            "all three closed at once without a greeting",
+            format!("{got:?} {took:?} {got2:?} {took2:?} {got4:?} {took4:?}"),
         ));
     }
 
@@ -231,11 +245,23 @@ fn strangers_garbage_and_silence_are_closed_and_local_is_served() -> Result<()> 
     let mut silent = Control::connect_from(BALANCER, proxy, Duration::from_secs(10))?;
     // ... while a proxied session is served, start to end.
     let mut ctl = Control::connect_from(BALANCER, proxy, Duration::from_secs(10))?;
-    ctl.send_raw(&encode_v2(sa("127.0.0.2:40002"), sa("127.0.0.1:21")))?;
+    let header = encode_v2(sa("127.0.0.2:40002"), sa("127.0.0.1:21"));
+    ctl.send_raw(&header[..10])?;
+    std::thread::sleep(Duration::from_millis(300));
+    ctl.send_raw(&header[10..])?;
     if ctl.read_reply()?.code != 220 {
         return Err(E2eError::check("220", ctl.transcript().to_string()));
     }
     login(&mut ctl)?;
+    // One session and one waiting connection: -m 2 is reached.
+    let mut over = Control::connect_from(BALANCER, proxy, limit)?;
+    let (got5, took5) = over.expect_closed(limit)?;
+    if !got5.is_empty() || took5 > limit {
+        return Err(E2eError::check(
+            "a connection beyond -m 2 closed at once",
+            format!("{got5:?} {took5:?}"),
+        ));
+    }
     let listing = nlst_from(&mut ctl, CLIENT)?;
     let served_in = started.elapsed();
     let _ = ctl.command("QUIT");
@@ -280,6 +306,8 @@ fn strangers_garbage_and_silence_are_closed_and_local_is_served() -> Result<()> 
         "closed connection from 127.0.0.3:",
         "no PROXY protocol header",
         "no complete PROXY protocol header within 5000 ms (0 bytes received)",
+        "its PROXY protocol header names [2001:db8::7]:5, of the other address family",
+        "session limit (2) reached by 1 sessions and 1 connections waiting for their PROXY protocol header",
     ];
     let missing: Vec<&str> = lines.iter().copied().filter(|l| !log.contains(l)).collect();
     if clients.len() != 2
