@@ -48,6 +48,12 @@
 //!   the loop returns once all sessions are gone (their rules removed) or after
 //!   [`SHUTDOWN_GRACE`]; a second signal returns at once. `remove_all` is the backstop.
 //! * `EMFILE`/`ENFILE` on accept pause accepting for one second, as the original does.
+//! * Behind a load balancer ([`ProxyProtocol`], `--proxy-protocol-in`), an accepted
+//!   connection is not a session until its PROXY protocol header is complete: it
+//!   waits in [`proxy_header`]'s table, read without blocking, bounded in bytes, time
+//!   and number, and only then is offered to the core with the header's client.
+//!   With `--proxy-protocol-out` the header for the server is queued on its socket
+//!   before the session's first byte.
 //!
 //! # The userspace relay ([`DataPath::Relay`])
 //!
