@@ -396,7 +396,9 @@ while True:
 
 /// `--proxy-protocol-out v1` and `v2`: the scripted server sees the header first,
 /// naming the real client (127.0.0.2, curl's source) and itself, and curl logs in
-/// and lists through the proxy.
+/// and lists through the proxy. With `--proxy-protocol-in` as well, the header the
+/// server gets names the client of the header the proxy got (port included), not
+/// the balancer.
 #[test]
 fn proxy_protocol_out_names_the_client_to_the_server() -> Result<()> {
     if !preflight()? {
@@ -445,6 +447,47 @@ fn proxy_protocol_out_names_the_client_to_the_server() -> Result<()> {
         }
         let _ = guard.wait_timeout(Duration::from_secs(10));
     }
+
+    // In and out: a balancer's v2 header for 127.0.0.2:40007 becomes a v1 header.
+    let port = free_port(ip)?;
+    let server = SocketAddr::new(ip, port);
+    let report = work.root().join("header-in-out.txt");
+    let mut cmd = Command::new("python3");
+    cmd.arg(work.root().join("header_server.py"))
+        .args([
+            ip.to_string(),
+            port.to_string(),
+            CLIENT.to_string(),
+            server.to_string(),
+        ])
+        .arg(&report)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut guard = ChildGuard::spawn(&mut cmd, "scripted server in-out")?;
+    wait_ready(&mut guard)?;
+    let mut args = IN_ARGS.to_vec();
+    args.extend(["--proxy-protocol-out", "v1"]);
+    let log = work.root().join("ftp-proxy-in-out.log");
+    let proxy = ProxyProcess::start(ip, server, &args, &log)?;
+    let mut ctl = Control::connect_from(BALANCER, proxy.addr(), Duration::from_secs(10))?;
+    ctl.send_raw(&encode_v2(sa("127.0.0.2:40007"), proxy.addr()))?;
+    let greeting = ctl.read_reply()?;
+    login(&mut ctl)?;
+    let _ = ctl.command("QUIT");
+    let seen = std::fs::read_to_string(&report).unwrap_or_default();
+    let want = format!("v1 127.0.0.2:40007 {server}");
+    if greeting.code != 220 || seen.trim_end() != want {
+        return Err(E2eError::check(
+            format!("the server saw `{want}` and greeted"),
+            format!(
+                "header: {seen:?}\n{}\nproxy: {}",
+                ctl.transcript(),
+                tail(&proxy.log(), 3000)
+            ),
+        ));
+    }
+    let _ = guard.wait_timeout(Duration::from_secs(10));
     Ok(())
 }
 
