@@ -19,12 +19,13 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use ftp_proxy_core::Cidr;
 use ftp_proxy_core::PortRange;
 use ftp_proxy_core::{
     DEFAULT_LOGIN_TIMEOUT_SECS, DEFAULT_PROXY_PORTS, MAX_SESSIONS_LIMIT, MAX_TIMEOUT_SECS,
     PF_NAME_SIZE,
 };
-use ftp_proxy_runtime::RelayLimits;
+use ftp_proxy_runtime::{ProxyVersion, RelayLimits};
 
 /// The usage text, three lines with a fixed 17-space indent, as `usage()` prints it.
 /// `{}` is the program name.
@@ -219,6 +220,12 @@ pub(crate) struct Args {
     pub relay_idle_timeout: u32,
     /// `--relay-linger`, seconds, 1..=[`MAX_TIMEOUT_SECS`].
     pub relay_linger: u32,
+    /// `--proxy-protocol-in`.
+    pub proxy_protocol_in: bool,
+    /// `--proxy-protocol-from`, every occurrence (the option repeats).
+    pub proxy_protocol_from: Vec<Cidr>,
+    /// `--proxy-protocol-out`.
+    pub proxy_protocol_out: Option<ProxyVersion>,
 }
 
 impl Default for Args {
@@ -252,6 +259,9 @@ impl Default for Args {
             relay_per_session: u32::try_from(relay.per_session).unwrap_or(u32::MAX),
             relay_idle_timeout: secs(relay.idle),
             relay_linger: secs(relay.linger),
+            proxy_protocol_in: false,
+            proxy_protocol_from: Vec::new(),
+            proxy_protocol_out: None,
         }
     }
 }
@@ -557,6 +567,35 @@ const OPTIONS: &[Opt] = &[
     },
     Opt {
         short: None,
+        long: "proxy-protocol-in",
+        help: "every control connection starts with a PROXY protocol header (v1 or v2) naming the client; needs --proxy-protocol-from",
+        takes: Takes::Flag(|a| set(&mut a.proxy_protocol_in)),
+    },
+    Opt {
+        short: None,
+        long: "proxy-protocol-from",
+        help: "with --proxy-protocol-in: a network (CIDR) of load balancers whose headers are believed; connections from elsewhere are closed; repeatable",
+        takes: Takes::Text(|a, v| {
+            let net = Cidr::parse(v).map_err(|e| format!("proxy protocol source: {e}"))?;
+            a.proxy_protocol_from.push(net);
+            Ok(())
+        }),
+    },
+    Opt {
+        short: None,
+        long: "proxy-protocol-out",
+        help: "write a PROXY protocol header, v1 or v2, naming the client to every server before any other byte",
+        takes: Takes::Text(|a, v| {
+            let version = match v {
+                "v1" | "1" => ProxyVersion::V1,
+                "v2" | "2" => ProxyVersion::V2,
+                _ => return Err(format!("proxy protocol version {v}: expected v1 or v2")),
+            };
+            store(&mut a.proxy_protocol_out, Some(version))
+        }),
+    },
+    Opt {
+        short: None,
         long: "help",
         help: "display usage information",
         takes: Takes::Help,
@@ -711,10 +750,31 @@ fn getopt(args: &[String]) -> Result<Result<Args, Stop>, ArgsError> {
 pub(crate) fn parse(argv: &[String]) -> Result<Command, ArgsError> {
     let progname = progname(argv);
     Ok(match getopt(argv.get(1..).unwrap_or(&[]))? {
-        Ok(args) => Command::Run(Box::new(args)),
+        Ok(args) => {
+            check_combinations(&args)?;
+            Command::Run(Box::new(args))
+        }
         Err(Stop::Help) => Command::Help(help_text(progname)),
         Err(Stop::Version) => Command::Version(version_line(progname)),
     })
+}
+
+/// Options that only make sense together, checked once all are applied.
+///
+/// `--proxy-protocol-in` without `--proxy-protocol-from` is refused rather than
+/// given a default: a header is a claim about another host's address, and any
+/// default (even loopback only) would let whoever can reach the listener from
+/// there choose the client address the rules and the relay believe.
+fn check_combinations(args: &Args) -> Result<(), ArgsError> {
+    match (args.proxy_protocol_in, args.proxy_protocol_from.is_empty()) {
+        (true, true) => Err(ArgsError::Invalid(
+            "--proxy-protocol-in needs --proxy-protocol-from: the load balancers whose headers are believed".into(),
+        )),
+        (false, false) => Err(ArgsError::Invalid(
+            "--proxy-protocol-from without --proxy-protocol-in".into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The description under the usage text in `--help`.
@@ -890,6 +950,36 @@ mod tests {
         assert_eq!(a.fixed_server.as_deref(), Some("srv"));
         assert_eq!(a.tag.as_deref(), Some("t1"));
         assert_eq!(a.timeout, 60);
+    }
+
+    #[test]
+    fn proxy_protocol_options_and_their_combinations() {
+        let a = run("--proxy-protocol-in --proxy-protocol-from 127.0.0.3 --proxy-protocol-from 10.0.0.0/8 --proxy-protocol-out v2");
+        assert!(a.proxy_protocol_in);
+        assert_eq!(
+            a.proxy_protocol_from,
+            vec![
+                Cidr::parse("127.0.0.3/32").unwrap(),
+                Cidr::parse("10.0.0.0/8").unwrap()
+            ]
+        );
+        assert_eq!(a.proxy_protocol_out, Some(ProxyVersion::V2));
+        assert_eq!(
+            run("--proxy-protocol-out=v1").proxy_protocol_out,
+            Some(ProxyVersion::V1)
+        );
+        assert_eq!(run("").proxy_protocol_out, None);
+        let invalid = |s: &str| match err(s) {
+            ArgsError::Invalid(m) => m,
+            other => panic!("{s:?} gave {other:?}"),
+        };
+        assert!(invalid("--proxy-protocol-in").contains("needs --proxy-protocol-from"));
+        assert!(invalid("--proxy-protocol-from 10.0.0.0/8").contains("without --proxy-protocol-in"));
+        assert!(
+            invalid("--proxy-protocol-in --proxy-protocol-from 10.0.0.0/33")
+                .contains("bad prefix length")
+        );
+        assert!(invalid("--proxy-protocol-out v3").contains("expected v1 or v2"));
     }
 
     #[test]

@@ -46,7 +46,8 @@ use std::time::Duration;
 
 use ftp_proxy_core::{Config, ConfigError, Proxy, RuleLog, RuleOptions};
 use ftp_proxy_runtime::{
-    DataPath, Divert, Filter, OsRandom, RelayLimits, RunError, Runtime, StartError,
+    DataPath, Divert, Filter, Inbound, OsRandom, ProxyProtocol, RelayLimits, RunError, Runtime,
+    StartError,
 };
 use log::{error, info, warn};
 use nix::unistd::Uid;
@@ -208,6 +209,12 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
         per_session: args.relay_per_session as usize,
         idle: Duration::from_secs(args.relay_idle_timeout.into()),
         linger: Duration::from_secs(args.relay_linger.into()),
+    });
+    runtime.set_proxy_protocol(ProxyProtocol {
+        inbound: args
+            .proxy_protocol_in
+            .then(|| Inbound::new(args.proxy_protocol_from.clone(), args.max_sessions as usize)),
+        outbound: args.proxy_protocol_out,
     });
 
     if let Some(d) = detached.take() {

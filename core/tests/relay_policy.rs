@@ -1317,3 +1317,47 @@ fn socket_errors_print_as_strerror_without_the_os_error_suffix() {
     assert_eq!(k.errno, None);
     assert_eq!(k.to_string(), "timed out");
 }
+
+#[test]
+fn a_session_behind_a_balancer_admits_the_balancer_for_its_client_only() {
+    const BALANCER: &str = "203.0.113.50";
+    let mut h = H::new(8).limits(8, 600, 600);
+    // Without session_via the balancer is a stranger like any other address.
+    h.relay.session_started(SessionId(1), ip(CLIENT));
+    let l = h.listen(1, &passive(40000, 50000));
+    assert_eq!(
+        h.refused(l, sa("203.0.113.50:4000")),
+        Refusal::Stranger(ip(CLIENT))
+    );
+    // Session 2 came through the balancer: its passive port admits the balancer
+    // (a balancer that forwards the data ports) ...
+    h.relay.session_started(SessionId(2), ip(CLIENT));
+    h.relay
+        .session_via(SessionId(2), "::ffff:203.0.113.50".parse().unwrap());
+    let a = h.listen(2, &passive(40001, 50001));
+    h.open(a, sa("203.0.113.50:4001"));
+    // ... and the client itself (one that follows the 227's address) ...
+    let b = h.listen(2, &passive(40002, 50002));
+    h.open(b, client_peer());
+    // ... but nobody else, and a forward admitting the server (active mode) does
+    // not admit the balancer.
+    let c = h.listen(2, &passive(40003, 50003));
+    assert_eq!(
+        h.refused(c, sa("203.0.113.51:4000")),
+        Refusal::Stranger(ip(CLIENT))
+    );
+    let rules = data_rules(
+        Mode::ActivePort,
+        &addrs(CLIENT),
+        40004,
+        50004,
+        &RuleOptions::default(),
+    )
+    .to_vec();
+    let d = h.listen(2, &rules);
+    assert_eq!(
+        h.refused(d, SocketAddr::new(ip(BALANCER), 4002)),
+        Refusal::Stranger(ip(SERVER))
+    );
+    h.open(d, server_peer());
+}

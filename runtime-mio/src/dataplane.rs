@@ -55,6 +55,9 @@ pub(crate) trait DataPlane {
 
     /// A control session from `client` has begun.
     fn session_started(&mut self, id: SessionId, client: IpAddr);
+    /// Session `id`'s control connection came through the load balancer at
+    /// `balancer` (PROXY protocol): admit it for the client's data connections too.
+    fn session_via(&mut self, id: SessionId, balancer: IpAddr);
 
     /// The control session `id` has ended; the bytes (up, down) its data
     /// connections moved, when this data plane counts them (for the summary line).
@@ -106,6 +109,9 @@ impl<B: Filter> DataPlane for Kernel<B> {
     }
     fn transfer_done(&mut self, _: &Registry, _: &Anchor) {}
     fn session_started(&mut self, _: SessionId, _: IpAddr) {}
+    // The rules name the client only: a balancer that forwards the data ports must
+    // keep the client's source address (or the client reach them directly).
+    fn session_via(&mut self, _: SessionId, _: IpAddr) {}
     fn session_ended(&mut self, _: SessionId) -> Option<(u64, u64)> {
         None
     }
@@ -160,6 +166,9 @@ impl DataPlane for Relayed {
     }
     fn session_started(&mut self, id: SessionId, client: IpAddr) {
         self.0.session_started(id.0, client);
+    }
+    fn session_via(&mut self, id: SessionId, balancer: IpAddr) {
+        self.0.session_via(id.0, balancer);
     }
     fn session_ended(&mut self, id: SessionId) -> Option<(u64, u64)> {
         Some(self.0.session_ended(id.0))

@@ -48,6 +48,12 @@
 //!   the loop returns once all sessions are gone (their rules removed) or after
 //!   [`SHUTDOWN_GRACE`]; a second signal returns at once. `remove_all` is the backstop.
 //! * `EMFILE`/`ENFILE` on accept pause accepting for one second, as the original does.
+//! * Behind a load balancer ([`ProxyProtocol`], `--proxy-protocol-in`), an accepted
+//!   connection is not a session until its PROXY protocol header is complete: it
+//!   waits in [`proxy_header`]'s table, read without blocking, bounded in bytes, time
+//!   and number, and only then is offered to the core with the header's client.
+//!   With `--proxy-protocol-out` the header for the server is queued on its socket
+//!   before the session's first byte.
 //!
 //! # The userspace relay ([`DataPath::Relay`])
 //!
@@ -102,6 +108,7 @@ pub use ftp_proxy_core::Filter;
 
 mod dataplane;
 mod pipe;
+pub mod proxy_header;
 mod relay;
 mod runtime;
 mod signal;
@@ -110,6 +117,7 @@ mod token;
 
 /// The relay's per-session cap and idle limits: the core's ([`ftp_proxy_core::Relay`]).
 pub use ftp_proxy_core::RelayLimits;
+pub use proxy_header::{Inbound, ProxyProtocol, Version as ProxyVersion};
 pub use runtime::{Runtime, ShutdownHandle, SHUTDOWN_GRACE};
 
 /// How the proxy learns where a diverted client originally wanted to go.

@@ -164,6 +164,11 @@ impl Relay {
         self.policy.session_started(SessionId(session), client);
     }
 
+    /// The session came through a load balancer ([`ftp_proxy_core::Relay::session_via`]).
+    pub(crate) fn session_via(&mut self, session: u32, balancer: IpAddr) {
+        self.policy.session_via(SessionId(session), balancer);
+    }
+
     /// The control session has ended; returns the bytes (up, down) its data
     /// connections have moved ([`ftp_proxy_core::Relay::session_ended`]).
     pub(crate) fn session_ended(&mut self, session: u32) -> (u64, u64) {

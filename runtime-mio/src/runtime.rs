@@ -32,7 +32,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{self, ErrorKind, IoSlice, Read, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +47,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Waker};
 
 use crate::dataplane::Plane;
+use crate::proxy_header::{Arrived, Pending, ProxyProtocol, Version};
 use crate::relay::RelayLimits;
 use crate::signal::Signals;
 use crate::sys;
@@ -96,6 +97,10 @@ struct Conn {
     tail: BytesMut,
     /// Bytes in `out` and `tail`.
     queued: usize,
+    /// Of those, bytes at the front that the runtime queued itself (a PROXY
+    /// protocol header): written like the rest, never reported to the core, which
+    /// did not send them.
+    own: usize,
 }
 
 impl Conn {
@@ -108,7 +113,15 @@ impl Conn {
             out: VecDeque::new(),
             tail: BytesMut::new(),
             queued: 0,
+            own: 0,
         }
+    }
+
+    /// Queues bytes of the runtime's own ahead of anything the core sends (called
+    /// before the core's first `Send` to this socket).
+    fn push_own(&mut self, b: Vec<u8>) {
+        self.own += b.len();
+        self.push(Bytes::from(b));
     }
 
     fn push(&mut self, b: Bytes) {
@@ -141,6 +154,7 @@ impl Conn {
         self.out.clear();
         self.tail = BytesMut::new();
         self.queued = 0;
+        self.own = 0;
     }
 
     /// Writes queued output until it is gone or the socket would block, and says
@@ -153,7 +167,12 @@ impl Conn {
     fn flush(&mut self) -> Flushed {
         let before = self.queued;
         match self.write_out() {
-            Ok(()) => Flushed::Written(before - self.queued),
+            Ok(()) => {
+                let written = before - self.queued;
+                let own = written.min(self.own);
+                self.own -= own;
+                Flushed::Written(written - own)
+            }
             Err(e) => {
                 self.clear();
                 Flushed::Failed(e)
@@ -241,6 +260,8 @@ enum Call {
 /// The sockets of one session.
 #[derive(Debug)]
 struct Session {
+    /// The client as the core knows it (a PROXY protocol header's, or the peer).
+    client_addr: SocketAddr,
     client: Conn,
     server: Option<Conn>,
     /// The server socket's connect has not completed yet.
@@ -306,6 +327,10 @@ pub struct Runtime<B: Filter> {
     /// The accept loop stopped at its bound: continue next turn.
     accept_hot: bool,
     read_buf: Box<[u8]>,
+    /// `--proxy-protocol-in`: accepted connections waiting for their header.
+    headers: Option<Pending>,
+    /// `--proxy-protocol-out`: the header written to each server.
+    header_out: Option<Version>,
 }
 
 impl<B: Filter> Runtime<B> {
@@ -349,6 +374,8 @@ impl<B: Filter> Runtime<B> {
             hurry: false,
             accept_hot: false,
             read_buf: vec![0; READ_SIZE].into_boxed_slice(),
+            headers: None,
+            header_out: None,
         })
     }
 
@@ -404,6 +431,22 @@ impl<B: Filter> Runtime<B> {
         self.data.get_mut().set_relay_limits(limits);
     }
 
+    /// Sets the PROXY protocol for connections accepted and servers connected from
+    /// now on (see [`crate::proxy_header`]). Connections already waiting for a
+    /// header when reading headers is turned off are closed.
+    pub fn set_proxy_protocol(&mut self, pp: ProxyProtocol) {
+        if let Some(mut old) = self.headers.take() {
+            old.clear(self.poll.registry());
+        }
+        self.headers = pp.inbound.map(Pending::new);
+        self.header_out = pp.outbound;
+    }
+
+    /// Accepted connections still waiting for their PROXY protocol header.
+    pub fn header_pending_count(&self) -> usize {
+        self.headers.as_ref().map_or(0, Pending::len)
+    }
+
     /// Whether a shutdown has started.
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown_deadline.is_some()
@@ -447,6 +490,9 @@ impl<B: Filter> Runtime<B> {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
+        if let Some(h) = self.headers.as_mut() {
+            h.clear(self.poll.registry());
+        }
         self.feed(now, Call::Shutdown);
     }
 
@@ -456,6 +502,7 @@ impl<B: Filter> Runtime<B> {
             self.accept_paused_until,
             self.shutdown_deadline,
             self.data.get().poll_timeout(),
+            self.headers.as_ref().and_then(Pending::poll_timeout),
         ]
         .into_iter()
         .flatten()
@@ -508,6 +555,11 @@ impl<B: Filter> Runtime<B> {
             self.accept();
         }
         let now = Instant::now();
+        if let Some(h) = self.headers.as_mut() {
+            if h.poll_timeout().is_some_and(|t| t <= now) {
+                h.expire(self.poll.registry(), now);
+            }
+        }
         if self.proxy.poll_timeout().is_some_and(|t| t <= now) {
             // A commit retry that goes through turns reading back on through
             // `Action::ReadInterest`, which marks that side hot.
@@ -562,6 +614,15 @@ impl<B: Filter> Runtime<B> {
                     self.check_connect(id);
                 }
                 due.insert((id, side));
+            }
+            Tok::Header(n) => {
+                let arrived = self
+                    .headers
+                    .as_mut()
+                    .and_then(|h| h.readable(self.poll.registry(), n));
+                if let Some(a) = arrived {
+                    self.header_arrived(a);
+                }
             }
             Tok::DataListener(_) | Tok::Data(..) => {
                 self.data.get_mut().event(self.poll.registry(), tok, ev);
@@ -630,12 +691,61 @@ impl<B: Filter> Runtime<B> {
         })
     }
 
-    /// Hands one accepted connection to the core (if it is one to serve).
+    /// Hands one accepted connection to the core (if it is one to serve), or with
+    /// `--proxy-protocol-in` to the connections waiting for their header.
     fn start_session(&mut self, sock: TcpStream, peer: SocketAddr) {
+        if let Some(h) = self.headers.as_mut() {
+            let peer = sys::unmap(peer);
+            let live = self.sessions.len();
+            if let Some(a) = h.offer(self.poll.registry(), Instant::now(), sock, peer, live) {
+                self.header_arrived(a);
+            }
+            return;
+        }
         let Some(conn) = self.describe(&sock, peer) else {
             return;
         };
         self.admit(Instant::now(), conn, sock);
+    }
+
+    /// A connection's PROXY protocol header is complete: the session starts with
+    /// the header's client (the balancer's own address for `LOCAL`), the relay
+    /// also admits the balancer for the client's data connections, and the bytes
+    /// after the header are the client's first data.
+    fn header_arrived(&mut self, a: Arrived) {
+        let Arrived {
+            sock,
+            peer,
+            client,
+            rest,
+        } = a;
+        let Some(mut conn) = self.describe(&sock, peer) else {
+            return;
+        };
+        if let Some(c) = client {
+            let c = sys::unmap(c);
+            if c.is_ipv4() != conn.orig_dst.is_ipv4() {
+                warn!(
+                    "closed connection from {peer}: its PROXY protocol header names {c}, of the other address family than the connection to {}; sessions do not cross families",
+                    conn.orig_dst
+                );
+                return;
+            }
+            conn.client = c;
+        }
+        let now = Instant::now();
+        let Some(id) = self.admit(now, conn, sock) else {
+            return;
+        };
+        if conn.client.ip() != peer.ip() {
+            self.data.get_mut().session_via(id, peer.ip());
+        }
+        if !rest.is_empty() && self.sessions.contains_key(&id) {
+            self.feed(
+                now,
+                Call::Input(id, Input::Data(Side::Client, Bytes::from(rest))),
+            );
+        }
     }
 
     /// Sets up the sockets of session `id`, which the core has just accepted from
@@ -643,10 +753,10 @@ impl<B: Filter> Runtime<B> {
     fn open_session(
         &mut self,
         id: SessionId,
-        client: IpAddr,
+        client: SocketAddr,
         mut sock: TcpStream,
     ) -> Option<Input> {
-        self.data.get_mut().session_started(id, client);
+        self.data.get_mut().session_started(id, client.ip());
         sys::keepalive(&sock);
         sys::nodelay(&sock);
         let rw = Interest::READABLE | Interest::WRITABLE;
@@ -656,6 +766,7 @@ impl<B: Filter> Runtime<B> {
                 .register(&mut sock, Tok::Control(id, Side::Client).token(), rw);
         // A fresh socket is assumed ready; WouldBlock will say otherwise.
         let session = Session {
+            client_addr: client,
             client: Conn::new(sock, registered.is_ok()),
             server: None,
             connecting: false,
@@ -805,17 +916,17 @@ impl<B: Filter> Runtime<B> {
     }
 
     /// Offers one accepted connection to the core; if it is taken, sets the session's
-    /// sockets up, then drains (the core's first actions need the session).
-    fn admit(&mut self, now: Instant, conn: Accept, sock: TcpStream) {
+    /// sockets up, then drains (the core's first actions need the session). The
+    /// session's id if the core took it.
+    fn admit(&mut self, now: Instant, conn: Accept, sock: TcpStream) -> Option<SessionId> {
         debug_assert!(!self.draining, "the core fed from inside drain");
         // On refusal the core logged it; no reply, as in the original.
-        let Ok(id) = self.proxy.accept(now, conn) else {
-            return;
-        };
-        match self.open_session(id, conn.client.ip(), sock) {
+        let id = self.proxy.accept(now, conn).ok()?;
+        match self.open_session(id, conn.client, sock) {
             Some(input) => self.feed(now, Call::Input(id, input)),
             None => self.drain(now),
         }
+        Some(id)
     }
 
     /// Executes every pending action (the core's drain rule), feeding each immediate
@@ -981,7 +1092,13 @@ impl<B: Filter> Runtime<B> {
                 {
                     Ok(local) => {
                         if let Some(s) = self.sessions.get_mut(&id) {
-                            s.server = Some(Conn::new(sock, false));
+                            let mut c = Conn::new(sock, false);
+                            if let Some(v) = self.header_out {
+                                // Before any byte of the session: the connect has
+                                // only begun, so the core has sent nothing yet.
+                                c.push_own(v.encode(s.client_addr, sys::unmap(to)));
+                            }
+                            s.server = Some(c);
                             s.connecting = true;
                         }
                         Input::ServerSocketOpened {

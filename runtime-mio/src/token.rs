@@ -48,6 +48,9 @@ pub(crate) enum Tok {
     Signal,
     /// The cross-thread waker ([`crate::ShutdownHandle`]).
     Waker,
+    /// An accepted connection still waiting for its PROXY protocol header, by id
+    /// ([`crate::proxy_header`]); ids count up and do not wrap.
+    Header(u64),
     /// A control connection.
     Control(SessionId, Side),
     /// A relay listener, by relay id.
@@ -67,6 +70,7 @@ impl Tok {
             Tok::Listener => (0, SPECIAL),
             Tok::Signal => (1, SPECIAL),
             Tok::Waker => (2, SPECIAL),
+            Tok::Header(n) => (n as usize + 3, SPECIAL),
             Tok::Control(id, side) => (
                 (id.0 as usize) << 1 | (side == Side::Server) as usize,
                 CONTROL,
@@ -84,7 +88,7 @@ impl Tok {
                 0 => Some(Tok::Listener),
                 1 => Some(Tok::Signal),
                 2 => Some(Tok::Waker),
-                _ => None,
+                n => Some(Tok::Header(n as u64 - 3)),
             },
             CONTROL => {
                 let side = if n & 1 == 1 {
@@ -117,6 +121,8 @@ mod tests {
             Tok::Listener,
             Tok::Signal,
             Tok::Waker,
+            Tok::Header(0),
+            Tok::Header(1 << 40),
             Tok::Control(SessionId(1), Side::Client),
             Tok::Control(SessionId(1), Side::Server),
             Tok::Control(SessionId(u32::MAX), Side::Server),

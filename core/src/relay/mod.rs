@@ -311,6 +311,9 @@ struct Progress {
 #[derive(Debug, Default)]
 struct SessionInfo {
     client: Option<IpAddr>,
+    /// The load balancer its control connection came through (PROXY protocol),
+    /// admitted in the client's place ([`Relay::session_via`]).
+    balancer: Option<IpAddr>,
     /// Bytes (up, down) of its data connections that have ended.
     ended_bytes: (u64, u64),
 }
@@ -628,7 +631,7 @@ impl Relay {
         let Some(l) = self.listeners.get(&listener) else {
             return Err(Refusal::NotListening);
         };
-        if !l.fwd.admits(peer.ip()) {
+        if !l.fwd.admits(peer.ip()) && !self.via_balancer(l.anchor.session, &l.fwd, peer.ip()) {
             return Err(Refusal::Stranger(l.fwd.from));
         }
         if l.active.is_some() || l.held.is_some() {
@@ -990,6 +993,26 @@ impl Relay {
     /// that address's allowance after the session has ended (see [`Relay`], "Orphans").
     pub fn session_started(&mut self, session: SessionId, client: IpAddr) {
         self.sessions.entry(session.0).or_default().client = Some(unmap_ip(client));
+    }
+
+    /// The control connection of `session` came through a load balancer at
+    /// `balancer`, which named the client in a PROXY protocol header. A data
+    /// connection the client would make is then also admitted from the balancer:
+    /// a balancer that forwards the data ports as well (the only way an `EPSV`
+    /// client behind it can reach them, since a 229 reply names no address)
+    /// connects from its own address, while a client that follows a 227's address
+    /// comes from its own. Connections the server makes (active mode) are not
+    /// affected. Call it after [`session_started`](Self::session_started).
+    pub fn session_via(&mut self, session: SessionId, balancer: IpAddr) {
+        self.sessions.entry(session.0).or_default().balancer = Some(unmap_ip(balancer));
+    }
+
+    /// Whether `peer` is the balancer of `session` and `fwd` admits that session's
+    /// client ([`session_via`](Self::session_via)).
+    fn via_balancer(&self, session: u32, fwd: &Forward, peer: IpAddr) -> bool {
+        self.sessions.get(&session).is_some_and(|s| {
+            s.balancer == Some(unmap_ip(peer)) && s.client.is_some_and(|c| fwd.admits(c))
+        })
     }
 
     /// The control session has ended: its pairs in progress may finish, but now
