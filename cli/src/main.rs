@@ -37,6 +37,7 @@ mod daemon;
 mod logging;
 mod privs;
 mod resolve;
+mod resolver_child;
 mod sys;
 
 use std::fmt;
@@ -44,7 +45,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ftp_proxy_core::{Config, ConfigError, Proxy, RuleLog, RuleOptions};
+use ftp_proxy_core::{Config, ConfigError, DestPolicy, Proxy, RuleLog, RuleOptions};
 use ftp_proxy_runtime::{
     DataPath, Divert, Filter, Inbound, OsRandom, ProxyProtocol, RelayLimits, RunError, Runtime,
     StartError,
@@ -82,6 +83,8 @@ enum Fatal {
     Run(RunError),
     /// An `--divert` mode this system cannot do.
     Divert(DivertMode),
+    /// The name-resolver helper of `--user-at-host` could not be started.
+    Resolver(std::io::Error),
 }
 
 impl fmt::Display for Fatal {
@@ -98,6 +101,7 @@ impl fmt::Display for Fatal {
             Fatal::Logger(e) => write!(f, "cannot set up logging: {e}"),
             Fatal::Run(e) => e.fmt(f),
             Fatal::Divert(d) => write!(f, "divert mode {d} is only supported on Linux"),
+            Fatal::Resolver(e) => write!(f, "cannot start the name-resolver helper: {e}"),
         }
     }
 }
@@ -190,8 +194,17 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
 
     // From here on this is the process that runs the proxy: its pid names the anchors
     // and the nftables table.
-    let config = core_config(args, source_addr, fixed_server);
+    let config = core_config(args, source_addr, fixed_server, listen);
     config.validate().map_err(Fatal::Config)?;
+    if config.user_at_host.as_ref().is_some_and(|p| p.denies_all()) {
+        warn!("--user-at-host without --allow-dest: every destination is refused");
+    }
+    // Before the chroot: the helper keeps the real root's resolver files.
+    let resolver = if args.user_at_host {
+        Some(resolver_child::spawn(identity.as_ref()).map_err(Fatal::Resolver)?)
+    } else {
+        None
+    };
     let mut data_path = backend::open(args, &config).map_err(Fatal::Backend)?;
 
     // The backend may already hold state (the nftables table): remove it when
@@ -210,6 +223,9 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
         idle: Duration::from_secs(args.relay_idle_timeout.into()),
         linger: Duration::from_secs(args.relay_linger.into()),
     });
+    if let Some(r) = resolver {
+        runtime.set_resolver(r).map_err(Fatal::Run)?;
+    }
     runtime.set_proxy_protocol(ProxyProtocol {
         inbound: args
             .proxy_protocol_in
@@ -342,7 +358,14 @@ fn core_config(
     args: &Args,
     source_addr: Option<IpAddr>,
     fixed_server: Option<SocketAddr>,
+    listen: SocketAddr,
 ) -> Config {
+    // The proxy's own addresses for the destination policy: its listener, and its
+    // listening address at any port (its relay's data ports) when it is one.
+    let mut own = vec![listen];
+    if !listen.ip().is_unspecified() {
+        own.push(SocketAddr::new(listen.ip(), 0));
+    }
     Config {
         ipv6: args.ipv6,
         anonymous_only: args.anonymous_only,
@@ -366,6 +389,11 @@ fn core_config(
         proxy_ports: args.proxy_ports,
         relay: args.backend == args::BackendKind::Relay,
         login_timeout_secs: args.login_timeout,
+        user_at_host: args.user_at_host.then(|| DestPolicy {
+            allow: args.allow_dest.clone(),
+            own,
+        }),
+        resolve_timeout_secs: args.resolve_timeout,
     }
 }
 

@@ -166,11 +166,14 @@ impl fmt::Display for ConfigError {
                 f,
                 "proxy ports {r}: need low <= high, both from {MIN_DATA_PORT} up"
             ),
-            ConfigError::ForwardAndFixed => {
-                f.write_str("--user-at-host and -R exclude each other: the server comes from USER or is fixed")
-            }
+            ConfigError::ForwardAndFixed => f.write_str(
+                "--user-at-host and -R exclude each other: the server comes from USER or is fixed",
+            ),
             ConfigError::ResolveTimeout(t) => {
-                write!(f, "resolve timeout {t}: need 1..={MAX_TIMEOUT_SECS} seconds")
+                write!(
+                    f,
+                    "resolve timeout {t}: need 1..={MAX_TIMEOUT_SECS} seconds"
+                )
             }
         }
     }

@@ -48,6 +48,8 @@ pub(crate) enum Tok {
     Signal,
     /// The cross-thread waker ([`crate::ShutdownHandle`]).
     Waker,
+    /// The socket to the name resolver helper ([`crate::resolver`]).
+    Resolver,
     /// An accepted connection still waiting for its PROXY protocol header, by id
     /// ([`crate::proxy_header`]); ids count up and do not wrap.
     Header(u64),
@@ -70,7 +72,8 @@ impl Tok {
             Tok::Listener => (0, SPECIAL),
             Tok::Signal => (1, SPECIAL),
             Tok::Waker => (2, SPECIAL),
-            Tok::Header(n) => (n as usize + 3, SPECIAL),
+            Tok::Resolver => (3, SPECIAL),
+            Tok::Header(n) => (n as usize + 4, SPECIAL),
             Tok::Control(id, side) => (
                 (id.0 as usize) << 1 | (side == Side::Server) as usize,
                 CONTROL,
@@ -88,7 +91,8 @@ impl Tok {
                 0 => Some(Tok::Listener),
                 1 => Some(Tok::Signal),
                 2 => Some(Tok::Waker),
-                n => Some(Tok::Header(n as u64 - 3)),
+                3 => Some(Tok::Resolver),
+                n => Some(Tok::Header(n as u64 - 4)),
             },
             CONTROL => {
                 let side = if n & 1 == 1 {
@@ -121,6 +125,7 @@ mod tests {
             Tok::Listener,
             Tok::Signal,
             Tok::Waker,
+            Tok::Resolver,
             Tok::Header(0),
             Tok::Header(1 << 40),
             Tok::Control(SessionId(1), Side::Client),

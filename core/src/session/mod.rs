@@ -147,7 +147,11 @@ impl Session {
             // Forward mode: no server until the client names one.
             s.upstream = Upstream::AwaitUser;
             s.pairing.greet_locally();
-            s.send(cx, Side::Client, Bytes::from_static(upstream::GREETING.as_bytes()));
+            s.send(
+                cx,
+                Side::Client,
+                Bytes::from_static(upstream::GREETING.as_bytes()),
+            );
             return s;
         }
         s.timers.set(Timer::ServerIdle, cx.now + CONNECT_TIMEOUT);

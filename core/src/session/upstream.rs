@@ -118,8 +118,15 @@ impl Session {
             }
         };
         if cx.cfg.anonymous_only && !target.is_anonymous() {
-            info!("{} refusing user '{}': -A allows anonymous only", self.id, target.user);
-            return self.send(cx, Side::Client, Bytes::from_static(REPLY_ANON_ONLY.as_bytes()));
+            info!(
+                "{} refusing user '{}': -A allows anonymous only",
+                self.id, target.user
+            );
+            return self.send(
+                cx,
+                Side::Client,
+                Bytes::from_static(REPLY_ANON_ONLY.as_bytes()),
+            );
         }
         match target.host.clone() {
             Host::Ip(ip) => self.choose_server(cx, &target, &[ip]),
@@ -136,7 +143,10 @@ impl Session {
     /// The driver's answer to the lookup.
     pub(super) fn on_resolved(&mut self, cx: &mut Cx<'_>, result: Result<Vec<IpAddr>, String>) {
         let Upstream::Resolving { target } = &self.upstream else {
-            debug!("{} ignoring a name lookup answer nothing waits for", self.id);
+            debug!(
+                "{} ignoring a name lookup answer nothing waits for",
+                self.id
+            );
             return;
         };
         let target = target.clone();
@@ -175,7 +185,10 @@ impl Session {
             );
         }
         let Some(to) = to else {
-            return self.reply_530(cx, &format!("destination {} refused by proxy policy", target.host));
+            return self.reply_530(
+                cx,
+                &format!("destination {} refused by proxy policy", target.host),
+            );
         };
         info!(
             "{} forward login of user '{}' to server {to}",
@@ -201,7 +214,11 @@ impl Session {
         let Upstream::Greeting { user, multi } = &mut self.upstream else {
             return;
         };
-        info!("{} server greeting: {}", self.id, ftp::escape(&line).trim_end());
+        info!(
+            "{} server greeting: {}",
+            self.id,
+            ftp::escape(&line).trim_end()
+        );
         let reply = ftp::reply_code(&line);
         let code = match (*multi, reply) {
             // Inside a multi-line greeting only `ddd ` with its code ends it.
