@@ -117,9 +117,7 @@ fn curl_reaches_each_server_named_in_user_in_all_four_modes() -> Result<()> {
     }
     let log = w.proxy.log();
     for server in [w.first.addr(), w.second.addr()] {
-        if !log.contains(&format!("forward login of user"))
-            || !log.contains(&format!("to server {server}"))
-        {
+        if !log.contains("forward login of user") || !log.contains(&format!("to server {server}")) {
             return Err(E2eError::check(
                 format!("the proxy logged a forward login to {server}"),
                 tail(&log, 3000),
