@@ -13,8 +13,8 @@ use log::{debug, info, warn};
 
 use crate::error::SocketError;
 use crate::event::SessionId;
-use crate::forward::{forwards, Forward, ForwardError};
-use crate::rules::{Anchor, Rule};
+use crate::forward::{bridges, forwards, Bridge, Forward, ForwardError, Source};
+use crate::rules::{Anchor, Rule, NAT_PORTS};
 
 pub use vocab::{
     Admission, ConnectError, Decision, Flow, IdleCause, IoOp, Leg, ListenerId, Origin, PairEnd,
@@ -246,7 +246,8 @@ enum Attempt {
 /// A pair as the policy sees it.
 #[derive(Debug)]
 struct Carried {
-    listener: ListenerId,
+    /// The listener it was admitted on; `None` for a bridge, which none admitted.
+    listener: Option<ListenerId>,
     /// The other leg's listener of a join, whose `active` this pair holds too.
     partner: Option<ListenerId>,
     legs: [Leg; 2],
@@ -435,6 +436,7 @@ impl Relay {
         rules: &[Rule],
     ) -> Result<PreparedCommit, ForwardError> {
         let wanted = forwards(rules)?;
+        let bridges = bridges(rules)?;
         let old: Vec<ListenerId> = self.anchors.get(&anchor).cloned().unwrap_or_default();
         let mut keep: Vec<(ListenerId, Forward)> = Vec::new();
         let mut create: Vec<(ListenerId, Forward)> = Vec::new();
@@ -456,6 +458,7 @@ impl Relay {
             old,
             keep,
             create,
+            bridges,
             removal: rules.is_empty(),
         })
     }
@@ -466,12 +469,12 @@ impl Relay {
     /// ([`Decision::StopListening`]), and held legs of replaced negotiations are
     /// reset ([`Decision::ResetHeld`]).
     pub fn commit(&mut self, now: Instant, prepared: PreparedCommit) {
-        let _ = now;
         let PreparedCommit {
             anchor,
             old,
             keep,
             create,
+            bridges,
             removal,
         } = prepared;
         let why = if removal {
@@ -527,6 +530,106 @@ impl Relay {
         if !ids.is_empty() {
             self.anchors.insert(anchor, ids);
         }
+        for bridge in bridges {
+            self.bridge(now, anchor, bridge);
+        }
+    }
+
+    /// A bridge of a new commit ([`Mode::Bridged`](crate::Mode::Bridged)): both legs
+    /// are connected at once, the first with [`Decision::Dial`], the second with
+    /// [`Decision::Connect`]. The caps apply as to an accepted connection; over
+    /// them, nothing is connected and the transfer fails (the client's port is
+    /// never reached), which the notice line says.
+    fn bridge(&mut self, now: Instant, anchor: Anchor, b: Bridge) {
+        let session = anchor.session;
+        let client = self.client_of(session);
+        let own = self.pairs.values().filter(|p| p.session == session).count()
+            + self
+                .listeners
+                .values()
+                .filter(|w| w.anchor.session == session && w.held.is_some())
+                .count();
+        let orphans = client.map_or(0, |c| {
+            self.pairs
+                .values()
+                .filter(|p| p.orphan && p.client == Some(c))
+                .count()
+        });
+        let refusal = if own + orphans >= self.limits.per_session {
+            Some(Refusal::SessionLimit {
+                own,
+                orphans,
+                client,
+            })
+        } else if self.pairs.len() >= self.max_pairs {
+            Some(Refusal::Limit(self.pairs.len()))
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            warn!("#{session} data connection {b} not made: {why}");
+            return;
+        }
+        let pair = PairId(self.alloc());
+        let first_from = Some(SocketAddr::new(b.first_from, 0));
+        let source = Source {
+            addr: b.second_from,
+            ports: NAT_PORTS,
+        };
+        let second_from = Some(source.bind_addr());
+        let carried = Carried {
+            listener: None,
+            partner: None,
+            legs: [
+                Leg {
+                    origin: Origin::Connected {
+                        to: b.first,
+                        from: first_from,
+                    },
+                    security: Security::Plain,
+                },
+                Leg {
+                    origin: Origin::Connected {
+                        to: b.second,
+                        from: second_from,
+                    },
+                    security: Security::Plain,
+                },
+            ],
+            label: format!("#{session} {} bridged with {}", b.first, b.second),
+            fwd: Forward {
+                listen: b.first,
+                from: b.first.ip(),
+                target: b.second,
+                source: Some(source),
+                join: false,
+            },
+            peer: b.first,
+            attempt: Attempt::Wanted,
+            connecting: true,
+            session,
+            client,
+            orphan: false,
+            done: false,
+            state: PairState::default(),
+            seen: Progress::default(),
+            last_active: now,
+        };
+        debug!("relay: {}: connecting both", carried.label);
+        self.pairs.insert(pair, carried);
+        self.arm(now);
+        self.decisions.push_back(Decision::Dial {
+            pair,
+            to: b.first,
+            from: first_from,
+            security: Security::Plain,
+        });
+        self.decisions.push_back(Decision::Connect {
+            pair,
+            to: b.second,
+            from: second_from,
+            security: Security::Plain,
+        });
     }
 
     /// The negotiation of listener `id` gives way: its held leg is reset, and a
@@ -579,7 +682,7 @@ impl Relay {
         }
         let from = fwd.source.map(|s| s.bind_addr());
         let carried = Carried {
-            listener,
+            listener: Some(listener),
             partner: None,
             legs: [
                 Leg {
@@ -704,7 +807,7 @@ impl Relay {
         }
         let fwd = self.listeners[&listener].fwd.clone();
         let carried = Carried {
-            listener,
+            listener: Some(listener),
             partner: Some(partner),
             legs: [
                 Leg {
@@ -895,7 +998,7 @@ impl Relay {
                 info!("relay: {label}: reset at exit (after {up} bytes up, {down} down)")
             }
         }
-        for id in [Some(p.listener), p.partner].into_iter().flatten() {
+        for id in [p.listener, p.partner].into_iter().flatten() {
             if let Some(l) = self.listeners.get_mut(&id) {
                 if l.active == Some(pair) {
                     // The listener stays (until the rules change) to refuse and log
