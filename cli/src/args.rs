@@ -19,7 +19,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use ftp_proxy_core::PortRange;
+use ftp_proxy_core::{PortRange, ServerDataMode};
 use ftp_proxy_core::{
     DEFAULT_LOGIN_TIMEOUT_SECS, DEFAULT_PROXY_PORTS, MAX_SESSIONS_LIMIT, MAX_TIMEOUT_SECS,
     PF_NAME_SIZE,
@@ -213,6 +213,8 @@ pub(crate) struct Args {
     pub chroot: PathBuf,
     /// `--login-timeout`, seconds, 0..=[`MAX_TIMEOUT_SECS`] (0: none).
     pub login_timeout: u32,
+    /// `--server-data-mode`.
+    pub server_data_mode: ServerDataMode,
     /// `--relay-per-session`, 1..=[`MAX_SESSIONS_LIMIT`].
     pub relay_per_session: u32,
     /// `--relay-idle-timeout`, seconds, 1..=[`MAX_TIMEOUT_SECS`].
@@ -249,6 +251,7 @@ impl Default for Args {
             user: "_ftp_proxy".into(),
             chroot: PathBuf::from("/var/empty"),
             login_timeout: DEFAULT_LOGIN_TIMEOUT_SECS,
+            server_data_mode: ServerDataMode::Client,
             relay_per_session: u32::try_from(relay.per_session).unwrap_or(u32::MAX),
             relay_idle_timeout: secs(relay.idle),
             relay_linger: secs(relay.linger),
@@ -492,6 +495,12 @@ const OPTIONS: &[Opt] = &[
         long: "server-data-ports",
         help: "only accept server passive replies (227/229) that name a port in LOW:HIGH, e.g. the server's passive range (default: any port from 1024)",
         takes: Takes::Text(|a, v| store(&mut a.server_data_ports, Some(v.parse::<DataPorts>()?.0))),
+    },
+    Opt {
+        short: None,
+        long: "server-data-mode",
+        help: "how the proxy asks the server for data connections: client (as the client asked), passive (always PASV/EPSV) or active (always PORT/EPRT); passive and active need the relay backend (default client)",
+        takes: Takes::Text(|a, v| store(&mut a.server_data_mode, v.parse()?)),
     },
     Opt {
         short: None,
@@ -943,6 +952,24 @@ mod tests {
         assert_eq!(run("--login-timeout=30").login_timeout, 30);
         assert_eq!(run("--divert divert-to").divert, DivertMode::Getsockname);
         assert_eq!(run("--max-sessions 3 --ipv6 --foreground").max_sessions, 3);
+    }
+
+    #[test]
+    fn server_data_mode_parses_its_three_values() {
+        assert_eq!(run("").server_data_mode, ServerDataMode::Client);
+        assert_eq!(
+            run("--server-data-mode passive").server_data_mode,
+            ServerDataMode::Passive
+        );
+        assert_eq!(
+            run("--server-data-mode=active").server_data_mode,
+            ServerDataMode::Active
+        );
+        assert_eq!(
+            run("--server-data-mode active --server-data-mode client").server_data_mode,
+            ServerDataMode::Client
+        );
+        assert!(invalid("--server-data-mode pasv").contains("client, passive or active"));
     }
 
     #[test]

@@ -189,7 +189,7 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
 
     // From here on this is the process that runs the proxy: its pid names the anchors
     // and the nftables table.
-    let config = core_config(args, source_addr, fixed_server);
+    let config = core_config(args, source_addr, fixed_server, listen.is_ipv6());
     config.validate().map_err(Fatal::Config)?;
     let mut data_path = backend::open(args, &config).map_err(Fatal::Backend)?;
 
@@ -331,13 +331,16 @@ fn divert_mode(mode: DivertMode) -> Result<(Divert, bool), Fatal> {
 }
 
 /// The core's configuration. Called after daemonizing: anchors carry this pid.
+/// `listen_v6`: the listener is IPv6 (`-6`, or `-b` naming an IPv6 address), the
+/// family of the clients' side.
 fn core_config(
     args: &Args,
     source_addr: Option<IpAddr>,
     fixed_server: Option<SocketAddr>,
+    listen_v6: bool,
 ) -> Config {
     Config {
-        ipv6: args.ipv6,
+        ipv6: args.ipv6 || listen_v6,
         anonymous_only: args.anonymous_only,
         max_sessions: args.max_sessions,
         idle_timeout_secs: args.timeout,
@@ -359,6 +362,7 @@ fn core_config(
         proxy_ports: args.proxy_ports,
         relay: args.backend == args::BackendKind::Relay,
         login_timeout_secs: args.login_timeout,
+        server_data_mode: args.server_data_mode,
     }
 }
 
