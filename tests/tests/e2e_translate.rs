@@ -165,7 +165,7 @@ fn ipv6_client_to_ipv4_server_and_back_through_the_relay() -> Result<()> {
         if client_ip.is_ipv6() {
             // EPSV stays EPSV towards the IPv4 server (RFC 6384); EPRT becomes EPRT |1|.
             expect(
-                count(&log, "server: 229 Entering Extended Passive Mode") == 4,
+                count(&log, "server: 229 Extended Passive mode OK") == 4,
                 "pure-ftpd answered 4 EPSVs",
                 &log,
             )?;
