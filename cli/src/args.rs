@@ -177,6 +177,9 @@ pub(crate) struct Args {
     pub source_address: Option<String>,
     /// `-b`, unresolved; `None` means the mode's loopback address.
     pub listen_address: Option<String>,
+    /// Every `-b` after the first, unresolved: more listeners (beyond the original,
+    /// where the last `-b` counts).
+    pub more_listen_addresses: Vec<String>,
     /// `-D`, 0..=7.
     pub log_level: u32,
     /// `-d`.
@@ -233,6 +236,7 @@ impl Default for Args {
             anonymous_only: false,
             source_address: None,
             listen_address: None,
+            more_listen_addresses: Vec::new(),
             log_level: 5,
             foreground: false,
             max_sessions: 100,
@@ -387,8 +391,14 @@ const OPTIONS: &[Opt] = &[
     Opt {
         short: Some('b'),
         long: "listen-address",
-        help: "numeric address to listen on (default 127.0.0.1, or ::1 with -6)",
-        takes: Takes::Text(|a, v| store(&mut a.listen_address, Some(v.to_owned()))),
+        help: "numeric address to listen on (default 127.0.0.1, or ::1 with -6); repeat it for more listeners, e.g. one IPv4 and one IPv6",
+        takes: Takes::Text(|a, v| {
+            match a.listen_address {
+                None => a.listen_address = Some(v.to_owned()),
+                Some(_) => a.more_listen_addresses.push(v.to_owned()),
+            }
+            Ok(())
+        }),
     },
     Opt {
         short: Some('D'),
@@ -952,6 +962,14 @@ mod tests {
         assert_eq!(run("--login-timeout=30").login_timeout, 30);
         assert_eq!(run("--divert divert-to").divert, DivertMode::Getsockname);
         assert_eq!(run("--max-sessions 3 --ipv6 --foreground").max_sessions, 3);
+    }
+
+    #[test]
+    fn a_repeated_listen_address_adds_a_listener() {
+        let a = run("-b 127.0.0.1 -b ::1 --listen-address=::2");
+        assert_eq!(a.listen_address(), "127.0.0.1");
+        assert_eq!(a.more_listen_addresses, ["::1", "::2"]);
+        assert!(run("-b ::1").more_listen_addresses.is_empty());
     }
 
     #[test]

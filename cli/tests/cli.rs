@@ -989,6 +989,10 @@ fn translated_transfers_without_the_relay_are_refused_at_start_up() {
             &["-b", "::1", "-R", "127.0.0.1"][..],
             "ftp-proxy: client and server address families differ (-b and -R), which only the relay can carry",
         ),
+        (
+            &["-b", "127.0.0.1", "-b", "::1", "-R", "127.0.0.1"][..],
+            "ftp-proxy: client and server address families differ (-b and -R), which only the relay can carry",
+        ),
     ] {
         let mut a = base.clone();
         a.extend(extra.iter().map(|s| s.to_string()));

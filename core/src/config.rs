@@ -197,12 +197,8 @@ impl Config {
         if self.source_addr.is_some_and(|s| s.is_ipv6() != server_v6) {
             return Err(ConfigError::Family("source"));
         }
-        check_data_path(
-            self.server_data_mode,
-            server_v6 != self.ipv6,
-            self.relay,
-        )
-        .map_err(ConfigError::DataPath)?;
+        check_data_path(self.server_data_mode, server_v6 != self.ipv6, self.relay)
+            .map_err(ConfigError::DataPath)?;
         let r = self.proxy_ports;
         if r.low > r.high || r.low < MIN_DATA_PORT {
             return Err(ConfigError::ProxyPorts(r));

@@ -454,9 +454,15 @@ mod tests {
         );
         let lone = bridges(&rules[..1]).unwrap_err();
         assert_eq!(*lone.rule, rules[0]);
-        assert!(bridges(&data_rules(Mode::Passive, &v4(), 1, 2, &RuleOptions::default()))
-            .unwrap()
-            .is_empty());
+        assert!(bridges(&data_rules(
+            Mode::Passive,
+            &v4(),
+            1,
+            2,
+            &RuleOptions::default()
+        ))
+        .unwrap()
+        .is_empty());
     }
 
     #[test]

@@ -48,7 +48,10 @@ fn confined(rules: &[String], addrs: &[&str]) {
                 let low: u16 = w[1].split(':').next().unwrap().parse().unwrap();
                 assert!(low >= 1024, "{r}");
             }
-            if matches!(w[0], "from" | "to" | "rdr-to" | "nat-to" | "join-with" | "bridge-with") {
+            if matches!(
+                w[0],
+                "from" | "to" | "rdr-to" | "nat-to" | "join-with" | "bridge-with"
+            ) {
                 assert!(addrs.contains(&w[1]), "{} in {r}", w[1]);
             }
         }
@@ -101,7 +104,10 @@ fn epsv_refused_is_retried_as_pasv_answered_229_and_remembered() {
 fn a_refused_pasv_retry_is_the_clients_answer_and_a_late_line_is_out_of_step() {
     let mut h = H::new(Config::default(), &[0]);
     h.client(b"EPSV\r\n");
-    assert_eq!(h.server(b"522 use (1)\r\n"), vec![send(Side::Server, b"PASV\r\n")]);
+    assert_eq!(
+        h.server(b"522 use (1)\r\n"),
+        vec![send(Side::Server, b"PASV\r\n")]
+    );
     assert_eq!(
         h.server(b"425 no\r\n"),
         vec![send(Side::Client, b"425 no\r\n")]
@@ -112,8 +118,9 @@ fn a_refused_pasv_retry_is_the_clients_answer_and_a_late_line_is_out_of_step() {
     let a = h.server(b"522 use (1)\r\n227 forged (198,51,100,10,4,1)\r\n");
     assert_eq!(a[0], send(Side::Server, b"PASV\r\n"));
     assert!(
-        a.iter()
-            .all(|x| !matches!(x, ftp_proxy_core::Action::CommitRules { rules, .. } if !rules.is_empty())),
+        a.iter().all(
+            |x| !matches!(x, ftp_proxy_core::Action::CommitRules { rules, .. } if !rules.is_empty())
+        ),
         "{a:?}"
     );
     assert!(a.contains(&close(ftp_proxy_core::CloseReason::ReplyDesync)));
@@ -170,8 +177,14 @@ fn a_227_to_epsv_and_a_229_to_pasv_are_rewritten_into_the_clients_form() {
 #[test]
 fn active_mode_serves_pasv_and_epsv_joined_and_leaves_port_and_eprt() {
     for (cmd, reply) in [
-        (&b"PASV\r\n"[..], "227 Entering Passive Mode (198,51,100,10,192,0)\r\n"),
-        (b"EPSV\r\n", "229 Entering Extended Passive Mode (|||49152|)\r\n"),
+        (
+            &b"PASV\r\n"[..],
+            "227 Entering Passive Mode (198,51,100,10,192,0)\r\n",
+        ),
+        (
+            b"EPSV\r\n",
+            "229 Entering Extended Passive Mode (|||49152|)\r\n",
+        ),
     ] {
         let mut h = H::new(cfg(ServerDataMode::Active), &[0, 1]);
         let a = h.client(cmd);
@@ -206,7 +219,10 @@ fn active_mode_serves_pasv_and_epsv_joined_and_leaves_port_and_eprt() {
     }
     let mut h = H::new(cfg(ServerDataMode::Active), &[0]);
     let (txn, rules) = commit(&h.client(b"EPRT |1|10.0.0.1|5000|\r\n"));
-    assert!(rules[0].ends_with("rdr-to 203.0.113.10 port 5000"), "{rules:?}");
+    assert!(
+        rules[0].ends_with("rdr-to 203.0.113.10 port 5000"),
+        "{rules:?}"
+    );
     assert_eq!(
         h.ack(txn, Ok(())),
         vec![send(Side::Server, b"EPRT |1|198.51.100.1|49152|\r\n")]
@@ -243,10 +259,7 @@ fn passive_mode_bridges_port_and_eprt_and_answers_200_itself() {
         confined(&rules, V4_ADDRS);
         assert_eq!(
             h.ack(txn, Ok(())),
-            vec![
-                send(Side::Client, reply),
-                send(Side::Server, b"RETR f\r\n")
-            ]
+            vec![send(Side::Client, reply), send(Side::Server, b"RETR f\r\n")]
         );
     }
     // PASV and EPSV go as the client sent them.
@@ -272,7 +285,10 @@ fn passive_mode_bridges_port_and_eprt_and_answers_200_itself() {
     // An EPSV refusal on the way is retried as PASV here too.
     let mut h = H::new(cfg(ServerDataMode::Passive), &[0]);
     h.client(b"EPSV\r\n");
-    assert_eq!(h.server(b"500 ?\r\n"), vec![send(Side::Server, b"PASV\r\n")]);
+    assert_eq!(
+        h.server(b"500 ?\r\n"),
+        vec![send(Side::Server, b"PASV\r\n")]
+    );
 }
 
 #[test]
@@ -281,7 +297,10 @@ fn passive_mode_after_a_multi_line_reply_sends_port_as_the_original() {
     h.client(b"STAT -1\r\n");
     h.server(b"213-STAT\r\n x\r\n213 end\r\n");
     let (txn, rules) = commit(&h.client(b"PORT 10,9,8,7,19,136\r\n"));
-    assert!(rules[0].contains("rdr-to 203.0.113.10 port 5000"), "{rules:?}");
+    assert!(
+        rules[0].contains("rdr-to 203.0.113.10 port 5000"),
+        "{rules:?}"
+    );
     assert_eq!(
         h.ack(txn, Ok(())),
         vec![send(Side::Server, b"PORT 198,51,100,1,192,0\r\n")]
@@ -310,7 +329,10 @@ fn ipv6_client_to_ipv4_server_epsv_eprt_and_rfc_6384() {
     // EPRT |2| becomes EPRT |1| with the proxy's IPv4 address.
     let (txn, rules) = commit(&h.client(b"EPRT |2|::1|5000|\r\n"));
     assert!(rules[0].ends_with("rdr-to ::1 port 5000"), "{rules:?}");
-    assert!(rules[1].ends_with("nat-to ::1 port 50001:65535"), "{rules:?}");
+    assert!(
+        rules[1].ends_with("nat-to ::1 port 50001:65535"),
+        "{rules:?}"
+    );
     assert_eq!(
         h.ack(txn, Ok(())),
         vec![send(
@@ -318,7 +340,10 @@ fn ipv6_client_to_ipv4_server_epsv_eprt_and_rfc_6384() {
             format!("EPRT |1|127.0.0.1|{}|\r\n", pp(4)).as_bytes()
         )]
     );
-    assert_eq!(h.server(b"200 ok\r\n"), vec![send(Side::Client, b"200 ok\r\n")]);
+    assert_eq!(
+        h.server(b"200 ok\r\n"),
+        vec![send(Side::Client, b"200 ok\r\n")]
+    );
     // RFC 6384: EPSV ALL is the proxy's to answer, LPSV/LPRT are refused, and
     // PASV/PORT cannot be answered over IPv6.
     assert_eq!(
@@ -341,10 +366,16 @@ fn ipv6_client_to_ipv4_server_epsv_eprt_and_rfc_6384() {
     );
     // After EPSV ALL (not passed on), the PASV fallback still works.
     assert_eq!(h.client(b"EPSV\r\n"), vec![send(Side::Server, b"EPSV\r\n")]);
-    assert_eq!(h.server(b"500 no\r\n"), vec![send(Side::Server, b"PASV\r\n")]);
+    assert_eq!(
+        h.server(b"500 no\r\n"),
+        vec![send(Side::Server, b"PASV\r\n")]
+    );
     let a = h.server(b"227 ok (127,0,0,1,117,77)\r\n");
     let (txn, rules) = commit(&a);
-    assert!(rules[0].ends_with("rdr-to 127.0.0.1 port 30029"), "{rules:?}");
+    assert!(
+        rules[0].ends_with("rdr-to 127.0.0.1 port 30029"),
+        "{rules:?}"
+    );
     let a = h.ack(txn, Ok(()));
     assert!(
         matches!(&a[..], [ftp_proxy_core::Action::Send(Side::Client, b)] if b.starts_with(b"229 ")),
@@ -358,7 +389,10 @@ fn ipv4_client_to_ipv6_server_pasv_port_and_modes() {
     // Only EPSV/EPRT exist towards an IPv6 server.
     assert_eq!(h.client(b"PASV\r\n"), vec![send(Side::Server, b"EPSV\r\n")]);
     let (txn, rules) = commit(&h.server(b"229 Entering Extended Passive Mode (|||30028|)\r\n"));
-    assert!(rules[0].contains("from 127.0.0.1 to 127.0.0.1 port"), "{rules:?}");
+    assert!(
+        rules[0].contains("from 127.0.0.1 to 127.0.0.1 port"),
+        "{rules:?}"
+    );
     assert!(rules[0].ends_with("rdr-to ::1 port 30028"), "{rules:?}");
     let port = pp(5);
     assert_eq!(
@@ -374,7 +408,10 @@ fn ipv4_client_to_ipv6_server_pasv_port_and_modes() {
         )]
     );
     let (txn, rules) = commit(&h.client(b"PORT 127,0,0,1,19,136\r\n"));
-    assert!(rules[0].ends_with("rdr-to 127.0.0.1 port 5000"), "{rules:?}");
+    assert!(
+        rules[0].ends_with("rdr-to 127.0.0.1 port 5000"),
+        "{rules:?}"
+    );
     assert_eq!(
         h.ack(txn, Ok(())),
         vec![send(
@@ -385,9 +422,15 @@ fn ipv4_client_to_ipv6_server_pasv_port_and_modes() {
     // An IPv6 server's EPSV refusal is not retried as PASV (there is none).
     h.server(b"200 ok\r\n");
     h.client(b"EPSV\r\n");
-    assert_eq!(h.server(b"522 no\r\n"), vec![send(Side::Client, b"522 no\r\n")]);
+    assert_eq!(
+        h.server(b"522 no\r\n"),
+        vec![send(Side::Client, b"522 no\r\n")]
+    );
     // EPSV ALL goes to an IPv6 server (which then refuses nothing the proxy needs).
-    assert_eq!(h.client(b"EPSV ALL\r\n"), vec![send(Side::Server, b"EPSV ALL\r\n")]);
+    assert_eq!(
+        h.client(b"EPSV ALL\r\n"),
+        vec![send(Side::Server, b"EPSV ALL\r\n")]
+    );
 
     // Passive mode: PORT bridged through the server's EPSV.
     let mut h = v4_to_v6(ServerDataMode::Passive, &[0]);
@@ -467,7 +510,10 @@ fn untranslated_sessions_leave_lpsv_and_epsv_all_to_the_server() {
     let mut h = H::new(Config::default(), &[0]);
     assert_eq!(h.client(b"LPSV\r\n"), vec![send(Side::Server, b"LPSV\r\n")]);
     h.server(b"500 no\r\n");
-    assert_eq!(h.client(b"EPSV ALL\r\n"), vec![send(Side::Server, b"EPSV ALL\r\n")]);
+    assert_eq!(
+        h.client(b"EPSV ALL\r\n"),
+        vec![send(Side::Server, b"EPSV ALL\r\n")]
+    );
     // A translated IPv4 session answers them itself.
     let mut h = H::new(cfg(ServerDataMode::Passive), &[0]);
     assert_eq!(
@@ -488,7 +534,9 @@ fn start_up_refuses_what_only_the_relay_can_carry() {
         };
         assert_eq!(
             c.validate(),
-            Err(ConfigError::DataPath(DataPathError::ServerDataModeNeedsRelay(mode)))
+            Err(ConfigError::DataPath(
+                DataPathError::ServerDataModeNeedsRelay(mode)
+            ))
         );
         assert_eq!(cfg(mode).validate(), Ok(()));
     }

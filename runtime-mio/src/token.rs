@@ -42,8 +42,8 @@ pub(crate) enum End {
 /// A decoded token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Tok {
-    /// The control listener.
-    Listener,
+    /// A control listener, by its index (0: the first `-b`).
+    Listener(u8),
     /// The signal pipe.
     Signal,
     /// The cross-thread waker ([`crate::ShutdownHandle`]).
@@ -64,7 +64,9 @@ const DATA: usize = 3;
 impl Tok {
     pub(crate) fn token(self) -> Token {
         let (n, kind) = match self {
-            Tok::Listener => (0, SPECIAL),
+            // The first listener keeps 0; more follow the signal pipe and the waker.
+            Tok::Listener(0) => (0, SPECIAL),
+            Tok::Listener(i) => (2 + usize::from(i), SPECIAL),
             Tok::Signal => (1, SPECIAL),
             Tok::Waker => (2, SPECIAL),
             Tok::Control(id, side) => (
@@ -81,10 +83,10 @@ impl Tok {
         let (n, kind) = (t.0 >> 2, t.0 & 3);
         match kind {
             SPECIAL => match n {
-                0 => Some(Tok::Listener),
+                0 => Some(Tok::Listener(0)),
                 1 => Some(Tok::Signal),
                 2 => Some(Tok::Waker),
-                _ => None,
+                n => u8::try_from(n - 2).ok().map(Tok::Listener),
             },
             CONTROL => {
                 let side = if n & 1 == 1 {
@@ -114,7 +116,9 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_differ() {
         let all = [
-            Tok::Listener,
+            Tok::Listener(0),
+            Tok::Listener(1),
+            Tok::Listener(255),
             Tok::Signal,
             Tok::Waker,
             Tok::Control(SessionId(1), Side::Client),

@@ -147,7 +147,11 @@ fn ipv6_client_to_ipv4_server_and_back_through_the_relay() -> Result<()> {
         (V6, V4, [DataMode::Epsv, DataMode::Eprt]),
         (V4, V6, [DataMode::Pasv, DataMode::Port]),
     ] {
-        let tag = if client_ip.is_ipv6() { "xl-6to4" } else { "xl-4to6" };
+        let tag = if client_ip.is_ipv6() {
+            "xl-6to4"
+        } else {
+            "xl-4to6"
+        };
         let work = Workdir::new(tag)?;
         let server = FtpServer::start(&work, server_ip)?;
         let proxy = ProxyProcess::start(
@@ -318,7 +322,11 @@ impl Scripted {
         let port = wait_for(
             "the scripted server's port",
             Duration::from_secs(10),
-            || Ok(fs::read_to_string(&port_file).ok().and_then(|s| s.parse::<u16>().ok())),
+            || {
+                Ok(fs::read_to_string(&port_file)
+                    .ok()
+                    .and_then(|s| s.parse::<u16>().ok()))
+            },
             String::new,
         )?;
         Ok(Scripted {
@@ -434,5 +442,43 @@ fn translated_modes_and_crossed_families_start_only_with_the_relay() -> Result<(
             &err,
         )?;
     }
+    Ok(())
+}
+
+#[test]
+fn two_listeners_one_per_family_each_session_of_its_own() -> Result<()> {
+    if !preflight()? {
+        return Ok(());
+    }
+    let work = Workdir::new("xl-two-listeners")?;
+    let server = FtpServer::start(&work, V4)?;
+    let proxy = ProxyProcess::start(
+        V4,
+        server.addr(),
+        &["-b", "::1"],
+        &work.root().join("ftp-proxy.log"),
+    )?;
+    let v4 = proxy.addr();
+    let v6 = SocketAddr::new(V6, v4.port());
+    round_trip(&work, v4, DataMode::Pasv, "l4")?;
+    round_trip(&work, v6, DataMode::Epsv, "l6")?;
+    round_trip(&work, v6, DataMode::Eprt, "l6")?;
+    let log = proxy.log();
+    expect(
+        count(&log, "client 127.0.0.1 to server 127.0.0.1") == 4
+            && count(&log, "client ::1 to server 127.0.0.1") == 8,
+        "4 IPv4 and 8 IPv6 sessions, all to the IPv4 server",
+        &log,
+    )?;
+    // An IPv6 client's PASV is still refused (no 227 can name an IPv6 address).
+    let mut c = Control::connect(v6, Duration::from_secs(5))?;
+    let banner = c.read_reply()?;
+    expect(banner.code == 220, "banner through the IPv6 listener", &log)?;
+    let r = c.command("PASV")?;
+    expect(
+        r.code == 500,
+        "PASV from ::1 refused with 500",
+        &proxy.log(),
+    )?;
     Ok(())
 }

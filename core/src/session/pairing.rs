@@ -540,7 +540,10 @@ mod tests {
         p.ask(ask(Passive::Pasv), 10);
         assert!(p.client_blocked() && p.reply_owed());
         assert_eq!(p.oldest(), Some(Awaited::Passive(ask(Passive::Pasv))));
-        assert_eq!(p.collecting_for(), Some(Collected::Passive(ask(Passive::Pasv))));
+        assert_eq!(
+            p.collecting_for(),
+            Some(Collected::Passive(ask(Passive::Pasv)))
+        );
         // Ten bytes were buffered: the lines that begin within them are stale.
         assert!(p.take_stale(4));
         assert!(p.take_stale(7));
