@@ -131,6 +131,14 @@ pub const RELAY_SWEEP_EVERY: Duration = Duration::from_secs(1);
 ///   against the session's cap, and is reset ([`Decision::ResetHeld`]) when its
 ///   partner has not come within [`RelayLimits::idle`], when its rules are replaced,
 ///   or when its session is killed.
+/// * **Bridges** ([`Bridge`], the rules of [`Mode::Bridged`](crate::Mode::Bridged),
+///   `--server-data-mode passive`): no listener; once the commit is in force the
+///   relay connects both legs itself, the first to the server's passive port from
+///   the proxy's address ([`Decision::Dial`]), the second to the client's port from
+///   the address the client reached ([`Decision::Connect`], with the fallbacks of
+///   "Connect"). The caps apply as at an admission; over them the bridge is not
+///   made and a notice says so. A failed dial is reported with
+///   [`failed`](Self::failed) and resets the pair.
 /// * **Idle limits**: a pair that moves no byte for [`RelayLimits::idle`] is reset;
 ///   one that is half-closed (a side sent its end of file, or failed), or whose
 ///   control session has ended, after the shorter [`RelayLimits::linger`]. A byte
