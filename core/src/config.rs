@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::rules::{PortRange, RuleLog, RuleOptions, MIN_DATA_PORT};
+use crate::translate::{check_data_path, DataPathError, ServerDataMode};
 
 /// The proxy ports the original draws from: 49152..=65534
 /// (`IPPORT_HIFIRSTAUTO` up to one below `IPPORT_HILASTAUTO`).
@@ -87,6 +88,11 @@ pub struct Config {
     /// so that `-m` such connections lock everyone out. Default
     /// [`DEFAULT_LOGIN_TIMEOUT_SECS`].
     pub login_timeout_secs: u32,
+    /// `--server-data-mode`: how the proxy asks the server for a data connection,
+    /// independent of the client's mode. Anything but the default
+    /// [`ServerDataMode::Client`] (the original's behaviour) needs
+    /// [`relay`](Self::relay): its transfers have legs of different kinds.
+    pub server_data_mode: ServerDataMode,
 }
 
 impl Default for Config {
@@ -107,6 +113,7 @@ impl Default for Config {
             server_data_ports: None,
             relay: false,
             login_timeout_secs: DEFAULT_LOGIN_TIMEOUT_SECS,
+            server_data_mode: ServerDataMode::Client,
         }
     }
 }
@@ -128,6 +135,8 @@ pub enum ConfigError {
     DataPorts(PortRange),
     /// A proxy-port range that is empty or reaches below 1024.
     ProxyPorts(PortRange),
+    /// Transfers would need the relay, and the data path is a packet filter.
+    DataPath(DataPathError),
 }
 
 impl fmt::Display for ConfigError {
@@ -143,6 +152,7 @@ impl fmt::Display for ConfigError {
                 f,
                 "server data ports {r}: need low <= high, both from {MIN_DATA_PORT} up"
             ),
+            ConfigError::DataPath(e) => write!(f, "{e}"),
             ConfigError::ProxyPorts(r) => write!(
                 f,
                 "proxy ports {r}: need low <= high, both from {MIN_DATA_PORT} up"
@@ -181,12 +191,14 @@ impl Config {
         {
             return Err(ConfigError::QueueTooLong);
         }
-        if self.fixed_server.is_some_and(|s| s.is_ipv6() != self.ipv6) {
-            return Err(ConfigError::Family("fixed server"));
-        }
-        if self.source_addr.is_some_and(|s| s.is_ipv6() != self.ipv6) {
+        // `ipv6` is the client side's family; a fixed server of the other family
+        // makes every session cross families, which only the relay carries.
+        let server_v6 = self.fixed_server.map_or(self.ipv6, |s| s.is_ipv6());
+        if self.source_addr.is_some_and(|s| s.is_ipv6() != server_v6) {
             return Err(ConfigError::Family("source"));
         }
+        check_data_path(self.server_data_mode, server_v6 != self.ipv6, self.relay)
+            .map_err(ConfigError::DataPath)?;
         let r = self.proxy_ports;
         if r.low > r.high || r.low < MIN_DATA_PORT {
             return Err(ConfigError::ProxyPorts(r));
