@@ -19,8 +19,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use ftp_proxy_core::PortRange;
-use ftp_proxy_core::{AllowDest, Cidr, DEFAULT_RESOLVE_TIMEOUT_SECS};
+use ftp_proxy_core::{AllowDest, Cidr, PortRange, ServerDataMode, DEFAULT_RESOLVE_TIMEOUT_SECS};
 use ftp_proxy_core::{
     DEFAULT_LOGIN_TIMEOUT_SECS, DEFAULT_PROXY_PORTS, MAX_SESSIONS_LIMIT, MAX_TIMEOUT_SECS,
     PF_NAME_SIZE,
@@ -178,6 +177,9 @@ pub(crate) struct Args {
     pub source_address: Option<String>,
     /// `-b`, unresolved; `None` means the mode's loopback address.
     pub listen_address: Option<String>,
+    /// Every `-b` after the first, unresolved: more listeners (beyond the original,
+    /// where the last `-b` counts).
+    pub more_listen_addresses: Vec<String>,
     /// `-D`, 0..=7.
     pub log_level: u32,
     /// `-d`.
@@ -214,6 +216,8 @@ pub(crate) struct Args {
     pub chroot: PathBuf,
     /// `--login-timeout`, seconds, 0..=[`MAX_TIMEOUT_SECS`] (0: none).
     pub login_timeout: u32,
+    /// `--server-data-mode`.
+    pub server_data_mode: ServerDataMode,
     /// `--relay-per-session`, 1..=[`MAX_SESSIONS_LIMIT`].
     pub relay_per_session: u32,
     /// `--relay-idle-timeout`, seconds, 1..=[`MAX_TIMEOUT_SECS`].
@@ -244,6 +248,7 @@ impl Default for Args {
             anonymous_only: false,
             source_address: None,
             listen_address: None,
+            more_listen_addresses: Vec::new(),
             log_level: 5,
             foreground: false,
             max_sessions: 100,
@@ -262,6 +267,7 @@ impl Default for Args {
             user: "_ftp_proxy".into(),
             chroot: PathBuf::from("/var/empty"),
             login_timeout: DEFAULT_LOGIN_TIMEOUT_SECS,
+            server_data_mode: ServerDataMode::Client,
             relay_per_session: u32::try_from(relay.per_session).unwrap_or(u32::MAX),
             relay_idle_timeout: secs(relay.idle),
             relay_linger: secs(relay.linger),
@@ -403,8 +409,14 @@ const OPTIONS: &[Opt] = &[
     Opt {
         short: Some('b'),
         long: "listen-address",
-        help: "numeric address to listen on (default 127.0.0.1, or ::1 with -6)",
-        takes: Takes::Text(|a, v| store(&mut a.listen_address, Some(v.to_owned()))),
+        help: "numeric address to listen on (default 127.0.0.1, or ::1 with -6); repeat it for more listeners, e.g. one IPv4 and one IPv6",
+        takes: Takes::Text(|a, v| {
+            match a.listen_address {
+                None => a.listen_address = Some(v.to_owned()),
+                Some(_) => a.more_listen_addresses.push(v.to_owned()),
+            }
+            Ok(())
+        }),
     },
     Opt {
         short: Some('D'),
@@ -511,6 +523,12 @@ const OPTIONS: &[Opt] = &[
         long: "server-data-ports",
         help: "only accept server passive replies (227/229) that name a port in LOW:HIGH, e.g. the server's passive range (default: any port from 1024)",
         takes: Takes::Text(|a, v| store(&mut a.server_data_ports, Some(v.parse::<DataPorts>()?.0))),
+    },
+    Opt {
+        short: None,
+        long: "server-data-mode",
+        help: "how the proxy asks the server for data connections: client (as the client asked), passive (always PASV/EPSV) or active (always PORT/EPRT); passive and active need the relay backend (default client)",
+        takes: Takes::Text(|a, v| store(&mut a.server_data_mode, v.parse()?)),
     },
     Opt {
         short: None,
@@ -1080,6 +1098,32 @@ mod tests {
         assert_eq!(run("--login-timeout=30").login_timeout, 30);
         assert_eq!(run("--divert divert-to").divert, DivertMode::Getsockname);
         assert_eq!(run("--max-sessions 3 --ipv6 --foreground").max_sessions, 3);
+    }
+
+    #[test]
+    fn a_repeated_listen_address_adds_a_listener() {
+        let a = run("-b 127.0.0.1 -b ::1 --listen-address=::2");
+        assert_eq!(a.listen_address(), "127.0.0.1");
+        assert_eq!(a.more_listen_addresses, ["::1", "::2"]);
+        assert!(run("-b ::1").more_listen_addresses.is_empty());
+    }
+
+    #[test]
+    fn server_data_mode_parses_its_three_values() {
+        assert_eq!(run("").server_data_mode, ServerDataMode::Client);
+        assert_eq!(
+            run("--server-data-mode passive").server_data_mode,
+            ServerDataMode::Passive
+        );
+        assert_eq!(
+            run("--server-data-mode=active").server_data_mode,
+            ServerDataMode::Active
+        );
+        assert_eq!(
+            run("--server-data-mode active --server-data-mode client").server_data_mode,
+            ServerDataMode::Client
+        );
+        assert!(invalid("--server-data-mode pasv").contains("client, passive or active"));
     }
 
     #[test]

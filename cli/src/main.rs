@@ -45,7 +45,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ftp_proxy_core::{Config, ConfigError, DestPolicy, Proxy, RuleLog, RuleOptions};
+use ftp_proxy_core::{
+    check_data_path as translate_check, Config, ConfigError, DestPolicy, Proxy, RuleLog,
+    RuleOptions,
+};
 use ftp_proxy_runtime::{
     DataPath, Divert, Filter, Inbound, OsRandom, ProxyProtocol, RelayLimits, RunError, Runtime,
     StartError,
@@ -185,7 +188,19 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
         max_sessions: args.max_sessions,
         relay,
     };
-    let listener = ftp_proxy_runtime::listen(&opts).map_err(Fatal::Start)?;
+    let mut listener = ftp_proxy_runtime::listen(&opts).map_err(Fatal::Start)?;
+    // More `-b`: more listeners on the same port, each session of its own family.
+    let mut listens = vec![listen];
+    for address in &args.more_listen_addresses {
+        let more = resolve::resolve(address, Some(&args.listen_port), args.ipv6, Lookup::Listen)
+            .map_err(Fatal::ListenAddress)?;
+        let more_opts = ftp_proxy_runtime::Options {
+            listen: more,
+            ..opts.clone()
+        };
+        listener.add(ftp_proxy_runtime::listen(&more_opts).map_err(Fatal::Start)?);
+        listens.push(more);
+    }
 
     if !args.foreground {
         let dev_null = daemon::open_dev_null().map_err(Fatal::Daemon)?;
@@ -194,8 +209,12 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
 
     // From here on this is the process that runs the proxy: its pid names the anchors
     // and the nftables table.
-    let config = core_config(args, source_addr, fixed_server, listen);
+    let config = core_config(args, source_addr, fixed_server, &listens);
     config.validate().map_err(Fatal::Config)?;
+    // With listeners of both families, some sessions cross to the fixed server's.
+    let mixed = fixed_server.is_some_and(|s| listens.iter().any(|l| l.is_ipv6() != s.is_ipv6()));
+    translate_check(config.server_data_mode, mixed, config.relay)
+        .map_err(|e| Fatal::Config(ConfigError::DataPath(e)))?;
     if config.user_at_host.as_ref().is_some_and(|p| p.denies_all()) {
         warn!("--user-at-host without --allow-dest: every destination is refused");
     }
@@ -237,11 +256,11 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
         d.ready(!root).map_err(Fatal::Daemon)?;
     }
 
-    warn!(
-        "listening on {} port {}",
-        args.listen_address(),
-        args.listen_port
-    );
+    for address in std::iter::once(args.listen_address())
+        .chain(args.more_listen_addresses.iter().map(String::as_str))
+    {
+        warn!("listening on {address} port {}", args.listen_port);
+    }
     runtime.run().map_err(Fatal::Run)
 }
 
@@ -354,20 +373,27 @@ fn divert_mode(mode: DivertMode) -> Result<(Divert, bool), Fatal> {
 }
 
 /// The core's configuration. Called after daemonizing: anchors carry this pid.
+/// `listens`: the listeners; when every one is IPv6 (`-6`, or each `-b` naming an IPv6 address),
+/// the family of the clients' side. With listeners of both families it is `false`
+/// and each session judges by its own client's family.
 fn core_config(
     args: &Args,
     source_addr: Option<IpAddr>,
     fixed_server: Option<SocketAddr>,
-    listen: SocketAddr,
+    listens: &[SocketAddr],
 ) -> Config {
-    // The proxy's own addresses for the destination policy: its listener, and its
-    // listening address at any port (its relay's data ports) when it is one.
-    let mut own = vec![listen];
-    if !listen.ip().is_unspecified() {
-        own.push(SocketAddr::new(listen.ip(), 0));
-    }
+    // The proxy's own addresses for the destination policy: its listeners, and
+    // their addresses at any port (its relay's data ports) where they are ones.
+    let listen_v6 = listens.iter().all(SocketAddr::is_ipv6);
+    let mut own = listens.to_vec();
+    own.extend(
+        listens
+            .iter()
+            .filter(|l| !l.ip().is_unspecified())
+            .map(|l| SocketAddr::new(l.ip(), 0)),
+    );
     Config {
-        ipv6: args.ipv6,
+        ipv6: args.ipv6 || listen_v6,
         anonymous_only: args.anonymous_only,
         max_sessions: args.max_sessions,
         idle_timeout_secs: args.timeout,
@@ -394,6 +420,7 @@ fn core_config(
             own,
         }),
         resolve_timeout_secs: args.resolve_timeout,
+        server_data_mode: args.server_data_mode,
     }
 }
 

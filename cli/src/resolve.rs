@@ -41,6 +41,9 @@ impl std::error::Error for GaiError {}
 
 /// Resolves `host` (and `service`, a port number or a service name) for `ipv6`
 /// mode and returns the first result, as the original uses `res` (the first entry).
+/// A numeric address is of its own family (except a listener in `-6` mode, which is
+/// IPv6 as in the original): `-b ::1 -R 127.0.0.1` crosses families (issue 17),
+/// which the start-up check then allows only with the relay.
 pub(crate) fn resolve(
     host: &str,
     service: Option<&str>,
@@ -57,7 +60,14 @@ pub(crate) fn resolve(
         .transpose()
         .map_err(|_| nul("port"))?;
 
-    let family = if ipv6 { libc::AF_INET6 } else { libc::AF_INET };
+    let family = match host.parse::<std::net::IpAddr>() {
+        // `-6` is the clients' side: its listener stays IPv6, as the original's.
+        _ if ipv6 && matches!(lookup, Lookup::Listen) => libc::AF_INET6,
+        Ok(std::net::IpAddr::V6(_)) => libc::AF_INET6,
+        Ok(std::net::IpAddr::V4(_)) => libc::AF_INET,
+        Err(_) if ipv6 => libc::AF_INET6,
+        Err(_) => libc::AF_INET,
+    };
     let flags = match lookup {
         Lookup::Listen => libc::AI_NUMERICHOST | libc::AI_PASSIVE,
         Lookup::SourceAddress => libc::AI_NUMERICHOST,
@@ -88,12 +98,22 @@ mod tests {
     }
 
     #[test]
-    fn family_follows_the_mode() {
+    fn a_literal_has_its_own_family_and_a_name_follows_the_mode() {
         let a = resolve("::1", Some("21"), true, Lookup::Listen).unwrap();
         assert_eq!(a, "[::1]:21".parse().unwrap());
-        // An IPv4 literal in IPv6 mode is refused, as with AF_INET6 hints.
+        // An IPv4 listener in IPv6 mode is refused, as with AF_INET6 hints.
         assert!(resolve("127.0.0.1", Some("21"), true, Lookup::Listen).is_err());
-        assert!(resolve("::1", Some("21"), false, Lookup::Listen).is_err());
+        // Beyond the original, which refuses these: the families may cross.
+        let a = resolve("127.0.0.1", Some("21"), true, Lookup::FixedServer).unwrap();
+        assert_eq!(a, "127.0.0.1:21".parse().unwrap());
+        let a = resolve("::1", Some("21"), false, Lookup::Listen).unwrap();
+        assert_eq!(a, "[::1]:21".parse().unwrap());
+        // "localhost" from /etc/hosts: IPv4 unless -6 (then ::1, or nothing).
+        let a = resolve("localhost", Some("21"), false, Lookup::FixedServer).unwrap();
+        assert!(a.is_ipv4());
+        if let Ok(a) = resolve("localhost", Some("21"), true, Lookup::FixedServer) {
+            assert!(a.is_ipv6());
+        }
     }
 
     #[test]

@@ -969,3 +969,39 @@ fn a_backend_that_cannot_start_fails_with_exit_1() {
         "ftp-proxy: cannot open backend nftables: Operation not permitted (needs root or CAP_NET_ADMIN)\n"
     );
 }
+
+#[test]
+fn translated_transfers_without_the_relay_are_refused_at_start_up() {
+    let mut base: Vec<String> = ["-d", "-p", "0", "--backend", "nftables"]
+        .map(String::from)
+        .to_vec();
+    base.extend(unprivileged_user_opts(Path::new("/")));
+    for (extra, want) in [
+        (
+            &["--server-data-mode", "passive"][..],
+            "ftp-proxy: --server-data-mode passive translates every transfer, which only the relay can carry; use --backend relay or --server-data-mode client",
+        ),
+        (
+            &["--server-data-mode", "active"][..],
+            "ftp-proxy: --server-data-mode active translates every transfer",
+        ),
+        (
+            &["-b", "::1", "-R", "127.0.0.1"][..],
+            "ftp-proxy: client and server address families differ (-b and -R), which only the relay can carry",
+        ),
+        (
+            &["-b", "127.0.0.1", "-b", "::1", "-R", "127.0.0.1"][..],
+            "ftp-proxy: client and server address families differ (-b and -R), which only the relay can carry",
+        ),
+    ] {
+        let mut a = base.clone();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(o.status.code(), Some(1), "{extra:?}: {o:?}");
+        let err = stderr_of(&o);
+        assert!(
+            err.lines().any(|l| l.starts_with(want)),
+            "{extra:?}: {err}"
+        );
+    }
+}

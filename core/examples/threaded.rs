@@ -2,8 +2,13 @@
 //! alone: the second driver of the core, and the worked case of docs/embedding.md.
 //!
 //! ```text
-//! cargo run -p ftp-proxy-core --example threaded -- 127.0.0.1:2121 127.0.0.1:21
+//! cargo run -p ftp-proxy-core --example threaded -- 127.0.0.1:2121 127.0.0.1:21 [passive|active]
 //! ```
+//!
+//! The optional third argument is the server data mode (`--server-data-mode`,
+//! issue 17): `passive` bridges a client's PORT/EPRT through the server's passive
+//! port ([`Decision::Dial`]), `active` joins a client's PASV/EPSV with the server's
+//! connection to the proxy's PORT/EPRT.
 //!
 //! One thread owns the [`Proxy`] and the data path's [`Relay`] and is the only one
 //! to touch them: every other thread (the client acceptor, a reader and a writer per
@@ -35,7 +40,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use ftp_proxy_core::{
     Accept, Action, Admission, Anchor, Config, ConnectError, Decision, FilterError, Flow, Input,
-    IoOp, ListenerId, PairId, PairState, Pcg32, Proxy, Relay, Rule, SessionId, Side, SocketError,
+    IoOp, ListenerId, PairId, PairState, Pcg32, Proxy, Relay, Rule, ServerDataMode, SessionId,
+    Side, SocketError,
 };
 
 /// Data connections carried at once, in all sessions (the daemon's `-m`).
@@ -57,6 +63,8 @@ enum Event {
     DataAccepted(ListenerId, TcpStream, SocketAddr),
     /// The connect of a [`Decision::Connect`] to this target has finished.
     DataConnect(PairId, SocketAddr, io::Result<TcpStream>),
+    /// The connect of a [`Decision::Dial`] (a bridge's first leg) has finished.
+    DataDialed(PairId, io::Result<TcpStream>),
     /// A copy thread's direction (`true`: up) moved bytes or ended, perhaps failing.
     DataCopied(PairId, bool, Flow, Option<(IoOp, SocketError)>),
 }
@@ -67,8 +75,16 @@ fn main() {
         args.first().and_then(|a| a.parse::<SocketAddr>().ok()),
         args.get(1).and_then(|a| a.parse::<SocketAddr>().ok()),
     ) else {
-        eprintln!("usage: threaded LISTEN-ADDR:PORT SERVER-ADDR:PORT");
+        eprintln!("usage: threaded LISTEN-ADDR:PORT SERVER-ADDR:PORT [client|passive|active]");
         std::process::exit(64);
+    };
+    let server_data_mode = match args.get(2).map(|m| m.parse::<ServerDataMode>()) {
+        None => ServerDataMode::Client,
+        Some(Ok(m)) => m,
+        Some(Err(e)) => {
+            eprintln!("threaded: {e}");
+            std::process::exit(64);
+        }
     };
     log::set_logger(&STDERR).expect("the first logger");
     log::set_max_level(log::LevelFilter::Info);
@@ -78,6 +94,7 @@ fn main() {
         pid: std::process::id(),
         // The relay joins two connections that both end here (`Mode::Joined`).
         relay: true,
+        server_data_mode,
         ..Config::default()
     };
     let proxy = Proxy::new(cfg, Box::new(Pcg32::new(seed()))).expect("a valid config");
@@ -167,6 +184,7 @@ fn drive(mut proxy: Proxy, events: Receiver<Event>, tx: Sender<Event>) {
             Some(Event::Input(id, input)) => proxy.handle(now, id, input),
             Some(Event::DataAccepted(l, stream, peer)) => data.accepted(now, &tx, l, stream, peer),
             Some(Event::DataConnect(pair, to, r)) => data.connected(now, &tx, pair, to, r),
+            Some(Event::DataDialed(pair, r)) => data.dialed(now, &tx, pair, r),
             Some(Event::DataCopied(pair, up, flow, failed)) => {
                 data.copied(now, &tx, pair, up, flow, failed)
             }
@@ -401,8 +419,11 @@ struct DataPath {
     listeners: HashMap<ListenerId, (SocketAddr, Arc<AtomicBool>)>,
     /// A join's first leg, waiting for its partner ([`Admission::Hold`]).
     held: HashMap<ListenerId, TcpStream>,
-    /// Accepted connections whose second leg is being connected.
+    /// Accepted (or dialled) connections whose second leg is being connected.
     opening: HashMap<PairId, TcpStream>,
+    /// Bridges whose first leg is being dialled ([`Decision::Dial`]), with their
+    /// second leg once it has connected first (the two connects race).
+    dialing: HashMap<PairId, Option<TcpStream>>,
     /// Pairs being copied: both sockets, and what their copy threads last said.
     pairs: HashMap<PairId, ([TcpStream; 2], PairState)>,
 }
@@ -414,6 +435,7 @@ impl DataPath {
             listeners: HashMap::new(),
             held: HashMap::new(),
             opening: HashMap::new(),
+            dialing: HashMap::new(),
             pairs: HashMap::new(),
         }
     }
@@ -489,12 +511,44 @@ impl DataPath {
                 if let Some(accepted) = self.opening.remove(&pair) {
                     self.relay.connected(now, pair);
                     self.carry(tx, pair, accepted, opened);
+                } else if let Some(early) = self.dialing.get_mut(&pair) {
+                    // A bridge whose first leg is still being dialled.
+                    self.relay.connected(now, pair);
+                    *early = Some(opened);
                 }
             }
             Err(e) => {
                 let error = SocketError::from(&e);
                 self.relay
                     .connect_failed(now, pair, ConnectError::Refused { to, error });
+            }
+        }
+        self.drain(now, tx);
+    }
+
+    /// The connect of a [`Decision::Dial`] has finished: the bridge's first leg,
+    /// carried with its second once that one is connected too.
+    fn dialed(
+        &mut self,
+        now: Instant,
+        tx: &Sender<Event>,
+        pair: PairId,
+        result: io::Result<TcpStream>,
+    ) {
+        let Some(early) = self.dialing.remove(&pair) else {
+            return;
+        };
+        match (result, early) {
+            (Ok(first), Some(second)) => self.carry(tx, pair, first, second),
+            (Ok(first), None) => {
+                self.opening.insert(pair, first);
+            }
+            (Err(e), early) => {
+                if let Some(second) = early {
+                    close(&second);
+                }
+                self.relay
+                    .failed(now, pair, IoOp::Setup, SocketError::from(&e));
             }
         }
         self.drain(now, tx);
@@ -561,6 +615,13 @@ impl DataPath {
                         close(&held);
                     }
                 }
+                Decision::Dial { pair, to, .. } => {
+                    self.dialing.insert(pair, None);
+                    let tx = tx.clone();
+                    thread::spawn(move || {
+                        let _ = tx.send(Event::DataDialed(pair, TcpStream::connect(to)));
+                    });
+                }
                 Decision::Connect { pair, to, .. } => {
                     let tx = tx.clone();
                     thread::spawn(move || {
@@ -581,6 +642,9 @@ impl DataPath {
                 Decision::Close { pair, .. } => {
                     if let Some(accepted) = self.opening.remove(&pair) {
                         close(&accepted);
+                    }
+                    if let Some(Some(second)) = self.dialing.remove(&pair) {
+                        close(&second);
                     }
                     if let Some((socks, _)) = self.pairs.remove(&pair) {
                         socks.iter().for_each(close);

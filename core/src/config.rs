@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::route::DestPolicy;
 use crate::rules::{PortRange, RuleLog, RuleOptions, MIN_DATA_PORT};
+use crate::translate::{check_data_path, DataPathError, ServerDataMode};
 
 /// The proxy ports the original draws from: 49152..=65534
 /// (`IPPORT_HIFIRSTAUTO` up to one below `IPPORT_HILASTAUTO`).
@@ -100,6 +101,11 @@ pub struct Config {
     /// `--resolve-timeout`: seconds a forward-mode host name lookup may take before
     /// the session ends with `421`. Default [`DEFAULT_RESOLVE_TIMEOUT_SECS`].
     pub resolve_timeout_secs: u32,
+    /// `--server-data-mode`: how the proxy asks the server for a data connection,
+    /// independent of the client's mode. Anything but the default
+    /// [`ServerDataMode::Client`] (the original's behaviour) needs
+    /// [`relay`](Self::relay): its transfers have legs of different kinds.
+    pub server_data_mode: ServerDataMode,
 }
 
 impl Default for Config {
@@ -122,6 +128,7 @@ impl Default for Config {
             login_timeout_secs: DEFAULT_LOGIN_TIMEOUT_SECS,
             user_at_host: None,
             resolve_timeout_secs: DEFAULT_RESOLVE_TIMEOUT_SECS,
+            server_data_mode: ServerDataMode::Client,
         }
     }
 }
@@ -147,6 +154,8 @@ pub enum ConfigError {
     ForwardAndFixed,
     /// `--resolve-timeout` of 0 or above 86400.
     ResolveTimeout(u32),
+    /// Transfers would need the relay, and the data path is a packet filter.
+    DataPath(DataPathError),
 }
 
 impl fmt::Display for ConfigError {
@@ -162,6 +171,7 @@ impl fmt::Display for ConfigError {
                 f,
                 "server data ports {r}: need low <= high, both from {MIN_DATA_PORT} up"
             ),
+            ConfigError::DataPath(e) => write!(f, "{e}"),
             ConfigError::ProxyPorts(r) => write!(
                 f,
                 "proxy ports {r}: need low <= high, both from {MIN_DATA_PORT} up"
@@ -209,10 +219,10 @@ impl Config {
         {
             return Err(ConfigError::QueueTooLong);
         }
-        if self.fixed_server.is_some_and(|s| s.is_ipv6() != self.ipv6) {
-            return Err(ConfigError::Family("fixed server"));
-        }
-        if self.source_addr.is_some_and(|s| s.is_ipv6() != self.ipv6) {
+        // `ipv6` is the client side's family; a fixed server of the other family
+        // makes every session cross families, which only the relay carries.
+        let server_v6 = self.fixed_server.map_or(self.ipv6, |s| s.is_ipv6());
+        if self.source_addr.is_some_and(|s| s.is_ipv6() != server_v6) {
             return Err(ConfigError::Family("source"));
         }
         if self.user_at_host.is_some() && self.fixed_server.is_some() {
@@ -221,6 +231,8 @@ impl Config {
         if !(1..=MAX_TIMEOUT_SECS).contains(&self.resolve_timeout_secs) {
             return Err(ConfigError::ResolveTimeout(self.resolve_timeout_secs));
         }
+        check_data_path(self.server_data_mode, server_v6 != self.ipv6, self.relay)
+            .map_err(ConfigError::DataPath)?;
         let r = self.proxy_ports;
         if r.low > r.high || r.low < MIN_DATA_PORT {
             return Err(ConfigError::ProxyPorts(r));

@@ -335,8 +335,8 @@ impl DataCounts {
         let n = match (mode, epsv) {
             (Mode::Passive | Mode::Joined, false) => &mut self.pasv,
             (Mode::Passive | Mode::Joined, true) => &mut self.epsv,
-            (Mode::ActivePort, _) => &mut self.port,
-            (Mode::ActiveEprt, _) => &mut self.eprt,
+            (Mode::ActivePort, _) | (Mode::Bridged, false) => &mut self.port,
+            (Mode::ActiveEprt, _) | (Mode::Bridged, true) => &mut self.eprt,
         };
         *n += 1;
     }

@@ -121,7 +121,77 @@ pub fn forwards(rules: &[Rule]) -> Result<Vec<Forward>, ForwardError> {
                 source: None,
                 join: true,
             }),
-            (Direction::Out, Translate::NatTo { .. }) => {}
+            (Direction::Out, Translate::NatTo { .. } | Translate::BridgeWith { .. }) => {}
+            _ => {
+                return Err(ForwardError {
+                    rule: Box::new(r.clone()),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One data connection the proxy makes on both sides and joins
+/// ([`Mode::Bridged`](crate::Mode::Bridged), a pair of `bridge-with` rules): no one
+/// connects to the proxy. The first leg goes to the server's passive port, the
+/// second to the client's active port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Bridge {
+    /// The first leg's destination (the server's passive port).
+    pub first: SocketAddr,
+    /// Its source address (the proxy's address towards the server; any port).
+    pub first_from: IpAddr,
+    /// The second leg's destination (the client's port of its PORT/EPRT).
+    pub second: SocketAddr,
+    /// Its source address: the one the client expects the data connection from.
+    pub second_from: IpAddr,
+}
+
+impl fmt::Display for Bridge {
+    /// `first_from -> first bridged with second_from -> second`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} -> {} bridged with {} -> {}",
+            self.first_from, self.first, self.second_from, self.second
+        )
+    }
+}
+
+/// The bridges of one rule set: each outbound `bridge-with` rule with the later one
+/// it names (and that names it). A lone `bridge-with` rule is an error.
+pub fn bridges(rules: &[Rule]) -> Result<Vec<Bridge>, ForwardError> {
+    let mut out = Vec::new();
+    let mut used = vec![false; rules.len()];
+    for (i, r) in rules.iter().enumerate() {
+        let Translate::BridgeWith { addr, port } = r.translate else {
+            continue;
+        };
+        if used[i] {
+            continue;
+        }
+        let partner = rules.iter().enumerate().skip(i + 1).find(|(j, p)| {
+            !used[*j]
+                && p.direction == Direction::Out
+                && (p.to, p.port) == (addr, port)
+                && p.translate
+                    == Translate::BridgeWith {
+                        addr: r.to,
+                        port: r.port,
+                    }
+        });
+        match (r.direction, partner) {
+            (Direction::Out, Some((j, p))) => {
+                used[i] = true;
+                used[j] = true;
+                out.push(Bridge {
+                    first: SocketAddr::new(r.to, r.port),
+                    first_from: r.from,
+                    second: SocketAddr::new(p.to, p.port),
+                    second_from: p.from,
+                });
+            }
             _ => {
                 return Err(ForwardError {
                     rule: Box::new(r.clone()),
@@ -355,6 +425,44 @@ mod tests {
             "pass in quick inet proto tcp from 203.0.113.10 to 203.0.113.1 port 50000 \
              flags S/SA keep state (max 1) join-with 198.51.100.1 port 40000"
         );
+    }
+
+    #[test]
+    fn bridged_gives_one_bridge_and_no_forward() {
+        let rules = data_rules(
+            Mode::Bridged,
+            &reverse(),
+            40000,
+            30000,
+            &RuleOptions::default(),
+        );
+        assert!(forwards(&rules).unwrap().is_empty());
+        let b = bridges(&rules).unwrap();
+        assert_eq!(
+            b,
+            [Bridge {
+                first: "198.51.100.10:30000".parse().unwrap(),
+                first_from: reverse().proxy,
+                second: "203.0.113.10:40000".parse().unwrap(),
+                second_from: reverse().orig_server,
+            }]
+        );
+        assert_eq!(
+            rules[0].to_string(),
+            "pass out quick inet proto tcp from 198.51.100.1 to 198.51.100.10 port 30000 \
+             flags S/SA keep state (max 1) bridge-with 203.0.113.10 port 40000"
+        );
+        let lone = bridges(&rules[..1]).unwrap_err();
+        assert_eq!(*lone.rule, rules[0]);
+        assert!(bridges(&data_rules(
+            Mode::Passive,
+            &v4(),
+            1,
+            2,
+            &RuleOptions::default()
+        ))
+        .unwrap()
+        .is_empty());
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub use event::{
     INBOX_HIGH_WATER, MAX_PIPELINED, OUTPUT_HIGH_WATER, OUTPUT_LOW_WATER,
 };
 pub use filter::Filter;
-pub use forward::{forwards, Forward, ForwardError, Source};
+pub use forward::{bridges, forwards, Bridge, Forward, ForwardError, Source};
 pub use proxy::Proxy;
 pub use rand::{Pcg32, RandomSource};
 pub use relay::{

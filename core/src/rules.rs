@@ -141,6 +141,17 @@ pub enum Translate {
         /// The other rule's destination port.
         port: u16,
     },
+    /// Beyond pf: an outbound rule of a [`Mode::Bridged`] pair. The proxy itself
+    /// connects from the rule's source to its destination, and joins that
+    /// connection with the one it makes to `addr` port `port` (the other rule's
+    /// destination). No one connects to the proxy, so only a userspace data path
+    /// (the relay) can carry it; a kernel filter refuses the rule set.
+    BridgeWith {
+        /// The other rule's destination address.
+        addr: IpAddr,
+        /// The other rule's destination port.
+        port: u16,
+    },
 }
 
 /// One packet-filter rule for one data connection.
@@ -228,6 +239,7 @@ impl fmt::Display for Rule {
             Translate::RdrTo { addr, port } => write!(f, " rdr-to {addr} port {port}"),
             Translate::NatTo { addr, ports } => write!(f, " nat-to {addr} port {ports}"),
             Translate::JoinWith { addr, port } => write!(f, " join-with {addr} port {port}"),
+            Translate::BridgeWith { addr, port } => write!(f, " bridge-with {addr} port {port}"),
         }
     }
 }
@@ -278,6 +290,12 @@ pub enum Mode {
     /// a reply whose lines the client may have chosen (docs/behavior.md, "Replies out
     /// of step"). Only a userspace data path can carry it.
     Joined,
+    /// PORT or EPRT from the client, served by PASV/EPSV towards the server
+    /// (`--server-data-mode passive`): the proxy connects to the server's passive
+    /// port and to the client's active port and joins the two. `port` of
+    /// [`data_rules`] is the client's port, `proxy_port` the server's (the proxy
+    /// advertises no port of its own). Only a userspace data path can carry it.
+    Bridged,
 }
 
 /// The two rules of one negotiation, in the shape of the man page's CONFIGURATION
@@ -373,6 +391,34 @@ pub fn data_rules(
                 rtable: None,
                 translate: Translate::JoinWith {
                     addr: a.orig_server,
+                    port: proxy_port,
+                },
+            },
+        ],
+        Mode::Bridged => [
+            // pass out from $proxy to $server port $server_port bridge-with $client port $port
+            Shape {
+                direction: Direction::Out,
+                from: a.proxy,
+                to: a.server,
+                port: proxy_port,
+                on_rdomain: proxy_rt,
+                rtable: None,
+                translate: Translate::BridgeWith {
+                    addr: a.client,
+                    port,
+                },
+            },
+            // pass out from $orig_server to $client port $port bridge-with $server port $server_port
+            Shape {
+                direction: Direction::Out,
+                from: a.orig_server,
+                to: a.client,
+                port,
+                on_rdomain: a.client_rdomain,
+                rtable: None,
+                translate: Translate::BridgeWith {
+                    addr: a.server,
                     port: proxy_port,
                 },
             },

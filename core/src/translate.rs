@@ -46,6 +46,17 @@ impl std::str::FromStr for ServerDataMode {
     }
 }
 
+impl std::fmt::Display for ServerDataMode {
+    /// The option's value: `client`, `passive` or `active`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Client => "client",
+            Self::Passive => "passive",
+            Self::Active => "active",
+        })
+    }
+}
+
 /// A data-connection command, on either side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DataCommand {
@@ -230,12 +241,13 @@ impl std::fmt::Display for DataPathError {
         match self {
             Self::ServerDataModeNeedsRelay(m) => write!(
                 f,
-                "--server-data-mode {m:?} translates every transfer, which only the relay can carry; \
-                 run without a packet filter or use --server-data-mode client"
+                "--server-data-mode {m} translates every transfer, which only the relay can carry; \
+                 use --backend relay or --server-data-mode client"
             ),
             Self::FamiliesNeedRelay => write!(
                 f,
-                "client and server address families differ, which only the relay can carry"
+                "client and server address families differ (-b and -R), which only the relay \
+                 can carry; use --backend relay"
             ),
         }
     }

@@ -1361,3 +1361,100 @@ fn a_session_behind_a_balancer_admits_the_balancer_for_its_client_only() {
     );
     h.open(d, server_peer());
 }
+
+// ---- bridges (`--server-data-mode passive`) ----
+
+/// Bridged rules: the proxy connects to SERVER:server_port and CLIENT:client_port.
+fn bridged(server_port: u16, client_port: u16) -> Vec<Rule> {
+    data_rules(
+        Mode::Bridged,
+        &addrs(CLIENT),
+        client_port,
+        server_port,
+        &RuleOptions::default(),
+    )
+    .to_vec()
+}
+
+#[test]
+fn a_bridge_dials_the_server_then_connects_the_client_and_listens_on_nothing() {
+    let mut h = H::new(10);
+    let (listen, d) = h.commit(1, &bridged(30000, 5000));
+    assert!(listen.is_empty(), "a bridge needs no listener: {listen:?}");
+    let pair = match d[..] {
+        [Decision::Dial {
+            pair,
+            to,
+            from,
+            security: Security::Plain,
+        }, Decision::Connect {
+            pair: p2,
+            to: to2,
+            from: from2,
+            ..
+        }] => {
+            assert_eq!(pair, p2);
+            assert_eq!(to, sa("198.51.100.10:30000"));
+            assert_eq!(from, Some(sa("198.51.100.1:0")));
+            assert_eq!(to2, sa("203.0.113.10:5000"));
+            // The client sees the data connection come from the address it reached.
+            assert_eq!(from2, Some(sa("203.0.113.1:0")));
+            pair
+        }
+        _ => panic!("{d:?}"),
+    };
+    assert_eq!(h.relay.pair_count(), 1);
+    let legs = h.relay.legs(pair).unwrap();
+    assert!(legs
+        .iter()
+        .all(|l| matches!(l.origin, Origin::Connected { .. })));
+    h.relay.connected(h.now, pair);
+    let d = h.report(
+        pair,
+        PairState {
+            up: ended(10),
+            down: ended(0),
+        },
+    );
+    assert_eq!(closes(&d), [(pair, false, PairEnd::Done)]);
+    // Replacing the rules leaves nothing behind and needs no StopListening.
+    let (_, d) = h.commit(1, &[]);
+    assert!(d.is_empty(), "{d:?}");
+    assert_eq!(h.relay.anchor_count(), 0);
+}
+
+#[test]
+fn a_bridge_over_the_session_cap_connects_nothing_and_says_so() {
+    let mut h = H::new(10).limits(1, 600, 15);
+    let (_, d) = h.commit(1, &bridged(30000, 5000));
+    assert_eq!(d.len(), 2);
+    notices();
+    let (_, d) = h.commit(1, &bridged(30001, 5001));
+    assert!(d.is_empty(), "{d:?}");
+    assert!(
+        logged(&notices(), "not made: data-connection limit reached"),
+        "the refusal is logged"
+    );
+    assert_eq!(h.relay.pair_count(), 1);
+}
+
+#[test]
+fn a_bridge_whose_dial_fails_ends_reset() {
+    let mut h = H::new(10);
+    let (_, d) = h.commit(1, &bridged(30000, 5000));
+    let Decision::Dial { pair, .. } = d[0] else {
+        panic!("{d:?}")
+    };
+    h.relay.failed(
+        h.now,
+        pair,
+        IoOp::Setup,
+        SocketError::from(ErrorKind::ConnectionRefused),
+    );
+    let d = h.drain();
+    assert!(matches!(
+        closes(&d)[..],
+        [(p, true, PairEnd::Failed { .. })] if p == pair
+    ));
+    assert_eq!(h.relay.pair_count(), 0);
+}

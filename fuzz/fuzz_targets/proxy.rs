@@ -16,7 +16,7 @@ use arbitrary::Arbitrary;
 use bytes::Bytes;
 use ftp_proxy_core::{
     Accept, Action, Config, FilterError, Input, Pcg32, PortRange, Proxy, Refused, Rule, RuleLog,
-    RuleOptions, SessionId, Side, SocketError, DEFAULT_PROXY_PORTS, MIN_DATA_PORT,
+    RuleOptions, ServerDataMode, SessionId, Side, SocketError, DEFAULT_PROXY_PORTS, MIN_DATA_PORT,
 };
 use ftp_proxy_tests::invariants::Checker;
 use libfuzzer_sys::fuzz_target;
@@ -251,6 +251,16 @@ impl Harness {
             relay: setup.relay,
             // 0 (none) to 2 s: short enough that a fuzz input reaches it.
             login_timeout_secs: u32::from(setup.seed as u8 % 3),
+            // Issue 17's modes need the relay (a start-up error without it).
+            server_data_mode: if setup.relay {
+                [
+                    ServerDataMode::Client,
+                    ServerDataMode::Passive,
+                    ServerDataMode::Active,
+                ][(setup.seed >> 8) as usize % 3]
+            } else {
+                ServerDataMode::Client
+            },
         };
         let proxy = Proxy::new(cfg.clone(), Box::new(Pcg32::new(setup.seed))).ok()?;
         let now = Instant::now();

@@ -185,19 +185,36 @@ pub struct Options {
     pub relay: bool,
 }
 
-/// The listening socket: bound, listening and non-blocking.
+/// The listening socket: bound, listening and non-blocking; and any more of them
+/// ([`Listener::add`]: the daemon's repeated `-b`, an IPv4 and an IPv6 listener in
+/// one process).
 ///
 /// Created by [`listen`] before privileges are dropped (ports below 1024 and
 /// `IP_TRANSPARENT` need them), then handed to [`run`].
 #[derive(Debug)]
 pub struct Listener {
     inner: std::net::TcpListener,
+    /// Further listening sockets, accepted from like the first.
+    more: Vec<std::net::TcpListener>,
 }
 
 impl Listener {
-    /// The address the socket is bound to (with the real port when port 0 was asked for).
+    /// The address the (first) socket is bound to (with the real port when port 0
+    /// was asked for).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.inner.local_addr()
+    }
+
+    /// Adds the sockets of `other` (from another [`listen`]): the runtime accepts
+    /// from each, and every session takes its family from its own connection.
+    pub fn add(&mut self, other: Listener) {
+        self.more.push(other.inner);
+        self.more.extend(other.more);
+    }
+
+    /// Every socket, the first first.
+    pub(crate) fn into_sockets(self) -> Vec<std::net::TcpListener> {
+        std::iter::once(self.inner).chain(self.more).collect()
     }
 }
 
@@ -278,7 +295,10 @@ pub const LISTEN_BACKLOG: i32 = 1024;
 /// transparency, bind, listen with [`LISTEN_BACKLOG`], non-blocking.
 pub fn listen(opts: &Options) -> Result<Listener, StartError> {
     sys::listener(opts.listen, opts.transparent, LISTEN_BACKLOG as usize)
-        .map(|inner| Listener { inner })
+        .map(|inner| Listener {
+            inner,
+            more: Vec::new(),
+        })
         .map_err(|e| match e {
             sys::ListenError::Socket(e) => StartError::Socket(e),
             sys::ListenError::SetSockOpt(e) => StartError::SetSockOpt(e),

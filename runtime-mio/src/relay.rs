@@ -128,8 +128,10 @@ pub(crate) struct Relay {
     policy: Box<ftp_proxy_core::Relay>,
     listeners: BTreeMap<ListenerId, DataListener>,
     pairs: BTreeMap<PairId, Pair>,
-    /// Accepted connections whose second leg is being connected ([`Decision::Connect`]).
-    opening: BTreeMap<PairId, TcpStream>,
+    /// First legs whose second leg is being connected ([`Decision::Connect`]): an
+    /// accepted connection (ready), or a bridge's dialled one ([`Decision::Dial`];
+    /// ready once its socket says so).
+    opening: BTreeMap<PairId, (TcpStream, bool)>,
     hot: Vec<Tok>,
     /// Move data with `splice(2)` through kernel pipes where possible.
     zero_copy: bool,
@@ -305,6 +307,15 @@ impl Relay {
                         }
                     }
                 }
+                Decision::Dial { pair, to, from, .. } => match sys::start_connect(to, from) {
+                    Ok(s) => {
+                        self.opening.insert(pair, (TcpStream::from_std(s), false));
+                    }
+                    Err(e) => {
+                        let error = SocketError::from_errno(e.errno() as i32);
+                        self.policy.failed(Instant::now(), pair, IoOp::Setup, error);
+                    }
+                },
                 Decision::Connect { pair, to, from, .. } => self.connect(registry, pair, to, from),
                 Decision::Refresh(pair) => {
                     if let Some(p) = self.pairs.get_mut(&pair) {
@@ -320,7 +331,7 @@ impl Relay {
                     }
                 }
                 Decision::Close { pair, reset: r, .. } => {
-                    if let Some(stream) = self.opening.remove(&pair) {
+                    if let Some((stream, _)) = self.opening.remove(&pair) {
                         reset(&stream);
                     }
                     if let Some(mut p) = self.pairs.remove(&pair) {
@@ -360,7 +371,7 @@ impl Relay {
             match self.policy.accept(Instant::now(), id, peer) {
                 Admission::Open { pair, .. } => {
                     sys::nodelay(&stream);
-                    self.opening.insert(pair, stream);
+                    self.opening.insert(pair, (stream, true));
                 }
                 Admission::Hold { .. } => {
                     sys::nodelay(&stream);
@@ -430,11 +441,11 @@ impl Relay {
                     .connect_failed(now, pair, ConnectError::Start { to, error });
             }
         };
-        let Some(stream) = self.opening.remove(&pair) else {
+        let Some((stream, ready)) = self.opening.remove(&pair) else {
             return;
         };
         let p = Pair {
-            accepted: Sock::new(stream, true),
+            accepted: Sock::new(stream, ready),
             opened: Sock::new(TcpStream::from_std(opened), false),
             up: Pipe::new(PIPE_CAPACITY, self.zero_copy),
             down: Pipe::new(PIPE_CAPACITY, self.zero_copy),

@@ -304,10 +304,10 @@ impl ShutdownHandle {
 pub struct Runtime<B: Filter> {
     poll: Poll,
     events: Events,
-    listener: Option<TcpListener>,
+    /// The control listeners (one per `-b`); emptied when the shutdown begins.
+    listeners: Vec<ControlListener>,
+    /// The first listener's address.
     listen_addr: SocketAddr,
-    /// More connections may be waiting on the listener (edge-triggered cache).
-    listener_ready: bool,
     accept_paused_until: Option<Instant>,
     divert: Divert,
     proxy: Proxy,
@@ -336,6 +336,15 @@ pub struct Runtime<B: Filter> {
     resolver: Option<Resolver>,
 }
 
+/// One control listener.
+#[derive(Debug)]
+struct ControlListener {
+    sock: TcpListener,
+    addr: SocketAddr,
+    /// More connections may be waiting (edge-triggered cache).
+    ready: bool,
+}
+
 impl<B: Filter> Runtime<B> {
     /// A loop around `listener`, with no signal handling (see [`crate::run`]).
     pub fn new(
@@ -345,23 +354,34 @@ impl<B: Filter> Runtime<B> {
         data: DataPath<B>,
     ) -> Result<Runtime<B>, RunError> {
         let poll = Poll::new().map_err(RunError::Setup)?;
-        let listen_addr = listener.inner.local_addr().map_err(RunError::Setup)?;
-        listener
-            .inner
-            .set_nonblocking(true)
-            .map_err(RunError::Setup)?;
-        let mut l = TcpListener::from_std(listener.inner);
-        poll.registry()
-            .register(&mut l, Tok::Listener.token(), Interest::READABLE)
-            .map_err(RunError::Setup)?;
+        let listen_addr = listener.local_addr().map_err(RunError::Setup)?;
+        let mut listeners = Vec::new();
+        for (i, sock) in listener.into_sockets().into_iter().enumerate() {
+            let addr = sock.local_addr().map_err(RunError::Setup)?;
+            sock.set_nonblocking(true).map_err(RunError::Setup)?;
+            let mut sock = TcpListener::from_std(sock);
+            let i = u8::try_from(i).map_err(|_| {
+                RunError::Setup(io::Error::new(
+                    ErrorKind::InvalidInput,
+                    "more than 256 listeners",
+                ))
+            })?;
+            poll.registry()
+                .register(&mut sock, Tok::Listener(i).token(), Interest::READABLE)
+                .map_err(RunError::Setup)?;
+            listeners.push(ControlListener {
+                sock,
+                addr,
+                ready: true,
+            });
+        }
         let waker =
             Arc::new(Waker::new(poll.registry(), Tok::Waker.token()).map_err(RunError::Setup)?);
         Ok(Runtime {
             poll,
             events: Events::with_capacity(256),
-            listener: Some(l),
+            listeners,
             listen_addr,
-            listener_ready: true,
             accept_paused_until: None,
             divert: opts.divert,
             proxy,
@@ -504,8 +524,8 @@ impl<B: Filter> Runtime<B> {
         }
         let now = Instant::now();
         self.shutdown_deadline = Some(now + SHUTDOWN_GRACE);
-        if let Some(mut l) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut l);
+        for mut l in std::mem::take(&mut self.listeners) {
+            let _ = self.poll.registry().deregister(&mut l.sock);
         }
         if let Some(h) = self.headers.as_mut() {
             h.clear(self.poll.registry());
@@ -603,8 +623,10 @@ impl<B: Filter> Runtime<B> {
         due: &mut BTreeSet<(SessionId, Side)>,
     ) {
         match tok {
-            Tok::Listener => {
-                self.listener_ready = true;
+            Tok::Listener(i) => {
+                if let Some(l) = self.listeners.get_mut(usize::from(i)) {
+                    l.ready = true;
+                }
                 self.accept();
             }
             Tok::Signal => {
@@ -655,17 +677,26 @@ impl<B: Filter> Runtime<B> {
         }
     }
 
-    /// Accepts until the listener would block (or its turn is up).
+    /// Accepts on every listener until each would block (or its turn is up).
     fn accept(&mut self) {
+        for i in 0..self.listeners.len() {
+            self.accept_on(i);
+        }
+    }
+
+    /// Accepts on listener `i` until it would block (or its turn is up).
+    fn accept_on(&mut self, i: usize) {
         for _ in 0..ACCEPTS_PER_TURN {
-            if self.accept_paused_until.is_some() || !self.listener_ready {
+            if self.accept_paused_until.is_some() {
                 return;
             }
-            let Some(l) = &self.listener else { return };
-            match l.accept() {
+            let Some(l) = self.listeners.get_mut(i).filter(|l| l.ready) else {
+                return;
+            };
+            match l.sock.accept() {
                 Ok((sock, peer)) => self.start_session(sock, peer),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    self.listener_ready = false;
+                    l.ready = false;
                     return;
                 }
                 Err(e)
@@ -813,18 +844,18 @@ impl<B: Filter> Runtime<B> {
         // Reverse and forward mode serve connections to the listener itself: their
         // server is not the destination.
         let cfg = self.proxy.config();
-        if cfg.fixed_server.is_some()
-            || cfg.user_at_host.is_some()
-            || orig.port() != self.listen_addr.port()
-        {
+        if cfg.fixed_server.is_some() || cfg.user_at_host.is_some() {
             return false;
         }
-        let listen_ip = sys::unmap(self.listen_addr).ip();
-        if listen_ip.is_unspecified() {
-            sys::is_local(orig.ip())
-        } else {
-            orig.ip() == listen_ip
-        }
+        self.listeners.iter().any(|l| {
+            let listen_ip = sys::unmap(l.addr).ip();
+            orig.port() == l.addr.port()
+                && if listen_ip.is_unspecified() {
+                    sys::is_local(orig.ip())
+                } else {
+                    orig.ip() == listen_ip
+                }
+        })
     }
 
     /// Learns whether the server connect finished (mio's `TcpStream::connect` recipe).

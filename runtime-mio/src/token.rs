@@ -42,8 +42,8 @@ pub(crate) enum End {
 /// A decoded token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Tok {
-    /// The control listener.
-    Listener,
+    /// A control listener, by its index (0: the first `-b`).
+    Listener(u8),
     /// The signal pipe.
     Signal,
     /// The cross-thread waker ([`crate::ShutdownHandle`]).
@@ -61,6 +61,11 @@ pub(crate) enum Tok {
     Data(u64, End),
 }
 
+/// `Listener(i)` for i >= 1 is `LISTENER_BASE + i` (4..=258).
+const LISTENER_BASE: usize = 3;
+/// `Header(n)` is `HEADER_BASE + n`, after every listener.
+const HEADER_BASE: usize = LISTENER_BASE + u8::MAX as usize + 1;
+
 const SPECIAL: usize = 0;
 const CONTROL: usize = 1;
 const DATA_LISTENER: usize = 2;
@@ -69,11 +74,14 @@ const DATA: usize = 3;
 impl Tok {
     pub(crate) fn token(self) -> Token {
         let (n, kind) = match self {
-            Tok::Listener => (0, SPECIAL),
+            // The first listener keeps 0; more follow the signal pipe, the waker
+            // and the resolver (3); headers' ids come after all listeners.
+            Tok::Listener(0) => (0, SPECIAL),
+            Tok::Listener(i) => (LISTENER_BASE + usize::from(i), SPECIAL),
             Tok::Signal => (1, SPECIAL),
             Tok::Waker => (2, SPECIAL),
             Tok::Resolver => (3, SPECIAL),
-            Tok::Header(n) => (n as usize + 4, SPECIAL),
+            Tok::Header(n) => (n as usize + HEADER_BASE, SPECIAL),
             Tok::Control(id, side) => (
                 (id.0 as usize) << 1 | (side == Side::Server) as usize,
                 CONTROL,
@@ -88,11 +96,12 @@ impl Tok {
         let (n, kind) = (t.0 >> 2, t.0 & 3);
         match kind {
             SPECIAL => match n {
-                0 => Some(Tok::Listener),
+                0 => Some(Tok::Listener(0)),
                 1 => Some(Tok::Signal),
                 2 => Some(Tok::Waker),
                 3 => Some(Tok::Resolver),
-                n => Some(Tok::Header(n as u64 - 4)),
+                n if n < HEADER_BASE => u8::try_from(n - LISTENER_BASE).ok().map(Tok::Listener),
+                n => Some(Tok::Header((n - HEADER_BASE) as u64)),
             },
             CONTROL => {
                 let side = if n & 1 == 1 {
@@ -122,7 +131,9 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_differ() {
         let all = [
-            Tok::Listener,
+            Tok::Listener(0),
+            Tok::Listener(1),
+            Tok::Listener(255),
             Tok::Signal,
             Tok::Waker,
             Tok::Resolver,

@@ -41,7 +41,16 @@
 //!   port the client is told, and from the server to the proxy on the port the
 //!   proxy's PORT/EPRT names, each joining with the other, both proxy ports in the
 //!   configured range (never below 1024), only with a relay ([`Config::relay`]),
-//!   never after `EPSV ALL`, and never before a multi-line reply after the greeting;
+//!   never after `EPSV ALL`, and never before a multi-line reply after the greeting
+//!   unless `--server-data-mode active` asks for joins;
+//! * a [`Mode::Bridged`](ftp_proxy_core::Mode::Bridged) rule set (issue 17,
+//!   `--server-data-mode passive` only, with a relay) is exactly two `bridge-with`
+//!   rules: from the proxy to the server's data port and from the original
+//!   destination to the client's, each naming the other, both ports from 1024 up
+//!   (the server's inside `--server-data-ports` when given), and never once the
+//!   session's replies may hold client-chosen lines;
+//! * a translated session's rules (families crossed by `-R`) name only the
+//!   session's addresses, each rule's source in the client's or the server's family;
 //! * once a multi-line reply after the greeting is known to answer a command whose
 //!   reply can carry client-chosen lines ([`ftp::may_carry_client_lines`]), no
 //!   passive rule set takes its port from a server reply, unless `--server-data-ports`
@@ -69,7 +78,7 @@ use ftp_proxy_core::internals::ftp::{self, Command};
 use ftp_proxy_core::internals::MAX_LINE;
 use ftp_proxy_core::{
     Accept, Action, Anchor, CloseReason, Config, Direction, PortRange, Proxy, Refused, Rule,
-    SessionId, Side, Translate, MIN_DATA_PORT, NAT_PORTS, RFC_ACTIVE_SOURCE_PORT,
+    ServerDataMode, SessionId, Side, Translate, MIN_DATA_PORT, NAT_PORTS, RFC_ACTIVE_SOURCE_PORT,
 };
 
 /// The 425 a client gets when the server refused the proxy's PORT/EPRT of a join
@@ -260,6 +269,8 @@ enum Closing {
 pub struct Watch {
     relay: bool,
     ipv6: bool,
+    /// `--server-data-mode`.
+    mode: ServerDataMode,
     rfc_mode: bool,
     server_data_ports: Option<PortRange>,
     proxy_ports: PortRange,
@@ -310,6 +321,7 @@ impl Watch {
         Watch {
             relay: cfg.relay,
             ipv6: cfg.ipv6,
+            mode: cfg.server_data_mode,
             rfc_mode: cfg.rules.rfc_mode,
             server_data_ports: cfg.server_data_ports,
             proxy_ports: cfg.proxy_ports,
@@ -648,7 +660,9 @@ impl Watch {
             if !allowed(r.from) || !allowed(r.to) {
                 return Err(format!("foreign address in {r}"));
             }
-            if r.from.is_ipv6() != self.ipv6 {
+            // A cross-family session's rules have sources of both families.
+            let crossed = self.client.is_ipv6() != self.server.is_ipv6();
+            if !crossed && r.from.is_ipv6() != self.ipv6 {
                 return Err(format!("family of {r}"));
             }
             match (r.direction, r.translate) {
@@ -679,6 +693,15 @@ impl Watch {
                     }
                     if !proxy_port(port) || !proxy_port(r.port) {
                         return Err(format!("join-with port outside --proxy-ports in {r}"));
+                    }
+                }
+                (Direction::Out, Translate::BridgeWith { addr, port }) => {
+                    // The pair's shape is `check_bridged`'s.
+                    if !allowed(addr) {
+                        return Err(format!("foreign bridge-with address in {r}"));
+                    }
+                    if port < MIN_DATA_PORT || r.port < MIN_DATA_PORT {
+                        return Err(format!("privileged data port in {r}"));
                     }
                 }
                 (Direction::Out, Translate::NatTo { addr, ports }) => {
@@ -718,13 +741,19 @@ impl Watch {
             if self.epsv_all {
                 return Err(format!("joined rules after EPSV ALL: {}", show(rules)));
             }
-            if self.steerable == Steerable::No {
+            if self.steerable == Steerable::No && self.mode != ServerDataMode::Active {
                 return Err(format!(
                     "joined rules before any multi-line reply: {}",
                     show(rules)
                 ));
             }
             return self.check_joined(rules);
+        }
+        if rules
+            .iter()
+            .any(|r| matches!(r.translate, Translate::BridgeWith { .. }))
+        {
+            return self.check_bridged(rules);
         }
         let passive = rules.iter().any(|r| {
             r.direction == Direction::In
@@ -743,6 +772,66 @@ impl Watch {
                  lines, passive rules took their port from a server reply: {}",
                 show(rules)
             ));
+        }
+        Ok(())
+    }
+
+    fn check_bridged(&self, rules: &[Rule]) -> Result<(), String> {
+        if !self.relay || self.mode != ServerDataMode::Passive {
+            return Err(format!(
+                "bridged rules without a relay or outside --server-data-mode passive: {}",
+                show(rules)
+            ));
+        }
+        if self.steerable == Steerable::Yes {
+            return Err(format!(
+                "after a multi-line reply to a command whose reply can carry client-chosen \
+                 lines, a bridge took its port from a server reply: {}",
+                show(rules)
+            ));
+        }
+        let proxy = self.proxy.ok_or_else(|| {
+            format!(
+                "bridged rules before the proxy address is known: {}",
+                show(rules)
+            )
+        })?;
+        let [s, c] = rules else {
+            return Err(format!(
+                "a bridged rule set is not exactly two bridge-with rules: {}",
+                show(rules)
+            ));
+        };
+        let legs_ok = s.direction == Direction::Out
+            && c.direction == Direction::Out
+            && s.from == proxy
+            && s.to == self.server
+            && s.translate
+                == (Translate::BridgeWith {
+                    addr: self.client,
+                    port: c.port,
+                })
+            && c.from == self.orig_dst
+            && c.to == self.client
+            && c.translate
+                == (Translate::BridgeWith {
+                    addr: self.server,
+                    port: s.port,
+                });
+        if !legs_ok {
+            return Err(format!(
+                "bridged rules are not {proxy} to the server and {} to the client, each naming the other: {}",
+                self.orig_dst,
+                show(rules)
+            ));
+        }
+        if let Some(range) = self.server_data_ports {
+            if !(range.low..=range.high).contains(&s.port) {
+                return Err(format!(
+                    "bridged server port outside --server-data-ports: {}",
+                    show(rules)
+                ));
+            }
         }
         Ok(())
     }

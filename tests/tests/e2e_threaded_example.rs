@@ -21,6 +21,15 @@ fn example_binary() -> Result<PathBuf> {
 
 /// The example running in front of `server`, its stderr in `log`.
 fn start_example(server: SocketAddr, log: &Path) -> Result<(ChildGuard, SocketAddr)> {
+    start_example_with(server, log, &[])
+}
+
+/// The same, with `extra` arguments (the server data mode).
+fn start_example_with(
+    server: SocketAddr,
+    log: &Path,
+    extra: &[&str],
+) -> Result<(ChildGuard, SocketAddr)> {
     let bin = example_binary()?;
     let mut last = String::new();
     for _ in 0..3 {
@@ -29,6 +38,7 @@ fn start_example(server: SocketAddr, log: &Path) -> Result<(ChildGuard, SocketAd
         let mut cmd = Command::new(&bin);
         cmd.arg(listen.to_string())
             .arg(server.to_string())
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(out));
@@ -104,6 +114,53 @@ fn threaded_example_transfers_in_all_four_modes() -> Result<()> {
             return Err(E2eError::check(
                 format!("a session summary with {field}"),
                 tail(&log(), 3000),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Issue 17 in the second driver: `passive` bridges curl's PORT and EPRT through
+/// pure-ftpd's passive ports ([`Decision::Dial`] on std threads), `active` joins
+/// curl's PASV and EPSV with pure-ftpd's connection to the proxy's PORT.
+#[test]
+fn threaded_example_translates_in_both_server_data_modes() -> Result<()> {
+    if !preflight()? {
+        return Ok(());
+    }
+    for (server_mode, modes, logged) in [
+        (
+            "passive",
+            [DataMode::Port, DataMode::Eprt],
+            "bridged with server passive port",
+        ),
+        (
+            "active",
+            [DataMode::Pasv, DataMode::Epsv],
+            "joined with server to port",
+        ),
+    ] {
+        let work = Workdir::new(&format!("threaded-{server_mode}"))?;
+        let server = FtpServer::start(&work, loopback(false))?;
+        let log_path = work.root().join("threaded.log");
+        let (_example, target) = start_example_with(server.addr(), &log_path, &[server_mode])?;
+        for mode in modes {
+            let m = mode.script_name();
+            let out = work.local().join(format!("{m}-{BIG}"));
+            let transcript = curl_retr(target, Login::User, mode, BIG, &out)?;
+            prove_mode(&transcript, mode)?;
+            assert_same_file(&work.original(BIG), &out)?;
+            let remote = format!("up-{m}-{BIG}");
+            let transcript = curl_stor(target, Login::User, mode, &work.original(BIG), &remote)?;
+            prove_mode(&transcript, mode)?;
+            assert_same_file(&work.original(BIG), &work.user().join(&remote))?;
+        }
+        let log = fs::read_to_string(&log_path).unwrap_or_default();
+        let n = log.lines().filter(|l| l.contains(logged)).count();
+        if n != 4 {
+            return Err(E2eError::check(
+                format!("4 transfers '{logged}' in {server_mode} mode, got {n}"),
+                tail(&log, 3000),
             ));
         }
     }

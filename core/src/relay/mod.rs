@@ -13,8 +13,8 @@ use log::{debug, info, warn};
 
 use crate::error::SocketError;
 use crate::event::SessionId;
-use crate::forward::{forwards, Forward, ForwardError};
-use crate::rules::{Anchor, Rule};
+use crate::forward::{bridges, forwards, Bridge, Forward, ForwardError, Source};
+use crate::rules::{Anchor, Rule, NAT_PORTS};
 
 pub use vocab::{
     Admission, ConnectError, Decision, Flow, IdleCause, IoOp, Leg, ListenerId, Origin, PairEnd,
@@ -131,6 +131,14 @@ pub const RELAY_SWEEP_EVERY: Duration = Duration::from_secs(1);
 ///   against the session's cap, and is reset ([`Decision::ResetHeld`]) when its
 ///   partner has not come within [`RelayLimits::idle`], when its rules are replaced,
 ///   or when its session is killed.
+/// * **Bridges** ([`Bridge`], the rules of [`Mode::Bridged`](crate::Mode::Bridged),
+///   `--server-data-mode passive`): no listener; once the commit is in force the
+///   relay connects both legs itself, the first to the server's passive port from
+///   the proxy's address ([`Decision::Dial`]), the second to the client's port from
+///   the address the client reached ([`Decision::Connect`], with the fallbacks of
+///   "Connect"). The caps apply as at an admission; over them the bridge is not
+///   made and a notice says so. A failed dial is reported with
+///   [`failed`](Self::failed) and resets the pair.
 /// * **Idle limits**: a pair that moves no byte for [`RelayLimits::idle`] is reset;
 ///   one that is half-closed (a side sent its end of file, or failed), or whose
 ///   control session has ended, after the shorter [`RelayLimits::linger`]. A byte
@@ -246,7 +254,8 @@ enum Attempt {
 /// A pair as the policy sees it.
 #[derive(Debug)]
 struct Carried {
-    listener: ListenerId,
+    /// The listener it was admitted on; `None` for a bridge, which none admitted.
+    listener: Option<ListenerId>,
     /// The other leg's listener of a join, whose `active` this pair holds too.
     partner: Option<ListenerId>,
     legs: [Leg; 2],
@@ -438,6 +447,7 @@ impl Relay {
         rules: &[Rule],
     ) -> Result<PreparedCommit, ForwardError> {
         let wanted = forwards(rules)?;
+        let bridges = bridges(rules)?;
         let old: Vec<ListenerId> = self.anchors.get(&anchor).cloned().unwrap_or_default();
         let mut keep: Vec<(ListenerId, Forward)> = Vec::new();
         let mut create: Vec<(ListenerId, Forward)> = Vec::new();
@@ -459,6 +469,7 @@ impl Relay {
             old,
             keep,
             create,
+            bridges,
             removal: rules.is_empty(),
         })
     }
@@ -469,12 +480,12 @@ impl Relay {
     /// ([`Decision::StopListening`]), and held legs of replaced negotiations are
     /// reset ([`Decision::ResetHeld`]).
     pub fn commit(&mut self, now: Instant, prepared: PreparedCommit) {
-        let _ = now;
         let PreparedCommit {
             anchor,
             old,
             keep,
             create,
+            bridges,
             removal,
         } = prepared;
         let why = if removal {
@@ -530,6 +541,106 @@ impl Relay {
         if !ids.is_empty() {
             self.anchors.insert(anchor, ids);
         }
+        for bridge in bridges {
+            self.bridge(now, anchor, bridge);
+        }
+    }
+
+    /// A bridge of a new commit ([`Mode::Bridged`](crate::Mode::Bridged)): both legs
+    /// are connected at once, the first with [`Decision::Dial`], the second with
+    /// [`Decision::Connect`]. The caps apply as to an accepted connection; over
+    /// them, nothing is connected and the transfer fails (the client's port is
+    /// never reached), which the notice line says.
+    fn bridge(&mut self, now: Instant, anchor: Anchor, b: Bridge) {
+        let session = anchor.session;
+        let client = self.client_of(session);
+        let own = self.pairs.values().filter(|p| p.session == session).count()
+            + self
+                .listeners
+                .values()
+                .filter(|w| w.anchor.session == session && w.held.is_some())
+                .count();
+        let orphans = client.map_or(0, |c| {
+            self.pairs
+                .values()
+                .filter(|p| p.orphan && p.client == Some(c))
+                .count()
+        });
+        let refusal = if own + orphans >= self.limits.per_session {
+            Some(Refusal::SessionLimit {
+                own,
+                orphans,
+                client,
+            })
+        } else if self.pairs.len() >= self.max_pairs {
+            Some(Refusal::Limit(self.pairs.len()))
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            warn!("#{session} data connection {b} not made: {why}");
+            return;
+        }
+        let pair = PairId(self.alloc());
+        let first_from = Some(SocketAddr::new(b.first_from, 0));
+        let source = Source {
+            addr: b.second_from,
+            ports: NAT_PORTS,
+        };
+        let second_from = Some(source.bind_addr());
+        let carried = Carried {
+            listener: None,
+            partner: None,
+            legs: [
+                Leg {
+                    origin: Origin::Connected {
+                        to: b.first,
+                        from: first_from,
+                    },
+                    security: Security::Plain,
+                },
+                Leg {
+                    origin: Origin::Connected {
+                        to: b.second,
+                        from: second_from,
+                    },
+                    security: Security::Plain,
+                },
+            ],
+            label: format!("#{session} {} bridged with {}", b.first, b.second),
+            fwd: Forward {
+                listen: b.first,
+                from: b.first.ip(),
+                target: b.second,
+                source: Some(source),
+                join: false,
+            },
+            peer: b.first,
+            attempt: Attempt::Wanted,
+            connecting: true,
+            session,
+            client,
+            orphan: false,
+            done: false,
+            state: PairState::default(),
+            seen: Progress::default(),
+            last_active: now,
+        };
+        debug!("relay: {}: connecting both", carried.label);
+        self.pairs.insert(pair, carried);
+        self.arm(now);
+        self.decisions.push_back(Decision::Dial {
+            pair,
+            to: b.first,
+            from: first_from,
+            security: Security::Plain,
+        });
+        self.decisions.push_back(Decision::Connect {
+            pair,
+            to: b.second,
+            from: second_from,
+            security: Security::Plain,
+        });
     }
 
     /// The negotiation of listener `id` gives way: its held leg is reset, and a
@@ -582,7 +693,7 @@ impl Relay {
         }
         let from = fwd.source.map(|s| s.bind_addr());
         let carried = Carried {
-            listener,
+            listener: Some(listener),
             partner: None,
             legs: [
                 Leg {
@@ -707,7 +818,7 @@ impl Relay {
         }
         let fwd = self.listeners[&listener].fwd.clone();
         let carried = Carried {
-            listener,
+            listener: Some(listener),
             partner: Some(partner),
             legs: [
                 Leg {
@@ -898,7 +1009,7 @@ impl Relay {
                 info!("relay: {label}: reset at exit (after {up} bytes up, {down} down)")
             }
         }
-        for id in [Some(p.listener), p.partner].into_iter().flatten() {
+        for id in [p.listener, p.partner].into_iter().flatten() {
             if let Some(l) = self.listeners.get_mut(&id) {
                 if l.active == Some(pair) {
                     // The listener stays (until the rules change) to refuse and log

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::error::SocketError;
-use crate::forward::Forward;
+use crate::forward::{Bridge, Forward};
 use crate::rules::Anchor;
 
 /// A listening socket the relay asked for, from [`PreparedCommit::listen`].
@@ -223,6 +223,22 @@ pub enum Decision {
         /// What protects this leg.
         security: Security,
     },
+    /// Open the first leg of a bridge ([`Mode::Bridged`](crate::Mode::Bridged)) by
+    /// connecting to `to`, bound to `from` first if given, in place of an accepted
+    /// connection; its [`Decision::Connect`] (the second leg) follows at once. The
+    /// leg is ready once the socket says so (a failed connect shows as a failed read
+    /// or write: report it with [`Relay::failed`](super::Relay::failed)); one that
+    /// cannot be started is reported the same way, with [`IoOp::Setup`].
+    Dial {
+        /// The new pair.
+        pair: PairId,
+        /// The server's passive port.
+        to: SocketAddr,
+        /// The source address to bind, `None` for the kernel's choice.
+        from: Option<SocketAddr>,
+        /// What protects this leg.
+        security: Security,
+    },
     /// Observe the pair afresh and [`report`](super::Relay::report) it: take both its
     /// sockets as readable (a read that finds nothing says so), move what can be
     /// moved, and report. The relay asks after a transfer's final reply, which may
@@ -432,6 +448,7 @@ pub struct PreparedCommit {
     pub(crate) old: Vec<ListenerId>,
     pub(crate) keep: Vec<(ListenerId, Forward)>,
     pub(crate) create: Vec<(ListenerId, Forward)>,
+    pub(crate) bridges: Vec<Bridge>,
     pub(crate) removal: bool,
 }
 
@@ -445,6 +462,12 @@ impl PreparedCommit {
     /// forwards whose `listen` address no listener of the anchor holds yet.
     pub fn listen(&self) -> impl Iterator<Item = (ListenerId, SocketAddr)> + '_ {
         self.create.iter().map(|(id, f)| (*id, f.listen))
+    }
+
+    /// The bridges of the new set: data connections the relay connects on both
+    /// sides once the commit is in force ([`Decision::Dial`]).
+    pub fn bridges(&self) -> &[Bridge] {
+        &self.bridges
     }
 
     /// Every forward of the new set, with the listener that will carry it (kept or new).

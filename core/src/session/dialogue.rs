@@ -12,11 +12,14 @@ use log::{debug, error, info, warn};
 
 use crate::event::{Action, CloseReason, Side, MAX_PIPELINED};
 use crate::ftp::{self, Command};
-use crate::rules::{Mode, MIN_DATA_PORT};
+use crate::rules::{Family, Mode, MIN_DATA_PORT};
+use crate::translate::{self, DataCommand, ServerDataMode};
 
 use super::flow::idx;
 use super::negotiation::Negotiation;
-use super::pairing::{Awaited, Collected, Forwarded, Multi, MultiKind, Owed, Passive};
+use super::pairing::{
+    Ask, Awaited, ClientAsk, Collected, Forwarded, Multi, MultiKind, Owed, Passive,
+};
 use super::timer::Timer;
 use super::{Cx, Phase, Session};
 
@@ -91,6 +94,16 @@ impl Session {
         }
         self.stats.command();
         let cmd = ftp::classify(&line);
+        if let Some(reply) =
+            translate::answered_by_proxy(&line, self.server_family(), self.translated(cx))
+        {
+            info!(
+                "{} answering '{}' itself: a translated session",
+                self.id,
+                ftp::escape(&line)
+            );
+            return self.local_reply(cx, reply);
+        }
         match cmd {
             Command::Auth | Command::Pbsz | Command::Prot => {
                 info!(
@@ -100,7 +113,9 @@ impl Session {
                 );
                 self.local_reply(cx, REPLY_NO_TLS);
             }
-            Command::Pasv | Command::Port(_) if cx.cfg.ipv6 => {
+            Command::Pasv | Command::Port(_)
+                if cx.cfg.ipv6 || self.client_family() == Family::Inet6 =>
+            {
                 error!(priority = "crit"; "PASV and PORT not allowed with IPv6");
                 self.local_reply(cx, REPLY_NO_V4_MODES);
             }
@@ -111,13 +126,22 @@ impl Session {
                     self.local_reply(cx, REPLY_BAD_PORT);
                 }
                 Some(port) => {
-                    let mode = if matches!(cmd, Command::Port(_)) {
-                        Mode::ActivePort
+                    let eprt = matches!(cmd, Command::Eprt(_));
+                    let client = if eprt {
+                        DataCommand::Eprt
                     } else {
-                        Mode::ActiveEprt
+                        DataCommand::Port
                     };
-                    if self.expect(cx, Owed::Reply(Forwarded::Other)) {
-                        self.active(cx, mode, port);
+                    let server = self.server_command(cx, client);
+                    if let Some(server) = passive_of(server) {
+                        let ask = Ask {
+                            client: ClientAsk::Active { port, eprt },
+                            server,
+                        };
+                        self.pairing.hold(ask, line);
+                        self.release_held(cx);
+                    } else {
+                        self.forward_active(cx, port, eprt);
                     }
                 }
             },
@@ -133,12 +157,20 @@ impl Session {
                 }
             }
             Command::Pasv | Command::Epsv => {
-                let kind = if cmd == Command::Pasv {
-                    Passive::Pasv
+                let (kind, client) = if cmd == Command::Pasv {
+                    (Passive::Pasv, DataCommand::Pasv)
                 } else {
-                    Passive::Epsv
+                    (Passive::Epsv, DataCommand::Epsv)
                 };
-                self.pairing.hold(kind, line);
+                // An active server command (`--server-data-mode active`) is the
+                // join, decided when the request is released; until then the
+                // server is asked in the client's kind.
+                let server = passive_of(self.server_command(cx, client)).unwrap_or(kind);
+                let ask = Ask {
+                    client: ClientAsk::Passive(kind),
+                    server,
+                };
+                self.pairing.hold(ask, line);
                 self.release_held(cx);
             }
             _ => {
@@ -172,26 +204,108 @@ impl Session {
         if self.phase != Phase::Open {
             return false;
         }
-        let Some((kind, line)) = self.pairing.release() else {
+        let Some((ask, line)) = self.pairing.release() else {
             return false;
         };
-        if self.pairing.is_steered() {
-            self.passive_untrusted(cx, kind, line);
-            return true;
+        match ask.client {
+            // A PORT/EPRT is bridged only where the server's 227/229 is trusted;
+            // otherwise it goes to the server as the original sends it.
+            ClientAsk::Active { port, eprt } if self.pairing.is_steered() => {
+                info!(
+                    "{} active transfer not bridged: an earlier multi-line reply may hold \
+                     client-chosen lines, so the server is sent PORT/EPRT",
+                    self.id
+                );
+                self.forward_active(cx, port, eprt);
+            }
+            ClientAsk::Passive(kind) if self.pairing.is_steered() => {
+                self.passive_untrusted(cx, ask, kind, line)
+            }
+            ClientAsk::Passive(kind)
+                if cx.cfg.server_data_mode == ServerDataMode::Active
+                    && !self.pairing.epsv_all() =>
+            {
+                info!(
+                    "{} passive transfer served joined: --server-data-mode active",
+                    self.id
+                );
+                self.join(cx, kind);
+            }
+            _ => self.ask(cx, ask, line),
         }
-        self.ask(cx, kind, line);
         true
     }
 
-    /// Sends a released PASV/EPSV to the server. Whatever the server already sent
-    /// cannot answer a command it has not seen: those bytes are stale.
-    fn ask(&mut self, cx: &mut Cx<'_>, kind: Passive, line: Bytes) {
-        let stale = self.inbox[idx(Side::Server)].len();
+    /// A client's PORT/EPRT to `port` goes to the server as PORT/EPRT: rules, then
+    /// the rewritten line; the server's reply answers it.
+    fn forward_active(&mut self, cx: &mut Cx<'_>, port: u16, eprt: bool) {
+        let mode = if eprt {
+            Mode::ActiveEprt
+        } else {
+            Mode::ActivePort
+        };
+        if self.expect(cx, Owed::Reply(Forwarded::Other)) {
+            self.active(cx, mode, port);
+        }
+    }
+
+    /// Serves a client's PASV/EPSV with the proxy's PORT/EPRT to the server, the
+    /// two connections joined by the relay ([`Mode::Joined`]).
+    fn join(&mut self, cx: &mut Cx<'_>, kind: Passive) {
         if self.may_pipeline(cx) {
-            self.pairing.ask(kind, stale);
+            self.negotiate(
+                cx,
+                Negotiation {
+                    mode: Mode::Joined,
+                    passive: Some(kind),
+                    port: 0,
+                    bridged: None,
+                },
+            );
+        }
+    }
+
+    /// Sends a released PASV/EPSV to the server. Whatever the server already sent
+    /// cannot answer a command it has not seen: those bytes are stale. The client's
+    /// own line goes when the server is asked the same; otherwise the proxy's.
+    fn ask(&mut self, cx: &mut Cx<'_>, ask: Ask, line: Bytes) {
+        let stale = self.inbox[idx(Side::Server)].len();
+        let line = if ask.client == ClientAsk::Passive(ask.server) {
+            line
+        } else {
+            let word = passive_line(ask.server);
+            debug!("{} proxy: {}", self.id, ftp::escape(word.as_bytes()));
+            Bytes::from_static(word.as_bytes())
+        };
+        if self.may_pipeline(cx) {
+            self.pairing.ask(ask, stale);
             self.flush_local(cx);
             self.send(cx, Side::Server, line);
         }
+    }
+
+    /// The server refused the EPSV asked (500, 502, 522): PASV goes instead, and
+    /// every later passive request of the session goes as PASV at once.
+    pub(super) fn retry_pasv(&mut self, cx: &mut Cx<'_>, code: u16) {
+        info!(
+            "{} server refused EPSV ({code}): asking PASV, and PASV from now on",
+            self.id
+        );
+        self.support.epsv_refused = true;
+        let stale = self.inbox[idx(Side::Server)].len();
+        self.pairing.retry(Passive::Pasv, stale);
+        debug!("{} proxy: PASV", self.id);
+        self.send(cx, Side::Server, Bytes::from_static(b"PASV\r\n"));
+    }
+
+    /// What the proxy sends the server for the client's `client` command.
+    fn server_command(&self, cx: &Cx<'_>, client: DataCommand) -> DataCommand {
+        translate::server_command(
+            client,
+            self.server_family(),
+            cx.cfg.server_data_mode,
+            self.support,
+        )
     }
 
     /// A PASV/EPSV once the server's replies may hold client-chosen lines: no port
@@ -199,26 +313,17 @@ impl Session {
     /// (the proxy sends PORT/EPRT to the server and joins its connection with the
     /// client's); with a kernel filter it is refused, unless `--server-data-ports`
     /// bounds what the server's answer may name.
-    fn passive_untrusted(&mut self, cx: &mut Cx<'_>, kind: Passive, line: Bytes) {
+    fn passive_untrusted(&mut self, cx: &mut Cx<'_>, ask: Ask, kind: Passive, line: Bytes) {
         if cx.cfg.relay && !self.pairing.epsv_all() {
             info!(
                 "{} passive transfer served joined (the proxy's PORT/EPRT to the server): \
                  an earlier multi-line reply may hold client-chosen lines",
                 self.id
             );
-            if self.may_pipeline(cx) {
-                self.negotiate(
-                    cx,
-                    Negotiation {
-                        mode: Mode::Joined,
-                        passive: Some(kind),
-                        port: 0,
-                    },
-                );
-            }
+            self.join(cx, kind);
         } else if cx.cfg.server_data_ports.is_some() {
             // The answer may still be forged, but can only name the server's range.
-            self.ask(cx, kind, line);
+            self.ask(cx, ask, line);
         } else {
             error!(
                 "{} refusing passive mode: an earlier multi-line reply may hold \
@@ -315,13 +420,19 @@ impl Session {
             return self.send(cx, Side::Client, line);
         };
         let oldest = self.pairing.oldest();
+        // A 227 and a 229 are both understood, whichever was asked; an EPSV
+        // refusal from an IPv4 server is held too, to be retried as PASV.
+        let refused_epsv = |ask: Ask| {
+            ask.server == Passive::Epsv
+                && self.server_family() == Family::Inet
+                && matches!(code, 500 | 502 | 522)
+        };
         let collect = greeted
-            && matches!(
-                (code, oldest),
-                (227, Some(Awaited::Passive(Passive::Pasv)))
-                    | (229, Some(Awaited::Passive(Passive::Epsv)))
-                    | (_, Some(Awaited::Join))
-            );
+            && match oldest {
+                Some(Awaited::Passive(ask)) => matches!(code, 227 | 229) || refused_epsv(ask),
+                Some(Awaited::Join) => true,
+                _ => false,
+            };
         match (collect, more) {
             (true, true) => {
                 let size = line.len();
@@ -366,7 +477,7 @@ impl Session {
     /// awaited).
     fn collected(&mut self, cx: &mut Cx<'_>, code: u16, lines: &[Bytes]) {
         match self.pairing.collecting_for() {
-            Some(Collected::Passive(kind)) => self.passive_reply(cx, kind, lines),
+            Some(Collected::Passive(ask)) => self.passive_reply(cx, ask, lines),
             Some(Collected::Join) if code < 200 => {}
             Some(Collected::Join) => {
                 let reply = match self.pairing.join_answered() {
@@ -413,5 +524,22 @@ impl Session {
             let anchor = self.anchor;
             self.emit(cx, Action::TransferDone { anchor });
         }
+    }
+}
+
+/// PASV or EPSV, as the pairing names it; `None` for PORT/EPRT.
+fn passive_of(cmd: DataCommand) -> Option<Passive> {
+    match cmd {
+        DataCommand::Pasv => Some(Passive::Pasv),
+        DataCommand::Epsv => Some(Passive::Epsv),
+        _ => None,
+    }
+}
+
+/// The proxy's own PASV/EPSV line.
+fn passive_line(kind: Passive) -> &'static str {
+    match kind {
+        Passive::Pasv => "PASV\r\n",
+        Passive::Epsv => "EPSV\r\n",
     }
 }

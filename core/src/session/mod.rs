@@ -27,7 +27,8 @@ use crate::config::{Config, CONNECT_TIMEOUT};
 use crate::event::{Accept, Action, CloseReason, Input, SessionId, Side};
 use crate::line::LineBuf;
 use crate::rand::RandomSource;
-use crate::rules::{Anchor, SessionAddrs};
+use crate::rules::{Anchor, Family, SessionAddrs};
+use crate::translate::{ServerDataMode, ServerSupport};
 
 mod dialogue;
 mod flow;
@@ -106,6 +107,8 @@ pub(crate) struct Session {
     stats: Stats,
     /// Whether the server is known yet (forward mode chooses it after `USER`).
     upstream: Upstream,
+    /// What the server has shown it does not support (an EPSV refused).
+    support: ServerSupport,
 }
 
 impl Session {
@@ -137,6 +140,7 @@ impl Session {
             flow: Flow::new(),
             stats: Stats::new(cx.now),
             upstream: Upstream::Ready,
+            support: ServerSupport::default(),
         };
         debug!("{id} accepted connection from {}", client.ip());
         s.timers
@@ -163,6 +167,28 @@ impl Session {
             },
         );
         s
+    }
+
+    /// The family of the connection to the server (`-R`, or where the client
+    /// meant to go).
+    fn server_family(&self) -> Family {
+        Family::of(self.ends.server.ip())
+    }
+
+    /// The family of the client's connection (an IPv4-mapped address is IPv4).
+    fn client_family(&self) -> Family {
+        match self.ends.client.ip() {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => Family::Inet6,
+            _ => Family::Inet,
+        }
+    }
+
+    /// Whether the session's transfers are translated (docs/behavior.md, "Crossing
+    /// families and data modes"): a server data mode of its own, or the two sides
+    /// in different families.
+    fn translated(&self, cx: &Cx<'_>) -> bool {
+        cx.cfg.server_data_mode != ServerDataMode::Client
+            || self.client_family() != self.server_family()
     }
 
     pub(crate) fn is_done(&self) -> bool {

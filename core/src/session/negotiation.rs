@@ -18,10 +18,11 @@ use crate::error::FilterError;
 use crate::event::{Action, CloseReason, Side};
 use crate::ftp;
 use crate::rules::{data_rules, Mode, Rule};
+use crate::translate::{self, DataCommand, PassiveAnswer};
 
 use super::dialogue::REPLY_BAD_PASSIVE;
 use super::flow::idx;
-use super::pairing::Passive;
+use super::pairing::{Ask, ClientAsk, Passive};
 use super::timer::Timer;
 use super::{Cx, Phase, Session};
 
@@ -35,8 +36,20 @@ pub(super) struct Negotiation {
     pub(super) mode: Mode,
     /// For passive mode, which reply to write (227 or 229).
     pub(super) passive: Option<Passive>,
-    /// The endpoint's own data port.
+    /// The endpoint's own data port (for [`Mode::Bridged`], the client's).
     pub(super) port: u16,
+    /// For [`Mode::Bridged`]: the server's passive port, and the client's command.
+    pub(super) bridged: Option<Bridged>,
+}
+
+/// What a [`Mode::Bridged`] negotiation adds: no proxy port, the server's passive
+/// port instead.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Bridged {
+    /// The port of the server's 227/229.
+    pub(super) server_port: u16,
+    /// The client sent EPRT (not PORT): the form of the proxy's 200.
+    pub(super) eprt: bool,
 }
 
 /// A rule commit awaiting its acknowledgement, and the line it releases.
@@ -71,6 +84,7 @@ impl Commit {
                 mode: Mode::ActivePort,
                 passive: None,
                 port: 1286,
+                bridged: None,
             },
             port_tries: 1,
         }
@@ -106,13 +120,27 @@ impl RuleState {
 }
 
 impl Session {
-    /// A 227/229 that answers the PASV/EPSV asked: rules, then the rewritten reply.
-    pub(super) fn passive_reply(&mut self, cx: &mut Cx<'_>, kind: Passive, lines: &[Bytes]) {
+    /// A 227/229 that answers the PASV/EPSV asked: rules, then the rewritten reply
+    /// in the client's form. Or an EPSV refusal to retry as PASV
+    /// ([`translate::passive_answer`]).
+    pub(super) fn passive_reply(&mut self, cx: &mut Cx<'_>, ask: Ask, lines: &[Bytes]) {
+        let asked = match ask.server {
+            Passive::Pasv => DataCommand::Pasv,
+            Passive::Epsv => DataCommand::Epsv,
+        };
+        let last = lines.last().map_or(&[][..], |l| &l[..]);
+        if translate::passive_answer(asked, self.server_family(), last) == PassiveAnswer::RetryPasv
+        {
+            let code = ftp::reply_code(last).map_or(0, |(c, _)| c);
+            return self.retry_pasv(cx, code);
+        }
         self.pairing.take_asked();
-        let port = lines.iter().find_map(|l| match kind {
-            Passive::Pasv => ftp::parse_227(l),
-            Passive::Epsv => ftp::parse_229(l),
-        });
+        // Whichever of 227 and 229 came (a multi-line one names the port on any line).
+        let port = match ftp::reply_code(last) {
+            Some((227, _)) => lines.iter().find_map(|l| ftp::parse_227(l)),
+            Some((229, _)) => lines.iter().find_map(|l| ftp::parse_229(l)),
+            _ => None,
+        };
         let Some(port) = port.filter(|&p| cx.cfg.server_data_port_allowed(p)) else {
             let shown: Vec<u8> = lines.iter().flat_map(|l| l.iter().copied()).collect();
             error!(priority = "crit"; "{} bad port in '{}'", self.id, ftp::escape(&shown));
@@ -135,10 +163,25 @@ impl Session {
             let shown: Vec<u8> = lines.iter().flat_map(|l| l.iter().copied()).collect();
             return self.desync(cx, &shown, "is followed by more server output");
         }
-        let negotiation = Negotiation {
-            mode: Mode::Passive,
-            passive: Some(kind),
-            port,
+        let negotiation = match ask.client {
+            ClientAsk::Passive(kind) => Negotiation {
+                mode: Mode::Passive,
+                passive: Some(kind),
+                port,
+                bridged: None,
+            },
+            ClientAsk::Active {
+                port: client_port,
+                eprt,
+            } => Negotiation {
+                mode: Mode::Bridged,
+                passive: None,
+                port: client_port,
+                bridged: Some(Bridged {
+                    server_port: port,
+                    eprt,
+                }),
+            },
         };
         self.negotiate(cx, negotiation);
     }
@@ -151,16 +194,17 @@ impl Session {
                 mode,
                 passive: None,
                 port,
+                bridged: None,
             },
         );
     }
 
     /// Picks the proxy ports, builds the rules and the rewritten line, and commits.
     pub(super) fn negotiate(&mut self, cx: &mut Cx<'_>, negotiation: Negotiation) {
-        let wanted = if negotiation.mode == Mode::Joined {
-            2
-        } else {
-            1
+        let wanted = match negotiation.mode {
+            Mode::Joined => 2,
+            Mode::Bridged => 0,
+            _ => 1,
         };
         let mut ports = Vec::with_capacity(wanted);
         for _ in 0..wanted {
@@ -209,6 +253,22 @@ impl Session {
         ports: &[u16],
     ) -> (Vec<Rule>, (Side, Bytes), Option<Bytes>) {
         let addrs = self.ends.addrs();
+        if let Some(b) = n.bridged {
+            info!(
+                "{} active: client port {} bridged with server passive port {}",
+                self.id, n.port, b.server_port
+            );
+            let client = if b.eprt {
+                DataCommand::Eprt
+            } else {
+                DataCommand::Port
+            };
+            let reply = translate::client_reply(client, addrs.orig_server, n.port)
+                .expect("PORT and EPRT are answered in any family");
+            debug!("{} proxy: {}", self.id, ftp::escape(reply.as_bytes()));
+            let rules = data_rules(Mode::Bridged, &addrs, n.port, b.server_port, &cx.cfg.rules);
+            return (rules.to_vec(), (Side::Client, Bytes::from(reply)), None);
+        }
         let proxy_port = ports[0];
         let client_reply = |kind| match (kind, addrs.orig_server) {
             (Passive::Pasv, IpAddr::V4(v4)) => ftp::format_227(v4, proxy_port),
@@ -304,8 +364,9 @@ impl Session {
             Ok(()) => {
                 let commit = self.pairing.committed().expect("checked above");
                 let n = commit.negotiation;
-                self.stats
-                    .committed(n.mode, n.passive == Some(Passive::Epsv));
+                let extended =
+                    n.passive == Some(Passive::Epsv) || n.bridged.is_some_and(|b| b.eprt);
+                self.stats.committed(n.mode, extended);
                 for old in std::mem::replace(&mut self.rules.live_ports, commit.ports) {
                     cx.ports.remove(&old);
                 }

@@ -27,6 +27,31 @@ pub(super) enum Passive {
     Epsv,
 }
 
+/// What the client asked for, when the proxy asks the server PASV/EPSV for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ClientAsk {
+    /// Its own PASV/EPSV: it gets the rewritten 227/229 in this form.
+    Passive(Passive),
+    /// A PORT/EPRT to `port` (`--server-data-mode passive`): the proxy bridges the
+    /// server's passive port with the client's port ([`crate::Mode::Bridged`]) and
+    /// answers 200.
+    Active {
+        /// The client's data port (1024 and up, checked).
+        port: u16,
+        /// EPRT rather than PORT.
+        eprt: bool,
+    },
+}
+
+/// A passive request towards the server: what the client asked, and which of
+/// PASV/EPSV goes to the server (`translate::server_command`; after an EPSV refusal
+/// the retry's PASV).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Ask {
+    pub(super) client: ClientAsk,
+    pub(super) server: Passive,
+}
+
 /// What the reply to a command forwarded in the queue is to the proxy. A
 /// PASV/EPSV and a join are never queued: they are the [`Turn`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +84,7 @@ pub(super) enum Awaited {
     /// A command of the queue.
     Forwarded(Forwarded),
     /// The PASV/EPSV that went to the server: its 227/229 is rewritten.
-    Passive(Passive),
+    Passive(Ask),
     /// The proxy's PORT/EPRT that serves a client's PASV/EPSV joined
     /// ([`crate::Mode::Joined`]): the server's answer goes no further; a 2xx
     /// releases the proxy's own 227/229 to the client, anything else a 425.
@@ -91,7 +116,7 @@ pub(super) enum MultiKind {
 /// Which held reply a [`MultiKind::Collect`] gathers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Collected {
-    Passive(Passive),
+    Passive(Ask),
     Join,
 }
 
@@ -108,13 +133,13 @@ enum Turn {
     /// in progress or owed, no commit), so that nothing the server says in an
     /// earlier reply can be taken for its answer; every client line after it
     /// waits behind it.
-    Held { kind: Passive, line: Bytes },
+    Held { ask: Ask, line: Bytes },
     /// The PASV/EPSV went to the server and is the only command owed a reply
     /// (it went out with nothing owed, and client lines wait for its answer).
     /// `stale`: server bytes that were already buffered when it went out: the
     /// server sent them before it could see the command, so no line made of them
     /// answers it.
-    Asked { kind: Passive, stale: usize },
+    Asked { ask: Ask, stale: usize },
     /// A rule commit awaits its acknowledgement; both directions wait, since the
     /// line it releases must go out first. A join's commit
     /// ([`Commit::join_reply`]) owes the server's answer to the PORT/EPRT it
@@ -203,7 +228,7 @@ impl Pairing {
     fn turn_owed(&self) -> Option<Awaited> {
         match &self.turn {
             Turn::Open | Turn::Held { .. } => None,
-            Turn::Asked { kind, .. } => Some(Awaited::Passive(*kind)),
+            Turn::Asked { ask, .. } => Some(Awaited::Passive(*ask)),
             Turn::Committing(c) => c.join_reply.is_some().then_some(Awaited::Join),
             Turn::Joining { .. } => Some(Awaited::Join),
         }
@@ -255,9 +280,9 @@ impl Pairing {
             }
             Some(Owed::Local(_)) => None,
             None => match self.turn {
-                Turn::Asked { kind, .. } => {
+                Turn::Asked { ask, .. } => {
                     self.turn = Turn::Open;
-                    Some(Awaited::Passive(kind))
+                    Some(Awaited::Passive(ask))
                 }
                 Turn::Joining { .. } => {
                     self.turn = Turn::Open;
@@ -270,19 +295,19 @@ impl Pairing {
 
     /// A client's PASV/EPSV: held until [`release`](Self::release) lets it go.
     /// Client lines wait behind it, so the turn is open.
-    pub(super) fn hold(&mut self, kind: Passive, line: Bytes) {
+    pub(super) fn hold(&mut self, ask: Ask, line: Bytes) {
         debug_assert!(matches!(self.turn, Turn::Open), "{:?}", self.turn);
-        self.turn = Turn::Held { kind, line };
+        self.turn = Turn::Held { ask, line };
     }
 
     /// The held PASV/EPSV, once the server owes nothing else: greeted, no reply in
     /// progress or owed, no commit in flight (a held one excludes a commit).
-    pub(super) fn release(&mut self) -> Option<(Passive, Bytes)> {
+    pub(super) fn release(&mut self) -> Option<(Ask, Bytes)> {
         if !self.greeted || self.reply.is_some() || self.reply_owed() {
             return None;
         }
         match std::mem::replace(&mut self.turn, Turn::Open) {
-            Turn::Held { kind, line } => Some((kind, line)),
+            Turn::Held { ask, line } => Some((ask, line)),
             other => {
                 self.turn = other;
                 None
@@ -292,9 +317,20 @@ impl Pairing {
 
     /// The released PASV/EPSV went to the server, with `stale` bytes of the server's
     /// already buffered.
-    pub(super) fn ask(&mut self, kind: Passive, stale: usize) {
+    pub(super) fn ask(&mut self, ask: Ask, stale: usize) {
         debug_assert!(matches!(self.turn, Turn::Open), "{:?}", self.turn);
-        self.turn = Turn::Asked { kind, stale };
+        self.turn = Turn::Asked { ask, stale };
+    }
+
+    /// The server refused the EPSV asked: the same request goes again as `server`
+    /// (PASV), with `stale` bytes of the server's already buffered. Nothing else
+    /// changes: client lines still wait, and the answer to the retry is the one
+    /// rewritten.
+    pub(super) fn retry(&mut self, server: Passive, stale: usize) {
+        if let Turn::Asked { ask, stale: s } = &mut self.turn {
+            ask.server = server;
+            *s = stale;
+        }
     }
 
     /// A server line of `len` bytes is about to be handled: whether the server sent
@@ -311,11 +347,11 @@ impl Pairing {
     }
 
     /// The 227/229 to the PASV/EPSV asked came: which one it answered.
-    pub(super) fn take_asked(&mut self) -> Option<Passive> {
+    pub(super) fn take_asked(&mut self) -> Option<Ask> {
         match self.turn {
-            Turn::Asked { kind, .. } => {
+            Turn::Asked { ask, .. } => {
                 self.turn = Turn::Open;
-                Some(kind)
+                Some(ask)
             }
             _ => None,
         }
@@ -397,7 +433,7 @@ impl Pairing {
     /// What a collected reply answers: the PASV/EPSV asked, or the join.
     pub(super) fn collecting_for(&self) -> Option<Collected> {
         match self.turn {
-            Turn::Asked { kind, .. } => Some(Collected::Passive(kind)),
+            Turn::Asked { ask, .. } => Some(Collected::Passive(ask)),
             Turn::Joining { .. } => Some(Collected::Join),
             _ => None,
         }
@@ -446,6 +482,13 @@ mod tests {
 
     const NO: &str = "500 no\r\n";
 
+    fn ask(kind: Passive) -> Ask {
+        Ask {
+            client: ClientAsk::Passive(kind),
+            server: kind,
+        }
+    }
+
     fn pasv() -> Bytes {
         Bytes::from_static(b"PASV\r\n")
     }
@@ -485,7 +528,7 @@ mod tests {
     #[test]
     fn a_pasv_is_released_only_when_nothing_is_owed_and_blocks_until_answered() {
         let mut p = Pairing::new();
-        p.hold(Passive::Pasv, pasv());
+        p.hold(ask(Passive::Pasv), pasv());
         assert!(p.client_blocked());
         assert_eq!(p.release(), None, "not before the greeting");
         p.final_reply();
@@ -498,17 +541,20 @@ mod tests {
         assert_eq!(p.final_reply(), Some(Awaited::Forwarded(Forwarded::Other)));
         assert_eq!(p.release(), None, "a reply is in progress");
         p.end_reply();
-        assert_eq!(p.release(), Some((Passive::Pasv, pasv())));
+        assert_eq!(p.release(), Some((ask(Passive::Pasv), pasv())));
         assert!(!p.client_blocked() && !p.reply_owed());
-        p.ask(Passive::Pasv, 10);
+        p.ask(ask(Passive::Pasv), 10);
         assert!(p.client_blocked() && p.reply_owed());
-        assert_eq!(p.oldest(), Some(Awaited::Passive(Passive::Pasv)));
-        assert_eq!(p.collecting_for(), Some(Collected::Passive(Passive::Pasv)));
+        assert_eq!(p.oldest(), Some(Awaited::Passive(ask(Passive::Pasv))));
+        assert_eq!(
+            p.collecting_for(),
+            Some(Collected::Passive(ask(Passive::Pasv)))
+        );
         // Ten bytes were buffered: the lines that begin within them are stale.
         assert!(p.take_stale(4));
         assert!(p.take_stale(7));
         assert!(!p.take_stale(20));
-        assert_eq!(p.take_asked(), Some(Passive::Pasv));
+        assert_eq!(p.take_asked(), Some(ask(Passive::Pasv)));
         assert!(!p.client_blocked() && !p.reply_owed());
         assert_eq!(p.take_asked(), None);
         assert!(!p.take_stale(1), "nothing is stale with nothing asked");
@@ -517,11 +563,11 @@ mod tests {
     #[test]
     fn a_refusal_answers_the_pasv_asked() {
         let mut p = greeted();
-        p.hold(Passive::Epsv, pasv());
-        assert_eq!(p.release(), Some((Passive::Epsv, pasv())));
-        p.ask(Passive::Epsv, 0);
+        p.hold(ask(Passive::Epsv), pasv());
+        assert_eq!(p.release(), Some((ask(Passive::Epsv), pasv())));
+        p.ask(ask(Passive::Epsv), 0);
         assert!(!p.take_stale(8));
-        assert_eq!(p.final_reply(), Some(Awaited::Passive(Passive::Epsv)));
+        assert_eq!(p.final_reply(), Some(Awaited::Passive(ask(Passive::Epsv))));
         assert!(!p.client_blocked());
         assert_eq!(p.collecting_for(), None);
     }
@@ -529,7 +575,7 @@ mod tests {
     #[test]
     fn a_421_drops_the_held_pasv_and_blocks_the_client() {
         let mut p = Pairing::new();
-        p.hold(Passive::Pasv, pasv());
+        p.hold(ask(Passive::Pasv), pasv());
         p.closing_began();
         assert!(!p.client_blocked());
         p.begin_reply(Multi {
@@ -559,8 +605,8 @@ mod tests {
         assert_eq!(p.pop_local(), Some(NO));
 
         let reply = Bytes::from_static(b"227 x\r\n");
-        p.hold(Passive::Pasv, pasv());
-        assert_eq!(p.release(), Some((Passive::Pasv, pasv())));
+        p.hold(ask(Passive::Pasv), pasv());
+        assert_eq!(p.release(), Some((ask(Passive::Pasv), pasv())));
         p.start_commit(Commit::for_test(3, Some(reply.clone())));
         assert!(p.client_blocked() && p.reply_owed());
         assert_eq!(p.oldest(), Some(Awaited::Join));

@@ -165,7 +165,9 @@ pub fn encode_rule_body(rule: &Rule) -> Result<PfRuleCommon, FilterError> {
             r.nat.proxy_port = [ports.low, ports.high];
             r.rdr.addr.type_ = PF_ADDR_NONE;
         }
-        Translate::JoinWith { .. } => return Err(join_unsupported(rule)),
+        Translate::JoinWith { .. } | Translate::BridgeWith { .. } => {
+            return Err(join_unsupported(rule))
+        }
     }
 
     r.rtableid = routing_id("rtable", rule.rtable)?;
@@ -182,7 +184,7 @@ pub fn encode_rule_body(rule: &Rule) -> Result<PfRuleCommon, FilterError> {
 }
 
 /// pf translates addresses; joining two connections that both end at the proxy is
-/// the relay's alone (`Mode::Joined`).
+/// the relay's alone (`Mode::Joined`, `Mode::Bridged`).
 fn join_unsupported(rule: &Rule) -> FilterError {
     FilterError::Unsupported(format!("pf cannot join two connections: {rule}"))
 }
@@ -214,7 +216,9 @@ pub fn encode_state_kill(rule: &Rule) -> Option<PfiocStateKill> {
 fn precheck(rule: &Rule) -> Result<(), FilterError> {
     let fam = af(rule.from);
     let einval = match rule.translate {
-        Translate::JoinWith { .. } => return Err(join_unsupported(rule)),
+        Translate::JoinWith { .. } | Translate::BridgeWith { .. } => {
+            return Err(join_unsupported(rule))
+        }
         Translate::RdrTo { addr, port } => rule.port == 0 || port == 0 || af(addr) != fam,
         Translate::NatTo { addr, ports } => {
             rule.port == 0 || ports.low == 0 || ports.high == 0 || af(addr) != fam

@@ -35,7 +35,7 @@ use ftp_proxy_core::internals::ftp;
 use ftp_proxy_core::Filter;
 use ftp_proxy_core::{
     Accept, Action, Anchor, Config, Direction, Input, Pcg32, PortRange, Proxy, RandomSource,
-    Refused, Rule, RuleLog, RuleOptions, SessionId, Side, SocketError, Translate,
+    Refused, Rule, RuleLog, RuleOptions, ServerDataMode, SessionId, Side, SocketError, Translate,
     DEFAULT_PROXY_PORTS,
 };
 use pfctl_backend::mock::{FaultRates, MockBackend};
@@ -234,6 +234,7 @@ impl World {
             // Resolve, so one emitted here fails the seed).
             user_at_host: None,
             resolve_timeout_secs: ftp_proxy_core::DEFAULT_RESOLVE_TIMEOUT_SECS,
+            server_data_mode: ServerDataMode::Client,
         };
         let proxy =
             Proxy::new(cfg.clone(), Box::new(Pcg32::new(seed ^ 0x5eed))).expect("valid config");
@@ -1199,7 +1200,9 @@ impl std::fmt::Debug for Expected {
 /// Whether a rule names the forged port anywhere.
 fn names_forged_port(r: &Rule) -> bool {
     let translated = match r.translate {
-        Translate::RdrTo { port, .. } | Translate::JoinWith { port, .. } => port,
+        Translate::RdrTo { port, .. }
+        | Translate::JoinWith { port, .. }
+        | Translate::BridgeWith { port, .. } => port,
         Translate::NatTo { .. } => 0,
     };
     r.port == actors::FORGED_PORT || translated == actors::FORGED_PORT
