@@ -19,7 +19,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use ftp_proxy_core::{Cidr, PortRange, ServerDataMode};
+use ftp_proxy_core::{AllowDest, Cidr, PortRange, ServerDataMode, DEFAULT_RESOLVE_TIMEOUT_SECS};
 use ftp_proxy_core::{
     DEFAULT_LOGIN_TIMEOUT_SECS, DEFAULT_PROXY_PORTS, MAX_SESSIONS_LIMIT, MAX_TIMEOUT_SECS,
     PF_NAME_SIZE,
@@ -230,6 +230,12 @@ pub(crate) struct Args {
     pub proxy_protocol_from: Vec<Cidr>,
     /// `--proxy-protocol-out`.
     pub proxy_protocol_out: Option<ProxyVersion>,
+    /// `--user-at-host`: forward mode.
+    pub user_at_host: bool,
+    /// `--allow-dest`, every occurrence (the option repeats).
+    pub allow_dest: Vec<AllowDest>,
+    /// `--resolve-timeout`, seconds.
+    pub resolve_timeout: u32,
 }
 
 impl Default for Args {
@@ -268,6 +274,9 @@ impl Default for Args {
             proxy_protocol_in: false,
             proxy_protocol_from: Vec::new(),
             proxy_protocol_out: None,
+            user_at_host: false,
+            allow_dest: Vec::new(),
+            resolve_timeout: DEFAULT_RESOLVE_TIMEOUT_SECS,
         }
     }
 }
@@ -614,6 +623,33 @@ const OPTIONS: &[Opt] = &[
     },
     Opt {
         short: None,
+        long: "user-at-host",
+        help: "forward mode: the proxy greets clients itself and connects to the server named in USER name@host[:port], if --allow-dest allows it",
+        takes: Takes::Flag(|a| set(&mut a.user_at_host)),
+    },
+    Opt {
+        short: None,
+        long: "allow-dest",
+        help: "with --user-at-host: a network CIDR[:PORTS] servers may be in (ports 21,2121 or 2000-2100); loopback, link-local and the proxy's own addresses only when named explicitly; repeatable; none allows nothing",
+        takes: Takes::Text(|a, v| {
+            let entry = AllowDest::parse(v).map_err(|e| format!("allowed destination {v}: {e}"))?;
+            a.allow_dest.push(entry);
+            Ok(())
+        }),
+    },
+    Opt {
+        short: None,
+        long: "resolve-timeout",
+        help: "with --user-at-host: seconds a server name lookup may take, {range} (default {default})",
+        takes: Takes::Number {
+            min: 1,
+            max: MAX_TIMEOUT_SECS,
+            what: "resolve timeout",
+            field: |a| &mut a.resolve_timeout,
+        },
+    },
+    Opt {
+        short: None,
         long: "help",
         help: "display usage information",
         takes: Takes::Help,
@@ -784,6 +820,17 @@ pub(crate) fn parse(argv: &[String]) -> Result<Command, ArgsError> {
 /// default (even loopback only) would let whoever can reach the listener from
 /// there choose the client address the rules and the relay believe.
 fn check_combinations(args: &Args) -> Result<(), ArgsError> {
+    if args.user_at_host && args.fixed_server.is_some() {
+        return Err(ArgsError::Invalid(
+            "--user-at-host and -R exclude each other: the server comes from USER or is fixed"
+                .into(),
+        ));
+    }
+    if !args.allow_dest.is_empty() && !args.user_at_host {
+        return Err(ArgsError::Invalid(
+            "--allow-dest without --user-at-host".into(),
+        ));
+    }
     match (args.proxy_protocol_in, args.proxy_protocol_from.is_empty()) {
         (true, true) => Err(ArgsError::Invalid(
             "--proxy-protocol-in needs --proxy-protocol-from: the load balancers whose headers are believed".into(),

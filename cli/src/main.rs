@@ -37,6 +37,7 @@ mod daemon;
 mod logging;
 mod privs;
 mod resolve;
+mod resolver_child;
 mod sys;
 
 use std::fmt;
@@ -45,7 +46,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ftp_proxy_core::{
-    check_data_path as translate_check, Config, ConfigError, Proxy, RuleLog, RuleOptions,
+    check_data_path as translate_check, Config, ConfigError, DestPolicy, Proxy, RuleLog,
+    RuleOptions,
 };
 use ftp_proxy_runtime::{
     DataPath, Divert, Filter, Inbound, OsRandom, ProxyProtocol, RelayLimits, RunError, Runtime,
@@ -84,6 +86,8 @@ enum Fatal {
     Run(RunError),
     /// An `--divert` mode this system cannot do.
     Divert(DivertMode),
+    /// The name-resolver helper of `--user-at-host` could not be started.
+    Resolver(std::io::Error),
 }
 
 impl fmt::Display for Fatal {
@@ -100,6 +104,7 @@ impl fmt::Display for Fatal {
             Fatal::Logger(e) => write!(f, "cannot set up logging: {e}"),
             Fatal::Run(e) => e.fmt(f),
             Fatal::Divert(d) => write!(f, "divert mode {d} is only supported on Linux"),
+            Fatal::Resolver(e) => write!(f, "cannot start the name-resolver helper: {e}"),
         }
     }
 }
@@ -204,13 +209,21 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
 
     // From here on this is the process that runs the proxy: its pid names the anchors
     // and the nftables table.
-    let all_v6 = listens.iter().all(SocketAddr::is_ipv6);
-    let config = core_config(args, source_addr, fixed_server, all_v6);
+    let config = core_config(args, source_addr, fixed_server, &listens);
     config.validate().map_err(Fatal::Config)?;
     // With listeners of both families, some sessions cross to the fixed server's.
     let mixed = fixed_server.is_some_and(|s| listens.iter().any(|l| l.is_ipv6() != s.is_ipv6()));
     translate_check(config.server_data_mode, mixed, config.relay)
         .map_err(|e| Fatal::Config(ConfigError::DataPath(e)))?;
+    if config.user_at_host.as_ref().is_some_and(|p| p.denies_all()) {
+        warn!("--user-at-host without --allow-dest: every destination is refused");
+    }
+    // Before the chroot: the helper keeps the real root's resolver files.
+    let resolver = if args.user_at_host {
+        Some(resolver_child::spawn(identity.as_ref()).map_err(Fatal::Resolver)?)
+    } else {
+        None
+    };
     let mut data_path = backend::open(args, &config).map_err(Fatal::Backend)?;
 
     // The backend may already hold state (the nftables table): remove it when
@@ -229,6 +242,9 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
         idle: Duration::from_secs(args.relay_idle_timeout.into()),
         linger: Duration::from_secs(args.relay_linger.into()),
     });
+    if let Some(r) = resolver {
+        runtime.set_resolver(r).map_err(Fatal::Run)?;
+    }
     runtime.set_proxy_protocol(ProxyProtocol {
         inbound: args
             .proxy_protocol_in
@@ -357,15 +373,25 @@ fn divert_mode(mode: DivertMode) -> Result<(Divert, bool), Fatal> {
 }
 
 /// The core's configuration. Called after daemonizing: anchors carry this pid.
-/// `listen_v6`: every listener is IPv6 (`-6`, or each `-b` naming an IPv6 address),
+/// `listens`: the listeners; when every one is IPv6 (`-6`, or each `-b` naming an IPv6 address),
 /// the family of the clients' side. With listeners of both families it is `false`
 /// and each session judges by its own client's family.
 fn core_config(
     args: &Args,
     source_addr: Option<IpAddr>,
     fixed_server: Option<SocketAddr>,
-    listen_v6: bool,
+    listens: &[SocketAddr],
 ) -> Config {
+    // The proxy's own addresses for the destination policy: its listeners, and
+    // their addresses at any port (its relay's data ports) where they are ones.
+    let listen_v6 = listens.iter().all(SocketAddr::is_ipv6);
+    let mut own = listens.to_vec();
+    own.extend(
+        listens
+            .iter()
+            .filter(|l| !l.ip().is_unspecified())
+            .map(|l| SocketAddr::new(l.ip(), 0)),
+    );
     Config {
         ipv6: args.ipv6 || listen_v6,
         anonymous_only: args.anonymous_only,
@@ -389,6 +415,11 @@ fn core_config(
         proxy_ports: args.proxy_ports,
         relay: args.backend == args::BackendKind::Relay,
         login_timeout_secs: args.login_timeout,
+        user_at_host: args.user_at_host.then(|| DestPolicy {
+            allow: args.allow_dest.clone(),
+            own,
+        }),
+        resolve_timeout_secs: args.resolve_timeout,
         server_data_mode: args.server_data_mode,
     }
 }

@@ -325,3 +325,44 @@ mod tests {
         assert!(!gai_strerror(libc::EAI_NONAME).is_empty());
     }
 }
+
+/// `prctl(PR_SET_PDEATHSIG, SIGKILL)`: the calling process is killed when its
+/// parent exits (a helper must not outlive the daemon). Nothing elsewhere: the
+/// helper's end of file on its socket ends it there.
+pub(crate) fn die_with_parent() -> Result<(), Errno> {
+    #[cfg(target_os = "linux")]
+    {
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Ok(())
+    }
+}
+
+/// Closes every descriptor from 3 up except `keep` (a helper's socket), with
+/// `close_range(2)` where the kernel has it, one by one up to 1024 otherwise.
+pub(crate) fn close_all_but(keep: std::os::fd::BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
+    let keep = keep.as_raw_fd();
+    let close = |first: i32, last: i32| {
+        if first > last {
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: close_range touches only the descriptor table; the caller
+            // owns nothing in the range but what it means to close.
+            let rc =
+                unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0u32) };
+            if rc == 0 {
+                return;
+            }
+        }
+        for fd in first..=last.min(1023) {
+            let _ = nix::unistd::close(fd);
+        }
+    };
+    close(3, keep - 1);
+    close(keep + 1, i32::MAX);
+}

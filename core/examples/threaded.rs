@@ -235,6 +235,19 @@ fn execute(
     action: Action,
 ) {
     match action {
+        // Forward mode (`Config::user_at_host`): a blocking lookup on a thread of
+        // its own; the core bounds how long it waits for the answer.
+        Action::Resolve { name } => {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                use std::net::ToSocketAddrs;
+                let result = (name.as_str(), 0)
+                    .to_socket_addrs()
+                    .map(|addrs| addrs.map(|a| a.ip()).collect())
+                    .map_err(|e| e.to_string());
+                let _ = tx.send(Event::Input(id, Input::Resolved { result }));
+            });
+        }
         Action::ConnectServer { to, .. } => {
             let tx = tx.clone();
             thread::spawn(move || {

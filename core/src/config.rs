@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use crate::route::DestPolicy;
 use crate::rules::{PortRange, RuleLog, RuleOptions, MIN_DATA_PORT};
 use crate::translate::{check_data_path, DataPathError, ServerDataMode};
 
@@ -37,6 +38,10 @@ pub const DEFAULT_LOGIN_TIMEOUT_SECS: u32 = 120;
 /// does one whose server connects but never sends its greeting. The driver then
 /// abandons its connect attempt when it executes the `Close`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default of [`Config::resolve_timeout_secs`]: a resolver that has not
+/// answered in 10 s (two of glibc's 5 s tries against one name server) is not
+/// going to, and the client is waiting at its `USER` prompt.
+pub const DEFAULT_RESOLVE_TIMEOUT_SECS: u32 = 10;
 /// 5 milliseconds: the pause before the single retry of a commit the filter reported
 /// busy ([`FilterError::Busy`](crate::FilterError::Busy)). The same transaction is
 /// emitted again once; a second `Busy` ends the session like any other filter error.
@@ -88,6 +93,14 @@ pub struct Config {
     /// so that `-m` such connections lock everyone out. Default
     /// [`DEFAULT_LOGIN_TIMEOUT_SECS`].
     pub login_timeout_secs: u32,
+    /// `--user-at-host` (forward mode, beyond the original): the proxy greets the
+    /// client itself and connects to the server named in `USER name@host[:port]`,
+    /// if this destination policy allows the resolved address (docs/forward-proxy.md).
+    /// `None` (the default): the server is the fixed one or the diverted destination.
+    pub user_at_host: Option<DestPolicy>,
+    /// `--resolve-timeout`: seconds a forward-mode host name lookup may take before
+    /// the session ends with `421`. Default [`DEFAULT_RESOLVE_TIMEOUT_SECS`].
+    pub resolve_timeout_secs: u32,
     /// `--server-data-mode`: how the proxy asks the server for a data connection,
     /// independent of the client's mode. Anything but the default
     /// [`ServerDataMode::Client`] (the original's behaviour) needs
@@ -113,6 +126,8 @@ impl Default for Config {
             server_data_ports: None,
             relay: false,
             login_timeout_secs: DEFAULT_LOGIN_TIMEOUT_SECS,
+            user_at_host: None,
+            resolve_timeout_secs: DEFAULT_RESOLVE_TIMEOUT_SECS,
             server_data_mode: ServerDataMode::Client,
         }
     }
@@ -135,6 +150,10 @@ pub enum ConfigError {
     DataPorts(PortRange),
     /// A proxy-port range that is empty or reaches below 1024.
     ProxyPorts(PortRange),
+    /// `--user-at-host` with `-R`: the server comes from one or the other.
+    ForwardAndFixed,
+    /// `--resolve-timeout` of 0 or above 86400.
+    ResolveTimeout(u32),
     /// Transfers would need the relay, and the data path is a packet filter.
     DataPath(DataPathError),
 }
@@ -157,6 +176,15 @@ impl fmt::Display for ConfigError {
                 f,
                 "proxy ports {r}: need low <= high, both from {MIN_DATA_PORT} up"
             ),
+            ConfigError::ForwardAndFixed => f.write_str(
+                "--user-at-host and -R exclude each other: the server comes from USER or is fixed",
+            ),
+            ConfigError::ResolveTimeout(t) => {
+                write!(
+                    f,
+                    "resolve timeout {t}: need 1..={MAX_TIMEOUT_SECS} seconds"
+                )
+            }
         }
     }
 }
@@ -197,6 +225,12 @@ impl Config {
         if self.source_addr.is_some_and(|s| s.is_ipv6() != server_v6) {
             return Err(ConfigError::Family("source"));
         }
+        if self.user_at_host.is_some() && self.fixed_server.is_some() {
+            return Err(ConfigError::ForwardAndFixed);
+        }
+        if !(1..=MAX_TIMEOUT_SECS).contains(&self.resolve_timeout_secs) {
+            return Err(ConfigError::ResolveTimeout(self.resolve_timeout_secs));
+        }
         check_data_path(self.server_data_mode, server_v6 != self.ipv6, self.relay)
             .map_err(ConfigError::DataPath)?;
         let r = self.proxy_ports;
@@ -222,6 +256,11 @@ impl Config {
     /// The idle timeout, `None` for `-t 0`.
     pub fn idle_timeout(&self) -> Option<Duration> {
         (self.idle_timeout_secs > 0).then(|| Duration::from_secs(u64::from(self.idle_timeout_secs)))
+    }
+
+    /// The `--resolve-timeout` as a duration.
+    pub fn resolve_timeout(&self) -> Duration {
+        Duration::from_secs(u64::from(self.resolve_timeout_secs))
     }
 
     /// The `--login-timeout` as a duration; `None` when 0 (no bound).

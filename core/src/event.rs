@@ -157,6 +157,15 @@ pub enum Input {
     Reset(Side),
     /// A write to that side failed.
     WriteError(Side),
+    /// The answer to the session's [`Action::Resolve`]: the host's addresses (any
+    /// order the resolver gives; the core tries them in that order, as
+    /// `getaddrinfo(3)` sorts them by RFC 6724), or the resolver's error text. One
+    /// lookup is in flight per session at most; an answer when none is (a late one
+    /// after the deadline ended the session) is ignored.
+    Resolved {
+        /// The addresses, or why there are none.
+        result: Result<Vec<IpAddr>, String>,
+    },
     /// The outcome of the [`Action::CommitRules`] with this `txn`. An outcome whose
     /// `txn` is not the one the session waits for (a late answer to a commit that
     /// was replaced) is ignored, logged at debug level.
@@ -178,6 +187,17 @@ pub enum Action {
         to: SocketAddr,
         /// The `-a` source address.
         bind: Option<IpAddr>,
+    },
+    /// Look `name` up (forward mode, `--user-at-host`) without blocking anything
+    /// else, and report [`Input::Resolved`]. The core bounds the wait itself
+    /// ([`Config::resolve_timeout_secs`](crate::Config::resolve_timeout_secs)): the
+    /// session ends with `421` when the answer is late, and a driver that cannot
+    /// cancel a lookup just lets its answer fall on a closed session. In a chroot the
+    /// resolver's files are out of reach: the daemon asks a helper process started
+    /// before the chroot (docs/forward-proxy.md).
+    Resolve {
+        /// The host name from `USER name@host` (never an address literal).
+        name: String,
     },
     /// Write these bytes to that side, after everything queued before, and report
     /// what was written with [`Input::Written`].
@@ -400,6 +420,9 @@ pub enum CloseReason {
     ServerClosing,
     /// The daemon is shutting down.
     Shutdown,
+    /// Forward mode: the lookup of the host named in `USER name@host` took longer
+    /// than `--resolve-timeout`.
+    ResolveTimeout,
 }
 
 impl CloseReason {
@@ -427,6 +450,7 @@ impl CloseReason {
             CloseReason::ReplyDesync => "reply_desync",
             CloseReason::ServerClosing => "server_closing",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::ResolveTimeout => "resolve_timeout",
         }
     }
 
@@ -471,6 +495,7 @@ impl fmt::Display for CloseReason {
             }
             CloseReason::ServerClosing => f.write_str("server closing connection (421)"),
             CloseReason::Shutdown => f.write_str("shutting down"),
+            CloseReason::ResolveTimeout => f.write_str("server name lookup timed out"),
         }
     }
 }

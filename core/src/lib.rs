@@ -39,7 +39,8 @@ mod translate;
 pub use bytes::Bytes;
 pub use config::{
     Config, ConfigError, COMMIT_RETRY_DELAY, CONNECT_TIMEOUT, DEFAULT_LOGIN_TIMEOUT_SECS,
-    DEFAULT_PROXY_PORTS, MAX_SESSIONS_LIMIT, MAX_TIMEOUT_SECS, PF_NAME_SIZE,
+    DEFAULT_PROXY_PORTS, DEFAULT_RESOLVE_TIMEOUT_SECS, MAX_SESSIONS_LIMIT, MAX_TIMEOUT_SECS,
+    PF_NAME_SIZE,
 };
 pub use error::{FilterError, SocketError};
 pub use event::{

@@ -110,6 +110,7 @@ mod dataplane;
 mod pipe;
 pub mod proxy_header;
 mod relay;
+pub mod resolver;
 mod runtime;
 mod signal;
 mod sys;

@@ -49,6 +49,7 @@ use mio::{Events, Interest, Poll, Waker};
 use crate::dataplane::Plane;
 use crate::proxy_header::{Arrived, Pending, ProxyProtocol, Version};
 use crate::relay::RelayLimits;
+use crate::resolver::Resolver;
 use crate::signal::Signals;
 use crate::sys;
 use crate::token::Tok;
@@ -331,6 +332,8 @@ pub struct Runtime<B: Filter> {
     headers: Option<Pending>,
     /// `--proxy-protocol-out`: the header written to each server.
     header_out: Option<Version>,
+    /// Forward mode's name lookups ([`Runtime::set_resolver`]).
+    resolver: Option<Resolver>,
 }
 
 /// One control listener.
@@ -396,6 +399,7 @@ impl<B: Filter> Runtime<B> {
             read_buf: vec![0; READ_SIZE].into_boxed_slice(),
             headers: None,
             header_out: None,
+            resolver: None,
         })
     }
 
@@ -460,6 +464,19 @@ impl<B: Filter> Runtime<B> {
         }
         self.headers = pp.inbound.map(Pending::new);
         self.header_out = pp.outbound;
+    }
+
+    /// Where forward mode's host names are looked up ([`Action::Resolve`]): the
+    /// loop's end of a [`Resolver::pair`] whose other end a helper serves
+    /// ([`crate::resolver::serve`]). Without one every lookup fails at once with
+    /// "no resolver".
+    pub fn set_resolver(&mut self, mut resolver: Resolver) -> Result<(), RunError> {
+        self.poll
+            .registry()
+            .register(resolver.source(), Tok::Resolver.token(), Interest::READABLE)
+            .map_err(RunError::Setup)?;
+        self.resolver = Some(resolver);
+        Ok(())
     }
 
     /// Accepted connections still waiting for their PROXY protocol header.
@@ -636,6 +653,14 @@ impl<B: Filter> Runtime<B> {
                     self.check_connect(id);
                 }
                 due.insert((id, side));
+            }
+            Tok::Resolver => {
+                let answers = self.resolver.as_mut().map(Resolver::answers);
+                for (id, result) in answers.unwrap_or_default() {
+                    if self.sessions.contains_key(&id) {
+                        self.feed(Instant::now(), Call::Input(id, Input::Resolved { result }));
+                    }
+                }
             }
             Tok::Header(n) => {
                 let arrived = self
@@ -816,7 +841,10 @@ impl<B: Filter> Runtime<B> {
     /// proxy's own listening socket. Only when the core connects to that destination
     /// (no fixed server, `-R`): with a fixed server it is the normal case.
     fn is_own_listener(&self, orig: SocketAddr) -> bool {
-        if self.proxy.config().fixed_server.is_some() {
+        // Reverse and forward mode serve connections to the listener itself: their
+        // server is not the destination.
+        let cfg = self.proxy.config();
+        if cfg.fixed_server.is_some() || cfg.user_at_host.is_some() {
             return false;
         }
         self.listeners.iter().any(|l| {
@@ -1029,7 +1057,21 @@ impl<B: Filter> Runtime<B> {
                     .get_mut()
                     .transfer_done(self.poll.registry(), &anchor);
             }
-            Action::Close { reason, summary } => self.close(id, &reason, &summary),
+            Action::Close { reason, summary } => {
+                if let Some(r) = self.resolver.as_mut() {
+                    r.forget(id);
+                }
+                self.close(id, &reason, &summary)
+            }
+            Action::Resolve { name } => {
+                let asked = match self.resolver.as_mut() {
+                    Some(r) => r.ask(id, &name),
+                    None => Err("no resolver".into()),
+                };
+                if let Err(e) = asked {
+                    return Some(Input::Resolved { result: Err(e) });
+                }
+            }
             Action::CommitRules { txn, anchor, rules } => {
                 let result = self
                     .data

@@ -48,6 +48,8 @@ pub(crate) enum Tok {
     Signal,
     /// The cross-thread waker ([`crate::ShutdownHandle`]).
     Waker,
+    /// The socket to the name resolver helper ([`crate::resolver`]).
+    Resolver,
     /// An accepted connection still waiting for its PROXY protocol header, by id
     /// ([`crate::proxy_header`]); ids count up and do not wrap.
     Header(u64),
@@ -73,11 +75,12 @@ impl Tok {
     pub(crate) fn token(self) -> Token {
         let (n, kind) = match self {
             // The first listener keeps 0; more follow the signal pipe, the waker
-            // and a slot kept free (3); headers' ids come after all listeners.
+            // and the resolver (3); headers' ids come after all listeners.
             Tok::Listener(0) => (0, SPECIAL),
             Tok::Listener(i) => (LISTENER_BASE + usize::from(i), SPECIAL),
             Tok::Signal => (1, SPECIAL),
             Tok::Waker => (2, SPECIAL),
+            Tok::Resolver => (3, SPECIAL),
             Tok::Header(n) => (n as usize + HEADER_BASE, SPECIAL),
             Tok::Control(id, side) => (
                 (id.0 as usize) << 1 | (side == Side::Server) as usize,
@@ -96,7 +99,7 @@ impl Tok {
                 0 => Some(Tok::Listener(0)),
                 1 => Some(Tok::Signal),
                 2 => Some(Tok::Waker),
-                3 => None,
+                3 => Some(Tok::Resolver),
                 n if n < HEADER_BASE => u8::try_from(n - LISTENER_BASE).ok().map(Tok::Listener),
                 n => Some(Tok::Header((n - HEADER_BASE) as u64)),
             },
@@ -133,6 +136,7 @@ mod tests {
             Tok::Listener(255),
             Tok::Signal,
             Tok::Waker,
+            Tok::Resolver,
             Tok::Header(0),
             Tok::Header(1 << 40),
             Tok::Control(SessionId(1), Side::Client),

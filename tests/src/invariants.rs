@@ -414,6 +414,9 @@ impl Watch {
             return Err(format!("{action:?} after the close"));
         }
         match action {
+            Action::Resolve { name } => Err(format!(
+                "Resolve {name:?} in a world without --user-at-host"
+            )),
             Action::ConnectServer { to, bind } => {
                 if std::mem::replace(&mut self.connecting, true) {
                     return Err("a second ConnectServer".into());

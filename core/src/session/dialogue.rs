@@ -62,7 +62,7 @@ impl Session {
     /// Records what a command waits for. Returns `false` when that ended the session
     /// ([`may_pipeline`](Self::may_pipeline)).
     #[must_use]
-    fn expect(&mut self, cx: &mut Cx<'_>, owed: Owed) -> bool {
+    pub(super) fn expect(&mut self, cx: &mut Cx<'_>, owed: Owed) -> bool {
         if !self.may_pipeline(cx) {
             return false;
         }

@@ -13,7 +13,8 @@
 //! * `negotiation.rs`: data-connection negotiations, ports and rule commits;
 //! * `flow.rs`: queued output and read interest;
 //! * `stats.rs`: the counters of the summary line;
-//! * `timer.rs`: the named deadlines.
+//! * `timer.rs`: the named deadlines;
+//! * `upstream.rs`: choosing the server after `USER` (forward mode).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -35,12 +36,14 @@ mod negotiation;
 mod pairing;
 mod stats;
 mod timer;
+mod upstream;
 
 use flow::{idx, Flow};
 use negotiation::RuleState;
 use pairing::Pairing;
 use stats::Stats;
 use timer::{Timer, TimerTable};
+use upstream::Upstream;
 
 /// What the session lends from the [`crate::Proxy`] for one call.
 pub(crate) struct Cx<'a> {
@@ -102,6 +105,8 @@ pub(crate) struct Session {
     timers: TimerTable,
     flow: Flow,
     stats: Stats,
+    /// Whether the server is known yet (forward mode chooses it after `USER`).
+    upstream: Upstream,
     /// What the server has shown it does not support (an EPSV refused).
     support: ServerSupport,
 }
@@ -134,14 +139,26 @@ impl Session {
             timers: TimerTable::default(),
             flow: Flow::new(),
             stats: Stats::new(cx.now),
+            upstream: Upstream::Ready,
             support: ServerSupport::default(),
         };
         debug!("{id} accepted connection from {}", client.ip());
-        s.timers.set(Timer::ServerIdle, cx.now + CONNECT_TIMEOUT);
         s.timers
             .set_or_stop(Timer::ClientIdle, cx.cfg.idle_timeout().map(|t| cx.now + t));
         s.timers
             .set_or_stop(Timer::Login, cx.cfg.login_timeout().map(|t| cx.now + t));
+        if cx.cfg.user_at_host.is_some() {
+            // Forward mode: no server until the client names one.
+            s.upstream = Upstream::AwaitUser;
+            s.pairing.greet_locally();
+            s.send(
+                cx,
+                Side::Client,
+                Bytes::from_static(upstream::GREETING.as_bytes()),
+            );
+            return s;
+        }
+        s.timers.set(Timer::ServerIdle, cx.now + CONNECT_TIMEOUT);
         s.emit(
             cx,
             Action::ConnectServer {
@@ -224,6 +241,15 @@ impl Session {
                     proxy.ip()
                 );
             }
+            Input::Resolved { result } => self.on_resolved(cx, result),
+            Input::ServerConnectFailed { ref error } if self.upstream_pending() => {
+                self.upstream_421(cx, &format!("cannot connect: {error}"));
+                return self.handle(cx, input);
+            }
+            Input::Eof(Side::Server) | Input::Reset(Side::Server) if self.upstream_pending() => {
+                self.upstream_421(cx, "the server closed the connection before its greeting");
+                return self.handle(cx, input);
+            }
             Input::ServerConnected => {
                 debug!("{} connected to server {}", self.id, self.ends.server)
             }
@@ -276,7 +302,11 @@ impl Session {
             }
             self.timers.stop(timer);
             match timer {
-                Timer::ServerIdle => return self.close(cx, CloseReason::Timeout(Side::Server)),
+                Timer::ServerIdle => {
+                    self.upstream_421(cx, "the server did not greet in time");
+                    return self.close(cx, CloseReason::Timeout(Side::Server));
+                }
+                Timer::Resolve => return self.resolve_timed_out(cx),
                 Timer::ClientIdle => return self.close(cx, CloseReason::Timeout(Side::Client)),
                 Timer::Login => return self.close(cx, CloseReason::LoginTimeout),
                 Timer::CommitRetry => {
@@ -300,7 +330,7 @@ impl Session {
         loop {
             let mut progressed = false;
             for side in [Side::Server, Side::Client] {
-                if side == Side::Client {
+                if side == Side::Client && self.upstream == Upstream::Ready {
                     if self.ends.proxy.is_none() {
                         continue;
                     }
@@ -311,7 +341,13 @@ impl Session {
                         Ok(Some(line)) => {
                             progressed = true;
                             match side {
+                                Side::Client if self.upstream == Upstream::AwaitUser => {
+                                    self.upstream_client_line(cx, line)
+                                }
                                 Side::Client => self.client_line(cx, line),
+                                Side::Server if self.upstream_pending() => {
+                                    self.greeting_line(cx, line)
+                                }
                                 Side::Server => {
                                     let stale = self.pairing.take_stale(line.len());
                                     self.server_line(cx, line, stale)
@@ -333,7 +369,8 @@ impl Session {
     /// open, no commit is in flight, the pairing lets client lines go (for the
     /// client), and the output the line may add has room ([`Flow::output_full`]).
     fn line_may_go(&self, side: Side) -> bool {
-        let blocked = side == Side::Client && self.pairing.client_blocked();
+        let blocked = side == Side::Client
+            && (self.pairing.client_blocked() || !self.upstream.takes_client_lines());
         self.phase == Phase::Open
             && !(self.pairing.is_committing() || blocked || self.flow.output_full(side))
     }

@@ -190,6 +190,12 @@ impl Pairing {
         self.greeted
     }
 
+    /// The proxy greeted the client itself (forward mode): the server's greeting,
+    /// when a server is chosen, is the upstream's to read, not a reply to relay.
+    pub(super) fn greet_locally(&mut self) {
+        self.greeted = true;
+    }
+
     /// Entries owed (for the pipelining limit).
     pub(super) fn owed(&self) -> usize {
         self.queue.len()

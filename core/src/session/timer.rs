@@ -18,16 +18,19 @@ pub(super) enum Timer {
     Login,
     /// A commit answered busy is sent again (`COMMIT_RETRY_DELAY`).
     CommitRetry,
+    /// Forward mode: the host name lookup's answer (`--resolve-timeout`).
+    Resolve,
 }
 
 impl Timer {
     /// Every timer, in the order [`super::Session::handle_timeout`] checks them: a
     /// session whose server and client are both overdue ends with the server's.
-    pub(super) const VALUES: [Timer; 4] = [
+    pub(super) const VALUES: [Timer; 5] = [
         Timer::ServerIdle,
         Timer::ClientIdle,
         Timer::Login,
         Timer::CommitRetry,
+        Timer::Resolve,
     ];
 }
 

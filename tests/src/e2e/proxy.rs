@@ -99,6 +99,34 @@ impl ProxyProcess {
         extra: &[&str],
         log: &Path,
     ) -> Result<ProxyProcess> {
+        ProxyProcess::start_to(ip, Some(server), extra, log, &[])
+    }
+
+    /// Starts the proxy with no `-R`: transparent, or forward mode with
+    /// `--user-at-host` in `extra`.
+    pub fn start_forward(ip: IpAddr, extra: &[&str], log: &Path) -> Result<ProxyProcess> {
+        ProxyProcess::start_to(ip, None, extra, log, &[])
+    }
+
+    /// Like [`start_forward`](Self::start_forward), run by `wrapper` (a program and
+    /// its arguments, before the proxy's path: `unshare -m ...` to give it other
+    /// resolver files). The pid is the wrapper's, which must `exec` the proxy.
+    pub fn start_forward_wrapped(
+        ip: IpAddr,
+        extra: &[&str],
+        log: &Path,
+        wrapper: &[String],
+    ) -> Result<ProxyProcess> {
+        ProxyProcess::start_to(ip, None, extra, log, wrapper)
+    }
+
+    fn start_to(
+        ip: IpAddr,
+        server: Option<SocketAddr>,
+        extra: &[&str],
+        log: &Path,
+        wrapper: &[String],
+    ) -> Result<ProxyProcess> {
         let bin = proxy_binary()?;
         let mut last = String::new();
         // The chosen port may be taken before the proxy binds it: retry a few times.
@@ -107,7 +135,14 @@ impl ProxyProcess {
             let out =
                 fs::File::create(log).map_err(E2eError::io(format!("create {}", log.display())))?;
             let err = out.try_clone().map_err(E2eError::io("dup log fd"))?;
-            let mut cmd = Command::new(&bin);
+            let mut cmd = match wrapper.split_first() {
+                Some((program, args)) => {
+                    let mut c = Command::new(program);
+                    c.args(args).arg(&bin);
+                    c
+                }
+                None => Command::new(&bin),
+            };
             cmd.args(["-d", "-D", "7"]);
             if ip.is_ipv6() {
                 cmd.arg("-6");
@@ -115,12 +150,14 @@ impl ProxyProcess {
             cmd.arg("-b")
                 .arg(ip.to_string())
                 .arg("-p")
-                .arg(port.to_string())
-                .arg("-R")
-                .arg(server.ip().to_string())
-                .arg("-P")
-                .arg(server.port().to_string())
-                .args(extra)
+                .arg(port.to_string());
+            if let Some(server) = server {
+                cmd.arg("-R")
+                    .arg(server.ip().to_string())
+                    .arg("-P")
+                    .arg(server.port().to_string());
+            }
+            cmd.args(extra)
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(out))
                 .stderr(Stdio::from(err));
