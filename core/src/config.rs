@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use crate::ftps::{ClientTls, ServerTls, TlsPolicy};
 use crate::rules::{PortRange, RuleLog, RuleOptions, MIN_DATA_PORT};
 
 /// The proxy ports the original draws from: 49152..=65534
@@ -87,6 +88,13 @@ pub struct Config {
     /// so that `-m` such connections lock everyone out. Default
     /// [`DEFAULT_LOGIN_TIMEOUT_SECS`].
     pub login_timeout_secs: u32,
+    /// `--tls-cert`/`--tls-implicit`/`--tls-required`: FTPS towards clients (RFC
+    /// 4217; [`crate::ftps`] decides the commands). Default off: `AUTH` is answered
+    /// `534`, as by a proxy that carries plain text only. Client TLS needs reverse
+    /// mode ([`fixed_server`](Self::fixed_server)) and the relay
+    /// ([`relay`](Self::relay)): a `PROT P` data connection is TLS on the client's
+    /// leg only, which a packet filter cannot carry ([`Config::validate`]).
+    pub tls: TlsPolicy,
 }
 
 impl Default for Config {
@@ -107,6 +115,7 @@ impl Default for Config {
             server_data_ports: None,
             relay: false,
             login_timeout_secs: DEFAULT_LOGIN_TIMEOUT_SECS,
+            tls: TlsPolicy::default(),
         }
     }
 }
@@ -128,6 +137,8 @@ pub enum ConfigError {
     DataPorts(PortRange),
     /// A proxy-port range that is empty or reaches below 1024.
     ProxyPorts(PortRange),
+    /// A TLS setting this build or mode cannot serve (what is missing).
+    Tls(&'static str),
 }
 
 impl fmt::Display for ConfigError {
@@ -147,6 +158,7 @@ impl fmt::Display for ConfigError {
                 f,
                 "proxy ports {r}: need low <= high, both from {MIN_DATA_PORT} up"
             ),
+            ConfigError::Tls(why) => write!(f, "TLS towards clients: {why}"),
         }
     }
 }
@@ -195,6 +207,34 @@ impl Config {
             if r.low > r.high || r.low < MIN_DATA_PORT {
                 return Err(ConfigError::DataPorts(r));
             }
+        }
+        self.validate_tls()
+    }
+
+    /// Client TLS is for reverse mode with the relay: the proxy holds the
+    /// certificate of the one server it fronts, and a `PROT P` data connection is
+    /// TLS towards the client and plain towards the server, so it must pass
+    /// through user space, which a packet filter's data path never does. TLS
+    /// towards servers is not implemented.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let t = self.tls;
+        if t.server != ServerTls::Off {
+            return Err(ConfigError::Tls("TLS towards servers is not implemented"));
+        }
+        if t.client == ClientTls::Off {
+            if t.required {
+                return Err(ConfigError::Tls("--tls-required needs a certificate"));
+            }
+            return Ok(());
+        }
+        if self.fixed_server.is_none() {
+            return Err(ConfigError::Tls("needs reverse mode (-R)"));
+        }
+        if !self.relay {
+            return Err(ConfigError::Tls(
+                "needs the userspace relay: a PROT P data connection is decrypted \
+                 on the client's leg, which a packet filter cannot do",
+            ));
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::error::FilterError;
-use crate::rules::{Direction, PortRange, Rule, Translate};
+use crate::rules::{Direction, LegSecurity, PortRange, Rule, Translate};
 
 /// The address a forward's outgoing connection comes from: the paired `nat-to` rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,6 +52,9 @@ pub struct Forward {
     /// and the connection accepted here is joined with the one accepted there, in
     /// whichever order they arrive ([`Relay`](crate::Relay), "Joins").
     pub join: bool,
+    /// What protects the accepted and the connected leg (the rdr-to or join-with
+    /// rule's [`Rule::legs`]).
+    pub legs: LegSecurity,
 }
 
 impl Forward {
@@ -113,6 +116,7 @@ pub fn forwards(rules: &[Rule]) -> Result<Vec<Forward>, ForwardError> {
                 target: SocketAddr::new(addr, port),
                 source: nat_partner(rules, r.from, SocketAddr::new(addr, port)),
                 join: false,
+                legs: r.legs,
             }),
             (Direction::In, Translate::JoinWith { addr, port }) => out.push(Forward {
                 listen: SocketAddr::new(r.to, r.port),
@@ -120,6 +124,7 @@ pub fn forwards(rules: &[Rule]) -> Result<Vec<Forward>, ForwardError> {
                 target: SocketAddr::new(addr, port),
                 source: None,
                 join: true,
+                legs: r.legs,
             }),
             (Direction::Out, Translate::NatTo { .. }) => {}
             _ => {
@@ -199,6 +204,7 @@ mod tests {
                 ports,
             }),
             join: false,
+            legs: LegSecurity::default(),
         }
     }
 

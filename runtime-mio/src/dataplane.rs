@@ -20,7 +20,7 @@ use ftp_proxy_core::{Anchor, Filter, FilterError, Rule, SessionId};
 use mio::event::Event;
 use mio::Registry;
 
-use crate::relay::{Relay, RelayLimits};
+use crate::relay::{Relay, RelayLimits, SessionTls};
 use crate::token::Tok;
 use crate::DataPath;
 
@@ -53,8 +53,10 @@ pub(crate) trait DataPlane {
     /// (`Action::TransferDone`).
     fn transfer_done(&mut self, registry: &Registry, anchor: &Anchor);
 
-    /// A control session from `client` has begun.
-    fn session_started(&mut self, id: SessionId, client: IpAddr);
+    /// A control session from `client` has begun; `tls` is its TLS configuration
+    /// and what its data connections must show, when the proxy terminates TLS from
+    /// clients (its `PROT P` data connections use it).
+    fn session_started(&mut self, id: SessionId, client: IpAddr, tls: Option<SessionTls>);
 
     /// The control session `id` has ended; the bytes (up, down) its data
     /// connections moved, when this data plane counts them (for the summary line).
@@ -105,7 +107,7 @@ impl<B: Filter> DataPlane for Kernel<B> {
         self.0.kill_connections(anchor)
     }
     fn transfer_done(&mut self, _: &Registry, _: &Anchor) {}
-    fn session_started(&mut self, _: SessionId, _: IpAddr) {}
+    fn session_started(&mut self, _: SessionId, _: IpAddr, _: Option<SessionTls>) {}
     fn session_ended(&mut self, _: SessionId) -> Option<(u64, u64)> {
         None
     }
@@ -158,8 +160,8 @@ impl DataPlane for Relayed {
     fn transfer_done(&mut self, registry: &Registry, anchor: &Anchor) {
         self.0.transfer_done(registry, anchor);
     }
-    fn session_started(&mut self, id: SessionId, client: IpAddr) {
-        self.0.session_started(id.0, client);
+    fn session_started(&mut self, id: SessionId, client: IpAddr, tls: Option<SessionTls>) {
+        self.0.session_started(id.0, client, tls);
     }
     fn session_ended(&mut self, id: SessionId) -> Option<(u64, u64)> {
         Some(self.0.session_ended(id.0))

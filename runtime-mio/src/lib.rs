@@ -106,11 +106,13 @@ mod relay;
 mod runtime;
 mod signal;
 mod sys;
+mod tls;
 mod token;
 
 /// The relay's per-session cap and idle limits: the core's ([`ftp_proxy_core::Relay`]).
 pub use ftp_proxy_core::RelayLimits;
 pub use runtime::{Runtime, ShutdownHandle, SHUTDOWN_GRACE};
+pub use tls::{ClientTls, DataReuse, TlsError};
 
 /// How the proxy learns where a diverted client originally wanted to go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

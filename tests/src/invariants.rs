@@ -443,6 +443,10 @@ impl Watch {
                 self.ending_data = true;
                 Ok(())
             }
+            Action::StartTls { side, .. } => {
+                // The checked configurations never turn client TLS on.
+                Err(format!("StartTls on the {side} without client TLS"))
+            }
             Action::TransferDone { anchor } => {
                 self.own_anchor(anchor, "TransferDone")?;
                 if self.last_commit.is_none() {

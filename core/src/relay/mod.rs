@@ -390,6 +390,13 @@ impl Relay {
         self.pairs.get(&pair).map(|p| p.legs)
     }
 
+    /// The control session a pair in progress belongs to (a TLS leg is served
+    /// with that session's TLS configuration, so that it can resume only that
+    /// session's TLS sessions).
+    pub fn session_of(&self, pair: PairId) -> Option<SessionId> {
+        self.pairs.get(&pair).map(|p| SessionId(p.session))
+    }
+
     /// When [`handle_timeout`](Self::handle_timeout) is next due: `None` while no
     /// pair is in progress and no leg held.
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -578,20 +585,21 @@ impl Relay {
             l.active = Some(pair);
         }
         let from = fwd.source.map(|s| s.bind_addr());
+        let security = fwd.legs;
         let carried = Carried {
             listener,
             partner: None,
             legs: [
                 Leg {
                     origin: Origin::Accepted { listener, peer },
-                    security: Security::Plain,
+                    security: security.accepted,
                 },
                 Leg {
                     origin: Origin::Connected {
                         to: fwd.target,
                         from,
                     },
-                    security: Security::Plain,
+                    security: security.connected,
                 },
             ],
             label: format!("#{session} {peer} -> {} -> {}", fwd.listen, fwd.target),
@@ -615,11 +623,11 @@ impl Relay {
             pair,
             to,
             from,
-            security: Security::Plain,
+            security: security.connected,
         });
         Admission::Open {
             pair,
-            security: Security::Plain,
+            security: security.accepted,
         }
     }
 
@@ -673,6 +681,7 @@ impl Relay {
     fn join(&mut self, now: Instant, listener: ListenerId, peer: SocketAddr) -> Admission {
         let l = &self.listeners[&listener];
         let (anchor, listen, target) = (l.anchor, l.fwd.listen, l.fwd.target);
+        let this_security = l.fwd.legs.accepted;
         let partner = self.anchors.get(&anchor).and_then(|ids| {
             ids.iter().copied().find(|&p| {
                 p != listener
@@ -693,7 +702,7 @@ impl Relay {
             }
             self.arm(now);
             return Admission::Hold {
-                security: Security::Plain,
+                security: this_security,
             };
         };
         let pair = PairId(self.alloc());
@@ -703,20 +712,24 @@ impl Relay {
             }
         }
         let fwd = self.listeners[&listener].fwd.clone();
+        let held_security = self
+            .listeners
+            .get(&partner)
+            .map_or(Security::Plain, |p| p.fwd.legs.accepted);
         let carried = Carried {
             listener,
             partner: Some(partner),
             legs: [
                 Leg {
                     origin: Origin::Accepted { listener, peer },
-                    security: Security::Plain,
+                    security: fwd.legs.accepted,
                 },
                 Leg {
                     origin: Origin::Accepted {
                         listener: partner,
                         peer: held.peer,
                     },
-                    security: Security::Plain,
+                    security: held_security,
                 },
             ],
             label: format!(
@@ -741,7 +754,7 @@ impl Relay {
         Admission::Join {
             pair,
             with: partner,
-            security: Security::Plain,
+            security: this_security,
         }
     }
 

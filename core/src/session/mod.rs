@@ -24,6 +24,7 @@ use log::{debug, error, info, warn};
 
 use crate::config::{Config, CONNECT_TIMEOUT};
 use crate::event::{Accept, Action, CloseReason, Input, SessionId, Side};
+use crate::ftps::FtpsState;
 use crate::line::LineBuf;
 use crate::rand::RandomSource;
 use crate::rules::{Anchor, SessionAddrs};
@@ -101,6 +102,12 @@ pub(crate) struct Session {
     timers: TimerTable,
     flow: Flow,
     stats: Stats,
+    /// RFC 4217 state of the client side (inert with client TLS off).
+    ftps: FtpsState,
+    /// `AUTH TLS` was accepted and its `234` has not gone out yet: no client byte
+    /// is a command any more (they are TLS records), so none is parsed; they go to
+    /// the driver with [`Action::StartTls`].
+    tls_wait: bool,
 }
 
 impl Session {
@@ -131,6 +138,8 @@ impl Session {
             timers: TimerTable::default(),
             flow: Flow::new(),
             stats: Stats::new(cx.now),
+            ftps: FtpsState::new(&cx.cfg.tls),
+            tls_wait: false,
         };
         debug!("{id} accepted connection from {}", client.ip());
         s.timers.set(Timer::ServerIdle, cx.now + CONNECT_TIMEOUT);
@@ -307,7 +316,7 @@ impl Session {
     /// open, no commit is in flight, the pairing lets client lines go (for the
     /// client), and the output the line may add has room ([`Flow::output_full`]).
     fn line_may_go(&self, side: Side) -> bool {
-        let blocked = side == Side::Client && self.pairing.client_blocked();
+        let blocked = side == Side::Client && (self.pairing.client_blocked() || self.tls_wait);
         self.phase == Phase::Open
             && !(self.pairing.is_committing() || blocked || self.flow.output_full(side))
     }

@@ -230,6 +230,9 @@ impl World {
             }),
             relay: rng.chance(1, 2),
             login_timeout_secs: [0, 2, 120][rng.uniform(3) as usize],
+            // Client TLS needs a certificate and a driver that runs rustls; the
+            // sim's peers speak plain text (core/tests/ftps_session.rs covers it).
+            tls: Default::default(),
         };
         let proxy =
             Proxy::new(cfg.clone(), Box::new(Pcg32::new(seed ^ 0x5eed))).expect("valid config");
@@ -677,6 +680,9 @@ impl World {
                     // What the runtime does: one more removal.
                     self.note("may-remain", sid.0, b"");
                     let _ = self.filter.commit(&anchor, &[]);
+                }
+                Action::StartTls { .. } => {
+                    return Err(self.fail(format!("{sid} StartTls with client TLS off")));
                 }
                 Action::TransferDone { .. } => {
                     // The sim's data path is the mock filter: nothing to close.
