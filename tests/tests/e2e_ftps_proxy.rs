@@ -471,3 +471,66 @@ fn bad_tls_options_fail_start_up() -> Result<()> {
     )?;
     Ok(())
 }
+
+/// A TLS upload whose client closes TCP without a close_notify may be cut short
+/// (RFC 4217 leaves truncation detection to the TLS close): the proxy resets the
+/// server's leg instead of passing a clean end of file on, so the server reports
+/// the transfer failed rather than keep the file as complete, and says so in its
+/// log.
+#[test]
+fn upload_without_close_notify_fails_on_the_server() -> Result<()> {
+    let Some((fx, ca)) = ftps_fixture("ftps-proxy-truncated", &[])? else {
+        return Ok(());
+    };
+    // Stock FTP_TLS up to the data connection; then the TCP connection is shut
+    // under the TLS layer (no unwrap, so no close_notify).
+    let script = format!(
+        r#"
+import ftplib, socket, ssl
+ctx = ssl.create_default_context(cafile={ca:?})
+# TLS 1.2: no session tickets arrive after the handshake, so nothing is left
+# unread and the close is a FIN (with unread bytes the kernel would send a RST,
+# which the relay passes on as a reset anyway).
+ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+f = ftplib.FTP_TLS(context=ctx, timeout=30)
+f.connect({host:?}, {port})
+f.auth()
+f.login({user:?}, {password:?})
+f.prot_p()
+conn = f.transfercmd("STOR cut.up")
+conn.sendall(b"x" * 300000)
+conn.shutdown(socket.SHUT_RDWR)
+conn.close()
+try:
+    print("REPLY " + f.voidresp())
+except ftplib.Error as e:
+    print("REPLY " + str(e))
+"#,
+        ca = ca.display().to_string(),
+        host = fx.target().ip().to_string(),
+        port = fx.target().port(),
+        user = USER,
+        password = PASSWORD,
+    );
+    let out = run("python3", &["-c", &script], 60)?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply = text
+        .lines()
+        .find_map(|l| l.strip_prefix("REPLY "))
+        .unwrap_or("");
+    check(
+        !reply.is_empty() && !reply.starts_with("226"),
+        "the server did not report the cut-off upload complete",
+        text.clone(),
+    )?;
+    let log = fx.proxy_log();
+    check(
+        log.contains("ended without close_notify"),
+        "the proxy logged the missing close_notify",
+        tail(&log, 3000),
+    )
+}
