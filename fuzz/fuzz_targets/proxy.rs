@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use ftp_proxy_core::{
-    Accept, Action, Config, FilterError, Input, Pcg32, PortRange, Proxy, Refused, Rule, RuleLog,
-    RuleOptions, SessionId, Side, SocketError, DEFAULT_PROXY_PORTS, MIN_DATA_PORT,
+    Accept, Action, ClientTls, Config, FilterError, Input, Pcg32, PortRange, Proxy, Refused, Rule,
+    RuleLog, RuleOptions, SessionId, Side, SocketError, TlsPolicy, DEFAULT_PROXY_PORTS,
+    MIN_DATA_PORT,
 };
 use ftp_proxy_tests::invariants::Checker;
 use libfuzzer_sys::fuzz_target;
@@ -44,6 +45,11 @@ struct Setup {
     proxy_ports: Option<(u16, u16)>,
     /// [`Config::relay`]: PASV/EPSV after a multi-line reply are served joined.
     relay: bool,
+    /// Client TLS (RFC 4217): 0 off, 1 explicit, 2 implicit; only where the core
+    /// allows it (reverse mode with the relay), so that its commands are reached.
+    tls: u8,
+    /// `--tls-required`.
+    tls_required: bool,
 }
 
 /// A canned line, so that the fuzzer reaches the rewriting paths without having to
@@ -93,6 +99,19 @@ enum Canned {
     ListingForged,
     /// A listing cut short, then `421-zzz`.
     Listing421,
+    /// RFC 4217's commands.
+    AuthTls,
+    AuthSsl,
+    AuthBad,
+    Pbsz,
+    ProtP,
+    ProtC,
+    ProtS,
+    Ccc,
+    /// `AUTH TLS` with the client's handshake right behind it in the same read.
+    AuthPipelined,
+    /// A FEAT reply that lists the server's own security features.
+    FeatSecurity,
 }
 
 #[derive(Debug, Arbitrary)]
@@ -251,6 +270,19 @@ impl Harness {
             relay: setup.relay,
             // 0 (none) to 2 s: short enough that a fuzz input reaches it.
             login_timeout_secs: u32::from(setup.seed as u8 % 3),
+            tls: match setup.tls % 3 {
+                _ if !(setup.reverse && setup.relay) => TlsPolicy::default(),
+                0 => TlsPolicy::default(),
+                n => TlsPolicy {
+                    client: if n == 1 {
+                        ClientTls::Explicit
+                    } else {
+                        ClientTls::Implicit
+                    },
+                    required: setup.tls_required,
+                    ..TlsPolicy::default()
+                },
+            },
         };
         let proxy = Proxy::new(cfg.clone(), Box::new(Pcg32::new(setup.seed))).ok()?;
         let now = Instant::now();
@@ -586,6 +618,16 @@ fn canned(what: Canned, a: [u8; 4], port: u16) -> Vec<u8> {
             a[0], a[1], a[2], a[3]
         ),
         Canned::Listing421 => "213-STAT\r\n213 a\r\n421-zzz\r\n".into(),
+        Canned::AuthTls => "AUTH TLS\r\n".into(),
+        Canned::AuthSsl => "auth ssl\r\n".into(),
+        Canned::AuthBad => "AUTH KERBEROS_V4\r\n".into(),
+        Canned::Pbsz => "PBSZ 0\r\n".into(),
+        Canned::ProtP => "PROT P\r\n".into(),
+        Canned::ProtC => "PROT C\r\n".into(),
+        Canned::ProtS => "PROT S\r\n".into(),
+        Canned::Ccc => "CCC\r\n".into(),
+        Canned::AuthPipelined => "AUTH TLS\r\n\x16\x03\x01\x00\x05PASV\r\n".into(),
+        Canned::FeatSecurity => "211-Features:\r\n AUTH TLS\r\n PBSZ\r\n PROT\r\n MDTM\r\n211 End\r\n".into(),
     };
     s.into_bytes()
 }

@@ -265,7 +265,15 @@ impl Relay {
     fn leg(&self, pair: PairId, sock: TcpStream, ready: bool, security: Security) -> Option<Sock> {
         let mut s = Sock::new(sock, ready);
         if security == Security::Tls {
-            s.tls = Some(self.tls_leg(pair)?);
+            match self.tls_leg(pair) {
+                Some(t) => s.tls = Some(t),
+                None => {
+                    // A reset, never a clean close: that would look like an
+                    // empty, complete transfer.
+                    reset(&s.sock);
+                    return None;
+                }
+            }
         }
         Some(s)
     }

@@ -59,6 +59,10 @@
 //!   to the server and no rules are committed; when its last line has gone the
 //!   session closes at once with [`CloseReason::ServerClosing`], and only then.
 //!
+//! * with client TLS (RFC 4217) no `AUTH`, `PBSZ`, `PROT` or `CCC` reaches the
+//!   server; `StartTls` comes only for the client, only with explicit TLS, at most
+//!   once, and only right after a `234` went to the client.
+//!
 //! The checks that depend on the harness's own world (the sim's honest servers and
 //! its mock filter, the fuzzer's legal inputs) stay with the harness.
 
@@ -68,8 +72,8 @@ use std::net::{IpAddr, SocketAddr};
 use ftp_proxy_core::internals::ftp::{self, Command};
 use ftp_proxy_core::internals::MAX_LINE;
 use ftp_proxy_core::{
-    Accept, Action, Anchor, CloseReason, Config, Direction, PortRange, Proxy, Refused, Rule,
-    SessionId, Side, Translate, MIN_DATA_PORT, NAT_PORTS, RFC_ACTIVE_SOURCE_PORT,
+    Accept, Action, Anchor, ClientTls, CloseReason, Config, Direction, PortRange, Proxy, Refused,
+    Rule, SessionId, Side, Translate, MIN_DATA_PORT, NAT_PORTS, RFC_ACTIVE_SOURCE_PORT,
 };
 
 /// The 425 a client gets when the server refused the proxy's PORT/EPRT of a join
@@ -296,6 +300,12 @@ pub struct Watch {
     epsv_all: bool,
     steerable: Steerable,
     closing: Closing,
+    /// Client TLS of the configuration (RFC 4217, `Config::tls`).
+    client_tls: ClientTls,
+    /// The last line sent to the client was the `234` that accepts `AUTH TLS`.
+    sent_234: bool,
+    /// `StartTls` was emitted.
+    tls_started: bool,
     /// `EndDataConnections` was the last action.
     ending_data: bool,
     /// A join's PORT/EPRT went to the server: the client port its 227/229 must name.
@@ -339,6 +349,9 @@ impl Watch {
             ending_data: false,
             join_pending: None,
             closed: false,
+            client_tls: cfg.tls.client,
+            sent_234: false,
+            tls_started: false,
         }
     }
 
@@ -421,6 +434,7 @@ impl Watch {
                 if line.iter().position(|&b| b == b'\n') != Some(line.len().wrapping_sub(1)) {
                     return Err(format!("Send is not exactly one line: {line:?}"));
                 }
+                self.sent_234 = *side == Side::Client && line.starts_with(b"234 ");
                 match side {
                     Side::Server => self.sent_to_server(line),
                     Side::Client => self.sent_to_client(line),
@@ -444,8 +458,19 @@ impl Watch {
                 Ok(())
             }
             Action::StartTls { side, .. } => {
-                // The checked configurations never turn client TLS on.
-                Err(format!("StartTls on the {side} without client TLS"))
+                if self.client_tls != ClientTls::Explicit || *side != Side::Client {
+                    return Err(format!(
+                        "StartTls on the {side} with client TLS {:?}",
+                        self.client_tls
+                    ));
+                }
+                if !std::mem::take(&mut self.sent_234) {
+                    return Err("StartTls not right after the 234 to AUTH".into());
+                }
+                if std::mem::replace(&mut self.tls_started, true) {
+                    return Err("a second StartTls".into());
+                }
+                Ok(())
             }
             Action::TransferDone { anchor } => {
                 self.own_anchor(anchor, "TransferDone")?;
@@ -516,6 +541,22 @@ impl Watch {
                 "'{}' sent to the server after a 421 reached the client",
                 ftp::escape(line)
             ));
+        }
+        // With client TLS the protection commands are the proxy's: the server's
+        // leg stays plain, so none of them may reach it.
+        if self.client_tls != ClientTls::Off {
+            let word = ftp::command_start(line);
+            let word: Vec<u8> = word
+                .iter()
+                .take_while(|b| b.is_ascii_alphabetic())
+                .map(u8::to_ascii_uppercase)
+                .collect();
+            if [&b"AUTH"[..], b"PBSZ", b"PROT", b"CCC"].contains(&&word[..]) {
+                return Err(format!(
+                    "'{}' forwarded to the server with client TLS on",
+                    ftp::escape(line)
+                ));
+            }
         }
         if ftp::may_carry_client_lines(line) {
             self.steer_sent = true;
