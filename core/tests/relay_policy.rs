@@ -1337,7 +1337,13 @@ fn prot_p_marks_the_clients_leg_in_every_mode() {
     };
     let d = h.drain();
     assert!(
-        matches!(d[..], [Decision::Connect { security: Security::Plain, .. }]),
+        matches!(
+            d[..],
+            [Decision::Connect {
+                security: Security::Plain,
+                ..
+            }]
+        ),
         "the server's leg is plain: {d:?}"
     );
     let legs = h.relay.legs(pair).unwrap();
@@ -1363,7 +1369,13 @@ fn prot_p_marks_the_clients_leg_in_every_mode() {
     }
     let d = h.drain();
     assert!(
-        matches!(d[..], [Decision::Connect { security: Security::Tls, .. }]),
+        matches!(
+            d[..],
+            [Decision::Connect {
+                security: Security::Tls,
+                ..
+            }]
+        ),
         "the proxy connects to the client: TLS: {d:?}"
     );
 

@@ -832,24 +832,27 @@ impl<B: Filter> Runtime<B> {
             reading: [true; 2],
             tls: tls.clone(),
         };
+        // Implicit TLS: the client's first bytes are its handshake.
+        let mut tls_failed = false;
         if self.proxy.config().tls.client == ClientTlsMode::Implicit {
             match tls.map(rustls::ServerConnection::new) {
                 Some(Ok(t)) => session.client.start_tls(t),
                 Some(Err(e)) => {
                     error!("{id} cannot start TLS: {e}");
-                    self.sessions.insert(id, session);
-                    return Some(Input::Reset(Side::Client));
+                    tls_failed = true;
                 }
                 None => {
-                    error!("{id} implicit TLS without a certificate configured");
-                    self.sessions.insert(id, session);
-                    return Some(Input::Reset(Side::Client));
+                    error!("{id} implicit TLS, but no certificate is configured");
+                    tls_failed = true;
                 }
             }
         }
         self.sessions.insert(id, session);
         if let Err(e) = registered {
             error!(priority = "crit"; "{id} cannot register client socket: {e}");
+            return Some(Input::Reset(Side::Client));
+        }
+        if tls_failed {
             return Some(Input::Reset(Side::Client));
         }
         self.hot.insert((id, Side::Client));

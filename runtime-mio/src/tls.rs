@@ -141,3 +141,38 @@ impl ClientTls {
         Arc::new(c)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str, body: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ftp-proxy-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_missing_certificate_file_is_named() {
+        let key = scratch("k1.pem", "");
+        let missing = Path::new("/nonexistent/ftp-proxy/cert.pem");
+        let e = ClientTls::load(missing, &key, DataReuse::Allow).unwrap_err();
+        assert!(matches!(e, TlsError::Pem { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/ftp-proxy/cert.pem: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_file_without_pem_sections_is_named_for_what_it_lacks() {
+        let cert = scratch("c2.pem", "not pem at all\n");
+        let key = scratch("k2.pem", "not pem either\n");
+        let e = ClientTls::load(&cert, &key, DataReuse::Allow).unwrap_err();
+        assert!(matches!(e, TlsError::NoCertificate(_)), "{e:?}");
+        assert!(e.to_string().contains(&*cert.to_string_lossy()), "{e}");
+    }
+}
