@@ -271,6 +271,21 @@ fn wrong_protocol_ends_only_that_session() -> Result<()> {
         return Ok(());
     };
     let ok = fx.work.local().join("implicit-ok.bin");
+    // A TLS session held open, logged in, meanwhile.
+    let held_got = fx.work.local().join("held-tls.bin");
+    let mut held = HeldClient::start_ftps(
+        fx.target(),
+        &ClientTls::implicit(&ca),
+        SessionReuse::Fresh,
+        &[
+            format!("login:{USER}:{PASSWORD}"),
+            "prot:P".into(),
+            "wait".into(),
+            format!("epsv:retr:{SMALL}:{}", held_got.display()),
+            "quit".into(),
+        ],
+        &fx.work.root().join("held-tls.stderr"),
+    )?;
     // A plain client that speaks first (a bare FTP client waits for a banner that
     // cannot come before a handshake; the login timeout ends that one).
     let mut plain = TcpStream::connect(fx.target()).map_err(E2eError::io("connect"))?;
@@ -305,6 +320,14 @@ fn wrong_protocol_ends_only_that_session() -> Result<()> {
     )?
     .ok()?;
     assert_same_file(&fx.work.original(SMALL), &ok)?;
+    held.go()?;
+    let transcript = held.finish(Duration::from_secs(30))?;
+    check(
+        transcript.contains("= retr small.bin 1024 bytes"),
+        "the held TLS session transferred after the plain one ended",
+        transcript,
+    )?;
+    assert_same_file(&fx.work.original(SMALL), &held_got)?;
     drop(fx);
 
     // Explicit listener, implicit client (a ClientHello instead of a command),
