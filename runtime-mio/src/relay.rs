@@ -438,6 +438,17 @@ impl Relay {
                         if r {
                             reset(&p.accepted.sock);
                             reset(&p.opened.sock);
+                        } else {
+                            // A clean end: a TLS leg hears it as a close_notify, as
+                            // far as its socket takes it now.
+                            for leg in [&mut p.accepted, &mut p.opened] {
+                                if let Some(t) = leg.tls.as_mut().filter(|t| !t.notified) {
+                                    t.notified = true;
+                                    t.conn.send_close_notify();
+                                    leg.writable = true;
+                                    let _ = leg.flush_records();
+                                }
+                            }
                         }
                     }
                 }
