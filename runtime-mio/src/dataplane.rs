@@ -16,7 +16,7 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use ftp_proxy_core::{Anchor, Filter, FilterError, Rule, SessionId};
+use ftp_proxy_core::{Anchor, Filter, FilterError, LegSecurity, Rule, SessionId};
 use mio::event::Event;
 use mio::Registry;
 
@@ -98,6 +98,14 @@ pub(crate) struct Kernel<B>(pub(crate) B);
 
 impl<B: Filter> DataPlane for Kernel<B> {
     fn commit(&mut self, _: &Registry, anchor: &Anchor, rules: &[Rule]) -> Result<(), FilterError> {
+        // A PROT P leg must be decrypted, which the kernel cannot do; the core
+        // never asks with its configuration checked (client TLS needs the relay),
+        // but a commit that would carry TLS as plain bytes is refused all the same.
+        if rules.iter().any(|r| r.legs != LegSecurity::default()) {
+            return Err(FilterError::Unsupported(
+                "a TLS data connection (PROT P) needs the userspace relay".into(),
+            ));
+        }
         self.0.commit(anchor, rules)
     }
     fn remove_all(&mut self, _: &Registry) -> Result<(), FilterError> {

@@ -1142,10 +1142,11 @@ impl<B: Filter> Runtime<B> {
         // Errors ignored (as ftp-proxy.c's `end_session`); the core has forgotten
         // the session, so there is no one to tell. A TLS client hears the end as a
         // close_notify after the last reply.
+        let _ = s.client.flush();
         if let Some(tls) = s.client.tls.as_mut() {
             tls.send_close_notify();
+            let _ = s.client.flush();
         }
-        let _ = s.client.flush();
         let _ = registry.deregister(&mut s.client.sock);
         if let Some(mut c) = s.server.take() {
             if !s.connecting {
