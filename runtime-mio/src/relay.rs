@@ -902,8 +902,9 @@ fn fill_tls(pipe: &mut Pipe, src: &mut Sock) -> Result<bool, StepError> {
                 src.eof = true;
                 if pipe.moved() > 0 || !pipe.is_empty() {
                     return Err(StepError::Tls(format!(
-                        "the client's TLS leg ended without close_notify after {} bytes:                          the transfer may be cut short, so the server's leg is reset",
-                        pipe.moved() + u64::from(!pipe.is_empty())
+                        "the client's TLS leg ended without close_notify after {} bytes passed on: \
+                         the transfer may be cut short, so the server's leg is reset",
+                        pipe.moved()
                     )));
                 }
                 // Nothing ever came this way (the direction of a download's
