@@ -48,6 +48,11 @@ impl LineBuf {
         self.buf.is_empty()
     }
 
+    /// Whether the buffered bytes begin with `prefix`.
+    pub fn starts_with(&self, prefix: &[u8]) -> bool {
+        self.buf.starts_with(prefix)
+    }
+
     /// Takes every byte buffered, unparsed: what followed an `AUTH` line is TLS, not
     /// lines.
     pub fn take_all(&mut self) -> Bytes {

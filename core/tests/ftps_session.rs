@@ -8,7 +8,8 @@
 mod support;
 
 use ftp_proxy_core::{
-    Action, Bytes, ClientTls, Config, ConfigError, Proxy, Rule, Security, Side, TlsPolicy,
+    Action, Bytes, ClientTls, CloseReason, Config, ConfigError, Proxy, Rule, Security, Side,
+    TlsPolicy,
 };
 use support::*;
 
@@ -276,4 +277,17 @@ fn client_tls_needs_reverse_mode_and_the_relay() {
         ..Config::default()
     };
     assert!(Proxy::new(required_alone, Box::new(Script([0].into()))).is_err());
+}
+
+#[test]
+fn a_handshake_where_a_command_is_due_ends_the_session_as_not_clean() {
+    let mut h = explicit();
+    let a = h.client(b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1");
+    assert_eq!(
+        a.iter()
+            .filter(|a| matches!(a, Action::Close { .. }))
+            .collect::<Vec<_>>(),
+        [&close(CloseReason::NotClean(Side::Client))],
+        "{a:?}"
+    );
 }

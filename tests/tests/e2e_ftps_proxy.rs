@@ -351,7 +351,8 @@ fn wrong_protocol_ends_only_that_session() -> Result<()> {
     )?;
     let log = fx.proxy_log();
     check(
-        log.contains("client command too long or not clean"),
+        log.contains("client command too long or not clean")
+            && log.contains("the client sent a TLS handshake instead of a command"),
         "the proxy ended the session that sent TLS records as commands",
         tail(&log, 3000),
     )?;

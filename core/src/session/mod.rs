@@ -302,7 +302,21 @@ impl Session {
                             }
                         }
                         Ok(None) => break,
-                        Err(_) => return self.close(cx, CloseReason::NotClean(side)),
+                        Err(_) => {
+                            // A TLS handshake record (content type 22, version 3.x)
+                            // where a command was due: say what it most likely is.
+                            if side == Side::Client
+                                && self.inbox[idx(side)].starts_with(b"\x16\x03")
+                            {
+                                warn!(
+                                    "{} the client sent a TLS handshake instead of a command: \
+                                     implicit FTPS (ftps://) at a port that expects plain text \
+                                     or AUTH TLS?",
+                                    self.id
+                                );
+                            }
+                            return self.close(cx, CloseReason::NotClean(side));
+                        }
                     }
                 }
             }
