@@ -95,7 +95,8 @@ fn curl_explicit_ftps_pasv_and_epsv() -> Result<()> {
     Ok(())
 }
 
-/// `--tls-implicit`: curl's `ftps://` is TLS from the first byte, with no `AUTH`.
+/// `--tls-implicit`: curl's and lftp's `ftps://` are TLS from the first byte, with
+/// no `AUTH`.
 #[test]
 fn curl_implicit_ftps() -> Result<()> {
     let Some((fx, ca)) = ftps_fixture("ftps-proxy-implicit", &["--tls-implicit"])? else {
@@ -122,7 +123,23 @@ fn curl_implicit_ftps() -> Result<()> {
     assert_same_file(
         &fx.work.original(SMALL),
         &fx.work.user().join("implicit.up"),
-    )
+    )?;
+    // lftp's ftps:// too.
+    let got = fx.work.local().join("lftp-implicit.bin");
+    let log = lftp_ftps(
+        fx.target(),
+        Login::User,
+        &tls,
+        DataMode::Epsv.lftp_settings(),
+        &[format!("get {BIG} -o {}", got.display())],
+    )?
+    .ok()?;
+    check(
+        !log.contains("> AUTH"),
+        "lftp sent no AUTH on an implicit connection",
+        tail(&log, 3000),
+    )?;
+    assert_same_file(&fx.work.original(BIG), &got)
 }
 
 /// Python's ftplib.FTP_TLS with `prot_p()` (no session resumption, as stock
