@@ -24,7 +24,7 @@ use ftp_proxy_core::{
     DEFAULT_LOGIN_TIMEOUT_SECS, DEFAULT_PROXY_PORTS, MAX_SESSIONS_LIMIT, MAX_TIMEOUT_SECS,
     PF_NAME_SIZE,
 };
-use ftp_proxy_runtime::{ProxyVersion, RelayLimits};
+use ftp_proxy_runtime::{DataReuse, ProxyVersion, RelayLimits};
 
 /// The usage text, three lines with a fixed 17-space indent, as `usage()` prints it.
 /// `{}` is the program name.
@@ -236,6 +236,16 @@ pub(crate) struct Args {
     pub allow_dest: Vec<AllowDest>,
     /// `--resolve-timeout`, seconds.
     pub resolve_timeout: u32,
+    /// `--tls-cert`: PEM certificate chain towards clients (FTPS, reverse mode).
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`: its PEM private key.
+    pub tls_key: Option<PathBuf>,
+    /// `--tls-implicit`: TLS from the first byte (no `AUTH TLS`).
+    pub tls_implicit: bool,
+    /// `--tls-required`: no login before `AUTH TLS`, no transfer without `PROT P`.
+    pub tls_required: bool,
+    /// `--tls-data-reuse`.
+    pub tls_data_reuse: DataReuse,
 }
 
 impl Default for Args {
@@ -277,6 +287,11 @@ impl Default for Args {
             user_at_host: false,
             allow_dest: Vec::new(),
             resolve_timeout: DEFAULT_RESOLVE_TIMEOUT_SECS,
+            tls_cert: None,
+            tls_key: None,
+            tls_implicit: false,
+            tls_required: false,
+            tls_data_reuse: DataReuse::Allow,
         }
     }
 }
@@ -383,6 +398,15 @@ fn nonempty(v: &str) -> Result<&str, String> {
         return Err("empty value".into());
     }
     Ok(v)
+}
+
+/// `--tls-data-reuse`'s value.
+fn data_reuse(v: &str) -> Result<DataReuse, String> {
+    match v {
+        "allow" => Ok(DataReuse::Allow),
+        "require" => Ok(DataReuse::Require),
+        _ => Err(format!("tls data reuse {v}: expected allow or require")),
+    }
 }
 
 /// Every option, in the order of the original's `switch`, then the long-only ones,
@@ -647,6 +671,36 @@ const OPTIONS: &[Opt] = &[
             what: "resolve timeout",
             field: |a| &mut a.resolve_timeout,
         },
+    },
+    Opt {
+        short: None,
+        long: "tls-cert",
+        help: "FTPS towards clients (reverse mode, relay): PEM certificate chain, leaf first; needs --tls-key",
+        takes: Takes::Text(|a, v| store(&mut a.tls_cert, Some(nonempty(v)?.into()))),
+    },
+    Opt {
+        short: None,
+        long: "tls-key",
+        help: "the PEM private key of --tls-cert",
+        takes: Takes::Text(|a, v| store(&mut a.tls_key, Some(nonempty(v)?.into()))),
+    },
+    Opt {
+        short: None,
+        long: "tls-implicit",
+        help: "implicit FTPS: TLS from the first byte on the listening port, no AUTH TLS",
+        takes: Takes::Flag(|a| set(&mut a.tls_implicit)),
+    },
+    Opt {
+        short: None,
+        long: "tls-required",
+        help: "refuse USER and PASS before AUTH TLS (530) and transfers without PROT P (521)",
+        takes: Takes::Flag(|a| set(&mut a.tls_required)),
+    },
+    Opt {
+        short: None,
+        long: "tls-data-reuse",
+        help: "allow or require: whether a PROT P data connection must resume its control connection's TLS session (default allow)",
+        takes: Takes::Text(|a, v| store(&mut a.tls_data_reuse, data_reuse(v)?)),
     },
     Opt {
         short: None,

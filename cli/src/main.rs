@@ -46,12 +46,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ftp_proxy_core::{
-    check_data_path as translate_check, Config, ConfigError, DestPolicy, Proxy, RuleLog,
-    RuleOptions,
+    check_data_path as translate_check, ClientTls as ClientTlsMode, Config, ConfigError,
+    DestPolicy, Proxy, RuleLog, RuleOptions, TlsPolicy,
 };
 use ftp_proxy_runtime::{
-    DataPath, Divert, Filter, Inbound, OsRandom, ProxyProtocol, RelayLimits, RunError, Runtime,
-    StartError,
+    ClientTls, DataPath, Divert, Filter, Inbound, OsRandom, ProxyProtocol, RelayLimits, RunError,
+    Runtime, StartError, TlsError,
 };
 use log::{error, info, warn};
 use nix::unistd::Uid;
@@ -88,6 +88,10 @@ enum Fatal {
     Divert(DivertMode),
     /// The name-resolver helper of `--user-at-host` could not be started.
     Resolver(std::io::Error),
+    /// The `--tls-*` options do not go together.
+    TlsOptions(&'static str),
+    /// The certificate or key file cannot be used.
+    Tls(TlsError),
 }
 
 impl fmt::Display for Fatal {
@@ -105,6 +109,8 @@ impl fmt::Display for Fatal {
             Fatal::Run(e) => e.fmt(f),
             Fatal::Divert(d) => write!(f, "divert mode {d} is only supported on Linux"),
             Fatal::Resolver(e) => write!(f, "cannot start the name-resolver helper: {e}"),
+            Fatal::TlsOptions(why) => f.write_str(why),
+            Fatal::Tls(e) => write!(f, "TLS certificate: {e}"),
         }
     }
 }
@@ -166,6 +172,9 @@ fn main() -> ExitCode {
 /// report pipe to the waiting parent while a daemonizing child is starting up.
 fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result<(), Fatal> {
     init_logging(args)?;
+    // Read before the chroot, and before the fork so that a bad file is reported
+    // on the terminal.
+    let client_tls = client_tls(args)?;
     let (divert, transparent) = divert_mode(args.divert)?;
     let relay = args.backend == args::BackendKind::Relay;
     let keep_net_admin = backend::needs_net_admin(args.backend);
@@ -237,6 +246,9 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
     // graceful shutdown, not the default action.
     let mut runtime = Runtime::new(listener, &opts, proxy, data_path).map_err(Fatal::Run)?;
     runtime.handle_signals().map_err(Fatal::Run)?;
+    if let Some(tls) = client_tls {
+        runtime.set_client_tls(tls);
+    }
     runtime.set_relay_limits(RelayLimits {
         per_session: args.relay_per_session as usize,
         idle: Duration::from_secs(args.relay_idle_timeout.into()),
@@ -421,7 +433,53 @@ fn core_config(
         }),
         resolve_timeout_secs: args.resolve_timeout,
         server_data_mode: args.server_data_mode,
+        tls: TlsPolicy {
+            client: match (&args.tls_cert, args.tls_implicit) {
+                (None, _) => ClientTlsMode::Off,
+                (Some(_), false) => ClientTlsMode::Explicit,
+                (Some(_), true) => ClientTlsMode::Implicit,
+            },
+            required: args.tls_required,
+            ..TlsPolicy::default()
+        },
     }
+}
+
+/// The certificate towards clients, when `--tls-cert` is given: loaded now, with
+/// the checks of the `--tls-*` options that need no other state. The core checks
+/// the rest ([`Config::validate`]: reverse mode, and the relay, since a `PROT P`
+/// data connection is decrypted on the client's leg, which a packet filter
+/// cannot do).
+fn client_tls(args: &Args) -> Result<Option<ClientTls>, Fatal> {
+    let (cert, key) = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => (c, k),
+        (None, None) => {
+            if args.tls_implicit || args.tls_required {
+                return Err(Fatal::TlsOptions(
+                    "--tls-implicit and --tls-required need --tls-cert and --tls-key",
+                ));
+            }
+            return Ok(None);
+        }
+        _ => {
+            return Err(Fatal::TlsOptions(
+                "--tls-cert and --tls-key must be given together",
+            ))
+        }
+    };
+    if args.fixed_server.is_none() {
+        return Err(Fatal::TlsOptions(
+            "--tls-cert needs reverse mode (-R): the proxy holds the certificate of the one server it fronts",
+        ));
+    }
+    if args.backend != args::BackendKind::Relay {
+        return Err(Fatal::TlsOptions(
+            "--tls-cert needs --backend relay: a PROT P data connection is TLS towards the client and plain towards the server, which a packet filter cannot carry",
+        ));
+    }
+    ClientTls::load(cert, key, args.tls_data_reuse)
+        .map(Some)
+        .map_err(Fatal::Tls)
 }
 
 /// The routing table the proxy runs in (`getrtable(2)` on OpenBSD, 0 elsewhere).

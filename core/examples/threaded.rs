@@ -306,6 +306,13 @@ fn execute(
             data.relay.transfer_done(SessionId(anchor.session));
             data.drain(now, tx);
         }
+        // This example has no TLS, and its Config leaves client TLS off, so the
+        // core never asks. Were it to, carrying on in plain text would hand TLS
+        // records to the parser: end the session instead.
+        Action::StartTls { side, .. } => {
+            log::error!("{id} TLS requested on the {side}, which this example cannot do");
+            proxy.handle(now, id, Input::Reset(side));
+        }
     }
 }
 

@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use crate::ftps::{ClientTls, ServerTls, TlsPolicy};
 use crate::route::DestPolicy;
 use crate::rules::{PortRange, RuleLog, RuleOptions, MIN_DATA_PORT};
 use crate::translate::{check_data_path, DataPathError, ServerDataMode};
@@ -106,6 +107,13 @@ pub struct Config {
     /// [`ServerDataMode::Client`] (the original's behaviour) needs
     /// [`relay`](Self::relay): its transfers have legs of different kinds.
     pub server_data_mode: ServerDataMode,
+    /// `--tls-cert`/`--tls-implicit`/`--tls-required`: FTPS towards clients (RFC
+    /// 4217; [`crate::ftps`] decides the commands). Default off: `AUTH` is answered
+    /// `534`, as by a proxy that carries plain text only. Client TLS needs reverse
+    /// mode ([`fixed_server`](Self::fixed_server)) and the relay
+    /// ([`relay`](Self::relay)): a `PROT P` data connection is TLS on the client's
+    /// leg only, which a packet filter cannot carry ([`Config::validate`]).
+    pub tls: TlsPolicy,
 }
 
 impl Default for Config {
@@ -129,6 +137,7 @@ impl Default for Config {
             user_at_host: None,
             resolve_timeout_secs: DEFAULT_RESOLVE_TIMEOUT_SECS,
             server_data_mode: ServerDataMode::Client,
+            tls: TlsPolicy::default(),
         }
     }
 }
@@ -156,6 +165,8 @@ pub enum ConfigError {
     ResolveTimeout(u32),
     /// Transfers would need the relay, and the data path is a packet filter.
     DataPath(DataPathError),
+    /// A TLS setting this build or mode cannot serve (what is missing).
+    Tls(&'static str),
 }
 
 impl fmt::Display for ConfigError {
@@ -185,6 +196,7 @@ impl fmt::Display for ConfigError {
                     "resolve timeout {t}: need 1..={MAX_TIMEOUT_SECS} seconds"
                 )
             }
+            ConfigError::Tls(why) => write!(f, "TLS towards clients: {why}"),
         }
     }
 }
@@ -241,6 +253,34 @@ impl Config {
             if r.low > r.high || r.low < MIN_DATA_PORT {
                 return Err(ConfigError::DataPorts(r));
             }
+        }
+        self.validate_tls()
+    }
+
+    /// Client TLS is for reverse mode with the relay: the proxy holds the
+    /// certificate of the one server it fronts, and a `PROT P` data connection is
+    /// TLS towards the client and plain towards the server, so it must pass
+    /// through user space, which a packet filter's data path never does. TLS
+    /// towards servers is not implemented.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let t = self.tls;
+        if t.server != ServerTls::Off {
+            return Err(ConfigError::Tls("TLS towards servers is not implemented"));
+        }
+        if t.client == ClientTls::Off {
+            if t.required {
+                return Err(ConfigError::Tls("--tls-required needs a certificate"));
+            }
+            return Ok(());
+        }
+        if self.fixed_server.is_none() {
+            return Err(ConfigError::Tls("needs reverse mode (-R)"));
+        }
+        if !self.relay {
+            return Err(ConfigError::Tls(
+                "needs the userspace relay: a PROT P data connection is decrypted \
+                 on the client's leg, which a packet filter cannot do",
+            ));
         }
         Ok(())
     }

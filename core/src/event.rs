@@ -178,6 +178,11 @@ pub enum Input {
 }
 
 /// What the driver must do for a session, drained from [`crate::Proxy::poll_action`].
+///
+/// Deliberately *not* `#[non_exhaustive]`: every variant is work the driver must
+/// do, and one it silently ignored would break the session (a [`Action::StartTls`]
+/// dropped leaves a client handshaking into plain text). A new variant therefore
+/// makes an integrator's `match` fail to compile, which is the point.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Open a non-blocking TCP connection to `to` (bound to `bind` if given), then
@@ -202,6 +207,27 @@ pub enum Action {
     /// Write these bytes to that side, after everything queued before, and report
     /// what was written with [`Input::Written`].
     Send(Side, Bytes),
+    /// Switch `side`'s control connection to TLS (RFC 4217, `AUTH TLS`; only
+    /// [`Side::Client`] today, with [`crate::ClientTls::Explicit`]): once every byte
+    /// of the [`Action::Send`]s before this one has been written in plain text (the
+    /// `234` reply), run a TLS server handshake on that socket with the proxy's
+    /// certificate. `pending` are bytes the client sent after its `AUTH` line that
+    /// the session had already read: they are the start of the TLS handshake, never
+    /// commands ([`crate::ftps::plaintext_end`]), and go to the TLS layer first,
+    /// before anything read from the socket after them.
+    ///
+    /// From then on [`Input::Data`] of that side carries the decrypted bytes and
+    /// every [`Action::Send`] to it is encrypted; [`Input::Written`] counts
+    /// plaintext. A handshake that fails is an [`Input::Reset`] of that side (the
+    /// driver logs why). A driver without TLS must not ignore it: it cannot occur
+    /// unless [`crate::Config::tls`] turns client TLS on, which such a driver does
+    /// not do.
+    StartTls {
+        /// Which control connection.
+        side: Side,
+        /// Bytes read after the `AUTH` line, to feed to the TLS layer first.
+        pending: Bytes,
+    },
     /// Start (`on`) or stop reading that side. Emitted only when it changes; every
     /// side starts with read interest on. It goes off while the session holds more
     /// than [`INBOX_HIGH_WATER`] unparsed bytes of that side (a commit is in flight),

@@ -8,7 +8,8 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::error::FilterError;
-use crate::rules::{Direction, PortRange, Rule, Translate};
+use crate::relay::Security;
+use crate::rules::{Direction, LegSecurity, PortRange, Rule, Translate};
 
 /// The address a forward's outgoing connection comes from: the paired `nat-to` rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,6 +53,9 @@ pub struct Forward {
     /// and the connection accepted here is joined with the one accepted there, in
     /// whichever order they arrive ([`Relay`](crate::Relay), "Joins").
     pub join: bool,
+    /// What protects the accepted and the connected leg (the rdr-to or join-with
+    /// rule's [`Rule::legs`]).
+    pub legs: LegSecurity,
 }
 
 impl Forward {
@@ -113,6 +117,7 @@ pub fn forwards(rules: &[Rule]) -> Result<Vec<Forward>, ForwardError> {
                 target: SocketAddr::new(addr, port),
                 source: nat_partner(rules, r.from, SocketAddr::new(addr, port)),
                 join: false,
+                legs: r.legs,
             }),
             (Direction::In, Translate::JoinWith { addr, port }) => out.push(Forward {
                 listen: SocketAddr::new(r.to, r.port),
@@ -120,6 +125,7 @@ pub fn forwards(rules: &[Rule]) -> Result<Vec<Forward>, ForwardError> {
                 target: SocketAddr::new(addr, port),
                 source: None,
                 join: true,
+                legs: r.legs,
             }),
             (Direction::Out, Translate::NatTo { .. } | Translate::BridgeWith { .. }) => {}
             _ => {
@@ -146,6 +152,9 @@ pub struct Bridge {
     pub second: SocketAddr,
     /// Its source address: the one the client expects the data connection from.
     pub second_from: IpAddr,
+    /// What protects each leg, first then second (each rule's connected leg:
+    /// the client's is TLS after `PROT P`).
+    pub security: [Security; 2],
 }
 
 impl fmt::Display for Bridge {
@@ -190,6 +199,7 @@ pub fn bridges(rules: &[Rule]) -> Result<Vec<Bridge>, ForwardError> {
                     first_from: r.from,
                     second: SocketAddr::new(p.to, p.port),
                     second_from: p.from,
+                    security: [r.legs.connected, p.legs.connected],
                 });
             }
             _ => {
@@ -269,6 +279,7 @@ mod tests {
                 ports,
             }),
             join: false,
+            legs: LegSecurity::default(),
         }
     }
 
@@ -445,7 +456,15 @@ mod tests {
                 first_from: reverse().proxy,
                 second: "203.0.113.10:40000".parse().unwrap(),
                 second_from: reverse().orig_server,
+                security: [Security::Plain; 2],
             }]
+        );
+        // After PROT P the client's leg (the second: the proxy connects to it) is TLS.
+        let mut prot_p = rules.clone();
+        crate::rules::protect_client_leg(Mode::Bridged, &mut prot_p, Security::Tls);
+        assert_eq!(
+            bridges(&prot_p).unwrap()[0].security,
+            [Security::Plain, Security::Tls]
         );
         assert_eq!(
             rules[0].to_string(),

@@ -48,6 +48,18 @@ impl LineBuf {
         self.buf.is_empty()
     }
 
+    /// Whether the buffered bytes begin with `prefix`.
+    pub fn starts_with(&self, prefix: &[u8]) -> bool {
+        self.buf.starts_with(prefix)
+    }
+
+    /// Takes every byte buffered, unparsed: what followed an `AUTH` line is TLS, not
+    /// lines.
+    pub fn take_all(&mut self) -> Bytes {
+        self.scanned = 0;
+        self.buf.split().freeze()
+    }
+
     /// The next complete line (LF included), `Ok(None)` if more data is needed.
     pub fn next_line(&mut self) -> Result<Option<Bytes>, NotClean> {
         let limit = self.buf.len().min(MAX_LINE);

@@ -10,6 +10,8 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use crate::relay::Security;
+
 /// Lowest data port an endpoint may negotiate (`MIN_PORT`).
 pub const MIN_DATA_PORT: u16 = 1024;
 /// The NAT source-port range pfctl uses by default (`PF_NAT_PROXY_PORT_LOW/HIGH`).
@@ -185,6 +187,49 @@ pub struct Rule {
     pub rtable: Option<u32>,
     /// The address translation.
     pub translate: Translate,
+    /// What protects the legs of the data connection an inbound rule lets through
+    /// (RFC 4217 `PROT P` makes the client's leg TLS). Not part of pf's syntax and
+    /// not printed: a packet filter cannot carry a TLS leg, so a daemon with one
+    /// never turns client TLS on ([`crate::Config::validate`]); the relay reads it
+    /// ([`crate::Forward::legs`]).
+    pub legs: LegSecurity,
+}
+
+/// What protects the two legs of one data connection, named as the relay makes
+/// them: the connection accepted on the rule's listening address, and the one the
+/// proxy opens to its target (for a join, the other leg's accepted connection has
+/// its own rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LegSecurity {
+    /// The connection from the rule's source.
+    pub accepted: Security,
+    /// The connection to the rule's target.
+    pub connected: Security,
+}
+
+impl Default for LegSecurity {
+    /// Both plain.
+    fn default() -> LegSecurity {
+        LegSecurity {
+            accepted: Security::Plain,
+            connected: Security::Plain,
+        }
+    }
+}
+
+/// Marks the client's leg of a negotiation's data connection as `client`
+/// ([`crate::ftps::FtpsState::client_data_security`]) in the rules
+/// [`data_rules`] made for `mode`: the accepted leg of a passive rule (the client
+/// connects), the connected leg of an active one (the proxy connects to the
+/// client), the accepted leg of a join's first rule (the client's), and the
+/// connected leg of a bridge's second rule (the proxy connects to the client).
+/// The server's leg stays plain.
+pub fn protect_client_leg(mode: Mode, rules: &mut [Rule; 2], client: Security) {
+    match mode {
+        Mode::Passive | Mode::Joined => rules[0].legs.accepted = client,
+        Mode::ActivePort | Mode::ActiveEprt => rules[0].legs.connected = client,
+        Mode::Bridged => rules[1].legs.connected = client,
+    }
 }
 
 impl Rule {
@@ -470,6 +515,7 @@ impl Shape {
             on_rdomain: Some(self.on_rdomain),
             rtable: self.rtable,
             translate: self.translate,
+            legs: LegSecurity::default(),
         }
     }
 }

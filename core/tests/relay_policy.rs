@@ -1458,3 +1458,88 @@ fn a_bridge_whose_dial_fails_ends_reset() {
     ));
     assert_eq!(h.relay.pair_count(), 0);
 }
+
+/// `PROT P` travels with the rules (`Rule::legs`, set by `protect_client_leg`):
+/// the client's leg is the accepted one in passive mode, the connected one in
+/// active mode, and the first rule's accepted one in a join; the server's leg
+/// stays plain. The relay's answers say so, and `legs` and `session_of` report it.
+#[test]
+fn prot_p_marks_the_clients_leg_in_every_mode() {
+    let mut h = H::new(8);
+    let mut rules: [Rule; 2] = passive(40000, 50000).try_into().unwrap();
+    protect_client_leg(Mode::Passive, &mut rules, Security::Tls);
+    let l = h.listen(1, &rules);
+    let pair = match h.relay.accept(h.now, l, client_peer()) {
+        Admission::Open { pair, security } => {
+            assert_eq!(security, Security::Tls, "the client connects: TLS");
+            pair
+        }
+        other => panic!("{other:?}"),
+    };
+    let d = h.drain();
+    assert!(
+        matches!(
+            d[..],
+            [Decision::Connect {
+                security: Security::Plain,
+                ..
+            }]
+        ),
+        "the server's leg is plain: {d:?}"
+    );
+    let legs = h.relay.legs(pair).unwrap();
+    assert_eq!(
+        [legs[0].security, legs[1].security],
+        [Security::Tls, Security::Plain]
+    );
+    assert_eq!(h.relay.session_of(pair), Some(SessionId(1)));
+
+    // Active: the server connects to the proxy, the proxy to the client.
+    let mut rules = data_rules(
+        Mode::ActivePort,
+        &addrs(CLIENT),
+        6000,
+        50001,
+        &RuleOptions::default(),
+    );
+    protect_client_leg(Mode::ActivePort, &mut rules, Security::Tls);
+    let l = h.listen(2, &rules);
+    match h.relay.accept(h.now, l, server_peer()) {
+        Admission::Open { security, .. } => assert_eq!(security, Security::Plain),
+        other => panic!("{other:?}"),
+    }
+    let d = h.drain();
+    assert!(
+        matches!(
+            d[..],
+            [Decision::Connect {
+                security: Security::Tls,
+                ..
+            }]
+        ),
+        "the proxy connects to the client: TLS: {d:?}"
+    );
+
+    // Joined: the client's leg (first rule) is TLS, the server's plain, in
+    // whichever order they arrive.
+    let mut rules: [Rule; 2] = joined(40002, 50002).try_into().unwrap();
+    protect_client_leg(Mode::Joined, &mut rules, Security::Tls);
+    let (new, _) = h.commit(3, &rules);
+    let (client_l, server_l) = (new[0].0, new[1].0);
+    match h.relay.accept(h.now, server_l, server_peer()) {
+        Admission::Hold { security } => assert_eq!(security, Security::Plain),
+        other => panic!("{other:?}"),
+    }
+    let pair = match h.relay.accept(h.now, client_l, client_peer()) {
+        Admission::Join { pair, security, .. } => {
+            assert_eq!(security, Security::Tls);
+            pair
+        }
+        other => panic!("{other:?}"),
+    };
+    let legs = h.relay.legs(pair).unwrap();
+    assert_eq!(
+        [legs[0].security, legs[1].security],
+        [Security::Tls, Security::Plain]
+    );
+}

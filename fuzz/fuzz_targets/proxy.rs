@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use ftp_proxy_core::{
-    Accept, Action, Config, FilterError, Input, Pcg32, PortRange, Proxy, Refused, Rule, RuleLog,
-    RuleOptions, ServerDataMode, SessionId, Side, SocketError, DEFAULT_PROXY_PORTS, MIN_DATA_PORT,
+    Accept, Action, AllowDest, ClientTls, Config, DestPolicy, FilterError, Input, Pcg32, PortRange,
+    Proxy, Refused, Rule, RuleLog, RuleOptions, ServerDataMode, SessionId, Side, SocketError,
+    TlsPolicy, DEFAULT_PROXY_PORTS, MIN_DATA_PORT,
 };
 use ftp_proxy_tests::invariants::Checker;
 use libfuzzer_sys::fuzz_target;
@@ -44,6 +45,15 @@ struct Setup {
     proxy_ports: Option<(u16, u16)>,
     /// [`Config::relay`]: PASV/EPSV after a multi-line reply are served joined.
     relay: bool,
+    /// Client TLS (RFC 4217): 0 off, 1 explicit, 2 implicit; only where the core
+    /// allows it (reverse mode with the relay), so that its commands are reached.
+    tls: u8,
+    /// `--tls-required`.
+    tls_required: bool,
+    /// Forward mode (`--user-at-host`), where there is no `-R`: the server comes
+    /// from `USER name@host`, within a policy allowing 198.51.100.0/24 and
+    /// 2001:db8:3::/48 (so the canned targets are allowed, refused and looked up).
+    forward: bool,
 }
 
 /// A canned line, so that the fuzzer reaches the rewriting paths without having to
@@ -93,6 +103,26 @@ enum Canned {
     ListingForged,
     /// A listing cut short, then `421-zzz`.
     Listing421,
+    /// RFC 4217's commands.
+    AuthTls,
+    AuthSsl,
+    AuthBad,
+    Pbsz,
+    ProtP,
+    ProtC,
+    ProtS,
+    Ccc,
+    /// `AUTH TLS` with the client's handshake right behind it in the same read.
+    AuthPipelined,
+    /// A FEAT reply that lists the server's own security features.
+    FeatSecurity,
+    /// Forward mode's logins: an allowed literal, an allowed IPv6 literal with a
+    /// port, a name to look up, a refused address, a malformed target.
+    UserAtAllowed,
+    UserAtV6,
+    UserAtName,
+    UserAtRefused,
+    UserAtBad,
 }
 
 #[derive(Debug, Arbitrary)]
@@ -108,6 +138,12 @@ enum Op {
     },
     Connected {
         s: u8,
+    },
+    /// The driver's answer to a `Resolve` (any time: an answer nothing waits for
+    /// is ignored, as the contract says).
+    Resolved {
+        s: u8,
+        answer: u8,
     },
     ConnectFailed {
         s: u8,
@@ -261,6 +297,27 @@ impl Harness {
             } else {
                 ServerDataMode::Client
             },
+            user_at_host: (setup.forward && !setup.reverse).then(|| DestPolicy {
+                allow: ["198.51.100.0/24", "[2001:db8:3::/48]"]
+                    .iter()
+                    .map(|a| AllowDest::parse(a).expect("valid"))
+                    .collect(),
+                own: Vec::new(),
+            }),
+            resolve_timeout_secs: 1 + u32::from(setup.seed as u8 % 2),
+            tls: match setup.tls % 3 {
+                _ if !(setup.reverse && setup.relay) => TlsPolicy::default(),
+                0 => TlsPolicy::default(),
+                n => TlsPolicy {
+                    client: if n == 1 {
+                        ClientTls::Explicit
+                    } else {
+                        ClientTls::Implicit
+                    },
+                    required: setup.tls_required,
+                    ..TlsPolicy::default()
+                },
+            },
         };
         let proxy = Proxy::new(cfg.clone(), Box::new(Pcg32::new(setup.seed))).ok()?;
         let now = Instant::now();
@@ -362,6 +419,17 @@ impl Harness {
                 }
                 self.peers.get_mut(&id).expect("known").connected = true;
                 self.proxy.handle(self.now, id, Input::ServerConnected);
+            }
+            Op::Resolved { s, answer } => {
+                let Some(id) = self.pick(s) else { return };
+                let ips = |list: &[&str]| list.iter().map(|a| a.parse().expect("ip")).collect();
+                let result = match answer % 4 {
+                    0 => Err("Name or service not known".to_string()),
+                    1 => Ok(ips(&["198.51.100.30"])),
+                    2 => Ok(ips(&["127.0.0.1", "2001:db8:3::30", "198.51.100.31"])),
+                    _ => Ok(Vec::new()),
+                };
+                self.proxy.handle(self.now, id, Input::Resolved { result });
             }
             Op::ConnectFailed { s } => {
                 let Some((id, p)) = self.peer(s) else { return };
@@ -596,6 +664,23 @@ fn canned(what: Canned, a: [u8; 4], port: u16) -> Vec<u8> {
             a[0], a[1], a[2], a[3]
         ),
         Canned::Listing421 => "213-STAT\r\n213 a\r\n421-zzz\r\n".into(),
+        Canned::UserAtAllowed => "USER anonymous@198.51.100.20\r\n".into(),
+        Canned::UserAtV6 => "USER bob@[2001:db8:3::20]:2121\r\n".into(),
+        Canned::UserAtName => "USER bob@files.example 2121\r\n".into(),
+        Canned::UserAtRefused => "USER bob@127.0.0.1\r\n".into(),
+        Canned::UserAtBad => "USER bob@[::1\r\n".into(),
+        Canned::AuthTls => "AUTH TLS\r\n".into(),
+        Canned::AuthSsl => "auth ssl\r\n".into(),
+        Canned::AuthBad => "AUTH KERBEROS_V4\r\n".into(),
+        Canned::Pbsz => "PBSZ 0\r\n".into(),
+        Canned::ProtP => "PROT P\r\n".into(),
+        Canned::ProtC => "PROT C\r\n".into(),
+        Canned::ProtS => "PROT S\r\n".into(),
+        Canned::Ccc => "CCC\r\n".into(),
+        Canned::AuthPipelined => "AUTH TLS\r\n\x16\x03\x01\x00\x05PASV\r\n".into(),
+        Canned::FeatSecurity => {
+            "211-Features:\r\n AUTH TLS\r\n PBSZ\r\n PROT\r\n MDTM\r\n211 End\r\n".into()
+        }
     };
     s.into_bytes()
 }

@@ -16,11 +16,11 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use ftp_proxy_core::{Anchor, Filter, FilterError, Rule, SessionId};
+use ftp_proxy_core::{Anchor, Filter, FilterError, LegSecurity, Rule, SessionId};
 use mio::event::Event;
 use mio::Registry;
 
-use crate::relay::{Relay, RelayLimits};
+use crate::relay::{Relay, RelayLimits, SessionTls};
 use crate::token::Tok;
 use crate::DataPath;
 
@@ -53,8 +53,10 @@ pub(crate) trait DataPlane {
     /// (`Action::TransferDone`).
     fn transfer_done(&mut self, registry: &Registry, anchor: &Anchor);
 
-    /// A control session from `client` has begun.
-    fn session_started(&mut self, id: SessionId, client: IpAddr);
+    /// A control session from `client` has begun; `tls` is its TLS configuration
+    /// and what its data connections must show, when the proxy terminates TLS from
+    /// clients (its `PROT P` data connections use it).
+    fn session_started(&mut self, id: SessionId, client: IpAddr, tls: Option<SessionTls>);
     /// Session `id`'s control connection came through the load balancer at
     /// `balancer` (PROXY protocol): admit it for the client's data connections too.
     fn session_via(&mut self, id: SessionId, balancer: IpAddr);
@@ -99,6 +101,14 @@ pub(crate) struct Kernel<B>(pub(crate) B);
 
 impl<B: Filter> DataPlane for Kernel<B> {
     fn commit(&mut self, _: &Registry, anchor: &Anchor, rules: &[Rule]) -> Result<(), FilterError> {
+        // A PROT P leg must be decrypted, which the kernel cannot do; the core
+        // never asks with its configuration checked (client TLS needs the relay),
+        // but a commit that would carry TLS as plain bytes is refused all the same.
+        if rules.iter().any(|r| r.legs != LegSecurity::default()) {
+            return Err(FilterError::Unsupported(
+                "a TLS data connection (PROT P) needs the userspace relay".into(),
+            ));
+        }
         self.0.commit(anchor, rules)
     }
     fn remove_all(&mut self, _: &Registry) -> Result<(), FilterError> {
@@ -108,7 +118,7 @@ impl<B: Filter> DataPlane for Kernel<B> {
         self.0.kill_connections(anchor)
     }
     fn transfer_done(&mut self, _: &Registry, _: &Anchor) {}
-    fn session_started(&mut self, _: SessionId, _: IpAddr) {}
+    fn session_started(&mut self, _: SessionId, _: IpAddr, _: Option<SessionTls>) {}
     // The rules name the client only: a balancer that forwards the data ports must
     // keep the client's source address (or the client reach them directly).
     fn session_via(&mut self, _: SessionId, _: IpAddr) {}
@@ -164,8 +174,8 @@ impl DataPlane for Relayed {
     fn transfer_done(&mut self, registry: &Registry, anchor: &Anchor) {
         self.0.transfer_done(registry, anchor);
     }
-    fn session_started(&mut self, id: SessionId, client: IpAddr) {
-        self.0.session_started(id.0, client);
+    fn session_started(&mut self, id: SessionId, client: IpAddr, tls: Option<SessionTls>) {
+        self.0.session_started(id.0, client, tls);
     }
     fn session_via(&mut self, id: SessionId, balancer: IpAddr) {
         self.0.session_via(id.0, balancer);

@@ -113,6 +113,32 @@ impl Pipe {
     }
 }
 
+impl Pipe {
+    /// [`fill`](Self::fill) from any reader: the plaintext of a TLS leg. Only a
+    /// copying pipe can (a TLS pair is always made with one).
+    pub(crate) fn fill_from(&mut self, src: &mut impl Read) -> io::Result<Filled> {
+        match self {
+            Pipe::Copy(b) => match b.fill(src) {
+                Ok(0) => Ok(Filled::Eof),
+                Ok(n) => Ok(Filled::Bytes(n)),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(Filled::SourceEmpty),
+                Err(e) => Err(e),
+            },
+            #[cfg(target_os = "linux")]
+            Pipe::Splice(_) => Err(ErrorKind::Unsupported.into()),
+        }
+    }
+
+    /// [`drain`](Self::drain) into any writer: the plaintext side of a TLS leg.
+    pub(crate) fn drain_into(&mut self, dst: &mut impl Write) -> io::Result<usize> {
+        match self {
+            Pipe::Copy(b) => b.drain(dst),
+            #[cfg(target_os = "linux")]
+            Pipe::Splice(_) => Err(ErrorKind::Unsupported.into()),
+        }
+    }
+}
+
 /// A user-space buffer: `read` into the free space, `write` out of the pending bytes.
 #[derive(Debug)]
 pub(crate) struct CopyBuf {

@@ -10,19 +10,22 @@
 use std::collections::BTreeMap;
 use std::io::{self, ErrorKind};
 use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ftp_proxy_core::{
     Admission, Anchor, ConnectError, Decision, FilterError, Flow, IoOp, ListenerId, PairId,
-    PairState, Rule, SessionId, SocketError,
+    PairState, Rule, Security, SessionId, SocketError,
 };
 use log::{debug, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry};
 use nix::errno::Errno;
+use rustls::{HandshakeKind, ServerConfig, ServerConnection};
 
 use crate::pipe::{Filled, Pipe};
 use crate::sys;
+use crate::tls::DataReuse;
 use crate::token::{End, Tok};
 
 /// The policy's limits, under the name the runtime has always used.
@@ -35,13 +38,34 @@ const STEPS_PER_TURN: usize = 16;
 /// Accepts per data listener per turn.
 const ACCEPTS_PER_TURN: usize = 16;
 
+/// What a control session's `PROT P` data connections are served with: its own
+/// TLS configuration (its own session cache, crate::tls) and `--tls-data-reuse`.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionTls {
+    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) reuse: DataReuse,
+}
+
 /// The listening socket of one listener of the policy, and the join leg it holds.
 #[derive(Debug)]
 struct DataListener {
     sock: TcpListener,
     listen: SocketAddr,
-    /// [`Admission::Hold`]: a join leg waiting for its partner.
-    held: Option<TcpStream>,
+    /// [`Admission::Hold`]: a join leg waiting for its partner, and what protects it.
+    held: Option<(TcpStream, Security)>,
+}
+
+/// The TLS server side of a data connection's client leg (`PROT P`).
+#[derive(Debug)]
+struct TlsLeg {
+    conn: ServerConnection,
+    /// `--tls-data-reuse require`: the handshake must resume a session of the
+    /// same control connection.
+    require_resumed: bool,
+    /// The handshake's outcome has been checked.
+    checked: bool,
+    /// Our close_notify has been queued.
+    notified: bool,
 }
 
 /// One socket of a data connection, with its readiness cache.
@@ -54,6 +78,8 @@ struct Sock {
     eof: bool,
     /// `shutdown(Write)` done.
     shut: bool,
+    /// TLS runs on this leg: reads are decrypted and writes encrypted through it.
+    tls: Option<Box<TlsLeg>>,
 }
 
 impl Sock {
@@ -64,7 +90,30 @@ impl Sock {
             writable: ready,
             eof: false,
             shut: false,
+            tls: None,
         }
+    }
+
+    /// Writes the TLS records rustls holds; `Ok(true)` once none is left.
+    fn flush_records(&mut self) -> Result<bool, StepError> {
+        let Some(t) = self.tls.as_mut() else {
+            return Ok(true);
+        };
+        while t.conn.wants_write() {
+            if !self.writable {
+                return Ok(false);
+            }
+            match t.conn.write_tls(&mut self.sock) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.writable = false;
+                    return Ok(false);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(StepError::Io(IoOp::Write, e)),
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -82,6 +131,8 @@ struct Pair {
     just_connected: bool,
     /// The real endpoint, for a failed connect.
     target: SocketAddr,
+    /// The control session (log lines).
+    session: u32,
 }
 
 /// Why a round of copying stopped for good.
@@ -89,6 +140,9 @@ struct Pair {
 enum StepError {
     Connect(io::Error),
     Io(IoOp, io::Error),
+    /// A TLS leg failed or ended in a way that must not pass for a complete
+    /// transfer (the log line's text).
+    Tls(String),
 }
 
 impl Pair {
@@ -130,8 +184,10 @@ pub(crate) struct Relay {
     pairs: BTreeMap<PairId, Pair>,
     /// First legs whose second leg is being connected ([`Decision::Connect`]): an
     /// accepted connection (ready), or a bridge's dialled one ([`Decision::Dial`];
-    /// ready once its socket says so).
-    opening: BTreeMap<PairId, (TcpStream, bool)>,
+    /// ready once its socket says so), with what protects it.
+    opening: BTreeMap<PairId, (TcpStream, bool, Security)>,
+    /// The TLS of each live control session's data connections (client TLS on).
+    tls: BTreeMap<u32, SessionTls>,
     hot: Vec<Tok>,
     /// Move data with `splice(2)` through kernel pipes where possible.
     zero_copy: bool,
@@ -145,6 +201,7 @@ impl Relay {
             listeners: BTreeMap::new(),
             pairs: BTreeMap::new(),
             opening: BTreeMap::new(),
+            tls: BTreeMap::new(),
             hot: Vec::new(),
             zero_copy: cfg!(target_os = "linux"),
         }
@@ -162,8 +219,16 @@ impl Relay {
     }
 
     /// A control session from `client` has begun ([`ftp_proxy_core::Relay::session_started`]).
-    pub(crate) fn session_started(&mut self, session: u32, client: IpAddr) {
+    pub(crate) fn session_started(
+        &mut self,
+        session: u32,
+        client: IpAddr,
+        tls: Option<SessionTls>,
+    ) {
         self.policy.session_started(SessionId(session), client);
+        if let Some(tls) = tls {
+            self.tls.insert(session, tls);
+        }
     }
 
     /// The session came through a load balancer ([`ftp_proxy_core::Relay::session_via`]).
@@ -172,9 +237,51 @@ impl Relay {
     }
 
     /// The control session has ended; returns the bytes (up, down) its data
-    /// connections have moved ([`ftp_proxy_core::Relay::session_ended`]).
+    /// connections have moved ([`ftp_proxy_core::Relay::session_ended`]). Its TLS
+    /// configuration goes: no later data connection can resume its sessions.
     pub(crate) fn session_ended(&mut self, session: u32) -> (u64, u64) {
+        self.tls.remove(&session);
         self.policy.session_ended(SessionId(session))
+    }
+
+    /// The TLS server side for a `PROT P` leg of `pair`, from its session's
+    /// configuration; `None` (logged) if the session has none.
+    fn tls_leg(&self, pair: PairId) -> Option<Box<TlsLeg>> {
+        let session = self.policy.session_of(pair)?;
+        let Some(t) = self.tls.get(&session.0) else {
+            warn!("{session} data connection wants TLS, but its session has no TLS configuration");
+            return None;
+        };
+        match ServerConnection::new(t.config.clone()) {
+            Ok(conn) => Some(Box::new(TlsLeg {
+                conn,
+                require_resumed: t.reuse == DataReuse::Require,
+                checked: false,
+                notified: false,
+            })),
+            Err(e) => {
+                warn!("{session} cannot start TLS on a data connection: {e}");
+                None
+            }
+        }
+    }
+
+    /// `sock` as a leg of `pair`, with TLS when `security` says so; `None` when
+    /// TLS cannot be had (the caller fails the pair).
+    fn leg(&self, pair: PairId, sock: TcpStream, ready: bool, security: Security) -> Option<Sock> {
+        let mut s = Sock::new(sock, ready);
+        if security == Security::Tls {
+            match self.tls_leg(pair) {
+                Some(t) => s.tls = Some(t),
+                None => {
+                    // A reset, never a clean close: that would look like an
+                    // empty, complete transfer.
+                    reset(&s.sock);
+                    return None;
+                }
+            }
+        }
+        Some(s)
     }
 
     /// The session ended on a reply desync ([`ftp_proxy_core::Relay::kill_session`]).
@@ -302,21 +409,32 @@ impl Relay {
                 Decision::StopListening(id) => {
                     if let Some(mut l) = self.listeners.remove(&id) {
                         let _ = registry.deregister(&mut l.sock);
-                        if let Some(held) = l.held.take() {
+                        if let Some((held, _)) = l.held.take() {
                             reset(&held);
                         }
                     }
                 }
-                Decision::Dial { pair, to, from, .. } => match sys::start_connect(to, from) {
+                Decision::Dial {
+                    pair,
+                    to,
+                    from,
+                    security,
+                } => match sys::start_connect(to, from) {
                     Ok(s) => {
-                        self.opening.insert(pair, (TcpStream::from_std(s), false));
+                        self.opening
+                            .insert(pair, (TcpStream::from_std(s), false, security));
                     }
                     Err(e) => {
                         let error = SocketError::from_errno(e.errno() as i32);
                         self.policy.failed(Instant::now(), pair, IoOp::Setup, error);
                     }
                 },
-                Decision::Connect { pair, to, from, .. } => self.connect(registry, pair, to, from),
+                Decision::Connect {
+                    pair,
+                    to,
+                    from,
+                    security,
+                } => self.connect(registry, pair, to, from, security),
                 Decision::Refresh(pair) => {
                     if let Some(p) = self.pairs.get_mut(&pair) {
                         // A read that finds nothing says WouldBlock and clears them again.
@@ -326,12 +444,13 @@ impl Relay {
                     }
                 }
                 Decision::ResetHeld(id) => {
-                    if let Some(held) = self.listeners.get_mut(&id).and_then(|l| l.held.take()) {
+                    if let Some((held, _)) = self.listeners.get_mut(&id).and_then(|l| l.held.take())
+                    {
                         reset(&held);
                     }
                 }
                 Decision::Close { pair, reset: r, .. } => {
-                    if let Some((stream, _)) = self.opening.remove(&pair) {
+                    if let Some((stream, ..)) = self.opening.remove(&pair) {
                         reset(&stream);
                     }
                     if let Some(mut p) = self.pairs.remove(&pair) {
@@ -340,6 +459,17 @@ impl Relay {
                         if r {
                             reset(&p.accepted.sock);
                             reset(&p.opened.sock);
+                        } else {
+                            // A clean end: a TLS leg hears it as a close_notify, as
+                            // far as its socket takes it now.
+                            for leg in [&mut p.accepted, &mut p.opened] {
+                                if let Some(t) = leg.tls.as_mut().filter(|t| !t.notified) {
+                                    t.notified = true;
+                                    t.conn.send_close_notify();
+                                    leg.writable = true;
+                                    let _ = leg.flush_records();
+                                }
+                            }
                         }
                     }
                 }
@@ -369,19 +499,24 @@ impl Relay {
             };
             let peer = sys::unmap(peer);
             match self.policy.accept(Instant::now(), id, peer) {
-                Admission::Open { pair, .. } => {
+                Admission::Open { pair, security } => {
                     sys::nodelay(&stream);
-                    self.opening.insert(pair, (stream, true));
+                    self.opening.insert(pair, (stream, true, security));
                 }
-                Admission::Hold { .. } => {
+                Admission::Hold { security } => {
                     sys::nodelay(&stream);
                     if let Some(l) = self.listeners.get_mut(&id) {
-                        l.held = Some(stream);
+                        l.held = Some((stream, security));
                     }
                 }
-                Admission::Join { pair, with, .. } => {
+                Admission::Join {
+                    pair,
+                    with,
+                    security,
+                } => {
                     sys::nodelay(&stream);
-                    let Some(other) = self.listeners.get_mut(&with).and_then(|l| l.held.take())
+                    let Some((other, other_security)) =
+                        self.listeners.get_mut(&with).and_then(|l| l.held.take())
                     else {
                         // The policy paired it with a leg this relay does not hold:
                         // the pair ends at once (and is logged), not at the idle limit.
@@ -392,15 +527,15 @@ impl Relay {
                         continue;
                     };
                     let target = other.local_addr().unwrap_or(peer);
-                    let p = Pair {
-                        accepted: Sock::new(stream, true),
-                        opened: Sock::new(other, true),
-                        up: Pipe::new(PIPE_CAPACITY, self.zero_copy),
-                        down: Pipe::new(PIPE_CAPACITY, self.zero_copy),
-                        connecting: false,
-                        just_connected: false,
-                        target,
+                    let legs = (
+                        self.leg(pair, stream, true, security),
+                        self.leg(pair, other, true, other_security),
+                    );
+                    let (Some(accepted), Some(opened)) = legs else {
+                        self.tls_failed(registry, pair);
+                        continue;
                     };
+                    let p = self.pair(pair, accepted, opened, false, target);
                     self.insert_pair(registry, pair, p);
                 }
                 // Every refusal is a reset: a clean close would look like an empty
@@ -420,6 +555,7 @@ impl Relay {
         pair: PairId,
         to: SocketAddr,
         from: Option<SocketAddr>,
+        security: Security,
     ) {
         if !self.opening.contains_key(&pair) {
             return;
@@ -441,19 +577,48 @@ impl Relay {
                     .connect_failed(now, pair, ConnectError::Start { to, error });
             }
         };
-        let Some((stream, ready)) = self.opening.remove(&pair) else {
+        let Some((stream, ready, first_security)) = self.opening.remove(&pair) else {
             return;
         };
-        let p = Pair {
-            accepted: Sock::new(stream, ready),
-            opened: Sock::new(TcpStream::from_std(opened), false),
-            up: Pipe::new(PIPE_CAPACITY, self.zero_copy),
-            down: Pipe::new(PIPE_CAPACITY, self.zero_copy),
-            connecting: true,
-            just_connected: false,
-            target: to,
+        let legs = (
+            self.leg(pair, stream, ready, first_security),
+            self.leg(pair, TcpStream::from_std(opened), false, security),
+        );
+        let (Some(accepted), Some(opened)) = legs else {
+            return self.tls_failed(registry, pair);
         };
+        let p = self.pair(pair, accepted, opened, true, to);
         self.insert_pair(registry, pair, p);
+    }
+
+    /// A new pair of two legs. A pair with a TLS leg copies through user space:
+    /// the bytes must pass through rustls, which `splice(2)` would bypass.
+    fn pair(
+        &self,
+        id: PairId,
+        accepted: Sock,
+        opened: Sock,
+        connecting: bool,
+        target: SocketAddr,
+    ) -> Pair {
+        let zero_copy = self.zero_copy && accepted.tls.is_none() && opened.tls.is_none();
+        Pair {
+            accepted,
+            opened,
+            up: Pipe::new(PIPE_CAPACITY, zero_copy),
+            down: Pipe::new(PIPE_CAPACITY, zero_copy),
+            connecting,
+            just_connected: false,
+            target,
+            session: self.policy.session_of(id).map_or(0, |s| s.0),
+        }
+    }
+
+    /// A pair whose TLS leg could not be set up ends at once (reset, logged).
+    fn tls_failed(&mut self, registry: &Registry, pair: PairId) {
+        let error = SocketError::from(ErrorKind::Unsupported);
+        self.policy.failed(Instant::now(), pair, IoOp::Setup, error);
+        self.drain(registry);
     }
 
     /// Registers a new pair's sockets and starts copying.
@@ -507,6 +672,15 @@ impl Relay {
             Err(StepError::Io(op, e)) => {
                 self.policy.report(now, id, state);
                 self.policy.failed(now, id, op, SocketError::from(&e));
+            }
+            Err(StepError::Tls(why)) => {
+                warn!(
+                    "#{} data connection reset: {why}",
+                    self.pairs.get(&id).map_or(0, |p| p.session)
+                );
+                self.policy.report(now, id, state);
+                let error = SocketError::from(ErrorKind::ConnectionAborted);
+                self.policy.failed(now, id, IoOp::Read, error);
             }
         }
     }
@@ -616,6 +790,9 @@ fn copy(
     dst: &mut Sock,
     connected: bool,
 ) -> Result<bool, StepError> {
+    if src.tls.is_some() || dst.tls.is_some() {
+        return copy_tls(pipe, src, dst, connected);
+    }
     let mut progress = false;
     if connected && dst.writable && !pipe.is_empty() {
         match pipe.drain(&mut dst.sock) {
@@ -646,6 +823,155 @@ fn copy(
             if e.kind() != ErrorKind::NotConnected {
                 return Err(StepError::Io(IoOp::Shutdown, e));
             }
+        }
+    }
+    Ok(progress)
+}
+
+/// [`copy`] for a direction with a TLS leg at either end (the client's leg of a
+/// `PROT P` data connection): the handshake runs as the leg's bytes come, records
+/// are written before any new plaintext is taken in, and the end of file passed on
+/// to a TLS leg is a close_notify, then the FIN.
+///
+/// A TLS source that ends without a close_notify after carrying data is not a
+/// complete transfer (RFC 4217 section 9 leaves truncation to the TLS close): the
+/// pair fails, so the other leg is reset and the server reports the upload failed
+/// instead of keeping a cut-off file.
+fn copy_tls(
+    pipe: &mut Pipe,
+    src: &mut Sock,
+    dst: &mut Sock,
+    connected: bool,
+) -> Result<bool, StepError> {
+    let mut progress = false;
+    // Out: records first, then plaintext once the handshake is done.
+    if connected && dst.tls.is_some() {
+        let flushed = dst.flush_records()?;
+        let ready = dst.tls.as_ref().is_some_and(|t| !t.conn.is_handshaking());
+        if flushed && ready && !pipe.is_empty() {
+            let t = dst.tls.as_mut().expect("checked");
+            match pipe.drain_into(&mut t.conn.writer()) {
+                Ok(_) => progress = true,
+                Err(e) => return Err(StepError::Io(IoOp::Write, e)),
+            }
+            dst.flush_records()?;
+        }
+    } else if connected && dst.writable && !pipe.is_empty() {
+        match pipe.drain(&mut dst.sock) {
+            Ok(_) => progress = true,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => dst.writable = false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => progress = true,
+            Err(e) => return Err(StepError::Io(IoOp::Write, e)),
+        }
+    }
+    // In.
+    if !src.eof && !pipe.is_full() {
+        if src.tls.is_some() {
+            progress |= fill_tls(pipe, src)?;
+        } else if src.readable {
+            match pipe.fill(&mut src.sock) {
+                Ok(Filled::Eof) => {
+                    src.eof = true;
+                    progress = true;
+                }
+                Ok(Filled::Bytes(_)) => progress = true,
+                Ok(Filled::SourceEmpty) => src.readable = false,
+                Ok(Filled::NoRoom) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => progress = true,
+                Err(e) => return Err(StepError::Io(IoOp::Read, e)),
+            }
+        }
+    }
+    // The end of file, passed on.
+    if connected && src.eof && pipe.is_empty() && !dst.shut {
+        if let Some(t) = dst.tls.as_mut() {
+            if !t.notified {
+                t.notified = true;
+                t.conn.send_close_notify();
+                progress = true;
+            }
+        }
+        if dst.flush_records()? {
+            dst.shut = true;
+            progress = true;
+            if let Err(e) = dst.sock.shutdown(Shutdown::Write) {
+                if e.kind() != ErrorKind::NotConnected {
+                    return Err(StepError::Io(IoOp::Shutdown, e));
+                }
+            }
+        }
+    }
+    Ok(progress)
+}
+
+/// Reads a TLS source: plaintext rustls holds first, then records from the socket
+/// (the handshake's are answered at once). Returns whether anything moved.
+fn fill_tls(pipe: &mut Pipe, src: &mut Sock) -> Result<bool, StepError> {
+    let mut progress = false;
+    // Two rounds: plaintext already decrypted, then after one socket read.
+    for _ in 0..2 {
+        let t = src.tls.as_mut().expect("a TLS source");
+        match pipe.fill_from(&mut t.conn.reader()) {
+            Ok(Filled::Eof) => {
+                // close_notify: a clean end.
+                src.eof = true;
+                return Ok(true);
+            }
+            Ok(Filled::Bytes(_)) => return Ok(true),
+            Ok(Filled::SourceEmpty | Filled::NoRoom) => {}
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                src.eof = true;
+                if pipe.moved() > 0 || !pipe.is_empty() {
+                    return Err(StepError::Tls(format!(
+                        "the client's TLS leg ended without close_notify after {} bytes passed on: \
+                         the transfer may be cut short, so the server's leg is reset",
+                        pipe.moved()
+                    )));
+                }
+                // Nothing ever came this way (the direction of a download's
+                // acknowledgements): an end like a FIN.
+                return Ok(true);
+            }
+            Err(e) => return Err(StepError::Io(IoOp::Read, e)),
+        }
+        if !src.readable {
+            return Ok(progress);
+        }
+        match t.conn.read_tls(&mut src.sock) {
+            Ok(_) => {
+                progress = true;
+                if let Err(e) = t.conn.process_new_packets() {
+                    // The alert rustls queued, if the socket takes it.
+                    let _ = src.flush_records();
+                    return Err(StepError::Tls(format!(
+                        "TLS on the client's leg failed: {e}"
+                    )));
+                }
+                let t = src.tls.as_mut().expect("a TLS source");
+                if !t.checked && !t.conn.is_handshaking() {
+                    t.checked = true;
+                    let resumed = t.conn.handshake_kind() == Some(HandshakeKind::Resumed);
+                    debug!(
+                        "relay: data connection TLS handshake done ({})",
+                        if resumed { "resumed" } else { "full" }
+                    );
+                    if t.require_resumed && !resumed {
+                        return Err(StepError::Tls(
+                            "its TLS handshake did not resume the control connection's \
+                             TLS session (--tls-data-reuse require)"
+                                .to_string(),
+                        ));
+                    }
+                }
+                // The handshake's answers go out on this same socket.
+                src.flush_records()?;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                src.readable = false;
+                return Ok(progress);
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => progress = true,
+            Err(e) => return Err(StepError::Io(IoOp::Read, e)),
         }
     }
     Ok(progress)

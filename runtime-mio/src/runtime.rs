@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use ftp_proxy_core::{
-    Accept, Action, Anchor, Bytes, CloseReason, Filter, FilterError, Input, Proxy, SessionId, Side,
-    Summary,
+    Accept, Action, Anchor, Bytes, ClientTls as ClientTlsMode, CloseReason, Filter, FilterError,
+    Input, Proxy, SessionId, Side, Summary,
 };
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
@@ -49,9 +49,11 @@ use mio::{Events, Interest, Poll, Waker};
 use crate::dataplane::Plane;
 use crate::proxy_header::{Arrived, Pending, ProxyProtocol, Version};
 use crate::relay::RelayLimits;
+use crate::relay::SessionTls;
 use crate::resolver::Resolver;
 use crate::signal::Signals;
 use crate::sys;
+use crate::tls::ClientTls;
 use crate::token::Tok;
 use crate::{DataPath, Divert, Listener, Options, RunError};
 
@@ -96,12 +98,38 @@ struct Conn {
     out: VecDeque<Bytes>,
     /// ... the chunk being filled, which goes to `out` when full or flushed.
     tail: BytesMut,
-    /// Bytes in `out` and `tail`.
+    /// Bytes in `out` and `tail` (plaintext: what the core sent).
     queued: usize,
     /// Of those, bytes at the front that the runtime queued itself (a PROXY
     /// protocol header): written like the rest, never reported to the core, which
     /// did not send them.
     own: usize,
+    /// TLS on this connection (`Action::StartTls`, or an implicit-TLS accept):
+    /// reads are decrypted through it and the queue is encrypted into it. `None`
+    /// is the plain path, unchanged.
+    tls: Option<Box<rustls::ServerConnection>>,
+    /// Bytes at the front of the queue that still go out in plain text before
+    /// TLS takes over (the `234` that precedes the switch).
+    plain_left: usize,
+}
+
+/// What one read of a control connection gave ([`Conn::read_input`]).
+#[derive(Debug)]
+enum Got {
+    /// Bytes for the core (decrypted, on a TLS connection).
+    Data(Bytes),
+    /// End of file (a TLS `close_notify`, or the peer's FIN).
+    Eof,
+    /// Nothing now.
+    Blocked,
+    /// Something moved that is not yet data for the core (TLS records, EINTR):
+    /// read again.
+    Again,
+    /// The socket failed.
+    Failed(io::Error),
+    /// The TLS layer refused what the peer sent (a failed handshake, plain text
+    /// on a TLS connection).
+    Tls(rustls::Error),
 }
 
 impl Conn {
@@ -115,6 +143,57 @@ impl Conn {
             tail: BytesMut::new(),
             queued: 0,
             own: 0,
+            tls: None,
+            plain_left: 0,
+        }
+    }
+
+    /// Whether anything waits to be written: queued bytes, or TLS records
+    /// (handshake messages, alerts) of the connection's own.
+    fn has_output(&self) -> bool {
+        self.queued > 0 || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// Switches to TLS: what is queued now still goes out in plain text first.
+    fn start_tls(&mut self, tls: rustls::ServerConnection) {
+        self.plain_left = self.queued;
+        self.tls = Some(Box::new(tls));
+    }
+
+    /// One read, plain or through TLS, into `buf`'s room.
+    fn read_input(&mut self, buf: &mut [u8]) -> Got {
+        let Some(tls) = self.tls.as_mut() else {
+            return match self.sock.read(buf) {
+                Ok(0) => Got::Eof,
+                Ok(n) => Got::Data(Bytes::copy_from_slice(&buf[..n])),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => Got::Blocked,
+                Err(e) if e.kind() == ErrorKind::Interrupted => Got::Again,
+                Err(e) => Got::Failed(e),
+            };
+        };
+        // Plaintext rustls already holds comes first.
+        match tls.reader().read(buf) {
+            Ok(0) => return Got::Eof,
+            Ok(n) => return Got::Data(Bytes::copy_from_slice(&buf[..n])),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            // The peer's FIN without a close_notify: on a control connection an
+            // end like any other (no transfer is judged by it).
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Got::Eof,
+            Err(e) => return Got::Failed(e),
+        }
+        match tls.read_tls(&mut self.sock) {
+            Ok(n) => match tls.process_new_packets() {
+                Err(e) => Got::Tls(e),
+                // After the FIN (n = 0) the reader says how it ended.
+                Ok(_) if n == 0 => match tls.reader().read(buf) {
+                    Ok(n) if n > 0 => Got::Data(Bytes::copy_from_slice(&buf[..n])),
+                    _ => Got::Eof,
+                },
+                Ok(_) => Got::Again,
+            },
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Got::Blocked,
+            Err(e) if e.kind() == ErrorKind::Interrupted => Got::Again,
+            Err(e) => Got::Failed(e),
         }
     }
 
@@ -183,26 +262,91 @@ impl Conn {
 
     fn write_out(&mut self) -> io::Result<()> {
         self.seal();
+        if self.tls.is_some() {
+            return self.write_tls();
+        }
         while !self.out.is_empty() {
-            let iov: Vec<IoSlice<'_>> = self
-                .out
-                .iter()
-                .take(IOV_PER_WRITE)
-                .map(|b| IoSlice::new(b))
-                .collect();
-            match self.sock.write_vectored(&iov) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => self.consume(n),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    self.writable = false;
-                    return Ok(());
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+            if !self.write_plain(usize::MAX)? {
+                return Ok(());
             }
         }
         self.tail = BytesMut::new();
         Ok(())
+    }
+
+    /// One `writev` of at most `limit` queued bytes; `false` if the socket would block.
+    fn write_plain(&mut self, limit: usize) -> io::Result<bool> {
+        let mut room = limit;
+        let iov: Vec<IoSlice<'_>> = self
+            .out
+            .iter()
+            .take(IOV_PER_WRITE)
+            .map_while(|b| {
+                let n = b.len().min(room);
+                room -= n;
+                (n > 0).then(|| IoSlice::new(&b[..n]))
+            })
+            .collect();
+        match self.sock.write_vectored(&iov) {
+            Ok(0) => Err(ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                self.consume(n);
+                Ok(true)
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                self.writable = false;
+                Ok(false)
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The TLS path: the plain bytes before the switch, then records out and
+    /// plaintext in, as long as the socket takes them. rustls holds at most its
+    /// buffer limit (64 KiB) of records, so the core's queue stays the
+    /// backpressure: plaintext counts as written once rustls took it.
+    fn write_tls(&mut self) -> io::Result<()> {
+        while self.plain_left > 0 {
+            let before = self.queued;
+            if !self.write_plain(self.plain_left)? {
+                return Ok(());
+            }
+            self.plain_left -= before - self.queued;
+        }
+        let Some(mut tls) = self.tls.take() else {
+            return Ok(());
+        };
+        let result = self.write_records(&mut tls);
+        self.tls = Some(tls);
+        result
+    }
+
+    /// [`write_tls`](Self::write_tls) once the plain bytes are out.
+    fn write_records(&mut self, tls: &mut rustls::ServerConnection) -> io::Result<()> {
+        loop {
+            while tls.wants_write() {
+                match tls.write_tls(&mut self.sock) {
+                    Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        self.writable = false;
+                        return Ok(());
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let Some(front) = self.out.front() else {
+                self.tail = BytesMut::new();
+                return Ok(());
+            };
+            let n = tls.writer().write(front)?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.consume(n);
+        }
     }
 
     /// Drops the first `n` queued bytes (written).
@@ -269,6 +413,9 @@ struct Session {
     connecting: bool,
     /// The core's read interest per side ([`Action::ReadInterest`]): client, server.
     reading: [bool; 2],
+    /// This session's TLS server configuration (its own session cache), when the
+    /// proxy terminates TLS from clients.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Session {
@@ -280,6 +427,12 @@ impl Session {
     }
     fn reading(&self, side: Side) -> bool {
         self.reading[side as usize]
+    }
+    fn conn_ref(&self, side: Side) -> Option<&Conn> {
+        match side {
+            Side::Client => Some(&self.client),
+            Side::Server => self.server.as_ref(),
+        }
     }
 }
 
@@ -328,6 +481,8 @@ pub struct Runtime<B: Filter> {
     /// The accept loop stopped at its bound: continue next turn.
     accept_hot: bool,
     read_buf: Box<[u8]>,
+    /// The certificate towards clients ([`set_client_tls`](Self::set_client_tls)).
+    client_tls: Option<ClientTls>,
     /// `--proxy-protocol-in`: accepted connections waiting for their header.
     headers: Option<Pending>,
     /// `--proxy-protocol-out`: the header written to each server.
@@ -400,6 +555,7 @@ impl<B: Filter> Runtime<B> {
             headers: None,
             header_out: None,
             resolver: None,
+            client_tls: None,
         })
     }
 
@@ -447,6 +603,14 @@ impl<B: Filter> Runtime<B> {
     /// user space. Without the relay this does nothing.
     pub fn set_relay_zero_copy(&mut self, on: bool) {
         self.data.get_mut().set_relay_zero_copy(on);
+    }
+
+    /// Terminates TLS from clients with this certificate: the core's
+    /// [`Config::tls`](ftp_proxy_core::Config::tls) says when (`AUTH TLS`, or
+    /// from the accept with implicit TLS), and its `PROT P` data connections are TLS
+    /// on the client's leg. Sessions accepted from now on use it.
+    pub fn set_client_tls(&mut self, tls: ClientTls) {
+        self.client_tls = Some(tls);
     }
 
     /// Sets the per-session cap and the timeouts of relayed data connections. Without
@@ -812,7 +976,15 @@ impl<B: Filter> Runtime<B> {
         client: SocketAddr,
         mut sock: TcpStream,
     ) -> Option<Input> {
-        self.data.get_mut().session_started(id, client.ip());
+        let tls = self.client_tls.as_ref().map(ClientTls::for_session);
+        let reuse = self.client_tls.as_ref().map(ClientTls::reuse);
+        let data_tls = tls
+            .clone()
+            .zip(reuse)
+            .map(|(config, reuse)| SessionTls { config, reuse });
+        self.data
+            .get_mut()
+            .session_started(id, client.ip(), data_tls);
         sys::keepalive(&sock);
         sys::nodelay(&sock);
         let rw = Interest::READABLE | Interest::WRITABLE;
@@ -821,16 +993,35 @@ impl<B: Filter> Runtime<B> {
                 .registry()
                 .register(&mut sock, Tok::Control(id, Side::Client).token(), rw);
         // A fresh socket is assumed ready; WouldBlock will say otherwise.
-        let session = Session {
+        let mut session = Session {
             client_addr: client,
             client: Conn::new(sock, registered.is_ok()),
             server: None,
             connecting: false,
             reading: [true; 2],
+            tls: tls.clone(),
         };
+        // Implicit TLS: the client's first bytes are its handshake.
+        let mut tls_failed = false;
+        if self.proxy.config().tls.client == ClientTlsMode::Implicit {
+            match tls.map(rustls::ServerConnection::new) {
+                Some(Ok(t)) => session.client.start_tls(t),
+                Some(Err(e)) => {
+                    error!("{id} cannot start TLS: {e}");
+                    tls_failed = true;
+                }
+                None => {
+                    error!("{id} implicit TLS, but no certificate is configured");
+                    tls_failed = true;
+                }
+            }
+        }
         self.sessions.insert(id, session);
         if let Err(e) = registered {
             error!(priority = "crit"; "{id} cannot register client socket: {e}");
+            return Some(Input::Reset(Side::Client));
+        }
+        if tls_failed {
             return Some(Input::Reset(Side::Client));
         }
         self.hot.insert((id, Side::Client));
@@ -904,8 +1095,26 @@ impl<B: Filter> Runtime<B> {
         if let Some(wrote) = self.flush(id, side) {
             self.feed(Instant::now(), Call::Input(id, wrote));
         }
+        self.read_some(id, side);
+        // On a TLS connection reading may have produced records of its own (the
+        // handshake's answers): they go out now.
+        let tls_out = self
+            .sessions
+            .get(&id)
+            .and_then(|s| s.conn_ref(side))
+            .is_some_and(|c| c.tls.is_some() && c.has_output());
+        if tls_out {
+            if let Some(wrote) = self.flush(id, side) {
+                self.feed(Instant::now(), Call::Input(id, wrote));
+            }
+        }
+    }
+
+    /// Reads one control socket, within the turn's budget.
+    fn read_some(&mut self, id: SessionId, side: Side) {
         let mut budget = READ_BUDGET;
-        for _ in 0..MAX_READS {
+        // A TLS read may take a socket read and a plaintext read per chunk.
+        for _ in 0..MAX_READS * 4 {
             if budget == 0 {
                 break;
             }
@@ -922,31 +1131,38 @@ impl<B: Filter> Runtime<B> {
             if !c.readable || c.read_done || !reading {
                 return;
             }
-            let now;
-            let input = match c.sock.read(&mut self.read_buf[..budget.min(READ_SIZE)]) {
-                Ok(0) => {
+            let input = match c.read_input(&mut self.read_buf[..budget.min(READ_SIZE)]) {
+                Got::Eof => {
                     c.read_done = true;
-                    now = Instant::now();
                     Input::Eof(side)
                 }
-                Ok(n) => {
-                    budget -= n;
-                    now = Instant::now();
-                    Input::Data(side, Bytes::copy_from_slice(&self.read_buf[..n]))
+                Got::Data(b) => {
+                    budget -= b.len();
+                    Input::Data(side, b)
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                Got::Blocked => {
                     c.readable = false;
                     return;
                 }
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
+                Got::Again => continue,
+                Got::Failed(e) => {
                     debug!("{id} {} read error: {e}", side.name());
                     c.read_done = true;
-                    now = Instant::now();
+                    Input::Reset(side)
+                }
+                Got::Tls(e) => {
+                    error!(
+                        "{id} TLS on the {} control connection failed: {e}{}; ending the session",
+                        side.name(),
+                        plain_hint(&e)
+                    );
+                    // The alert rustls queued, if the socket takes it.
+                    let _ = c.flush();
+                    c.read_done = true;
                     Input::Reset(side)
                 }
             };
-            self.feed(now, Call::Input(id, input));
+            self.feed(Instant::now(), Call::Input(id, input));
         }
         // The budget is spent with data possibly left: no new edge will say so.
         self.hot.insert((id, side));
@@ -958,7 +1174,7 @@ impl<B: Filter> Runtime<B> {
         let s = self.sessions.get_mut(&id)?;
         let connecting = s.connecting;
         let c = s.conn(side)?;
-        if c.queued == 0 || !c.writable || (side == Side::Server && connecting) {
+        if !c.has_output() || !c.writable || (side == Side::Server && connecting) {
             return None;
         }
         c.flush().input(id, side)
@@ -1042,6 +1258,7 @@ impl<B: Filter> Runtime<B> {
                     }
                 }
             }
+            Action::StartTls { side, pending } => return self.start_tls(id, side, &pending),
             Action::RulesMayRemain { anchor, error } => self.rules_may_remain(anchor, &error),
             Action::EndDataConnections { anchor } => {
                 let killed = self
@@ -1112,8 +1329,13 @@ impl<B: Filter> Runtime<B> {
         info!("{}", SummaryLine(id, reason, summary, relayed));
         let registry = self.poll.registry();
         // Errors ignored (as ftp-proxy.c's `end_session`); the core has forgotten
-        // the session, so there is no one to tell.
+        // the session, so there is no one to tell. A TLS client hears the end as a
+        // close_notify after the last reply.
         let _ = s.client.flush();
+        if let Some(tls) = s.client.tls.as_mut() {
+            tls.send_close_notify();
+            let _ = s.client.flush();
+        }
         let _ = registry.deregister(&mut s.client.sock);
         if let Some(mut c) = s.server.take() {
             if !s.connecting {
@@ -1139,6 +1361,48 @@ impl<B: Filter> Runtime<B> {
                 "rules of {anchor} may remain until exit: removal failed twice ({e})"
             ),
         }
+    }
+
+    /// Executes [`Action::StartTls`]: the connection turns TLS once what is queued
+    /// (the `234`) has gone out plain; the bytes the client sent after its `AUTH`
+    /// line are the start of its handshake. A failure is the core's
+    /// `Input::Reset` of that side, logged here.
+    fn start_tls(&mut self, id: SessionId, side: Side, pending: &[u8]) -> Option<Input> {
+        let s = self.sessions.get_mut(&id)?;
+        let Some(config) = s.tls.clone() else {
+            error!("{id} the core asked for TLS, but no certificate is configured");
+            return Some(Input::Reset(side));
+        };
+        let c = s.conn(side)?;
+        let mut tls = match rustls::ServerConnection::new(config) {
+            Ok(t) => t,
+            Err(e) => {
+                error!("{id} cannot start TLS: {e}");
+                return Some(Input::Reset(side));
+            }
+        };
+        let mut rest = pending;
+        while !rest.is_empty() {
+            match tls.read_tls(&mut rest) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            if let Err(e) = tls.process_new_packets() {
+                error!(
+                    "{id} TLS on the {} control connection failed: {e}; ending the session",
+                    side.name()
+                );
+                return Some(Input::Reset(side));
+            }
+        }
+        debug!(
+            "{id} TLS handshake on the {} connection begins",
+            side.name()
+        );
+        c.start_tls(tls);
+        self.unflushed.insert((id, side));
+        self.hot.insert((id, side));
+        None
     }
 
     /// Starts the server connect of session `id`; what the core must hear at once
@@ -1204,6 +1468,15 @@ fn out_queue(
         warn!("{id} output for the {} dropped: no socket", side.name());
     }
     c
+}
+
+/// A hint after a TLS failure whose cause is usually plain text where TLS was
+/// expected (an FTP client without TLS on the implicit-TLS port).
+fn plain_hint(e: &rustls::Error) -> &'static str {
+    match e {
+        rustls::Error::InvalidMessage(_) => " (not TLS: plain FTP on a TLS connection?)",
+        _ => "",
+    }
 }
 
 /// The one line a session leaves when it ends (info level, `-D 6`), with stable

@@ -68,6 +68,10 @@
 //!   to the server and no rules are committed; when its last line has gone the
 //!   session closes at once with [`CloseReason::ServerClosing`], and only then.
 //!
+//! * with client TLS (RFC 4217) no `AUTH`, `PBSZ`, `PROT` or `CCC` reaches the
+//!   server; `StartTls` comes only for the client, only with explicit TLS, at most
+//!   once, and only right after a `234` went to the client.
+//!
 //! The checks that depend on the harness's own world (the sim's honest servers and
 //! its mock filter, the fuzzer's legal inputs) stay with the harness.
 
@@ -77,8 +81,9 @@ use std::net::{IpAddr, SocketAddr};
 use ftp_proxy_core::internals::ftp::{self, Command};
 use ftp_proxy_core::internals::MAX_LINE;
 use ftp_proxy_core::{
-    Accept, Action, Anchor, CloseReason, Config, Direction, PortRange, Proxy, Refused, Rule,
-    ServerDataMode, SessionId, Side, Translate, MIN_DATA_PORT, NAT_PORTS, RFC_ACTIVE_SOURCE_PORT,
+    Accept, Action, Anchor, ClientTls, CloseReason, Config, DestPolicy, Direction, PortRange,
+    Proxy, Refused, Rule, ServerDataMode, SessionId, Side, Translate, MIN_DATA_PORT, NAT_PORTS,
+    RFC_ACTIVE_SOURCE_PORT,
 };
 
 /// The 425 a client gets when the server refused the proxy's PORT/EPRT of a join
@@ -262,6 +267,10 @@ enum Closing {
     InMulti,
     /// The 421's last line went to the client: the next action must be the close.
     Ended,
+    /// Forward mode: the proxy's own one-line 421 (the server could not be found,
+    /// reached or logged in to): the next action must be the close, for any
+    /// reason but the server's 421.
+    Own,
 }
 
 /// Follows one session's actions and checks them (see the module docs).
@@ -307,8 +316,22 @@ pub struct Watch {
     epsv_all: bool,
     steerable: Steerable,
     closing: Closing,
+    /// Client TLS of the configuration (RFC 4217, `Config::tls`).
+    client_tls: ClientTls,
+    /// The last line sent to the client was the `234` that accepts `AUTH TLS`.
+    sent_234: bool,
+    /// `StartTls` was emitted.
+    tls_started: bool,
     /// `EndDataConnections` was the last action.
     ending_data: bool,
+    /// Forward mode (`--user-at-host`): the destination policy every connect must
+    /// pass; the server is the one the session connects to.
+    forward: Option<DestPolicy>,
+    /// Forward mode: a `Resolve` is the last lookup asked.
+    resolving: bool,
+    /// A line went to the server (in forward mode the proxy's `USER name`, after
+    /// which the client's replies are the server's).
+    server_spoken: bool,
     /// A join's PORT/EPRT went to the server: the client port its 227/229 must name.
     join_pending: Option<u16>,
     closed: bool,
@@ -351,6 +374,12 @@ impl Watch {
             ending_data: false,
             join_pending: None,
             closed: false,
+            client_tls: cfg.tls.client,
+            sent_234: false,
+            tls_started: false,
+            forward: cfg.user_at_host.clone(),
+            resolving: false,
+            server_spoken: false,
         }
     }
 
@@ -400,7 +429,9 @@ impl Watch {
                 "EndDataConnections not followed by a reply-desync close but by {action:?}"
             ));
         }
-        if self.closing == Closing::Ended && !matches!(action, Action::Close { .. }) {
+        if matches!(self.closing, Closing::Ended | Closing::Own)
+            && !matches!(action, Action::Close { .. })
+        {
             return Err(format!(
                 "a 421 was relayed whole, yet the session goes on: {action:?}"
             ));
@@ -414,12 +445,45 @@ impl Watch {
             return Err(format!("{action:?} after the close"));
         }
         match action {
-            Action::Resolve { name } => Err(format!(
-                "Resolve {name:?} in a world without --user-at-host"
-            )),
+            Action::Resolve { name } => {
+                if self.forward.is_none() {
+                    return Err(format!(
+                        "Resolve {name:?} in a world without --user-at-host"
+                    ));
+                }
+                if self.connecting {
+                    return Err(format!("Resolve {name:?} after the server was chosen"));
+                }
+                if name.is_empty()
+                    || name.parse::<IpAddr>().is_ok()
+                    || name
+                        .bytes()
+                        .any(|b| b <= b' ' || b == b'@' || b == b'/' || b >= 0x7f)
+                {
+                    return Err(format!("Resolve of a name no host has: {name:?}"));
+                }
+                self.resolving = true;
+                Ok(())
+            }
             Action::ConnectServer { to, bind } => {
                 if std::mem::replace(&mut self.connecting, true) {
                     return Err("a second ConnectServer".into());
+                }
+                if let Some(policy) = &self.forward {
+                    // The server is the client's choice, but only within the policy,
+                    // of the client's family, and never the proxy itself.
+                    if let Err(why) = policy.check(*to) {
+                        return Err(format!(
+                            "forward connect to {to}, which the policy refuses: {why}"
+                        ));
+                    }
+                    if to.is_ipv4() != self.client_addr.is_ipv4() {
+                        return Err(format!(
+                            "forward connect to {to} crosses the client's family"
+                        ));
+                    }
+                    self.server_addr = *to;
+                    self.server = to.ip();
                 }
                 if *to != self.server_addr || *bind != self.source_addr {
                     return Err(format!(
@@ -436,6 +500,7 @@ impl Watch {
                 if line.iter().position(|&b| b == b'\n') != Some(line.len().wrapping_sub(1)) {
                     return Err(format!("Send is not exactly one line: {line:?}"));
                 }
+                self.sent_234 = *side == Side::Client && line.starts_with(b"234 ");
                 match side {
                     Side::Server => self.sent_to_server(line),
                     Side::Client => self.sent_to_client(line),
@@ -456,6 +521,21 @@ impl Watch {
                     return Err("EndDataConnections for a session that never committed".into());
                 }
                 self.ending_data = true;
+                Ok(())
+            }
+            Action::StartTls { side, .. } => {
+                if self.client_tls != ClientTls::Explicit || *side != Side::Client {
+                    return Err(format!(
+                        "StartTls on the {side} with client TLS {:?}",
+                        self.client_tls
+                    ));
+                }
+                if !std::mem::take(&mut self.sent_234) {
+                    return Err("StartTls not right after the 234 to AUTH".into());
+                }
+                if std::mem::replace(&mut self.tls_started, true) {
+                    return Err("a second StartTls".into());
+                }
                 Ok(())
             }
             Action::TransferDone { anchor } => {
@@ -508,6 +588,9 @@ impl Watch {
             );
         }
         let closing = *reason == CloseReason::ServerClosing;
+        if self.closing == Closing::Own && closing {
+            return Err("the proxy's own 421 closed as the server's 421".into());
+        }
         if self.closing == Closing::Ended && !closing {
             return Err(format!("closed as '{reason}' right after a whole 421"));
         }
@@ -522,11 +605,34 @@ impl Watch {
     }
 
     fn sent_to_server(&mut self, line: &[u8]) -> Result<(), String> {
+        if !self.connecting {
+            return Err(format!(
+                "'{}' sent to the server before any ConnectServer",
+                ftp::escape(line)
+            ));
+        }
+        self.server_spoken = true;
         if self.closing != Closing::No {
             return Err(format!(
                 "'{}' sent to the server after a 421 reached the client",
                 ftp::escape(line)
             ));
+        }
+        // With client TLS the protection commands are the proxy's: the server's
+        // leg stays plain, so none of them may reach it.
+        if self.client_tls != ClientTls::Off {
+            let word = ftp::command_start(line);
+            let word: Vec<u8> = word
+                .iter()
+                .take_while(|b| b.is_ascii_alphabetic())
+                .map(u8::to_ascii_uppercase)
+                .collect();
+            if [&b"AUTH"[..], b"PBSZ", b"PROT", b"CCC"].contains(&&word[..]) {
+                return Err(format!(
+                    "'{}' forwarded to the server with client TLS on",
+                    ftp::escape(line)
+                ));
+            }
         }
         if ftp::may_carry_client_lines(line) {
             self.steer_sent = true;
@@ -606,6 +712,13 @@ impl Watch {
             // Text outside any reply is relayed as it is.
             return Ok(());
         };
+        if code == 421 && self.forward.is_some() && !self.server_spoken {
+            if more {
+                return Err("the proxy's own 421 is one line".into());
+            }
+            self.closing = Closing::Own;
+            return Ok(());
+        }
         if code == 421 {
             self.closing = if more {
                 self.multi = Some(421);

@@ -14,7 +14,7 @@ use log::{debug, info, warn};
 use crate::error::SocketError;
 use crate::event::SessionId;
 use crate::forward::{bridges, forwards, Bridge, Forward, ForwardError, Source};
-use crate::rules::{Anchor, Rule, NAT_PORTS};
+use crate::rules::{Anchor, LegSecurity, Rule, NAT_PORTS};
 
 pub use vocab::{
     Admission, ConnectError, Decision, Flow, IdleCause, IoOp, Leg, ListenerId, Origin, PairEnd,
@@ -402,6 +402,13 @@ impl Relay {
         self.pairs.get(&pair).map(|p| p.legs)
     }
 
+    /// The control session a pair in progress belongs to (a TLS leg is served
+    /// with that session's TLS configuration, so that it can resume only that
+    /// session's TLS sessions).
+    pub fn session_of(&self, pair: PairId) -> Option<SessionId> {
+        self.pairs.get(&pair).map(|p| SessionId(p.session))
+    }
+
     /// When [`handle_timeout`](Self::handle_timeout) is next due: `None` while no
     /// pair is in progress and no leg held.
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -597,14 +604,14 @@ impl Relay {
                         to: b.first,
                         from: first_from,
                     },
-                    security: Security::Plain,
+                    security: b.security[0],
                 },
                 Leg {
                     origin: Origin::Connected {
                         to: b.second,
                         from: second_from,
                     },
-                    security: Security::Plain,
+                    security: b.security[1],
                 },
             ],
             label: format!("#{session} {} bridged with {}", b.first, b.second),
@@ -614,6 +621,10 @@ impl Relay {
                 target: b.second,
                 source: Some(source),
                 join: false,
+                legs: LegSecurity {
+                    accepted: b.security[0],
+                    connected: b.security[1],
+                },
             },
             peer: b.first,
             attempt: Attempt::Wanted,
@@ -633,13 +644,13 @@ impl Relay {
             pair,
             to: b.first,
             from: first_from,
-            security: Security::Plain,
+            security: b.security[0],
         });
         self.decisions.push_back(Decision::Connect {
             pair,
             to: b.second,
             from: second_from,
-            security: Security::Plain,
+            security: b.security[1],
         });
     }
 
@@ -692,20 +703,21 @@ impl Relay {
             l.active = Some(pair);
         }
         let from = fwd.source.map(|s| s.bind_addr());
+        let security = fwd.legs;
         let carried = Carried {
             listener: Some(listener),
             partner: None,
             legs: [
                 Leg {
                     origin: Origin::Accepted { listener, peer },
-                    security: Security::Plain,
+                    security: security.accepted,
                 },
                 Leg {
                     origin: Origin::Connected {
                         to: fwd.target,
                         from,
                     },
-                    security: Security::Plain,
+                    security: security.connected,
                 },
             ],
             label: format!("#{session} {peer} -> {} -> {}", fwd.listen, fwd.target),
@@ -729,11 +741,11 @@ impl Relay {
             pair,
             to,
             from,
-            security: Security::Plain,
+            security: security.connected,
         });
         Admission::Open {
             pair,
-            security: Security::Plain,
+            security: security.accepted,
         }
     }
 
@@ -787,6 +799,7 @@ impl Relay {
     fn join(&mut self, now: Instant, listener: ListenerId, peer: SocketAddr) -> Admission {
         let l = &self.listeners[&listener];
         let (anchor, listen, target) = (l.anchor, l.fwd.listen, l.fwd.target);
+        let this_security = l.fwd.legs.accepted;
         let partner = self.anchors.get(&anchor).and_then(|ids| {
             ids.iter().copied().find(|&p| {
                 p != listener
@@ -807,7 +820,7 @@ impl Relay {
             }
             self.arm(now);
             return Admission::Hold {
-                security: Security::Plain,
+                security: this_security,
             };
         };
         let pair = PairId(self.alloc());
@@ -817,20 +830,24 @@ impl Relay {
             }
         }
         let fwd = self.listeners[&listener].fwd.clone();
+        let held_security = self
+            .listeners
+            .get(&partner)
+            .map_or(Security::Plain, |p| p.fwd.legs.accepted);
         let carried = Carried {
             listener: Some(listener),
             partner: Some(partner),
             legs: [
                 Leg {
                     origin: Origin::Accepted { listener, peer },
-                    security: Security::Plain,
+                    security: fwd.legs.accepted,
                 },
                 Leg {
                     origin: Origin::Accepted {
                         listener: partner,
                         peer: held.peer,
                     },
-                    security: Security::Plain,
+                    security: held_security,
                 },
             ],
             label: format!(
@@ -855,7 +872,7 @@ impl Relay {
         Admission::Join {
             pair,
             with: partner,
-            security: Security::Plain,
+            security: this_security,
         }
     }
 

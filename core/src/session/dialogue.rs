@@ -12,6 +12,7 @@ use log::{debug, error, info, warn};
 
 use crate::event::{Action, CloseReason, Side, MAX_PIPELINED};
 use crate::ftp::{self, Command};
+use crate::ftps::{self, Answer};
 use crate::rules::{Family, Mode, MIN_DATA_PORT};
 use crate::translate::{self, DataCommand, ServerDataMode};
 
@@ -79,10 +80,45 @@ impl Session {
         let _ = self.expect(cx, Owed::Local(reply));
     }
 
-    /// Sends the local replies whose turn has come.
+    /// Sends the local replies whose turn has come. After the `234` to `AUTH TLS`
+    /// the driver is told to start TLS, and handed what the client sent after its
+    /// `AUTH` line unparsed: the start of its handshake.
     pub(super) fn flush_local(&mut self, cx: &mut Cx<'_>) {
         while let Some(reply) = self.pairing.pop_local() {
-            self.send(cx, Side::Client, Bytes::from_static(reply.as_bytes()));
+            self.send(cx, Side::Client, Bytes::from_static(reply.text.as_bytes()));
+            if reply.then_tls {
+                self.tls_wait = false;
+                let pending = self.inbox[idx(Side::Client)].take_all();
+                info!("{} client control connection switches to TLS", self.id);
+                self.emit(
+                    cx,
+                    Action::StartTls {
+                        side: Side::Client,
+                        pending,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The RFC 4217 commands, when the proxy terminates TLS from clients
+    /// ([`crate::ftps`]): whether the line was answered here (`PBSZ`, `PROT`, `CCC`
+    /// and `AUTH` never reach the server, whose leg stays plain).
+    fn ftps_line(&mut self, cx: &mut Cx<'_>, line: &[u8]) -> bool {
+        match self.ftps.command(&cx.cfg.tls, line) {
+            Answer::Pass => false,
+            Answer::Reply(reply) => {
+                debug!("{} proxy: {}", self.id, ftp::escape(reply.as_bytes()));
+                self.local_reply(cx, reply);
+                true
+            }
+            Answer::ReplyThenStartTls(reply) => {
+                debug!("{} proxy: {}", self.id, ftp::escape(reply.as_bytes()));
+                // Nothing after this line is parsed until the switch.
+                self.tls_wait = true;
+                let _ = self.expect(cx, Owed::LocalThenTls(reply));
+                true
+            }
         }
     }
 
@@ -93,6 +129,9 @@ impl Session {
             debug!("{} client: {}", self.id, ftp::escape(&line));
         }
         self.stats.command();
+        if self.ftps_line(cx, &line) {
+            return;
+        }
         let cmd = ftp::classify(&line);
         if let Some(reply) =
             translate::answered_by_proxy(&line, self.server_family(), self.translated(cx))
@@ -381,6 +420,12 @@ impl Session {
                     debug!("{} proxy: not relaying FEAT line", self.id);
                 }
                 MultiKind::Feat | MultiKind::Relay => {
+                    if last && matches!(m.kind, MultiKind::Feat) {
+                        // The proxy's own security features, where the server's were.
+                        for feat in ftps::feat_lines(&cx.cfg.tls) {
+                            self.send(cx, Side::Client, Bytes::from_static(feat.as_bytes()));
+                        }
+                    }
                     self.send(cx, Side::Client, line);
                     if last {
                         self.pairing.end_reply();

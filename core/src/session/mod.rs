@@ -25,6 +25,7 @@ use log::{debug, error, info, warn};
 
 use crate::config::{Config, CONNECT_TIMEOUT};
 use crate::event::{Accept, Action, CloseReason, Input, SessionId, Side};
+use crate::ftps::FtpsState;
 use crate::line::LineBuf;
 use crate::rand::RandomSource;
 use crate::rules::{Anchor, Family, SessionAddrs};
@@ -109,6 +110,12 @@ pub(crate) struct Session {
     upstream: Upstream,
     /// What the server has shown it does not support (an EPSV refused).
     support: ServerSupport,
+    /// RFC 4217 state of the client side (inert with client TLS off).
+    ftps: FtpsState,
+    /// `AUTH TLS` was accepted and its `234` has not gone out yet: no client byte
+    /// is a command any more (they are TLS records), so none is parsed; they go to
+    /// the driver with [`Action::StartTls`].
+    tls_wait: bool,
 }
 
 impl Session {
@@ -141,6 +148,8 @@ impl Session {
             stats: Stats::new(cx.now),
             upstream: Upstream::Ready,
             support: ServerSupport::default(),
+            ftps: FtpsState::new(&cx.cfg.tls),
+            tls_wait: false,
         };
         debug!("{id} accepted connection from {}", client.ip());
         s.timers
@@ -355,7 +364,21 @@ impl Session {
                             }
                         }
                         Ok(None) => break,
-                        Err(_) => return self.close(cx, CloseReason::NotClean(side)),
+                        Err(_) => {
+                            // A TLS handshake record (content type 22, version 3.x)
+                            // where a command was due: say what it most likely is.
+                            if side == Side::Client
+                                && self.inbox[idx(side)].starts_with(b"\x16\x03")
+                            {
+                                warn!(
+                                    "{} the client sent a TLS handshake instead of a command: \
+                                     implicit FTPS (ftps://) at a port that expects plain text \
+                                     or AUTH TLS?",
+                                    self.id
+                                );
+                            }
+                            return self.close(cx, CloseReason::NotClean(side));
+                        }
                     }
                 }
             }
@@ -370,7 +393,9 @@ impl Session {
     /// client), and the output the line may add has room ([`Flow::output_full`]).
     fn line_may_go(&self, side: Side) -> bool {
         let blocked = side == Side::Client
-            && (self.pairing.client_blocked() || !self.upstream.takes_client_lines());
+            && (self.pairing.client_blocked()
+                || self.tls_wait
+                || !self.upstream.takes_client_lines());
         self.phase == Phase::Open
             && !(self.pairing.is_committing() || blocked || self.flow.output_full(side))
     }

@@ -17,7 +17,7 @@ use crate::config::COMMIT_RETRY_DELAY;
 use crate::error::FilterError;
 use crate::event::{Action, CloseReason, Side};
 use crate::ftp;
-use crate::rules::{data_rules, Mode, Rule};
+use crate::rules::{data_rules, protect_client_leg, Mode, Rule};
 use crate::translate::{self, DataCommand, PassiveAnswer};
 
 use super::dialogue::REPLY_BAD_PASSIVE;
@@ -313,7 +313,9 @@ impl Session {
             }
         };
         debug!("{} proxy: {}", self.id, ftp::escape(line.as_bytes()));
-        let rules = data_rules(n.mode, &addrs, endpoint_port, proxy_port, &cx.cfg.rules);
+        let mut rules = data_rules(n.mode, &addrs, endpoint_port, proxy_port, &cx.cfg.rules);
+        // The PROT level in force now is the one this data connection gets.
+        protect_client_leg(n.mode, &mut rules, self.ftps.client_data_security());
         (rules.to_vec(), (side, Bytes::from(line)), join_reply)
     }
 

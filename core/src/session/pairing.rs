@@ -76,6 +76,17 @@ pub(super) enum Owed {
     Reply(Forwarded),
     /// A reply the proxy gives itself, sent when every earlier reply has been relayed.
     Local(&'static str),
+    /// The same, and once it is sent the client's control connection switches to
+    /// TLS (the `234` to `AUTH TLS`, [`crate::Action::StartTls`]).
+    LocalThenTls(&'static str),
+}
+
+/// A local reply whose turn has come ([`Pairing::pop_local`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct LocalReply {
+    pub(super) text: &'static str,
+    /// TLS starts on the client's connection right after it.
+    pub(super) then_tls: bool,
 }
 
 /// The command the oldest owed reply answers.
@@ -240,7 +251,7 @@ impl Pairing {
             .iter()
             .find_map(|e| match e {
                 Owed::Reply(to) => Some(Awaited::Forwarded(*to)),
-                Owed::Local(_) => None,
+                Owed::Local(_) | Owed::LocalThenTls(_) => None,
             })
             .or_else(|| self.turn_owed())
     }
@@ -253,17 +264,23 @@ impl Pairing {
 
     /// The next local reply that may go out now: one at the head of the queue, after
     /// the greeting and with no commit in flight (a commit's line goes first).
-    pub(super) fn pop_local(&mut self) -> Option<&'static str> {
+    pub(super) fn pop_local(&mut self) -> Option<LocalReply> {
         if !self.greeted || self.is_committing() {
             return None;
         }
-        match self.queue.front() {
-            Some(&Owed::Local(reply)) => {
-                self.queue.pop_front();
-                Some(reply)
-            }
-            _ => None,
-        }
+        let local = match self.queue.front() {
+            Some(&Owed::Local(text)) => LocalReply {
+                text,
+                then_tls: false,
+            },
+            Some(&Owed::LocalThenTls(text)) => LocalReply {
+                text,
+                then_tls: true,
+            },
+            _ => return None,
+        };
+        self.queue.pop_front();
+        Some(local)
     }
 
     /// A complete reply (not 1xx) was relayed. The first is the greeting; any later
@@ -278,7 +295,7 @@ impl Pairing {
                 self.queue.pop_front();
                 Some(Awaited::Forwarded(to))
             }
-            Some(Owed::Local(_)) => None,
+            Some(Owed::Local(_) | Owed::LocalThenTls(_)) => None,
             None => match self.turn {
                 Turn::Asked { ask, .. } => {
                     self.turn = Turn::Open;
@@ -508,7 +525,7 @@ mod tests {
         p.push(Owed::Reply(Forwarded::Transfer));
         p.push(Owed::Local("501 x\r\n"));
         assert_eq!(p.final_reply(), None);
-        assert_eq!(p.pop_local(), Some(NO));
+        assert_eq!(p.pop_local().map(|l| l.text), Some(NO));
         assert_eq!(p.pop_local(), None, "behind the RETR's reply");
         assert!(p.reply_owed());
         assert_eq!(p.oldest(), Some(Awaited::Forwarded(Forwarded::Transfer)));
@@ -516,7 +533,7 @@ mod tests {
             p.final_reply(),
             Some(Awaited::Forwarded(Forwarded::Transfer))
         );
-        assert_eq!(p.pop_local(), Some("501 x\r\n"));
+        assert_eq!(p.pop_local().map(|l| l.text), Some("501 x\r\n"));
         assert_eq!((p.owed(), p.reply_owed(), p.oldest()), (0, false, None));
         assert_eq!(
             p.final_reply(),
@@ -602,7 +619,7 @@ mod tests {
         assert_eq!(p.commit().map(|c| c.txn), Some(2));
         assert_eq!(p.committed().map(|c| c.txn), Some(2));
         assert!(!p.is_committing());
-        assert_eq!(p.pop_local(), Some(NO));
+        assert_eq!(p.pop_local().map(|l| l.text), Some(NO));
 
         let reply = Bytes::from_static(b"227 x\r\n");
         p.hold(ask(Passive::Pasv), pasv());

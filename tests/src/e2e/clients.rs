@@ -687,9 +687,27 @@ impl HeldClient {
     /// Starts ftp_client.py with `ops` (which should contain `wait`) and waits up to
     /// 15 s for it to print `READY`. `stderr` is where its error output goes.
     pub fn start(target: SocketAddr, ops: &[String], stderr: &Path) -> Result<HeldClient> {
+        HeldClient::spawn(ftplib_args(target, ops), stderr)
+    }
+
+    /// [`start`](Self::start) over FTPS as `tls` says (see [`ftplib_ftps`]).
+    pub fn start_ftps(
+        target: SocketAddr,
+        tls: &ClientTls,
+        reuse: SessionReuse,
+        ops: &[String],
+        stderr: &Path,
+    ) -> Result<HeldClient> {
+        let mut args = vec![ftplib_script().to_string()];
+        args.extend(tls.ftplib_options(reuse));
+        args.extend(ftplib_args(target, ops).into_iter().skip(1));
+        HeldClient::spawn(args, stderr)
+    }
+
+    fn spawn(args: Vec<String>, stderr: &Path) -> Result<HeldClient> {
         let err = fs::File::create(stderr).map_err(E2eError::io("create client stderr file"))?;
         let mut cmd = Command::new("python3");
-        cmd.args(ftplib_args(target, ops))
+        cmd.args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(err));

@@ -122,6 +122,18 @@ impl Fixture {
         proxy_args: &[&str],
         server_args: impl FnOnce(&Workdir) -> Result<Vec<String>>,
     ) -> Result<Option<Fixture>> {
+        let proxy_args: Vec<String> = proxy_args.iter().map(|a| a.to_string()).collect();
+        Fixture::start_made(tag, ipv6, |_| Ok(proxy_args), server_args)
+    }
+
+    /// Like [`start_with`](Self::start_with), the proxy's options too made from the
+    /// work directory (files the proxy reads, such as its certificate).
+    pub fn start_made(
+        tag: &str,
+        ipv6: bool,
+        proxy_args: impl FnOnce(&Workdir) -> Result<Vec<String>>,
+        server_args: impl FnOnce(&Workdir) -> Result<Vec<String>>,
+    ) -> Result<Option<Fixture>> {
         if !preflight()? {
             return Ok(None);
         }
@@ -130,13 +142,15 @@ impl Fixture {
         let extra = server_args(&work)?;
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let server = FtpServer::start_with(&work, ip, &extra)?;
+        let proxy_args = proxy_args(&work)?;
+        let proxy_args: Vec<&str> = proxy_args.iter().map(String::as_str).collect();
         let proxy = if std::env::var_os(DIRECT_ENV).is_some() {
             None
         } else {
             Some(ProxyProcess::start(
                 ip,
                 server.addr(),
-                proxy_args,
+                &proxy_args,
                 &work.root().join("ftp-proxy.log"),
             )?)
         };

@@ -235,6 +235,9 @@ impl World {
             user_at_host: None,
             resolve_timeout_secs: ftp_proxy_core::DEFAULT_RESOLVE_TIMEOUT_SECS,
             server_data_mode: ServerDataMode::Client,
+            // Client TLS needs a certificate and a driver that runs rustls; the
+            // sim's peers speak plain text (core/tests/ftps_session.rs covers it).
+            tls: Default::default(),
         };
         let proxy =
             Proxy::new(cfg.clone(), Box::new(Pcg32::new(seed ^ 0x5eed))).expect("valid config");
@@ -684,6 +687,9 @@ impl World {
                     // What the runtime does: one more removal.
                     self.note("may-remain", sid.0, b"");
                     let _ = self.filter.commit(&anchor, &[]);
+                }
+                Action::StartTls { .. } => {
+                    return Err(self.fail(format!("{sid} StartTls with client TLS off")));
                 }
                 Action::TransferDone { .. } => {
                     // The sim's data path is the mock filter: nothing to close.

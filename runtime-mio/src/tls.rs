@@ -1,0 +1,178 @@
+//! TLS towards clients (RFC 4217, reverse mode): the certificate, the server
+//! configuration, and the one per control session.
+//!
+//! The core decides when a connection is TLS ([`ftp_proxy_core::ftps`],
+//! [`ftp_proxy_core::Action::StartTls`], [`ftp_proxy_core::Security::Tls`]); this
+//! module only holds what rustls needs to run the server side. Each control
+//! session gets a clone of the server configuration with a session cache of its
+//! own ([`ClientTls::for_session`]): a data connection can only resume a TLS
+//! session that this control session's connections created, which is what
+//! `--tls-data-reuse require` checks (vsftpd's `require_ssl_reuse`).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::ServerSessionMemoryCache;
+use rustls::ServerConfig;
+
+/// TLS sessions one control session remembers for its data connections to
+/// resume: a few transfers' worth (a TLS 1.3 server issues two tickets per
+/// handshake).
+const SESSIONS_PER_CONTROL: usize = 32;
+
+/// What a data connection's TLS handshake must show (`--tls-data-reuse`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataReuse {
+    /// A full handshake is accepted (Python's ftplib never resumes).
+    #[default]
+    Allow,
+    /// Only a handshake that resumes a session of the same control connection.
+    Require,
+}
+
+/// A certificate or key file that cannot be used; `Display` names the file.
+#[derive(Debug)]
+pub enum TlsError {
+    /// The file could not be read or holds no PEM section of the kind.
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What was looked for.
+        what: &'static str,
+        /// Why it failed.
+        error: pem::Error,
+    },
+    /// The certificate file holds no certificate.
+    NoCertificate(PathBuf),
+    /// rustls refused the pair (a key that does not match, an unsupported key type).
+    Config {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// What rustls said.
+        error: rustls::Error,
+    },
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsError::Pem { path, what, error } => {
+                write!(f, "{}: cannot read {what}: {error}", path.display())
+            }
+            TlsError::NoCertificate(path) => {
+                write!(f, "{}: no PEM certificate in the file", path.display())
+            }
+            TlsError::Config { cert, key, error } => write!(
+                f,
+                "{} with {}: unusable certificate and key: {error}",
+                cert.display(),
+                key.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+/// The proxy's TLS server side towards clients: loaded once at start-up (before
+/// any chroot), cloned per control session.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    base: Arc<ServerConfig>,
+    reuse: DataReuse,
+}
+
+impl ClientTls {
+    /// Loads a PEM certificate chain (leaf first) and its PEM private key.
+    pub fn load(cert: &Path, key: &Path, reuse: DataReuse) -> Result<ClientTls, TlsError> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .and_then(|it| it.collect::<Result<_, _>>())
+            .map_err(|error| TlsError::Pem {
+                path: cert.to_path_buf(),
+                what: "a certificate",
+                error,
+            })?;
+        if chain.is_empty() {
+            return Err(TlsError::NoCertificate(cert.to_path_buf()));
+        }
+        let private = PrivateKeyDer::from_pem_file(key).map_err(|error| TlsError::Pem {
+            path: key.to_path_buf(),
+            what: "a private key",
+            error,
+        })?;
+        // ring rather than aws-lc-rs: it builds with cc alone (no cmake, no
+        // assembler toolchain) and is all a TLS 1.2/1.3 server needs. rustls
+        // 0.23.48 deprecates it for lacking post-quantum key exchange; clients
+        // then agree on X25519 or a NIST curve.
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|b| b.with_no_client_auth().with_single_cert(chain, private))
+            .map_err(|error| TlsError::Config {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+                error,
+            })?;
+        Ok(ClientTls {
+            base: Arc::new(config),
+            reuse,
+        })
+    }
+
+    /// What data connections must show.
+    pub fn reuse(&self) -> DataReuse {
+        self.reuse
+    }
+
+    /// The configuration of one control session: the proxy's certificate, and a
+    /// session cache of its own, so that its data connections can resume only its
+    /// TLS sessions. No ticket encryption key is set: resumption is stateful
+    /// (TLS 1.2 session ids, TLS 1.3 tickets that name an entry of that cache), so
+    /// nothing issued to one session opens another's.
+    pub fn for_session(&self) -> Arc<ServerConfig> {
+        let mut c = (*self.base).clone();
+        c.session_storage = ServerSessionMemoryCache::new(SESSIONS_PER_CONTROL);
+        Arc::new(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str, body: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ftp-proxy-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_missing_certificate_file_is_named() {
+        let key = scratch("k1.pem", "");
+        let missing = Path::new("/nonexistent/ftp-proxy/cert.pem");
+        let e = ClientTls::load(missing, &key, DataReuse::Allow).unwrap_err();
+        assert!(matches!(e, TlsError::Pem { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/ftp-proxy/cert.pem: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_file_without_pem_sections_is_named_for_what_it_lacks() {
+        let cert = scratch("c2.pem", "not pem at all\n");
+        let key = scratch("k2.pem", "not pem either\n");
+        let e = ClientTls::load(&cert, &key, DataReuse::Allow).unwrap_err();
+        assert!(matches!(e, TlsError::NoCertificate(_)), "{e:?}");
+        assert!(e.to_string().contains(&*cert.to_string_lossy()), "{e}");
+    }
+}
