@@ -203,6 +203,55 @@ fn ipv6_epsv_eprt_beside_an_ipv4_instance() -> Result<()> {
     lab.stop_proxy(&p4)
 }
 
+/// One daemon with an IPv4 and an IPv6 listener (`-b 0.0.0.0 -b ::`), nftables
+/// carrying the data connections of both families: an IPv4 client in PASV and an
+/// IPv6 client in EPSV download at the same time through the one process, each
+/// file byte for byte, each session of its own family in the log, and the rules
+/// of both gone afterwards (issue 17, "one process, both families").
+#[test]
+fn one_daemon_serves_both_families_at_once_with_nftables() -> Result<()> {
+    if !netns::is_root("one_daemon_serves_both_families_at_once_with_nftables") {
+        return Ok(());
+    }
+    let mut lab = Lab::new("both", AdminAccept::CtStatusDnat)?;
+    let p = lab.start_proxy(&["-b", "0.0.0.0", "-b", "::"], 8021)?;
+    let out4 = lab.local.join("both-v4.bin");
+    let out6 = lab.local.join("both-v6.bin");
+    let src4 = format!("{URL4}/big.bin");
+    let src6 = format!("{URL6}/big.bin");
+    let (log4, log6) = std::thread::scope(|scope| {
+        let lab = &lab;
+        let a4 = [
+            "--disable-epsv",
+            src4.as_str(),
+            "-o",
+            out4.to_str().expect("utf-8"),
+        ];
+        let a6 = [src6.as_str(), "-o", out6.to_str().expect("utf-8")];
+        let t4 = scope.spawn(move || lab.curl(&a4));
+        let t6 = scope.spawn(move || lab.curl(&a6));
+        (
+            t4.join().expect("curl thread"),
+            t6.join().expect("curl thread"),
+        )
+    });
+    sent(&log4?, "PASV", &["EPSV"])?;
+    sent(&log6?, "EPSV", &["PASV"])?;
+    lab.same_file(&lab.home.join("big.bin"), &out4)?;
+    lab.same_file(&lab.home.join("big.bin"), &out6)?;
+    let log = p.log_text();
+    let v4 = log.contains("to server 198.51.100.10");
+    let v6 = log.contains("to server 2001:db8:2::10");
+    if !(v4 && v6) {
+        return Err(check(
+            "one daemon logged an IPv4 and an IPv6 session",
+            netns::tail(&log, 3000),
+        ));
+    }
+    lab.expect_no_elements(&p, "both families")?;
+    lab.stop_proxy(&p)
+}
+
 /// Reads one (possibly multi-line) FTP reply.
 fn reply(r: &mut BufReader<TcpStream>) -> std::io::Result<String> {
     let mut all = String::new();
