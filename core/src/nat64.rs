@@ -126,18 +126,30 @@ mod tests {
     fn parses_only_96_without_host_bits() {
         assert_eq!(p("64:ff9b::/96"), Ok(WELL_KNOWN_NAT64_PREFIX));
         assert_eq!(p("64:ff9b::/96").unwrap().to_string(), "64:ff9b::/96");
-        assert_eq!(p("2001:db8:64::/96").unwrap().to_string(), "2001:db8:64::/96");
+        assert_eq!(
+            p("2001:db8:64::/96").unwrap().to_string(),
+            "2001:db8:64::/96"
+        );
         assert_eq!(p("64:ff9b::/64"), Err(Nat64PrefixError::Length(64)));
         assert_eq!(p("64:ff9b::/32"), Err(Nat64PrefixError::Length(32)));
-        assert!(matches!(p("64:ff9b::/129"), Err(Nat64PrefixError::Syntax(_))));
+        assert!(matches!(
+            p("64:ff9b::/129"),
+            Err(Nat64PrefixError::Syntax(_))
+        ));
         assert!(matches!(p("64:ff9b::"), Err(Nat64PrefixError::Syntax(_))));
-        assert!(matches!(p("198.51.100.0/96"), Err(Nat64PrefixError::Syntax(_))));
+        assert!(matches!(
+            p("198.51.100.0/96"),
+            Err(Nat64PrefixError::Syntax(_))
+        ));
         assert!(matches!(p("64:ff9b::/x"), Err(Nat64PrefixError::Syntax(_))));
         assert!(matches!(
             p("64:ff9b::1/96"),
             Err(Nat64PrefixError::HostBits(_))
         ));
-        assert!(p("64:ff9b::/64").unwrap_err().to_string().contains("only /96"));
+        assert!(p("64:ff9b::/64")
+            .unwrap_err()
+            .to_string()
+            .contains("only /96"));
     }
 
     #[test]
@@ -157,7 +169,11 @@ mod tests {
             "64:ff9b::c633:6402".parse::<Ipv6Addr>().unwrap()
         );
         // Outside the prefix, or IPv4: not mapped.
-        for outside in ["[2001:db8:2::2]:21", "[64:ff9b:0:1::c633:6402]:21", "198.51.100.2:21"] {
+        for outside in [
+            "[2001:db8:2::2]:21",
+            "[64:ff9b:0:1::c633:6402]:21",
+            "198.51.100.2:21",
+        ] {
             assert_eq!(pre.server_for(outside.parse().unwrap()), None, "{outside}");
         }
     }

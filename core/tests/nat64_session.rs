@@ -27,7 +27,10 @@ fn diverted(cfg: Config, rng: &[u32], orig_dst: &str, proxy: &str) -> (H, std::n
     let mut p = Proxy::new(cfg, Box::new(Script(rng.iter().copied().collect()))).unwrap();
     let now = Instant::now();
     let id = p
-        .accept(now, Accept::new(addr("[2001:db8:1::2]:40000"), addr(orig_dst)))
+        .accept(
+            now,
+            Accept::new(addr("[2001:db8:1::2]:40000"), addr(orig_dst)),
+        )
         .unwrap();
     let mut h = H { p, now, id };
     let to = match h.drain()[..] {
@@ -51,7 +54,11 @@ fn a_destination_inside_the_prefix_is_its_ipv4_server_translated() {
         "[64:ff9b::c633:6402]:21",
         "198.51.100.1:50000",
     );
-    assert_eq!(to, addr("198.51.100.2:21"), "the embedded address, port kept");
+    assert_eq!(
+        to,
+        addr("198.51.100.2:21"),
+        "the embedded address, port kept"
+    );
     // EPSV passes as EPSV to the IPv4 server (RFC 6384); the client's leg is
     // IPv6 to the address it reached, the server's IPv4.
     assert_eq!(h.client(b"EPSV\r\n"), vec![send(Side::Server, b"EPSV\r\n")]);
@@ -77,7 +84,8 @@ fn a_destination_inside_the_prefix_is_its_ipv4_server_translated() {
         "{rules:?}"
     );
     assert!(
-        rules[1].contains("from 64:ff9b::c633:6402") || rules[1].contains("nat-to 64:ff9b::c633:6402"),
+        rules[1].contains("from 64:ff9b::c633:6402")
+            || rules[1].contains("nat-to 64:ff9b::c633:6402"),
         "the client's leg comes from the address it reached: {rules:?}"
     );
     assert_eq!(
@@ -106,7 +114,10 @@ fn an_ipv4_server_that_refuses_epsv_is_asked_pasv() {
         vec![send(Side::Server, b"PASV\r\n")]
     );
     let (txn, rules) = commit(&h.server(b"227 Entering Passive Mode (198,51,100,2,117,76)\r\n"));
-    assert!(rules[0].ends_with("rdr-to 198.51.100.2 port 30028"), "{rules:?}");
+    assert!(
+        rules[0].ends_with("rdr-to 198.51.100.2 port 30028"),
+        "{rules:?}"
+    );
     assert_eq!(
         h.ack(txn, Ok(())),
         vec![send(
@@ -164,10 +175,7 @@ fn start_up_refuses_nat64_without_the_relay_or_beside_a_fixed_server() {
             ..nat64()
         },
     ] {
-        assert!(
-            matches!(c.validate(), Err(ConfigError::Nat64(_))),
-            "{c:?}"
-        );
+        assert!(matches!(c.validate(), Err(ConfigError::Nat64(_))), "{c:?}");
     }
     // A server data mode of its own still works with it.
     assert_eq!(
