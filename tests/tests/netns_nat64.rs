@@ -19,7 +19,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use ftp_proxy_tests::netns::{
-    self, check, run, run_ok, AdminAccept, Lab, Ns, Result, BIG_LEN, FTP_PASSWORD, FTP_USER,
+    self, check, run, run_ok, AdminAccept, AdminDivert, Lab, Ns, Result, BIG_LEN, FTP_PASSWORD,
+    FTP_USER,
 };
 
 /// The client's only address.
@@ -32,21 +33,38 @@ const URL: &str = "ftp://[64:ff9b::c633:6402]";
 const OUTSIDE: &str = "2001:db8:5::2";
 
 /// The admin's table: the divert of the prefix's port 21 (and of the outside
-/// destination's, to show it is served untranslated) to the proxy on 8021.
-const ADMIN: &str = "table inet admin
+/// destination's, to show it is served untranslated) to the proxy on 8021, by
+/// `redirect` (the proxy reads SO_ORIGINAL_DST) or `tproxy` (a transparent
+/// listener; the prefix is local already, the outside destination needs the
+/// policy routing [`nat64_addresses`] adds for it).
+fn admin(divert: AdminDivert) -> String {
+    let (hook, action) = match divert {
+        AdminDivert::Redirect => (
+            "type nat hook prerouting priority dstnat - 20",
+            "redirect to :8021",
+        ),
+        AdminDivert::Tproxy => (
+            "type filter hook prerouting priority mangle",
+            "tproxy ip6 to :8021 meta mark set 0x1 accept",
+        ),
+    };
+    format!(
+        "table inet admin
 delete table inet admin
-table inet admin {
-\tchain divert {
-\t\ttype nat hook prerouting priority dstnat - 20; policy accept;
-\t\tiifname \"r0\" ip6 daddr 64:ff9b::/96 tcp dport 21 redirect to :8021
-\t\tiifname \"r0\" ip6 daddr 2001:db8:5::/64 tcp dport 21 redirect to :8021
-\t}
+table inet admin {{
+\tchain divert {{
+\t\t{hook}; policy accept;
+\t\tiifname \"r0\" ip6 daddr 64:ff9b::/96 tcp dport 21 {action}
+\t\tiifname \"r0\" ip6 daddr 2001:db8:5::/64 tcp dport 21 {action}
+\t}}
+}}
+"
+    )
 }
-";
 
 /// Makes the client IPv6-only (2001:db8:1::2) and the server IPv4-only
 /// (198.51.100.2), and lets the router own the NAT64 prefix.
-fn nat64_addresses(lab: &Lab) -> Result<()> {
+fn nat64_addresses(lab: &Lab, divert: AdminDivert) -> Result<()> {
     let lim = Duration::from_secs(10);
     let (c, r, s) = (
         lab.topo.name(Ns::Client),
@@ -112,13 +130,28 @@ fn nat64_addresses(lab: &Lab) -> Result<()> {
     for args in steps {
         run_ok(Command::new("ip").args(args), lim)?;
     }
+    if divert == AdminDivert::Tproxy {
+        // Marked packets are delivered locally (docs/linux.md): what the prefix's
+        // local route does for its own addresses, for any other destination.
+        let policy: [&[&str]; 2] = [
+            &[
+                "-n", &r, "-6", "rule", "add", "fwmark", "0x1", "lookup", "100",
+            ],
+            &[
+                "-n", &r, "-6", "route", "add", "local", "::/0", "dev", "lo", "table", "100",
+            ],
+        ];
+        for args in policy {
+            run_ok(Command::new("ip").args(args), lim)?;
+        }
+    }
     lab.topo.exec(
         Ns::Router,
         "sysctl",
         &["-q", "-w", "net.ipv6.ip_nonlocal_bind=1"],
         lim,
     )?;
-    lab.topo.nft_script(ADMIN)?;
+    lab.topo.nft_script(&admin(divert))?;
     // The client has no IPv4 address and the server no IPv6 one.
     let caddrs = lab
         .topo
@@ -136,11 +169,15 @@ fn nat64_addresses(lab: &Lab) -> Result<()> {
 }
 
 /// Starts the proxy with the relay backend and `--nat64-prefix`, returns its pid.
-fn start_proxy(lab: &mut Lab, log: &std::path::Path) -> Result<u32> {
+fn start_proxy(lab: &mut Lab, divert: AdminDivert, log: &std::path::Path) -> Result<u32> {
     let bin = netns::proxy_binary()?;
     let mut cmd = lab.topo.cmd(Ns::Router, bin.to_str().expect("utf-8 path"));
     cmd.args(["-d", "-D7", "--backend", "relay", "--user", "nobody"])
         .args(["-6", "-b", "::", "-p", "8021"])
+        .args(match divert {
+            AdminDivert::Redirect => ["--divert", "redirect"],
+            AdminDivert::Tproxy => ["--divert", "tproxy"],
+        })
         .args(["--nat64-prefix", "64:ff9b::/96"]);
     let pid = lab.topo.spawn("ftp-proxy", cmd, log)?;
     let router = lab.topo.name(Ns::Router);
@@ -221,10 +258,23 @@ fn ipv6_only_client_reaches_ipv4_only_server_through_the_nat64_prefix() -> Resul
     if !netns::is_root("ipv6_only_client_reaches_ipv4_only_server_through_the_nat64_prefix") {
         return Ok(());
     }
-    let mut lab = Lab::new("n64", AdminAccept::Open)?;
-    nat64_addresses(&lab)?;
+    through_the_prefix("n64", AdminDivert::Redirect)
+}
+
+#[test]
+fn the_same_with_a_tproxy_divert() -> Result<()> {
+    if !netns::is_root("the_same_with_a_tproxy_divert") {
+        return Ok(());
+    }
+    through_the_prefix("n64tp", AdminDivert::Tproxy)
+}
+
+/// The whole scenario with one kind of divert.
+fn through_the_prefix(tag: &str, divert: AdminDivert) -> Result<()> {
+    let mut lab = Lab::new(tag, AdminAccept::Open)?;
+    nat64_addresses(&lab, divert)?;
     let log_path = lab.topo.dir().join("proxy-nat64.log");
-    let pid = start_proxy(&mut lab, &log_path)?;
+    let pid = start_proxy(&mut lab, divert, &log_path)?;
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let mut id = 0;
 
