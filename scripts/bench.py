@@ -9,6 +9,10 @@ Modes:
       server below (the first --ctl is the server itself, "direct"): a victim's NOOP
       round trips beside a client flooding bare newlines, and the proxy's memory per
       session while clients flood a server that stopped reading.
+      --xlate NAME=PORT[:PID] adds the translated-transfer figure against one proxy
+      listening on 127.0.0.1 and ::1 in front of the IPv4 server: a 1 GiB EPSV
+      download by an IPv6 client (translated) against the same download by an
+      IPv4 client (untranslated), in turn, with the ratio.
   bench.py source PORT FILE     serve FILE raw (sendfile) to every connection
   bench.py relay PORT DEST      a trivial one-thread relay: splice through 1 MiB pipes
   bench.py ctl PORT             a minimal FTP control server that reads as fast as it
@@ -122,14 +126,15 @@ def concurrent(port, n, small):
     return wall
 
 
-def big_download(port, big, size):
-    """One PASV RETR of the big file with curl (Python's own loop when curl is
-    missing); bytes per second."""
+def big_download(port, big, size, host=HOST, epsv=False):
+    """One PASV RETR (EPSV with `epsv`) of the big file with curl (Python's own loop
+    when curl is missing, PASV only); bytes per second. `host` may be `[::1]`."""
     if shutil.which("curl"):
+        mode = [] if epsv else ["--disable-epsv"]
         out = subprocess.run(
-            ["curl", "-sS", "--disable-epsv", "-o", "/dev/null", "--max-time", str(TIMEOUT),
+            ["curl", "-sS", "-g", *mode, "-o", "/dev/null", "--max-time", str(TIMEOUT),
              "-w", "%{size_download} %{time_total} %{time_pretransfer}",
-             f"ftp://{HOST}:{port}/{big}"],
+             f"ftp://{host}:{port}/{big}"],
             check=True, capture_output=True, text=True, timeout=TIMEOUT + 5).stdout.split()
         got, total, pre = int(out[0]), float(out[1]), float(out[2])
         if got != size:
@@ -430,6 +435,8 @@ def measure(args):
         r["cpu"] = cpus
         print(f"bench: {name} measured", file=sys.stderr, flush=True)
 
+    xlate = measure_xlate(args)
+
     ctls = [parse_target(t) for t in args.ctl]
     floods = {}
     for name, _, _ in ctls:
@@ -526,9 +533,59 @@ def measure(args):
         print()
         print(f"round trips pooled over {args.runs} runs of {FLOOD_SECS - 1:g} s; "
               f"p99 ratio to {ctls[0][0]}")
+    if xlate:
+        print_xlate(args, xlate)
     if targets:
         print()
         print(f"medians of {args.runs} runs (min-max); ratio to {targets[0][0]}")
+
+
+# The translated download must keep this share of the untranslated one (issue 17).
+XLATE_TARGET = 0.9
+
+
+def measure_xlate(args):
+    """The translated-transfer figure: through one proxy, a SIZE EPSV download by an
+    IPv4 client (untranslated, the baseline) and by an IPv6 client from the same
+    IPv4 server (translated), in turn in every run so that load falls on both.
+    Returns {path: ([MB/s], [CPU s per GiB])}, or None without --xlate."""
+    if not args.xlate:
+        return None
+    if not shutil.which("curl"):
+        print("bench: curl is missing: no translated-transfer figure", file=sys.stderr)
+        return None
+    name, port, pid = parse_target(args.xlate)
+    paths = (("IPv4 client, untranslated", HOST), ("IPv6 client to IPv4 server, translated", "[::1]"))
+    out = {p: ([], []) for p, _ in paths}
+    for p, host in paths:
+        big_download(port, args.big, args.size, host, epsv=True)  # warm up
+    for _ in range(args.runs):
+        for p, host in paths:
+            before = cpu_seconds(pid) if pid else None
+            out[p][0].append(big_download(port, args.big, args.size, host, epsv=True) / 1e6)
+            if pid:
+                out[p][1].append((cpu_seconds(pid) - before) * (1 << 30) / args.size)
+    print(f"bench: {name} translated transfers measured", file=sys.stderr, flush=True)
+    return name, out
+
+
+def print_xlate(args, xlate):
+    name, out = xlate
+    gib = args.size / (1 << 30)
+    (base, (bs, _)), (_, (ts, _)) = list(out.items())
+    ratio = med(ts) / med(bs)
+    print()
+    print(f"Translated transfer, {gib:g} GiB EPSV RETR through one {name} "
+          f"(-b 127.0.0.1 -b ::1 -R 127.0.0.1, relay), same run:")
+    print()
+    print("| path | MB/s | proxy CPU s per GiB |")
+    print("|---|---|---|")
+    for path, (speeds, cpus) in out.items():
+        cpu = fmt(cpus, "s") if cpus else "-"
+        print(f"| {path} | {fmt(speeds, '', 0)} ({med(speeds) / med(bs):.2f}x) | {cpu} |")
+    verdict = "met" if ratio >= XLATE_TARGET else "NOT met"
+    print()
+    print(f"translated / untranslated: {ratio:.2f}x (target >= {XLATE_TARGET:.2f}x: {verdict})")
 
 
 def source(port, path):
@@ -633,6 +690,7 @@ def main():
     m.add_argument("--target", action="append", default=[])
     m.add_argument("--raw", action="append", default=[])
     m.add_argument("--ctl", action="append", default=[])
+    m.add_argument("--xlate", default=None)
     m.add_argument("--flood-n", type=int, default=50)
     m.add_argument("--n", type=int, default=200)
     m.add_argument("--idle", type=int, default=0)

@@ -10,7 +10,10 @@
 #   - a SIZE_MIB PASV download: MB/s, and the proxy's CPU seconds per GiB
 #   - the proxy's PSS/RSS with N (and IDLE) logged-in sessions open
 # and, as this machine's limit for a relay, a raw TCP stream of the same size
-# directly and through a trivial one-thread splice relay. Then, against a minimal
+# directly and through a trivial one-thread splice relay; and the translated
+# transfer (issue 17): one more ftp-proxy listening on 127.0.0.1 and ::1 in front
+# of the IPv4 server, a SIZE_MIB EPSV download by an IPv6 client (translated)
+# against the same by an IPv4 client (untranslated), target >= 0.9x. Then, against a minimal
 # control server of bench.py's that keeps up with any flood (one more instance of
 # each proxy in front of it):
 #   - the proxy's PSS/RSS growth per session while FLOOD_N clients (default 50)
@@ -64,7 +67,7 @@ ours="$target_dir/release/ftp-proxy"
 # Free loopback ports, chosen by the kernel.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 FTP_PORT=$(free_port); OUR_PORT=$(free_port); SUSE_PORT=$(free_port); BASE_PORT=$(free_port)
-RAW_PORT=$(free_port); RELAY_PORT=$(free_port)
+RAW_PORT=$(free_port); RELAY_PORT=$(free_port); XLATE_PORT=$(free_port)
 CTL_PORT=$(free_port); OUR_CTL_PORT=$(free_port); BASE_CTL_PORT=$(free_port); SUSE_CTL_PORT=$(free_port)
 
 dir=$(mktemp -d /var/tmp/ftp-proxy-bench.XXXXXX)
@@ -168,6 +171,14 @@ EOF
     done
 fi
 
+# The translated-transfer figure: one proxy, IPv4 clients untranslated and IPv6
+# clients translated to the same IPv4 server (cross-family -R needs the relay).
+"$ours" -d -D5 -m 500 --backend relay -R 127.0.0.1 -P "$FTP_PORT" -b 127.0.0.1 -b ::1 \
+    -p "$XLATE_PORT" >"$dir/xlate.log" 2>&1 &
+xlate_pid=$!
+pids+=("$xlate_pid")
+wait_port "$XLATE_PORT"
+
 python3 scripts/bench.py source "$RAW_PORT" "$dir/ftp/big" &
 pids+=($!)
 python3 scripts/bench.py relay "$RELAY_PORT" "$RAW_PORT" &
@@ -179,4 +190,5 @@ wait_port "$RELAY_PORT"
 echo "bench: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg); N=$N SIZE_MIB=$SIZE_MIB RUNS=$RUNS IDLE=$IDLE FLOOD_N=$FLOOD_N" >&2
 timeout "$BENCH_TIMEOUT" python3 scripts/bench.py measure "${targets[@]}" "${ctls[@]}" \
     --raw "raw TCP direct=$RAW_PORT" --raw "trivial splice relay=$RELAY_PORT:$relay_pid" \
+    --xlate "ftp-proxy=$XLATE_PORT:$xlate_pid" \
     --n "$N" --idle "$IDLE" --runs "$RUNS" --size $((SIZE_MIB << 20)) --flood-n "$FLOOD_N"

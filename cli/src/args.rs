@@ -19,7 +19,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use ftp_proxy_core::{AllowDest, Cidr, PortRange, ServerDataMode, DEFAULT_RESOLVE_TIMEOUT_SECS};
+use ftp_proxy_core::{
+    AllowDest, Cidr, Nat64Prefix, PortRange, ServerDataMode, DEFAULT_RESOLVE_TIMEOUT_SECS,
+};
 use ftp_proxy_core::{
     DEFAULT_LOGIN_TIMEOUT_SECS, DEFAULT_PROXY_PORTS, MAX_SESSIONS_LIMIT, MAX_TIMEOUT_SECS,
     PF_NAME_SIZE,
@@ -218,6 +220,8 @@ pub(crate) struct Args {
     pub login_timeout: u32,
     /// `--server-data-mode`.
     pub server_data_mode: ServerDataMode,
+    /// `--nat64-prefix`: transparent-mode destinations inside it are IPv4 servers.
+    pub nat64_prefix: Option<Nat64Prefix>,
     /// `--relay-per-session`, 1..=[`MAX_SESSIONS_LIMIT`].
     pub relay_per_session: u32,
     /// `--relay-idle-timeout`, seconds, 1..=[`MAX_TIMEOUT_SECS`].
@@ -278,6 +282,7 @@ impl Default for Args {
             chroot: PathBuf::from("/var/empty"),
             login_timeout: DEFAULT_LOGIN_TIMEOUT_SECS,
             server_data_mode: ServerDataMode::Client,
+            nat64_prefix: None,
             relay_per_session: u32::try_from(relay.per_session).unwrap_or(u32::MAX),
             relay_idle_timeout: secs(relay.idle),
             relay_linger: secs(relay.linger),
@@ -553,6 +558,15 @@ const OPTIONS: &[Opt] = &[
         long: "server-data-mode",
         help: "how the proxy asks the server for data connections: client (as the client asked), passive (always PASV/EPSV) or active (always PORT/EPRT); passive and active need the relay backend (default client)",
         takes: Takes::Text(|a, v| store(&mut a.server_data_mode, v.parse()?)),
+    },
+    Opt {
+        short: None,
+        long: "nat64-prefix",
+        help: "transparent mode: serve a diverted IPv6 connection whose destination lies in PREFIX/96 (e.g. 64:ff9b::/96) from the IPv4 server embedded in its last 32 bits; needs the relay backend (default: none)",
+        takes: Takes::Text(|a, v| {
+            let p = v.parse::<Nat64Prefix>().map_err(|e| e.to_string())?;
+            store(&mut a.nat64_prefix, Some(p))
+        }),
     },
     Opt {
         short: None,
@@ -1160,6 +1174,20 @@ mod tests {
         assert_eq!(a.listen_address(), "127.0.0.1");
         assert_eq!(a.more_listen_addresses, ["::1", "::2"]);
         assert!(run("-b ::1").more_listen_addresses.is_empty());
+    }
+
+    #[test]
+    fn nat64_prefix_takes_only_a_96() {
+        assert_eq!(run("").nat64_prefix, None);
+        assert_eq!(
+            run("--nat64-prefix 64:ff9b::/96")
+                .nat64_prefix
+                .map(|p| p.to_string()),
+            Some("64:ff9b::/96".to_string())
+        );
+        assert!(invalid("--nat64-prefix 64:ff9b::/64").contains("only /96"));
+        assert!(invalid("--nat64-prefix 64:ff9b::").contains("such as 64:ff9b::/96"));
+        assert!(invalid("--nat64-prefix 64:ff9b::1/96").contains("last 32 bits"));
     }
 
     #[test]

@@ -433,6 +433,7 @@ fn core_config(
         }),
         resolve_timeout_secs: args.resolve_timeout,
         server_data_mode: args.server_data_mode,
+        nat64_prefix: args.nat64_prefix,
         tls: TlsPolicy {
             client: match (&args.tls_cert, args.tls_implicit) {
                 (None, _) => ClientTlsMode::Off,

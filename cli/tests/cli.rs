@@ -993,6 +993,10 @@ fn translated_transfers_without_the_relay_are_refused_at_start_up() {
             &["-b", "127.0.0.1", "-b", "::1", "-R", "127.0.0.1"][..],
             "ftp-proxy: client and server address families differ (-b and -R), which only the relay can carry",
         ),
+        (
+            &["-6", "-b", "::1", "--nat64-prefix", "64:ff9b::/96"][..],
+            "ftp-proxy: --nat64-prefix serves IPv6 clients from IPv4 servers, whose transfers only the relay can carry; use --backend relay",
+        ),
     ] {
         let mut a = base.clone();
         a.extend(extra.iter().map(|s| s.to_string()));
@@ -1004,4 +1008,28 @@ fn translated_transfers_without_the_relay_are_refused_at_start_up() {
             "{extra:?}: {err}"
         );
     }
+}
+
+#[test]
+fn nat64_prefix_is_only_a_96_in_transparent_mode() {
+    assert_fails(
+        &["--nat64-prefix", "64:ff9b::/64"],
+        "ftp-proxy: NAT64 prefix length /64 is not supported: only /96 (the IPv4 address in the last 32 bits, RFC 6052)\n",
+    );
+    assert_fails(
+        &["--nat64-prefix", "64:ff9b::1/96"],
+        "ftp-proxy: NAT64 prefix 64:ff9b::1/96 has bits set in its last 32 bits, where the IPv4 address goes\n",
+    );
+    let mut a: Vec<String> = ["-d", "-p", "0", "--backend", "relay", "-6", "-b", "::1"]
+        .map(String::from)
+        .to_vec();
+    a.extend(unprivileged_user_opts(Path::new("/")));
+    a.extend(["--nat64-prefix", "64:ff9b::/96", "-R", "127.0.0.1"].map(String::from));
+    let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        stderr_of(&o).lines().any(|l| l
+            == "ftp-proxy: --nat64-prefix: needs transparent mode: with -R the server is fixed"),
+        "{o:?}"
+    );
 }

@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::ftps::{ClientTls, ServerTls, TlsPolicy};
+use crate::nat64::Nat64Prefix;
 use crate::route::DestPolicy;
 use crate::rules::{PortRange, RuleLog, RuleOptions, MIN_DATA_PORT};
 use crate::translate::{check_data_path, DataPathError, ServerDataMode};
@@ -114,6 +115,14 @@ pub struct Config {
     /// ([`relay`](Self::relay)): a `PROT P` data connection is TLS on the client's
     /// leg only, which a packet filter cannot carry ([`Config::validate`]).
     pub tls: TlsPolicy,
+    /// `--nat64-prefix` (transparent mode, beyond the original): a diverted
+    /// connection whose original destination lies inside this /96 prefix is served
+    /// by the IPv4 server embedded in its last 32 bits, on the port the client
+    /// asked for ([`Nat64Prefix::server_for`]). Such a session is an IPv6 client
+    /// with an IPv4 server, so its transfers are translated and need
+    /// [`relay`](Self::relay). `None` (the default): destinations are served as
+    /// they are.
+    pub nat64_prefix: Option<Nat64Prefix>,
 }
 
 impl Default for Config {
@@ -138,6 +147,7 @@ impl Default for Config {
             resolve_timeout_secs: DEFAULT_RESOLVE_TIMEOUT_SECS,
             server_data_mode: ServerDataMode::Client,
             tls: TlsPolicy::default(),
+            nat64_prefix: None,
         }
     }
 }
@@ -167,6 +177,8 @@ pub enum ConfigError {
     DataPath(DataPathError),
     /// A TLS setting this build or mode cannot serve (what is missing).
     Tls(&'static str),
+    /// `--nat64-prefix` with an option it cannot be combined with (which, and why).
+    Nat64(&'static str),
 }
 
 impl fmt::Display for ConfigError {
@@ -197,6 +209,7 @@ impl fmt::Display for ConfigError {
                 )
             }
             ConfigError::Tls(why) => write!(f, "TLS towards clients: {why}"),
+            ConfigError::Nat64(why) => write!(f, "--nat64-prefix: {why}"),
         }
     }
 }
@@ -231,6 +244,7 @@ impl Config {
         {
             return Err(ConfigError::QueueTooLong);
         }
+        self.validate_nat64()?;
         // `ipv6` is the client side's family; a fixed server of the other family
         // makes every session cross families, which only the relay carries.
         let server_v6 = self.fixed_server.map_or(self.ipv6, |s| s.is_ipv6());
@@ -255,6 +269,43 @@ impl Config {
             }
         }
         self.validate_tls()
+    }
+
+    /// NAT64 picks the server from the diverted destination, so it is for
+    /// transparent mode only; and a session's server may then be of either
+    /// family, which one `-a` address cannot match.
+    fn validate_nat64(&self) -> Result<(), ConfigError> {
+        if self.nat64_prefix.is_none() {
+            return Ok(());
+        }
+        if self.fixed_server.is_some() {
+            return Err(ConfigError::Nat64(
+                "needs transparent mode: with -R the server is fixed",
+            ));
+        }
+        if self.user_at_host.is_some() {
+            return Err(ConfigError::Nat64(
+                "needs transparent mode: with --user-at-host the server comes from USER",
+            ));
+        }
+        if self.source_addr.is_some() {
+            return Err(ConfigError::Nat64(
+                "-a cannot be combined: servers are then of both families",
+            ));
+        }
+        if !self.relay {
+            return Err(ConfigError::DataPath(DataPathError::Nat64NeedsRelay));
+        }
+        Ok(())
+    }
+
+    /// The server a session connects to, given the client's original destination:
+    /// the fixed server (`-R`), else the IPv4 server a `--nat64-prefix` address
+    /// embeds, else the destination itself.
+    pub fn server_for(&self, orig_dst: SocketAddr) -> SocketAddr {
+        self.fixed_server
+            .or_else(|| self.nat64_prefix.and_then(|p| p.server_for(orig_dst)))
+            .unwrap_or(orig_dst)
     }
 
     /// Client TLS is for reverse mode with the relay: the proxy holds the

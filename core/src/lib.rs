@@ -25,6 +25,7 @@ mod forward;
 mod ftp;
 pub mod ftps;
 mod line;
+mod nat64;
 mod proxy;
 pub mod proxy_protocol;
 mod rand;
@@ -50,6 +51,7 @@ pub use event::{
 pub use filter::Filter;
 pub use forward::{bridges, forwards, Bridge, Forward, ForwardError, Source};
 pub use ftps::{ClientTls, FtpsState, ServerTls, TlsPolicy};
+pub use nat64::{Nat64Prefix, Nat64PrefixError, WELL_KNOWN_NAT64_PREFIX};
 pub use proxy::Proxy;
 pub use rand::{Pcg32, RandomSource};
 pub use relay::{

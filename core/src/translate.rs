@@ -232,8 +232,10 @@ pub enum DataPathError {
     /// `--server-data-mode` other than `client` makes every transfer translated.
     ServerDataModeNeedsRelay(ServerDataMode),
     /// Client and server families may differ (a listener and `-R` of different
-    /// families, or `--nat64-prefix`).
+    /// families).
     FamiliesNeedRelay,
+    /// `--nat64-prefix`: IPv6 clients of IPv4 servers, every transfer translated.
+    Nat64NeedsRelay,
 }
 
 impl std::fmt::Display for DataPathError {
@@ -248,6 +250,11 @@ impl std::fmt::Display for DataPathError {
                 f,
                 "client and server address families differ (-b and -R), which only the relay \
                  can carry; use --backend relay"
+            ),
+            Self::Nat64NeedsRelay => write!(
+                f,
+                "--nat64-prefix serves IPv6 clients from IPv4 servers, whose transfers only \
+                 the relay can carry; use --backend relay"
             ),
         }
     }

@@ -318,6 +318,9 @@ impl Harness {
                     ..TlsPolicy::default()
                 },
             },
+            // The checker expects the diverted destination as the server; NAT64's
+            // mapping is core/tests/nat64_session.rs's.
+            nat64_prefix: None,
         };
         let proxy = Proxy::new(cfg.clone(), Box::new(Pcg32::new(setup.seed))).ok()?;
         let now = Instant::now();

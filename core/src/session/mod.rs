@@ -75,7 +75,8 @@ struct Endpoints {
     client: SocketAddr,
     /// Where the client meant to go.
     orig_server: SocketAddr,
-    /// Where the proxy connects: `orig_server`, or the fixed server (`-R`).
+    /// Where the proxy connects: `orig_server`, the fixed server (`-R`), or the
+    /// IPv4 server a `--nat64-prefix` destination embeds ([`Config::server_for`]).
     server: SocketAddr,
     client_rdomain: u32,
     /// Local address of the socket towards the server, once it exists.
@@ -125,7 +126,7 @@ impl Session {
             orig_dst: orig_server,
             rdomain: client_rdomain,
         } = conn;
-        let server = cx.cfg.fixed_server.unwrap_or(orig_server);
+        let server = cx.cfg.server_for(orig_server);
         let mut s = Session {
             id,
             anchor: Anchor {
@@ -152,6 +153,9 @@ impl Session {
             tls_wait: false,
         };
         debug!("{id} accepted connection from {}", client.ip());
+        if cx.cfg.fixed_server.is_none() && server != orig_server {
+            info!("{id} NAT64: destination {orig_server} is served by IPv4 server {server}");
+        }
         s.timers
             .set_or_stop(Timer::ClientIdle, cx.cfg.idle_timeout().map(|t| cx.now + t));
         s.timers

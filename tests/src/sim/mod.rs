@@ -238,6 +238,9 @@ impl World {
             // Client TLS needs a certificate and a driver that runs rustls; the
             // sim's peers speak plain text (core/tests/ftps_session.rs covers it).
             tls: Default::default(),
+            // NAT64 sessions are cross-family ones (simulated through -R); the
+            // mapping itself is core/tests/nat64_session.rs's.
+            nat64_prefix: None,
         };
         let proxy =
             Proxy::new(cfg.clone(), Box::new(Pcg32::new(seed ^ 0x5eed))).expect("valid config");
