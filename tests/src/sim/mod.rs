@@ -233,6 +233,7 @@ impl World {
             // Forward mode's worlds are not simulated yet (the checker refuses a
             // Resolve, so one emitted here fails the seed).
             user_at_host: None,
+            routes: None,
             resolve_timeout_secs: ftp_proxy_core::DEFAULT_RESOLVE_TIMEOUT_SECS,
             server_data_mode: ServerDataMode::Client,
             // Client TLS needs a certificate and a driver that runs rustls; the
