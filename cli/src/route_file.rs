@@ -56,7 +56,9 @@ impl fmt::Display for RouteFileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RouteFileError::NoName(p) => write!(f, "route file {p}: not a file name"),
-            RouteFileError::Dir(p, e) => write!(f, "route file {p}: cannot open its directory: {e}"),
+            RouteFileError::Dir(p, e) => {
+                write!(f, "route file {p}: cannot open its directory: {e}")
+            }
             RouteFileError::Read(p, e) => write!(f, "route file {p}: {e}"),
             RouteFileError::Unusable(p, why) => write!(f, "route file {p}: {why}"),
             RouteFileError::Parse(e) => write!(f, "route file {e}"),

@@ -190,7 +190,7 @@ impl Session {
                 info!(
                     "{} refusing '{}': {why}",
                     self.id,
-                    ftp::escape(&line).trim_end()
+                    ftp::escape(line.trim_ascii_end())
                 );
                 return self.reply_530(cx, &why);
             }
@@ -309,7 +309,7 @@ impl Session {
         info!(
             "{} server greeting: {}",
             self.id,
-            ftp::escape(&line).trim_end()
+            ftp::escape(line.trim_ascii_end())
         );
         let reply = ftp::reply_code(&line);
         let code = match (*multi, reply) {
