@@ -88,7 +88,8 @@ enum Fatal {
     Run(RunError),
     /// An `--divert` mode this system cannot do.
     Divert(DivertMode),
-    /// The name-resolver helper of `--user-at-host` could not be started.
+    /// The name-resolver helper of `--user-at-host` or `--route-file` could not
+    /// be started.
     Resolver(std::io::Error),
     /// The `--tls-*` options do not go together.
     TlsOptions(&'static str),
@@ -242,7 +243,12 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
     }
     // Before the chroot: the helper keeps the real root's resolver files.
     let resolver = if config.server_after_user() {
-        Some(resolver_child::spawn(identity.as_ref()).map_err(Fatal::Resolver)?)
+        let what = if args.user_at_host {
+            "--user-at-host"
+        } else {
+            "--route-file"
+        };
+        Some(resolver_child::spawn(identity.as_ref(), what).map_err(Fatal::Resolver)?)
     } else {
         None
     };

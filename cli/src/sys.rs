@@ -389,3 +389,13 @@ pub(crate) fn open_in(
     // SAFETY: openat returned a new descriptor that nothing else owns.
     Ok(unsafe { std::fs::File::from_raw_fd(fd) })
 }
+
+/// Ignores SIGUSR1 in the resolver helper: it carries the daemon's name, so a
+/// reload sent by name (`pkill -USR1 -x ftp-proxy`) reaches it too, and the
+/// default action would end it and every later lookup with it.
+pub(crate) fn ignore_reload_signal() -> nix::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_IGN installs no code.
+    unsafe { sigaction(Signal::SIGUSR1, &ignore) }.map(drop)
+}

@@ -83,8 +83,15 @@ fn start(tag: &str, default: bool) -> Result<Option<World>> {
 }
 
 impl World {
-    /// SIGUSR1, then waits for the `n`th reload's log line (or the error's).
+    /// SIGUSR1 to the daemon and, as `pkill -USR1 -x ftp-proxy` would, to its
+    /// resolver helper, which must ignore it; then waits for the `n`th reload's
+    /// log line (or the error's).
     fn reload(&mut self, needle: &str, n: usize) -> Result<()> {
+        let main = self.proxy.pid();
+        for pid in self.proxy.leftovers().into_iter().filter(|&p| p != main) {
+            // SAFETY: kill(2) with a pid of this test's own process group.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) };
+        }
         self.proxy.signal(libc::SIGUSR1)?;
         for _ in 0..100 {
             if self.proxy.log().matches(needle).count() >= n {
