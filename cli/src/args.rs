@@ -1438,6 +1438,20 @@ mod tests {
     }
 
     #[test]
+    fn route_file_excludes_a_fixed_server_and_forward_mode() {
+        assert_eq!(
+            run("--route-file /etc/ftp-proxy/routes").route_file,
+            Some("/etc/ftp-proxy/routes".into())
+        );
+        for bad in [
+            "--route-file r -R 198.51.100.1",
+            "--route-file r --user-at-host",
+        ] {
+            assert!(invalid(bad).starts_with("--route-file excludes"), "{bad}");
+        }
+    }
+
+    #[test]
     fn progname_is_the_basename() {
         assert_eq!(progname(&["/usr/sbin/ftp-proxy".into()]), "ftp-proxy");
         assert_eq!(progname(&[]), "ftp-proxy");

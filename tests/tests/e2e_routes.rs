@@ -7,7 +7,7 @@
 //! and each file is compared with the original of the server the user was
 //! meant to reach. Then reloads on SIGUSR1: a changed route reaches the next
 //! session while a running one keeps its server; a broken file keeps the table
-//! and logs FILE:LINE.
+//! and logs FILE:LINE. At start-up a broken file is exit 1 with FILE:LINE.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -326,5 +326,37 @@ fn a_broken_reload_keeps_the_table_and_an_unmapped_user_is_refused() -> Result<(
     let out = w.first_files.local().join("after-gone");
     w.curl_big(USER, PASSWORD, DataMode::Pasv, &out)?;
     assert_same_file(&w.first_files.original(BIG), &out)?;
+    Ok(())
+}
+
+#[test]
+fn a_broken_file_at_start_up_is_exit_1_with_file_and_line() -> Result<()> {
+    if !preflight()? {
+        return Ok(());
+    }
+    let files = Workdir::new("routes-startup")?;
+    let routes = files.root().join("bad.routes");
+    std::fs::write(&routes, "alice 127.0.0.1\nbob 127.0.0.2:0\n")
+        .map_err(E2eError::io("write the route file"))?;
+    let log = files.root().join("ftp-proxy.log");
+    let out = std::fs::File::create(&log).map_err(E2eError::io("create the log"))?;
+    let err = out.try_clone().map_err(E2eError::io("dup the log"))?;
+    let port = free_port(ip(FIRST))?.to_string();
+    let mut cmd = std::process::Command::new(proxy_binary()?);
+    cmd.args(["-d", "-b", FIRST, "-p", &port, "--route-file"])
+        .arg(&routes)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    let mut child = ChildGuard::spawn(&mut cmd, "ftp-proxy with a broken route file")?;
+    let status = child.wait_timeout(Duration::from_secs(15))?;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let want = format!("route file {}:2: ", routes.display());
+    if status.and_then(|s| s.code()) != Some(1) || !text.contains(&want) {
+        return Err(E2eError::check(
+            format!("exit 1 and `{want}...` on stderr"),
+            format!("{status:?}: {text}"),
+        ));
+    }
     Ok(())
 }
