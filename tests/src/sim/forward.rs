@@ -1,6 +1,8 @@
-//! Forward-mode worlds (`--user-at-host`): the proxy greets the client itself,
-//! the client names its server in `USER name@host[:port]`, and the world answers
-//! the proxy's [`Action::Resolve`](ftp_proxy_core::Action::Resolve).
+//! Worlds whose sessions choose their server after `USER`: forward mode
+//! (`--user-at-host`) and route tables (`--route-file`). The proxy greets the
+//! client itself, the client names its server in `USER name@host[:port]` (or
+//! the table maps its plain name), and the world answers the proxy's
+//! [`Action::Resolve`](ftp_proxy_core::Action::Resolve).
 //!
 //! Each client first makes a few attempts the proxy must refuse, each with its
 //! own `530` (or `-A`'s `500`) and nothing sent to any server: a command before
@@ -17,7 +19,7 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
-use ftp_proxy_core::{AllowDest, DestPolicy, Pcg32, RandomSource};
+use ftp_proxy_core::{AllowDest, DestPolicy, Pcg32, RandomSource, RouteTable};
 
 use super::actors::{Fate, Step, REPLY_ANON};
 
@@ -141,6 +143,79 @@ pub fn login(rng: &mut Pcg32, script: &mut VecDeque<Step>, ipv6: bool, anonymous
         format!("USER {user}@{host}\r\n"),
         Fate::Login(format!("USER {user}\r\n").into_bytes()),
     ));
+    for s in steps.into_iter().rev() {
+        script.push_front(s);
+    }
+}
+
+/// The proxy's greeting with a route table.
+pub const GREETING_ROUTES: &[u8] = b"220 ftp-proxy ready\r\n";
+const LOGIN_FIRST_ROUTES: &str = "530 Log in with USER first\r\n";
+const UNMAPPED: &str = "530 no server is configured for user nobody\r\n";
+
+/// Route-table worlds (`--route-file`): the table before a reload and after it.
+/// Both map the same names (a default in both or in neither), to other places:
+/// which one a session used shows only in where it connected, which the checker
+/// holds to the client's family.
+pub fn tables(ipv6: bool, default: bool) -> (RouteTable, RouteTable) {
+    let literal = server(ipv6);
+    let named = "files.sim.test:2121";
+    let table = |bob: &str, anon: &str| {
+        let mut t = format!("bob {bob}\nftp {anon}\nanonymous {anon}\nslow silent.sim.test:2121\n");
+        if default {
+            t += &format!("* {bob}\n");
+        }
+        RouteTable::parse("sim.routes", &t).expect("valid table")
+    };
+    (
+        table(&literal.to_string(), named),
+        table(named, &literal.to_string()),
+    )
+}
+
+/// Replaces the script's first step (its `USER`) with a route-table login:
+/// refused attempts (a command first, a name the table does not map when it has
+/// no default, a named user under `-A`), now and then a user whose server's
+/// name never resolves, then the login, whose `USER` the server gets as the
+/// proxy writes it.
+pub fn routed_login(
+    rng: &mut Pcg32,
+    script: &mut VecDeque<Step>,
+    default: bool,
+    anonymous_only: bool,
+) {
+    script.pop_front();
+    let mut steps = Vec::new();
+    let one = |line: &str, fate: Fate| Step::Send(vec![(line.as_bytes().to_vec(), fate)]);
+    for _ in 0..rng.range(0, 3) {
+        steps.push(match rng.uniform(3) {
+            0 if !default => one("USER nobody\r\n", Fate::Local(UNMAPPED)),
+            1 if anonymous_only => one("USER bob\r\n", Fate::Local(REPLY_ANON)),
+            _ => one("PWD\r\n", Fate::Local(LOGIN_FIRST_ROUTES)),
+        });
+    }
+    if !anonymous_only && rng.chance(1, 15) {
+        steps.push(one("USER slow\r\n", Fate::Local(NAME_SILENT)));
+    }
+    let names: &[&str] = if anonymous_only {
+        &["anonymous", "ftp"]
+    } else {
+        &["anonymous", "ftp", "bob"]
+    };
+    let user = names[rng.uniform(names.len() as u32) as usize];
+    // The proxy writes the USER line itself: a lower-case verb or Telnet
+    // commands before it reach the server as `USER name`.
+    let mut line: Vec<u8> = match rng.uniform(3) {
+        0 => b"user ".to_vec(),
+        1 => b" \xff\xf4\xff\xf2USER ".to_vec(),
+        _ => b"USER ".to_vec(),
+    };
+    line.extend_from_slice(user.as_bytes());
+    line.extend_from_slice(b"\r\n");
+    steps.push(Step::Send(vec![(
+        line,
+        Fate::Login(format!("USER {user}\r\n").into_bytes()),
+    )]));
     for s in steps.into_iter().rev() {
         script.push_front(s);
     }

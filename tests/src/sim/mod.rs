@@ -13,8 +13,10 @@
 //! PASV/EPSV joined, refused or bounded by `--server-data-ports`), and forge
 //! answers in `STAT -1` listings (a 227/229, a `200` sentinel, a `421-`).
 //! Worlds differ in `-6`, `-A`, `-m`, `-t`, `-R`, rule options, the relay
-//! ([`Config::relay`]), `--server-data-ports` and forward mode (`--user-at-host`,
-//! see [`forward`]: refused logins, lookups answered, failing or never answered).
+//! ([`Config::relay`]), `--server-data-ports`, forward mode (`--user-at-host`,
+//! see [`forward`]: refused logins, lookups answered, failing or never answered)
+//! and route tables (`--route-file`, replaced at a random moment with
+//! `Proxy::set_routes`).
 //!
 //! After every event the invariants are checked: those of every action, the
 //! session table and the shutdown by the [`Checker`] the fuzz target runs too,
@@ -120,6 +122,8 @@ pub struct Report {
     pub resolved: u32,
     /// See [`Report::resolved`].
     pub unanswered: u32,
+    /// Route tables replaced while sessions ran.
+    pub reloads: u32,
     /// Sessions ended, by close reason.
     pub closes: BTreeMap<String, u32>,
 }
@@ -148,6 +152,8 @@ enum Ev {
     ServerUnasked(usize),
     Timer,
     Shutdown,
+    /// The route file re-read (SIGUSR1): the table for every later `USER`.
+    Reload(ftp_proxy_core::RouteTable),
 }
 
 /// Directions of the four pipes of a session.
@@ -251,8 +257,16 @@ impl World {
         let mut cfg = cfg;
         let mut frng = Pcg32::new(seed ^ 0xf04a_4d00_5eed);
         let forward = cfg.fixed_server.is_none() && frng.chance(1, 4);
+        let routed = cfg.fixed_server.is_none() && !forward && frng.chance(1, 4);
+        let default_route = frng.chance(1, 2);
+        let (routes, reloaded) = forward::tables(ipv6, default_route);
         if forward {
             cfg.user_at_host = Some(forward::policy(orig_dst(ipv6)));
+        }
+        if routed {
+            cfg.routes = Some(routes);
+        }
+        if forward || routed {
             cfg.resolve_timeout_secs = frng.range(1, 3);
         }
         let proxy =
@@ -277,6 +291,8 @@ impl World {
             let mut script = actors::script(&mut rng, &mode);
             if forward {
                 forward::login(&mut frng, &mut script, ipv6, cfg.anonymous_only);
+            } else if routed {
+                forward::routed_login(&mut frng, &mut script, default_route, cfg.anonymous_only);
             }
             let client = Client {
                 script,
@@ -328,6 +344,10 @@ impl World {
         if w.rng.chance(1, 8) {
             let at = w.rng.range(0, 120_000_000) as u64;
             w.at(at, Ev::Shutdown);
+        }
+        if routed && frng.chance(2, 3) {
+            let at = frng.range(0, 30_000_000) as u64;
+            w.at(at, Ev::Reload(reloaded));
         }
         w
     }
@@ -563,6 +583,13 @@ impl World {
                     }
                 }
             }
+            Ev::Reload(table) => {
+                self.note("reload", 0, b"");
+                self.report.reloads += 1;
+                if let Err(e) = self.proxy.set_routes(table) {
+                    return Err(self.fail(format!("set_routes in a route-table world: {e}")));
+                }
+            }
             Ev::Shutdown => {
                 self.note("shutdown", 0, b"");
                 self.shut_down = true;
@@ -589,7 +616,7 @@ impl World {
                 return Err(self.fail(e));
             }
             match action {
-                // The checker allows it in forward worlds only.
+                // The checker allows it in forward and route-table worlds only.
                 Action::Resolve { name } => {
                     self.note("resolve", sid.0, name.as_bytes());
                     match forward::answer(&name, self.cfg.ipv6) {
@@ -1024,11 +1051,15 @@ impl World {
         let p = &self.peers[i];
         let mut w = Walk::default();
         let mut units = p.server.sent.iter().peekable();
-        let forward = self.cfg.user_at_host.is_some();
-        if forward {
+        if self.cfg.server_after_user() {
             // The proxy's own greeting; the server's is read by the proxy once
             // the login names it.
-            w.client.push(Expected::Exact(forward::GREETING.to_vec()));
+            let greeting = if self.cfg.routes.is_some() {
+                forward::GREETING_ROUTES
+            } else {
+                forward::GREETING
+            };
+            w.client.push(Expected::Exact(greeting.to_vec()));
         } else {
             let Some((banner, kind)) = units.next() else {
                 return Ok(w);
