@@ -240,6 +240,8 @@ pub(crate) struct Args {
     pub allow_dest: Vec<AllowDest>,
     /// `--resolve-timeout`, seconds.
     pub resolve_timeout: u32,
+    /// `--route-file`: the server of each user name, re-read on SIGUSR1.
+    pub route_file: Option<PathBuf>,
     /// `--tls-cert`: PEM certificate chain towards clients (FTPS, reverse mode).
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key`: its PEM private key.
@@ -292,6 +294,7 @@ impl Default for Args {
             user_at_host: false,
             allow_dest: Vec::new(),
             resolve_timeout: DEFAULT_RESOLVE_TIMEOUT_SECS,
+            route_file: None,
             tls_cert: None,
             tls_key: None,
             tls_implicit: false,
@@ -678,13 +681,19 @@ const OPTIONS: &[Opt] = &[
     Opt {
         short: None,
         long: "resolve-timeout",
-        help: "with --user-at-host: seconds a server name lookup may take, {range} (default {default})",
+        help: "with --user-at-host or --route-file: seconds a server name lookup may take, {range} (default {default})",
         takes: Takes::Number {
             min: 1,
             max: MAX_TIMEOUT_SECS,
             what: "resolve timeout",
             field: |a| &mut a.resolve_timeout,
         },
+    },
+    Opt {
+        short: None,
+        long: "route-file",
+        help: "the proxy greets clients itself and connects to the server FILE maps the USER name to (PATTERN HOST[:PORT] lines; exact names, prefix*, * for the rest); re-read on SIGUSR1",
+        takes: Takes::Text(|a, v| store(&mut a.route_file, Some(nonempty(v)?.into()))),
     },
     Opt {
         short: None,
@@ -892,6 +901,11 @@ fn check_combinations(args: &Args) -> Result<(), ArgsError> {
         return Err(ArgsError::Invalid(
             "--user-at-host and -R exclude each other: the server comes from USER or is fixed"
                 .into(),
+        ));
+    }
+    if args.route_file.is_some() && (args.user_at_host || args.fixed_server.is_some()) {
+        return Err(ArgsError::Invalid(
+            "--route-file excludes -R and --user-at-host: the server comes from the table".into(),
         ));
     }
     if !args.allow_dest.is_empty() && !args.user_at_host {
@@ -1449,6 +1463,20 @@ mod tests {
         );
         assert_eq!(lines[2], format!("{}[-t timeout]", " ".repeat(17)));
         assert!(u.ends_with('\n'));
+    }
+
+    #[test]
+    fn route_file_excludes_a_fixed_server_and_forward_mode() {
+        assert_eq!(
+            run("--route-file /etc/ftp-proxy/routes").route_file,
+            Some("/etc/ftp-proxy/routes".into())
+        );
+        for bad in [
+            "--route-file r -R 198.51.100.1",
+            "--route-file r --user-at-host",
+        ] {
+            assert!(invalid(bad).starts_with("--route-file excludes"), "{bad}");
+        }
     }
 
     #[test]

@@ -38,6 +38,7 @@ mod logging;
 mod privs;
 mod resolve;
 mod resolver_child;
+mod route_file;
 mod sys;
 
 use std::fmt;
@@ -47,7 +48,7 @@ use std::time::Duration;
 
 use ftp_proxy_core::{
     check_data_path as translate_check, ClientTls as ClientTlsMode, Config, ConfigError,
-    DestPolicy, Proxy, RuleLog, RuleOptions, TlsPolicy,
+    DestPolicy, Proxy, RouteTable, RuleLog, RuleOptions, TlsPolicy,
 };
 use ftp_proxy_runtime::{
     ClientTls, DataPath, Divert, Filter, Inbound, OsRandom, ProxyProtocol, RelayLimits, RunError,
@@ -60,6 +61,7 @@ use args::{Args, ArgsError, Command, DivertMode};
 use daemon::{DaemonError, Detached};
 use privs::{DropPlan, PrivError};
 use resolve::{GaiError, Lookup};
+use route_file::{RouteFile, RouteFileError};
 
 /// Every way startup can fail; `Display` is the text after `ftp-proxy: `.
 #[derive(Debug)]
@@ -86,12 +88,15 @@ enum Fatal {
     Run(RunError),
     /// An `--divert` mode this system cannot do.
     Divert(DivertMode),
-    /// The name-resolver helper of `--user-at-host` could not be started.
+    /// The name-resolver helper of `--user-at-host` or `--route-file` could not
+    /// be started.
     Resolver(std::io::Error),
     /// The `--tls-*` options do not go together.
     TlsOptions(&'static str),
     /// The certificate or key file cannot be used.
     Tls(TlsError),
+    /// The `--route-file` cannot be read or does not parse.
+    Routes(RouteFileError),
 }
 
 impl fmt::Display for Fatal {
@@ -111,6 +116,7 @@ impl fmt::Display for Fatal {
             Fatal::Resolver(e) => write!(f, "cannot start the name-resolver helper: {e}"),
             Fatal::TlsOptions(why) => f.write_str(why),
             Fatal::Tls(e) => write!(f, "TLS certificate: {e}"),
+            Fatal::Routes(e) => e.fmt(f),
         }
     }
 }
@@ -175,6 +181,14 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
     // Read before the chroot, and before the fork so that a bad file is reported
     // on the terminal.
     let client_tls = client_tls(args)?;
+    // The route file's directory stays open: the reload re-reads it from the chroot.
+    let (route_file, routes) = match &args.route_file {
+        Some(path) => {
+            let (file, table) = RouteFile::open(path).map_err(Fatal::Routes)?;
+            (Some(file), Some(table))
+        }
+        None => (None, None),
+    };
     let (divert, transparent) = divert_mode(args.divert)?;
     let relay = args.backend == args::BackendKind::Relay;
     let keep_net_admin = backend::needs_net_admin(args.backend);
@@ -218,7 +232,7 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
 
     // From here on this is the process that runs the proxy: its pid names the anchors
     // and the nftables table.
-    let config = core_config(args, source_addr, fixed_server, &listens);
+    let config = core_config(args, source_addr, fixed_server, &listens, routes);
     config.validate().map_err(Fatal::Config)?;
     // With listeners of both families, some sessions cross to the fixed server's.
     let mixed = fixed_server.is_some_and(|s| listens.iter().any(|l| l.is_ipv6() != s.is_ipv6()));
@@ -228,8 +242,13 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
         warn!("--user-at-host without --allow-dest: every destination is refused");
     }
     // Before the chroot: the helper keeps the real root's resolver files.
-    let resolver = if args.user_at_host {
-        Some(resolver_child::spawn(identity.as_ref()).map_err(Fatal::Resolver)?)
+    let resolver = if config.server_after_user() {
+        let what = if args.user_at_host {
+            "--user-at-host"
+        } else {
+            "--route-file"
+        };
+        Some(resolver_child::spawn(identity.as_ref(), what).map_err(Fatal::Resolver)?)
     } else {
         None
     };
@@ -256,6 +275,9 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
     });
     if let Some(r) = resolver {
         runtime.set_resolver(r).map_err(Fatal::Run)?;
+    }
+    if let Some(file) = route_file {
+        runtime.set_reload(Box::new(move |proxy| file.reload(proxy)));
     }
     runtime.set_proxy_protocol(ProxyProtocol {
         inbound: args
@@ -393,6 +415,7 @@ fn core_config(
     source_addr: Option<IpAddr>,
     fixed_server: Option<SocketAddr>,
     listens: &[SocketAddr],
+    routes: Option<RouteTable>,
 ) -> Config {
     // The proxy's own addresses for the destination policy: its listeners, and
     // their addresses at any port (its relay's data ports) where they are ones.
@@ -431,6 +454,7 @@ fn core_config(
             allow: args.allow_dest.clone(),
             own,
         }),
+        routes,
         resolve_timeout_secs: args.resolve_timeout,
         server_data_mode: args.server_data_mode,
         nat64_prefix: args.nat64_prefix,

@@ -1,4 +1,5 @@
-//! The name-resolver helper of forward mode (`--user-at-host`).
+//! The name-resolver helper of forward mode (`--user-at-host`) and of route
+//! tables (`--route-file`).
 //!
 //! The daemon chroots to an empty directory, where `getaddrinfo(3)` finds no
 //! `/etc/resolv.conf`, `/etc/hosts` or `/etc/nsswitch.conf`. Opening them before
@@ -21,12 +22,13 @@ use crate::sys;
 
 /// Forks the helper and returns the daemon's end of its socket pair. Must be
 /// called while the process has one thread (it is checked).
-pub(crate) fn spawn(identity: Option<&Identity>) -> std::io::Result<Resolver> {
+/// `what`: the option that needs it, for the log line.
+pub(crate) fn spawn(identity: Option<&Identity>, what: &str) -> std::io::Result<Resolver> {
     let (ours, theirs) = Resolver::pair()?;
     match sys::fork_single_threaded().map_err(std::io::Error::from)? {
         ForkResult::Parent { child } => {
             drop(theirs);
-            info!("name lookups for --user-at-host run in helper process {child}");
+            info!("name lookups for {what} run in helper process {child}");
             Ok(ours)
         }
         ForkResult::Child => {
@@ -45,6 +47,7 @@ pub(crate) fn spawn(identity: Option<&Identity>) -> std::io::Result<Resolver> {
 
 fn helper(sock: UnixDatagram, identity: Option<&Identity>) -> Result<(), String> {
     sys::die_with_parent().map_err(|e| format!("prctl(PR_SET_PDEATHSIG): {}", e.desc()))?;
+    sys::ignore_reload_signal().map_err(|e| format!("sigaction(SIGUSR1): {}", e.desc()))?;
     // Only the socket stays open: not the listener, the filter's handles or logs.
     sys::close_all_but(sock.as_fd());
     if let Some(identity) = identity {

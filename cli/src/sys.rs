@@ -366,3 +366,36 @@ pub(crate) fn close_all_but(keep: std::os::fd::BorrowedFd<'_>) {
     close(3, keep - 1);
     close(keep + 1, i32::MAX);
 }
+
+/// `openat(2)`: opens `name` (one path component) in the directory `dir` for
+/// reading, without following it into a terminal, and without blocking on a FIFO.
+/// The route file is re-read this way after the chroot, through the directory
+/// opened before it.
+pub(crate) fn open_in(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+) -> std::io::Result<std::fs::File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(name.as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
+    // SAFETY: `name` is NUL-terminated and outlives the call; `dir` is an open
+    // descriptor borrowed for the call.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// Ignores SIGUSR1 in the resolver helper: it carries the daemon's name, so a
+/// reload sent by name (`pkill -USR1 -x ftp-proxy`) reaches it too, and the
+/// default action would end it and every later lookup with it.
+pub(crate) fn ignore_reload_signal() -> nix::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_IGN installs no code.
+    unsafe { sigaction(Signal::SIGUSR1, &ignore) }.map(drop)
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::ftps::{ClientTls, ServerTls, TlsPolicy};
 use crate::nat64::Nat64Prefix;
-use crate::route::DestPolicy;
+use crate::route::{DestPolicy, RouteTable};
 use crate::rules::{PortRange, RuleLog, RuleOptions, MIN_DATA_PORT};
 use crate::translate::{check_data_path, DataPathError, ServerDataMode};
 
@@ -100,6 +100,13 @@ pub struct Config {
     /// if this destination policy allows the resolved address (docs/forward-proxy.md).
     /// `None` (the default): the server is the fixed one or the diverted destination.
     pub user_at_host: Option<DestPolicy>,
+    /// `--route-file` (beyond the original): like forward mode the proxy greets
+    /// the client itself, but the server comes from this table, looked up on the
+    /// plain `USER name`, which is sent on unchanged (docs/forward-proxy.md). No
+    /// destination policy applies: the table is the administrator's own list.
+    /// Replaced at run time with [`Proxy::set_routes`](crate::Proxy::set_routes).
+    /// `None` (the default): no table.
+    pub routes: Option<RouteTable>,
     /// `--resolve-timeout`: seconds a forward-mode host name lookup may take before
     /// the session ends with `421`. Default [`DEFAULT_RESOLVE_TIMEOUT_SECS`].
     pub resolve_timeout_secs: u32,
@@ -144,6 +151,7 @@ impl Default for Config {
             relay: false,
             login_timeout_secs: DEFAULT_LOGIN_TIMEOUT_SECS,
             user_at_host: None,
+            routes: None,
             resolve_timeout_secs: DEFAULT_RESOLVE_TIMEOUT_SECS,
             server_data_mode: ServerDataMode::Client,
             tls: TlsPolicy::default(),
@@ -171,6 +179,12 @@ pub enum ConfigError {
     ProxyPorts(PortRange),
     /// `--user-at-host` with `-R`: the server comes from one or the other.
     ForwardAndFixed,
+    /// `--route-file` with `-R` or `--user-at-host`: the server comes from the
+    /// table or from the other option.
+    RoutesExclusive,
+    /// [`Proxy::set_routes`](crate::Proxy::set_routes) on a proxy started without
+    /// a route table: a table would change how its sessions choose their server.
+    NoRoutes,
     /// `--resolve-timeout` of 0 or above 86400.
     ResolveTimeout(u32),
     /// Transfers would need the relay, and the data path is a packet filter.
@@ -202,6 +216,12 @@ impl fmt::Display for ConfigError {
             ConfigError::ForwardAndFixed => f.write_str(
                 "--user-at-host and -R exclude each other: the server comes from USER or is fixed",
             ),
+            ConfigError::RoutesExclusive => f.write_str(
+                "--route-file excludes -R and --user-at-host: the server comes from the table",
+            ),
+            ConfigError::NoRoutes => {
+                f.write_str("no route table to replace: the proxy was started without one")
+            }
             ConfigError::ResolveTimeout(t) => {
                 write!(
                     f,
@@ -254,6 +274,9 @@ impl Config {
         if self.user_at_host.is_some() && self.fixed_server.is_some() {
             return Err(ConfigError::ForwardAndFixed);
         }
+        if self.routes.is_some() && (self.user_at_host.is_some() || self.fixed_server.is_some()) {
+            return Err(ConfigError::RoutesExclusive);
+        }
         if !(1..=MAX_TIMEOUT_SECS).contains(&self.resolve_timeout_secs) {
             return Err(ConfigError::ResolveTimeout(self.resolve_timeout_secs));
         }
@@ -283,9 +306,9 @@ impl Config {
                 "needs transparent mode: with -R the server is fixed",
             ));
         }
-        if self.user_at_host.is_some() {
+        if self.server_after_user() {
             return Err(ConfigError::Nat64(
-                "needs transparent mode: with --user-at-host the server comes from USER",
+                "needs transparent mode: with --user-at-host or --route-file the server comes from USER",
             ));
         }
         if self.source_addr.is_some() {
@@ -347,6 +370,12 @@ impl Config {
     /// The idle timeout, `None` for `-t 0`.
     pub fn idle_timeout(&self) -> Option<Duration> {
         (self.idle_timeout_secs > 0).then(|| Duration::from_secs(u64::from(self.idle_timeout_secs)))
+    }
+
+    /// Whether sessions choose their server after `USER` (forward mode or a route
+    /// table): the proxy greets the client itself and connects later.
+    pub fn server_after_user(&self) -> bool {
+        self.user_at_host.is_some() || self.routes.is_some()
     }
 
     /// The `--resolve-timeout` as a duration.

@@ -9,6 +9,7 @@ use log::error;
 use crate::config::{Config, ConfigError};
 use crate::event::{Accept, Action, CloseReason, Input, Refused, SessionId};
 use crate::rand::RandomSource;
+use crate::route::RouteTable;
 use crate::session::{Cx, Session};
 
 /// Every FTP session of one proxy instance, with no IO of its own.
@@ -150,6 +151,21 @@ impl Proxy {
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.shared.cfg
+    }
+
+    /// Replaces the route table (`--route-file`, re-read on reload). Sessions that
+    /// have chosen their server keep it; every `USER` from now on is looked up in
+    /// `table`, including that of a session accepted before. Fails, keeping
+    /// everything as it was, when the proxy was started without a table
+    /// ([`Config::routes`]): a table would change the mode its sessions are in.
+    pub fn set_routes(&mut self, table: RouteTable) -> Result<(), ConfigError> {
+        match self.shared.cfg.routes.as_mut() {
+            Some(routes) => {
+                *routes = table;
+                Ok(())
+            }
+            None => Err(ConfigError::NoRoutes),
+        }
     }
 
     /// Live sessions, including ended ones whose rules are still being removed.

@@ -304,6 +304,7 @@ impl Harness {
                     .collect(),
                 own: Vec::new(),
             }),
+            routes: None,
             resolve_timeout_secs: 1 + u32::from(setup.seed as u8 % 2),
             tls: match setup.tls % 3 {
                 _ if !(setup.reverse && setup.relay) => TlsPolicy::default(),

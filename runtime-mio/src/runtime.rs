@@ -51,7 +51,7 @@ use crate::proxy_header::{Arrived, Pending, ProxyProtocol, Version};
 use crate::relay::RelayLimits;
 use crate::relay::SessionTls;
 use crate::resolver::Resolver;
-use crate::signal::Signals;
+use crate::signal::{Signals, RELOAD};
 use crate::sys;
 use crate::tls::ClientTls;
 use crate::token::Tok;
@@ -489,7 +489,12 @@ pub struct Runtime<B: Filter> {
     header_out: Option<Version>,
     /// Forward mode's name lookups ([`Runtime::set_resolver`]).
     resolver: Option<Resolver>,
+    /// What SIGUSR1 runs ([`Runtime::set_reload`]).
+    reload_hook: Option<Reload>,
 }
+
+/// A reload hook: re-reads what may change at run time and hands it to the core.
+pub type Reload = Box<dyn FnMut(&mut Proxy) + Send>;
 
 /// One control listener.
 #[derive(Debug)]
@@ -556,10 +561,12 @@ impl<B: Filter> Runtime<B> {
             header_out: None,
             resolver: None,
             client_tls: None,
+            reload_hook: None,
         })
     }
 
-    /// Installs the SIGHUP/SIGINT/SIGTERM handlers and watches their pipe.
+    /// Installs the SIGHUP/SIGINT/SIGTERM handlers (exit) and the SIGUSR1 one
+    /// (reload, [`set_reload`](Self::set_reload)) and watches their pipe.
     pub fn handle_signals(&mut self) -> Result<(), RunError> {
         let mut s = Signals::install().map_err(RunError::Signals)?;
         self.poll
@@ -630,7 +637,23 @@ impl<B: Filter> Runtime<B> {
         self.header_out = pp.outbound;
     }
 
-    /// Where forward mode's host names are looked up ([`Action::Resolve`]): the
+    /// What SIGUSR1 does: `hook` is called on the loop's thread, between events,
+    /// with the core (the daemon re-reads its `--route-file` and calls
+    /// [`Proxy::set_routes`]). Without a hook the signal is logged and ignored.
+    pub fn set_reload(&mut self, hook: Reload) {
+        self.reload_hook = Some(hook);
+    }
+
+    /// Runs the reload hook, as SIGUSR1 does.
+    pub fn reload(&mut self) {
+        match self.reload_hook.as_mut() {
+            Some(hook) => hook(&mut self.proxy),
+            None => warn!("ignoring signal {RELOAD}: nothing to reload (no --route-file)"),
+        }
+    }
+
+    /// Where host names are looked up (forward mode, route tables;
+    /// [`Action::Resolve`]): the
     /// loop's end of a [`Resolver::pair`] whose other end a helper serves
     /// ([`crate::resolver::serve`]). Without one every lookup fails at once with
     /// "no resolver".
@@ -796,6 +819,11 @@ impl<B: Filter> Runtime<B> {
             Tok::Signal => {
                 let sigs = self.signals.as_mut().map(Signals::take).unwrap_or_default();
                 for sig in sigs {
+                    if sig == RELOAD {
+                        info!("reloading on signal {sig}");
+                        self.reload();
+                        continue;
+                    }
                     error!("exiting on signal {sig}");
                     self.begin_shutdown();
                 }
@@ -1035,7 +1063,7 @@ impl<B: Filter> Runtime<B> {
         // Reverse and forward mode serve connections to the listener itself: their
         // server is not the destination.
         let cfg = self.proxy.config();
-        if cfg.fixed_server.is_some() || cfg.user_at_host.is_some() {
+        if cfg.fixed_server.is_some() || cfg.server_after_user() {
             return false;
         }
         self.listeners.iter().any(|l| {

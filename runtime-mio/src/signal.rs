@@ -1,4 +1,5 @@
-//! SIGHUP/SIGINT/SIGTERM delivered through the event loop (the self-pipe trick).
+//! SIGHUP/SIGINT/SIGTERM (exit) and SIGUSR1 (reload) delivered through the event
+//! loop (the self-pipe trick).
 //!
 //! The handler (in `sys`, with the state it touches) only does async-signal-safe work: it records the signal in an atomic
 //! bit set and writes one byte to a non-blocking pipe whose read end the poller
@@ -13,8 +14,19 @@ use nix::sys::signal::Signal;
 
 use crate::sys;
 
-/// The signals that end the daemon (ftp-proxy.c's `main` installs `handle_signal` for these).
-const HANDLED: [Signal; 3] = [Signal::SIGHUP, Signal::SIGINT, Signal::SIGTERM];
+/// The signals that end the daemon (ftp-proxy.c's `main` installs `handle_signal`
+/// for these), and SIGUSR1, which asks for a reload ([`RELOAD`]). SIGHUP keeps the
+/// original's meaning: scripts that stop the daemon with it keep working.
+const HANDLED: [Signal; 4] = [
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGUSR1,
+];
+
+/// The signal that re-reads the configuration that may change at run time (the
+/// `--route-file`), instead of ending the daemon.
+pub(crate) const RELOAD: i32 = Signal::SIGUSR1 as i32;
 
 /// The installed handlers and the pipe's ends. Dropping it detaches the pipe (the
 /// handlers stay, but only record signals).

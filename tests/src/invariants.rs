@@ -327,6 +327,9 @@ pub struct Watch {
     /// Forward mode (`--user-at-host`): the destination policy every connect must
     /// pass; the server is the one the session connects to.
     forward: Option<DestPolicy>,
+    /// A route table (`--route-file`): the server is chosen after `USER` as in
+    /// forward mode, from the administrator's table, with no policy.
+    routes: bool,
     /// Forward mode: a `Resolve` is the last lookup asked.
     resolving: bool,
     /// A line went to the server (in forward mode the proxy's `USER name`, after
@@ -378,6 +381,7 @@ impl Watch {
             sent_234: false,
             tls_started: false,
             forward: cfg.user_at_host.clone(),
+            routes: cfg.routes.is_some(),
             resolving: false,
             server_spoken: false,
         }
@@ -446,9 +450,9 @@ impl Watch {
         }
         match action {
             Action::Resolve { name } => {
-                if self.forward.is_none() {
+                if self.forward.is_none() && !self.routes {
                     return Err(format!(
-                        "Resolve {name:?} in a world without --user-at-host"
+                        "Resolve {name:?} in a world without --user-at-host or --route-file"
                     ));
                 }
                 if self.connecting {
@@ -480,6 +484,14 @@ impl Watch {
                     if to.is_ipv4() != self.client_addr.is_ipv4() {
                         return Err(format!(
                             "forward connect to {to} crosses the client's family"
+                        ));
+                    }
+                    self.server_addr = *to;
+                    self.server = to.ip();
+                } else if self.routes {
+                    if to.is_ipv4() != self.client_addr.is_ipv4() {
+                        return Err(format!(
+                            "routed connect to {to} crosses the client's family"
                         ));
                     }
                     self.server_addr = *to;
@@ -712,7 +724,7 @@ impl Watch {
             // Text outside any reply is relayed as it is.
             return Ok(());
         };
-        if code == 421 && self.forward.is_some() && !self.server_spoken {
+        if code == 421 && (self.forward.is_some() || self.routes) && !self.server_spoken {
             if more {
                 return Err("the proxy's own 421 is one line".into());
             }

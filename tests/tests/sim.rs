@@ -32,6 +32,7 @@ fn seeds() {
     let (mut sentinel, mut forged_421, mut data_ended, mut answered) = (0u64, 0u64, 0u64, 0u64);
     let (mut joined, mut joins_refused, mut passive_refused, mut server_421) =
         (0u64, 0u64, 0u64, 0u64);
+    let (mut resolved, mut unanswered, mut reloads) = (0u64, 0u64, 0u64);
     for seed in start..start + n {
         match run_seed(seed) {
             Ok(r) => {
@@ -49,6 +50,9 @@ fn seeds() {
                 joins_refused += u64::from(r.joins_refused);
                 passive_refused += u64::from(r.passive_refused);
                 server_421 += u64::from(r.server_421);
+                resolved += u64::from(r.resolved);
+                unanswered += u64::from(r.unanswered);
+                reloads += u64::from(r.reloads);
                 events += r.events;
                 for (k, v) in r.closes {
                     *closes.entry(k).or_default() += v;
@@ -68,6 +72,9 @@ fn seeds() {
     println!(
         "{joined} joined passive transfers ({joins_refused} refused by the server), \
          {passive_refused} passive refused after a multi-line reply, {server_421} 421s from servers"
+    );
+    println!(
+        "forward mode and route tables: {resolved} name lookups answered, {unanswered} never answered, {reloads} tables replaced"
     );
     println!("session ends: {closes:#?}");
     assert_eq!(
@@ -89,6 +96,7 @@ fn seeds() {
             "shutting down",
             "server reply answers no command",
             "server closing connection (421)",
+            "server name lookup timed out",
         ] {
             assert!(
                 closes.keys().any(|k| k.starts_with(kind)),
@@ -115,6 +123,12 @@ fn seeds() {
             "no passive transfer was refused after a multi-line reply"
         );
         assert!(server_421 > 0, "no server sent a 421");
+        assert!(resolved > 0, "no forward-mode lookup was answered");
+        assert!(unanswered > 0, "no forward-mode lookup was left unanswered");
+        assert!(
+            reloads > 0,
+            "no route table was replaced while sessions ran"
+        );
     }
 }
 

@@ -14,7 +14,7 @@
 //! * `flow.rs`: queued output and read interest;
 //! * `stats.rs`: the counters of the summary line;
 //! * `timer.rs`: the named deadlines;
-//! * `upstream.rs`: choosing the server after `USER` (forward mode).
+//! * `upstream.rs`: choosing the server after `USER` (forward mode, route table).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -160,15 +160,12 @@ impl Session {
             .set_or_stop(Timer::ClientIdle, cx.cfg.idle_timeout().map(|t| cx.now + t));
         s.timers
             .set_or_stop(Timer::Login, cx.cfg.login_timeout().map(|t| cx.now + t));
-        if cx.cfg.user_at_host.is_some() {
-            // Forward mode: no server until the client names one.
+        if cx.cfg.server_after_user() {
+            // Forward mode or a route table: no server until the client's USER.
             s.upstream = Upstream::AwaitUser;
             s.pairing.greet_locally();
-            s.send(
-                cx,
-                Side::Client,
-                Bytes::from_static(upstream::GREETING.as_bytes()),
-            );
+            let greeting = upstream::greeting(cx.cfg);
+            s.send(cx, Side::Client, Bytes::from_static(greeting.as_bytes()));
             return s;
         }
         s.timers.set(Timer::ServerIdle, cx.now + CONNECT_TIMEOUT);

@@ -1,4 +1,5 @@
-//! Choosing the server after `USER`: forward mode (`--user-at-host`).
+//! Choosing the server after `USER`: forward mode (`--user-at-host`) and the
+//! route table (`--route-file`).
 //!
 //! In transparent and reverse mode the server is known when the client connects,
 //! and the session connects at once. In forward mode the client names it in its
@@ -10,10 +11,17 @@
 //! server's reply to that is the first one relayed, and from there on the session
 //! is the one of the other modes.
 //!
+//! With a route table the steps are the same; only the target differs
+//! ([`Choice`]): it is the table's entry for the plain `USER name`
+//! ([`RouteTable::lookup`](crate::route::RouteTable::lookup)), no destination
+//! policy applies (the table is the administrator's own list, as `-R` is), and
+//! the name goes to the server unchanged.
+//!
 //! What the client is told on the way (docs/forward-proxy.md):
-//! * a `USER` that names no usable target, a name that does not resolve, a
-//!   destination the policy refuses, a non-anonymous name under `-A`: `530` (or
-//!   the `500` of `-A`) with the reason, and the client may try again;
+//! * a `USER` that names no usable target (or a name the table does not map), a
+//!   name that does not resolve, a destination the policy refuses, a
+//!   non-anonymous name under `-A`: `530` (or the `500` of `-A`) with the reason,
+//!   and the client may try again;
 //! * any other command before that: `530`; `QUIT`: `221`;
 //! * a lookup that outlives `--resolve-timeout`, a failed connect, a server that
 //!   closes or greets with anything but `220`: `421` with the reason, and the
@@ -24,7 +32,7 @@ use std::net::{IpAddr, SocketAddr};
 use bytes::Bytes;
 use log::{debug, info, warn};
 
-use crate::config::CONNECT_TIMEOUT;
+use crate::config::{Config, CONNECT_TIMEOUT};
 use crate::event::{Action, CloseReason, Side};
 use crate::ftp::{self, Command};
 use crate::route::{parse_user_target, DestPolicy, Host, UserTarget};
@@ -34,10 +42,73 @@ use super::timer::Timer;
 use super::{Cx, Session};
 
 /// The proxy's own greeting in forward mode: it says what the login must look like.
-pub(super) const GREETING: &str = "220 ftp-proxy ready: log in as USER name@host[:port]\r\n";
-const REPLY_LOGIN_FIRST: &str = "530 Log in with USER name@host[:port] first\r\n";
+const GREETING_FORWARD: &str = "220 ftp-proxy ready: log in as USER name@host[:port]\r\n";
+/// The greeting with a route table: the login is the server's own.
+const GREETING_ROUTES: &str = "220 ftp-proxy ready\r\n";
+const REPLY_LOGIN_FIRST_FORWARD: &str = "530 Log in with USER name@host[:port] first\r\n";
+const REPLY_LOGIN_FIRST_ROUTES: &str = "530 Log in with USER first\r\n";
 const REPLY_GOODBYE: &str = "221 Goodbye\r\n";
 const REPLY_ANON_ONLY: &str = "500 Only anonymous FTP allowed\r\n";
+
+/// How a session that chooses its server after `USER` finds it.
+#[derive(Clone, Copy)]
+enum Choice<'a> {
+    /// `USER name@host`, checked against the destination policy.
+    Forward(&'a DestPolicy),
+    /// `USER name`, looked up in the route table; no policy.
+    Routes(&'a crate::route::RouteTable),
+}
+
+impl<'a> Choice<'a> {
+    /// The choice `cfg` makes; `None` when the server is known at the accept.
+    fn of(cfg: &'a Config) -> Option<Choice<'a>> {
+        match (&cfg.routes, &cfg.user_at_host) {
+            (Some(t), _) => Some(Choice::Routes(t)),
+            (None, Some(p)) => Some(Choice::Forward(p)),
+            (None, None) => None,
+        }
+    }
+
+    /// The target of a `USER` argument, or why there is none (the `530` text).
+    fn target(self, arg: &str) -> Result<UserTarget, String> {
+        match self {
+            Choice::Forward(_) => parse_user_target(arg).map_err(|e| e.to_string()),
+            Choice::Routes(_) if arg.is_empty() => Err("empty user name".into()),
+            Choice::Routes(table) => match table.lookup(arg) {
+                Some(r) => Ok(UserTarget {
+                    user: arg.to_owned(),
+                    host: r.host.clone(),
+                    port: r.port,
+                }),
+                None => Err(format!("no server is configured for user {arg}")),
+            },
+        }
+    }
+
+    /// The destination policy, if one applies.
+    fn policy(self) -> Option<&'a DestPolicy> {
+        match self {
+            Choice::Forward(p) => Some(p),
+            Choice::Routes(_) => None,
+        }
+    }
+
+    /// The word for the log lines.
+    fn name(self) -> &'static str {
+        match self {
+            Choice::Forward(_) => "forward",
+            Choice::Routes(_) => "routed",
+        }
+    }
+}
+
+/// The proxy's own greeting for a session that chooses its server after `USER`.
+pub(super) fn greeting(cfg: &Config) -> &'static str {
+    match Choice::of(cfg) {
+        Some(Choice::Routes(_)) => GREETING_ROUTES,
+        _ => GREETING_FORWARD,
+    }
+}
 
 /// Where the session stands with its server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +116,8 @@ pub(super) enum Upstream {
     /// The server is known and greeted (or being connected in transparent and
     /// reverse mode, whose greeting the pairing relays): lines are the session's.
     Ready,
-    /// Forward mode: the proxy greeted the client and waits for `USER name@host`.
+    /// Forward mode or a route table: the proxy greeted the client and waits for
+    /// `USER`.
     AwaitUser,
     /// The host name is being looked up.
     Resolving {
@@ -84,10 +156,16 @@ fn user_argument(line: &[u8]) -> Option<&[u8]> {
 }
 
 impl Session {
-    /// A client line while the proxy waits for `USER name@host`.
+    /// A client line while the proxy waits for `USER` (`name@host` in forward
+    /// mode).
     pub(super) fn upstream_client_line(&mut self, cx: &mut Cx<'_>, line: Bytes) {
         debug!("{} client: {}", self.id, ftp::escape(&line));
         self.stats.command();
+        let Some(choice) = Choice::of(cx.cfg) else {
+            // Not reached: only these modes wait for USER.
+            self.upstream = Upstream::Ready;
+            return self.client_line(cx, line);
+        };
         // Nothing is owed before a server is chosen, so the proxy's answers can go
         // at once, in order.
         debug_assert_eq!(self.pairing.owed(), 0);
@@ -96,23 +174,23 @@ impl Session {
             let quit = word.len() >= 4
                 && word[..4].eq_ignore_ascii_case(b"QUIT")
                 && word[4..].iter().all(|b| matches!(b, b' ' | b'\r' | b'\n'));
-            let reply = if quit {
-                REPLY_GOODBYE
-            } else {
-                REPLY_LOGIN_FIRST
+            let reply = match (quit, choice) {
+                (true, _) => REPLY_GOODBYE,
+                (false, Choice::Forward(_)) => REPLY_LOGIN_FIRST_FORWARD,
+                (false, Choice::Routes(_)) => REPLY_LOGIN_FIRST_ROUTES,
             };
             return self.send(cx, Side::Client, Bytes::from_static(reply.as_bytes()));
         };
         let target = match std::str::from_utf8(arg)
             .map_err(|_| "the user name is not UTF-8".to_string())
-            .and_then(|a| parse_user_target(a).map_err(|e| e.to_string()))
+            .and_then(|a| choice.target(a))
         {
             Ok(t) => t,
             Err(why) => {
                 info!(
                     "{} refusing '{}': {why}",
                     self.id,
-                    ftp::escape(&line).trim_end()
+                    ftp::escape(line.trim_ascii_end())
                 );
                 return self.reply_530(cx, &why);
             }
@@ -129,7 +207,7 @@ impl Session {
             );
         }
         match target.host.clone() {
-            Host::Ip(ip) => self.choose_server(cx, &target, &[ip]),
+            Host::Ip(ip) => self.choose_server(cx, choice, &target, &[ip]),
             Host::Name(name) => {
                 debug!("{} resolving {name}", self.id);
                 self.timers
@@ -152,8 +230,11 @@ impl Session {
         let target = target.clone();
         self.timers.stop(Timer::Resolve);
         self.upstream = Upstream::AwaitUser;
+        let Some(choice) = Choice::of(cx.cfg) else {
+            return;
+        };
         match result {
-            Ok(addrs) if !addrs.is_empty() => self.choose_server(cx, &target, &addrs),
+            Ok(addrs) if !addrs.is_empty() => self.choose_server(cx, choice, &target, &addrs),
             Ok(_) | Err(_) => {
                 let why = result.err().unwrap_or_else(|| "no address".into());
                 warn!("{} cannot resolve {}: {why}", self.id, target.host);
@@ -171,18 +252,27 @@ impl Session {
         self.close(cx, CloseReason::ResolveTimeout);
     }
 
-    /// Connects to the first of `addrs` the destination policy allows, or tells the
-    /// client why none is.
-    fn choose_server(&mut self, cx: &mut Cx<'_>, target: &UserTarget, addrs: &[IpAddr]) {
-        let Some(policy) = cx.cfg.user_at_host.as_ref() else {
-            return;
-        };
-        let (to, refused) = pick(policy, self.ends.client, addrs, target.port);
+    /// Connects to the first of `addrs` the destination policy (if any) allows, or
+    /// tells the client why none is.
+    fn choose_server(
+        &mut self,
+        cx: &mut Cx<'_>,
+        choice: Choice<'_>,
+        target: &UserTarget,
+        addrs: &[IpAddr],
+    ) {
+        let (to, refused) = pick(choice.policy(), self.ends.client, addrs, target.port);
         for (addr, why) in &refused {
-            warn!(
-                "{} destination {addr} (from USER ...@{}) refused: {why}",
-                self.id, target.host
-            );
+            match choice {
+                Choice::Forward(_) => warn!(
+                    "{} destination {addr} (from USER ...@{}) refused: {why}",
+                    self.id, target.host
+                ),
+                Choice::Routes(_) => warn!(
+                    "{} destination {addr} (route of user '{}' to {}) refused: {why}",
+                    self.id, target.user, target.host
+                ),
+            }
         }
         let Some(to) = to else {
             return self.reply_530(
@@ -191,8 +281,10 @@ impl Session {
             );
         };
         info!(
-            "{} forward login of user '{}' to server {to}",
-            self.id, target.user
+            "{} {} login of user '{}' to server {to}",
+            self.id,
+            choice.name(),
+            target.user
         );
         self.ends.server = to;
         self.timers.set(Timer::ServerIdle, cx.now + CONNECT_TIMEOUT);
@@ -217,7 +309,7 @@ impl Session {
         info!(
             "{} server greeting: {}",
             self.id,
-            ftp::escape(&line).trim_end()
+            ftp::escape(line.trim_ascii_end())
         );
         let reply = ftp::reply_code(&line);
         let code = match (*multi, reply) {
@@ -281,11 +373,11 @@ impl Session {
     }
 }
 
-/// The first address the policy allows, of the client's family (a session
-/// crosses no address family: its data connections are not translated), with the
-/// refusal of each one before it.
+/// The first address the policy allows (any, without one), of the client's
+/// family (a session crosses no address family: its data connections are not
+/// translated), with the refusal of each one before it.
 fn pick(
-    policy: &DestPolicy,
+    policy: Option<&DestPolicy>,
     client: SocketAddr,
     addrs: &[IpAddr],
     port: u16,
@@ -297,7 +389,7 @@ fn pick(
             refused.push((to, "not the client's address family".into()));
             continue;
         }
-        match policy.check(to) {
+        match policy.map_or(Ok(()), |p| p.check(to)) {
             Ok(()) => return (Some(to), refused),
             Err(e) => refused.push((to, e.to_string())),
         }
@@ -331,7 +423,7 @@ mod tests {
             .iter()
             .map(|a| a.parse().unwrap())
             .collect();
-        let (to, refused) = pick(&policy, client, &addrs, 21);
+        let (to, refused) = pick(Some(&policy), client, &addrs, 21);
         assert_eq!(to, Some("198.51.100.7:21".parse().unwrap()));
         assert_eq!(refused.len(), 2);
         assert!(refused[0].1.contains("family"));

@@ -203,6 +203,11 @@ impl ProxyProcess {
         )
     }
 
+    /// Sends `signal` (SIGUSR1, the reload) without waiting for anything.
+    pub fn signal(&mut self, signal: i32) -> Result<()> {
+        self.guard.signal(signal)
+    }
+
     /// Sends `signal` and waits up to `limit` for the exit.
     pub fn stop_with(&mut self, signal: i32, limit: Duration) -> Result<ExitStatus> {
         self.guard.signal(signal)?;

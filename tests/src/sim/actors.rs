@@ -22,6 +22,10 @@ pub enum Fate {
     Local(&'static str),
     /// Ends the session (over-long line, NUL byte).
     Fatal,
+    /// Forward mode's `USER name@host`: the proxy connects to the host and sends
+    /// this line (`USER name`) once the server has greeted; its reply is the
+    /// first the client sees from the server.
+    Login(Vec<u8>),
 }
 
 /// One step of a client's script.

@@ -13,7 +13,10 @@
 //! PASV/EPSV joined, refused or bounded by `--server-data-ports`), and forge
 //! answers in `STAT -1` listings (a 227/229, a `200` sentinel, a `421-`).
 //! Worlds differ in `-6`, `-A`, `-m`, `-t`, `-R`, rule options, the relay
-//! ([`Config::relay`]) and `--server-data-ports`.
+//! ([`Config::relay`]), `--server-data-ports`, forward mode (`--user-at-host`,
+//! see [`forward`]: refused logins, lookups answered, failing or never answered)
+//! and route tables (`--route-file`, replaced at a random moment with
+//! `Proxy::set_routes`).
 //!
 //! After every event the invariants are checked: those of every action, the
 //! session table and the shutdown by the [`Checker`] the fuzz target runs too,
@@ -24,6 +27,7 @@
 //! always gives the same trace hash.
 
 pub mod actors;
+pub mod forward;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
@@ -114,6 +118,12 @@ pub struct Report {
     pub passive_refused: u32,
     /// 421 replies the servers sent (greeting, in place of an answer, unasked).
     pub server_421: u32,
+    /// Forward mode: name lookups the world answered, and those it left unanswered.
+    pub resolved: u32,
+    /// See [`Report::resolved`].
+    pub unanswered: u32,
+    /// Route tables replaced while sessions ran.
+    pub reloads: u32,
     /// Sessions ended, by close reason.
     pub closes: BTreeMap<String, u32>,
 }
@@ -142,6 +152,8 @@ enum Ev {
     ServerUnasked(usize),
     Timer,
     Shutdown,
+    /// The route file re-read (SIGUSR1): the table for every later `USER`.
+    Reload(ftp_proxy_core::RouteTable),
 }
 
 /// Directions of the four pipes of a session.
@@ -164,6 +176,8 @@ struct Peer {
     ack_at: u64,
     /// Whether the proxy closed this session's sockets.
     proxy_closed: bool,
+    /// Where the proxy connected (forward mode chooses it after `USER`).
+    server_at: Option<SocketAddr>,
 }
 
 /// The simulated world of one seed.
@@ -230,9 +244,10 @@ impl World {
             }),
             relay: rng.chance(1, 2),
             login_timeout_secs: [0, 2, 120][rng.uniform(3) as usize],
-            // Forward mode's worlds are not simulated yet (the checker refuses a
-            // Resolve, so one emitted here fails the seed).
+            // Forward mode: drawn below from a generator of its own, so that the
+            // other worlds stay what they were.
             user_at_host: None,
+            routes: None,
             resolve_timeout_secs: ftp_proxy_core::DEFAULT_RESOLVE_TIMEOUT_SECS,
             server_data_mode: ServerDataMode::Client,
             // Client TLS needs a certificate and a driver that runs rustls; the
@@ -242,6 +257,21 @@ impl World {
             // mapping itself is core/tests/nat64_session.rs's.
             nat64_prefix: None,
         };
+        let mut cfg = cfg;
+        let mut frng = Pcg32::new(seed ^ 0xf04a_4d00_5eed);
+        let forward = cfg.fixed_server.is_none() && frng.chance(1, 4);
+        let routed = cfg.fixed_server.is_none() && !forward && frng.chance(1, 4);
+        let default_route = frng.chance(1, 2);
+        let (routes, reloaded) = forward::tables(ipv6, default_route);
+        if forward {
+            cfg.user_at_host = Some(forward::policy(orig_dst(ipv6)));
+        }
+        if routed {
+            cfg.routes = Some(routes);
+        }
+        if forward || routed {
+            cfg.resolve_timeout_secs = frng.range(1, 3);
+        }
         let proxy =
             Proxy::new(cfg.clone(), Box::new(Pcg32::new(seed ^ 0x5eed))).expect("valid config");
         let n = rng.range(1, 8) as usize;
@@ -261,8 +291,14 @@ impl World {
                 anonymous_only: cfg.anonymous_only,
                 client_ip: addr.ip(),
             };
+            let mut script = actors::script(&mut rng, &mode);
+            if forward {
+                forward::login(&mut frng, &mut script, ipv6, cfg.anonymous_only);
+            } else if routed {
+                forward::routed_login(&mut frng, &mut script, default_route, cfg.anonymous_only);
+            }
             let client = Client {
-                script: actors::script(&mut rng, &mode),
+                script,
                 ..Client::default()
             };
             peers.push(Peer {
@@ -277,6 +313,7 @@ impl World {
                 pipe_at: [0; 4],
                 ack_at: 0,
                 proxy_closed: false,
+                server_at: None,
             });
         }
         let faults = FaultRates {
@@ -310,6 +347,10 @@ impl World {
         if w.rng.chance(1, 8) {
             let at = w.rng.range(0, 120_000_000) as u64;
             w.at(at, Ev::Shutdown);
+        }
+        if routed && frng.chance(2, 3) {
+            let at = frng.range(0, 30_000_000) as u64;
+            w.at(at, Ev::Reload(reloaded));
         }
         w
     }
@@ -545,6 +586,13 @@ impl World {
                     }
                 }
             }
+            Ev::Reload(table) => {
+                self.note("reload", 0, b"");
+                self.report.reloads += 1;
+                if let Err(e) = self.proxy.set_routes(table) {
+                    return Err(self.fail(format!("set_routes in a route-table world: {e}")));
+                }
+            }
             Ev::Shutdown => {
                 self.note("shutdown", 0, b"");
                 self.shut_down = true;
@@ -571,10 +619,21 @@ impl World {
                 return Err(self.fail(e));
             }
             match action {
-                // The checker has refused it already.
-                Action::Resolve { .. } => {}
-                Action::ConnectServer { .. } => {
+                // The checker allows it in forward and route-table worlds only.
+                Action::Resolve { name } => {
+                    self.note("resolve", sid.0, name.as_bytes());
+                    match forward::answer(&name, self.cfg.ipv6) {
+                        Some(result) => {
+                            self.report.resolved += 1;
+                            let lat = self.rng.range(100, 200_000) as u64;
+                            self.at(self.now + lat, Ev::ToProxy(sid, Input::Resolved { result }));
+                        }
+                        None => self.report.unanswered += 1,
+                    }
+                }
+                Action::ConnectServer { to, .. } => {
                     self.note("connect", sid.0, b"");
+                    self.peers[i].server_at = Some(to);
                     let lat = self.rng.range(100, 50_000) as u64;
                     let proxy = self.proxy_addr(i);
                     match self.rng.uniform(40) {
@@ -871,10 +930,12 @@ impl World {
                         self.pipe(i, Pipe::ServerToProxy, c);
                         return;
                     }
-                    let server_ip = self
-                        .cfg
-                        .fixed_server
-                        .map_or(self.orig_dst().ip(), |s| s.ip());
+                    let server_ip = self.peers[i].server_at.map_or(
+                        self.cfg
+                            .fixed_server
+                            .map_or(self.orig_dst().ip(), |s| s.ip()),
+                        |s| s.ip(),
+                    );
                     let reply = self.peers[i].server.reply(&mut self.rng, &line, server_ip);
                     self.server_sends(i, reply);
                     if self.peers[i].server.closed {
@@ -959,6 +1020,7 @@ impl World {
             let ok = match want {
                 Expected::Exact(w) => g == w,
                 Expected::ProxyPassive { pasv } => rewritten_passive(g, *pasv, orig_ip),
+                Expected::Prefix(w) => g.starts_with(w),
                 Expected::Optional(_) => unreachable!("never nested"),
             };
             if ok {
@@ -992,14 +1054,25 @@ impl World {
         let p = &self.peers[i];
         let mut w = Walk::default();
         let mut units = p.server.sent.iter().peekable();
-        let Some((banner, kind)) = units.next() else {
-            return Ok(w);
-        };
-        if let Unit::Closing { lines } = kind {
-            w.exact(&banner[..*lines]);
-            return Ok(w);
+        if self.cfg.server_after_user() {
+            // The proxy's own greeting; the server's is read by the proxy once
+            // the login names it.
+            let greeting = if self.cfg.routes.is_some() {
+                forward::GREETING_ROUTES
+            } else {
+                forward::GREETING
+            };
+            w.client.push(Expected::Exact(greeting.to_vec()));
+        } else {
+            let Some((banner, kind)) = units.next() else {
+                return Ok(w);
+            };
+            if let Unit::Closing { lines } = kind {
+                w.exact(&banner[..*lines]);
+                return Ok(w);
+            }
+            w.exact(banner);
         }
-        w.exact(banner);
         let relay = self.cfg.relay;
         let bounded = self.cfg.server_data_ports.is_some();
         let mut steerable = false;
@@ -1022,6 +1095,24 @@ impl World {
                 Fate::Passive => Treat::Passive,
                 Fate::Same => Treat::Forward,
                 Fate::Rewritten => Treat::Forward,
+                Fate::Login(_) => {
+                    // The server's greeting first: no greeting (the connect
+                    // failed or never completed) or a 421 one, and the proxy
+                    // tells the client it cannot log in, and the session ends.
+                    let cannot = || {
+                        Expected::Optional(Box::new(Expected::Prefix(
+                            forward::CANNOT_LOG_IN.to_vec(),
+                        )))
+                    };
+                    match units.next() {
+                        Some((_, Unit::Plain)) => {}
+                        _ => {
+                            w.client.push(cannot());
+                            return Ok(w);
+                        }
+                    }
+                    Treat::Forward
+                }
                 Fate::Fatal => unreachable!("taken out above"),
             };
             w.server.push(match (treat, fate) {
@@ -1036,6 +1127,7 @@ impl World {
                 }
                 (Treat::Join, _) => ToServer::Join,
                 (_, Fate::Rewritten) => ToServer::Active(line.clone()),
+                (_, Fate::Login(user)) => ToServer::Same(user.clone()),
                 _ => ToServer::Same(line.clone()),
             });
             let Some((lines, unit)) = units.next() else {
@@ -1191,6 +1283,8 @@ enum Expected {
     ProxyPassive {
         pasv: bool,
     },
+    /// A line starting with these bytes (the proxy's 421 with its reason).
+    Prefix(Vec<u8>),
     /// This line, or nothing.
     Optional(Box<Expected>),
 }
@@ -1201,6 +1295,7 @@ impl std::fmt::Debug for Expected {
             Expected::Exact(l) => write!(f, "'{}'", ftp::escape(l)),
             Expected::ProxyPassive { pasv: true } => f.write_str("the proxy's own 227"),
             Expected::ProxyPassive { pasv: false } => f.write_str("the proxy's own 229"),
+            Expected::Prefix(p) => write!(f, "'{}...'", ftp::escape(p)),
             Expected::Optional(e) => write!(f, "{e:?} or nothing"),
         }
     }
