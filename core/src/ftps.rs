@@ -286,7 +286,7 @@ pub fn server_accepts_auth(reply: &[u8]) -> bool {
 pub fn server_data_security(policy: &TlsPolicy) -> Security {
     match policy.server {
         ServerTls::Off => Security::Plain,
-        ServerTls::Explicit | ServerTls::Implicit => Security::Tls,
+        ServerTls::Explicit | ServerTls::Implicit => Security::TlsToServer,
     }
 }
 
@@ -444,7 +444,7 @@ mod tests {
         assert!(server_accepts_auth(b"234 Proceed with negotiation.\r\n"));
         assert!(!server_accepts_auth(b"534 no\r\n"));
         assert!(!server_accepts_auth(b"2345\r\n"));
-        assert_eq!(server_data_security(&p), Security::Tls);
+        assert_eq!(server_data_security(&p), Security::TlsToServer);
         let off = TlsPolicy::default();
         assert!(server_preamble(&off).is_empty() && server_after_handshake(&off).is_empty());
         assert_eq!(server_data_security(&off), Security::Plain);

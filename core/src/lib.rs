@@ -61,7 +61,7 @@ pub use route::{
     RouteTable, TargetError, UserTarget, MAX_ROUTES,
 };
 pub use rules::{
-    data_rules, protect_client_leg, Anchor, Direction, Family, LegSecurity, Mode, PortRange, Rule,
+    data_rules, protect_client_leg, protect_server_leg, Anchor, Direction, Family, LegSecurity, Mode, PortRange, Rule,
     RuleLog, RuleOptions, SessionAddrs, Translate, Verdict, MIN_DATA_PORT, NAT_PORTS,
     RFC_ACTIVE_SOURCE_PORT,
 };
