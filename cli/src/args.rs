@@ -429,7 +429,9 @@ fn server_tls(v: &str) -> Result<ServerTls, String> {
         "off" => Ok(ServerTls::Off),
         "explicit" => Ok(ServerTls::Explicit),
         "implicit" => Ok(ServerTls::Implicit),
-        _ => Err(format!("server tls {v}: expected off, explicit or implicit")),
+        _ => Err(format!(
+            "server tls {v}: expected off, explicit or implicit"
+        )),
     }
 }
 

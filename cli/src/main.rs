@@ -46,8 +46,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ftp_proxy_core::{
-    check_data_path as translate_check, ClientTls as ClientTlsMode, Config, ServerTls as ServerTlsMode, ConfigError,
-    DestPolicy, Proxy, RuleLog, RuleOptions, TlsPolicy,
+    check_data_path as translate_check, ClientTls as ClientTlsMode, Config, ConfigError,
+    DestPolicy, Proxy, RuleLog, RuleOptions, ServerTls as ServerTlsMode, TlsPolicy,
 };
 use ftp_proxy_runtime::{
     ClientTls, DataPath, Divert, Filter, Inbound, OsRandom, ProxyProtocol, RelayLimits, RunError,
@@ -493,7 +493,9 @@ fn client_tls(args: &Args) -> Result<Option<ClientTls>, Fatal> {
 /// the chroot), the name to check. The core checks reverse mode and the relay.
 fn server_tls(args: &Args) -> Result<Option<ServerTls>, Fatal> {
     if args.server_tls == ServerTlsMode::Off {
-        if args.server_tls_ca.is_some() || args.server_tls_name.is_some() || args.server_tls_insecure
+        if args.server_tls_ca.is_some()
+            || args.server_tls_name.is_some()
+            || args.server_tls_insecure
         {
             return Err(Fatal::TlsOptions(
                 "--server-tls-ca, --server-tls-name and --server-tls-insecure need --server-tls",

@@ -262,7 +262,11 @@ impl Relay {
                     return None;
                 };
                 let require = t.is_some_and(|t| t.reuse == DataReuse::Require);
-                (ServerConnection::new(config).map(Connection::from), "client", require)
+                (
+                    ServerConnection::new(config).map(Connection::from),
+                    "client",
+                    require,
+                )
             }
             Security::TlsToServer => {
                 let Some(server) = t.and_then(|t| t.server.as_ref()) else {
@@ -970,7 +974,9 @@ fn fill_tls(pipe: &mut Pipe, src: &mut Sock) -> Result<bool, StepError> {
                     // The alert rustls queued, if the socket takes it.
                     let _ = src.flush_records();
                     let peer = src.tls.as_ref().map_or("client", |t| t.peer);
-                    return Err(StepError::Tls(format!("TLS on the {peer}'s leg failed: {e}")));
+                    return Err(StepError::Tls(format!(
+                        "TLS on the {peer}'s leg failed: {e}"
+                    )));
                 }
                 let t = src.tls.as_mut().expect("a TLS source");
                 if !t.checked && !t.conn.is_handshaking() {

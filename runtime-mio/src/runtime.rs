@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use ftp_proxy_core::{
-    Accept, Action, Anchor, Bytes, ClientTls as ClientTlsMode, ServerTls as ServerTlsMode, CloseReason, Filter, FilterError,
-    Input, Proxy, SessionId, Side, Summary,
+    Accept, Action, Anchor, Bytes, ClientTls as ClientTlsMode, CloseReason, Filter, FilterError,
+    Input, Proxy, ServerTls as ServerTlsMode, SessionId, Side, Summary,
 };
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
@@ -1407,7 +1407,10 @@ impl<B: Filter> Runtime<B> {
         let mut tls = match made {
             Ok(t) => t,
             Err(e) => {
-                error!("{id} cannot start TLS on the {} connection: {e}", side.name());
+                error!(
+                    "{id} cannot start TLS on the {} connection: {e}",
+                    side.name()
+                );
                 return Some(Input::Reset(side));
             }
         };
@@ -1470,7 +1473,8 @@ impl<B: Filter> Runtime<B> {
                             }
                             // Implicit FTPS: TLS from the first byte (after a
                             // PROXY header, which the server reads plain).
-                            let implicit = self.proxy.config().tls.server == ServerTlsMode::Implicit;
+                            let implicit =
+                                self.proxy.config().tls.server == ServerTlsMode::Implicit;
                             if let Some(t) = s.server_tls.as_ref().filter(|_| implicit) {
                                 match t.connect() {
                                     Ok(tls) => c.start_tls(tls),

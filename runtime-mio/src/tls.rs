@@ -15,9 +15,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::pki_types::pem::{self, PemObject};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::ServerSessionMemoryCache;
 use rustls::{
@@ -188,10 +188,18 @@ impl fmt::Display for ServerTlsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ServerTlsError::Roots { path, error } => {
-                write!(f, "{}: cannot read CA certificates: {error}", path.display())
+                write!(
+                    f,
+                    "{}: cannot read CA certificates: {error}",
+                    path.display()
+                )
             }
             ServerTlsError::NoRoots(path) => {
-                write!(f, "{}: no usable CA certificate in the file", path.display())
+                write!(
+                    f,
+                    "{}: no usable CA certificate in the file",
+                    path.display()
+                )
             }
             ServerTlsError::Name(n) => write!(f, "{n:?} is not a DNS name or an IP address"),
             ServerTlsError::Config(e) => write!(f, "TLS towards servers: {e}"),

@@ -207,8 +207,16 @@ fn vsftpd_behind(tag: &str, make: fn(&CertPair) -> VsftpdTls, mode: &str) -> Res
     for dm in [DataMode::Pasv, DataMode::Epsv] {
         let m = dm.command().to_lowercase();
         let got = work.local().join(format!("{tag}-{m}.bin"));
-        let log = curl_retr(proxy.addr(), Login::Anonymous, dm, BIG, &got)
-            .map_err(|e| E2eError::check("download through the proxy", format!("{e}\n{}\n{}", tail(&proxy.log(), 3000), tail(&server.log(), 3000))))?;
+        let log = curl_retr(proxy.addr(), Login::Anonymous, dm, BIG, &got).map_err(|e| {
+            E2eError::check(
+                "download through the proxy",
+                format!(
+                    "{e}\n{}\n{}",
+                    tail(&proxy.log(), 3000),
+                    tail(&server.log(), 3000)
+                ),
+            )
+        })?;
         prove_mode(&log, dm)?;
         assert_same_file(&work.original(BIG), &got)?;
         let name = format!("{VSFTPD_UPLOAD_DIR}/{tag}-{m}.up");

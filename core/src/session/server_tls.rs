@@ -142,10 +142,9 @@ impl Session {
                 let word = ftps::server_after_handshake(&cx.cfg.tls)[0];
                 self.server_tls_send(cx, Step::Pbsz, word);
             }
-            Step::Auth => self.server_tls_failed(
-                cx,
-                &format!("the server refused AUTH TLS with '{shown}'"),
-            ),
+            Step::Auth => {
+                self.server_tls_failed(cx, &format!("the server refused AUTH TLS with '{shown}'"))
+            }
             Step::Pbsz if (200..300).contains(&code) => {
                 let word = ftps::server_after_handshake(&cx.cfg.tls)[1];
                 self.server_tls_send(cx, Step::Prot, word);
@@ -165,7 +164,11 @@ impl Session {
         if let ServerLink::Securing { step, .. } = &mut self.server_link {
             *step = next;
         }
-        debug!("{} proxy to server: {}", self.id, ftp::escape(word.as_bytes()));
+        debug!(
+            "{} proxy to server: {}",
+            self.id,
+            ftp::escape(word.as_bytes())
+        );
         self.send(cx, Side::Server, Bytes::from_static(word.as_bytes()));
     }
 
@@ -201,9 +204,7 @@ impl Session {
             self.id,
             self.ends.server.ip()
         );
-        let line = format!(
-            "421 Cannot reach the server securely: {why}\r\n",
-        );
+        let line = format!("421 Cannot reach the server securely: {why}\r\n",);
         self.send(cx, Side::Client, Bytes::from(line));
         self.close(cx, CloseReason::ServerRefused);
     }
