@@ -354,3 +354,120 @@ fn insecure_accepts_with_a_warning() -> Result<()> {
         tail(&log, 3000),
     )
 }
+
+/// A minimal FTPS server (Python's `ssl`) that cuts its data connection short:
+/// the RETR data are followed by a TCP close with no close_notify. Pinned to
+/// TLS 1.2 so that its close is a plain FIN (tests/tests/e2e_ftps_proxy.rs).
+const CUTTING_SERVER: &str = r#"
+import socket, ssl, sys
+cert, key, port_file = sys.argv[1:4]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+ls = socket.socket()
+ls.bind(("127.0.0.1", 0))
+ls.listen(1)
+ls.settimeout(30)
+with open(port_file + ".tmp", "w") as f:
+    f.write(str(ls.getsockname()[1]))
+import os
+os.rename(port_file + ".tmp", port_file)
+raw, _ = ls.accept()
+raw.settimeout(30)
+conn = raw
+data = None
+def send(s):
+    conn.sendall(s.encode() + b"\r\n")
+def line():
+    buf = b""
+    while not buf.endswith(b"\n"):
+        b = conn.recv(1)
+        if not b:
+            sys.exit(0)
+        buf += b
+    return buf.decode().strip()
+send("220 cutting server")
+for _ in range(50):
+    w = line().split(" ")[0].upper()
+    if w == "AUTH":
+        send("234 go")
+        conn = ctx.wrap_socket(raw, server_side=True)
+    elif w in ("PBSZ", "PROT", "TYPE"):
+        send("200 ok")
+    elif w == "USER":
+        send("331 password")
+    elif w == "PASS":
+        send("230 in")
+    elif w == "PWD":
+        send('257 "/"')
+    elif w == "EPSV":
+        data = socket.socket()
+        data.bind(("127.0.0.1", 0))
+        data.listen(1)
+        data.settimeout(30)
+        send("229 Entering Extended Passive Mode (|||%d|)" % data.getsockname()[1])
+    elif w == "RETR":
+        send("150 here it comes")
+        dc, _ = data.accept()
+        ds = ctx.wrap_socket(dc, server_side=True)
+        ds.sendall(b"x" * 200000)
+        ds.close()  # no close_notify
+        send("226 done")
+    elif w == "QUIT":
+        send("221 bye")
+        break
+    else:
+        send("502 not here")
+"#;
+
+/// A download whose server data leg ends without close_notify does not reach the
+/// client as a complete file: the proxy resets the client's leg and logs why.
+#[test]
+fn a_server_data_leg_cut_short_resets_the_client() -> Result<()> {
+    if !preflight()? {
+        return Ok(());
+    }
+    let work = Workdir::new("srvtls-cut")?;
+    let pki = pki_of(&work)?;
+    let script = work.root().join("cutting_server.py");
+    std::fs::write(&script, CUTTING_SERVER).map_err(E2eError::io("write the script"))?;
+    let port_file = work.root().join("cutting.port");
+    let pair = pki.server();
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(&script)
+        .arg(&pair.cert)
+        .arg(&pair.key)
+        .arg(&port_file)
+        .stdin(std::process::Stdio::null());
+    let _server = ChildGuard::spawn(&mut cmd, "the cutting FTPS server")?;
+    let port = wait_for(
+        "the cutting server's port",
+        std::time::Duration::from_secs(10),
+        || {
+            Ok(std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|p| p.trim().parse::<u16>().ok()))
+        },
+        String::new,
+    )?;
+    let ca = pki.ca().display().to_string();
+    let proxy = ProxyProcess::start(
+        LOCALHOST,
+        std::net::SocketAddr::new(LOCALHOST, port),
+        &["--server-tls", "explicit", "--server-tls-ca", &ca],
+        &work.root().join("ftp-proxy.log"),
+    )?;
+    let got = work.local().join("cut.bin");
+    let result = curl_retr(proxy.addr(), Login::User, DataMode::Epsv, "cut.bin", &got);
+    check(
+        result.is_err(),
+        "curl does not take the cut-off download as complete",
+        format!("{result:?}"),
+    )?;
+    let log = proxy.log();
+    check(
+        log.contains("the server's TLS leg ended without close_notify"),
+        "the proxy logged the truncation",
+        tail(&log, 3000),
+    )
+}
