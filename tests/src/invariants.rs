@@ -272,8 +272,9 @@ enum Closing {
     /// The 421's last line went to the client: the next action must be the close.
     Ended,
     /// Forward mode: the proxy's own one-line 421 (the server could not be found,
-    /// reached or logged in to): the next action must be the close, for any
-    /// reason but the server's 421.
+    /// reached or logged in to), or with server TLS (its connection could not be
+    /// secured): the next action must be the close, for any reason but the
+    /// server's 421.
     Own,
 }
 
@@ -765,7 +766,12 @@ impl Watch {
             // Text outside any reply is relayed as it is.
             return Ok(());
         };
-        if code == 421 && self.forward.is_some() && !self.server_spoken {
+        // The proxy's own 421: in forward mode before the server was spoken to,
+        // with server TLS before its connection was secured (and the greeting
+        // relayed).
+        let own = (self.forward.is_some() && !self.server_spoken)
+            || (self.server_tls != ServerTls::Off && !self.greeted);
+        if code == 421 && own {
             if more {
                 return Err("the proxy's own 421 is one line".into());
             }
