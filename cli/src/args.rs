@@ -1041,6 +1041,27 @@ mod tests {
     }
 
     #[test]
+    fn server_tls_options() {
+        let a = run("");
+        assert_eq!(a.server_tls, ServerTls::Off);
+        assert!(a.server_tls_ca.is_none() && a.server_tls_name.is_none());
+        assert!(!a.server_tls_insecure);
+        let a = run(
+            "-R ftp.example.com --server-tls explicit --server-tls-ca /etc/ca.pem \
+             --server-tls-name other.example.com --server-tls-insecure",
+        );
+        assert_eq!(a.server_tls, ServerTls::Explicit);
+        assert_eq!(
+            a.server_tls_ca.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert_eq!(a.server_tls_name.as_deref(), Some("other.example.com"));
+        assert!(a.server_tls_insecure);
+        assert_eq!(run("--server-tls implicit").server_tls, ServerTls::Implicit);
+        assert!(invalid("--server-tls maybe").contains("expected off, explicit or implicit"));
+    }
+
+    #[test]
     fn defaults_are_the_originals() {
         let a = run("");
         assert!(!a.ipv6 && !a.anonymous_only && !a.foreground && !a.rfc_mode);

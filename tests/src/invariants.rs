@@ -86,8 +86,8 @@ use ftp_proxy_core::internals::ftp::{self, Command};
 use ftp_proxy_core::internals::MAX_LINE;
 use ftp_proxy_core::{
     Accept, Action, Anchor, ClientTls, CloseReason, Config, DestPolicy, Direction, PortRange,
-    Proxy, Refused, Rule, ServerDataMode, ServerTls, SessionId, Side, Translate, MIN_DATA_PORT, NAT_PORTS,
-    RFC_ACTIVE_SOURCE_PORT,
+    Proxy, Refused, Rule, ServerDataMode, ServerTls, SessionId, Side, Translate, MIN_DATA_PORT,
+    NAT_PORTS, RFC_ACTIVE_SOURCE_PORT,
 };
 
 /// The 425 a client gets when the server refused the proxy's PORT/EPRT of a join
@@ -541,8 +541,7 @@ impl Watch {
                 Ok(())
             }
             Action::StartTls {
-                side: Side::Server,
-                ..
+                side: Side::Server, ..
             } => {
                 if self.server_tls != ServerTls::Explicit {
                     return Err(format!(
@@ -551,7 +550,9 @@ impl Watch {
                     ));
                 }
                 if !std::mem::take(&mut self.sent_auth) {
-                    return Err("StartTls on the server not right after the proxy's AUTH TLS".into());
+                    return Err(
+                        "StartTls on the server not right after the proxy's AUTH TLS".into(),
+                    );
                 }
                 if std::mem::replace(&mut self.server_tls_started, true) {
                     return Err("a second StartTls on the server".into());
