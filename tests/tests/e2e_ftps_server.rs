@@ -471,3 +471,49 @@ fn a_server_data_leg_cut_short_resets_the_client() -> Result<()> {
         tail(&log, 3000),
     )
 }
+
+/// Start-up refuses what cannot work: `--server-tls` without `-R` (transparent
+/// mode has no name to verify), a CA file that holds no certificate, and the
+/// `--server-tls-*` options without `--server-tls`.
+#[test]
+fn bad_server_tls_options_fail_start_up() -> Result<()> {
+    if !preflight()? {
+        return Ok(());
+    }
+    let bin = proxy_binary()?.display().to_string();
+    let work = Workdir::new("srvtls-startup")?;
+    let port = free_port(LOCALHOST)?.to_string();
+    let empty = work.root().join("empty-ca.pem");
+    std::fs::write(&empty, "no certificates here\n").map_err(E2eError::io("write"))?;
+    let empty = empty.display().to_string();
+    let cases: [(&[&str], &str); 3] = [
+        (&["--server-tls", "explicit"], "needs reverse mode (-R)"),
+        (
+            &[
+                "-R",
+                "127.0.0.1",
+                "--server-tls",
+                "explicit",
+                "--server-tls-ca",
+                &empty,
+            ],
+            "no usable CA certificate",
+        ),
+        (
+            &["-R", "127.0.0.1", "--server-tls-insecure"],
+            "need --server-tls",
+        ),
+    ];
+    for (extra, want) in cases {
+        let mut args = vec!["-d", "-b", "127.0.0.1", "-p", &port];
+        args.extend_from_slice(extra);
+        let out = run(&bin, &args, 20)?;
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        check(
+            out.status.code() == Some(1) && err.contains(want),
+            format!("{extra:?} fails start-up with {want:?}"),
+            err,
+        )?;
+    }
+    Ok(())
+}
