@@ -517,3 +517,37 @@ fn bad_server_tls_options_fail_start_up() -> Result<()> {
     }
     Ok(())
 }
+
+/// Active mode towards a TLS server: pure-ftpd `-Y 3` connects to the proxy's
+/// port, and the proxy is still the TLS client of that data connection
+/// (RFC 4217: the FTP client is the TLS client whoever connects). Plain curl in
+/// front, with PORT and EPRT.
+#[test]
+fn active_mode_to_a_tls_server() -> Result<()> {
+    let Some(fx) = fixture(
+        "srvtls-active",
+        PureFtpdTls::Required,
+        Pki::server,
+        |_, ca| explicit_with_ca(ca),
+    )?
+    else {
+        return Ok(());
+    };
+    for mode in [DataMode::Port, DataMode::Eprt] {
+        let m = mode.command().to_lowercase();
+        let got = fx.work.local().join(format!("active-{m}.bin"));
+        let log = curl_retr(fx.target(), Login::User, mode, BIG, &got)?;
+        prove_mode(&log, mode)?;
+        assert_same_file(&fx.work.original(BIG), &got)?;
+        let name = format!("active-{m}.up");
+        curl_stor(
+            fx.target(),
+            Login::User,
+            mode,
+            &fx.work.original(SMALL),
+            &name,
+        )?;
+        assert_same_file(&fx.work.original(SMALL), &fx.work.user().join(&name))?;
+    }
+    secured(&fx)
+}
