@@ -1,9 +1,10 @@
 //! RFC 4217 (FTP over TLS) decisions, IO-free and free of crypto.
 //!
 //! This module decides what the proxy answers to `AUTH`, `PBSZ`, `PROT` and `CCC`
-//! when it terminates TLS from clients (reverse mode, issue 16), when a side must
-//! switch to TLS, which data legs are protected ([`Security`]), and what
-//! `--tls-required` refuses. The driver (runtime-mio) runs handshakes and the record
+//! when it terminates TLS from clients (reverse mode, issue 16), what it sends a
+//! server under `--server-tls` (the session's `server_tls.rs` runs that
+//! dialogue), when a side must switch to TLS, which data legs are protected
+//! ([`Security`]), and what `--tls-required` refuses. The driver (runtime-mio) runs handshakes and the record
 //! layer; nothing here touches bytes on the wire except to find where plaintext ends.
 //!
 //! Reply codes (RFC 2228 defines the commands and their replies, RFC 4217 their
