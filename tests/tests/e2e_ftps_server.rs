@@ -170,6 +170,25 @@ fn tls_on_both_sides() -> Result<()> {
         .ok()?;
         assert_same_file(&fx.work.original(BIG), &fx.work.user().join(&name))?;
     }
+    // The client protects its control connection only (`PROT C`, or no `PROT`):
+    // its data legs are plain, the server's still TLS (pure-ftpd -Y 3 would
+    // refuse anything else).
+    let got = fx.work.local().join("both-clear-data.bin");
+    let args = vec![
+        "--ftp-ssl-control".to_string(),
+        "--cacert".into(),
+        tls.ca.display().to_string(),
+        ftp_url(fx.target(), Login::User, BIG),
+        "-o".into(),
+        got.display().to_string(),
+    ];
+    let log = curl(&args)?;
+    check(
+        log.contains("> USER") && !log.contains("PROT P") && log.contains("SSL connection using"),
+        "curl --ftp-ssl-control leaves its data connections clear",
+        tail(&log, 3000),
+    )?;
+    assert_same_file(&fx.work.original(BIG), &got)?;
     secured(&fx)?;
     check(
         fx.proxy_log()
@@ -549,5 +568,28 @@ fn active_mode_to_a_tls_server() -> Result<()> {
         )?;
         assert_same_file(&fx.work.original(SMALL), &fx.work.user().join(&name))?;
     }
+    secured(&fx)
+}
+
+/// `--server-tls-name` names the DNS name to check instead of the `-R` address
+/// (the tests' `-R` is 127.0.0.1, checked as an IP address everywhere else).
+#[test]
+fn server_tls_name_checks_a_dns_name() -> Result<()> {
+    let Some(fx) = fixture(
+        "srvtls-dnsname",
+        PureFtpdTls::Required,
+        Pki::server,
+        |_, ca| {
+            let mut a = explicit_with_ca(ca);
+            a.extend(["--server-tls-name".into(), SERVER_NAME.into()]);
+            a
+        },
+    )?
+    else {
+        return Ok(());
+    };
+    let got = fx.work.local().join("dnsname.bin");
+    curl_retr(fx.target(), Login::User, DataMode::Epsv, SMALL, &got)?;
+    assert_same_file(&fx.work.original(SMALL), &got)?;
     secured(&fx)
 }
