@@ -20,7 +20,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use ftp_proxy_core::{
-    AllowDest, Cidr, Nat64Prefix, PortRange, ServerDataMode, DEFAULT_RESOLVE_TIMEOUT_SECS,
+    AllowDest, Cidr, Nat64Prefix, PortRange, ServerDataMode, ServerTls,
+    DEFAULT_RESOLVE_TIMEOUT_SECS,
 };
 use ftp_proxy_core::{
     DEFAULT_LOGIN_TIMEOUT_SECS, DEFAULT_PROXY_PORTS, MAX_SESSIONS_LIMIT, MAX_TIMEOUT_SECS,
@@ -252,6 +253,14 @@ pub(crate) struct Args {
     pub tls_required: bool,
     /// `--tls-data-reuse`.
     pub tls_data_reuse: DataReuse,
+    /// `--server-tls`: FTPS towards the server.
+    pub server_tls: ServerTls,
+    /// `--server-tls-ca`: the roots that verify the server (default: the system's).
+    pub server_tls_ca: Option<PathBuf>,
+    /// `--server-tls-name`: the name checked (default: the `-R` host as given).
+    pub server_tls_name: Option<String>,
+    /// `--server-tls-insecure`: no certificate check.
+    pub server_tls_insecure: bool,
 }
 
 impl Default for Args {
@@ -300,6 +309,10 @@ impl Default for Args {
             tls_implicit: false,
             tls_required: false,
             tls_data_reuse: DataReuse::Allow,
+            server_tls: ServerTls::Off,
+            server_tls_ca: None,
+            server_tls_name: None,
+            server_tls_insecure: false,
         }
     }
 }
@@ -414,6 +427,18 @@ fn data_reuse(v: &str) -> Result<DataReuse, String> {
         "allow" => Ok(DataReuse::Allow),
         "require" => Ok(DataReuse::Require),
         _ => Err(format!("tls data reuse {v}: expected allow or require")),
+    }
+}
+
+/// `--server-tls`'s value.
+fn server_tls(v: &str) -> Result<ServerTls, String> {
+    match v {
+        "off" => Ok(ServerTls::Off),
+        "explicit" => Ok(ServerTls::Explicit),
+        "implicit" => Ok(ServerTls::Implicit),
+        _ => Err(format!(
+            "server tls {v}: expected off, explicit or implicit"
+        )),
     }
 }
 
@@ -727,6 +752,30 @@ const OPTIONS: &[Opt] = &[
     },
     Opt {
         short: None,
+        long: "server-tls",
+        help: "off, explicit or implicit: FTPS towards the server (reverse mode, relay; default off)",
+        takes: Takes::Text(|a, v| store(&mut a.server_tls, server_tls(v)?)),
+    },
+    Opt {
+        short: None,
+        long: "server-tls-ca",
+        help: "PEM CA certificates that verify the server (default: the system's bundle)",
+        takes: Takes::Text(|a, v| store(&mut a.server_tls_ca, Some(nonempty(v)?.into()))),
+    },
+    Opt {
+        short: None,
+        long: "server-tls-name",
+        help: "the name (or IP address) the server's certificate must show (default: the -R host)",
+        takes: Takes::Text(|a, v| store(&mut a.server_tls_name, Some(nonempty(v)?.to_owned()))),
+    },
+    Opt {
+        short: None,
+        long: "server-tls-insecure",
+        help: "do not verify the server's certificate (a warning is logged)",
+        takes: Takes::Flag(|a| set(&mut a.server_tls_insecure)),
+    },
+    Opt {
+        short: None,
         long: "help",
         help: "display usage information",
         takes: Takes::Help,
@@ -1016,6 +1065,27 @@ mod tests {
             ArgsError::Invalid(m) => m,
             other => panic!("{s:?} gave {other:?}"),
         }
+    }
+
+    #[test]
+    fn server_tls_options() {
+        let a = run("");
+        assert_eq!(a.server_tls, ServerTls::Off);
+        assert!(a.server_tls_ca.is_none() && a.server_tls_name.is_none());
+        assert!(!a.server_tls_insecure);
+        let a = run(
+            "-R ftp.example.com --server-tls explicit --server-tls-ca /etc/ca.pem \
+             --server-tls-name other.example.com --server-tls-insecure",
+        );
+        assert_eq!(a.server_tls, ServerTls::Explicit);
+        assert_eq!(
+            a.server_tls_ca.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert_eq!(a.server_tls_name.as_deref(), Some("other.example.com"));
+        assert!(a.server_tls_insecure);
+        assert_eq!(run("--server-tls implicit").server_tls, ServerTls::Implicit);
+        assert!(invalid("--server-tls maybe").contains("expected off, explicit or implicit"));
     }
 
     #[test]

@@ -48,11 +48,11 @@ use std::time::Duration;
 
 use ftp_proxy_core::{
     check_data_path as translate_check, ClientTls as ClientTlsMode, Config, ConfigError,
-    DestPolicy, Proxy, RouteTable, RuleLog, RuleOptions, TlsPolicy,
+    DestPolicy, Proxy, RouteTable, RuleLog, RuleOptions, ServerTls as ServerTlsMode, TlsPolicy,
 };
 use ftp_proxy_runtime::{
     ClientTls, DataPath, Divert, Filter, Inbound, OsRandom, ProxyProtocol, RelayLimits, RunError,
-    Runtime, StartError, TlsError,
+    Runtime, ServerTls, ServerTlsError, ServerVerify, StartError, TlsError, SYSTEM_ROOTS,
 };
 use log::{error, info, warn};
 use nix::unistd::Uid;
@@ -97,6 +97,8 @@ enum Fatal {
     Tls(TlsError),
     /// The `--route-file` cannot be read or does not parse.
     Routes(RouteFileError),
+    /// TLS towards servers cannot be set up (roots, name).
+    ServerTls(ServerTlsError),
 }
 
 impl fmt::Display for Fatal {
@@ -117,6 +119,7 @@ impl fmt::Display for Fatal {
             Fatal::TlsOptions(why) => f.write_str(why),
             Fatal::Tls(e) => write!(f, "TLS certificate: {e}"),
             Fatal::Routes(e) => e.fmt(f),
+            Fatal::ServerTls(e) => write!(f, "--server-tls: {e}"),
         }
     }
 }
@@ -189,6 +192,7 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
         }
         None => (None, None),
     };
+    let server_tls = server_tls(args)?;
     let (divert, transparent) = divert_mode(args.divert)?;
     let relay = args.backend == args::BackendKind::Relay;
     let keep_net_admin = backend::needs_net_admin(args.backend);
@@ -267,6 +271,9 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
     runtime.handle_signals().map_err(Fatal::Run)?;
     if let Some(tls) = client_tls {
         runtime.set_client_tls(tls);
+    }
+    if let Some(tls) = server_tls {
+        runtime.set_server_tls(tls);
     }
     runtime.set_relay_limits(RelayLimits {
         per_session: args.relay_per_session as usize,
@@ -465,7 +472,7 @@ fn core_config(
                 (Some(_), true) => ClientTlsMode::Implicit,
             },
             required: args.tls_required,
-            ..TlsPolicy::default()
+            server: args.server_tls,
         },
     }
 }
@@ -505,6 +512,51 @@ fn client_tls(args: &Args) -> Result<Option<ClientTls>, Fatal> {
     ClientTls::load(cert, key, args.tls_data_reuse)
         .map(Some)
         .map_err(Fatal::Tls)
+}
+
+/// TLS towards the server, when `--server-tls` is on: the roots read now (before
+/// the chroot), the name to check. The core checks reverse mode and the relay.
+fn server_tls(args: &Args) -> Result<Option<ServerTls>, Fatal> {
+    if args.server_tls == ServerTlsMode::Off {
+        if args.server_tls_ca.is_some()
+            || args.server_tls_name.is_some()
+            || args.server_tls_insecure
+        {
+            return Err(Fatal::TlsOptions(
+                "--server-tls-ca, --server-tls-name and --server-tls-insecure need --server-tls",
+            ));
+        }
+        return Ok(None);
+    }
+    let Some(host) = args.fixed_server.as_deref() else {
+        return Err(Fatal::TlsOptions(
+            "--server-tls needs reverse mode (-R): the server's certificate is checked against the -R name",
+        ));
+    };
+    if args.server_tls_insecure && args.server_tls_ca.is_some() {
+        return Err(Fatal::TlsOptions(
+            "--server-tls-insecure and --server-tls-ca do not go together",
+        ));
+    }
+    // `-R [::1]` style brackets are not part of the name.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = args.server_tls_name.as_deref().unwrap_or(host);
+    let verify = if args.server_tls_insecure {
+        warn!(
+            "--server-tls-insecure: the server's certificate is not verified; anyone on the path \
+             to {host} can read and change the sessions"
+        );
+        ServerVerify::Insecure
+    } else {
+        ServerVerify::Roots(
+            args.server_tls_ca
+                .clone()
+                .unwrap_or_else(|| SYSTEM_ROOTS.into()),
+        )
+    };
+    ServerTls::load(&verify, name)
+        .map(Some)
+        .map_err(Fatal::ServerTls)
 }
 
 /// The routing table the proxy runs in (`getrtable(2)` on OpenBSD, 0 elsewhere).

@@ -228,7 +228,7 @@ impl fmt::Display for ConfigError {
                     "resolve timeout {t}: need 1..={MAX_TIMEOUT_SECS} seconds"
                 )
             }
-            ConfigError::Tls(why) => write!(f, "TLS towards clients: {why}"),
+            ConfigError::Tls(why) => write!(f, "FTPS: {why}"),
             ConfigError::Nat64(why) => write!(f, "--nat64-prefix: {why}"),
         }
     }
@@ -331,29 +331,27 @@ impl Config {
             .unwrap_or(orig_dst)
     }
 
-    /// Client TLS is for reverse mode with the relay: the proxy holds the
-    /// certificate of the one server it fronts, and a `PROT P` data connection is
-    /// TLS towards the client and plain towards the server, so it must pass
-    /// through user space, which a packet filter's data path never does. TLS
-    /// towards servers is not implemented.
+    /// TLS on either side is for reverse mode with the relay. Towards clients the
+    /// proxy holds the certificate of the one server it fronts; towards servers
+    /// it checks the certificate against the `-R` name, which transparent and
+    /// forward mode do not have (their server is chosen per session). A TLS data
+    /// connection is decrypted in the proxy, so it must pass through user space,
+    /// which a packet filter's data path never does.
     fn validate_tls(&self) -> Result<(), ConfigError> {
         let t = self.tls;
-        if t.server != ServerTls::Off {
-            return Err(ConfigError::Tls("TLS towards servers is not implemented"));
+        if t.client == ClientTls::Off && t.required {
+            return Err(ConfigError::Tls("--tls-required needs a certificate"));
         }
-        if t.client == ClientTls::Off {
-            if t.required {
-                return Err(ConfigError::Tls("--tls-required needs a certificate"));
-            }
+        if t.client == ClientTls::Off && t.server == ServerTls::Off {
             return Ok(());
         }
-        if self.fixed_server.is_none() {
+        if self.fixed_server.is_none() || self.user_at_host.is_some() {
             return Err(ConfigError::Tls("needs reverse mode (-R)"));
         }
         if !self.relay {
             return Err(ConfigError::Tls(
-                "needs the userspace relay: a PROT P data connection is decrypted \
-                 on the client's leg, which a packet filter cannot do",
+                "needs the userspace relay: a TLS data connection is decrypted \
+                 in the proxy, which a packet filter cannot do",
             ));
         }
         Ok(())

@@ -207,21 +207,27 @@ pub enum Action {
     /// Write these bytes to that side, after everything queued before, and report
     /// what was written with [`Input::Written`].
     Send(Side, Bytes),
-    /// Switch `side`'s control connection to TLS (RFC 4217, `AUTH TLS`; only
-    /// [`Side::Client`] today, with [`crate::ClientTls::Explicit`]): once every byte
-    /// of the [`Action::Send`]s before this one has been written in plain text (the
-    /// `234` reply), run a TLS server handshake on that socket with the proxy's
-    /// certificate. `pending` are bytes the client sent after its `AUTH` line that
-    /// the session had already read: they are the start of the TLS handshake, never
-    /// commands ([`crate::ftps::plaintext_end`]), and go to the TLS layer first,
-    /// before anything read from the socket after them.
+    /// Switch `side`'s control connection to TLS (RFC 4217, `AUTH TLS`): once
+    /// every byte of the [`Action::Send`]s before this one has been written in
+    /// plain text, run a TLS handshake on that socket. For [`Side::Client`]
+    /// ([`crate::ClientTls::Explicit`], after the proxy's `234`) the proxy is the
+    /// TLS server, with its certificate; for [`Side::Server`]
+    /// ([`crate::ServerTls::Explicit`], after the server's `234` to the proxy's
+    /// own `AUTH TLS`) it is the TLS client, checking the server's certificate,
+    /// and a `Send` may follow at once (the driver holds it until the handshake
+    /// is done). `pending` are bytes the session had already read after the
+    /// line that switched: they are the start of the TLS handshake, never
+    /// commands or replies ([`crate::ftps::plaintext_end`]), and go to the TLS
+    /// layer first, before anything read from the socket after them.
     ///
     /// From then on [`Input::Data`] of that side carries the decrypted bytes and
     /// every [`Action::Send`] to it is encrypted; [`Input::Written`] counts
-    /// plaintext. A handshake that fails is an [`Input::Reset`] of that side (the
-    /// driver logs why). A driver without TLS must not ignore it: it cannot occur
-    /// unless [`crate::Config::tls`] turns client TLS on, which such a driver does
-    /// not do.
+    /// plaintext. A handshake that fails (a certificate that does not verify) is
+    /// an [`Input::Reset`] of that side (the driver logs why). A driver without
+    /// TLS must not ignore it: it cannot occur unless [`crate::Config::tls`]
+    /// turns TLS on, which such a driver does not do. With
+    /// [`crate::ServerTls::Implicit`] no `StartTls` comes: the driver runs TLS
+    /// on the server socket from the connect on.
     StartTls {
         /// Which control connection.
         side: Side,

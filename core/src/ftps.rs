@@ -1,9 +1,10 @@
 //! RFC 4217 (FTP over TLS) decisions, IO-free and free of crypto.
 //!
 //! This module decides what the proxy answers to `AUTH`, `PBSZ`, `PROT` and `CCC`
-//! when it terminates TLS from clients (reverse mode, issue 16), when a side must
-//! switch to TLS, which data legs are protected ([`Security`]), and what
-//! `--tls-required` refuses. The driver (runtime-mio) runs handshakes and the record
+//! when it terminates TLS from clients (reverse mode, issue 16), what it sends a
+//! server under `--server-tls` (the session's `server_tls.rs` runs that
+//! dialogue), when a side must switch to TLS, which data legs are protected
+//! ([`Security`]), and what `--tls-required` refuses. The driver (runtime-mio) runs handshakes and the record
 //! layer; nothing here touches bytes on the wire except to find where plaintext ends.
 //!
 //! Reply codes (RFC 2228 defines the commands and their replies, RFC 4217 their
@@ -286,7 +287,7 @@ pub fn server_accepts_auth(reply: &[u8]) -> bool {
 pub fn server_data_security(policy: &TlsPolicy) -> Security {
     match policy.server {
         ServerTls::Off => Security::Plain,
-        ServerTls::Explicit | ServerTls::Implicit => Security::Tls,
+        ServerTls::Explicit | ServerTls::Implicit => Security::TlsToServer,
     }
 }
 
@@ -444,7 +445,7 @@ mod tests {
         assert!(server_accepts_auth(b"234 Proceed with negotiation.\r\n"));
         assert!(!server_accepts_auth(b"534 no\r\n"));
         assert!(!server_accepts_auth(b"2345\r\n"));
-        assert_eq!(server_data_security(&p), Security::Tls);
+        assert_eq!(server_data_security(&p), Security::TlsToServer);
         let off = TlsPolicy::default();
         assert!(server_preamble(&off).is_empty() && server_after_handshake(&off).is_empty());
         assert_eq!(server_data_security(&off), Security::Plain);

@@ -63,9 +63,9 @@ pub use route::{
     RouteTable, TargetError, UserTarget, MAX_ROUTES,
 };
 pub use rules::{
-    data_rules, protect_client_leg, Anchor, Direction, Family, LegSecurity, Mode, PortRange, Rule,
-    RuleLog, RuleOptions, SessionAddrs, Translate, Verdict, MIN_DATA_PORT, NAT_PORTS,
-    RFC_ACTIVE_SOURCE_PORT,
+    data_rules, protect_client_leg, protect_server_leg, Anchor, Direction, Family, LegSecurity,
+    Mode, PortRange, Rule, RuleLog, RuleOptions, SessionAddrs, Translate, Verdict, MIN_DATA_PORT,
+    NAT_PORTS, RFC_ACTIVE_SOURCE_PORT,
 };
 pub use translate::{
     answered_by_proxy, check_data_path, client_reply, needs_relay, passive_answer,

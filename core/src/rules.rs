@@ -223,12 +223,27 @@ impl Default for LegSecurity {
 /// connects), the connected leg of an active one (the proxy connects to the
 /// client), the accepted leg of a join's first rule (the client's), and the
 /// connected leg of a bridge's second rule (the proxy connects to the client).
-/// The server's leg stays plain.
+/// The server's leg is [`protect_server_leg`]'s.
 pub fn protect_client_leg(mode: Mode, rules: &mut [Rule; 2], client: Security) {
     match mode {
         Mode::Passive | Mode::Joined => rules[0].legs.accepted = client,
         Mode::ActivePort | Mode::ActiveEprt => rules[0].legs.connected = client,
         Mode::Bridged => rules[1].legs.connected = client,
+    }
+}
+
+/// Marks the server's leg of a negotiation's data connection as `server`
+/// ([`crate::ftps::server_data_security`]) in the rules [`data_rules`] made for
+/// `mode`: the connected leg of a passive rule (the proxy connects to the
+/// server), the accepted leg of an active one (the server connects), the accepted
+/// leg of a join's second rule (the server's), and the connected leg of a
+/// bridge's first rule (the proxy connects to the server).
+pub fn protect_server_leg(mode: Mode, rules: &mut [Rule; 2], server: Security) {
+    match mode {
+        Mode::Passive => rules[0].legs.connected = server,
+        Mode::ActivePort | Mode::ActiveEprt => rules[0].legs.accepted = server,
+        Mode::Joined => rules[1].legs.accepted = server,
+        Mode::Bridged => rules[0].legs.connected = server,
     }
 }
 

@@ -16,8 +16,8 @@ use arbitrary::Arbitrary;
 use bytes::Bytes;
 use ftp_proxy_core::{
     Accept, Action, AllowDest, ClientTls, Config, DestPolicy, FilterError, Input, Pcg32, PortRange,
-    Proxy, Refused, Rule, RuleLog, RuleOptions, ServerDataMode, SessionId, Side, SocketError,
-    TlsPolicy, DEFAULT_PROXY_PORTS, MIN_DATA_PORT,
+    Proxy, Refused, Rule, RuleLog, RuleOptions, ServerDataMode, ServerTls, SessionId, Side,
+    SocketError, TlsPolicy, DEFAULT_PROXY_PORTS, MIN_DATA_PORT,
 };
 use ftp_proxy_tests::invariants::Checker;
 use libfuzzer_sys::fuzz_target;
@@ -45,8 +45,9 @@ struct Setup {
     proxy_ports: Option<(u16, u16)>,
     /// [`Config::relay`]: PASV/EPSV after a multi-line reply are served joined.
     relay: bool,
-    /// Client TLS (RFC 4217): 0 off, 1 explicit, 2 implicit; only where the core
-    /// allows it (reverse mode with the relay), so that its commands are reached.
+    /// Client TLS (RFC 4217): `tls % 3` 0 off, 1 explicit, 2 implicit; server
+    /// TLS (`--server-tls`): `tls / 3 % 3` likewise; only where the core allows
+    /// them (reverse mode with the relay), so that their dialogues are reached.
     tls: u8,
     /// `--tls-required`.
     tls_required: bool,
@@ -123,6 +124,8 @@ enum Canned {
     UserAtName,
     UserAtRefused,
     UserAtBad,
+    /// A server accepting the proxy's `AUTH TLS` (`--server-tls explicit`).
+    Reply234,
 }
 
 #[derive(Debug, Arbitrary)]
@@ -248,7 +251,7 @@ const FLOOD_BUDGET: usize = 1024;
 impl Harness {
     fn new(setup: &Setup) -> Option<Harness> {
         let ipv6 = setup.ipv6;
-        let cfg = Config {
+        let mut cfg = Config {
             ipv6,
             anonymous_only: setup.anonymous_only,
             max_sessions: u32::from(setup.max_sessions % 4) + 1,
@@ -323,6 +326,10 @@ impl Harness {
             // mapping is core/tests/nat64_session.rs's.
             nat64_prefix: None,
         };
+        if setup.reverse && setup.relay {
+            cfg.tls.server = [ServerTls::Off, ServerTls::Explicit, ServerTls::Implicit]
+                [usize::from(setup.tls / 3 % 3)];
+        }
         let proxy = Proxy::new(cfg.clone(), Box::new(Pcg32::new(setup.seed))).ok()?;
         let now = Instant::now();
         Some(Harness {
@@ -643,6 +650,7 @@ fn canned(what: Canned, a: [u8; 4], port: u16) -> Vec<u8> {
         ),
         Canned::Reply229 => format!("229 Entering Extended Passive Mode (|||{port}|)\r\n"),
         Canned::Reply200 => "200 ok\r\n".into(),
+        Canned::Reply234 => "234 Proceed\r\n".into(),
         Canned::Reply150 => "150 opening\r\n".into(),
         Canned::Reply226 => "226 done\r\n".into(),
         Canned::Reply230More => "230-welcome\r\n".into(),

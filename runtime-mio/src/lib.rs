@@ -121,7 +121,10 @@ mod token;
 pub use ftp_proxy_core::RelayLimits;
 pub use proxy_header::{Inbound, ProxyProtocol, Version as ProxyVersion};
 pub use runtime::{Reload, Runtime, ShutdownHandle, SHUTDOWN_GRACE};
-pub use tls::{ClientTls, DataReuse, TlsError};
+pub use tls::{
+    ClientTls, DataReuse, ServerTls, ServerTlsError, ServerVerify, SessionServerTls, TlsError,
+    SYSTEM_ROOTS,
+};
 
 /// How the proxy learns where a diverted client originally wanted to go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

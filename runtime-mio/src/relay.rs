@@ -21,11 +21,11 @@ use log::{debug, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry};
 use nix::errno::Errno;
-use rustls::{HandshakeKind, ServerConfig, ServerConnection};
+use rustls::{Connection, HandshakeKind, ServerConfig, ServerConnection};
 
 use crate::pipe::{Filled, Pipe};
 use crate::sys;
-use crate::tls::DataReuse;
+use crate::tls::{DataReuse, SessionServerTls};
 use crate::token::{End, Tok};
 
 /// The policy's limits, under the name the runtime has always used.
@@ -38,12 +38,15 @@ const STEPS_PER_TURN: usize = 16;
 /// Accepts per data listener per turn.
 const ACCEPTS_PER_TURN: usize = 16;
 
-/// What a control session's `PROT P` data connections are served with: its own
-/// TLS configuration (its own session cache, crate::tls) and `--tls-data-reuse`.
+/// What a control session's TLS data legs are served with: towards the client
+/// (`PROT P`) its own TLS server configuration (its own session cache,
+/// crate::tls) and `--tls-data-reuse`; towards the server (`--server-tls`) its
+/// TLS client configuration, whose session store the control connection filled.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionTls {
-    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) config: Option<Arc<ServerConfig>>,
     pub(crate) reuse: DataReuse,
+    pub(crate) server: Option<SessionServerTls>,
 }
 
 /// The listening socket of one listener of the policy, and the join leg it holds.
@@ -55,10 +58,13 @@ struct DataListener {
     held: Option<(TcpStream, Security)>,
 }
 
-/// The TLS server side of a data connection's client leg (`PROT P`).
+/// The TLS of a data connection's leg: the server side on the client's leg
+/// (`PROT P`), the client side on the server's (`--server-tls`).
 #[derive(Debug)]
 struct TlsLeg {
-    conn: ServerConnection,
+    conn: Connection,
+    /// Whose leg, for log lines: "client" or "server".
+    peer: &'static str,
     /// `--tls-data-reuse require`: the handshake must resume a session of the
     /// same control connection.
     require_resumed: bool,
@@ -244,18 +250,38 @@ impl Relay {
         self.policy.session_ended(SessionId(session))
     }
 
-    /// The TLS server side for a `PROT P` leg of `pair`, from its session's
-    /// configuration; `None` (logged) if the session has none.
-    fn tls_leg(&self, pair: PairId) -> Option<Box<TlsLeg>> {
+    /// The TLS of a leg of `pair` that `security` protects, from its session's
+    /// configuration; `None` (logged) if the session has none for that side.
+    fn tls_leg(&self, pair: PairId, security: Security) -> Option<Box<TlsLeg>> {
         let session = self.policy.session_of(pair)?;
-        let Some(t) = self.tls.get(&session.0) else {
-            warn!("{session} data connection wants TLS, but its session has no TLS configuration");
-            return None;
+        let t = self.tls.get(&session.0);
+        let (made, peer, require_resumed) = match security {
+            Security::Tls => {
+                let Some(config) = t.and_then(|t| t.config.clone()) else {
+                    warn!("{session} data connection wants TLS, but its session has no TLS configuration");
+                    return None;
+                };
+                let require = t.is_some_and(|t| t.reuse == DataReuse::Require);
+                (
+                    ServerConnection::new(config).map(Connection::from),
+                    "client",
+                    require,
+                )
+            }
+            Security::TlsToServer => {
+                let Some(server) = t.and_then(|t| t.server.as_ref()) else {
+                    warn!("{session} data connection wants TLS to the server, but its session has no TLS towards servers");
+                    return None;
+                };
+                (server.connect().map(Connection::from), "server", false)
+            }
+            _ => return None,
         };
-        match ServerConnection::new(t.config.clone()) {
+        match made {
             Ok(conn) => Some(Box::new(TlsLeg {
                 conn,
-                require_resumed: t.reuse == DataReuse::Require,
+                peer,
+                require_resumed,
                 checked: false,
                 notified: false,
             })),
@@ -270,8 +296,8 @@ impl Relay {
     /// TLS cannot be had (the caller fails the pair).
     fn leg(&self, pair: PairId, sock: TcpStream, ready: bool, security: Security) -> Option<Sock> {
         let mut s = Sock::new(sock, ready);
-        if security == Security::Tls {
-            match self.tls_leg(pair) {
+        if security != Security::Plain {
+            match self.tls_leg(pair, security) {
                 Some(t) => s.tls = Some(t),
                 None => {
                     // A reset, never a clean close: that would look like an
@@ -922,9 +948,13 @@ fn fill_tls(pipe: &mut Pipe, src: &mut Sock) -> Result<bool, StepError> {
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
                 src.eof = true;
                 if pipe.moved() > 0 || !pipe.is_empty() {
+                    let (from, other) = match t.peer {
+                        "server" => ("server", "client"),
+                        _ => ("client", "server"),
+                    };
                     return Err(StepError::Tls(format!(
-                        "the client's TLS leg ended without close_notify after {} bytes passed on: \
-                         the transfer may be cut short, so the server's leg is reset",
+                        "the {from}'s TLS leg ended without close_notify after {} bytes passed on: \
+                         the transfer may be cut short, so the {other}'s leg is reset",
                         pipe.moved()
                     )));
                 }
@@ -943,8 +973,9 @@ fn fill_tls(pipe: &mut Pipe, src: &mut Sock) -> Result<bool, StepError> {
                 if let Err(e) = t.conn.process_new_packets() {
                     // The alert rustls queued, if the socket takes it.
                     let _ = src.flush_records();
+                    let peer = src.tls.as_ref().map_or("client", |t| t.peer);
                     return Err(StepError::Tls(format!(
-                        "TLS on the client's leg failed: {e}"
+                        "TLS on the {peer}'s leg failed: {e}"
                     )));
                 }
                 let t = src.tls.as_mut().expect("a TLS source");
@@ -952,8 +983,10 @@ fn fill_tls(pipe: &mut Pipe, src: &mut Sock) -> Result<bool, StepError> {
                     t.checked = true;
                     let resumed = t.conn.handshake_kind() == Some(HandshakeKind::Resumed);
                     debug!(
-                        "relay: data connection TLS handshake done ({})",
-                        if resumed { "resumed" } else { "full" }
+                        "relay: data connection TLS handshake with the {} done ({}, {:?})",
+                        t.peer,
+                        if resumed { "resumed" } else { "full" },
+                        t.conn.protocol_version()
                     );
                     if t.require_resumed && !resumed {
                         return Err(StepError::Tls(

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use ftp_proxy_core::{
     Accept, Action, Anchor, Bytes, ClientTls as ClientTlsMode, CloseReason, Filter, FilterError,
-    Input, Proxy, SessionId, Side, Summary,
+    Input, Proxy, ServerTls as ServerTlsMode, SessionId, Side, Summary,
 };
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
@@ -53,7 +53,7 @@ use crate::relay::SessionTls;
 use crate::resolver::Resolver;
 use crate::signal::{Signals, RELOAD};
 use crate::sys;
-use crate::tls::ClientTls;
+use crate::tls::{ClientTls, ServerTls, SessionServerTls};
 use crate::token::Tok;
 use crate::{DataPath, Divert, Listener, Options, RunError};
 
@@ -107,7 +107,7 @@ struct Conn {
     /// TLS on this connection (`Action::StartTls`, or an implicit-TLS accept):
     /// reads are decrypted through it and the queue is encrypted into it. `None`
     /// is the plain path, unchanged.
-    tls: Option<Box<rustls::ServerConnection>>,
+    tls: Option<Box<rustls::Connection>>,
     /// Bytes at the front of the queue that still go out in plain text before
     /// TLS takes over (the `234` that precedes the switch).
     plain_left: usize,
@@ -155,9 +155,9 @@ impl Conn {
     }
 
     /// Switches to TLS: what is queued now still goes out in plain text first.
-    fn start_tls(&mut self, tls: rustls::ServerConnection) {
+    fn start_tls(&mut self, tls: impl Into<rustls::Connection>) {
         self.plain_left = self.queued;
-        self.tls = Some(Box::new(tls));
+        self.tls = Some(Box::new(tls.into()));
     }
 
     /// One read, plain or through TLS, into `buf`'s room.
@@ -323,7 +323,7 @@ impl Conn {
     }
 
     /// [`write_tls`](Self::write_tls) once the plain bytes are out.
-    fn write_records(&mut self, tls: &mut rustls::ServerConnection) -> io::Result<()> {
+    fn write_records(&mut self, tls: &mut rustls::Connection) -> io::Result<()> {
         loop {
             while tls.wants_write() {
                 match tls.write_tls(&mut self.sock) {
@@ -416,6 +416,9 @@ struct Session {
     /// This session's TLS server configuration (its own session cache), when the
     /// proxy terminates TLS from clients.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// This session's TLS client configuration towards its server
+    /// (`--server-tls`; its own session store, shared with its data connections).
+    server_tls: Option<SessionServerTls>,
 }
 
 impl Session {
@@ -483,6 +486,8 @@ pub struct Runtime<B: Filter> {
     read_buf: Box<[u8]>,
     /// The certificate towards clients ([`set_client_tls`](Self::set_client_tls)).
     client_tls: Option<ClientTls>,
+    /// TLS towards servers ([`set_server_tls`](Self::set_server_tls)).
+    server_tls: Option<ServerTls>,
     /// `--proxy-protocol-in`: accepted connections waiting for their header.
     headers: Option<Pending>,
     /// `--proxy-protocol-out`: the header written to each server.
@@ -562,6 +567,7 @@ impl<B: Filter> Runtime<B> {
             resolver: None,
             client_tls: None,
             reload_hook: None,
+            server_tls: None,
         })
     }
 
@@ -618,6 +624,15 @@ impl<B: Filter> Runtime<B> {
     /// on the client's leg. Sessions accepted from now on use it.
     pub fn set_client_tls(&mut self, tls: ClientTls) {
         self.client_tls = Some(tls);
+    }
+
+    /// Speaks TLS to the server with this client configuration: the core's
+    /// [`Config::tls`](ftp_proxy_core::Config::tls) says when (after its `AUTH
+    /// TLS`, or from the connect with implicit TLS), and every data connection
+    /// to the server is TLS, resuming its control connection's session.
+    /// Sessions accepted from now on use it.
+    pub fn set_server_tls(&mut self, tls: ServerTls) {
+        self.server_tls = Some(tls);
     }
 
     /// Sets the per-session cap and the timeouts of relayed data connections. Without
@@ -1006,10 +1021,12 @@ impl<B: Filter> Runtime<B> {
     ) -> Option<Input> {
         let tls = self.client_tls.as_ref().map(ClientTls::for_session);
         let reuse = self.client_tls.as_ref().map(ClientTls::reuse);
-        let data_tls = tls
-            .clone()
-            .zip(reuse)
-            .map(|(config, reuse)| SessionTls { config, reuse });
+        let server_tls = self.server_tls.as_ref().map(ServerTls::for_session);
+        let data_tls = (tls.is_some() || server_tls.is_some()).then(|| SessionTls {
+            config: tls.clone(),
+            reuse: reuse.unwrap_or_default(),
+            server: server_tls.clone(),
+        });
         self.data
             .get_mut()
             .session_started(id, client.ip(), data_tls);
@@ -1028,6 +1045,7 @@ impl<B: Filter> Runtime<B> {
             connecting: false,
             reading: [true; 2],
             tls: tls.clone(),
+            server_tls,
         };
         // Implicit TLS: the client's first bytes are its handshake.
         let mut tls_failed = false;
@@ -1368,6 +1386,10 @@ impl<B: Filter> Runtime<B> {
         if let Some(mut c) = s.server.take() {
             if !s.connecting {
                 let _ = c.flush();
+                if let Some(tls) = c.tls.as_mut() {
+                    tls.send_close_notify();
+                    let _ = c.flush();
+                }
             }
             let _ = registry.deregister(&mut c.sock);
         }
@@ -1397,15 +1419,26 @@ impl<B: Filter> Runtime<B> {
     /// `Input::Reset` of that side, logged here.
     fn start_tls(&mut self, id: SessionId, side: Side, pending: &[u8]) -> Option<Input> {
         let s = self.sessions.get_mut(&id)?;
-        let Some(config) = s.tls.clone() else {
-            error!("{id} the core asked for TLS, but no certificate is configured");
-            return Some(Input::Reset(side));
+        let made: Result<rustls::Connection, String> = match side {
+            Side::Client => match s.tls.clone() {
+                None => Err("no certificate is configured".into()),
+                Some(config) => rustls::ServerConnection::new(config)
+                    .map(Into::into)
+                    .map_err(|e| e.to_string()),
+            },
+            Side::Server => match s.server_tls.as_ref() {
+                None => Err("no TLS towards servers is configured".into()),
+                Some(t) => t.connect().map(Into::into).map_err(|e| e.to_string()),
+            },
         };
         let c = s.conn(side)?;
-        let mut tls = match rustls::ServerConnection::new(config) {
+        let mut tls = match made {
             Ok(t) => t,
             Err(e) => {
-                error!("{id} cannot start TLS: {e}");
+                error!(
+                    "{id} cannot start TLS on the {} connection: {e}",
+                    side.name()
+                );
                 return Some(Input::Reset(side));
             }
         };
@@ -1465,6 +1498,21 @@ impl<B: Filter> Runtime<B> {
                                 // Before any byte of the session: the connect has
                                 // only begun, so the core has sent nothing yet.
                                 c.push_own(v.encode(s.client_addr, sys::unmap(to)));
+                            }
+                            // Implicit FTPS: TLS from the first byte (after a
+                            // PROXY header, which the server reads plain).
+                            let implicit =
+                                self.proxy.config().tls.server == ServerTlsMode::Implicit;
+                            if let Some(t) = s.server_tls.as_ref().filter(|_| implicit) {
+                                match t.connect() {
+                                    Ok(tls) => c.start_tls(tls),
+                                    Err(e) => {
+                                        error!("{id} cannot start TLS towards the server: {e}");
+                                        return Some(Input::ServerConnectFailed {
+                                            error: ErrorKind::Unsupported.into(),
+                                        });
+                                    }
+                                }
                             }
                             s.server = Some(c);
                             s.connecting = true;

@@ -1,5 +1,7 @@
 //! TLS towards clients (RFC 4217, reverse mode): the certificate, the server
-//! configuration, and the one per control session.
+//! configuration, and the one per control session; and TLS towards servers
+//! (`--server-tls`): the roots, the name checked, and a session store per
+//! control session ([`ServerTls`]).
 //!
 //! The core decides when a connection is TLS ([`ftp_proxy_core::ftps`],
 //! [`ftp_proxy_core::Action::StartTls`], [`ftp_proxy_core::Security::Tls`]); this
@@ -13,10 +15,15 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::Resumption;
 use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::ServerSessionMemoryCache;
-use rustls::ServerConfig;
+use rustls::{
+    ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 
 /// TLS sessions one control session remembers for its data connections to
 /// resume: a few transfers' worth (a TLS 1.3 server issues two tickets per
@@ -139,6 +146,197 @@ impl ClientTls {
         let mut c = (*self.base).clone();
         c.session_storage = ServerSessionMemoryCache::new(SESSIONS_PER_CONTROL);
         Arc::new(c)
+    }
+}
+
+/// Where the roots that verify FTPS servers come from when `--server-tls-ca` is
+/// not given: the system's bundle, one PEM file (Debian, Ubuntu, Alpine and
+/// Arch keep it here). Read with the PEM parser rustls already has, at start-up
+/// before any chroot, rather than with `rustls-native-certs`: one file is all
+/// this needs, and no crate has to learn the layouts of other systems.
+pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// How a server's certificate is checked (`--server-tls-ca`,
+/// `--server-tls-insecure`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerVerify {
+    /// Against the roots in this PEM file, for the name given.
+    Roots(PathBuf),
+    /// Not at all (the handshake's signatures still are): a warning at start-up.
+    Insecure,
+}
+
+/// Why the TLS setup towards servers cannot be had.
+#[derive(Debug)]
+pub enum ServerTlsError {
+    /// The roots file could not be read.
+    Roots {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: pem::Error,
+    },
+    /// No usable root in the file.
+    NoRoots(PathBuf),
+    /// The name to check is neither a DNS name nor an IP address.
+    Name(String),
+    /// rustls refused the configuration.
+    Config(rustls::Error),
+}
+
+impl fmt::Display for ServerTlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerTlsError::Roots { path, error } => {
+                write!(
+                    f,
+                    "{}: cannot read CA certificates: {error}",
+                    path.display()
+                )
+            }
+            ServerTlsError::NoRoots(path) => {
+                write!(
+                    f,
+                    "{}: no usable CA certificate in the file",
+                    path.display()
+                )
+            }
+            ServerTlsError::Name(n) => write!(f, "{n:?} is not a DNS name or an IP address"),
+            ServerTlsError::Config(e) => write!(f, "TLS towards servers: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerTlsError {}
+
+/// The proxy's TLS client side towards FTPS servers: loaded once at start-up,
+/// with a session store of its own per control session
+/// ([`ServerTls::for_session`]).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    base: Arc<ClientConfig>,
+    name: ServerName<'static>,
+}
+
+/// One control session's TLS client configuration towards its server: the
+/// control connection and every data connection of the session share its
+/// session store, so each data connection resumes the control connection's TLS
+/// session (vsftpd's `require_ssl_reuse` refuses the others with `522`).
+#[derive(Debug, Clone)]
+pub struct SessionServerTls {
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+}
+
+impl SessionServerTls {
+    /// A new TLS client connection to the server (control or data).
+    pub fn connect(&self) -> Result<ClientConnection, rustls::Error> {
+        ClientConnection::new(self.config.clone(), self.name.clone())
+    }
+}
+
+impl ServerTls {
+    /// The TLS client side that checks certificates as `verify` says, for `name`
+    /// (a DNS name, or an IP address checked against the certificate's IP SANs).
+    ///
+    /// TLS 1.3 and 1.2, as rustls' safe defaults. Measured through the proxy
+    /// (tests/tests/e2e_ftps_server.rs): vsftpd negotiates TLS 1.3 and every data
+    /// connection resumes the control session (its `require_ssl_reuse` is met);
+    /// pure-ftpd negotiates TLS 1.3 too and never resumes it (full handshakes,
+    /// which it accepts even with `-Y 3`). Pinned to TLS 1.2 both resume; no
+    /// server measured needs that, so nothing is pinned.
+    pub fn load(verify: &ServerVerify, name: &str) -> Result<ServerTls, ServerTlsError> {
+        let name = ServerName::try_from(name.to_string())
+            .map_err(|_| ServerTlsError::Name(name.to_string()))?;
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(ServerTlsError::Config)?;
+        let config = match verify {
+            ServerVerify::Roots(path) => {
+                let mut roots = RootCertStore::empty();
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                    .and_then(|it| it.collect::<Result<_, _>>())
+                    .map_err(|error| ServerTlsError::Roots {
+                        path: path.clone(),
+                        error,
+                    })?;
+                let (added, _ignored) = roots.add_parsable_certificates(certs);
+                if added == 0 {
+                    return Err(ServerTlsError::NoRoots(path.clone()));
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            ServerVerify::Insecure => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+                .with_no_client_auth(),
+        };
+        Ok(ServerTls {
+            base: Arc::new(config),
+            name,
+        })
+    }
+
+    /// The configuration of one control session, with a session store of its own.
+    pub fn for_session(&self) -> SessionServerTls {
+        let mut c = (*self.base).clone();
+        c.resumption = Resumption::in_memory_sessions(SESSIONS_PER_CONTROL);
+        SessionServerTls {
+            config: Arc::new(c),
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// `--server-tls-insecure`: any certificate is taken; the handshake's signatures
+/// are still checked, so the peer holds the key of the certificate it showed.
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

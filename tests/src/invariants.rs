@@ -70,7 +70,11 @@
 //!
 //! * with client TLS (RFC 4217) no `AUTH`, `PBSZ`, `PROT` or `CCC` reaches the
 //!   server; `StartTls` comes only for the client, only with explicit TLS, at most
-//!   once, and only right after a `234` went to the client.
+//!   once, and only right after a `234` went to the client;
+//! * with server TLS (`--server-tls`) nothing but the proxy's own `AUTH TLS`
+//!   (explicit only), `PBSZ 0` and `PROT P` goes to the server before the
+//!   greeting reaches the client; `StartTls` for the server comes only with
+//!   explicit server TLS, once, right after that `AUTH TLS`, before the greeting.
 //!
 //! The checks that depend on the harness's own world (the sim's honest servers and
 //! its mock filter, the fuzzer's legal inputs) stay with the harness.
@@ -82,8 +86,8 @@ use ftp_proxy_core::internals::ftp::{self, Command};
 use ftp_proxy_core::internals::MAX_LINE;
 use ftp_proxy_core::{
     Accept, Action, Anchor, ClientTls, CloseReason, Config, DestPolicy, Direction, PortRange,
-    Proxy, Refused, Rule, ServerDataMode, SessionId, Side, Translate, MIN_DATA_PORT, NAT_PORTS,
-    RFC_ACTIVE_SOURCE_PORT,
+    Proxy, Refused, Rule, ServerDataMode, ServerTls, SessionId, Side, Translate, MIN_DATA_PORT,
+    NAT_PORTS, RFC_ACTIVE_SOURCE_PORT,
 };
 
 /// The 425 a client gets when the server refused the proxy's PORT/EPRT of a join
@@ -268,8 +272,9 @@ enum Closing {
     /// The 421's last line went to the client: the next action must be the close.
     Ended,
     /// Forward mode: the proxy's own one-line 421 (the server could not be found,
-    /// reached or logged in to): the next action must be the close, for any
-    /// reason but the server's 421.
+    /// reached or logged in to), or with server TLS (its connection could not be
+    /// secured): the next action must be the close, for any reason but the
+    /// server's 421.
     Own,
 }
 
@@ -322,6 +327,12 @@ pub struct Watch {
     sent_234: bool,
     /// `StartTls` was emitted.
     tls_started: bool,
+    /// Server TLS of the configuration (`Config::tls`).
+    server_tls: ServerTls,
+    /// The last line sent to the server was the proxy's `AUTH TLS`.
+    sent_auth: bool,
+    /// `StartTls` for the server was emitted.
+    server_tls_started: bool,
     /// `EndDataConnections` was the last action.
     ending_data: bool,
     /// Forward mode (`--user-at-host`): the destination policy every connect must
@@ -380,6 +391,9 @@ impl Watch {
             client_tls: cfg.tls.client,
             sent_234: false,
             tls_started: false,
+            server_tls: cfg.tls.server,
+            sent_auth: false,
+            server_tls_started: false,
             forward: cfg.user_at_host.clone(),
             routes: cfg.routes.is_some(),
             resolving: false,
@@ -513,6 +527,9 @@ impl Watch {
                     return Err(format!("Send is not exactly one line: {line:?}"));
                 }
                 self.sent_234 = *side == Side::Client && line.starts_with(b"234 ");
+                if *side == Side::Server {
+                    self.sent_auth = &line[..] == b"AUTH TLS\r\n";
+                }
                 match side {
                     Side::Server => self.sent_to_server(line),
                     Side::Client => self.sent_to_client(line),
@@ -533,6 +550,28 @@ impl Watch {
                     return Err("EndDataConnections for a session that never committed".into());
                 }
                 self.ending_data = true;
+                Ok(())
+            }
+            Action::StartTls {
+                side: Side::Server, ..
+            } => {
+                if self.server_tls != ServerTls::Explicit {
+                    return Err(format!(
+                        "StartTls on the server with server TLS {:?}",
+                        self.server_tls
+                    ));
+                }
+                if !std::mem::take(&mut self.sent_auth) {
+                    return Err(
+                        "StartTls on the server not right after the proxy's AUTH TLS".into(),
+                    );
+                }
+                if std::mem::replace(&mut self.server_tls_started, true) {
+                    return Err("a second StartTls on the server".into());
+                }
+                if self.greeted {
+                    return Err("StartTls on the server after the greeting was relayed".into());
+                }
                 Ok(())
             }
             Action::StartTls { side, .. } => {
@@ -630,6 +669,22 @@ impl Watch {
                 ftp::escape(line)
             ));
         }
+        // With server TLS only the proxy's own protection commands go before the
+        // greeting is relayed; they are not the client's, so nothing else here
+        // concerns them.
+        if self.server_tls != ServerTls::Off && !self.greeted {
+            let own: &[&[u8]] = match self.server_tls {
+                ServerTls::Explicit => &[b"AUTH TLS\r\n", b"PBSZ 0\r\n", b"PROT P\r\n"],
+                _ => &[b"PBSZ 0\r\n", b"PROT P\r\n"],
+            };
+            if own.contains(&line) {
+                return Ok(());
+            }
+            return Err(format!(
+                "'{}' sent to the server before its control connection was secured",
+                ftp::escape(line)
+            ));
+        }
         // With client TLS the protection commands are the proxy's: the server's
         // leg stays plain, so none of them may reach it.
         if self.client_tls != ClientTls::Off {
@@ -724,7 +779,12 @@ impl Watch {
             // Text outside any reply is relayed as it is.
             return Ok(());
         };
-        if code == 421 && (self.forward.is_some() || self.routes) && !self.server_spoken {
+        // The proxy's own 421: in forward or route mode before the server was
+        // spoken to, with server TLS before its connection was secured (and the
+        // greeting relayed).
+        let own = ((self.forward.is_some() || self.routes) && !self.server_spoken)
+            || (self.server_tls != ServerTls::Off && !self.greeted);
+        if code == 421 && own {
             if more {
                 return Err("the proxy's own 421 is one line".into());
             }

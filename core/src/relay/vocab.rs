@@ -56,16 +56,25 @@ impl Default for RelayLimits {
     }
 }
 
-/// What protects the bytes of one leg. The policy treats both alike; which legs
-/// are TLS (`PROT P`) is decided in [`crate::ftps`]. No driver runs TLS legs yet.
+/// What protects the bytes of one leg. The policy treats them all alike; which legs
+/// are TLS (`PROT P` towards clients, every data leg towards a `--server-tls`
+/// server) is decided in [`crate::ftps`]. The two TLS variants say which end of
+/// the handshake the proxy is: RFC 4217 makes the FTP client the TLS client of
+/// every data connection, whoever connects to whom.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Security {
     /// The bytes cross the socket as they are.
     Plain,
-    /// The leg carries TLS records (RFC 4217 `PROT P`): the driver runs the
-    /// handshake and the record layer, the policy sees plaintext byte counts.
+    /// The leg carries TLS records (RFC 4217 `PROT P`) with the proxy as the TLS
+    /// server (the client's leg): the driver runs the handshake and the record
+    /// layer, the policy sees plaintext byte counts.
     Tls,
+    /// The leg carries TLS records with the proxy as the TLS client (the leg to
+    /// an FTPS server, `--server-tls`): the driver resumes the TLS session of the
+    /// session's server control connection on it, which servers such as vsftpd
+    /// (`require_ssl_reuse`) insist on.
+    TlsToServer,
 }
 
 /// How one leg of a pair came to be.

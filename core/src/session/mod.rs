@@ -14,7 +14,8 @@
 //! * `flow.rs`: queued output and read interest;
 //! * `stats.rs`: the counters of the summary line;
 //! * `timer.rs`: the named deadlines;
-//! * `upstream.rs`: choosing the server after `USER` (forward mode, route table).
+//! * `upstream.rs`: choosing the server after `USER` (forward mode, route table);
+//! * `server_tls.rs`: securing the server's control connection (`--server-tls`).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -35,6 +36,7 @@ mod dialogue;
 mod flow;
 mod negotiation;
 mod pairing;
+mod server_tls;
 mod stats;
 mod timer;
 mod upstream;
@@ -42,6 +44,7 @@ mod upstream;
 use flow::{idx, Flow};
 use negotiation::RuleState;
 use pairing::Pairing;
+use server_tls::ServerLink;
 use stats::Stats;
 use timer::{Timer, TimerTable};
 use upstream::Upstream;
@@ -117,6 +120,10 @@ pub(crate) struct Session {
     /// is a command any more (they are TLS records), so none is parsed; they go to
     /// the driver with [`Action::StartTls`].
     tls_wait: bool,
+    /// The proxy's own securing of the server's control connection
+    /// (`--server-tls`): until it is done, server lines are the proxy's and
+    /// client lines wait.
+    server_link: ServerLink,
 }
 
 impl Session {
@@ -151,6 +158,7 @@ impl Session {
             support: ServerSupport::default(),
             ftps: FtpsState::new(&cx.cfg.tls),
             tls_wait: false,
+            server_link: ServerLink::new(cx.cfg.tls.server),
         };
         debug!("{id} accepted connection from {}", client.ip());
         if cx.cfg.fixed_server.is_none() && server != orig_server {
@@ -260,6 +268,16 @@ impl Session {
                 self.upstream_421(cx, "the server closed the connection before its greeting");
                 return self.handle(cx, input);
             }
+            Input::Eof(Side::Server) | Input::Reset(Side::Server)
+                if self.server_link.securing() =>
+            {
+                let why = if input == Input::Eof(Side::Server) {
+                    "the server closed the connection"
+                } else {
+                    "the TLS handshake or the connection failed (see the log line before)"
+                };
+                return self.server_tls_failed(cx, why);
+            }
             Input::ServerConnected => {
                 debug!("{} connected to server {}", self.id, self.ends.server)
             }
@@ -314,6 +332,9 @@ impl Session {
             match timer {
                 Timer::ServerIdle => {
                     self.upstream_421(cx, "the server did not greet in time");
+                    if self.server_link.securing() {
+                        return self.server_tls_failed(cx, "the server did not answer in time");
+                    }
                     return self.close(cx, CloseReason::Timeout(Side::Server));
                 }
                 Timer::Resolve => return self.resolve_timed_out(cx),
@@ -358,6 +379,9 @@ impl Session {
                                 Side::Server if self.upstream_pending() => {
                                     self.greeting_line(cx, line)
                                 }
+                                Side::Server if self.server_link.securing() => {
+                                    self.server_tls_line(cx, line)
+                                }
                                 Side::Server => {
                                     let stale = self.pairing.take_stale(line.len());
                                     self.server_line(cx, line, stale)
@@ -396,6 +420,7 @@ impl Session {
         let blocked = side == Side::Client
             && (self.pairing.client_blocked()
                 || self.tls_wait
+                || self.server_link.securing()
                 || !self.upstream.takes_client_lines());
         self.phase == Phase::Open
             && !(self.pairing.is_committing() || blocked || self.flow.output_full(side))

@@ -17,7 +17,8 @@ use crate::config::COMMIT_RETRY_DELAY;
 use crate::error::FilterError;
 use crate::event::{Action, CloseReason, Side};
 use crate::ftp;
-use crate::rules::{data_rules, protect_client_leg, Mode, Rule};
+use crate::ftps;
+use crate::rules::{data_rules, protect_client_leg, protect_server_leg, Mode, Rule};
 use crate::translate::{self, DataCommand, PassiveAnswer};
 
 use super::dialogue::REPLY_BAD_PASSIVE;
@@ -316,6 +317,7 @@ impl Session {
         let mut rules = data_rules(n.mode, &addrs, endpoint_port, proxy_port, &cx.cfg.rules);
         // The PROT level in force now is the one this data connection gets.
         protect_client_leg(n.mode, &mut rules, self.ftps.client_data_security());
+        protect_server_leg(n.mode, &mut rules, ftps::server_data_security(&cx.cfg.tls));
         (rules.to_vec(), (side, Bytes::from(line)), join_reply)
     }
 
