@@ -31,8 +31,8 @@ mod vsftpd;
 
 pub use clients::{
     curl, curl_ftps, curl_ftps_retr, curl_ftps_stor, curl_list, curl_retr, curl_stor, curl_version,
-    ftp_url, ftplib, ftplib_ftps, ftplib_script, ftps_url, lftp, lftp_ftps, prove_mode, Attempt,
-    ClientTls, DataMode, FtpsMode, HeldClient, Login, SessionReuse, CLIENT_TIMEOUT,
+    ftp_url, ftplib, ftplib_ftps, ftplib_script, ftps_url, lftp, lftp_as, lftp_ftps, prove_mode,
+    Attempt, ClientTls, DataMode, FtpsMode, HeldClient, Login, SessionReuse, CLIENT_TIMEOUT,
 };
 pub use control::{connect_from, Control, Reply};
 pub use error::{tail, E2eError, Result};

@@ -331,3 +331,76 @@ fn a_hosts_entry_is_found_and_a_silent_name_server_is_cut_off() -> Result<()> {
     }
     Ok(())
 }
+
+/// lftp logs in as `alice@127.0.0.1:PORT` (a host entry of the policy) and
+/// downloads and uploads in PASV, EPSV and PORT (lftp sends PORT, not EPRT, on
+/// IPv4); the files land on, and come from, the server named.
+#[test]
+fn lftp_logs_in_as_name_at_host_in_every_mode() -> Result<()> {
+    let Some(w) = start("fwd-lftp")? else {
+        return Ok(());
+    };
+    let user = format!("{USER}@{}", w.first.addr());
+    for mode in [DataMode::Pasv, DataMode::Epsv, DataMode::Port] {
+        let m = mode.script_name();
+        let local = w.first_files.local().join(format!("lftp-{m}-{BIG}"));
+        let remote = format!("lftp-up-{m}.bin");
+        let log = lftp_as(
+            w.proxy.addr(),
+            &user,
+            PASSWORD,
+            mode.lftp_settings(),
+            &[
+                format!("get {BIG} -o {}", local.display()),
+                format!(
+                    "put {} -o {remote}",
+                    w.first_files.original(SMALL).display()
+                ),
+            ],
+        )?;
+        if !log.contains(&format!("> USER {user}"))
+            || !log.contains(&format!("> {}", mode.command()))
+        {
+            return Err(E2eError::check(
+                format!("lftp sent USER {user} and {}", mode.command()),
+                tail(&log, 3000),
+            ));
+        }
+        assert_same_file(&w.first_files.original(BIG), &local)?;
+        assert_same_file(
+            &w.first_files.original(SMALL),
+            &w.first_files.user().join(&remote),
+        )?;
+    }
+    Ok(())
+}
+
+/// With `-A` a forward login must still be anonymous: `bob@host` is refused with
+/// the original's 500 and never reaches a server; `anonymous@host` logs in.
+#[test]
+fn anonymous_only_checks_the_user_part_of_a_forward_login() -> Result<()> {
+    if !preflight()? {
+        return Ok(());
+    }
+    let files = Workdir::new("fwd-anon")?;
+    let second = FtpServer::start(&files, ip(SECOND))?;
+    let args = ["-A", "--user-at-host", "--allow-dest", "127.0.0.2/32"];
+    let proxy = ProxyProcess::start_forward(ip(FIRST), &args, &files.root().join("ftp-proxy.log"))?;
+    let mut ctl = Control::connect(proxy.addr(), Duration::from_secs(15))?;
+    ctl.read_reply()?;
+    let bob = ctl.command(&format!("USER {USER}@{}", second.addr()))?;
+    let anon = ctl.command(&format!("USER anonymous@{}", second.addr()))?;
+    let log = proxy.log();
+    if bob.code != 500
+        || !bob.last().contains("Only anonymous FTP allowed")
+        || !matches!(anon.code, 230 | 331)
+        || log.matches("forward login of user").count() != 1
+    {
+        return Err(E2eError::check(
+            "bob@host refused with 500 and no connect; anonymous@host logs in",
+            format!("{}\nproxy: {}", ctl.transcript(), tail(&log, 3000)),
+        ));
+    }
+    let _ = ctl.command("QUIT");
+    Ok(())
+}

@@ -563,6 +563,20 @@ pub fn lftp(
     lftp_run(target, login, "ftp", &settings, commands)?.ok()
 }
 
+/// Runs lftp like [`lftp`], logging in as `user` with `password` (any text, such
+/// as forward mode's `name@host:port`: lftp's `-u` takes it as it is).
+pub fn lftp_as(
+    target: SocketAddr,
+    user: &str,
+    password: &str,
+    settings: &[&str],
+    commands: &[String],
+) -> Result<String> {
+    let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
+    let open = format!("open -u '{user}','{password}'");
+    lftp_open(target, &open, "ftp", &settings, commands)?.ok()
+}
+
 /// Runs lftp like [`lftp`] over FTPS as `tls` says (`settings` come after its TLS
 /// settings), whatever the outcome.
 pub fn lftp_ftps(
@@ -584,6 +598,21 @@ fn lftp_run(
     settings: &[String],
     commands: &[String],
 ) -> Result<Attempt> {
+    let open = match login {
+        Login::Anonymous => "open".to_string(),
+        Login::User => format!("open -u {USER},{PASSWORD}"),
+    };
+    lftp_open(target, &open, scheme, settings, commands)
+}
+
+/// lftp with `open` (the command and its login options, before the URL).
+fn lftp_open(
+    target: SocketAddr,
+    open: &str,
+    scheme: &str,
+    settings: &[String],
+    commands: &[String],
+) -> Result<Attempt> {
     // Without these, a failure retries for minutes (test-servers.md).
     let mut script = String::from(
         "set net:max-retries 1; set net:timeout 10; set cmd:fail-exit yes; set ftp:ssl-allow no; \
@@ -597,15 +626,7 @@ fn lftp_run(
         SocketAddr::V4(a) => a.ip().to_string(),
         SocketAddr::V6(a) => format!("[{}]", a.ip()),
     };
-    match login {
-        Login::Anonymous => {
-            script.push_str(&format!("open {scheme}://{host}:{}; ", target.port()));
-        }
-        Login::User => script.push_str(&format!(
-            "open -u {USER},{PASSWORD} {scheme}://{host}:{}; ",
-            target.port()
-        )),
-    }
+    script.push_str(&format!("{open} {scheme}://{host}:{}; ", target.port()));
     script.push_str(&commands.join("; "));
     let args = vec!["-d".to_string(), "-c".into(), script];
     let out = run("lftp", &args, CLIENT_TIMEOUT)?;
