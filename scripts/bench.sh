@@ -237,15 +237,18 @@ ftps_bench() {
     ftps_server_pid=$!
     wait_port "$FTPS_PORT"
 
+    # FTPS_BIN: another build for these columns (e.g. one with --server-tls).
+    local bin=${FTPS_BIN:-$ours}
+    [ -x "$bin" ] || die "FTPS_BIN=$bin is not executable"
     local tls=(--tls-cert "$pki/server.pem" --tls-key "$pki/server.key")
-    "$ours" -d -D5 -m 500 "${tls[@]}" -R 127.0.0.1 -P "$FTP_PORT" -b 127.0.0.1 -p "$OUR_TLS_PORT" \
+    "$bin" -d -D5 -m 500 "${tls[@]}" -R 127.0.0.1 -P "$FTP_PORT" -b 127.0.0.1 -p "$OUR_TLS_PORT" \
         >"$dir/ours-tls.log" 2>&1 &
     local front_pid=$!
     pids+=("$front_pid")
     wait_port "$OUR_TLS_PORT"
     local ftargets=(--target "direct FTPS=$FTPS_PORT"
         --target "ftp-proxy TLS front, plain behind=$OUR_TLS_PORT:$front_pid:front")
-    if "$ours" --help 2>&1 | grep -q -- '--server-tls'; then
+    if "$bin" --help 2>&1 | grep -q -- '--server-tls'; then
         # TLS towards the server, verified against the bench's CA when the binary has
         # an option for one (FTPS_SERVER_TLS_ARGS overrides the guess).
         local stls=(--server-tls explicit)
@@ -253,10 +256,10 @@ ftps_bench() {
             read -r -a stls <<<"$FTPS_SERVER_TLS_ARGS"
         else
             for opt in --server-tls-ca --server-ca --server-tls-cafile; do
-                if "$ours" --help 2>&1 | grep -q -- "$opt\b"; then stls+=("$opt" "$pki/ca.pem"); break; fi
+                if "$bin" --help 2>&1 | grep -q -- "$opt\b"; then stls+=("$opt" "$pki/ca.pem"); break; fi
             done
         fi
-        "$ours" -d -D5 -m 500 "${tls[@]}" "${stls[@]}" -R 127.0.0.1 -P "$FTPS_PORT" -b 127.0.0.1 \
+        "$bin" -d -D5 -m 500 "${tls[@]}" "${stls[@]}" -R 127.0.0.1 -P "$FTPS_PORT" -b 127.0.0.1 \
             -p "$OUR_TLS2_PORT" >"$dir/ours-tls2.log" 2>&1 &
         local both_pid=$!
         pids+=("$both_pid")
@@ -264,7 +267,7 @@ ftps_bench() {
         ftargets+=(--target "ftp-proxy TLS both sides=$OUR_TLS2_PORT:$both_pid:both")
     else
         echo "bench: this ftp-proxy has no --server-tls: no \"TLS both sides\" column" >&2
-        echo "(no \"TLS both sides\" column: $ours has no --server-tls)"
+        echo "(no \"TLS both sides\" column: $bin has no --server-tls)"
     fi
     echo "bench: FTPS: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg); N=$N SIZE_MIB=$SIZE_MIB RUNS=$RUNS IDLE=$IDLE FTPS_XFERS=$FTPS_XFERS" >&2
     echo "FTPS run: load $(cut -d' ' -f1-3 /proc/loadavg) at the start"
