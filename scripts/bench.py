@@ -893,6 +893,17 @@ def profile_download(kind, pid, port, fn, out_dir):
         print("```")
 
 
+def client_cpu():
+    """CPU seconds of this process and its reaped children (curl)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def parse_server(spec):
+    name, pid = spec.rsplit("=", 1)
+    return name, int(pid)
+
+
 def ftps_measure(args):
     """Columns: the first --target is the direct FTPS server; each further one is a
     proxy NAME=PORT:PID:KIND (KIND `front` or `both`, which picks its download
@@ -917,23 +928,32 @@ def ftps_measure(args):
         ftps_session(port, ctx, args.small, res[name])  # warm up
     for name, _, _ in plains:
         res[name] = {"big": [], "cpu": []}
+    servers = dict(parse_server(x) for x in args.server_of)
+
+    def timed_download(name, pid, fn):
+        """fn() under the CPU accounting of the whole path: the proxy `pid`, the
+        server process serving this column (its session's child is counted once
+        reaped) and the client (this process, or curl reaped as a child)."""
+        r = res[name]
+        spid = servers.get(name)
+        before = (cpu_seconds(pid) if pid else None, cpu_seconds(spid) if spid else None, client_cpu())
+        r["big"].append(fn() / 1e6)
+        time.sleep(0.3)  # the server's session process must be reaped to be counted
+        per_gib = (1 << 30) / args.size
+        if pid:
+            r["cpu"].append((cpu_seconds(pid) - before[0]) * per_gib)
+        if spid:
+            r.setdefault("server_cpu", []).append((cpu_seconds(spid) - before[1]) * per_gib)
+        r.setdefault("client_cpu", []).append((client_cpu() - before[2]) * per_gib)
+
     for _ in range(args.runs):
         for name, port, pid, _ in targets:
             r = res[name]
             r["seq"].append(ftps_sequential(port, ctx, args.n, args.small, r))
             r["conc"].append(ftps_concurrent(port, ctx, args.n, args.small, r))
-            before = cpu_seconds(pid) if pid else None
-            r["big"].append(ftps_download(port, ctx, args.big, args.size, r) / 1e6)
-            if pid:
-                time.sleep(0.3)
-                r["cpu"].append((cpu_seconds(pid) - before) * (1 << 30) / args.size)
+            timed_download(name, pid, lambda: ftps_download(port, ctx, args.big, args.size, r))
         for name, port, pid in plains:
-            r = res[name]
-            before = cpu_seconds(pid) if pid else None
-            r["big"].append(big_download(port, args.big, args.size) / 1e6)
-            if pid:
-                time.sleep(0.3)
-                r["cpu"].append((cpu_seconds(pid) - before) * (1 << 30) / args.size)
+            timed_download(name, pid, lambda: big_download(port, args.big, args.size))
         print("bench: FTPS round measured", file=sys.stderr, flush=True)
     for name, port, pid, _ in targets:
         if pid:
@@ -953,7 +973,7 @@ def ftps_measure(args):
         if not r.get(key):
             return "-"
         s = fmt(r[key], unit, digits)
-        if key in base and base[key] and name in [t[0] for t in targets]:
+        if key in ("seq", "conc", "big") and name in [t[0] for t in targets]:
             s += f" ({ratio(key, name):.2f}x)"
         return s + (note or "")
 
@@ -968,6 +988,9 @@ def ftps_measure(args):
     rows.append((f"{gib:g} GiB RETR (PROT P for FTPS columns, plain FTP for the plain ones), MB/s",
                  *[cell("big", x, "", 0) for x in names]))
     rows.append(("proxy CPU s per GiB", *[cell("cpu", x, "s", 2) for x in names]))
+    rows.append(("server (pure-ftpd) CPU s per GiB", *[cell("server_cpu", x, "s", 2) for x in names]))
+    rows.append(("client (Python ssl, or curl) CPU s per GiB",
+                 *[cell("client_cpu", x, "s", 2) for x in names]))
 
     def mem(x, key, count):
         m = res.get(x, {}).get(key)
@@ -1050,6 +1073,7 @@ def main():
     t.add_argument("--target", action="append", default=[])
     t.add_argument("--plain", action="append", default=[])
     t.add_argument("--ca", required=True)
+    t.add_argument("--server-of", action="append", default=[])
     t.add_argument("--n", type=int, default=200)
     t.add_argument("--idle", type=int, default=0)
     t.add_argument("--transfers", type=int, default=50)

@@ -273,6 +273,9 @@ ftps_bench() {
     echo "FTPS run: load $(cut -d' ' -f1-3 /proc/loadavg) at the start"
     timeout "$BENCH_TIMEOUT" python3 scripts/bench.py ftps "${ftargets[@]}" \
         --plain "direct (plain FTP)=$FTP_PORT" --plain "ftp-proxy plain relay=$OUR_PORT:$ours_pid" \
+        --server-of "direct FTPS=$ftps_server_pid" --server-of "ftp-proxy TLS front, plain behind=$server_pid" \
+        --server-of "ftp-proxy TLS both sides=$ftps_server_pid" \
+        --server-of "direct (plain FTP)=$server_pid" --server-of "ftp-proxy plain relay=$server_pid" \
         --ca "$pki/ca.pem" --n "$N" --idle "$IDLE" --transfers "$FTPS_XFERS" --runs "$RUNS" \
         --size $((SIZE_MIB << 20)) --profile "${FTPS_PROFILE:-short}" --out-dir "$dir"
     echo "FTPS run: load $(cut -d' ' -f1-3 /proc/loadavg) at the end"
