@@ -920,15 +920,25 @@ def ftps_measure(args):
     res = {}
     for name, port, pid, _ in targets:
         res[name] = {"seq": [], "conc": [], "big": [], "cpu": [], "data": 0, "resumed": 0}
-        # Memory growth is counted from the process as it started: after the
-        # sessions and transfers measured first, its allocator holds freed memory
-        # that later sessions reuse, which would hide what they cost.
+        # Memory growth is counted from the process as it started: after sessions
+        # and transfers its allocator holds freed memory that later sessions reuse,
+        # which would hide what they cost.
         if pid:
             res[name]["fresh"] = memory_kib(pid)
-        ftps_session(port, ctx, args.small, res[name])  # warm up
     for name, _, _ in plains:
         res[name] = {"big": [], "cpu": []}
     servers = dict(parse_server(x) for x in args.server_of)
+
+    # Memory first, on the process as it started: transfers (what one holds, exact,
+    # against the fresh process), then idle sessions (against the same baseline: an
+    # upper bound, since what the transfers freed may be counted again).
+    for name, port, pid, _ in targets:
+        if pid:
+            if args.transfers:
+                res[name]["xfer"] = ftps_transfers(port, pid, ctx, args.transfers, args.big)
+            if args.idle:
+                res[name]["idle"] = ftps_idle(port, pid, ctx, args.idle)
+    print("bench: FTPS memory measured", file=sys.stderr, flush=True)
 
     def timed_download(name, pid, fn):
         """fn() under the CPU accounting of the whole path: the proxy `pid`, the
@@ -946,6 +956,8 @@ def ftps_measure(args):
             r.setdefault("server_cpu", []).append((cpu_seconds(spid) - before[1]) * per_gib)
         r.setdefault("client_cpu", []).append((client_cpu() - before[2]) * per_gib)
 
+    for name, port, _, _ in targets:
+        ftps_session(port, ctx, args.small, res[name])  # warm up
     for _ in range(args.runs):
         for name, port, pid, _ in targets:
             r = res[name]
@@ -955,13 +967,6 @@ def ftps_measure(args):
         for name, port, pid in plains:
             timed_download(name, pid, lambda: big_download(port, args.big, args.size))
         print("bench: FTPS round measured", file=sys.stderr, flush=True)
-    for name, port, pid, _ in targets:
-        if pid:
-            if args.idle:
-                res[name]["idle"] = ftps_idle(port, pid, ctx, args.idle)
-            if args.transfers:
-                res[name]["xfer"] = ftps_transfers(port, pid, ctx, args.transfers, args.big)
-    print("bench: FTPS memory measured", file=sys.stderr, flush=True)
 
     base = res[targets[0][0]]
 
@@ -1001,10 +1006,10 @@ def ftps_measure(args):
                 f"{(ra - rb) / count:+.1f} KiB each)")
 
     if args.idle:
-        rows.append((f"proxy PSS / RSS, {args.idle} idle TLS sessions (growth over the fresh process per session)",
+        rows.append((f"proxy PSS / RSS, {args.idle} idle TLS sessions, after the transfers (growth over the fresh process per session, at most)",
                      *[mem(x, "idle", args.idle) for x in names]))
     if args.transfers:
-        rows.append((f"proxy PSS / RSS, {args.transfers} PROT P transfers in flight (growth over the fresh process per transfer)",
+        rows.append((f"proxy PSS / RSS, {args.transfers} PROT P transfers in flight, measured first (growth over the fresh process per transfer)",
                      *[mem(x, "xfer", args.transfers) for x in names]))
     rows.append(("data handshakes that resumed the control session",
                  *[f"{res[x]['resumed']} of {res[x]['data']}" if "data" in res[x] else "-"
