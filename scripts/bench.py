@@ -634,7 +634,7 @@ def ctl(port):
 # as curl and lftp do; whether the server resumed it is counted and printed.
 
 FTPS_TARGETS = {"front": 0.9, "both": 0.75}  # download ratio to direct FTPS
-FTPS_CONC_TARGET = 1.3
+FTPS_CONC_TARGET = 1.3  # sequential and concurrent sessions, against direct FTPS
 FTPS_IDLE_TARGET_MIB = 48
 
 
@@ -1036,6 +1036,9 @@ def ftps_measure(args):
                   f"{'met' if ok else 'SHORT'}")
             if not ok:
                 short.append((name, port, pid))
+        got = ratio("seq", name)
+        print(f"- {name}: {n} sequential sessions {got:.2f}x direct FTPS (target <= {FTPS_CONC_TARGET}x): "
+              f"{'met' if got <= FTPS_CONC_TARGET else 'SHORT'}")
         got = ratio("conc", name)
         print(f"- {name}: {n} concurrent sessions {got:.2f}x direct FTPS (target <= {FTPS_CONC_TARGET}x): "
               f"{'met' if got <= FTPS_CONC_TARGET else 'SHORT'}")
