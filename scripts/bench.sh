@@ -202,6 +202,7 @@ timeout "$BENCH_TIMEOUT" python3 scripts/bench.py measure "${targets[@]}" "${ctl
 # concurrent FTPS sessions, a SIZE_MIB PROT P download next to the plain one, the
 # proxy's memory with IDLE idle TLS sessions and FTPS_XFERS (50) transfers in
 # flight; a perf (or strace -c) profile of a proxy whose download falls short.
+# Bounded by BENCH_TIMEOUT of its own.
 FTPS_XFERS=${FTPS_XFERS:-50}
 
 ftps_pki() {
@@ -228,11 +229,13 @@ ftps_bench() {
     ftps_pki
     local pki=$dir/pki
     FTPS_PORT=$(free_port); OUR_TLS_PORT=$(free_port); OUR_TLS2_PORT=$(free_port)
-    # The same passwd mount as the plain server's, its own passive range; the
-    # certificate and key as -2 CERT,KEY (as tests/src/e2e/server.rs does).
+    # The same passwd mount as the plain server's; its own passive range, clear of
+    # the plain one's and of the e2e tests' (20000-29999: other engineers' tests may
+    # run beside the bench) and below the proxy's (49152 up); the certificate and
+    # key as -2 CERT,KEY (as tests/src/e2e/server.rs does).
     setsid unshare -m --propagation private sh -c 'mount --bind "$0" /etc/passwd && exec "$@"' "$dir/passwd" \
         pure-ftpd -S "127.0.0.1,$FTPS_PORT" -4 -H -A -i -f none -u 1 \
-        -c 4000 -C 4000 -p 20000:29999 -I 300 -Y 1 -2 "$pki/server.pem,$pki/server.key" \
+        -c 4000 -C 4000 -p 40000:49151 -I 300 -Y 1 -2 "$pki/server.pem,$pki/server.key" \
         >"$dir/pure-ftpd-tls.log" 2>&1 &
     ftps_server_pid=$!
     wait_port "$FTPS_PORT"
