@@ -899,6 +899,30 @@ def client_cpu():
     return t.user + t.system + t.children_user + t.children_system
 
 
+def runqueue_wait(pid, tasks=None):
+    """Seconds the threads of pid (or only `tasks`) have spent runnable but waiting
+    for a CPU (/proc/PID/task/*/schedstat, second field): what a busy machine takes
+    from it."""
+    ns = 0
+    try:
+        tasks = tasks or os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for t in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                ns += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return ns / 1e9
+
+
+def client_wait():
+    """runqueue_wait of this process's main thread, the one that downloads (the
+    session threads of the concurrent figure come and go)."""
+    return runqueue_wait(os.getpid(), [str(threading.main_thread().native_id)])
+
+
 def parse_server(spec):
     name, pid = spec.rsplit("=", 1)
     return name, int(pid)
@@ -946,8 +970,10 @@ def ftps_measure(args):
         reaped) and the client (this process, or curl reaped as a child)."""
         r = res[name]
         spid = servers.get(name)
-        before = (cpu_seconds(pid) if pid else None, cpu_seconds(spid) if spid else None, client_cpu())
+        before = (cpu_seconds(pid) if pid else None, cpu_seconds(spid) if spid else None, client_cpu(),
+                  runqueue_wait(pid) if pid else None, client_wait())
         r["big"].append(fn() / 1e6)
+        waits = (runqueue_wait(pid) if pid else None, client_wait())
         time.sleep(0.3)  # the server's session process must be reaped to be counted
         per_gib = (1 << 30) / args.size
         if pid:
@@ -955,6 +981,10 @@ def ftps_measure(args):
         if spid:
             r.setdefault("server_cpu", []).append((cpu_seconds(spid) - before[1]) * per_gib)
         r.setdefault("client_cpu", []).append((client_cpu() - before[2]) * per_gib)
+        if pid:
+            r.setdefault("proxy_wait", []).append((waits[0] - before[3]) * per_gib)
+        if name in [t[0] for t in targets]:  # the Python client itself (curl's is not seen)
+            r.setdefault("client_wait", []).append((waits[1] - before[4]) * per_gib)
 
     for name, port, _, _ in targets:
         ftps_session(port, ctx, args.small, res[name])  # warm up
@@ -996,6 +1026,10 @@ def ftps_measure(args):
     rows.append(("server (pure-ftpd) CPU s per GiB", *[cell("server_cpu", x, "s", 2) for x in names]))
     rows.append(("client (Python ssl, or curl) CPU s per GiB",
                  *[cell("client_cpu", x, "s", 2) for x in names]))
+    rows.append(("proxy waiting for a CPU (run queue), s per GiB",
+                 *[cell("proxy_wait", x, "s", 2) for x in names]))
+    rows.append(("Python client waiting for a CPU (run queue), s per GiB",
+                 *[cell("client_wait", x, "s", 2) for x in names]))
 
     def mem(x, key, count):
         m = res.get(x, {}).get(key)
