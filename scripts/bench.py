@@ -683,6 +683,492 @@ def ctl(port):
         threading.Thread(target=ctl_session, args=(c,), daemon=True).start()
 
 
+# --- FTPS (issue 16): the same kinds of figures over TLS, `bench.py ftps` -------------
+#
+# The client is Python's ssl module, pinned to TLS 1.3 and verifying the server's
+# certificate against the bench's CA (for the address 127.0.0.1, an IP SAN). Each
+# PROT P data connection offers the control connection's TLS session (`session=`),
+# as curl and lftp do; whether the server resumed it is counted and printed.
+
+FTPS_TARGETS = {"front": 0.9, "both": 0.75}  # download ratio to direct FTPS
+FTPS_CONC_TARGET = 1.3  # sequential and concurrent sessions, against direct FTPS
+FTPS_IDLE_TARGET_MIB = 48
+
+
+def ftps_context(ca):
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+    return ctx
+
+
+class FtpsSession:
+    """One explicit-FTPS control connection (AUTH TLS, login, PBSZ 0, PROT P) with
+    replies read one command at a time."""
+
+    def __init__(self, port, ctx, prot_p=True):
+        self.ctx = ctx
+        raw = socket.create_connection((HOST, port), timeout=TIMEOUT)
+        # As curl and lftp do: without it the client's Nagle holds USER (written
+        # right after the handshake's last flight) for a delayed ACK, 40 ms a
+        # session, whoever the server is.
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        f = raw.makefile("rb")
+        read_reply(f, b"220")
+        f.close()
+        raw.sendall(b"AUTH TLS\r\n")
+        f = raw.makefile("rb")
+        read_reply(f, b"234")
+        f.close()
+        self.sock = ctx.wrap_socket(raw, server_hostname=HOST)
+        self.f = self.sock.makefile("rb")
+        self.sock.sendall(b"USER anonymous\r\n")
+        line = self.f.readline()
+        for _ in range(100):
+            if re.match(rb"\d{3} ", line) or not line:
+                break
+            line = self.f.readline()
+        if line[:3] == b"331":
+            self.cmd(b"PASS bench@", b"230")
+        elif line[:3] != b"230":
+            raise RuntimeError(f"USER: {line!r}")
+        if prot_p:
+            self.cmd(b"PBSZ 0", b"200")
+            self.cmd(b"PROT P", b"200")
+        self.cmd(b"TYPE I", b"200")
+
+    def cmd(self, line, code):
+        self.sock.sendall(line + b"\r\n")
+        return read_reply(self.f, code)
+
+    def start_retr(self, name):
+        """PASV, connect, RETR, then the TLS handshake on the data connection (after
+        the 150, as ftplib does); returns the TLS data socket."""
+        reply = self.cmd(b"PASV", b"227")
+        nums = re.search(rb"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", reply).groups()
+        port = int(nums[4]) * 256 + int(nums[5])
+        data = socket.create_connection((HOST, port), timeout=TIMEOUT)
+        data.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.sendall(b"RETR " + name.encode() + b"\r\n")
+        read_reply(self.f, b"150")
+        return self.ctx.wrap_socket(data, server_hostname=HOST, session=self.sock.session)
+
+    def finish_retr(self):
+        read_reply(self.f, b"226")
+
+    def quit(self):
+        try:
+            self.cmd(b"QUIT", b"221")
+        except (OSError, RuntimeError):
+            pass
+        self.close()
+
+    def close(self):
+        self.f.close()
+        self.sock.close()
+
+
+def tls_recv_all(sock):
+    """Bytes until the peer's close_notify (or a bare TCP close, which pure-ftpd
+    may send after its last record)."""
+    import ssl
+
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    got = 0
+    while True:
+        try:
+            n = sock.recv_into(view)
+        except ssl.SSLEOFError:
+            return got
+        if n == 0:
+            return got
+        got += n
+
+
+def ftps_retr(s, name):
+    """One PROT P RETR on session s; (bytes, resumed)."""
+    data = s.start_retr(name)
+    got = tls_recv_all(data)
+    resumed = data.session_reused
+    data.close()
+    s.finish_retr()
+    return got, resumed
+
+
+def ftps_session(port, ctx, small, stats):
+    s = FtpsSession(port, ctx)
+    got, resumed = ftps_retr(s, small)
+    s.quit()
+    if got != 1024:
+        raise RuntimeError(f"short small file over FTPS: {got} bytes")
+    stats["data"] += 1
+    stats["resumed"] += bool(resumed)
+
+
+def ftps_sequential(port, ctx, n, small, stats):
+    t = time.perf_counter()
+    for _ in range(n):
+        ftps_session(port, ctx, small, stats)
+    return (time.perf_counter() - t) * 1000 / n
+
+
+def ftps_concurrent(port, ctx, n, small, stats):
+    errors = []
+    start = threading.Barrier(n + 1, timeout=TIMEOUT)
+
+    def one():
+        try:
+            start.wait()
+            ftps_session(port, ctx, small, stats)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for th in threads:
+        th.start()
+    start.wait()
+    t = time.perf_counter()
+    for th in threads:
+        th.join(TIMEOUT)
+    wall = time.perf_counter() - t
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {n} concurrent FTPS sessions failed: {errors[0]!r}")
+    return wall
+
+
+def ftps_download(port, ctx, big, size, stats):
+    """One PROT P RETR of the big file; bytes per second from the RETR to the 226."""
+    s = FtpsSession(port, ctx)
+    t = time.perf_counter()
+    got, resumed = ftps_retr(s, big)
+    secs = time.perf_counter() - t
+    s.quit()
+    if got != size:
+        raise RuntimeError(f"big file over FTPS: {got} of {size} bytes")
+    stats["data"] += 1
+    stats["resumed"] += bool(resumed)
+    return size / secs
+
+
+def ftps_idle(port, pid, ctx, n):
+    """The proxy's (PSS, RSS) before and with n sessions logged in over TLS and held
+    open (no PROT P: what an idle TLS control session costs)."""
+    time.sleep(0.3)
+    before = memory_kib(pid)
+    sessions = []
+    try:
+        for _ in range(n):
+            sessions.append(FtpsSession(port, ctx, prot_p=False))
+        time.sleep(0.5)
+        return before, memory_kib(pid)
+    finally:
+        for s in sessions:
+            s.quit()
+
+
+def ftps_transfers(port, pid, ctx, n, big):
+    """The proxy's (PSS, RSS) before and with n PROT P downloads of the big file in
+    flight, each read 1 MiB into and then left unread (so the relay's buffers on
+    every path fill up: the most a transfer holds)."""
+    time.sleep(0.3)
+    before = memory_kib(pid)
+    sessions, datas = [], []
+    try:
+        for _ in range(n):
+            s = FtpsSession(port, ctx)
+            sessions.append(s)
+            d = s.start_retr(big)
+            datas.append(d)
+            got = 0
+            while got < 1 << 20:
+                got += len(d.recv(1 << 16))
+        time.sleep(1.0)
+        return before, memory_kib(pid)
+    finally:
+        for d in datas:
+            d.close()
+        for s in sessions:
+            s.close()
+        time.sleep(0.5)
+
+
+def profile_download(kind, pid, port, fn, out_dir):
+    """Runs fn() (one download through the proxy `pid`) under `perf record` (or, if
+    perf is missing or cannot sample here, `strace -c`) and prints where the
+    proxy's time went."""
+    perf = shutil.which("perf")
+    if perf:
+        data = os.path.join(out_dir, f"perf-{port}.data")
+        rec = subprocess.Popen([perf, "record", "-q", "-F", "997", "-g", "-p", str(pid), "-o", data],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        try:
+            fn()
+        finally:
+            rec.send_signal(2)
+            try:
+                _, err = rec.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                rec.kill()
+                _, err = rec.communicate()
+        # perf exits 130 on the SIGINT that ends it; what counts is a usable report.
+        if os.path.exists(data) and os.path.getsize(data) > 0:
+            rep = subprocess.run([perf, "report", "-i", data, "--stdio", "--no-children",
+                                  "-g", "none", "--percent-limit", "1.5", "--sort", "dso,symbol"],
+                                 capture_output=True, text=True, timeout=120)
+            lines = [re.sub(r"(\s+-)+\s*$", "", ln) for ln in rep.stdout.splitlines()
+                     if ln.strip() and not ln.startswith("#")]
+        else:
+            lines = []
+        if lines:
+            print(f"\nwhere {kind}'s time goes during the download (perf record -g, self time, >= 1.5%):\n")
+            print("```")
+            print("\n".join(lines[:30]))
+            print("```")
+            return
+        print(f"bench: perf record gave no samples (rc {rec.returncode}: {err.strip()[-200:]}); "
+              "strace -c instead", file=sys.stderr)
+    if not shutil.which("strace"):
+        print(f"\n(no perf and no strace: no profile of {kind})")
+        return
+    out = os.path.join(out_dir, f"strace-{port}.txt")
+    st = subprocess.Popen(["strace", "-c", "-f", "-p", str(pid), "-o", out],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    try:
+        fn()
+    finally:
+        st.send_signal(2)
+        st.wait(timeout=60)
+    with open(out) as f:
+        print(f"\n{kind}'s system calls during the download (strace -c -f):\n")
+        print("```")
+        print("".join(f.readlines()[:20]).rstrip())
+        print("```")
+
+
+def client_cpu():
+    """CPU seconds of this process and its reaped children (curl)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def runqueue_wait(pid, tasks=None):
+    """Seconds the threads of pid (or only `tasks`) have spent runnable but waiting
+    for a CPU (/proc/PID/task/*/schedstat, second field): what a busy machine takes
+    from it."""
+    ns = 0
+    try:
+        tasks = tasks or os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for t in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                ns += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return ns / 1e9
+
+
+def client_wait():
+    """runqueue_wait of this process's main thread, the one that downloads (the
+    session threads of the concurrent figure come and go)."""
+    return runqueue_wait(os.getpid(), [str(threading.main_thread().native_id)])
+
+
+def parse_server(spec):
+    name, pid = spec.rsplit("=", 1)
+    return name, int(pid)
+
+
+def ftps_measure(args):
+    """Columns: the first --target is the direct FTPS server; each further one is a
+    proxy NAME=PORT:PID:KIND (KIND `front` or `both`, which picks its download
+    target). --plain NAME=PORT[:PID] ... are plain FTP paths whose big download is
+    measured in the same rounds, for reference."""
+    ctx = ftps_context(args.ca)
+    targets = []
+    for spec in args.target:
+        name, rest = spec.split("=", 1)
+        parts = rest.split(":")
+        targets.append((name, int(parts[0]), int(parts[1]) if len(parts) > 1 and parts[1] else None,
+                        parts[2] if len(parts) > 2 else None))
+    plains = [parse_target(t) for t in args.plain]
+    res = {}
+    for name, port, pid, _ in targets:
+        res[name] = {"seq": [], "conc": [], "big": [], "cpu": [], "data": 0, "resumed": 0}
+        # Memory growth is counted from the process as it started: after sessions
+        # and transfers its allocator holds freed memory that later sessions reuse,
+        # which would hide what they cost.
+        if pid:
+            res[name]["fresh"] = memory_kib(pid)
+    for name, _, _ in plains:
+        res[name] = {"big": [], "cpu": []}
+    servers = dict(parse_server(x) for x in args.server_of)
+
+    # Warm up; a proxy column whose session fails (say, a --server-tls build that
+    # wants its CA under another option than bench.sh guessed) is left out with a
+    # note rather than ending the run. Done before the memory figures: a failing
+    # column would fail there first.
+    for t in list(targets):
+        name, port = t[0], t[1]
+        try:
+            ftps_session(port, ctx, args.small, res[name])
+        except (OSError, RuntimeError) as e:
+            if t is targets[0]:
+                raise
+            print(f"bench: {name}: an FTPS session fails ({e!r}): column left out "
+                  f"(its log is in the bench's directory; KEEP=1 keeps it)", file=sys.stderr)
+            print(f"(column \"{name}\" left out: an FTPS session through it fails: {e!r})")
+            targets.remove(t)
+            del res[name]
+
+    # Memory first, on the process as it started: transfers (what one holds, exact,
+    # against the fresh process), then idle sessions (against the same baseline: an
+    # upper bound, since what the transfers freed may be counted again).
+    for name, port, pid, _ in targets:
+        if pid:
+            if args.transfers:
+                res[name]["xfer"] = ftps_transfers(port, pid, ctx, args.transfers, args.big)
+            if args.idle:
+                res[name]["idle"] = ftps_idle(port, pid, ctx, args.idle)
+    print("bench: FTPS memory measured", file=sys.stderr, flush=True)
+
+    def timed_download(name, pid, fn):
+        """fn() under the CPU accounting of the whole path: the proxy `pid`, the
+        server process serving this column (its session's child is counted once
+        reaped) and the client (this process, or curl reaped as a child)."""
+        r = res[name]
+        spid = servers.get(name)
+        before = (cpu_seconds(pid) if pid else None, cpu_seconds(spid) if spid else None, client_cpu(),
+                  runqueue_wait(pid) if pid else None, client_wait())
+        r["big"].append(fn() / 1e6)
+        waits = (runqueue_wait(pid) if pid else None, client_wait())
+        time.sleep(0.3)  # the server's session process must be reaped to be counted
+        per_gib = (1 << 30) / args.size
+        if pid:
+            r["cpu"].append((cpu_seconds(pid) - before[0]) * per_gib)
+        if spid:
+            r.setdefault("server_cpu", []).append((cpu_seconds(spid) - before[1]) * per_gib)
+        r.setdefault("client_cpu", []).append((client_cpu() - before[2]) * per_gib)
+        if pid:
+            r.setdefault("proxy_wait", []).append((waits[0] - before[3]) * per_gib)
+        if name in [t[0] for t in targets]:  # the Python client itself (curl's is not seen)
+            r.setdefault("client_wait", []).append((waits[1] - before[4]) * per_gib)
+
+    for _ in range(args.runs):
+        for name, port, pid, _ in targets:
+            r = res[name]
+            r["seq"].append(ftps_sequential(port, ctx, args.n, args.small, r))
+            r["conc"].append(ftps_concurrent(port, ctx, args.n, args.small, r))
+            timed_download(name, pid, lambda: ftps_download(port, ctx, args.big, args.size, r))
+        for name, port, pid in plains:
+            timed_download(name, pid, lambda: big_download(port, args.big, args.size))
+        print("bench: FTPS round measured", file=sys.stderr, flush=True)
+
+    base = res[targets[0][0]]
+
+    def ratio(key, name):
+        return med(res[name][key]) / med(base[key])
+
+    def cell(key, name, unit, digits, note=None):
+        r = res[name]
+        if not r.get(key):
+            return "-"
+        s = fmt(r[key], unit, digits)
+        if key in ("seq", "conc", "big") and name in [t[0] for t in targets]:
+            s += f" ({ratio(key, name):.2f}x)"
+        return s + (note or "")
+
+    names = [t[0] for t in targets] + [p[0] for p in plains]
+    gib = args.size / (1 << 30)
+    n = args.n
+    rows = [("figure", *names)]
+    rows.append((f"{n} sequential FTPS sessions (AUTH TLS, login, PROT P, RETR 1 KiB, QUIT), ms/session",
+                 *[cell("seq", x, "ms", 2) for x in names]))
+    rows.append((f"{n} concurrent FTPS sessions, wall s",
+                 *[cell("conc", x, "s", 3) for x in names]))
+    rows.append((f"{gib:g} GiB RETR (PROT P for FTPS columns, plain FTP for the plain ones), MB/s",
+                 *[cell("big", x, "", 0) for x in names]))
+    rows.append(("proxy CPU s per GiB", *[cell("cpu", x, "s", 2) for x in names]))
+    rows.append(("server (pure-ftpd) CPU s per GiB", *[cell("server_cpu", x, "s", 2) for x in names]))
+    rows.append(("client (Python ssl, or curl) CPU s per GiB",
+                 *[cell("client_cpu", x, "s", 2) for x in names]))
+    rows.append(("proxy waiting for a CPU (run queue), s per GiB",
+                 *[cell("proxy_wait", x, "s", 2) for x in names]))
+    rows.append(("Python client waiting for a CPU (run queue), s per GiB",
+                 *[cell("client_wait", x, "s", 2) for x in names]))
+
+    def mem(x, key, count):
+        m = res.get(x, {}).get(key)
+        if not m:
+            return "-"
+        (pb, rb), (pa, ra) = res[x]["fresh"], m[1]
+        return (f"{pa / 1024:.1f} / {ra / 1024:.1f} MiB ({(pa - pb) / count:+.1f} / "
+                f"{(ra - rb) / count:+.1f} KiB each)")
+
+    if args.idle:
+        rows.append((f"proxy PSS / RSS, {args.idle} idle TLS sessions, after the transfers (growth over the fresh process per session, at most)",
+                     *[mem(x, "idle", args.idle) for x in names]))
+    if args.transfers:
+        rows.append((f"proxy PSS / RSS, {args.transfers} PROT P transfers in flight, measured first (growth over the fresh process per transfer)",
+                     *[mem(x, "xfer", args.transfers) for x in names]))
+    rows.append(("data handshakes that resumed the control session",
+                 *[f"{res[x]['resumed']} of {res[x]['data']}" if "data" in res[x] else "-"
+                   for x in names]))
+    print()
+    print("FTPS (explicit, TLS 1.3, Python ssl client), same run:")
+    print()
+    print("| " + " | ".join(rows[0]) + " |")
+    print("|" + "---|" * len(rows[0]))
+    for row in rows[1:]:
+        print("| " + " | ".join(row) + " |")
+    print()
+    print(f"medians of {args.runs} runs (min-max); ratio to {targets[0][0]}")
+
+    print()
+    print("Against the targets:")
+    short = []
+    for name, port, pid, kind in targets[1:]:
+        want = FTPS_TARGETS.get(kind)
+        if want is not None:
+            got = ratio("big", name)
+            ok = got >= want
+            print(f"- {name}: download {got:.2f}x direct FTPS (target >= {want}x): "
+                  f"{'met' if ok else 'SHORT'}")
+            if not ok:
+                short.append((name, port, pid))
+        got = ratio("seq", name)
+        print(f"- {name}: {n} sequential sessions {got:.2f}x direct FTPS (target <= {FTPS_CONC_TARGET}x): "
+              f"{'met' if got <= FTPS_CONC_TARGET else 'SHORT'}")
+        got = ratio("conc", name)
+        print(f"- {name}: {n} concurrent sessions {got:.2f}x direct FTPS (target <= {FTPS_CONC_TARGET}x): "
+              f"{'met' if got <= FTPS_CONC_TARGET else 'SHORT'}")
+        if "idle" in res[name]:
+            (_, rb), (_, ra) = res[name]["fresh"], res[name]["idle"][1]
+            print(f"- {name}: RSS {ra / 1024:.1f} MiB with {args.idle} idle TLS sessions "
+                  f"(target <= {FTPS_IDLE_TARGET_MIB} MiB at 500): "
+                  f"{'met' if ra / 1024 <= FTPS_IDLE_TARGET_MIB else 'SHORT'}; "
+                  f"one idle TLS session costs {(ra - rb) / args.idle:.1f} KiB RSS "
+                  "(growth over the fresh process / sessions)")
+        for p in plains:
+            if p[2] == pid and res[p[0]]["cpu"] and res[name]["cpu"]:
+                print(f"- {name}: {med(res[name]['cpu']) / med(res[p[0]]['cpu']):.1f}x the CPU per GiB "
+                      f"of the plain relay (same process, {p[0]})")
+    if args.profile == "always":
+        short = [(t[0], t[1], t[2]) for t in targets[1:] if t[2]]
+    if args.profile != "never":
+        for name, port, pid in short:
+            profile_download(name, pid, port,
+                             lambda port=port: ftps_download(port, ctx, args.big, args.size,
+                                                             {"data": 0, "resumed": 0}),
+                             args.out_dir)
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="mode", required=True)
@@ -698,6 +1184,20 @@ def main():
     m.add_argument("--small", default="small")
     m.add_argument("--big", default="big")
     m.add_argument("--size", type=int, default=1 << 30)
+    t = sub.add_parser("ftps")
+    t.add_argument("--target", action="append", default=[])
+    t.add_argument("--plain", action="append", default=[])
+    t.add_argument("--ca", required=True)
+    t.add_argument("--server-of", action="append", default=[])
+    t.add_argument("--n", type=int, default=200)
+    t.add_argument("--idle", type=int, default=0)
+    t.add_argument("--transfers", type=int, default=50)
+    t.add_argument("--runs", type=int, default=3)
+    t.add_argument("--small", default="small")
+    t.add_argument("--big", default="big")
+    t.add_argument("--size", type=int, default=1 << 30)
+    t.add_argument("--profile", choices=["short", "always", "never"], default="short")
+    t.add_argument("--out-dir", default="/tmp")
     s = sub.add_parser("source")
     s.add_argument("port", type=int)
     s.add_argument("path")
@@ -713,6 +1213,8 @@ def main():
     a = p.parse_args()
     if a.mode == "measure":
         measure(a)
+    elif a.mode == "ftps":
+        ftps_measure(a)
     elif a.mode == "source":
         source(a.port, a.path)
     elif a.mode == "ctl":

@@ -26,6 +26,14 @@
 # that build as one more column, measured in the same run (to catch a regression
 # between two builds). Everything it starts it stops by PID; the
 # whole run is bounded by BENCH_TIMEOUT seconds (default 900).
+# Then FTPS (issue 16; FTPS=0 turns it off, PLAIN=0 runs it alone): against a TLS
+# pure-ftpd (direct FTPS), ftp-proxy with TLS in front of the plain pure-ftpd and,
+# when the binary has --server-tls, ftp-proxy with TLS on both sides, with Python's
+# ssl (TLS 1.3, a CA made in the temp dir): N sequential and N concurrent FTPS
+# sessions, a SIZE_MIB PROT P download (MB/s, proxy CPU s/GiB) beside the plain one,
+# the proxy's PSS/RSS with IDLE idle TLS sessions and FTPS_XFERS (50) transfers in
+# flight, the ratios against the targets, and a perf (or strace -c) profile of a
+# proxy whose download falls short (FTPS_PROFILE=always|never).
 set -euo pipefail
 
 N=${N:-200}
@@ -79,6 +87,8 @@ cleanup() {
     # pure-ftpd forks per session: its whole process group (setsid made it a leader).
     [ -n "$server_pid" ] && kill -TERM -- "-$server_pid" 2>/dev/null || true
     [ -n "$server_pid" ] && wait "$server_pid" 2>/dev/null || true
+    [ -n "${ftps_server_pid:-}" ] && kill -TERM -- "-$ftps_server_pid" 2>/dev/null || true
+    [ -n "${ftps_server_pid:-}" ] && wait "$ftps_server_pid" 2>/dev/null || true
     for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     if [ -n "${KEEP:-}" ]; then echo "bench: kept $dir" >&2; else rm -rf "$dir"; fi
@@ -129,6 +139,7 @@ start_proxy() {
 }
 
 start_proxy ours "$ours" "$OUR_PORT" "$OUR_CTL_PORT"
+ours_pid=$started_pid
 targets=(--target "direct=$FTP_PORT" --target "ftp-proxy=$OUR_PORT:$started_pid")
 ctls=(--ctl "direct=$CTL_PORT" --ctl "ftp-proxy=$OUR_CTL_PORT:$ctl_pid")
 if [ -n "${BASELINE_BIN:-}" ]; then
@@ -188,7 +199,110 @@ wait_port "$RAW_PORT"
 wait_port "$RELAY_PORT"
 
 echo "bench: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg); N=$N SIZE_MIB=$SIZE_MIB RUNS=$RUNS IDLE=$IDLE FLOOD_N=$FLOOD_N" >&2
+# PLAIN=0 skips the sections above (e.g. to run the FTPS one alone).
+[ "${PLAIN:-1}" = 0 ] ||
 timeout "$BENCH_TIMEOUT" python3 scripts/bench.py measure "${targets[@]}" "${ctls[@]}" \
     --raw "raw TCP direct=$RAW_PORT" --raw "trivial splice relay=$RELAY_PORT:$relay_pid" \
     --xlate "ftp-proxy=$XLATE_PORT:$xlate_pid" \
     --n "$N" --idle "$IDLE" --runs "$RUNS" --size $((SIZE_MIB << 20)) --flood-n "$FLOOD_N"
+
+# --- FTPS (issue 16), FTPS=0 turns it off -------------------------------------------
+# A CA made here with openssl, a TLS pure-ftpd (-Y 1) beside the plain one as the
+# direct FTPS server, ftp-proxy with TLS in front of the plain pure-ftpd and, when
+# the binary knows --server-tls, ftp-proxy with TLS on both sides in front of the
+# TLS pure-ftpd. Measured by `bench.py ftps` (Python ssl, TLS 1.3): sequential and
+# concurrent FTPS sessions, a SIZE_MIB PROT P download next to the plain one, the
+# proxy's memory with IDLE idle TLS sessions and FTPS_XFERS (50) transfers in
+# flight; a perf (or strace -c) profile of a proxy whose download falls short.
+# Bounded by BENCH_TIMEOUT of its own.
+FTPS_XFERS=${FTPS_XFERS:-50}
+
+ftps_pki() {
+    local d=$dir/pki
+    mkdir -p "$d"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj "/CN=ftp-proxy bench CA" -addext basicConstraints=critical,CA:TRUE \
+        -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -subj "/CN=localhost" -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >"$d/ext"
+    openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+        -days 2 -extfile "$d/ext" -out "$d/server.pem" 2>/dev/null
+    chmod 644 "$d"/*.pem "$d/server.key"
+}
+
+ftps_bench() {
+    command -v openssl >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y openssl </dev/null
+    if ! command -v perf >/dev/null; then
+        echo "bench: installing linux-perf (for the FTPS profile)" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y linux-perf </dev/null >/dev/null 2>&1 ||
+            echo "bench: no linux-perf; an FTPS figure that falls short gets strace -c" >&2
+    fi
+    ftps_pki
+    local pki=$dir/pki
+    FTPS_PORT=$(free_port); OUR_TLS_PORT=$(free_port); OUR_TLS2_PORT=$(free_port)
+    # The same passwd mount as the plain server's; its own passive range, clear of
+    # the plain one's and of the e2e tests' (20000-29999: other engineers' tests may
+    # run beside the bench) and below the proxy's (49152 up); the certificate and
+    # key as -2 CERT,KEY (as tests/src/e2e/server.rs does).
+    setsid unshare -m --propagation private sh -c 'mount --bind "$0" /etc/passwd && exec "$@"' "$dir/passwd" \
+        pure-ftpd -S "127.0.0.1,$FTPS_PORT" -4 -H -A -i -f none -u 1 \
+        -c 4000 -C 4000 -p 40000:49151 -I 300 -Y 1 -2 "$pki/server.pem,$pki/server.key" \
+        >"$dir/pure-ftpd-tls.log" 2>&1 &
+    ftps_server_pid=$!
+    wait_port "$FTPS_PORT"
+
+    # FTPS_BIN: another build for these columns (e.g. one with --server-tls).
+    local bin=${FTPS_BIN:-$ours}
+    [ -x "$bin" ] || die "FTPS_BIN=$bin is not executable"
+    local tls=(--tls-cert "$pki/server.pem" --tls-key "$pki/server.key")
+    "$bin" -d -D5 -m 500 "${tls[@]}" -R 127.0.0.1 -P "$FTP_PORT" -b 127.0.0.1 -p "$OUR_TLS_PORT" \
+        >"$dir/ours-tls.log" 2>&1 &
+    local front_pid=$!
+    pids+=("$front_pid")
+    wait_port "$OUR_TLS_PORT"
+    local ftargets=(--target "direct FTPS=$FTPS_PORT"
+        --target "ftp-proxy TLS front, plain behind=$OUR_TLS_PORT:$front_pid:front")
+    if "$bin" --help 2>&1 | grep -q -- '--server-tls'; then
+        # TLS towards the server, verified against the bench's CA when the binary has
+        # an option for one (FTPS_SERVER_TLS_ARGS overrides the guess).
+        local stls=(--server-tls explicit)
+        if [ -n "${FTPS_SERVER_TLS_ARGS:-}" ]; then
+            read -r -a stls <<<"$FTPS_SERVER_TLS_ARGS"
+        else
+            for opt in --server-tls-ca --server-ca --server-tls-cafile; do
+                if "$bin" --help 2>&1 | grep -q -- "$opt\b"; then stls+=("$opt" "$pki/ca.pem"); break; fi
+            done
+        fi
+        "$bin" -d -D5 -m 500 "${tls[@]}" "${stls[@]}" -R 127.0.0.1 -P "$FTPS_PORT" -b 127.0.0.1 \
+            -p "$OUR_TLS2_PORT" >"$dir/ours-tls2.log" 2>&1 &
+        local both_pid=$! up=""
+        pids+=("$both_pid")
+        # A build still in the making may refuse these options: a note, not the end.
+        for _ in $(seq 50); do
+            if ss -Hltn "sport = :$OUR_TLS2_PORT" | grep -q .; then up=1; break; fi
+            kill -0 "$both_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if [ -n "$up" ]; then
+            ftargets+=(--target "ftp-proxy TLS both sides=$OUR_TLS2_PORT:$both_pid:both")
+        else
+            echo "(no \"TLS both sides\" column: $bin ${stls[*]} did not start: $(head -n 2 "$dir/ours-tls2.log" | tr '\n' ' '))"
+        fi
+    else
+        echo "bench: this ftp-proxy has no --server-tls: no \"TLS both sides\" column" >&2
+        echo "(no \"TLS both sides\" column: $bin has no --server-tls)"
+    fi
+    echo "bench: FTPS: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg); N=$N SIZE_MIB=$SIZE_MIB RUNS=$RUNS IDLE=$IDLE FTPS_XFERS=$FTPS_XFERS" >&2
+    echo "FTPS run: load $(cut -d' ' -f1-3 /proc/loadavg) at the start"
+    timeout "$BENCH_TIMEOUT" python3 scripts/bench.py ftps "${ftargets[@]}" \
+        --plain "direct (plain FTP)=$FTP_PORT" --plain "ftp-proxy plain relay=$OUR_PORT:$ours_pid" \
+        --server-of "direct FTPS=$ftps_server_pid" --server-of "ftp-proxy TLS front, plain behind=$server_pid" \
+        --server-of "ftp-proxy TLS both sides=$ftps_server_pid" \
+        --server-of "direct (plain FTP)=$server_pid" --server-of "ftp-proxy plain relay=$server_pid" \
+        --ca "$pki/ca.pem" --n "$N" --idle "$IDLE" --transfers "$FTPS_XFERS" --runs "$RUNS" \
+        --size $((SIZE_MIB << 20)) --profile "${FTPS_PROFILE:-short}" --out-dir "$dir"
+    echo "FTPS run: load $(cut -d' ' -f1-3 /proc/loadavg) at the end"
+}
+
+if [ "${FTPS:-1}" != 0 ]; then ftps_bench; fi
