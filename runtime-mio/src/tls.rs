@@ -86,8 +86,11 @@ impl fmt::Display for TlsError {
 
 impl std::error::Error for TlsError {}
 
-/// The proxy's TLS server side towards clients: loaded once at start-up (before
-/// any chroot), cloned per control session.
+/// The proxy's TLS server side towards clients: loaded at start-up (before any
+/// chroot), cloned per control session. A reload builds a new one and replaces
+/// the loop's ([`crate::Reloading::set_client_tls`]); the clones already handed
+/// to running sessions hold their own `Arc` of the old certified key and of
+/// their session cache, so they are not touched.
 #[derive(Debug, Clone)]
 pub struct ClientTls {
     base: Arc<ServerConfig>,
