@@ -1,11 +1,10 @@
 //! `--tls-cert`/`--tls-key`: the pair read at start-up and re-read on SIGUSR1.
 //!
-//! As with the route file ([`crate::route_file`]), the daemon chroots to an
-//! empty directory where the paths mean nothing, and certificate tools (certbot,
-//! acme.sh, editors) write a new file and rename it over the old one. So before
-//! the chroot each file's *directory* is opened, and every read opens the file by
-//! its name in that directory (`openat(2)`): the file in place at the moment of
-//! the reload is read, whether it was rewritten or replaced. The reload runs as
+//! As with the route file, the daemon chroots to an empty directory where the
+//! paths mean nothing, and certificate tools (certbot, acme.sh, editors) write a
+//! new file and rename it over the old one. So each file is read through its
+//! directory, opened before the chroot ([`crate::file_at`]): the file in place at
+//! the moment of the reload is read, whether it was rewritten or replaced. The reload runs as
 //! the unprivileged user, so both files (and their directories) must be readable
 //! by it; a key readable by root only fails the reload, with the reason logged.
 //!
@@ -15,28 +14,18 @@
 //! certificate in force stays. Sessions accepted after a reload get the new
 //! certificate; running ones keep theirs ([`ftp_proxy_runtime::Reloading`]).
 
-use std::ffi::OsString;
 use std::fmt;
-use std::fs::File;
-use std::io::{self, Read};
-use std::os::fd::AsFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use ftp_proxy_runtime::{ClientTls, DataReuse, TlsError};
 use log::{error, info};
 
+use crate::file_at::{FileAt, FileAtError};
+
 /// A certificate or key file larger than this is refused (a chain of a few
 /// certificates is a few KiB).
 const MAX_BYTES: u64 = 1 << 20;
-
-/// One of the two files: its directory, its name in it, and the path as given.
-#[derive(Debug)]
-struct FileAt {
-    dir: File,
-    name: OsString,
-    path: PathBuf,
-}
 
 /// The certificate and key files, to read them again.
 #[derive(Debug)]
@@ -75,48 +64,15 @@ impl fmt::Display for CertFileError {
     }
 }
 
-impl FileAt {
-    /// Opens the directory of `path` (before the chroot).
-    fn open(path: &Path) -> Result<FileAt, CertFileError> {
-        let name = path
-            .file_name()
-            .ok_or_else(|| CertFileError::NoName(path.to_path_buf()))?
-            .to_owned();
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let dir = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-            .open(dir)
-            .map_err(|e| CertFileError::Dir(path.to_path_buf(), e))?;
-        Ok(FileAt {
-            dir,
-            name,
-            path: path.to_path_buf(),
-        })
-    }
-
-    /// The file's contents as they are now.
-    fn read(&self) -> Result<Vec<u8>, CertFileError> {
-        let err = |e| CertFileError::Read(self.path.clone(), e);
-        let f = crate::sys::open_in(self.dir.as_fd(), &self.name).map_err(err)?;
-        if !f.metadata().map_err(err)?.is_file() {
-            return Err(CertFileError::Unusable(
-                self.path.clone(),
-                "not a regular file",
-            ));
+impl CertFileError {
+    fn at(path: &Path, e: FileAtError) -> CertFileError {
+        let path = path.to_path_buf();
+        match e {
+            FileAtError::NoName => CertFileError::NoName(path),
+            FileAtError::Dir(e) => CertFileError::Dir(path, e),
+            FileAtError::Read(e) => CertFileError::Read(path, e),
+            FileAtError::Unusable(why) => CertFileError::Unusable(path, why),
         }
-        let mut bytes = Vec::new();
-        f.take(MAX_BYTES + 1).read_to_end(&mut bytes).map_err(err)?;
-        if bytes.len() as u64 > MAX_BYTES {
-            return Err(CertFileError::Unusable(
-                self.path.clone(),
-                "larger than 1 MiB",
-            ));
-        }
-        Ok(bytes)
     }
 }
 
@@ -128,8 +84,8 @@ impl CertFiles {
         reuse: DataReuse,
     ) -> Result<(CertFiles, ClientTls), CertFileError> {
         let files = CertFiles {
-            cert: FileAt::open(cert)?,
-            key: FileAt::open(key)?,
+            cert: FileAt::open(cert).map_err(|e| CertFileError::at(cert, e))?,
+            key: FileAt::open(key).map_err(|e| CertFileError::at(key, e))?,
             reuse,
         };
         let tls = files.load()?;
@@ -138,9 +94,13 @@ impl CertFiles {
 
     /// Reads and checks the pair as the files are now.
     fn load(&self) -> Result<ClientTls, CertFileError> {
-        let cert = self.cert.read()?;
-        let key = self.key.read()?;
-        ClientTls::from_pem(&self.cert.path, &cert, &self.key.path, &key, self.reuse)
+        let read = |f: &FileAt| {
+            f.read(MAX_BYTES, "larger than 1 MiB")
+                .map_err(|e| CertFileError::at(f.path(), e))
+        };
+        let cert = read(&self.cert)?;
+        let key = read(&self.key)?;
+        ClientTls::from_pem(self.cert.path(), &cert, self.key.path(), &key, self.reuse)
             .map_err(CertFileError::Tls)
     }
 
@@ -151,8 +111,8 @@ impl CertFiles {
             Ok(tls) => {
                 info!(
                     "TLS certificate {} reloaded (key {})",
-                    self.cert.path.display(),
-                    self.key.path.display()
+                    self.cert.path().display(),
+                    self.key.path().display()
                 );
                 Some(tls)
             }

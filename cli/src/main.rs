@@ -35,6 +35,7 @@ mod args;
 mod backend;
 mod cert_files;
 mod daemon;
+mod file_at;
 mod logging;
 mod privs;
 mod resolve;
