@@ -33,7 +33,9 @@
 
 mod args;
 mod backend;
+mod cert_files;
 mod daemon;
+mod file_at;
 mod logging;
 mod privs;
 mod resolve;
@@ -52,12 +54,13 @@ use ftp_proxy_core::{
 };
 use ftp_proxy_runtime::{
     ClientTls, DataPath, Divert, Filter, Inbound, OsRandom, ProxyProtocol, RelayLimits, RunError,
-    Runtime, ServerTls, ServerTlsError, ServerVerify, StartError, TlsError, SYSTEM_ROOTS,
+    Runtime, ServerTls, ServerTlsError, ServerVerify, StartError, SYSTEM_ROOTS,
 };
 use log::{error, info, warn};
 use nix::unistd::Uid;
 
 use args::{Args, ArgsError, Command, DivertMode};
+use cert_files::{CertFileError, CertFiles};
 use daemon::{DaemonError, Detached};
 use privs::{DropPlan, PrivError};
 use resolve::{GaiError, Lookup};
@@ -94,7 +97,7 @@ enum Fatal {
     /// The `--tls-*` options do not go together.
     TlsOptions(&'static str),
     /// The certificate or key file cannot be used.
-    Tls(TlsError),
+    Tls(CertFileError),
     /// The `--route-file` cannot be read or does not parse.
     Routes(RouteFileError),
     /// TLS towards servers cannot be set up (roots, name).
@@ -182,8 +185,11 @@ fn main() -> ExitCode {
 fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result<(), Fatal> {
     init_logging(args)?;
     // Read before the chroot, and before the fork so that a bad file is reported
-    // on the terminal.
-    let client_tls = client_tls(args)?;
+    // on the terminal. The files' directories stay open, as the route file's.
+    let (cert_files, client_tls) = match client_tls(args)? {
+        Some((files, tls)) => (Some(files), Some(tls)),
+        None => (None, None),
+    };
     // The route file's directory stays open: the reload re-reads it from the chroot.
     let (route_file, routes) = match &args.route_file {
         Some(path) => {
@@ -283,8 +289,16 @@ fn start(args: &Args, progname: &str, detached: &mut Option<Detached>) -> Result
     if let Some(r) = resolver {
         runtime.set_resolver(r).map_err(Fatal::Run)?;
     }
-    if let Some(file) = route_file {
-        runtime.set_reload(Box::new(move |proxy| file.reload(proxy)));
+    // One hook for both: one SIGUSR1 re-reads the route file and the certificate.
+    if route_file.is_some() || cert_files.is_some() {
+        runtime.set_reload(Box::new(move |r| {
+            if let Some(file) = &route_file {
+                file.reload(r.proxy());
+            }
+            if let Some(tls) = cert_files.as_ref().and_then(CertFiles::reload) {
+                r.set_client_tls(tls);
+            }
+        }));
     }
     runtime.set_proxy_protocol(ProxyProtocol {
         inbound: args
@@ -481,8 +495,8 @@ fn core_config(
 /// the checks of the `--tls-*` options that need no other state. The core checks
 /// the rest ([`Config::validate`]: reverse mode, and the relay, since a `PROT P`
 /// data connection is decrypted on the client's leg, which a packet filter
-/// cannot do).
-fn client_tls(args: &Args) -> Result<Option<ClientTls>, Fatal> {
+/// cannot do). The files are kept (their directories) for SIGUSR1.
+fn client_tls(args: &Args) -> Result<Option<(CertFiles, ClientTls)>, Fatal> {
     let (cert, key) = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => (c, k),
         (None, None) => {
@@ -509,7 +523,7 @@ fn client_tls(args: &Args) -> Result<Option<ClientTls>, Fatal> {
             "--tls-cert needs --backend relay: a PROT P data connection is TLS towards the client and plain towards the server, which a packet filter cannot carry",
         ));
     }
-    ClientTls::load(cert, key, args.tls_data_reuse)
+    CertFiles::open(cert, key, args.tls_data_reuse)
         .map(Some)
         .map_err(Fatal::Tls)
 }

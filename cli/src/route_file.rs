@@ -1,28 +1,20 @@
 //! `--route-file`: the table read at start-up and re-read on SIGUSR1.
 //!
 //! The daemon chroots to an empty directory, where the file's path means
-//! nothing. So before the chroot the file's *directory* is opened
-//! (`O_DIRECTORY`), and every read opens the file by its name inside that
-//! directory (`openat(2)`). A descriptor of the file itself would see in-place
-//! edits only, but editors and configuration tools write a new file and rename
-//! it over the old one, which a descriptor of the old file never sees; the
-//! directory sees both. The price is one directory of the real root kept open
-//! in the chroot (read-only, as the unprivileged user): a directory of its own
-//! (`/etc/ftp-proxy/`) keeps that to the table.
+//! nothing, and editors replace files by rename; so the file is read through
+//! its directory, opened before the chroot ([`crate::file_at`]).
 //!
 //! A table that does not parse at start-up stops the daemon with `FILE:LINE`;
 //! on a reload it is logged with `FILE:LINE` and the table in force stays.
 
-use std::ffi::OsString;
 use std::fmt;
-use std::fs::File;
-use std::io::{self, Read};
-use std::os::fd::AsFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::Path;
 
 use ftp_proxy_core::{Proxy, RouteError, RouteTable};
 use log::{error, info};
+
+use crate::file_at::{FileAt, FileAtError};
 
 /// A route file larger than this is refused (a table of [`ftp_proxy_core::MAX_ROUTES`]
 /// lines of ordinary length is far below it).
@@ -31,8 +23,7 @@ const MAX_BYTES: u64 = 16 << 20;
 /// The route file's directory and name, to read it again.
 #[derive(Debug)]
 pub(crate) struct RouteFile {
-    dir: File,
-    name: OsString,
+    file: FileAt,
     /// The path as given, for messages.
     shown: String,
 }
@@ -66,24 +57,24 @@ impl fmt::Display for RouteFileError {
     }
 }
 
+impl RouteFileError {
+    fn at(shown: &str, e: FileAtError) -> RouteFileError {
+        let shown = shown.to_string();
+        match e {
+            FileAtError::NoName => RouteFileError::NoName(shown),
+            FileAtError::Dir(e) => RouteFileError::Dir(shown, e),
+            FileAtError::Read(e) => RouteFileError::Read(shown, e),
+            FileAtError::Unusable(why) => RouteFileError::Unusable(shown, why),
+        }
+    }
+}
+
 impl RouteFile {
     /// Opens the directory of `path` and reads the table (before the chroot).
     pub(crate) fn open(path: &Path) -> Result<(RouteFile, RouteTable), RouteFileError> {
         let shown = path.display().to_string();
-        let name = path
-            .file_name()
-            .ok_or_else(|| RouteFileError::NoName(shown.clone()))?
-            .to_owned();
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let dir = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-            .open(dir)
-            .map_err(|e| RouteFileError::Dir(shown.clone(), e))?;
-        let file = RouteFile { dir, name, shown };
+        let file = FileAt::open(path).map_err(|e| RouteFileError::at(&shown, e))?;
+        let file = RouteFile { file, shown };
         let table = file.read()?;
         info!("route file {}: {} routes", file.shown, table.len());
         Ok((file, table))
@@ -91,25 +82,19 @@ impl RouteFile {
 
     /// Reads and parses the file as it is now.
     fn read(&self) -> Result<RouteTable, RouteFileError> {
-        let err = |e| RouteFileError::Read(self.shown.clone(), e);
-        let f = crate::sys::open_in(self.dir.as_fd(), &self.name).map_err(err)?;
-        let meta = f.metadata().map_err(err)?;
-        if !meta.is_file() {
-            return Err(RouteFileError::Unusable(
+        let bytes = self
+            .file
+            .read(MAX_BYTES, "larger than 16 MiB")
+            .map_err(|e| RouteFileError::at(&self.shown, e))?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            RouteFileError::Read(
                 self.shown.clone(),
-                "not a regular file",
-            ));
-        }
-        let mut text = String::new();
-        f.take(MAX_BYTES + 1)
-            .read_to_string(&mut text)
-            .map_err(err)?;
-        if text.len() as u64 > MAX_BYTES {
-            return Err(RouteFileError::Unusable(
-                self.shown.clone(),
-                "larger than 16 MiB",
-            ));
-        }
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "stream did not contain valid UTF-8",
+                ),
+            )
+        })?;
         RouteTable::parse(&self.shown, &text).map_err(RouteFileError::Parse)
     }
 

@@ -369,8 +369,8 @@ pub(crate) fn close_all_but(keep: std::os::fd::BorrowedFd<'_>) {
 
 /// `openat(2)`: opens `name` (one path component) in the directory `dir` for
 /// reading, without following it into a terminal, and without blocking on a FIFO.
-/// The route file is re-read this way after the chroot, through the directory
-/// opened before it.
+/// The route file and the certificate pair are re-read this way after the
+/// chroot, through the directories opened before it ([`crate::file_at`]).
 pub(crate) fn open_in(
     dir: std::os::fd::BorrowedFd<'_>,
     name: &std::ffi::OsStr,

@@ -120,7 +120,7 @@ mod token;
 /// The relay's per-session cap and idle limits: the core's ([`ftp_proxy_core::Relay`]).
 pub use ftp_proxy_core::RelayLimits;
 pub use proxy_header::{Inbound, ProxyProtocol, Version as ProxyVersion};
-pub use runtime::{Reload, Runtime, ShutdownHandle, SHUTDOWN_GRACE};
+pub use runtime::{Reload, Reloading, Runtime, ShutdownHandle, SHUTDOWN_GRACE};
 pub use tls::{
     ClientTls, DataReuse, ServerTls, ServerTlsError, ServerVerify, SessionServerTls, TlsError,
     SYSTEM_ROOTS,

@@ -498,8 +498,32 @@ pub struct Runtime<B: Filter> {
     reload_hook: Option<Reload>,
 }
 
-/// A reload hook: re-reads what may change at run time and hands it to the core.
-pub type Reload = Box<dyn FnMut(&mut Proxy) + Send>;
+/// A reload hook: re-reads what may change at run time and hands it to the core
+/// or to the loop ([`Reloading`]).
+pub type Reload = Box<dyn FnMut(&mut Reloading<'_>) + Send>;
+
+/// What a reload hook may replace: the core's state (its route table) and the
+/// certificate towards clients. Both apply to sessions accepted from then on;
+/// a running session keeps the per-session TLS configuration it was given at its
+/// accept, which holds its own reference to the old certificate and the cache its
+/// data connections resume from.
+pub struct Reloading<'a> {
+    proxy: &'a mut Proxy,
+    client_tls: &'a mut Option<ClientTls>,
+}
+
+impl Reloading<'_> {
+    /// The core, for [`Proxy::set_routes`].
+    pub fn proxy(&mut self) -> &mut Proxy {
+        self.proxy
+    }
+
+    /// Replaces the certificate towards clients for sessions accepted from now
+    /// on (as [`Runtime::set_client_tls`]).
+    pub fn set_client_tls(&mut self, tls: ClientTls) {
+        *self.client_tls = Some(tls);
+    }
+}
 
 /// One control listener.
 #[derive(Debug)]
@@ -653,8 +677,10 @@ impl<B: Filter> Runtime<B> {
     }
 
     /// What SIGUSR1 does: `hook` is called on the loop's thread, between events,
-    /// with the core (the daemon re-reads its `--route-file` and calls
-    /// [`Proxy::set_routes`]). Without a hook the signal is logged and ignored.
+    /// with what it may replace (the daemon re-reads its `--route-file` and calls
+    /// [`Proxy::set_routes`], and re-reads its `--tls-cert`/`--tls-key` pair and
+    /// calls [`Reloading::set_client_tls`]). One hook does both, so one signal
+    /// reloads everything. Without a hook the signal is logged and ignored.
     pub fn set_reload(&mut self, hook: Reload) {
         self.reload_hook = Some(hook);
     }
@@ -662,8 +688,13 @@ impl<B: Filter> Runtime<B> {
     /// Runs the reload hook, as SIGUSR1 does.
     pub fn reload(&mut self) {
         match self.reload_hook.as_mut() {
-            Some(hook) => hook(&mut self.proxy),
-            None => warn!("ignoring signal {RELOAD}: nothing to reload (no --route-file)"),
+            Some(hook) => hook(&mut Reloading {
+                proxy: &mut self.proxy,
+                client_tls: &mut self.client_tls,
+            }),
+            None => {
+                warn!("ignoring signal {RELOAD}: nothing to reload (no --route-file or --tls-cert)")
+            }
         }
     }
 

@@ -86,8 +86,11 @@ impl fmt::Display for TlsError {
 
 impl std::error::Error for TlsError {}
 
-/// The proxy's TLS server side towards clients: loaded once at start-up (before
-/// any chroot), cloned per control session.
+/// The proxy's TLS server side towards clients: loaded at start-up (before any
+/// chroot), cloned per control session. A reload builds a new one and replaces
+/// the loop's ([`crate::Reloading::set_client_tls`]); the clones already handed
+/// to running sessions hold their own `Arc` of the old certified key and of
+/// their session cache, so they are not touched.
 #[derive(Debug, Clone)]
 pub struct ClientTls {
     base: Arc<ServerConfig>,
@@ -97,8 +100,33 @@ pub struct ClientTls {
 impl ClientTls {
     /// Loads a PEM certificate chain (leaf first) and its PEM private key.
     pub fn load(cert: &Path, key: &Path, reuse: DataReuse) -> Result<ClientTls, TlsError> {
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-            .and_then(|it| it.collect::<Result<_, _>>())
+        let read = |path: &Path, what| {
+            std::fs::read(path).map_err(|e| TlsError::Pem {
+                path: path.to_path_buf(),
+                what,
+                error: pem::Error::Io(e),
+            })
+        };
+        let cert_pem = read(cert, "a certificate")?;
+        let key_pem = read(key, "a private key")?;
+        ClientTls::from_pem(cert, &cert_pem, key, &key_pem, reuse)
+    }
+
+    /// The same from the files' contents, read by the caller (the daemon reads
+    /// them with `openat(2)` from the directories it kept open before the
+    /// chroot, to reload them); `cert` and `key` only name them in errors. The
+    /// pair is refused unless the key is the certificate's (rustls compares the
+    /// public keys), so a reload never installs a pair that no handshake could
+    /// use.
+    pub fn from_pem(
+        cert: &Path,
+        cert_pem: &[u8],
+        key: &Path,
+        key_pem: &[u8],
+        reuse: DataReuse,
+    ) -> Result<ClientTls, TlsError> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<_, _>>()
             .map_err(|error| TlsError::Pem {
                 path: cert.to_path_buf(),
                 what: "a certificate",
@@ -107,7 +135,7 @@ impl ClientTls {
         if chain.is_empty() {
             return Err(TlsError::NoCertificate(cert.to_path_buf()));
         }
-        let private = PrivateKeyDer::from_pem_file(key).map_err(|error| TlsError::Pem {
+        let private = PrivateKeyDer::from_pem_slice(key_pem).map_err(|error| TlsError::Pem {
             path: key.to_path_buf(),
             what: "a private key",
             error,
