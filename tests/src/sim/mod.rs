@@ -40,7 +40,7 @@ use ftp_proxy_core::Filter;
 use ftp_proxy_core::{
     Accept, Action, Anchor, Config, Direction, Input, Pcg32, PortRange, Proxy, RandomSource,
     Refused, Rule, RuleLog, RuleOptions, ServerDataMode, SessionId, Side, SocketError, Translate,
-    DEFAULT_PROXY_PORTS,
+    DEFAULT_PROXY_PORTS, MIN_DATA_PORT,
 };
 use pfctl_backend::mock::{FaultRates, MockBackend};
 
@@ -124,6 +124,21 @@ pub struct Report {
     pub unanswered: u32,
     /// Route tables replaced while sessions ran.
     pub reloads: u32,
+    /// Whether the world's transfers are translated (issue 17: a server data mode
+    /// other than `client`, or a server of the other family than the clients).
+    pub translated_world: bool,
+    /// Data replies (the proxy's 227/229, a bridge's 200) the client got in a
+    /// translated world, each checked by the oracle after its rules were in.
+    pub translated: u32,
+    /// Of those, 200s to a PORT/EPRT bridged with the server's passive port.
+    pub bridged: u32,
+    /// Of those, 227/229s of PASV/EPSVs joined by `--server-data-mode active`.
+    pub active_joins: u32,
+    /// Data negotiations checked in cross-family worlds: data replies to the client,
+    /// and PORT/EPRT lines rewritten into the server's family.
+    pub cross_family: u32,
+    /// Bridged rule sets committed.
+    pub bridges: u32,
     /// Sessions ended, by close reason.
     pub closes: BTreeMap<String, u32>,
 }
@@ -272,6 +287,26 @@ impl World {
         if forward || routed {
             cfg.resolve_timeout_secs = frng.range(1, 3);
         }
+        // Translated worlds (issue 17), from a generator of their own as well: with
+        // the relay, the server is asked in the client's mode, always passive (PORT
+        // and EPRT bridged) or always active (PASV and EPSV joined), and now and then
+        // it is a fixed server of the other family than the clients.
+        let mut xrng = Pcg32::new(seed ^ 0x7a25_1a7e_d0a7);
+        if cfg.relay {
+            cfg.server_data_mode = [
+                ServerDataMode::Client,
+                ServerDataMode::Passive,
+                ServerDataMode::Active,
+            ][xrng.uniform(3) as usize];
+            if !forward && !routed && xrng.chance(1, 3) {
+                let other = if ipv6 {
+                    "198.51.100.20:2121"
+                } else {
+                    "[2001:db8:2::20]:2121"
+                };
+                cfg.fixed_server = Some(other.parse().unwrap());
+            }
+        }
         let proxy =
             Proxy::new(cfg.clone(), Box::new(Pcg32::new(seed ^ 0x5eed))).expect("valid config");
         let n = rng.range(1, 8) as usize;
@@ -359,8 +394,25 @@ impl World {
         orig_dst(self.cfg.ipv6)
     }
 
+    /// Whether the server side is IPv6: a fixed server's family, or the clients'.
+    fn server_v6(&self) -> bool {
+        self.cfg.fixed_server.map_or(self.cfg.ipv6, |s| s.is_ipv6())
+    }
+
+    /// Whether the world's transfers are translated: a server data mode of its
+    /// own, or a server of the other family than the clients.
+    fn translated(&self) -> bool {
+        self.cfg.server_data_mode != ServerDataMode::Client || self.cross_family()
+    }
+
+    /// Whether clients and server differ in family.
+    fn cross_family(&self) -> bool {
+        self.server_v6() != self.cfg.ipv6
+    }
+
+    /// The proxy's address towards the server of session `i`, in the server's family.
     fn proxy_addr(&self, i: usize) -> SocketAddr {
-        if self.cfg.ipv6 {
+        if self.server_v6() {
             format!("[2001:db8:2::1]:{}", 50000 + i).parse().unwrap()
         } else {
             format!("198.51.100.1:{}", 50000 + i).parse().unwrap()
@@ -490,10 +542,14 @@ impl World {
             return Err(self.fail(format!("rules left in {anchor} after shutdown: {rules:?}")));
         }
         for i in 0..self.peers.len() {
-            if self.oracle(i)? {
-                self.report.forged_answered += 1;
-            }
+            let seen = self.oracle(i)?;
+            self.report.forged_answered += u32::from(seen.forged_answered);
+            self.report.translated += seen.translated;
+            self.report.bridged += seen.bridged;
+            self.report.active_joins += seen.active_joins;
+            self.report.cross_family += seen.cross_family;
         }
+        self.report.translated_world = self.translated();
         self.report.trace_hash = self.hash;
         Ok(self.report)
     }
@@ -720,6 +776,15 @@ impl World {
                     {
                         self.report.joined += 1;
                     }
+                    if rules
+                        .iter()
+                        .any(|r| matches!(r.translate, Translate::BridgeWith { .. }))
+                    {
+                        self.report.bridges += 1;
+                    }
+                    if let Err(e) = self.confined(i, &rules) {
+                        return Err(self.fail(format!("{sid}: {e}")));
+                    }
                     let delay = self.rng.range(0, 10_000) as u64;
                     let t = (self.now + delay).max(self.peers[i].ack_at);
                     self.peers[i].ack_at = t;
@@ -818,6 +883,40 @@ impl World {
                 "{sid} released {} before its rules were committed",
                 ftp::escape(line)
             )));
+        }
+        Ok(())
+    }
+
+    /// Every port a rule names is from 1024 up, every address one of session
+    /// `i`'s (client, original destination, server, the proxy towards the server).
+    fn confined(&self, i: usize, rules: &[Rule]) -> Result<(), String> {
+        let p = &self.peers[i];
+        let server = p
+            .server_at
+            .or(self.cfg.fixed_server)
+            .unwrap_or(self.orig_dst());
+        let addrs = [
+            p.addr.ip(),
+            self.orig_dst().ip(),
+            server.ip(),
+            self.proxy_addr(i).ip(),
+        ];
+        for r in rules {
+            let (addr, port) = match r.translate {
+                Translate::RdrTo { addr, port }
+                | Translate::JoinWith { addr, port }
+                | Translate::BridgeWith { addr, port } => (addr, Some(port)),
+                Translate::NatTo { addr, .. } => (addr, None),
+            };
+            if r.port < MIN_DATA_PORT || port.is_some_and(|p| p < MIN_DATA_PORT) {
+                return Err(format!("a port below 1024 in {r}"));
+            }
+            if let Some(a) = [r.from, r.to, addr]
+                .into_iter()
+                .find(|a| !addrs.contains(a))
+            {
+                return Err(format!("{a} is not the session's, in {r}"));
+            }
         }
         Ok(())
     }
@@ -972,10 +1071,14 @@ impl World {
     }
 
     /// Compares what each side received with what the other sent, rewrites aside.
-    /// Returns whether the proxy answered a PASV/EPSV held behind a forged listing.
-    fn oracle(&self, i: usize) -> Result<bool, Failure> {
+    /// Returns what it saw: whether the proxy answered a PASV/EPSV held behind a
+    /// forged listing, and the translated transfers checked.
+    fn oracle(&self, i: usize) -> Result<Seen, Failure> {
         let p = &self.peers[i];
-        let Some(sid) = p.sid else { return Ok(false) };
+        let mut seen = Seen::default();
+        let Some(sid) = p.sid else { return Ok(seen) };
+        let (translated, cross) = (self.translated(), self.cross_family());
+        let active = self.cfg.server_data_mode == ServerDataMode::Active;
         let proxy_ip = self.proxy_addr(i).ip();
         let orig_ip = self.orig_dst().ip();
         let walk = self.walk(i, sid)?;
@@ -995,6 +1098,10 @@ impl World {
                 ToServer::Active(sent) => rewritten_active(g, sent, proxy_ip),
                 ToServer::Join => joining_port(g, proxy_ip),
             };
+            if ok && cross && matches!(want, ToServer::Active(_)) {
+                // A client's PORT/EPRT rewritten into the server's family.
+                seen.cross_family += 1;
+            }
             if !ok {
                 return Err(self.fail(format!(
                     "{sid}: line {n} to the server should be {want:?}, is {}",
@@ -1008,24 +1115,31 @@ impl World {
         // Server to client: what the walk expects, in order; an optional line may be
         // missing; the stream may stop anywhere (the session ended).
         let mut got = p.client.received.iter().peekable();
-        let mut forged_answered = false;
         for (n, want) in walk.client.iter().enumerate() {
             let Some(&g) = got.peek() else {
-                return Ok(forged_answered);
+                return Ok(seen);
             };
             let (want, optional) = match want {
                 Expected::Optional(w) => (&**w, true),
                 w => (w, false),
             };
             let ok = match want {
-                Expected::Exact(w) => g == w,
+                Expected::Exact(w) | Expected::Bridged(w) => g == w,
                 Expected::ProxyPassive { pasv } => rewritten_passive(g, *pasv, orig_ip),
                 Expected::Prefix(w) => g.starts_with(w),
                 Expected::Optional(_) => unreachable!("never nested"),
             };
             if ok {
                 got.next();
-                forged_answered |= walk.forged_answer == Some(n);
+                seen.forged_answered |= walk.forged_answer == Some(n);
+                let data = matches!(want, Expected::ProxyPassive { .. } | Expected::Bridged(_));
+                if data && translated {
+                    seen.translated += 1;
+                    seen.bridged += u32::from(matches!(want, Expected::Bridged(_)));
+                    seen.cross_family += u32::from(cross);
+                    // Active mode joins every PASV/EPSV.
+                    seen.active_joins += u32::from(active && !matches!(want, Expected::Bridged(_)));
+                }
             } else if !optional {
                 return Err(self.fail(format!(
                     "{sid}: client expected {want:?}, got {}",
@@ -1039,7 +1153,7 @@ impl World {
                 ftp::escape(extra)
             )));
         }
-        Ok(forged_answered)
+        Ok(seen)
     }
 
     /// What each side of session `i` should have received, had the session not been
@@ -1075,6 +1189,12 @@ impl World {
         }
         let relay = self.cfg.relay;
         let bounded = self.cfg.server_data_ports.is_some();
+        let mode = self.cfg.server_data_mode;
+        // What the proxy asks the server in place of a client's PASV/EPSV/PORT/EPRT
+        // when it asks for a passive port of its own (translate::server_command):
+        // an IPv6 server knows only EPSV; an IPv4 one gets PASV for PASV, PORT and
+        // EPRT, EPSV for EPSV (the sim's servers never refuse EPSV).
+        let server_v6 = self.server_v6();
         let mut steerable = false;
         let sent: Vec<&(Vec<u8>, Fate)> = p
             .client
@@ -1088,12 +1208,20 @@ impl World {
             let pasv = ftp::classify(line) == ftp::Command::Pasv;
             let treat = match fate {
                 Fate::Local(reply) => Treat::Local(reply),
+                // `--server-data-mode active` (only with the relay): always joined.
+                Fate::Passive if mode == ServerDataMode::Active => Treat::Join,
                 Fate::Passive if steerable && relay => Treat::Join,
                 Fate::Passive if steerable && !bounded => {
                     Treat::Local(actors::REPLY_PASSIVE_UNSAFE)
                 }
                 Fate::Passive => Treat::Passive,
                 Fate::Same => Treat::Forward,
+                // `--server-data-mode passive`: the server asked PASV/EPSV, its port
+                // bridged with the client's, unless a multi-line reply may have
+                // forged the answer (then PORT/EPRT goes as the client sent it).
+                Fate::Rewritten if mode == ServerDataMode::Passive && !steerable => Treat::Bridge {
+                    eprt: matches!(ftp::classify(line), ftp::Command::Eprt(_)),
+                },
                 Fate::Rewritten => Treat::Forward,
                 Fate::Login(_) => {
                     // The server's greeting first: no greeting (the connect
@@ -1126,6 +1254,9 @@ impl World {
                     continue;
                 }
                 (Treat::Join, _) => ToServer::Join,
+                (Treat::Bridge { .. }, _) if server_v6 => ToServer::Same(b"EPSV\r\n".to_vec()),
+                (Treat::Bridge { .. }, _) => ToServer::Same(b"PASV\r\n".to_vec()),
+                (Treat::Passive, _) if pasv && server_v6 => ToServer::Same(b"EPSV\r\n".to_vec()),
                 (_, Fate::Rewritten) => ToServer::Active(line.clone()),
                 (_, Fate::Login(user)) => ToServer::Same(user.clone()),
                 _ => ToServer::Same(line.clone()),
@@ -1146,9 +1277,17 @@ impl World {
                     });
                 }
                 (Treat::Passive, Unit::Passive) => w.client.push(Expected::ProxyPassive { pasv }),
-                (Treat::Passive, Unit::BadPassive) => w.client.push(Expected::Exact(
-                    actors::REPLY_BAD_PASSIVE.as_bytes().to_vec(),
-                )),
+                (Treat::Passive | Treat::Bridge { .. }, Unit::BadPassive) => w.client.push(
+                    Expected::Exact(actors::REPLY_BAD_PASSIVE.as_bytes().to_vec()),
+                ),
+                (Treat::Bridge { eprt }, Unit::Passive) => {
+                    let reply: &[u8] = if eprt {
+                        b"200 EPRT command successful\r\n"
+                    } else {
+                        b"200 PORT command successful\r\n"
+                    };
+                    w.client.push(Expected::Bridged(reply.to_vec()));
+                }
                 (Treat::Forward, Unit::Plain) => {
                     w.exact(lines);
                     if ftp::may_carry_client_lines(line)
@@ -1264,6 +1403,23 @@ enum Treat {
     Passive,
     /// Serves a PASV/EPSV joined: its own PORT/EPRT to the server.
     Join,
+    /// Serves a PORT/EPRT bridged: its own PASV/EPSV to the server, and a 200 to
+    /// the client (in the client's form) once the rules are in.
+    Bridge {
+        /// The client sent EPRT.
+        eprt: bool,
+    },
+}
+
+/// What the oracle saw of one session.
+#[derive(Default)]
+struct Seen {
+    forged_answered: bool,
+    /// Data replies the client got in a translated world: see [`Report::translated`].
+    translated: u32,
+    bridged: u32,
+    active_joins: u32,
+    cross_family: u32,
 }
 
 /// One line the server should receive.
@@ -1285,6 +1441,8 @@ enum Expected {
     },
     /// A line starting with these bytes (the proxy's 421 with its reason).
     Prefix(Vec<u8>),
+    /// The proxy's 200 to a PORT/EPRT it bridged with the server's passive port.
+    Bridged(Vec<u8>),
     /// This line, or nothing.
     Optional(Box<Expected>),
 }
@@ -1293,6 +1451,7 @@ impl std::fmt::Debug for Expected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Expected::Exact(l) => write!(f, "'{}'", ftp::escape(l)),
+            Expected::Bridged(l) => write!(f, "the bridge's '{}'", ftp::escape(l)),
             Expected::ProxyPassive { pasv: true } => f.write_str("the proxy's own 227"),
             Expected::ProxyPassive { pasv: false } => f.write_str("the proxy's own 229"),
             Expected::Prefix(p) => write!(f, "'{}...'", ftp::escape(p)),
@@ -1340,14 +1499,13 @@ fn rewritten_active(got: &[u8], sent: &[u8], proxy_ip: IpAddr) -> bool {
         _ => None,
     };
     let Some(p) = port(got) else { return false };
-    let verb_kept = got[..4].eq_ignore_ascii_case(&sent[..4]);
-    let expected = match (&got[..4], proxy_ip) {
-        (b"PORT", IpAddr::V4(v4)) => ftp::format_port(v4, p),
+    // PORT stays PORT towards an IPv4 proxy address; EPRT, and anything towards an
+    // IPv6 one, becomes an EPRT in the proxy's family (|1| or |2|).
+    let expected = match proxy_ip {
+        IpAddr::V4(v4) if sent[..4].eq_ignore_ascii_case(b"PORT") => ftp::format_port(v4, p),
         _ => ftp::format_eprt(proxy_ip, p),
     };
-    verb_kept
-        && got == expected.as_bytes()
-        && (DEFAULT_PROXY_PORTS.low..=DEFAULT_PROXY_PORTS.high).contains(&p)
+    got == expected.as_bytes() && (DEFAULT_PROXY_PORTS.low..=DEFAULT_PROXY_PORTS.high).contains(&p)
 }
 
 /// The client must see the proxy's own 227 (with the original server address) for
