@@ -14,9 +14,13 @@
 //! answers in `STAT -1` listings (a 227/229, a `200` sentinel, a `421-`).
 //! Worlds differ in `-6`, `-A`, `-m`, `-t`, `-R`, rule options, the relay
 //! ([`Config::relay`]), `--server-data-ports`, forward mode (`--user-at-host`,
-//! see [`forward`]: refused logins, lookups answered, failing or never answered)
-//! and route tables (`--route-file`, replaced at a random moment with
-//! `Proxy::set_routes`).
+//! see [`forward`]: refused logins, lookups answered, failing or never answered),
+//! route tables (`--route-file`, replaced at a random moment with
+//! `Proxy::set_routes`) and, with the relay, translated transfers (issue 17):
+//! `--server-data-mode` client, passive (PORT/EPRT bridged: the server asked
+//! PASV/EPSV) or active (PASV/EPSV joined), and fixed servers of the other family
+//! than the clients. The sim has no data connections: a transfer is its control
+//! exchange and its rules, and what the relay makes of the rules is not simulated.
 //!
 //! After every event the invariants are checked: those of every action, the
 //! session table and the shutdown by the [`Checker`] the fuzz target runs too,
@@ -1423,7 +1427,6 @@ struct Seen {
 }
 
 /// One line the server should receive.
-#[derive(Debug)]
 enum ToServer {
     Same(Vec<u8>),
     /// The rewrite of the client's PORT/EPRT.
@@ -1445,6 +1448,16 @@ enum Expected {
     Bridged(Vec<u8>),
     /// This line, or nothing.
     Optional(Box<Expected>),
+}
+
+impl std::fmt::Debug for ToServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ToServer::Same(l) => write!(f, "'{}'", ftp::escape(l)),
+            ToServer::Active(l) => write!(f, "the rewrite of '{}'", ftp::escape(l)),
+            ToServer::Join => f.write_str("the proxy's PORT/EPRT of a join"),
+        }
+    }
 }
 
 impl std::fmt::Debug for Expected {
