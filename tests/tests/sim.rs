@@ -35,6 +35,7 @@ fn seeds() {
     let (mut resolved, mut unanswered, mut reloads) = (0u64, 0u64, 0u64);
     let (mut translated_worlds, mut translated, mut bridged) = (0u64, 0u64, 0u64);
     let (mut active_joins, mut cross_family, mut bridges) = (0u64, 0u64, 0u64);
+    let mut dialled = 0u64;
     for seed in start..start + n {
         match run_seed(seed) {
             Ok(r) => {
@@ -61,6 +62,7 @@ fn seeds() {
                 active_joins += u64::from(r.active_joins);
                 cross_family += u64::from(r.cross_family);
                 bridges += u64::from(r.bridges);
+                dialled += u64::from(r.dialled);
                 events += r.events;
                 for (k, v) in r.closes {
                     *closes.entry(k).or_default() += v;
@@ -86,7 +88,8 @@ fn seeds() {
     );
     println!(
         "translated (issue 17): {translated_worlds} worlds, {translated} data replies checked \
-         ({bridged} bridged PORT/EPRT of {bridges} bridge rule sets, {active_joins} PASV/EPSV \
+         ({bridged} bridged PORT/EPRT of {bridges} bridge rule sets, {dialled} dialled by the \
+         relay policy, {active_joins} PASV/EPSV \
          joined by --server-data-mode active), {cross_family} negotiations across families"
     );
     println!("session ends: {closes:#?}");
@@ -151,6 +154,10 @@ fn seeds() {
         );
         assert!(translated >= 3 * tenth, "{translated} translated transfers");
         assert!(bridged >= tenth, "{bridged} bridged PORT/EPRTs");
+        assert!(
+            dialled >= tenth,
+            "{dialled} bridges dialled by the relay policy"
+        );
         assert!(active_joins >= tenth, "{active_joins} active-mode joins");
         assert!(
             cross_family >= tenth,

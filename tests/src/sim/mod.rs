@@ -42,9 +42,9 @@ use bytes::Bytes;
 use ftp_proxy_core::internals::ftp;
 use ftp_proxy_core::Filter;
 use ftp_proxy_core::{
-    Accept, Action, Anchor, Config, Direction, Input, Pcg32, PortRange, Proxy, RandomSource,
-    Refused, Rule, RuleLog, RuleOptions, ServerDataMode, SessionId, Side, SocketError, Translate,
-    DEFAULT_PROXY_PORTS, MIN_DATA_PORT,
+    Accept, Action, Anchor, Config, Decision, Direction, Input, IoOp, Pcg32, PortRange, Proxy,
+    RandomSource, Refused, Relay, Rule, RuleLog, RuleOptions, ServerDataMode, SessionId, Side,
+    SocketError, Translate, DEFAULT_PROXY_PORTS, MIN_DATA_PORT,
 };
 use pfctl_backend::mock::{FaultRates, MockBackend};
 
@@ -143,6 +143,8 @@ pub struct Report {
     pub cross_family: u32,
     /// Bridged rule sets committed.
     pub bridges: u32,
+    /// Bridges the relay policy dialled as the oracle expects (translated worlds).
+    pub dialled: u32,
     /// Sessions ended, by close reason.
     pub closes: BTreeMap<String, u32>,
 }
@@ -219,6 +221,10 @@ pub struct World {
     report: Report,
     hash: u64,
     trace: Option<VecDeque<String>>,
+    /// Translated worlds: the core's relay policy fed every rule set the filter
+    /// took, to check what it dials for a bridge (the sim has no data sockets, so
+    /// each pair is failed at once after the check).
+    relay: Option<Relay>,
 }
 
 fn us(d: Duration) -> u64 {
@@ -378,7 +384,11 @@ impl World {
             report: Report::default(),
             hash: 0xcbf2_9ce4_8422_2325,
             trace: tracing.then(VecDeque::new),
+            relay: None,
         };
+        if w.translated() {
+            w.relay = Some(Relay::new(64));
+        }
         for i in 0..n {
             let at = w.rng.range(0, 30_000_000) as u64;
             w.at(at, Ev::Arrive(i));
@@ -545,6 +555,14 @@ impl World {
         if let Some((anchor, rules)) = self.filter.anchors().iter().find(|(_, r)| !r.is_empty()) {
             return Err(self.fail(format!("rules left in {anchor} after shutdown: {rules:?}")));
         }
+        if let Some(relay) = &self.relay {
+            let (listeners, pairs) = (relay.listener_count(), relay.pair_count());
+            if listeners + pairs > 0 {
+                return Err(self.fail(format!(
+                    "the relay policy keeps {listeners} listeners and {pairs} pairs after shutdown"
+                )));
+            }
+        }
         for i in 0..self.peers.len() {
             let seen = self.oracle(i)?;
             self.report.forged_answered += u32::from(seen.forged_answered);
@@ -572,6 +590,9 @@ impl World {
                     Ok(sid) => {
                         self.note("accept", sid.0, b"");
                         self.report.sessions += 1;
+                        if let Some(relay) = &mut self.relay {
+                            relay.session_started(sid, conn.client.ip());
+                        }
                         self.peers[i].sid = Some(sid);
                         self.by_sid.insert(sid, i);
                     }
@@ -615,6 +636,7 @@ impl World {
                 }
                 if result.is_ok() {
                     self.checker.acked(sid, &rules);
+                    self.relay_commit(sid, anchor, &rules)?;
                 }
                 self.note(
                     if result.is_ok() { "ack" } else { "nak" },
@@ -818,6 +840,7 @@ impl World {
                     // What the runtime does: one more removal.
                     self.note("may-remain", sid.0, b"");
                     let _ = self.filter.commit(&anchor, &[]);
+                    self.relay_commit(sid, anchor, &[])?;
                 }
                 Action::StartTls { .. } => {
                     return Err(self.fail(format!("{sid} StartTls with client TLS off")));
@@ -834,6 +857,9 @@ impl World {
                         .entry(close_kind(&reason.to_string()))
                         .or_default() += 1;
                     self.peers[i].proxy_closed = true;
+                    if let Some(relay) = &mut self.relay {
+                        relay.session_ended(sid);
+                    }
                     self.pipe(i, Pipe::ProxyToClient, Chunk::Eof);
                     self.pipe(i, Pipe::ProxyToServer, Chunk::Eof);
                 }
@@ -888,6 +914,85 @@ impl World {
                 ftp::escape(line)
             )));
         }
+        Ok(())
+    }
+
+    /// Feeds a rule set the filter took to the relay policy of a translated world,
+    /// and checks its decisions: a bridge is dialled from the proxy's address to the
+    /// port of the server's last passive answer, and its second leg connects from
+    /// the address the client reached to the client's own address. Each new pair
+    /// is then failed (no data sockets here), which ends it.
+    fn relay_commit(
+        &mut self,
+        sid: SessionId,
+        anchor: Anchor,
+        rules: &[Rule],
+    ) -> Result<(), Failure> {
+        let Some(relay) = &mut self.relay else {
+            return Ok(());
+        };
+        let now = self.epoch + Duration::from_micros(self.now);
+        match relay.prepare(anchor, rules) {
+            Ok(prepared) => relay.commit(now, prepared),
+            Err(e) => {
+                let e = format!("{sid}: the relay cannot read committed rules: {e} ({rules:?})");
+                return Err(self.fail(e));
+            }
+        }
+        let i = self.by_sid[&sid];
+        let mut dialled = None;
+        let mut failed = Vec::new();
+        let mut wrong = None;
+        let relay = self.relay.as_mut().expect("checked above");
+        let decisions: Vec<Decision> = std::iter::from_fn(|| relay.poll_decision()).collect();
+        for d in decisions {
+            match d {
+                Decision::Dial { pair, to, from, .. } => dialled = Some((pair, to, from)),
+                Decision::Connect { pair, to, from, .. } => {
+                    let Some((p, first, first_from)) = dialled.take().filter(|d| d.0 == pair)
+                    else {
+                        wrong = Some(format!("a Connect without its Dial: {pair:?} to {to}"));
+                        continue;
+                    };
+                    failed.push(p);
+                    let p = &self.peers[i];
+                    let server = p
+                        .server_at
+                        .or(self.cfg.fixed_server)
+                        .unwrap_or(orig_dst(self.cfg.ipv6));
+                    let proxy = self.proxy_addr(i).ip();
+                    let ok = first.ip() == server.ip()
+                        && Some(first.port()) == p.server.last_passive_port
+                        && first_from.map(|a| a.ip()) == Some(proxy)
+                        && to.ip() == p.addr.ip()
+                        && to.port() >= MIN_DATA_PORT
+                        && from.map(|a| a.ip()) == Some(orig_dst(self.cfg.ipv6).ip());
+                    if ok {
+                        self.report.dialled += 1;
+                    } else {
+                        wrong = Some(format!(
+                            "bridge dialled {first_from:?} -> {first}, then {from:?} -> {to}; \
+                             server {server} (last passive port {:?}), proxy {proxy}, client {}",
+                            p.server.last_passive_port, p.addr
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(e) = wrong {
+            return Err(self.fail(format!("{sid}: {e}")));
+        }
+        let relay = self.relay.as_mut().expect("checked above");
+        for pair in failed {
+            relay.failed(
+                now,
+                pair,
+                IoOp::Setup,
+                SocketError::from_errno(libc::ECONNREFUSED),
+            );
+        }
+        while relay.poll_decision().is_some() {}
         Ok(())
     }
 
