@@ -19,8 +19,9 @@
 //! `Proxy::set_routes`) and, with the relay, translated transfers (issue 17):
 //! `--server-data-mode` client, passive (PORT/EPRT bridged: the server asked
 //! PASV/EPSV) or active (PASV/EPSV joined), and fixed servers of the other family
-//! than the clients. The sim has no data connections: a transfer is its control
-//! exchange and its rules, and what the relay makes of the rules is not simulated.
+//! than the clients. The sim has no data sockets: a transfer is its control
+//! exchange and its rules; in translated worlds the rules also go through the
+//! core's [`Relay`] policy, whose bridge dials are checked (`World::relay_commit`).
 //!
 //! After every event the invariants are checked: those of every action, the
 //! session table and the shutdown by the [`Checker`] the fuzz target runs too,
