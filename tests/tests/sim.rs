@@ -33,6 +33,9 @@ fn seeds() {
     let (mut joined, mut joins_refused, mut passive_refused, mut server_421) =
         (0u64, 0u64, 0u64, 0u64);
     let (mut resolved, mut unanswered, mut reloads) = (0u64, 0u64, 0u64);
+    let (mut translated_worlds, mut translated, mut bridged) = (0u64, 0u64, 0u64);
+    let (mut active_joins, mut cross_family, mut bridges) = (0u64, 0u64, 0u64);
+    let mut dialled = 0u64;
     for seed in start..start + n {
         match run_seed(seed) {
             Ok(r) => {
@@ -53,6 +56,13 @@ fn seeds() {
                 resolved += u64::from(r.resolved);
                 unanswered += u64::from(r.unanswered);
                 reloads += u64::from(r.reloads);
+                translated_worlds += u64::from(r.translated_world);
+                translated += u64::from(r.translated);
+                bridged += u64::from(r.bridged);
+                active_joins += u64::from(r.active_joins);
+                cross_family += u64::from(r.cross_family);
+                bridges += u64::from(r.bridges);
+                dialled += u64::from(r.dialled);
                 events += r.events;
                 for (k, v) in r.closes {
                     *closes.entry(k).or_default() += v;
@@ -75,6 +85,12 @@ fn seeds() {
     );
     println!(
         "forward mode and route tables: {resolved} name lookups answered, {unanswered} never answered, {reloads} tables replaced"
+    );
+    println!(
+        "translated (issue 17): {translated_worlds} worlds, {translated} data replies checked \
+         ({bridged} bridged PORT/EPRT of {bridges} bridge rule sets, {dialled} dialled by the \
+         relay policy, {active_joins} PASV/EPSV \
+         joined by --server-data-mode active), {cross_family} negotiations across families"
     );
     println!("session ends: {closes:#?}");
     assert_eq!(
@@ -128,6 +144,24 @@ fn seeds() {
         assert!(
             reloads > 0,
             "no route table was replaced while sessions ran"
+        );
+        // Translated transfers (issue 17) really happen, of every kind, at a rate
+        // (about one per ten seeds of each kind) the worlds' draws promise.
+        let tenth = n / 10;
+        assert!(
+            translated_worlds >= n / 5,
+            "{translated_worlds} translated worlds"
+        );
+        assert!(translated >= 3 * tenth, "{translated} translated transfers");
+        assert!(bridged >= tenth, "{bridged} bridged PORT/EPRTs");
+        assert!(
+            dialled >= tenth,
+            "{dialled} bridges dialled by the relay policy"
+        );
+        assert!(active_joins >= tenth, "{active_joins} active-mode joins");
+        assert!(
+            cross_family >= tenth,
+            "{cross_family} cross-family negotiations"
         );
     }
 }

@@ -357,6 +357,8 @@ pub struct Server {
     pub sent: Vec<(Vec<Vec<u8>>, Unit)>,
     /// The server closed its side.
     pub closed: bool,
+    /// The port of its last usable passive answer (what a bridge dials).
+    pub last_passive_port: Option<u16>,
 }
 
 fn lines_of(lines: &[&[u8]]) -> Vec<Vec<u8>> {
@@ -442,6 +444,9 @@ impl Server {
             return self.closing(closing_lines(rng), rng.chance(1, 3), rng);
         }
         let (port, unit) = self.data_port(rng);
+        if unit == Unit::Passive && (upper.starts_with(b"PASV") || upper.starts_with(b"EPSV")) {
+            self.last_passive_port = Some(port);
+        }
         let (p1, p2) = (port >> 8, port & 0xff);
         let h = match server_ip {
             IpAddr::V4(a) => a.octets(),

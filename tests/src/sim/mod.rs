@@ -14,9 +14,14 @@
 //! answers in `STAT -1` listings (a 227/229, a `200` sentinel, a `421-`).
 //! Worlds differ in `-6`, `-A`, `-m`, `-t`, `-R`, rule options, the relay
 //! ([`Config::relay`]), `--server-data-ports`, forward mode (`--user-at-host`,
-//! see [`forward`]: refused logins, lookups answered, failing or never answered)
-//! and route tables (`--route-file`, replaced at a random moment with
-//! `Proxy::set_routes`).
+//! see [`forward`]: refused logins, lookups answered, failing or never answered),
+//! route tables (`--route-file`, replaced at a random moment with
+//! `Proxy::set_routes`) and, with the relay, translated transfers (issue 17):
+//! `--server-data-mode` client, passive (PORT/EPRT bridged: the server asked
+//! PASV/EPSV) or active (PASV/EPSV joined), and fixed servers of the other family
+//! than the clients. The sim has no data sockets: a transfer is its control
+//! exchange and its rules; in translated worlds the rules also go through the
+//! core's [`Relay`] policy, whose bridge dials are checked (`World::relay_commit`).
 //!
 //! After every event the invariants are checked: those of every action, the
 //! session table and the shutdown by the [`Checker`] the fuzz target runs too,
@@ -38,9 +43,9 @@ use bytes::Bytes;
 use ftp_proxy_core::internals::ftp;
 use ftp_proxy_core::Filter;
 use ftp_proxy_core::{
-    Accept, Action, Anchor, Config, Direction, Input, Pcg32, PortRange, Proxy, RandomSource,
-    Refused, Rule, RuleLog, RuleOptions, ServerDataMode, SessionId, Side, SocketError, Translate,
-    DEFAULT_PROXY_PORTS,
+    Accept, Action, Anchor, Config, Decision, Direction, Input, IoOp, Pcg32, PortRange, Proxy,
+    RandomSource, Refused, Relay, Rule, RuleLog, RuleOptions, ServerDataMode, SessionId, Side,
+    SocketError, Translate, DEFAULT_PROXY_PORTS, MIN_DATA_PORT,
 };
 use pfctl_backend::mock::{FaultRates, MockBackend};
 
@@ -124,6 +129,23 @@ pub struct Report {
     pub unanswered: u32,
     /// Route tables replaced while sessions ran.
     pub reloads: u32,
+    /// Whether the world's transfers are translated (issue 17: a server data mode
+    /// other than `client`, or a server of the other family than the clients).
+    pub translated_world: bool,
+    /// Data replies (the proxy's 227/229, a bridge's 200) the client got in a
+    /// translated world, each checked by the oracle after its rules were in.
+    pub translated: u32,
+    /// Of those, 200s to a PORT/EPRT bridged with the server's passive port.
+    pub bridged: u32,
+    /// Of those, 227/229s of PASV/EPSVs joined by `--server-data-mode active`.
+    pub active_joins: u32,
+    /// Data negotiations checked in cross-family worlds: data replies to the client,
+    /// and PORT/EPRT lines rewritten into the server's family.
+    pub cross_family: u32,
+    /// Bridged rule sets committed.
+    pub bridges: u32,
+    /// Bridges the relay policy dialled as the oracle expects (translated worlds).
+    pub dialled: u32,
     /// Sessions ended, by close reason.
     pub closes: BTreeMap<String, u32>,
 }
@@ -200,6 +222,10 @@ pub struct World {
     report: Report,
     hash: u64,
     trace: Option<VecDeque<String>>,
+    /// Translated worlds: the core's relay policy fed every rule set the filter
+    /// took, to check what it dials for a bridge (the sim has no data sockets, so
+    /// each pair is failed at once after the check).
+    relay: Option<Relay>,
 }
 
 fn us(d: Duration) -> u64 {
@@ -272,6 +298,26 @@ impl World {
         if forward || routed {
             cfg.resolve_timeout_secs = frng.range(1, 3);
         }
+        // Translated worlds (issue 17), from a generator of their own as well: with
+        // the relay, the server is asked in the client's mode, always passive (PORT
+        // and EPRT bridged) or always active (PASV and EPSV joined), and now and then
+        // it is a fixed server of the other family than the clients.
+        let mut xrng = Pcg32::new(seed ^ 0x7a25_1a7e_d0a7);
+        if cfg.relay {
+            cfg.server_data_mode = [
+                ServerDataMode::Client,
+                ServerDataMode::Passive,
+                ServerDataMode::Active,
+            ][xrng.uniform(3) as usize];
+            if !forward && !routed && xrng.chance(1, 3) {
+                let other = if ipv6 {
+                    "198.51.100.20:2121"
+                } else {
+                    "[2001:db8:2::20]:2121"
+                };
+                cfg.fixed_server = Some(other.parse().unwrap());
+            }
+        }
         let proxy =
             Proxy::new(cfg.clone(), Box::new(Pcg32::new(seed ^ 0x5eed))).expect("valid config");
         let n = rng.range(1, 8) as usize;
@@ -339,7 +385,11 @@ impl World {
             report: Report::default(),
             hash: 0xcbf2_9ce4_8422_2325,
             trace: tracing.then(VecDeque::new),
+            relay: None,
         };
+        if w.translated() {
+            w.relay = Some(Relay::new(64));
+        }
         for i in 0..n {
             let at = w.rng.range(0, 30_000_000) as u64;
             w.at(at, Ev::Arrive(i));
@@ -359,8 +409,25 @@ impl World {
         orig_dst(self.cfg.ipv6)
     }
 
+    /// Whether the server side is IPv6: a fixed server's family, or the clients'.
+    fn server_v6(&self) -> bool {
+        self.cfg.fixed_server.map_or(self.cfg.ipv6, |s| s.is_ipv6())
+    }
+
+    /// Whether the world's transfers are translated: a server data mode of its
+    /// own, or a server of the other family than the clients.
+    fn translated(&self) -> bool {
+        self.cfg.server_data_mode != ServerDataMode::Client || self.cross_family()
+    }
+
+    /// Whether clients and server differ in family.
+    fn cross_family(&self) -> bool {
+        self.server_v6() != self.cfg.ipv6
+    }
+
+    /// The proxy's address towards the server of session `i`, in the server's family.
     fn proxy_addr(&self, i: usize) -> SocketAddr {
-        if self.cfg.ipv6 {
+        if self.server_v6() {
             format!("[2001:db8:2::1]:{}", 50000 + i).parse().unwrap()
         } else {
             format!("198.51.100.1:{}", 50000 + i).parse().unwrap()
@@ -489,11 +556,23 @@ impl World {
         if let Some((anchor, rules)) = self.filter.anchors().iter().find(|(_, r)| !r.is_empty()) {
             return Err(self.fail(format!("rules left in {anchor} after shutdown: {rules:?}")));
         }
-        for i in 0..self.peers.len() {
-            if self.oracle(i)? {
-                self.report.forged_answered += 1;
+        if let Some(relay) = &self.relay {
+            let (listeners, pairs) = (relay.listener_count(), relay.pair_count());
+            if listeners + pairs > 0 {
+                return Err(self.fail(format!(
+                    "the relay policy keeps {listeners} listeners and {pairs} pairs after shutdown"
+                )));
             }
         }
+        for i in 0..self.peers.len() {
+            let seen = self.oracle(i)?;
+            self.report.forged_answered += u32::from(seen.forged_answered);
+            self.report.translated += seen.translated;
+            self.report.bridged += seen.bridged;
+            self.report.active_joins += seen.active_joins;
+            self.report.cross_family += seen.cross_family;
+        }
+        self.report.translated_world = self.translated();
         self.report.trace_hash = self.hash;
         Ok(self.report)
     }
@@ -512,6 +591,9 @@ impl World {
                     Ok(sid) => {
                         self.note("accept", sid.0, b"");
                         self.report.sessions += 1;
+                        if let Some(relay) = &mut self.relay {
+                            relay.session_started(sid, conn.client.ip());
+                        }
                         self.peers[i].sid = Some(sid);
                         self.by_sid.insert(sid, i);
                     }
@@ -555,6 +637,7 @@ impl World {
                 }
                 if result.is_ok() {
                     self.checker.acked(sid, &rules);
+                    self.relay_commit(sid, anchor, &rules)?;
                 }
                 self.note(
                     if result.is_ok() { "ack" } else { "nak" },
@@ -720,6 +803,15 @@ impl World {
                     {
                         self.report.joined += 1;
                     }
+                    if rules
+                        .iter()
+                        .any(|r| matches!(r.translate, Translate::BridgeWith { .. }))
+                    {
+                        self.report.bridges += 1;
+                    }
+                    if let Err(e) = self.confined(i, &rules) {
+                        return Err(self.fail(format!("{sid}: {e}")));
+                    }
                     let delay = self.rng.range(0, 10_000) as u64;
                     let t = (self.now + delay).max(self.peers[i].ack_at);
                     self.peers[i].ack_at = t;
@@ -749,6 +841,7 @@ impl World {
                     // What the runtime does: one more removal.
                     self.note("may-remain", sid.0, b"");
                     let _ = self.filter.commit(&anchor, &[]);
+                    self.relay_commit(sid, anchor, &[])?;
                 }
                 Action::StartTls { .. } => {
                     return Err(self.fail(format!("{sid} StartTls with client TLS off")));
@@ -765,6 +858,9 @@ impl World {
                         .entry(close_kind(&reason.to_string()))
                         .or_default() += 1;
                     self.peers[i].proxy_closed = true;
+                    if let Some(relay) = &mut self.relay {
+                        relay.session_ended(sid);
+                    }
                     self.pipe(i, Pipe::ProxyToClient, Chunk::Eof);
                     self.pipe(i, Pipe::ProxyToServer, Chunk::Eof);
                 }
@@ -818,6 +914,119 @@ impl World {
                 "{sid} released {} before its rules were committed",
                 ftp::escape(line)
             )));
+        }
+        Ok(())
+    }
+
+    /// Feeds a rule set the filter took to the relay policy of a translated world,
+    /// and checks its decisions: a bridge is dialled from the proxy's address to the
+    /// port of the server's last passive answer, and its second leg connects from
+    /// the address the client reached to the client's own address. Each new pair
+    /// is then failed (no data sockets here), which ends it.
+    fn relay_commit(
+        &mut self,
+        sid: SessionId,
+        anchor: Anchor,
+        rules: &[Rule],
+    ) -> Result<(), Failure> {
+        let Some(relay) = &mut self.relay else {
+            return Ok(());
+        };
+        let now = self.epoch + Duration::from_micros(self.now);
+        match relay.prepare(anchor, rules) {
+            Ok(prepared) => relay.commit(now, prepared),
+            Err(e) => {
+                let e = format!("{sid}: the relay cannot read committed rules: {e} ({rules:?})");
+                return Err(self.fail(e));
+            }
+        }
+        let i = self.by_sid[&sid];
+        let mut dialled = None;
+        let mut failed = Vec::new();
+        let mut wrong = None;
+        let relay = self.relay.as_mut().expect("checked above");
+        let decisions: Vec<Decision> = std::iter::from_fn(|| relay.poll_decision()).collect();
+        for d in decisions {
+            match d {
+                Decision::Dial { pair, to, from, .. } => dialled = Some((pair, to, from)),
+                Decision::Connect { pair, to, from, .. } => {
+                    let Some((p, first, first_from)) = dialled.take().filter(|d| d.0 == pair)
+                    else {
+                        wrong = Some(format!("a Connect without its Dial: {pair:?} to {to}"));
+                        continue;
+                    };
+                    failed.push(p);
+                    let p = &self.peers[i];
+                    let server = p
+                        .server_at
+                        .or(self.cfg.fixed_server)
+                        .unwrap_or(orig_dst(self.cfg.ipv6));
+                    let proxy = self.proxy_addr(i).ip();
+                    let ok = first.ip() == server.ip()
+                        && Some(first.port()) == p.server.last_passive_port
+                        && first_from.map(|a| a.ip()) == Some(proxy)
+                        && to.ip() == p.addr.ip()
+                        && to.port() >= MIN_DATA_PORT
+                        && from.map(|a| a.ip()) == Some(orig_dst(self.cfg.ipv6).ip());
+                    if ok {
+                        self.report.dialled += 1;
+                    } else {
+                        wrong = Some(format!(
+                            "bridge dialled {first_from:?} -> {first}, then {from:?} -> {to}; \
+                             server {server} (last passive port {:?}), proxy {proxy}, client {}",
+                            p.server.last_passive_port, p.addr
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(e) = wrong {
+            return Err(self.fail(format!("{sid}: {e}")));
+        }
+        let relay = self.relay.as_mut().expect("checked above");
+        for pair in failed {
+            relay.failed(
+                now,
+                pair,
+                IoOp::Setup,
+                SocketError::from_errno(libc::ECONNREFUSED),
+            );
+        }
+        while relay.poll_decision().is_some() {}
+        Ok(())
+    }
+
+    /// Every port a rule names is from 1024 up, every address one of session
+    /// `i`'s (client, original destination, server, the proxy towards the server).
+    fn confined(&self, i: usize, rules: &[Rule]) -> Result<(), String> {
+        let p = &self.peers[i];
+        let server = p
+            .server_at
+            .or(self.cfg.fixed_server)
+            .unwrap_or(self.orig_dst());
+        let addrs = [
+            p.addr.ip(),
+            self.orig_dst().ip(),
+            server.ip(),
+            self.proxy_addr(i).ip(),
+        ];
+        for r in rules {
+            let (addr, port) = match r.translate {
+                Translate::RdrTo { addr, port }
+                | Translate::JoinWith { addr, port }
+                | Translate::BridgeWith { addr, port } => (addr, Some(port)),
+                Translate::NatTo { addr, .. } => (addr, None),
+            };
+            if r.port < MIN_DATA_PORT || port.is_some_and(|p| p < MIN_DATA_PORT) {
+                return Err(format!("a port below 1024 in {r}"));
+            }
+            if let Some(a) = [r.from, r.to, addr]
+                .into_iter()
+                .find(|a| !addrs.contains(a))
+            {
+                return Err(format!("{a} is not the session's, in {r}"));
+            }
         }
         Ok(())
     }
@@ -972,10 +1181,14 @@ impl World {
     }
 
     /// Compares what each side received with what the other sent, rewrites aside.
-    /// Returns whether the proxy answered a PASV/EPSV held behind a forged listing.
-    fn oracle(&self, i: usize) -> Result<bool, Failure> {
+    /// Returns what it saw: whether the proxy answered a PASV/EPSV held behind a
+    /// forged listing, and the translated transfers checked.
+    fn oracle(&self, i: usize) -> Result<Seen, Failure> {
         let p = &self.peers[i];
-        let Some(sid) = p.sid else { return Ok(false) };
+        let mut seen = Seen::default();
+        let Some(sid) = p.sid else { return Ok(seen) };
+        let (translated, cross) = (self.translated(), self.cross_family());
+        let active = self.cfg.server_data_mode == ServerDataMode::Active;
         let proxy_ip = self.proxy_addr(i).ip();
         let orig_ip = self.orig_dst().ip();
         let walk = self.walk(i, sid)?;
@@ -995,6 +1208,10 @@ impl World {
                 ToServer::Active(sent) => rewritten_active(g, sent, proxy_ip),
                 ToServer::Join => joining_port(g, proxy_ip),
             };
+            if ok && cross && matches!(want, ToServer::Active(_)) {
+                // A client's PORT/EPRT rewritten into the server's family.
+                seen.cross_family += 1;
+            }
             if !ok {
                 return Err(self.fail(format!(
                     "{sid}: line {n} to the server should be {want:?}, is {}",
@@ -1008,24 +1225,31 @@ impl World {
         // Server to client: what the walk expects, in order; an optional line may be
         // missing; the stream may stop anywhere (the session ended).
         let mut got = p.client.received.iter().peekable();
-        let mut forged_answered = false;
         for (n, want) in walk.client.iter().enumerate() {
             let Some(&g) = got.peek() else {
-                return Ok(forged_answered);
+                return Ok(seen);
             };
             let (want, optional) = match want {
                 Expected::Optional(w) => (&**w, true),
                 w => (w, false),
             };
             let ok = match want {
-                Expected::Exact(w) => g == w,
+                Expected::Exact(w) | Expected::Bridged(w) => g == w,
                 Expected::ProxyPassive { pasv } => rewritten_passive(g, *pasv, orig_ip),
                 Expected::Prefix(w) => g.starts_with(w),
                 Expected::Optional(_) => unreachable!("never nested"),
             };
             if ok {
                 got.next();
-                forged_answered |= walk.forged_answer == Some(n);
+                seen.forged_answered |= walk.forged_answer == Some(n);
+                let data = matches!(want, Expected::ProxyPassive { .. } | Expected::Bridged(_));
+                if data && translated {
+                    seen.translated += 1;
+                    seen.bridged += u32::from(matches!(want, Expected::Bridged(_)));
+                    seen.cross_family += u32::from(cross);
+                    // Active mode joins every PASV/EPSV.
+                    seen.active_joins += u32::from(active && !matches!(want, Expected::Bridged(_)));
+                }
             } else if !optional {
                 return Err(self.fail(format!(
                     "{sid}: client expected {want:?}, got {}",
@@ -1039,7 +1263,7 @@ impl World {
                 ftp::escape(extra)
             )));
         }
-        Ok(forged_answered)
+        Ok(seen)
     }
 
     /// What each side of session `i` should have received, had the session not been
@@ -1075,6 +1299,12 @@ impl World {
         }
         let relay = self.cfg.relay;
         let bounded = self.cfg.server_data_ports.is_some();
+        let mode = self.cfg.server_data_mode;
+        // What the proxy asks the server in place of a client's PASV/EPSV/PORT/EPRT
+        // when it asks for a passive port of its own (translate::server_command):
+        // an IPv6 server knows only EPSV; an IPv4 one gets PASV for PASV, PORT and
+        // EPRT, EPSV for EPSV (the sim's servers never refuse EPSV).
+        let server_v6 = self.server_v6();
         let mut steerable = false;
         let sent: Vec<&(Vec<u8>, Fate)> = p
             .client
@@ -1088,12 +1318,20 @@ impl World {
             let pasv = ftp::classify(line) == ftp::Command::Pasv;
             let treat = match fate {
                 Fate::Local(reply) => Treat::Local(reply),
+                // `--server-data-mode active` (only with the relay): always joined.
+                Fate::Passive if mode == ServerDataMode::Active => Treat::Join,
                 Fate::Passive if steerable && relay => Treat::Join,
                 Fate::Passive if steerable && !bounded => {
                     Treat::Local(actors::REPLY_PASSIVE_UNSAFE)
                 }
                 Fate::Passive => Treat::Passive,
                 Fate::Same => Treat::Forward,
+                // `--server-data-mode passive`: the server asked PASV/EPSV, its port
+                // bridged with the client's, unless a multi-line reply may have
+                // forged the answer (then PORT/EPRT goes as the client sent it).
+                Fate::Rewritten if mode == ServerDataMode::Passive && !steerable => Treat::Bridge {
+                    eprt: matches!(ftp::classify(line), ftp::Command::Eprt(_)),
+                },
                 Fate::Rewritten => Treat::Forward,
                 Fate::Login(_) => {
                     // The server's greeting first: no greeting (the connect
@@ -1126,6 +1364,9 @@ impl World {
                     continue;
                 }
                 (Treat::Join, _) => ToServer::Join,
+                (Treat::Bridge { .. }, _) if server_v6 => ToServer::Same(b"EPSV\r\n".to_vec()),
+                (Treat::Bridge { .. }, _) => ToServer::Same(b"PASV\r\n".to_vec()),
+                (Treat::Passive, _) if pasv && server_v6 => ToServer::Same(b"EPSV\r\n".to_vec()),
                 (_, Fate::Rewritten) => ToServer::Active(line.clone()),
                 (_, Fate::Login(user)) => ToServer::Same(user.clone()),
                 _ => ToServer::Same(line.clone()),
@@ -1146,9 +1387,17 @@ impl World {
                     });
                 }
                 (Treat::Passive, Unit::Passive) => w.client.push(Expected::ProxyPassive { pasv }),
-                (Treat::Passive, Unit::BadPassive) => w.client.push(Expected::Exact(
-                    actors::REPLY_BAD_PASSIVE.as_bytes().to_vec(),
-                )),
+                (Treat::Passive | Treat::Bridge { .. }, Unit::BadPassive) => w.client.push(
+                    Expected::Exact(actors::REPLY_BAD_PASSIVE.as_bytes().to_vec()),
+                ),
+                (Treat::Bridge { eprt }, Unit::Passive) => {
+                    let reply: &[u8] = if eprt {
+                        b"200 EPRT command successful\r\n"
+                    } else {
+                        b"200 PORT command successful\r\n"
+                    };
+                    w.client.push(Expected::Bridged(reply.to_vec()));
+                }
                 (Treat::Forward, Unit::Plain) => {
                     w.exact(lines);
                     if ftp::may_carry_client_lines(line)
@@ -1264,10 +1513,26 @@ enum Treat {
     Passive,
     /// Serves a PASV/EPSV joined: its own PORT/EPRT to the server.
     Join,
+    /// Serves a PORT/EPRT bridged: its own PASV/EPSV to the server, and a 200 to
+    /// the client (in the client's form) once the rules are in.
+    Bridge {
+        /// The client sent EPRT.
+        eprt: bool,
+    },
+}
+
+/// What the oracle saw of one session.
+#[derive(Default)]
+struct Seen {
+    forged_answered: bool,
+    /// Data replies the client got in a translated world: see [`Report::translated`].
+    translated: u32,
+    bridged: u32,
+    active_joins: u32,
+    cross_family: u32,
 }
 
 /// One line the server should receive.
-#[derive(Debug)]
 enum ToServer {
     Same(Vec<u8>),
     /// The rewrite of the client's PORT/EPRT.
@@ -1285,14 +1550,27 @@ enum Expected {
     },
     /// A line starting with these bytes (the proxy's 421 with its reason).
     Prefix(Vec<u8>),
+    /// The proxy's 200 to a PORT/EPRT it bridged with the server's passive port.
+    Bridged(Vec<u8>),
     /// This line, or nothing.
     Optional(Box<Expected>),
+}
+
+impl std::fmt::Debug for ToServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ToServer::Same(l) => write!(f, "'{}'", ftp::escape(l)),
+            ToServer::Active(l) => write!(f, "the rewrite of '{}'", ftp::escape(l)),
+            ToServer::Join => f.write_str("the proxy's PORT/EPRT of a join"),
+        }
+    }
 }
 
 impl std::fmt::Debug for Expected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Expected::Exact(l) => write!(f, "'{}'", ftp::escape(l)),
+            Expected::Bridged(l) => write!(f, "the bridge's '{}'", ftp::escape(l)),
             Expected::ProxyPassive { pasv: true } => f.write_str("the proxy's own 227"),
             Expected::ProxyPassive { pasv: false } => f.write_str("the proxy's own 229"),
             Expected::Prefix(p) => write!(f, "'{}...'", ftp::escape(p)),
@@ -1340,14 +1618,13 @@ fn rewritten_active(got: &[u8], sent: &[u8], proxy_ip: IpAddr) -> bool {
         _ => None,
     };
     let Some(p) = port(got) else { return false };
-    let verb_kept = got[..4].eq_ignore_ascii_case(&sent[..4]);
-    let expected = match (&got[..4], proxy_ip) {
-        (b"PORT", IpAddr::V4(v4)) => ftp::format_port(v4, p),
+    // PORT stays PORT towards an IPv4 proxy address; EPRT, and anything towards an
+    // IPv6 one, becomes an EPRT in the proxy's family (|1| or |2|).
+    let expected = match proxy_ip {
+        IpAddr::V4(v4) if sent[..4].eq_ignore_ascii_case(b"PORT") => ftp::format_port(v4, p),
         _ => ftp::format_eprt(proxy_ip, p),
     };
-    verb_kept
-        && got == expected.as_bytes()
-        && (DEFAULT_PROXY_PORTS.low..=DEFAULT_PROXY_PORTS.high).contains(&p)
+    got == expected.as_bytes() && (DEFAULT_PROXY_PORTS.low..=DEFAULT_PROXY_PORTS.high).contains(&p)
 }
 
 /// The client must see the proxy's own 227 (with the original server address) for
