@@ -593,3 +593,206 @@ fn server_tls_name_checks_a_dns_name() -> Result<()> {
     assert_same_file(&fx.work.original(SMALL), &got)?;
     secured(&fx)
 }
+
+/// Implicit TLS in front (`--tls-implicit`, curl's `ftps://`) with TLS behind,
+/// explicit (pure-ftpd `-Y 3`) and implicit (vsftpd `implicit_ssl=YES`): the
+/// combinations of front and back the other tests leave out.
+#[test]
+fn implicit_in_front_with_tls_behind() -> Result<()> {
+    let front = |work: &Workdir| {
+        let pki = work.root().join("pki");
+        vec![
+            "--tls-implicit".to_string(),
+            "--tls-cert".into(),
+            pki.join("server.pem").display().to_string(),
+            "--tls-key".into(),
+            pki.join("server.key").display().to_string(),
+        ]
+    };
+    // Implicit in front, explicit behind.
+    let Some(fx) = fixture(
+        "srvtls-imp-exp",
+        PureFtpdTls::Required,
+        Pki::server,
+        |work, ca| {
+            let mut args = explicit_with_ca(ca);
+            args.extend(front(work));
+            args
+        },
+    )?
+    else {
+        return Ok(());
+    };
+    let tls = ClientTls::implicit(&fx.work.root().join("pki").join("ca.pem"));
+    for mode in [DataMode::Pasv, DataMode::Epsv] {
+        let m = mode.command().to_lowercase();
+        let got = fx.work.local().join(format!("imp-exp-{m}.bin"));
+        let log = curl_ftps_retr(fx.target(), Login::User, mode, &tls, BIG, &got)?.ok()?;
+        prove_mode(&log, mode)?;
+        assert_same_file(&fx.work.original(BIG), &got)?;
+        let name = format!("imp-exp-{m}.up");
+        curl_ftps_stor(
+            fx.target(),
+            Login::User,
+            mode,
+            &tls,
+            &fx.work.original(SMALL),
+            &name,
+        )?
+        .ok()?;
+        assert_same_file(&fx.work.original(SMALL), &fx.work.user().join(&name))?;
+    }
+    secured(&fx)?;
+    drop(fx);
+
+    // Implicit on both sides, vsftpd behind (it requires its data connections to
+    // resume the control session's TLS session).
+    let work = Workdir::new("srvtls-imp-imp")?;
+    let pki = pki_of(&work)?;
+    let server = Vsftpd::start_with(
+        &work,
+        LOCALHOST,
+        &VsftpdConfig {
+            tls: Some(VsftpdTls::implicit(&pki.server())),
+            anon_upload: true,
+        },
+    )?;
+    let ca = pki.ca().display().to_string();
+    let mut args = vec![
+        "--server-tls".to_string(),
+        "implicit".into(),
+        "--server-tls-ca".into(),
+        ca.clone(),
+    ];
+    args.extend(front(&work));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let proxy = ProxyProcess::start(
+        LOCALHOST,
+        server.addr(),
+        &args,
+        &work.root().join("ftp-proxy.log"),
+    )?;
+    let tls = ClientTls::implicit(&pki.ca());
+    for mode in [DataMode::Pasv, DataMode::Epsv] {
+        let m = mode.command().to_lowercase();
+        let got = work.local().join(format!("imp-imp-{m}.bin"));
+        let log = curl_ftps_retr(proxy.addr(), Login::Anonymous, mode, &tls, BIG, &got)?
+            .ok()
+            .map_err(|e| {
+                E2eError::check(
+                    "implicit FTPS on both sides",
+                    format!(
+                        "{e}\n{}\n{}",
+                        tail(&proxy.log(), 3000),
+                        tail(&server.log(), 2000)
+                    ),
+                )
+            })?;
+        prove_mode(&log, mode)?;
+        assert_same_file(&work.original(BIG), &got)?;
+    }
+    let data: Vec<_> = server
+        .tls_handshakes()
+        .into_iter()
+        .filter(|h| h.after_login)
+        .collect();
+    check(
+        data.len() >= 2 && data.iter().all(|h| h.reused),
+        "vsftpd saw every data connection resume the proxy's control session",
+        format!("{data:?}"),
+    )
+}
+
+/// A TLS 1.2 client that asks to renegotiate on the control connection
+/// (`openssl s_client`'s `R` command): rustls never renegotiates and answers
+/// with its `no_renegotiation` alert, OpenSSL gives up on the connection, and the
+/// proxy ends that session with a log line naming the TLS failure; another
+/// session is not disturbed.
+#[test]
+fn a_renegotiation_attempt_does_not_renegotiate() -> Result<()> {
+    let Some(fx) = fixture(
+        "srvtls-reneg",
+        PureFtpdTls::Allowed,
+        Pki::server,
+        |work, _ca| {
+            let pki = work.root().join("pki");
+            vec![
+                "--tls-cert".into(),
+                pki.join("server.pem").display().to_string(),
+                "--tls-key".into(),
+                pki.join("server.key").display().to_string(),
+            ]
+        },
+    )?
+    else {
+        return Ok(());
+    };
+    let ca = fx.work.root().join("pki").join("ca.pem");
+    let t = fx.target();
+    let mut child = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &t.to_string(),
+            "-starttls",
+            "ftp",
+            "-tls1_2",
+            "-CAfile",
+            &ca.display().to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(E2eError::io("spawn openssl s_client"))?;
+    {
+        use std::io::Write;
+        let stdin = child.stdin.as_mut().expect("piped");
+        let _ = stdin.write_all(b"NOOP\r\n");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        // `R` on a line of its own: s_client renegotiates.
+        let _ = stdin.write_all(b"R\n");
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        let _ = stdin.write_all(b"NOOP\r\n");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    drop(child.stdin.take());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let status = loop {
+        if let Some(st) = child.try_wait().map_err(E2eError::io("wait s_client"))? {
+            break Some(st);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = child
+        .wait_with_output()
+        .map_err(E2eError::io("s_client output"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Each handshake's chain is verified and printed once (two lines).
+    let asked = text.contains("RENEGOTIATING");
+    let renegotiated = text.matches("verify return:1").count() > 2;
+    // A transfer by another client still works.
+    let tls = ClientTls::explicit(&ca);
+    let got = fx.work.local().join("after-reneg.bin");
+    curl_ftps_retr(t, Login::User, DataMode::Epsv, &tls, BIG, &got)?.ok()?;
+    assert_same_file(&fx.work.original(BIG), &got)?;
+    check(
+        status.is_some()
+            && asked
+            && text.contains("no renegotiation")
+            && !renegotiated
+            && fx
+                .proxy_log()
+                .contains("TLS on the client control connection failed"),
+        "the renegotiation is refused (rustls' no_renegotiation alert, no second handshake) and the proxy ends that session with a log line",
+        format!("status {status:?}\n{}\nproxy: {}", tail(&text, 3000), tail(&fx.proxy_log(), 2000)),
+    )
+}
