@@ -14,7 +14,16 @@ Modes:
       download by an IPv6 client (translated) against the same download by an
       IPv4 client (untranslated), in turn, with the ratio.
   bench.py source PORT FILE     serve FILE raw (sendfile) to every connection
-  bench.py relay PORT DEST      a trivial one-thread relay: splice through 1 MiB pipes
+  bench.py relay PORT DEST [--both-ways]
+                                a trivial one-thread relay: splice through 1 MiB pipes
+                                (the client's bytes too, in a second thread, with
+                                --both-ways)
+  bench.py tls-source PORT FILE CERT KEY
+                                serve FILE over TLS 1.3 (Python ssl) to every connection:
+                                the source of the FTPS section's raw TLS stream
+  bench.py tls-relay PORT DEST CERT KEY CA
+                                a trivial TLS-terminating relay in Python (decrypt,
+                                re-encrypt), a second opinion beside socat
   bench.py ctl PORT             a minimal FTP control server that reads as fast as it
                                 is sent to (see ctl_session)
   bench.py flood PORT SECS LEN  one client sending LEN-byte blank lines for SECS
@@ -603,8 +612,25 @@ def source(port, path):
         c.close()
 
 
-def relay(port, dest):
-    """One thread, one connection at a time, splice through a 1 MiB pipe per direction."""
+def splice_all(src, dst, r, w):
+    """src to dst through the pipe (r, w) until src's EOF (passed on as a half-close:
+    a TLS peer waits for it after its close_notify) or an error."""
+    try:
+        while True:
+            n = os.splice(src.fileno(), w, 1 << 20)
+            if n == 0:
+                break
+            while n:
+                n -= os.splice(r, dst.fileno(), n)
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+def relay(port, dest, both_ways=False):
+    """One thread, one connection at a time, splice through a 1 MiB pipe per direction.
+    Only the server's bytes are relayed unless both_ways (a TLS stream, whose client
+    speaks first in the handshake): then a second thread splices the client's."""
     ls = socket.socket()
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind((HOST, port))
@@ -615,23 +641,128 @@ def relay(port, dest):
     while True:
         a, _ = ls.accept()
         b = socket.create_connection((HOST, dest), timeout=TIMEOUT)
-        r, w = os.pipe()
-        fcntl.fcntl(w, F_SETPIPE_SZ, 1 << 20)
+        pipes = []
+        for _ in range(2 if both_ways else 1):
+            r, w = os.pipe()
+            fcntl.fcntl(w, F_SETPIPE_SZ, 1 << 20)
+            pipes.append((r, w))
         b.setblocking(True)
         a.setblocking(True)
-        try:
-            while True:
-                n = os.splice(b.fileno(), w, 1 << 20)
-                if n == 0:
-                    break
-                while n:
-                    n -= os.splice(r, a.fileno(), n)
-        except OSError:
-            pass
+        up = None
+        if both_ways:
+            up = threading.Thread(target=splice_all, args=(a, b, *pipes[1]), daemon=True)
+            up.start()
+        splice_all(b, a, *pipes[0])
+        for x in (a, b):
+            try:
+                x.shutdown(socket.SHUT_RDWR)  # wakes the other direction's splice
+            except OSError:
+                pass
+        if up:
+            up.join(TIMEOUT)
         for x in (a, b):
             x.close()
-        os.close(r)
-        os.close(w)
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+
+
+def tls_source(port, path, cert, key):
+    """One connection at a time: a TLS 1.3 handshake, FILE in 1 MiB writes, close_notify.
+    Python's ssl encrypts with OpenSSL (AES-NI), as pure-ftpd does."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(cert, key)
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((HOST, port))
+    ls.listen(16)
+    while True:
+        c, _ = ls.accept()
+        c.settimeout(TIMEOUT)
+        try:
+            t = ctx.wrap_socket(c, server_side=True)
+            with open(path, "rb") as f:
+                for _ in range(1 << 20):  # bounded: 1 TiB in 1 MiB writes
+                    chunk = f.read(1 << 20)
+                    if not chunk:
+                        break
+                    t.sendall(chunk)
+            t.unwrap()
+        except (OSError, ValueError):
+            pass
+        c.close()
+
+
+def tls_relay(port, dest, cert, key, ca):
+    """A trivial TLS-terminating relay in Python, one connection at a time: TLS in
+    from the client, TLS out to dest (verified against ca), the plaintext copied by
+    recv_into/sendall in a thread per direction. Python's cost per record makes it a
+    poor limit; it stands beside socat as a second opinion."""
+    import ssl
+
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    sctx.load_cert_chain(cert, key)
+    cctx = ftps_context(ca)
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((HOST, port))
+    ls.listen(16)
+
+    def pump(src, dst):
+        buf = bytearray(1 << 16)
+        view = memoryview(buf)
+        try:
+            while True:
+                n = src.recv_into(view)
+                if n == 0:
+                    break
+                dst.sendall(view[:n])
+        except (OSError, ValueError):
+            pass
+
+    while True:
+        c, _ = ls.accept()
+        c.settimeout(TIMEOUT)
+        try:
+            a = sctx.wrap_socket(c, server_side=True)
+            b = cctx.wrap_socket(socket.create_connection((HOST, dest), timeout=TIMEOUT),
+                                 server_hostname=HOST)
+        except (OSError, ValueError):
+            c.close()
+            continue
+        up = threading.Thread(target=pump, args=(a, b), daemon=True)
+        up.start()
+        pump(b, a)
+        try:
+            a.unwrap()  # close_notify to the client: the stream's end
+        except (OSError, ValueError):
+            pass
+        for x in (a, b):
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        up.join(TIMEOUT)
+        a.close()
+        b.close()
+
+
+def tls_raw_download(port, ctx, size, ciphers):
+    """The raw TLS stream of tls_source, through whatever listens on port; MB/s."""
+    raw = socket.create_connection((HOST, port), timeout=TIMEOUT)
+    t = time.perf_counter()
+    s = ctx.wrap_socket(raw, server_hostname=HOST)
+    ciphers.add(f"{s.version()} {s.cipher()[0]}")
+    got = tls_recv_all(s)
+    secs = time.perf_counter() - t
+    s.close()
+    if got != size:
+        raise RuntimeError(f"raw TLS stream: {got} of {size} bytes")
+    return size / secs
 
 
 def ctl_session(c):
@@ -1008,6 +1139,10 @@ def ftps_measure(args):
             res[name]["fresh"] = memory_kib(pid)
     for name, _, _ in plains:
         res[name] = {"big": [], "cpu": []}
+    tls_raws = [parse_target(t) for t in args.tls_raw]
+    for name, _, _ in tls_raws:
+        res[name] = {"big": [], "cpu": []}
+    ciphers = set()
     servers = dict(parse_server(x) for x in args.server_of)
 
     # Warm up; a proxy column whose session fails (say, a --server-tls build that
@@ -1068,6 +1203,8 @@ def ftps_measure(args):
             timed_download(name, pid, lambda: ftps_download(port, ctx, args.big, args.size, r))
         for name, port, pid in plains:
             timed_download(name, pid, lambda: big_download(port, args.big, args.size))
+        for name, port, pid in tls_raws:
+            timed_download(name, pid, lambda: tls_raw_download(port, ctx, args.size, ciphers))
         print("bench: FTPS round measured", file=sys.stderr, flush=True)
 
     base = res[targets[0][0]]
@@ -1159,6 +1296,8 @@ def ftps_measure(args):
             if p[2] == pid and res[p[0]]["cpu"] and res[name]["cpu"]:
                 print(f"- {name}: {med(res[name]['cpu']) / med(res[p[0]]['cpu']):.1f}x the CPU per GiB "
                       f"of the plain relay (same process, {p[0]})")
+    if tls_raws:
+        print_tls_limit(args, res, tls_raws, targets, ciphers)
     if args.profile == "always":
         short = [(t[0], t[1], t[2]) for t in targets[1:] if t[2]]
     if args.profile != "never":
@@ -1167,6 +1306,43 @@ def ftps_measure(args):
                              lambda port=port: ftps_download(port, ctx, args.big, args.size,
                                                              {"data": 0, "resumed": 0}),
                              args.out_dir)
+
+
+def print_tls_limit(args, res, tls_raws, targets, ciphers):
+    """This machine's limit for a TLS-terminating relay: the raw TLS stream directly,
+    through a trivial relay that decrypts and re-encrypts, and through a plain relay
+    of the TLS bytes; beside them our proxy's TLS-both-sides ratio from this run."""
+    def cpu_cell(r, key):
+        return fmt(r[key], "s", 2) if r.get(key) else "-"
+
+    base = res[tls_raws[0][0]]
+    gib = args.size / (1 << 30)
+    print()
+    print(f"This machine's limit for a TLS relay: a raw {gib:g} GiB TLS stream (Python ssl "
+          f"source and client; {', '.join(sorted(ciphers)) or '?'}), same run:")
+    print()
+    print("| path | MB/s | × raw TLS direct | relay CPU s per GiB | source CPU s per GiB | client CPU s per GiB |")
+    print("|---|---|---|---|---|---|")
+    for name, _, pid in tls_raws:
+        r = res[name]
+        print(f"| {name} | {fmt(r['big'], '', 0)} | {med(r['big']) / med(base['big']):.2f}x | "
+              f"{fmt(r['cpu'], 's', 2) if r['cpu'] else '-'} | {cpu_cell(r, 'server_cpu')} | "
+              f"{fmt(r['client_cpu'], 's', 2)} |")
+    direct = targets[0][0]
+    for name, _, _, kind in targets[1:]:
+        if kind == "both":
+            r = res[name]
+            print(f"| {name} (PROT P, × {direct}) | {fmt(r['big'], '', 0)} | "
+                  f"{med(r['big']) / med(res[direct]['big']):.2f}x | {fmt(r['cpu'], 's', 2)} | "
+                  f"{cpu_cell(r, 'server_cpu')} | {fmt(r['client_cpu'], 's', 2)} |")
+    print()
+    for name, _, pid in tls_raws[1:]:
+        print(f"- {name} / {tls_raws[0][0]}: {med(res[name]['big']) / med(base['big']):.2f}x")
+    for name, _, _, kind in targets[1:]:
+        if kind == "both":
+            print(f"- {name} / {direct} (PROT P download): "
+                  f"{med(res[name]['big']) / med(res[direct]['big']):.2f}x "
+                  f"(target >= {FTPS_TARGETS['both']}x)")
 
 
 def main():
@@ -1198,12 +1374,26 @@ def main():
     t.add_argument("--size", type=int, default=1 << 30)
     t.add_argument("--profile", choices=["short", "always", "never"], default="short")
     t.add_argument("--out-dir", default="/tmp")
+    # NAME=PORT[:PID]: the raw TLS stream (the first is the direct one) and relays of it.
+    t.add_argument("--tls-raw", action="append", default=[])
+    tr = sub.add_parser("tls-relay")
+    tr.add_argument("port", type=int)
+    tr.add_argument("dest", type=int)
+    tr.add_argument("cert")
+    tr.add_argument("key")
+    tr.add_argument("ca")
+    ts = sub.add_parser("tls-source")
+    ts.add_argument("port", type=int)
+    ts.add_argument("path")
+    ts.add_argument("cert")
+    ts.add_argument("key")
     s = sub.add_parser("source")
     s.add_argument("port", type=int)
     s.add_argument("path")
     r = sub.add_parser("relay")
     r.add_argument("port", type=int)
     r.add_argument("dest", type=int)
+    r.add_argument("--both-ways", action="store_true")
     c = sub.add_parser("ctl")
     c.add_argument("port", type=int)
     f = sub.add_parser("flood")
@@ -1219,10 +1409,14 @@ def main():
         source(a.port, a.path)
     elif a.mode == "ctl":
         ctl(a.port)
+    elif a.mode == "tls-relay":
+        tls_relay(a.port, a.dest, a.cert, a.key, a.ca)
+    elif a.mode == "tls-source":
+        tls_source(a.port, a.path, a.cert, a.key)
     elif a.mode == "flood":
         flooder(a.port, min(a.seconds, 60), a.line_len)
     else:
-        relay(a.port, a.dest)
+        relay(a.port, a.dest, a.both_ways)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,10 @@
 # sessions, a SIZE_MIB PROT P download (MB/s, proxy CPU s/GiB) beside the plain one,
 # the proxy's PSS/RSS with IDLE idle TLS sessions and FTPS_XFERS (50) transfers in
 # flight, the ratios against the targets, and a perf (or strace -c) profile of a
-# proxy whose download falls short (FTPS_PROFILE=always|never).
+# proxy whose download falls short (FTPS_PROFILE=always|never); and, as this
+# machine's limit for a TLS relay, a raw SIZE_MIB TLS stream from a Python ssl
+# source directly, through socat decrypting and re-encrypting, and through the
+# splice relay passing the TLS bytes on (socat installed when missing).
 set -euo pipefail
 
 N=${N:-200}
@@ -293,6 +296,48 @@ ftps_bench() {
         echo "bench: this ftp-proxy has no --server-tls: no \"TLS both sides\" column" >&2
         echo "(no \"TLS both sides\" column: $bin has no --server-tls)"
     fi
+    # This machine's limit for a TLS-terminating relay: a raw SIZE_MIB TLS stream from
+    # a Python ssl source (TLS 1.3, the bench's certificate) directly, through socat
+    # decrypting and re-encrypting (OpenSSL's AES-NI code, 64 KiB reads, one forked
+    # child per connection, counted once reaped) and through the trivial splice relay
+    # passing the TLS bytes on untouched (the lower bound); bench.py's Python ssl relay
+    # (a thread per direction) as a second opinion beside socat.
+    local tls_raw=()
+    if ! command -v socat >/dev/null; then
+        echo "bench: installing socat (the trivial TLS relay)" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y socat </dev/null >/dev/null 2>&1 ||
+            echo "bench: no socat: no trivial TLS relay row" >&2
+    fi
+    TLS_SRC_PORT=$(free_port); TLS_RELAY_PORT=$(free_port); TLS_SPLICE_PORT=$(free_port)
+    python3 scripts/bench.py tls-source "$TLS_SRC_PORT" "$dir/ftp/big" "$pki/server.pem" "$pki/server.key" &
+    local tls_src_pid=$!
+    pids+=("$tls_src_pid")
+    wait_port "$TLS_SRC_PORT"
+    tls_raw+=(--tls-raw "raw TLS direct=$TLS_SRC_PORT" --server-of "raw TLS direct=$tls_src_pid")
+    if command -v socat >/dev/null; then
+        socat -b 65536 "OPENSSL-LISTEN:$TLS_RELAY_PORT,bind=127.0.0.1,fork,reuseaddr,cert=$pki/server.pem,key=$pki/server.key,verify=0" \
+            "OPENSSL:127.0.0.1:$TLS_SRC_PORT,verify=0" >"$dir/socat.log" 2>&1 &
+        local socat_pid=$!
+        pids+=("$socat_pid")
+        wait_port "$TLS_RELAY_PORT"
+        tls_raw+=(--tls-raw "trivial TLS relay (socat, decrypt + re-encrypt)=$TLS_RELAY_PORT:$socat_pid"
+            --server-of "trivial TLS relay (socat, decrypt + re-encrypt)=$tls_src_pid")
+    fi
+    TLS_PYRELAY_PORT=$(free_port)
+    python3 scripts/bench.py tls-relay "$TLS_PYRELAY_PORT" "$TLS_SRC_PORT" "$pki/server.pem" \
+        "$pki/server.key" "$pki/ca.pem" &
+    local tls_pyrelay_pid=$!
+    pids+=("$tls_pyrelay_pid")
+    wait_port "$TLS_PYRELAY_PORT"
+    tls_raw+=(--tls-raw "trivial TLS relay (Python ssl, decrypt + re-encrypt)=$TLS_PYRELAY_PORT:$tls_pyrelay_pid"
+        --server-of "trivial TLS relay (Python ssl, decrypt + re-encrypt)=$tls_src_pid")
+    python3 scripts/bench.py relay --both-ways "$TLS_SPLICE_PORT" "$TLS_SRC_PORT" &
+    local tls_splice_pid=$!
+    pids+=("$tls_splice_pid")
+    wait_port "$TLS_SPLICE_PORT"
+    tls_raw+=(--tls-raw "trivial splice relay of the TLS bytes=$TLS_SPLICE_PORT:$tls_splice_pid"
+        --server-of "trivial splice relay of the TLS bytes=$tls_src_pid")
+
     echo "bench: FTPS: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg); N=$N SIZE_MIB=$SIZE_MIB RUNS=$RUNS IDLE=$IDLE FTPS_XFERS=$FTPS_XFERS" >&2
     echo "FTPS run: load $(cut -d' ' -f1-3 /proc/loadavg) at the start"
     timeout "$BENCH_TIMEOUT" python3 scripts/bench.py ftps "${ftargets[@]}" \
@@ -301,6 +346,7 @@ ftps_bench() {
         --server-of "ftp-proxy TLS both sides=$ftps_server_pid" \
         --server-of "direct (plain FTP)=$server_pid" --server-of "ftp-proxy plain relay=$server_pid" \
         --ca "$pki/ca.pem" --n "$N" --idle "$IDLE" --transfers "$FTPS_XFERS" --runs "$RUNS" \
+        "${tls_raw[@]}" \
         --size $((SIZE_MIB << 20)) --profile "${FTPS_PROFILE:-short}" --out-dir "$dir"
     echo "FTPS run: load $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 }
