@@ -16,18 +16,18 @@
 /// state away, so after a few proxy ports the next ones are known.
 ///
 /// ```
-/// use std::io::Read;
+/// use std::{fs, io::Read};
 ///
 /// /// The kernel's CSPRNG through `/dev/urandom`, 64 words per read.
 /// struct Urandom {
-///     file: std::fs::File,
+///     file: fs::File,
 ///     buf: [u8; 256],
 ///     left: usize,
 /// }
 ///
 /// impl Urandom {
 ///     fn open() -> std::io::Result<Urandom> {
-///         let file = std::fs::File::open("/dev/urandom")?;
+///         let file = fs::File::open("/dev/urandom")?;
 ///         Ok(Urandom { file, buf: [0; 256], left: 0 })
 ///     }
 /// }
