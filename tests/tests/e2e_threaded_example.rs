@@ -157,7 +157,9 @@ fn threaded_example_translates_in_both_server_data_modes() -> Result<()> {
         }
         let log = fs::read_to_string(&log_path).unwrap_or_default();
         let n = log.lines().filter(|l| l.contains(logged)).count();
-        if n != 4 {
+        // A proxy port found taken is replaced and the mapping logged again.
+        let retries = log.matches("in use, trying another").count();
+        if !(4..=4 + retries).contains(&n) {
             return Err(E2eError::check(
                 format!("4 transfers '{logged}' in {server_mode} mode, got {n}"),
                 tail(&log, 3000),
