@@ -131,7 +131,7 @@ fn active_mode_serves_curl_pasv_and_epsv_through_the_servers_connection() -> Res
     }
     let log = fx.proxy_log();
     expect(
-        count(&log, "joined with server to port") == 8,
+        within(count(&log, "joined with server to port"), 8, retries(&log)),
         "8 joined transfers logged",
         &log,
     )?;
