@@ -113,6 +113,7 @@ mod relay;
 pub mod resolver;
 mod runtime;
 mod signal;
+mod staging;
 mod sys;
 mod tls;
 mod token;

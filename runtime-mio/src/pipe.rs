@@ -129,6 +129,19 @@ impl Pipe {
         }
     }
 
+    /// Counts `n` bytes that went from the source to the destination without
+    /// entering the buffer (a TLS source's plaintext written straight into the
+    /// destination's TLS writer or socket): moved all the same. Only while the
+    /// buffer is empty, so nothing overtakes what it held.
+    pub(crate) fn passed(&mut self, n: usize) {
+        debug_assert!(self.is_empty());
+        match self {
+            Pipe::Copy(b) => b.moved += n as u64,
+            #[cfg(target_os = "linux")]
+            Pipe::Splice(p) => p.moved += n as u64,
+        }
+    }
+
     /// [`drain`](Self::drain) into any writer: the plaintext side of a TLS leg.
     pub(crate) fn drain_into(&mut self, dst: &mut impl Write) -> io::Result<usize> {
         match self {

@@ -8,7 +8,7 @@
 //! half-close, and resets what the policy says to reset.
 
 use std::collections::BTreeMap;
-use std::io::{self, ErrorKind};
+use std::io::{self, BufRead, ErrorKind, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +24,7 @@ use nix::errno::Errno;
 use rustls::{Connection, HandshakeKind, ServerConfig, ServerConnection};
 
 use crate::pipe::{Filled, Pipe};
+use crate::staging::Staging;
 use crate::sys;
 use crate::tls::{DataReuse, SessionServerTls};
 use crate::token::{End, Tok};
@@ -72,6 +73,8 @@ struct TlsLeg {
     checked: bool,
     /// Our close_notify has been queued.
     notified: bool,
+    /// Records read from the socket that rustls has not taken yet.
+    staged: Staging,
 }
 
 /// One socket of a data connection, with its readiness cache.
@@ -98,6 +101,17 @@ impl Sock {
             shut: false,
             tls: None,
         }
+    }
+
+    /// Whether this is a TLS leg whose handshake is done: plaintext written to
+    /// it is encrypted at once.
+    fn tls_ready(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| !t.conn.is_handshaking())
+    }
+
+    /// Whether nothing read from this socket waits in the relay before rustls.
+    fn nothing_staged(&self) -> bool {
+        self.tls.as_ref().is_none_or(|t| t.staged.is_empty())
     }
 
     /// Writes the TLS records rustls holds; `Ok(true)` once none is left.
@@ -160,14 +174,14 @@ impl Pair {
                 moved: self.up.moved(),
                 eof: self.accepted.eof,
                 shut: self.opened.shut,
-                empty: self.up.is_empty(),
+                empty: self.up.is_empty() && self.accepted.nothing_staged(),
                 quiet: quiet(&self.accepted),
             },
             down: Flow {
                 moved: self.down.moved(),
                 eof: self.opened.eof,
                 shut: self.accepted.shut,
-                empty: self.down.is_empty(),
+                empty: self.down.is_empty() && self.opened.nothing_staged(),
                 quiet: quiet(&self.opened),
             },
         }
@@ -284,6 +298,7 @@ impl Relay {
                 require_resumed,
                 checked: false,
                 notified: false,
+                staged: Staging::default(),
             })),
             Err(e) => {
                 warn!("{session} cannot start TLS on a data connection: {e}");
@@ -855,9 +870,10 @@ fn copy(
 }
 
 /// [`copy`] for a direction with a TLS leg at either end (the client's leg of a
-/// `PROT P` data connection): the handshake runs as the leg's bytes come, records
-/// are written before any new plaintext is taken in, and the end of file passed on
-/// to a TLS leg is a close_notify, then the FIN.
+/// `PROT P` data connection, the server's with `--server-tls`): the handshake
+/// runs as the leg's bytes come, records are written before any new plaintext
+/// is taken in, and the end of file passed on to a TLS leg is a close_notify,
+/// then the FIN. A TLS source is read by [`pass_tls`].
 ///
 /// A TLS source that ends without a close_notify after carrying data is not a
 /// complete transfer (RFC 4217 section 9 leaves truncation to the TLS close): the
@@ -870,12 +886,13 @@ fn copy_tls(
     connected: bool,
 ) -> Result<bool, StepError> {
     let mut progress = false;
-    // Out: records first, then plaintext once the handshake is done.
+    // Out: records first, then what the pipe holds once the handshake is done.
     if connected && dst.tls.is_some() {
         let flushed = dst.flush_records()?;
-        let ready = dst.tls.as_ref().is_some_and(|t| !t.conn.is_handshaking());
-        if flushed && ready && !pipe.is_empty() {
+        if flushed && dst.tls_ready() && !pipe.is_empty() {
             let t = dst.tls.as_mut().expect("checked");
+            // The queue is empty and the pipe holds at most its limit: the
+            // writer takes it all.
             match pipe.drain_into(&mut t.conn.writer()) {
                 Ok(_) => progress = true,
                 Err(e) => return Err(StepError::Io(IoOp::Write, e)),
@@ -891,10 +908,10 @@ fn copy_tls(
         }
     }
     // In.
-    if !src.eof && !pipe.is_full() {
+    if !src.eof {
         if src.tls.is_some() {
-            progress |= fill_tls(pipe, src)?;
-        } else if src.readable {
+            progress |= pass_tls(pipe, src, dst, connected)?;
+        } else if src.readable && !pipe.is_full() {
             match pipe.fill(&mut src.sock) {
                 Ok(Filled::Eof) => {
                     src.eof = true;
@@ -930,84 +947,192 @@ fn copy_tls(
     Ok(progress)
 }
 
-/// Reads a TLS source: plaintext rustls holds first, then records from the socket
-/// (the handshake's are answered at once). Returns whether anything moved.
-fn fill_tls(pipe: &mut Pipe, src: &mut Sock) -> Result<bool, StepError> {
+/// Rounds of [`pass_tls`] per step: each delivers one record's plaintext, feeds
+/// rustls one record or reads the socket once.
+const TLS_ROUNDS_PER_STEP: usize = 32;
+
+/// What [`deliver`] did with the plaintext a TLS source holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivered {
+    /// Some went on (or the destination's records went out, making room).
+    Moved,
+    /// None is held: rustls needs more records.
+    Dry,
+    /// The destination takes nothing more now (back-pressure).
+    Blocked,
+    /// The close_notify came, after everything before it.
+    Eof,
+}
+
+/// Reads a TLS source and passes its plaintext on, several records per system
+/// call each way (module docs, "The TLS data path"): the socket is read into the
+/// leg's [`Staging`] buffer, rustls is fed from it a record at a time, each
+/// record's plaintext goes on before the next is decrypted, and the records
+/// written to a TLS destination are sent once its queue is full or the source
+/// has nothing more. Returns whether anything moved.
+///
+/// Back-pressure: a destination that takes nothing more stops the delivery, the
+/// plaintext stays in rustls, the ciphertext in the staging buffer, and the
+/// socket is not read again until both are empty.
+fn pass_tls(
+    pipe: &mut Pipe,
+    src: &mut Sock,
+    dst: &mut Sock,
+    connected: bool,
+) -> Result<bool, StepError> {
     let mut progress = false;
-    // Two rounds: plaintext already decrypted, then after one socket read.
-    for _ in 0..2 {
-        let t = src.tls.as_mut().expect("a TLS source");
-        match pipe.fill_from(&mut t.conn.reader()) {
-            Ok(Filled::Eof) => {
-                // close_notify: a clean end.
-                src.eof = true;
-                return Ok(true);
-            }
-            Ok(Filled::Bytes(_)) => return Ok(true),
-            Ok(Filled::SourceEmpty | Filled::NoRoom) => {}
-            Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
-                src.eof = true;
-                if pipe.moved() > 0 || !pipe.is_empty() {
-                    let (from, other) = match t.peer {
-                        "server" => ("server", "client"),
-                        _ => ("client", "server"),
-                    };
-                    return Err(StepError::Tls(format!(
-                        "the {from}'s TLS leg ended without close_notify after {} bytes passed on: \
-                         the transfer may be cut short, so the {other}'s leg is reset",
-                        pipe.moved()
-                    )));
-                }
-                // Nothing ever came this way (the direction of a download's
-                // acknowledgements): an end like a FIN.
-                return Ok(true);
-            }
-            Err(e) => return Err(StepError::Io(IoOp::Read, e)),
-        }
-        if !src.readable {
-            return Ok(progress);
-        }
-        match t.conn.read_tls(&mut src.sock) {
-            Ok(_) => {
+    for _ in 0..TLS_ROUNDS_PER_STEP {
+        match deliver(pipe, src, dst, connected)? {
+            Delivered::Moved => {
                 progress = true;
-                if let Err(e) = t.conn.process_new_packets() {
-                    // The alert rustls queued, if the socket takes it.
-                    let _ = src.flush_records();
-                    let peer = src.tls.as_ref().map_or("client", |t| t.peer);
-                    return Err(StepError::Tls(format!(
-                        "TLS on the {peer}'s leg failed: {e}"
-                    )));
-                }
-                let t = src.tls.as_mut().expect("a TLS source");
-                if !t.checked && !t.conn.is_handshaking() {
-                    t.checked = true;
-                    let resumed = t.conn.handshake_kind() == Some(HandshakeKind::Resumed);
-                    debug!(
-                        "relay: data connection TLS handshake with the {} done ({}, {:?})",
-                        t.peer,
-                        if resumed { "resumed" } else { "full" },
-                        t.conn.protocol_version()
-                    );
-                    if t.require_resumed && !resumed {
-                        return Err(StepError::Tls(
-                            "its TLS handshake did not resume the control connection's \
-                             TLS session (--tls-data-reuse require)"
-                                .to_string(),
-                        ));
+                continue;
+            }
+            Delivered::Eof => {
+                src.eof = true;
+                progress = true;
+                break;
+            }
+            Delivered::Blocked => break,
+            Delivered::Dry => {}
+        }
+        let t = src.tls.as_mut().expect("a TLS source");
+        if t.staged.is_empty() {
+            if !src.readable {
+                break;
+            }
+            match t.staged.recv(&mut src.sock) {
+                Ok(0) => {
+                    // The end of the TCP stream: rustls learns it from an empty
+                    // read, and its reader then tells a close_notify from a cut.
+                    t.staged.release();
+                    if let Err(e) = t.conn.read_tls(&mut io::empty()) {
+                        return Err(StepError::Io(IoOp::Read, e));
                     }
                 }
-                // The handshake's answers go out on this same socket.
-                src.flush_records()?;
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    src.readable = false;
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {
+                    progress = true;
+                    continue;
+                }
+                Err(e) => return Err(StepError::Io(IoOp::Read, e)),
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                src.readable = false;
-                return Ok(progress);
+        } else {
+            let TlsLeg { staged, conn, .. } = &mut **t;
+            if let Err(e) = staged.feed(conn) {
+                return Err(StepError::Io(IoOp::Read, e));
             }
-            Err(e) if e.kind() == ErrorKind::Interrupted => progress = true,
-            Err(e) => return Err(StepError::Io(IoOp::Read, e)),
         }
+        progress = true;
+        process_records(src)?;
+    }
+    // The records queued by this round, in as few writes as the socket takes.
+    if connected && dst.tls.is_some() {
+        dst.flush_records()?;
     }
     Ok(progress)
+}
+
+/// Moves plaintext a TLS source holds towards the destination: straight into
+/// the destination's TLS writer when that can take it (no copy through the
+/// pipe), into the pipe otherwise (a plain destination, whose socket then gets
+/// several records' plaintext per write, or a TLS one still handshaking).
+fn deliver(
+    pipe: &mut Pipe,
+    src: &mut Sock,
+    dst: &mut Sock,
+    connected: bool,
+) -> Result<Delivered, StepError> {
+    let t = src.tls.as_mut().expect("a TLS source");
+    let got = if connected && pipe.is_empty() && dst.tls_ready() {
+        let d = dst.tls.as_mut().expect("checked");
+        let mut reader = t.conn.reader();
+        let (offered, taken) = match reader.fill_buf() {
+            Ok([]) => return Ok(Delivered::Eof),
+            Ok(chunk) => match d.conn.writer().write(chunk) {
+                Ok(n) => (chunk.len(), n),
+                Err(e) => return Err(StepError::Io(IoOp::Write, e)),
+            },
+            Err(e) => return reader_failed(pipe, t.peer, e),
+        };
+        reader.consume(taken);
+        pipe.passed(taken);
+        if taken < offered && !dst.flush_records()? {
+            // The destination's queue is at its limit and its socket is full.
+            return Ok(Delivered::Blocked);
+        }
+        return Ok(Delivered::Moved);
+    } else if !pipe.is_full() {
+        pipe.fill_from(&mut t.conn.reader())
+    } else {
+        return Ok(Delivered::Blocked);
+    };
+    match got {
+        Ok(Filled::Eof) => Ok(Delivered::Eof),
+        Ok(Filled::Bytes(_)) => Ok(Delivered::Moved),
+        Ok(Filled::SourceEmpty | Filled::NoRoom) => Ok(Delivered::Dry),
+        Err(e) => reader_failed(pipe, t.peer, e),
+    }
+}
+
+/// A TLS source's plaintext reader said `e`: nothing held now (`WouldBlock`),
+/// or the TCP stream ended without close_notify, which ends the pair unless
+/// nothing ever came this way (the direction of a download's acknowledgements:
+/// an end like a FIN).
+fn reader_failed(pipe: &Pipe, peer: &'static str, e: io::Error) -> Result<Delivered, StepError> {
+    match e.kind() {
+        ErrorKind::WouldBlock => Ok(Delivered::Dry),
+        ErrorKind::UnexpectedEof if pipe.moved() > 0 || !pipe.is_empty() => {
+            let (from, other) = match peer {
+                "server" => ("server", "client"),
+                _ => ("client", "server"),
+            };
+            Err(StepError::Tls(format!(
+                "the {from}'s TLS leg ended without close_notify after {} bytes passed on: \
+                 the transfer may be cut short, so the {other}'s leg is reset",
+                pipe.moved()
+            )))
+        }
+        ErrorKind::UnexpectedEof => Ok(Delivered::Eof),
+        _ => Err(StepError::Io(IoOp::Read, e)),
+    }
+}
+
+/// After rustls took records from a TLS source: decrypts them, checks a
+/// finished handshake against `--tls-data-reuse`, and sends what rustls
+/// answers (the handshake's flights, alerts) on the same socket.
+fn process_records(src: &mut Sock) -> Result<(), StepError> {
+    let t = src.tls.as_mut().expect("a TLS source");
+    if let Err(e) = t.conn.process_new_packets() {
+        // The alert rustls queued, if the socket takes it.
+        let _ = src.flush_records();
+        let peer = src.tls.as_ref().map_or("client", |t| t.peer);
+        return Err(StepError::Tls(format!(
+            "TLS on the {peer}'s leg failed: {e}"
+        )));
+    }
+    if !t.checked && !t.conn.is_handshaking() {
+        t.checked = true;
+        let resumed = t.conn.handshake_kind() == Some(HandshakeKind::Resumed);
+        debug!(
+            "relay: data connection TLS handshake with the {} done ({}, {:?})",
+            t.peer,
+            if resumed { "resumed" } else { "full" },
+            t.conn.protocol_version()
+        );
+        if t.require_resumed && !resumed {
+            return Err(StepError::Tls(
+                "its TLS handshake did not resume the control connection's \
+                 TLS session (--tls-data-reuse require)"
+                    .to_string(),
+            ));
+        }
+    }
+    src.flush_records()?;
+    Ok(())
 }
 
 #[cfg(test)]
