@@ -113,7 +113,6 @@ mod relay;
 pub mod resolver;
 mod runtime;
 mod signal;
-mod staging;
 mod sys;
 mod tls;
 mod token;

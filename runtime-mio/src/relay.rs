@@ -24,7 +24,6 @@ use nix::errno::Errno;
 use rustls::{Connection, HandshakeKind, ServerConfig, ServerConnection};
 
 use crate::pipe::{Filled, Pipe};
-use crate::staging::Staging;
 use crate::sys;
 use crate::tls::{DataReuse, SessionServerTls};
 use crate::token::{End, Tok};
@@ -73,8 +72,6 @@ struct TlsLeg {
     checked: bool,
     /// Our close_notify has been queued.
     notified: bool,
-    /// Records read from the socket that rustls has not taken yet.
-    staged: Staging,
 }
 
 /// One socket of a data connection, with its readiness cache.
@@ -107,11 +104,6 @@ impl Sock {
     /// it is encrypted at once.
     fn tls_ready(&self) -> bool {
         self.tls.as_ref().is_some_and(|t| !t.conn.is_handshaking())
-    }
-
-    /// Whether nothing read from this socket waits in the relay before rustls.
-    fn nothing_staged(&self) -> bool {
-        self.tls.as_ref().is_none_or(|t| t.staged.is_empty())
     }
 
     /// Writes the TLS records rustls holds; `Ok(true)` once none is left.
@@ -174,14 +166,14 @@ impl Pair {
                 moved: self.up.moved(),
                 eof: self.accepted.eof,
                 shut: self.opened.shut,
-                empty: self.up.is_empty() && self.accepted.nothing_staged(),
+                empty: self.up.is_empty(),
                 quiet: quiet(&self.accepted),
             },
             down: Flow {
                 moved: self.down.moved(),
                 eof: self.opened.eof,
                 shut: self.accepted.shut,
-                empty: self.down.is_empty() && self.opened.nothing_staged(),
+                empty: self.down.is_empty(),
                 quiet: quiet(&self.opened),
             },
         }
@@ -298,7 +290,6 @@ impl Relay {
                 require_resumed,
                 checked: false,
                 notified: false,
-                staged: Staging::default(),
             })),
             Err(e) => {
                 warn!("{session} cannot start TLS on a data connection: {e}");
@@ -995,36 +986,24 @@ fn pass_tls(
             Delivered::Blocked => break,
             Delivered::Dry => {}
         }
+        if !src.readable {
+            break;
+        }
         let t = src.tls.as_mut().expect("a TLS source");
-        if t.staged.is_empty() {
-            if !src.readable {
+        // rustls reads at most a record's worth per call (its own buffer); an
+        // end of the TCP stream is an empty read, after which its reader tells
+        // a close_notify from a cut.
+        match t.conn.read_tls(&mut src.sock) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                src.readable = false;
                 break;
             }
-            match t.staged.recv(&mut src.sock) {
-                Ok(0) => {
-                    // The end of the TCP stream: rustls learns it from an empty
-                    // read, and its reader then tells a close_notify from a cut.
-                    t.staged.release();
-                    if let Err(e) = t.conn.read_tls(&mut io::empty()) {
-                        return Err(StepError::Io(IoOp::Read, e));
-                    }
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    src.readable = false;
-                    break;
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {
-                    progress = true;
-                    continue;
-                }
-                Err(e) => return Err(StepError::Io(IoOp::Read, e)),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {
+                progress = true;
+                continue;
             }
-        } else {
-            let TlsLeg { staged, conn, .. } = &mut **t;
-            if let Err(e) = staged.feed(conn) {
-                return Err(StepError::Io(IoOp::Read, e));
-            }
+            Err(e) => return Err(StepError::Io(IoOp::Read, e)),
         }
         progress = true;
         process_records(src)?;
@@ -1139,6 +1118,10 @@ fn process_records(src: &mut Sock) -> Result<(), StepError> {
 mod tests {
     use super::*;
     use ftp_proxy_core::{data_rules, Mode, RuleOptions, SessionAddrs};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore};
+    use std::path::PathBuf;
 
     fn addrs() -> SessionAddrs {
         SessionAddrs {
@@ -1372,5 +1355,197 @@ mod tests {
         });
         assert_eq!(seen, Some(Err(ErrorKind::ConnectionReset)));
         assert_eq!(relay.pair_count(), 2);
+    }
+
+    /// A self-signed certificate for "localhost" made by openssl(1), and its key.
+    fn certificate() -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let dir = std::env::temp_dir().join(format!("ftp-proxy-relay-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key): (PathBuf, PathBuf) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let status = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+            .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl runs");
+        assert!(status.success(), "openssl made a certificate");
+        let chain = CertificateDer::pem_file_iter(&cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        (chain, key)
+    }
+
+    /// A client and a server connection with their handshake done in memory.
+    fn connected() -> (ClientConnection, ServerConnection) {
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let (chain, key) = certificate();
+        let mut roots = RootCertStore::empty();
+        roots.add(chain[0].clone()).unwrap();
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut c = ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut s = ServerConnection::new(Arc::new(server)).unwrap();
+        // Bounded: a TLS 1.3 handshake takes a few flights.
+        for _ in 0..10 {
+            if !c.is_handshaking() && !s.is_handshaking() {
+                break;
+            }
+            let mut wire = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut wire).unwrap();
+            }
+            s.read_tls(&mut &wire[..]).unwrap();
+            s.process_new_packets().unwrap();
+            let mut wire = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut wire).unwrap();
+            }
+            c.read_tls(&mut &wire[..]).unwrap();
+            c.process_new_packets().unwrap();
+        }
+        assert!(!c.is_handshaking() && !s.is_handshaking());
+        (c, s)
+    }
+
+    /// A connected loopback pair: the relay's end non-blocking, the peer's
+    /// blocking.
+    fn socket_pair() -> (TcpStream, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (ours, _) = l.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        peer.set_nodelay(true).unwrap();
+        // Small kernel buffers, so that a peer which does not read makes the
+        // relay's writes block within a few records.
+        use nix::sys::socket::{setsockopt, sockopt};
+        setsockopt(&ours, sockopt::SndBuf, &16_384).unwrap();
+        setsockopt(&peer, sockopt::RcvBuf, &16_384).unwrap();
+        (TcpStream::from_std(ours), peer)
+    }
+
+    fn tls_sock(sock: TcpStream, conn: Connection, peer: &'static str) -> Sock {
+        let mut s = Sock::new(sock, true);
+        s.tls = Some(Box::new(TlsLeg {
+            conn,
+            peer,
+            require_resumed: false,
+            checked: true,
+            notified: false,
+        }));
+        s
+    }
+
+    /// TLS to TLS through [`copy`]: the server writes its records cut anywhere
+    /// (a byte, a header, a record and a bit), the client reads slowly at first
+    /// so the relay's queue towards it fills and back-pressure holds; every
+    /// byte arrives once and in order, then the close_notify and the FIN, and
+    /// the pipe counts exactly the plaintext passed on.
+    #[test]
+    fn tls_to_tls_copy_is_exact_under_back_pressure() {
+        use std::io::{Read, Write};
+        let (relay_client, mut server) = connected();
+        let (mut client, relay_server) = connected();
+        let (a, mut a_peer) = socket_pair();
+        let (b, mut b_peer) = socket_pair();
+        let mut src = tls_sock(a, Connection::from(relay_client), "server");
+        let mut dst = tls_sock(b, Connection::from(relay_server), "client");
+        let data: Vec<u8> = (0..(2 << 20) + 4_321u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect();
+        let mut wire = Vec::new();
+        for chunk in data.chunks(50_000) {
+            server.writer().write_all(chunk).unwrap();
+            while server.wants_write() {
+                server.write_tls(&mut wire).unwrap();
+            }
+        }
+        server.send_close_notify();
+        while server.wants_write() {
+            server.write_tls(&mut wire).unwrap();
+        }
+        let sender = std::thread::spawn(move || {
+            let cuts = [1usize, 4, 16_405, 65_536, 3, 70_000, 999];
+            let mut rest = &wire[..];
+            for cut in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let n = (*cut).min(rest.len());
+                a_peer.write_all(&rest[..n]).unwrap();
+                rest = &rest[n..];
+            }
+            a_peer.shutdown(Shutdown::Write).unwrap();
+            // Held open until the relay is done reading.
+            let mut sink = Vec::new();
+            let _ = a_peer.read_to_end(&mut sink);
+        });
+        let receiver = std::thread::spawn(move || {
+            b_peer
+                .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+                .unwrap();
+            // Nothing read for a while: the relay meets a full socket.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let n = b_peer.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                // rustls takes a part of a read at a time.
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    client.read_tls(&mut rest).unwrap();
+                    client.process_new_packets().unwrap();
+                    match client.reader().read_to_end(&mut got) {
+                        Ok(_) => return got,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                        Err(e) => panic!("client reader: {e}"),
+                    }
+                }
+            }
+            got
+        });
+        let mut pipe = Pipe::new(PIPE_CAPACITY, false);
+        let mut blocked = false;
+        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+        while !(src.eof && dst.shut) {
+            assert!(Instant::now() < deadline, "the copy did not finish");
+            // The readiness an event loop would report: a read or write that
+            // finds nothing clears it again.
+            blocked |= !dst.writable;
+            src.readable = true;
+            dst.writable = true;
+            copy(&mut pipe, &mut src, &mut dst, true).unwrap();
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        let got = receiver.join().unwrap();
+        drop(src);
+        sender.join().unwrap();
+        assert!(blocked, "the client's socket filled up: back-pressure was exercised");
+        assert_eq!(got.len(), data.len());
+        assert!(got == data, "the client got the server's bytes, in order");
+        assert_eq!(pipe.moved(), data.len() as u64);
+        assert!(pipe.is_empty());
     }
 }
