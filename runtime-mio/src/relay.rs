@@ -6,6 +6,46 @@
 //! module executes them with mio sockets: binds and registers listeners, accepts,
 //! connects, copies both ways (through `splice(2)` pipes where possible) with
 //! half-close, and resets what the policy says to reset.
+//!
+//! # The TLS data path
+//!
+//! A pair with a TLS leg (`PROT P` towards the client, `--server-tls` towards
+//! the server) copies through user space, since its bytes must pass through
+//! rustls. One direction, per [`copy_tls`]:
+//!
+//! * **TLS source** ([`pass_tls`]): rustls reads the socket itself, at most one
+//!   record's worth per call (its deframing buffer holds one record), and each
+//!   record's plaintext goes on before the next read:
+//!   * to a **TLS destination** whose handshake is done, straight from the
+//!     source's reader into the destination's writer (`fill_buf`, `write`,
+//!     `consume`), which encrypts it at once into records it queues. The
+//!     queue is written (one `writev` of all queued records) when the writer
+//!     takes no more (its buffer limit, rustls' default 64 KiB: four records)
+//!     or the source has nothing more for now, so a bulk transfer costs one
+//!     `writev` per four records instead of one per record;
+//!   * to a **plain destination**, or a TLS one still handshaking, into the
+//!     direction's [`Pipe`], filled with as many records' plaintext as it
+//!     holds, then written with one `write`.
+//! * **Plain source, TLS destination**: the socket is read into the pipe (up
+//!   to 64 KiB), and once the destination's queue is empty the pipe goes into
+//!   its writer whole and out in one `writev`.
+//!
+//! Back-pressure is the same bound as for plain pairs: a destination whose
+//! queue is full and whose socket takes nothing stops the delivery; the
+//! plaintext then waits in the source's rustls (which reads nothing more while
+//! it holds some), and the source socket is not read. In flight per direction:
+//! at most the pipe (64 KiB), one or two records of plaintext in the source's
+//! rustls, and the destination's queue (64 KiB and a record).
+//!
+//! The byte counts the policy and the session summary get (`Pipe::moved`) are
+//! the plaintext bytes handed to the destination, through the pipe or past it
+//! (`Pipe::passed`, only while the pipe is empty, so nothing overtakes what it
+//! holds).
+//!
+//! Measured and not kept: a 64 KiB staging buffer per TLS leg, read with one
+//! `recv` and fed to rustls a record at a time, cut the `recv` calls by four
+//! but multiplied the time in `memmove` (the extra copy into rustls' buffer,
+//! and rustls' own copies of each record running cold), for no gain.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, ErrorKind, Write};
@@ -938,9 +978,11 @@ fn copy_tls(
     Ok(progress)
 }
 
-/// Rounds of [`pass_tls`] per step: each delivers one record's plaintext, feeds
-/// rustls one record or reads the socket once.
-const TLS_ROUNDS_PER_STEP: usize = 32;
+/// Rounds of [`pass_tls`] per step: each delivers one record's plaintext or
+/// reads the socket once (about a record), so a step moves about four records,
+/// a full queue of the destination's (one `writev`), and a turn of
+/// [`STEPS_PER_TURN`] about 1 MiB, as a plain pair's 64 KiB pipe does.
+const TLS_ROUNDS_PER_STEP: usize = 8;
 
 /// What [`deliver`] did with the plaintext a TLS source holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -955,16 +997,15 @@ enum Delivered {
     Eof,
 }
 
-/// Reads a TLS source and passes its plaintext on, several records per system
-/// call each way (module docs, "The TLS data path"): the socket is read into the
-/// leg's [`Staging`] buffer, rustls is fed from it a record at a time, each
-/// record's plaintext goes on before the next is decrypted, and the records
-/// written to a TLS destination are sent once its queue is full or the source
-/// has nothing more. Returns whether anything moved.
+/// Reads a TLS source and passes its plaintext on (module docs, "The TLS data
+/// path"): rustls reads a record's worth from the socket, each record's
+/// plaintext goes on before the next read, and the records written to a TLS
+/// destination are sent once its queue is full or the source has nothing more.
+/// Returns whether anything moved.
 ///
-/// Back-pressure: a destination that takes nothing more stops the delivery, the
-/// plaintext stays in rustls, the ciphertext in the staging buffer, and the
-/// socket is not read again until both are empty.
+/// Back-pressure: a destination that takes nothing more stops the delivery,
+/// the plaintext stays in rustls, and the socket is not read again until
+/// rustls holds none.
 fn pass_tls(
     pipe: &mut Pipe,
     src: &mut Sock,
@@ -1365,7 +1406,12 @@ mod tests {
         let status = std::process::Command::new("openssl")
             .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
             .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
-            .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"])
+            .args([
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost",
+            ])
             .args(["-addext", "basicConstraints=critical,CA:FALSE"])
             .arg("-keyout")
             .arg(&key)
@@ -1542,7 +1588,10 @@ mod tests {
         let got = receiver.join().unwrap();
         drop(src);
         sender.join().unwrap();
-        assert!(blocked, "the client's socket filled up: back-pressure was exercised");
+        assert!(
+            blocked,
+            "the client's socket filled up: back-pressure was exercised"
+        );
         assert_eq!(got.len(), data.len());
         assert!(got == data, "the client got the server's bytes, in order");
         assert_eq!(pipe.moved(), data.len() as u64);
