@@ -1,8 +1,9 @@
 //! `--server-tls` through a whole session (issue 16, towards servers): the proxy
 //! secures the server's control connection itself (`AUTH TLS`, then
 //! [`Action::StartTls`] for [`Side::Server`], `PBSZ 0`, `PROT P`), relays the
-//! server's greeting only once that is done, holds the client's commands until
-//! then, ends the session with `421` on any refusal or failure, and marks the
+//! server's greeting at once, answers the client's own `AUTH`, `PBSZ` and `PROT`
+//! meanwhile (so both sides' handshakes overlap), holds its other commands until
+//! the server's side is secured, ends the session with `421` on any refusal or failure, and marks the
 //! server's leg of every data connection as [`Security::TlsToServer`].
 
 mod support;
@@ -50,14 +51,19 @@ fn server_start_tls() -> Action {
     }
 }
 
-/// Runs the explicit dialogue to its end: the greeting reaches the client last.
+/// Runs the explicit dialogue to its end: the greeting reaches the client at
+/// once, its `USER` only once the server's side is secured.
 fn secured_explicit() -> H {
     let mut h = connected(config(ServerTls::Explicit, ClientTls::Off));
     assert_eq!(
         h.server(b"220-Welcome\r\n220 ready\r\n"),
-        vec![send(Side::Server, b"AUTH TLS\r\n")]
+        vec![
+            send(Side::Server, b"AUTH TLS\r\n"),
+            send(Side::Client, b"220-Welcome\r\n"),
+            send(Side::Client, b"220 ready\r\n"),
+        ]
     );
-    // A client that does not wait for the greeting: its command waits.
+    // The client's USER waits for the server's side to be secured.
     assert_eq!(h.client(b"USER bob\r\n"), vec![]);
     assert_eq!(
         h.server(b"234 Proceed\r\n"),
@@ -69,11 +75,7 @@ fn secured_explicit() -> H {
     );
     assert_eq!(
         h.server(b"200 PROT now Private\r\n"),
-        vec![
-            send(Side::Client, b"220-Welcome\r\n"),
-            send(Side::Client, b"220 ready\r\n"),
-            send(Side::Server, b"USER bob\r\n"),
-        ]
+        vec![send(Side::Server, b"USER bob\r\n")]
     );
     h
 }
@@ -92,16 +94,84 @@ fn implicit_sends_pbsz_and_prot_after_the_greeting_without_auth() {
     let mut h = connected(config(ServerTls::Implicit, ClientTls::Off));
     assert_eq!(
         h.server(b"220 ready\r\n"),
-        vec![send(Side::Server, b"PBSZ 0\r\n")]
+        vec![
+            send(Side::Server, b"PBSZ 0\r\n"),
+            send(Side::Client, b"220 ready\r\n")
+        ]
     );
+    assert_eq!(h.client(b"SYST\r\n"), vec![]);
     assert_eq!(
         h.server(b"200 ok\r\n"),
         vec![send(Side::Server, b"PROT P\r\n")]
     );
     assert_eq!(
         h.server(b"200 ok\r\n"),
-        vec![send(Side::Client, b"220 ready\r\n")]
+        vec![send(Side::Server, b"SYST\r\n")]
     );
+}
+
+/// TLS on both sides: the client's `AUTH TLS`, handshake, `PBSZ` and `PROT` run
+/// while the proxy secures the server's side; `USER` waits for it, and a command
+/// the proxy would answer itself waits too once an ordinary one is queued before
+/// it (replies keep the commands' order).
+#[test]
+fn the_clients_handshake_overlaps_the_servers() {
+    let mut h = connected(config(ServerTls::Explicit, ClientTls::Explicit));
+    assert_eq!(
+        h.server(b"220 ready\r\n"),
+        vec![
+            send(Side::Server, b"AUTH TLS\r\n"),
+            send(Side::Client, b"220 ready\r\n"),
+        ]
+    );
+    let a = h.client(b"AUTH TLS\r\n\x16\x03\x01hello");
+    assert_eq!(
+        a,
+        vec![
+            send(
+                Side::Client,
+                b"234 AUTH command ok; starting TLS connection\r\n"
+            ),
+            Action::StartTls {
+                side: Side::Client,
+                pending: Bytes::from_static(b"\x16\x03\x01hello"),
+            },
+        ]
+    );
+    assert_eq!(
+        h.client(b"PBSZ 0\r\nPROT P\r\nUSER bob\r\nPBSZ 0\r\n"),
+        vec![
+            send(Side::Client, b"200 PBSZ=0\r\n"),
+            send(Side::Client, b"200 PROT command ok\r\n"),
+        ]
+    );
+    assert_eq!(
+        h.server(b"234 Proceed\r\n"),
+        vec![server_start_tls(), send(Side::Server, b"PBSZ 0\r\n")]
+    );
+    h.server(b"200 PBSZ=0\r\n");
+    assert_eq!(
+        h.server(b"200 PROT now Private\r\n"),
+        vec![send(Side::Server, b"USER bob\r\n")]
+    );
+    // The second PBSZ is answered in its turn, after USER's reply.
+    assert_eq!(
+        h.server(b"331 Password\r\n"),
+        vec![
+            send(Side::Client, b"331 Password\r\n"),
+            send(Side::Client, b"200 PBSZ=0\r\n"),
+        ]
+    );
+}
+
+/// A failure after the greeting was relayed still ends with a `421`.
+#[test]
+fn a_failure_after_the_greeting_went_out_ends_with_421() {
+    let mut h = connected(config(ServerTls::Explicit, ClientTls::Explicit));
+    h.server(b"220 ready\r\n");
+    h.client(b"PBSZ 0\r\n");
+    h.server(b"234 go\r\n");
+    ends_with_421(&h.input(Input::Reset(Side::Server)), "TLS handshake");
 }
 
 /// The client is told 421 with the reason, and the session ends.

@@ -26,7 +26,7 @@ use log::{debug, error, info, warn};
 
 use crate::config::{Config, CONNECT_TIMEOUT};
 use crate::event::{Accept, Action, CloseReason, Input, SessionId, Side};
-use crate::ftps::FtpsState;
+use crate::ftps::{self, FtpsState};
 use crate::line::LineBuf;
 use crate::rand::RandomSource;
 use crate::rules::{Anchor, Family, SessionAddrs};
@@ -367,7 +367,7 @@ impl Session {
                     }
                     progressed |= self.release_held(cx);
                 }
-                while self.line_may_go(side) {
+                while self.line_may_go(cx, side) {
                     match self.inbox[idx(side)].next_line() {
                         Ok(Some(line)) => {
                             progressed = true;
@@ -416,11 +416,19 @@ impl Session {
     /// Whether the next buffered line of `side` may be handled now: the session is
     /// open, no commit is in flight, the pairing lets client lines go (for the
     /// client), and the output the line may add has room ([`Flow::output_full`]).
-    fn line_may_go(&self, side: Side) -> bool {
+    /// While the server's connection is being secured, only the client lines the
+    /// proxy answers itself go, once the greeting has been relayed
+    /// (`server_tls.rs`).
+    fn line_may_go(&self, cx: &Cx<'_>, side: Side) -> bool {
+        let securing = self.server_link.securing()
+            && !(self.server_link.greeted()
+                && self.inbox[idx(Side::Client)]
+                    .peek_line()
+                    .is_some_and(|l| ftps::answered_here(&cx.cfg.tls, l)));
         let blocked = side == Side::Client
             && (self.pairing.client_blocked()
                 || self.tls_wait
-                || self.server_link.securing()
+                || securing
                 || !self.upstream.takes_client_lines());
         self.phase == Phase::Open
             && !(self.pairing.is_committing() || blocked || self.flow.output_full(side))

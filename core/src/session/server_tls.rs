@@ -7,10 +7,13 @@
 //! `implicit` the driver runs TLS from the connect on. Then it sends `PBSZ 0` and
 //! `PROT P` ([`ftps::server_after_handshake`]): every data connection to a TLS
 //! server is protected, whatever the client's own `PROT` (RFC 4217 lets the FTP
-//! client choose; the proxy is that client). The server's greeting is held and
-//! relayed to the client only once all of that succeeded, so the client's
-//! commands wait, and none of the proxy's commands or their replies reach the
-//! client.
+//! client choose; the proxy is that client). The server's greeting is relayed
+//! to the client as soon as its `220` is complete, so that the client's own
+//! `AUTH TLS`, handshake, `PBSZ` and `PROT` (all answered by the proxy,
+//! [`ftps::answered_here`]) run while the proxy secures the server's side: the
+//! two handshakes overlap instead of adding up. Every other client command
+//! (`USER` first) waits until the server's side is secured, and none of the
+//! proxy's commands or their replies reach the client.
 //!
 //! Anything else ends the session with a `421` to the client and a log line that
 //! says why: a server that refuses `AUTH TLS` (a `500` or `534`), `PBSZ` or
@@ -78,6 +81,12 @@ impl ServerLink {
     pub(super) fn securing(&self) -> bool {
         matches!(self, ServerLink::Securing { .. })
     }
+
+    /// Whether the server's greeting has been relayed while the link is still
+    /// being secured: client lines the proxy answers itself may then go.
+    pub(super) fn greeted(&self) -> bool {
+        matches!(self, ServerLink::Securing { step, .. } if *step != Step::Greeting)
+    }
 }
 
 impl Session {
@@ -125,6 +134,7 @@ impl Session {
                     _ => (Step::Pbsz, ftps::server_after_handshake(&cx.cfg.tls)[0]),
                 };
                 self.server_tls_send(cx, next, word);
+                self.release_greeting(cx);
             }
             Step::Greeting => {
                 self.server_tls_failed(cx, &format!("the server greeted with '{shown}'"));
@@ -172,23 +182,33 @@ impl Session {
         self.send(cx, Side::Server, Bytes::from_static(word.as_bytes()));
     }
 
+    /// The greeting is complete: it goes to the client as the usual dialogue's
+    /// first reply while the proxy goes on securing the server's side.
+    fn release_greeting(&mut self, cx: &mut Cx<'_>) {
+        let held = match &mut self.server_link {
+            ServerLink::Securing { held, size, .. } => {
+                *size = 0;
+                std::mem::take(held)
+            }
+            ServerLink::Ready => return,
+        };
+        for line in held {
+            if !self.is_open() {
+                return;
+            }
+            self.server_line(cx, line, false);
+        }
+    }
+
     /// The server's control connection is TLS and its data connections are
-    /// protected: the held greeting goes to the client as the usual dialogue's
-    /// first reply, and the client's lines may go.
+    /// protected: the client's lines may go to it.
     fn server_tls_ready(&mut self, cx: &mut Cx<'_>) {
-        let old = std::mem::replace(&mut self.server_link, ServerLink::Ready);
+        self.release_greeting(cx);
+        self.server_link = ServerLink::Ready;
         info!(
             "{} server control connection is TLS; its data connections are protected (PROT P)",
             self.id
         );
-        if let ServerLink::Securing { held, .. } = old {
-            for line in held {
-                if !self.is_open() {
-                    return;
-                }
-                self.server_line(cx, line, false);
-            }
-        }
     }
 
     /// Ends a session whose server connection could not be secured: a log line
