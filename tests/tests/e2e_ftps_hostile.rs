@@ -1,0 +1,388 @@
+//! Hostile FTPS peers against the real `ftp-proxy` (reverse mode, pure-ftpd
+//! behind it, everything on 127.0.0.1): clients that stop in the middle of a
+//! TLS handshake on the control or on a `PROT P` data connection, flood
+//! garbage records or announce a 16 MiB ClientHello, crowd the `-m` limit with
+//! half-open handshakes; servers (a fake one in the test) that answer
+//! `AUTH TLS` with `234` and then send plain text or nothing; and SIGTERM in
+//! the middle of all that.
+//!
+//! What each must show: the session ends by the timeout the man page names
+//! (`-t`, `--relay-idle-timeout`, `--relay-linger`) or at once with one clear
+//! log line, other sessions go on meanwhile, descriptors and memory come back,
+//! and the daemon still exits promptly and with status 0.
+//!
+//! The TLS side of the test's own clients is rustls (the proxy's own library),
+//! so that a handshake can be stopped at any byte.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ftp_proxy_tests::e2e::*;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// How long a test waits for one reply, at most.
+const REPLY_WAIT: Duration = Duration::from_secs(20);
+
+fn check(ok: bool, what: impl Into<String>, detail: impl Into<String>) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(E2eError::check(what, detail))
+    }
+}
+
+/// A fixture with the proxy holding the test CA's server certificate, `extra`
+/// options after `--tls-cert`/`--tls-key`; the fixture and the CA file.
+fn ftps_fixture(tag: &str, extra: &[&str]) -> Result<Option<(Fixture, PathBuf)>> {
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    let mut ca = None;
+    let fx = Fixture::start_made(
+        tag,
+        false,
+        |work| {
+            let pki = Pki::create(&work.root().join("pki"))?;
+            let pair = pki.server();
+            ca = Some(pki.ca());
+            let mut args = vec![
+                "--tls-cert".to_string(),
+                pair.cert.display().to_string(),
+                "--tls-key".into(),
+                pair.key.display().to_string(),
+            ];
+            args.extend(extra);
+            Ok(args)
+        },
+        |_| Ok(Vec::new()),
+    )?;
+    Ok(fx.map(|f| (f, ca.expect("made with the proxy's options"))))
+}
+
+/// Open descriptors of `pid`.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Resident memory of `pid` in KiB.
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(E2eError::io(format!("read /proc/{pid}/status")))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| E2eError::check("VmRSS in /proc/<pid>/status", status.clone()))
+}
+
+/// Waits up to `limit` for the proxy's descriptors to come back to `baseline`.
+fn fds_back_to(pid: u32, baseline: usize, limit: Duration, log: impl Fn() -> String) -> Result<()> {
+    wait_for(
+        &format!("the proxy's descriptors back to {baseline}"),
+        limit,
+        || Ok((fd_count(pid) <= baseline).then_some(())),
+        || format!("now {}\n{}", fd_count(pid), tail(&log(), 3000)),
+    )
+}
+
+/// Lines of `log` containing `needle`.
+fn count(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// A small xorshift generator: garbage that differs from record to record.
+struct Noise(u64);
+
+impl Noise {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            *b = self.0 as u8;
+        }
+    }
+}
+
+/// The first bytes of a TLS 1.2-style ClientHello record that announces
+/// `body` bytes of record and never sends them all: a handshake stopped
+/// halfway.
+fn partial_client_hello() -> Vec<u8> {
+    let mut v = vec![0x16, 0x03, 0x01, 0x02, 0x00]; // handshake record, 512 bytes
+    v.extend([0x01, 0x00, 0x01, 0xfc]); // ClientHello, 508 bytes
+    v.extend([0x03, 0x03]); // legacy_version
+    v.extend([0x5a; 32]); // random
+    v
+}
+
+/// Reads one reply (multi-line replies joined) from any byte stream.
+fn read_reply(stream: &mut impl Read, buf: &mut Vec<u8>) -> Result<(u16, String)> {
+    let mut text = String::new();
+    let mut first: Option<u16> = None;
+    for _ in 0..1000 {
+        let line = loop {
+            if let Some(i) = buf.iter().position(|&b| b == b'\n') {
+                let l: Vec<u8> = buf.drain(..=i).collect();
+                break String::from_utf8_lossy(&l).trim_end().to_string();
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk) {
+                Ok(0) => return Err(E2eError::check("a reply, not EOF", text)),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(E2eError::check(
+                        "a reply line",
+                        format!("{e} after {text:?}"),
+                    ))
+                }
+            }
+        };
+        text.push_str(&line);
+        text.push('\n');
+        let code = line.get(..3).and_then(|c| c.parse::<u16>().ok());
+        let sep = line.as_bytes().get(3).copied();
+        match (first, code) {
+            (None, Some(c)) if sep == Some(b'-') => first = Some(c),
+            (None, Some(c)) => return Ok((c, text)),
+            (Some(f), Some(c)) if c == f && sep != Some(b'-') => return Ok((c, text)),
+            (None, None) => return Err(E2eError::check("a reply line with a code", text)),
+            _ => {}
+        }
+    }
+    Err(E2eError::check("a reply of at most 1000 lines", text))
+}
+
+/// The test's TLS client configuration: the test CA, TLS 1.3 or 1.2, and a
+/// session store shared by the control and data connections made from it.
+fn client_config(ca: &Path) -> Result<Arc<ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+        .and_then(|it| it.collect::<std::result::Result<_, _>>())
+        .map_err(|e| E2eError::check("the test CA parses", e.to_string()))?;
+    roots.add_parsable_certificates(certs);
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| E2eError::check("a rustls client configuration", e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+fn tls_client(config: &Arc<ClientConfig>) -> Result<ClientConnection> {
+    let name = ServerName::IpAddress(Ipv4Addr::LOCALHOST.into());
+    ClientConnection::new(config.clone(), name)
+        .map_err(|e| E2eError::check("a rustls client connection", e.to_string()))
+}
+
+fn connect(addr: SocketAddr) -> Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(E2eError::io(format!("connect to {addr}")))?;
+    s.set_read_timeout(Some(REPLY_WAIT))
+        .map_err(E2eError::io("set read timeout"))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))
+        .map_err(E2eError::io("set write timeout"))?;
+    Ok(s)
+}
+
+/// A plain control connection that has sent `AUTH TLS` and read the `234`:
+/// what follows must be the client's ClientHello.
+fn after_auth(addr: SocketAddr) -> Result<TcpStream> {
+    let mut s = connect(addr)?;
+    let mut buf = Vec::new();
+    let (code, text) = read_reply(&mut s, &mut buf)?;
+    check(code == 220, "the greeting", text)?;
+    s.write_all(b"AUTH TLS\r\n")
+        .map_err(E2eError::io("send AUTH TLS"))?;
+    let (code, text) = read_reply(&mut s, &mut buf)?;
+    check(code == 234, "234 to AUTH TLS", text)?;
+    Ok(s)
+}
+
+/// Waits up to `limit` for the peer to close `s` (EOF or reset); how long it took.
+fn closed_within(s: &mut TcpStream, limit: Duration, what: &str) -> Result<Duration> {
+    let start = Instant::now();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = limit.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Err(E2eError::check(
+                format!("{what}: closed by the proxy within {limit:?}"),
+                "still open",
+            ));
+        }
+        s.set_read_timeout(Some(left.min(Duration::from_millis(500))))
+            .map_err(E2eError::io("set read timeout"))?;
+        match s.read(&mut chunk) {
+            Ok(0) => return Ok(start.elapsed()),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return Ok(start.elapsed()),
+        }
+    }
+}
+
+/// An FTPS control session of the test's own: `AUTH TLS`, a full handshake,
+/// login, `PBSZ 0`, `PROT P`.
+struct Ftps {
+    ctl: StreamOwned<ClientConnection, TcpStream>,
+    buf: Vec<u8>,
+    config: Arc<ClientConfig>,
+}
+
+impl Ftps {
+    fn login(addr: SocketAddr, config: &Arc<ClientConfig>) -> Result<Ftps> {
+        let sock = after_auth(addr)?;
+        let mut f = Ftps {
+            ctl: StreamOwned::new(tls_client(config)?, sock),
+            buf: Vec::new(),
+            config: config.clone(),
+        };
+        f.expect(&format!("USER {USER}"), 331)?;
+        f.expect(&format!("PASS {PASSWORD}"), 230)?;
+        f.expect("PBSZ 0", 200)?;
+        f.expect("PROT P", 200)?;
+        f.expect("TYPE I", 200)?;
+        Ok(f)
+    }
+
+    fn send(&mut self, line: &str) -> Result<()> {
+        self.ctl
+            .write_all(format!("{line}\r\n").as_bytes())
+            .and_then(|()| self.ctl.flush())
+            .map_err(E2eError::io(format!("send {line}")))
+    }
+
+    fn reply(&mut self) -> Result<(u16, String)> {
+        read_reply(&mut self.ctl, &mut self.buf)
+    }
+
+    fn expect(&mut self, line: &str, code: u16) -> Result<String> {
+        self.send(line)?;
+        let (got, text) = self.reply()?;
+        check(got == code, format!("{code} to {line}"), text.clone())?;
+        Ok(text)
+    }
+
+    /// `EPSV`, and a plain TCP connection to the port it names.
+    fn epsv_connect(&mut self) -> Result<TcpStream> {
+        let text = self.expect("EPSV", 229)?;
+        let port: u16 = text
+            .split('|')
+            .nth(3)
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| E2eError::check("a port in the 229", text.clone()))?;
+        connect(SocketAddr::new(LOCALHOST, port))
+    }
+
+    /// A full protected download of `name` on a fresh data connection.
+    fn retr(&mut self, name: &str) -> Result<Vec<u8>> {
+        let data = self.epsv_connect()?;
+        self.send(&format!("RETR {name}"))?;
+        let mut tls = StreamOwned::new(tls_client(&self.config)?, data);
+        let mut got = Vec::new();
+        match tls.read_to_end(&mut got) {
+            Ok(_) => {}
+            // A TLS 1.3 peer may close without close_notify after the last byte.
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => {}
+            Err(e) => return Err(E2eError::io(format!("read {name}"))(e)),
+        }
+        let (code, text) = self.reply()?;
+        if code == 150 {
+            let (code, text) = self.reply()?;
+            check(code == 226, format!("226 after RETR {name}"), text)?;
+        } else {
+            check(code == 226, format!("150 or 226 after RETR {name}"), text)?;
+        }
+        Ok(got)
+    }
+}
+
+/// A protected download by curl, compared with the original: another session
+/// still works.
+fn curl_round(fx: &Fixture, ca: &Path, mode: FtpsMode, tag: &str) -> Result<()> {
+    let tls = match mode {
+        FtpsMode::Explicit => ClientTls::explicit(ca),
+        FtpsMode::Implicit => ClientTls::implicit(ca),
+    };
+    let got = fx.work.local().join(format!("{tag}.bin"));
+    curl_ftps_retr(fx.target(), Login::User, DataMode::Epsv, &tls, SMALL, &got)?.ok()?;
+    assert_same_file(&fx.work.original(SMALL), &got)
+}
+
+/// Stalled control handshakes, explicit (after `234`) or implicit (from the
+/// connect): one silent, one with half a ClientHello. Both end at `-t 3`
+/// (`--login-timeout 0`, so that only `-t` counts), another session works
+/// meanwhile, and the descriptors come back.
+fn stalled_control_handshakes(mode: FtpsMode) -> Result<()> {
+    let (tag, extra): (&str, &[&str]) = match mode {
+        FtpsMode::Explicit => ("hostile-stall-explicit", &["-t", "3", "--login-timeout", "0"]),
+        FtpsMode::Implicit => (
+            "hostile-stall-implicit",
+            &["-t", "3", "--login-timeout", "0", "--tls-implicit"],
+        ),
+    };
+    let Some((fx, ca)) = ftps_fixture(tag, extra)? else {
+        return Ok(());
+    };
+    let pid = fx.proxy()?.pid();
+    let baseline = fd_count(pid);
+    let open = |partial: bool| -> Result<TcpStream> {
+        let mut s = match mode {
+            FtpsMode::Explicit => after_auth(fx.target())?,
+            FtpsMode::Implicit => connect(fx.target())?,
+        };
+        if partial {
+            s.write_all(&partial_client_hello())
+                .map_err(E2eError::io("send half a ClientHello"))?;
+        }
+        Ok(s)
+    };
+    let started = Instant::now();
+    let mut silent = open(false)?;
+    let mut partial = open(true)?;
+    curl_round(&fx, &ca, mode, "meanwhile")?;
+    let limit = Duration::from_secs(10);
+    closed_within(&mut silent, limit, "the silent handshake")?;
+    closed_within(&mut partial, limit, "the half ClientHello")?;
+    let took = started.elapsed();
+    check(
+        took >= Duration::from_millis(2500),
+        "the stalled sessions lasted until the idle timeout (3 s)",
+        format!("{took:?}\n{}", tail(&fx.proxy_log(), 3000)),
+    )?;
+    // Client and server are idle alike (the server waits for a command the
+    // handshake holds back): whichever timer the core checks first names it.
+    let timed_out = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("session summary") && l.contains("_timeout"))
+            .count()
+    };
+    wait_for(
+        "two session summaries that end by the idle timeout",
+        Duration::from_secs(2),
+        || Ok((timed_out(&fx.proxy_log()) == 2).then_some(())),
+        || tail(&fx.proxy_log(), 3000),
+    )?;
+    fds_back_to(pid, baseline, Duration::from_secs(5), || fx.proxy_log())?;
+    curl_round(&fx, &ca, mode, "after")
+}
+
+#[test]
+fn explicit_auth_then_no_client_hello_ends_at_the_idle_timeout() -> Result<()> {
+    stalled_control_handshakes(FtpsMode::Explicit)
+}
+
+#[test]
+fn implicit_connect_then_no_client_hello_ends_at_the_idle_timeout() -> Result<()> {
+    stalled_control_handshakes(FtpsMode::Implicit)
+}
