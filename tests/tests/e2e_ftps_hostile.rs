@@ -91,6 +91,16 @@ fn fds_back_to(pid: u32, baseline: usize, limit: Duration, log: impl Fn() -> Str
     )
 }
 
+/// Runs `body`; on failure prints the tail of the proxy's log (the work
+/// directory, and with it the log file, goes when the fixture drops).
+fn with_log(fx: &Fixture, body: impl FnOnce() -> Result<()>) -> Result<()> {
+    let r = body();
+    if r.is_err() {
+        eprintln!("--- proxy log ---\n{}", tail(&fx.proxy_log(), 8000));
+    }
+    r
+}
+
 /// Lines of `log` containing `needle`.
 fn count(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
@@ -386,3 +396,225 @@ fn explicit_auth_then_no_client_hello_ends_at_the_idle_timeout() -> Result<()> {
 fn implicit_connect_then_no_client_hello_ends_at_the_idle_timeout() -> Result<()> {
     stalled_control_handshakes(FtpsMode::Implicit)
 }
+
+/// A `PROT P` data connection whose client connects and never starts its
+/// handshake, or stops halfway through its ClientHello: `--relay-idle-timeout 3`
+/// resets it, and the server's last word on the transfer reaches the client.
+/// A later transfer works, and a stalled data connection left behind by `QUIT`
+/// goes with `--relay-linger 2`.
+///
+/// pure-ftpd answers a download whose data connection was reset with a second
+/// `150` (`150 4.003 seconds (measured here), ...`) and then nothing, even
+/// straight from a plain client (tried with Python's ftplib, 15 s): the transfer
+/// never gets a final reply, so the proxy rightly keeps holding the session's
+/// next `EPSV` (ftp-proxy(8): passive commands wait until the server owes
+/// nothing). The later transfer therefore runs in a new session.
+#[test]
+fn prot_p_data_connection_that_never_handshakes() -> Result<()> {
+    let Some((fx, ca)) = ftps_fixture(
+        "hostile-data-stall",
+        &["--relay-idle-timeout", "3", "--relay-linger", "2"],
+    )?
+    else {
+        return Ok(());
+    };
+    with_log(&fx, || data_stall(&fx, &ca))
+}
+
+fn data_stall(fx: &Fixture, ca: &Path) -> Result<()> {
+    let pid = fx.proxy()?.pid();
+    let baseline = fd_count(pid);
+    let config = client_config(ca)?;
+    for partial in [false, true] {
+        let what = if partial { "half a ClientHello" } else { "no handshake" };
+        let mut s = Ftps::login(fx.target(), &config)?;
+        let mut data = s.epsv_connect()?;
+        if partial {
+            data.write_all(&partial_client_hello())
+                .map_err(E2eError::io("send half a ClientHello"))?;
+        }
+        s.send(&format!("RETR {BIG}"))?;
+        let started = Instant::now();
+        let (code, text) = s.reply()?;
+        check(code == 150, format!("{what}: 150 to RETR"), text)?;
+        let (_, text) = s.reply()?;
+        let took = started.elapsed();
+        let resets = count(&fx.proxy_log(), "data connection reset: no data for 3 s (idle)");
+        check(
+            resets == usize::from(partial) + 1,
+            format!("{what}: the proxy reset the stalled data connection as idle"),
+            text,
+        )?;
+        check(
+            took >= Duration::from_millis(2500) && took < Duration::from_secs(15),
+            format!("{what}: the server's reply came after the relay idle timeout (3 s)"),
+            format!("{took:?}"),
+        )?;
+        closed_within(&mut data, Duration::from_secs(5), what)?;
+    }
+    let mut s = Ftps::login(fx.target(), &config)?;
+    let original = std::fs::read(fx.work.original(BIG)).map_err(E2eError::io("read BIG"))?;
+    let got = s.retr(BIG)?;
+    check(
+        got == original,
+        "a transfer after the stalled ones is whole",
+        format!("{} of {} bytes", got.len(), original.len()),
+    )?;
+    // Left behind by the end of the session.
+    let mut data = s.epsv_connect()?;
+    s.send("QUIT")?;
+    let (code, text) = s.reply()?;
+    check(code == 221, "221 to QUIT", text)?;
+    drop(s);
+    let took = closed_within(&mut data, Duration::from_secs(8), "the orphaned data connection")?;
+    check(
+        took < Duration::from_secs(6),
+        "the orphaned data connection went with --relay-linger 2",
+        format!("{took:?}"),
+    )?;
+    fds_back_to(pid, baseline, Duration::from_secs(20), || fx.proxy_log())
+}
+
+/// Floods on the control connection: garbage records with valid headers after
+/// `AUTH TLS`, a ClientHello that announces 16 MiB, and garbage application
+/// data after a complete handshake and login. Each session ends at once with
+/// one `TLS on the client control connection failed` line, the proxy's memory
+/// stays small, and another session works meanwhile.
+#[test]
+fn garbage_records_and_a_huge_client_hello_end_only_their_session() -> Result<()> {
+    let Some((fx, ca)) = ftps_fixture("hostile-garbage", &[])? else {
+        return Ok(());
+    };
+    let pid = fx.proxy()?.pid();
+    let baseline = fd_count(pid);
+    let rss_before = rss_kib(pid)?;
+    let config = client_config(&ca)?;
+    let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
+    let mut peak = rss_before;
+    // Sends `head` then records of `kind` with random payload until the proxy
+    // closes or 32 MiB went out; the RSS peak along the way.
+    let mut flood = |sock: &mut dyn Write, head: &[u8], kind: u8, peak: &mut u64| -> usize {
+        let mut sent = 0;
+        if sock.write_all(head).is_err() {
+            return sent;
+        }
+        let mut record = vec![0u8; 5 + 16384];
+        record[..5].copy_from_slice(&[kind, 0x03, 0x03, 0x40, 0x00]);
+        for i in 0..2048 {
+            noise.fill(&mut record[5..]);
+            if sock.write_all(&record).is_err() {
+                break;
+            }
+            sent += record.len();
+            if i % 64 == 0 {
+                *peak = (*peak).max(rss_kib(pid).unwrap_or(0));
+            }
+        }
+        sent
+    };
+    let mut sessions = 0;
+    // 1. Handshake records of noise after 234.
+    let mut a = after_auth(fx.target())?;
+    let sent_a = flood(&mut a, &[], 0x16, &mut peak);
+    closed_within(&mut a, Duration::from_secs(5), "garbage handshake records")?;
+    sessions += 1;
+    // 2. A ClientHello announcing 16 MiB - 1 bytes, then more "of it".
+    let mut b = after_auth(fx.target())?;
+    let head = [0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0xff, 0xff, 0xff];
+    let sent_b = flood(&mut b, &head, 0x16, &mut peak);
+    closed_within(&mut b, Duration::from_secs(5), "a 16 MiB ClientHello")?;
+    sessions += 1;
+    // 3. Garbage application data inside an established session.
+    let mut c = Ftps::login(fx.target(), &config)?;
+    let sent_c = flood(c.ctl.get_mut(), &[], 0x17, &mut peak);
+    closed_within(c.ctl.get_mut(), Duration::from_secs(5), "garbage application data")?;
+    sessions += 1;
+    curl_round(&fx, &ca, FtpsMode::Explicit, "meanwhile")?;
+    let log = fx.proxy_log();
+    check(
+        count(&log, "TLS on the client control connection failed") == sessions,
+        format!("one TLS failure line for each of the {sessions} sessions"),
+        tail(&log, 4000),
+    )?;
+    check(
+        peak < rss_before + 8 * 1024,
+        "the proxy's memory stayed within 8 MiB of its start",
+        format!(
+            "VmRSS {rss_before} KiB before, peak {peak} KiB; sent {sent_a}, {sent_b}, {sent_c} bytes"
+        ),
+    )?;
+    // Far less than was sent: the proxy stopped reading at the first bad record.
+    check(
+        sent_a < 8 << 20 && sent_b < 8 << 20 && sent_c < 8 << 20,
+        "each flood was cut short by the proxy",
+        format!("sent {sent_a}, {sent_b}, {sent_c} bytes"),
+    )?;
+    fds_back_to(pid, baseline, Duration::from_secs(5), || fx.proxy_log())
+}
+
+/// `-m 20` filled with half-open handshakes (`AUTH TLS`, `234`, nothing more),
+/// then 180 more clients: each is accepted and closed at once without a byte
+/// (ftp-proxy(8): "Further clients are accepted and closed at once"), and once
+/// the stalled ones have gone (`-t 3`) a new session is served.
+#[test]
+fn half_open_handshakes_fill_the_session_limit_then_free_it() -> Result<()> {
+    const LIMIT: usize = 20;
+    const EXTRA: usize = 180;
+    let Some((fx, ca)) = ftps_fixture(
+        "hostile-limit",
+        &["-m", "20", "-t", "3", "--login-timeout", "0"],
+    )?
+    else {
+        return Ok(());
+    };
+    let pid = fx.proxy()?.pid();
+    let baseline = fd_count(pid);
+    let started = Instant::now();
+    let mut stalled = Vec::new();
+    for _ in 0..LIMIT {
+        stalled.push(after_auth(fx.target())?);
+    }
+    let mut refused = 0;
+    for i in 0..EXTRA {
+        let mut s = connect(fx.target())?;
+        let mut first = [0u8; 64];
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(E2eError::io("set read timeout"))?;
+        match s.read(&mut first) {
+            Ok(0) => refused += 1,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => refused += 1,
+            Ok(n) => {
+                return Err(E2eError::check(
+                    format!("client {i} past the limit closed without a reply"),
+                    String::from_utf8_lossy(&first[..n]).into_owned(),
+                ))
+            }
+            Err(e) => {
+                return Err(E2eError::check(
+                    format!("client {i} past the limit closed at once"),
+                    e.to_string(),
+                ))
+            }
+        }
+        if started.elapsed() > Duration::from_millis(2500) {
+            break;
+        }
+    }
+    check(
+        refused >= 20,
+        "clients past the limit were refused while the stalled ones held it",
+        format!("{refused} refused"),
+    )?;
+    let log = fx.proxy_log();
+    check(
+        count(&log, "client limit (20) reached") == refused,
+        "one `client limit (20) reached` line per refused client",
+        tail(&log, 3000),
+    )?;
+    for (i, s) in stalled.iter_mut().enumerate() {
+        closed_within(s, Duration::from_secs(10), &format!("stalled session {i}"))?;
+    }
+    fds_back_to(pid, baseline, Duration::from_secs(5), || fx.proxy_log())?;
+    curl_round(&fx, &ca, FtpsMode::Explicit, "after")
+}
+
