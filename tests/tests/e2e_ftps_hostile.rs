@@ -335,7 +335,10 @@ fn curl_round(fx: &Fixture, ca: &Path, mode: FtpsMode, tag: &str) -> Result<()> 
 /// meanwhile, and the descriptors come back.
 fn stalled_control_handshakes(mode: FtpsMode) -> Result<()> {
     let (tag, extra): (&str, &[&str]) = match mode {
-        FtpsMode::Explicit => ("hostile-stall-explicit", &["-t", "3", "--login-timeout", "0"]),
+        FtpsMode::Explicit => (
+            "hostile-stall-explicit",
+            &["-t", "3", "--login-timeout", "0"],
+        ),
         FtpsMode::Implicit => (
             "hostile-stall-implicit",
             &["-t", "3", "--login-timeout", "0", "--tls-implicit"],
@@ -426,7 +429,11 @@ fn data_stall(fx: &Fixture, ca: &Path) -> Result<()> {
     let baseline = fd_count(pid);
     let config = client_config(ca)?;
     for partial in [false, true] {
-        let what = if partial { "half a ClientHello" } else { "no handshake" };
+        let what = if partial {
+            "half a ClientHello"
+        } else {
+            "no handshake"
+        };
         let mut s = Ftps::login(fx.target(), &config)?;
         let mut data = s.epsv_connect()?;
         if partial {
@@ -439,7 +446,10 @@ fn data_stall(fx: &Fixture, ca: &Path) -> Result<()> {
         check(code == 150, format!("{what}: 150 to RETR"), text)?;
         let (_, text) = s.reply()?;
         let took = started.elapsed();
-        let resets = count(&fx.proxy_log(), "data connection reset: no data for 3 s (idle)");
+        let resets = count(
+            &fx.proxy_log(),
+            "data connection reset: no data for 3 s (idle)",
+        );
         check(
             resets == usize::from(partial) + 1,
             format!("{what}: the proxy reset the stalled data connection as idle"),
@@ -466,7 +476,11 @@ fn data_stall(fx: &Fixture, ca: &Path) -> Result<()> {
     let (code, text) = s.reply()?;
     check(code == 221, "221 to QUIT", text)?;
     drop(s);
-    let took = closed_within(&mut data, Duration::from_secs(8), "the orphaned data connection")?;
+    let took = closed_within(
+        &mut data,
+        Duration::from_secs(8),
+        "the orphaned data connection",
+    )?;
     check(
         took < Duration::from_secs(6),
         "the orphaned data connection went with --relay-linger 2",
@@ -527,7 +541,11 @@ fn garbage_records_and_a_huge_client_hello_end_only_their_session() -> Result<()
     // 3. Garbage application data inside an established session.
     let mut c = Ftps::login(fx.target(), &config)?;
     let sent_c = flood(c.ctl.get_mut(), &[], 0x17, &mut peak);
-    closed_within(c.ctl.get_mut(), Duration::from_secs(5), "garbage application data")?;
+    closed_within(
+        c.ctl.get_mut(),
+        Duration::from_secs(5),
+        "garbage application data",
+    )?;
     sessions += 1;
     curl_round(&fx, &ca, FtpsMode::Explicit, "meanwhile")?;
     let log = fx.proxy_log();
@@ -618,3 +636,207 @@ fn half_open_handshakes_fill_the_session_limit_then_free_it() -> Result<()> {
     curl_round(&fx, &ca, FtpsMode::Explicit, "after")
 }
 
+/// What the fake FTPS server does after its `234`.
+#[derive(Debug, Clone, Copy)]
+enum AfterAuth {
+    /// Plain FTP where the ServerHello should be.
+    Plaintext,
+    /// Nothing: the handshake never completes.
+    Silence,
+}
+
+/// A fake FTP server on 127.0.0.1: greets, answers `AUTH TLS` with `234`, then
+/// does `after` and holds the connection until told to stop (or 30 s).
+struct FakeServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl FakeServer {
+    fn start(after: AfterAuth) -> Result<FakeServer> {
+        let l = TcpListener::bind((LOCALHOST, 0)).map_err(E2eError::io("bind fake server"))?;
+        let addr = l
+            .local_addr()
+            .map_err(E2eError::io("fake server address"))?;
+        l.set_nonblocking(true)
+            .map_err(E2eError::io("nonblocking fake server"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            let started = Instant::now();
+            let mut held = Vec::new();
+            while !flag.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(30) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                        let _ = s.write_all(b"220 fake FTPS server\r\n");
+                        let mut buf = Vec::new();
+                        if read_reply_line(&mut s, &mut buf).is_some_and(|l| l.starts_with("AUTH"))
+                        {
+                            let _ = s.write_all(b"234 go ahead\r\n");
+                            if let AfterAuth::Plaintext = after {
+                                let _ = s.write_all(b"220 plain text where TLS should be\r\n");
+                            }
+                        }
+                        held.push(s);
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            for s in held {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        });
+        Ok(FakeServer {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One line from a peer, without its CRLF.
+fn read_reply_line(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    for _ in 0..100 {
+        if let Some(i) = buf.iter().position(|&b| b == b'\n') {
+            let l: Vec<u8> = buf.drain(..=i).collect();
+            return Some(String::from_utf8_lossy(&l).trim_end().to_string());
+        }
+        let mut chunk = [0u8; 512];
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    None
+}
+
+/// `--server-tls explicit` towards a server that answers `AUTH TLS` with
+/// `234` and then sends plain text, or nothing: the plain client in front
+/// gets a `421` and the log says why, within a bounded time (`-t 3`). A
+/// certificate for another name is tests/tests/e2e_ftps_server.rs's
+/// `unverifiable_servers_are_refused`.
+#[test]
+fn servers_that_break_their_tls_handshake_get_the_client_a_421() -> Result<()> {
+    if !preflight()? {
+        return Ok(());
+    }
+    let work = Workdir::new("hostile-server-tls")?;
+    let pki = Pki::create(&work.root().join("pki"))?;
+    let ca = pki.ca().display().to_string();
+    for (after, limit, line) in [
+        (
+            AfterAuth::Plaintext,
+            Duration::from_secs(3),
+            "TLS on the server control connection failed",
+        ),
+        (
+            AfterAuth::Silence,
+            Duration::from_secs(10),
+            "server timeout",
+        ),
+    ] {
+        let server = FakeServer::start(after)?;
+        let proxy = ProxyProcess::start(
+            LOCALHOST,
+            server.addr,
+            &[
+                "--server-tls",
+                "explicit",
+                "--server-tls-ca",
+                &ca,
+                "-t",
+                "3",
+            ],
+            &work.root().join(format!("proxy-{after:?}.log")),
+        )?;
+        let started = Instant::now();
+        let mut s = connect(proxy.addr())?;
+        let mut buf = Vec::new();
+        let got = read_reply(&mut s, &mut buf);
+        let took = started.elapsed();
+        let log = proxy.log();
+        let (code, text) = got.map_err(|e| {
+            E2eError::check(
+                format!("{after:?}: a reply"),
+                format!("{e}\n{}", tail(&log, 3000)),
+            )
+        })?;
+        check(
+            code == 421,
+            format!("{after:?}: 421 to the client"),
+            format!("{text}{}", tail(&log, 3000)),
+        )?;
+        check(
+            took < limit,
+            format!("{after:?}: the 421 within {limit:?}"),
+            format!("{took:?}"),
+        )?;
+        proxy.wait_log(line, Duration::from_secs(2))?;
+        closed_within(&mut s, Duration::from_secs(3), "the client after the 421")?;
+    }
+    Ok(())
+}
+
+/// SIGTERM with half-done handshakes (after `234`, and half a ClientHello)
+/// and a `PROT P` download stalled by its reader: the daemon exits within
+/// 5 s with status 0 and says `exiting on signal 15`, as without TLS
+/// (tests/tests/e2e_signals.rs).
+#[test]
+fn sigterm_with_half_done_handshakes_and_a_prot_p_transfer() -> Result<()> {
+    let Some((mut fx, ca)) = ftps_fixture("hostile-sigterm", &[])? else {
+        return Ok(());
+    };
+    let config = client_config(&ca)?;
+    let _silent = after_auth(fx.target())?;
+    let mut partial = after_auth(fx.target())?;
+    partial
+        .write_all(&partial_client_hello())
+        .map_err(E2eError::io("send half a ClientHello"))?;
+    let mut s = Ftps::login(fx.target(), &config)?;
+    let data = s.epsv_connect()?;
+    s.send(&format!("RETR {BIG}"))?;
+    let mut tls = StreamOwned::new(tls_client(&config)?, data);
+    let mut first = [0u8; 4096];
+    tls.read_exact(&mut first)
+        .map_err(E2eError::io("the first bytes of the download"))?;
+    // The reader stops here: the relay fills up and waits.
+    thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = fx
+        .proxy_mut()?
+        .stop_with(libc::SIGTERM, Duration::from_secs(5))?;
+    let took = started.elapsed();
+    let log = fx.proxy_log();
+    check(
+        status.code() == Some(0),
+        format!("exit status 0 after SIGTERM, got {status}"),
+        tail(&log, 3000),
+    )?;
+    check(
+        log.contains("exiting on signal 15"),
+        "log line `exiting on signal 15`",
+        tail(&log, 3000),
+    )?;
+    check(
+        took < Duration::from_secs(5),
+        "the exit within 5 s",
+        format!("{took:?}"),
+    )?;
+    check(
+        fx.proxy()?.leftovers().is_empty(),
+        "no process of the proxy's group left",
+        format!("{:?}", fx.proxy()?.leftovers()),
+    )
+}
