@@ -744,7 +744,7 @@ fn servers_that_break_their_tls_handshake_get_the_client_a_421() -> Result<()> {
         (
             AfterAuth::Silence,
             Duration::from_secs(10),
-            "server timeout",
+            "did not finish securing the connection in time",
         ),
     ] {
         let server = FakeServer::start(after)?;
