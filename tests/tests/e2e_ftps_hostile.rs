@@ -548,6 +548,10 @@ fn garbage_records_and_a_huge_client_hello_end_only_their_session() -> Result<()
     )?;
     sessions += 1;
     curl_round(&fx, &ca, FtpsMode::Explicit, "meanwhile")?;
+    eprintln!(
+        "floods: sent {sent_a}, {sent_b}, {sent_c} bytes before the proxy closed; \
+         VmRSS {rss_before} KiB before, peak {peak} KiB"
+    );
     let log = fx.proxy_log();
     check(
         count(&log, "TLS on the client control connection failed") == sessions,
