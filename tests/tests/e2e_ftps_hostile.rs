@@ -640,13 +640,16 @@ fn half_open_handshakes_fill_the_session_limit_then_free_it() -> Result<()> {
     curl_round(&fx, &ca, FtpsMode::Explicit, "after")
 }
 
-/// What the fake FTPS server does after its `234`.
+/// What the fake FTPS server does after its `234` (or, implicit, at all).
 #[derive(Debug, Clone, Copy)]
 enum AfterAuth {
     /// Plain FTP where the ServerHello should be.
     Plaintext,
     /// Nothing: the handshake never completes.
     Silence,
+    /// Implicit FTPS (`--server-tls implicit`): nothing at all after the
+    /// accept, so the proxy's ClientHello is never answered.
+    ImplicitSilence,
 }
 
 /// A fake FTP server on 127.0.0.1: greets, answers `AUTH TLS` with `234`, then
@@ -675,6 +678,10 @@ impl FakeServer {
                     Ok((mut s, _)) => {
                         let _ = s.set_nonblocking(false);
                         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                        if let AfterAuth::ImplicitSilence = after {
+                            held.push(s);
+                            continue;
+                        }
                         let _ = s.write_all(b"220 fake FTPS server\r\n");
                         let mut buf = Vec::new();
                         if read_reply_line(&mut s, &mut buf).is_some_and(|l| l.starts_with("AUTH"))
@@ -727,7 +734,8 @@ fn read_reply_line(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
 }
 
 /// `--server-tls explicit` towards a server that answers `AUTH TLS` with
-/// `234` and then sends plain text, or nothing: the plain client in front
+/// `234` and then sends plain text, or nothing, and `--server-tls implicit`
+/// towards one that never answers the ClientHello: the plain client in front
 /// gets a `421` and the log says why, within a bounded time (`-t 3`). A
 /// certificate for another name is tests/tests/e2e_ftps_server.rs's
 /// `unverifiable_servers_are_refused`.
@@ -750,19 +758,21 @@ fn servers_that_break_their_tls_handshake_get_the_client_a_421() -> Result<()> {
             Duration::from_secs(10),
             "did not finish securing the connection in time",
         ),
+        (
+            AfterAuth::ImplicitSilence,
+            Duration::from_secs(10),
+            "did not finish securing the connection in time",
+        ),
     ] {
         let server = FakeServer::start(after)?;
+        let mode = match after {
+            AfterAuth::ImplicitSilence => "implicit",
+            _ => "explicit",
+        };
         let proxy = ProxyProcess::start(
             LOCALHOST,
             server.addr,
-            &[
-                "--server-tls",
-                "explicit",
-                "--server-tls-ca",
-                &ca,
-                "-t",
-                "3",
-            ],
+            &["--server-tls", mode, "--server-tls-ca", &ca, "-t", "3"],
             &work.root().join(format!("proxy-{after:?}.log")),
         )?;
         let started = Instant::now();
