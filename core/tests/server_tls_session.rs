@@ -235,6 +235,27 @@ fn a_failed_handshake_or_a_close_while_securing_ends_with_421() {
     ends_with_421(&h.input(Input::Eof(Side::Server)), "closed");
 }
 
+/// A server that answers `234` and then never completes its handshake: the
+/// client, which has not even seen the greeting yet, is not the idle one. Its
+/// idle timer (armed at the accept, so due a moment before the server's) and
+/// the login timer end the session as the server's failure, with a `421`.
+#[test]
+fn a_handshake_the_server_never_completes_ends_with_421_whichever_timer_is_first() {
+    use std::time::Duration;
+    for (idle, login) in [(3, 0), (0, 3)] {
+        let mut cfg = config(ServerTls::Explicit, ClientTls::Off);
+        cfg.idle_timeout_secs = idle;
+        cfg.login_timeout_secs = login;
+        let mut h = connected(cfg);
+        // The server's bytes come a little after the accept, as on a network.
+        assert_eq!(h.advance(Duration::from_millis(10)), vec![]);
+        h.server(b"220 ready\r\n");
+        assert_eq!(h.server(b"234 go\r\n")[0], server_start_tls());
+        let a = h.advance(Duration::from_millis(2990));
+        ends_with_421(&a, "in time");
+    }
+}
+
 fn rules_of(actions: &[Action]) -> Vec<Rule> {
     for a in actions {
         if let Action::CommitRules { rules, .. } = a {

@@ -338,6 +338,18 @@ impl Session {
                     return self.close(cx, CloseReason::Timeout(Side::Server));
                 }
                 Timer::Resolve => return self.resolve_timed_out(cx),
+                // While the proxy secures the server's connection the client
+                // waits for the greeting or for its `USER` to go, so its silence
+                // is the server's doing: a server that answers `234` and never
+                // finishes its handshake sends no line that would move the
+                // server's timer, and the client's, armed at the accept, is due
+                // first.
+                Timer::ClientIdle | Timer::Login if self.server_link.securing() => {
+                    return self.server_tls_failed(
+                        cx,
+                        "the server did not finish securing the connection in time",
+                    );
+                }
                 Timer::ClientIdle => return self.close(cx, CloseReason::Timeout(Side::Client)),
                 Timer::Login => return self.close(cx, CloseReason::LoginTimeout),
                 Timer::CommitRetry => {
