@@ -778,7 +778,12 @@ fn servers_that_break_their_tls_handshake_get_the_client_a_421() -> Result<()> {
         let started = Instant::now();
         let mut s = connect(proxy.addr())?;
         let mut buf = Vec::new();
-        let got = read_reply(&mut s, &mut buf);
+        // The server's greeting is relayed at once (the client's own TLS
+        // setup overlaps the server's); the 421 follows it.
+        let mut got = read_reply(&mut s, &mut buf);
+        if matches!(got, Ok((220, _))) {
+            got = read_reply(&mut s, &mut buf);
+        }
         let took = started.elapsed();
         let log = proxy.log();
         let (code, text) = got.map_err(|e| {
