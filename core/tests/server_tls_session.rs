@@ -171,11 +171,21 @@ fn a_failure_after_the_greeting_went_out_ends_with_421() {
     h.server(b"220 ready\r\n");
     h.client(b"PBSZ 0\r\n");
     h.server(b"234 go\r\n");
-    ends_with_421(&h.input(Input::Reset(Side::Server)), "TLS handshake");
+    ends_with_421_as(
+        &h.input(Input::TlsFailed(Side::Server)),
+        "TLS handshake",
+        CloseReason::TlsFailed(Side::Server),
+    );
 }
 
-/// The client is told 421 with the reason, and the session ends.
+/// The client is told 421 with the reason, and the session ends as the server's
+/// refusal.
 fn ends_with_421(a: &[Action], reason: &str) {
+    ends_with_421_as(a, reason, CloseReason::ServerRefused)
+}
+
+/// The client is told 421 with the reason, and the session ends as `close`.
+fn ends_with_421_as(a: &[Action], reason: &str, close: CloseReason) {
     let Some(Action::Send(Side::Client, line)) = a.first() else {
         panic!("no reply to the client in {a:?}");
     };
@@ -185,14 +195,9 @@ fn ends_with_421(a: &[Action], reason: &str) {
         "{line:?} should be a 421 naming {reason:?}"
     );
     assert!(
-        a.iter().any(|x| matches!(
-            x,
-            Action::Close {
-                reason: CloseReason::ServerRefused,
-                ..
-            }
-        )),
-        "{a:?}"
+        a.iter()
+            .any(|x| matches!(x, Action::Close { reason, .. } if *reason == close)),
+        "the session should close as {close:?}: {a:?}"
     );
     assert!(
         !a.iter().any(|x| matches!(x, Action::Send(Side::Server, _))),
@@ -228,7 +233,19 @@ fn a_failed_handshake_or_a_close_while_securing_ends_with_421() {
     let mut h = connected(config(ServerTls::Explicit, ClientTls::Off));
     h.server(b"220 ready\r\n");
     h.server(b"234 go\r\n");
-    // The driver's TLS failed (a certificate that does not verify).
+    // The driver's TLS failed (a certificate that does not verify): the same
+    // 421 and log text as a reset, but the summary names TLS.
+    let a = h.input(Input::TlsFailed(Side::Server));
+    ends_with_421_as(&a, "TLS handshake", CloseReason::TlsFailed(Side::Server));
+    assert!(
+        a.iter().any(|x| matches!(x, Action::Close { reason, .. }
+            if reason.kind() == "server_tls_failed")),
+        "{a:?}"
+    );
+    // A reset connection while securing is still the server's refusal.
+    let mut h = connected(config(ServerTls::Explicit, ClientTls::Off));
+    h.server(b"220 ready\r\n");
+    h.server(b"234 go\r\n");
     ends_with_421(&h.input(Input::Reset(Side::Server)), "TLS handshake");
     let mut h = connected(config(ServerTls::Explicit, ClientTls::Off));
     h.server(b"220 ready\r\n");

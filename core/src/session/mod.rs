@@ -44,7 +44,7 @@ mod upstream;
 use flow::{idx, Flow};
 use negotiation::RuleState;
 use pairing::Pairing;
-use server_tls::ServerLink;
+use server_tls::{ServerLink, SECURING_FAILED};
 use stats::Stats;
 use timer::{Timer, TimerTable};
 use upstream::Upstream;
@@ -264,19 +264,28 @@ impl Session {
                 self.upstream_421(cx, &format!("cannot connect: {error}"));
                 return self.handle(cx, input);
             }
-            Input::Eof(Side::Server) | Input::Reset(Side::Server) if self.upstream_pending() => {
+            Input::Eof(Side::Server)
+            | Input::Reset(Side::Server)
+            | Input::TlsFailed(Side::Server)
+                if self.upstream_pending() =>
+            {
                 self.upstream_421(cx, "the server closed the connection before its greeting");
                 return self.handle(cx, input);
             }
-            Input::Eof(Side::Server) | Input::Reset(Side::Server)
+            Input::Eof(Side::Server)
+            | Input::Reset(Side::Server)
+            | Input::TlsFailed(Side::Server)
                 if self.server_link.securing() =>
             {
-                let why = if input == Input::Eof(Side::Server) {
-                    "the server closed the connection"
-                } else {
-                    "the TLS handshake or the connection failed (see the log line before)"
+                let (why, reason) = match input {
+                    Input::Eof(_) => (
+                        "the server closed the connection",
+                        CloseReason::ServerRefused,
+                    ),
+                    Input::TlsFailed(_) => (SECURING_FAILED, CloseReason::TlsFailed(Side::Server)),
+                    _ => (SECURING_FAILED, CloseReason::ServerRefused),
                 };
-                return self.server_tls_failed(cx, why);
+                return self.securing_failed(cx, why, reason);
             }
             Input::ServerConnected => {
                 debug!("{} connected to server {}", self.id, self.ends.server)
@@ -317,6 +326,7 @@ impl Session {
             Input::Reset(Side::Client) => return self.close(cx, CloseReason::ClientReset),
             Input::Reset(Side::Server) => return self.close(cx, CloseReason::ServerRefused),
             Input::WriteError(side) => return self.close(cx, CloseReason::WriteError(side)),
+            Input::TlsFailed(side) => return self.close(cx, CloseReason::TlsFailed(side)),
         }
         self.pump(cx);
     }

@@ -18,7 +18,8 @@
 //! Anything else ends the session with a `421` to the client and a log line that
 //! says why: a server that refuses `AUTH TLS` (a `500` or `534`), `PBSZ` or
 //! `PROT`, one that closes, and a TLS handshake that fails (the driver logs the
-//! TLS reason, such as a certificate that does not verify, and reports a reset).
+//! TLS reason, such as a certificate that does not verify, and reports
+//! [`crate::Input::TlsFailed`]; the summary then says `server_tls_failed`).
 //! The session never goes on in plain text.
 
 use bytes::Bytes;
@@ -30,6 +31,11 @@ use crate::ftps::{self, ServerTls};
 
 use super::flow::idx;
 use super::{Cx, Session};
+
+/// Why securing failed when the driver reports a failed TLS layer or a reset
+/// connection: its own log line, just before, says which.
+pub(super) const SECURING_FAILED: &str =
+    "the TLS handshake or the connection failed (see the log line before)";
 
 /// How much greeting the proxy holds while it secures the connection.
 const MAX_HELD_GREETING: usize = 8192;
@@ -214,6 +220,14 @@ impl Session {
     /// Ends a session whose server connection could not be secured: a log line
     /// with `why`, and a `421` to the client (never a plain-text session).
     pub(super) fn server_tls_failed(&mut self, cx: &mut Cx<'_>, why: &str) {
+        self.securing_failed(cx, why, CloseReason::ServerRefused)
+    }
+
+    /// [`Session::server_tls_failed`] with the summary's `reason`: the same `421`
+    /// and log line whatever broke, but a failed TLS layer
+    /// ([`CloseReason::TlsFailed`]) is told apart from a server that refused or
+    /// closed.
+    pub(super) fn securing_failed(&mut self, cx: &mut Cx<'_>, why: &str, reason: CloseReason) {
         if !self.server_link.securing() {
             return;
         }
@@ -226,6 +240,6 @@ impl Session {
         );
         let line = format!("421 Cannot reach the server securely: {why}\r\n",);
         self.send(cx, Side::Client, Bytes::from(line));
-        self.close(cx, CloseReason::ServerRefused);
+        self.close(cx, reason);
     }
 }
