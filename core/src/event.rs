@@ -155,6 +155,13 @@ pub enum Input {
     Eof(Side),
     /// A read error on an established connection to that side.
     Reset(Side),
+    /// TLS on that side's control connection failed: its handshake (a certificate
+    /// that does not verify, a peer that speaks plain FTP) or a record later. The
+    /// driver logs the TLS layer's reason; the session ends as
+    /// [`CloseReason::TlsFailed`], so that its summary tells a TLS failure from a
+    /// TCP reset. It can only occur when [`crate::Config::tls`] turns TLS on for
+    /// that side.
+    TlsFailed(Side),
     /// A write to that side failed.
     WriteError(Side),
     /// The answer to the session's [`Action::Resolve`]: the host's addresses (any
@@ -223,7 +230,7 @@ pub enum Action {
     /// From then on [`Input::Data`] of that side carries the decrypted bytes and
     /// every [`Action::Send`] to it is encrypted; [`Input::Written`] counts
     /// plaintext. A handshake that fails (a certificate that does not verify) is
-    /// an [`Input::Reset`] of that side (the driver logs why). A driver without
+    /// an [`Input::TlsFailed`] of that side (the driver logs why). A driver without
     /// TLS must not ignore it: it cannot occur unless [`crate::Config::tls`]
     /// turns TLS on, which such a driver does not do. With
     /// [`crate::ServerTls::Implicit`] no `StartTls` comes: the driver runs TLS
@@ -410,6 +417,10 @@ pub enum CloseReason {
     ServerRefused,
     /// A write to that side failed.
     WriteError(Side),
+    /// TLS on that side's control connection failed ([`Input::TlsFailed`]; the
+    /// driver logged the TLS layer's reason). The original has no TLS, so no
+    /// wording of its own.
+    TlsFailed(Side),
     /// No bytes from that side for the idle timeout (30 s for the server's first bytes).
     Timeout(Side),
     /// The server did not confirm a login (`230`) within `--login-timeout`.
@@ -470,6 +481,8 @@ impl CloseReason {
             CloseReason::ServerRefused => "server_refused",
             CloseReason::WriteError(Side::Client) => "client_write_error",
             CloseReason::WriteError(Side::Server) => "server_write_error",
+            CloseReason::TlsFailed(Side::Client) => "client_tls_failed",
+            CloseReason::TlsFailed(Side::Server) => "server_tls_failed",
             CloseReason::Timeout(Side::Client) => "client_timeout",
             CloseReason::Timeout(Side::Server) => "server_timeout",
             CloseReason::LoginTimeout => "login_timeout",
@@ -505,6 +518,9 @@ impl fmt::Display for CloseReason {
             CloseReason::ClientReset => f.write_str("client reset connection"),
             CloseReason::ServerRefused => f.write_str("server refused connection"),
             CloseReason::WriteError(side) => write!(f, "{} write error", side.name()),
+            CloseReason::TlsFailed(side) => {
+                write!(f, "TLS on the {} control connection failed", side.name())
+            }
             CloseReason::Timeout(side) => write!(f, "{} timeout", side.name()),
             CloseReason::LoginTimeout => f.write_str("client did not log in in time"),
             CloseReason::NotClean(Side::Client) => {

@@ -139,6 +139,19 @@ fn is(word: &[u8], name: &[u8]) -> bool {
     word.eq_ignore_ascii_case(name)
 }
 
+/// Whether the proxy answers `line` itself whatever the session's state, never
+/// passing it to the server: `AUTH`, `PBSZ` and `PROT` always (terminated here,
+/// or refused when no TLS runs towards clients), `CCC` when TLS towards clients
+/// is on. Such a line may be handled while the server's connection is still
+/// being secured (`--server-tls`): it neither needs nor reaches the server.
+pub fn answered_here(policy: &TlsPolicy, line: &[u8]) -> bool {
+    let (word, _) = split(line);
+    is(word, b"AUTH")
+        || is(word, b"PBSZ")
+        || is(word, b"PROT")
+        || (is(word, b"CCC") && policy.client != ClientTls::Off)
+}
+
 impl FtpsState {
     /// The state a new session starts in under `policy`.
     pub fn new(policy: &TlsPolicy) -> FtpsState {

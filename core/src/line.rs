@@ -53,6 +53,13 @@ impl LineBuf {
         self.buf.starts_with(prefix)
     }
 
+    /// The next complete line (LF included) without taking it; `None` if no LF
+    /// is buffered yet. [`next_line`](Self::next_line) still judges it.
+    pub fn peek_line(&self) -> Option<&[u8]> {
+        let end = self.buf.iter().take(MAX_LINE).position(|&b| b == b'\n')?;
+        Some(&self.buf[..=end])
+    }
+
     /// Takes every byte buffered, unparsed: what followed an `AUTH` line is TLS, not
     /// lines.
     pub fn take_all(&mut self) -> Bytes {

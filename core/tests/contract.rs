@@ -317,6 +317,8 @@ fn close_reason_kinds_are_distinct() {
         CloseReason::Eof(Side::Server),
         CloseReason::ClientReset,
         CloseReason::ServerRefused,
+        CloseReason::TlsFailed(Side::Client),
+        CloseReason::TlsFailed(Side::Server),
         CloseReason::WriteError(Side::Client),
         CloseReason::WriteError(Side::Server),
         CloseReason::Timeout(Side::Client),

@@ -8,7 +8,7 @@
 mod support;
 
 use ftp_proxy_core::{
-    Action, Bytes, ClientTls, CloseReason, Config, ConfigError, Proxy, Rule, Security, Side,
+    Action, Bytes, ClientTls, CloseReason, Config, ConfigError, Input, Proxy, Rule, Security, Side,
     TlsPolicy,
 };
 use support::*;
@@ -251,6 +251,42 @@ fn implicit_starts_protected_without_start_tls() {
     assert_eq!(
         h.client(b"AUTH TLS\r\n"),
         vec![send(Side::Client, b"503 Already protected by TLS\r\n")]
+    );
+}
+
+/// A failed client handshake (explicit, after the `234`, or implicit, from the
+/// first byte) ends the session as a TLS failure, not as a reset: the summary's
+/// `reason=` tells an admin which.
+#[test]
+fn a_failed_client_handshake_ends_as_client_tls_failed_not_a_reset() {
+    let mut h = explicit();
+    let a = h.client(b"AUTH TLS\r\n");
+    assert_eq!(a[1], start_tls(b""));
+    let a = h.input(Input::TlsFailed(Side::Client));
+    let [Action::Close { reason, .. }] = &a[..] else {
+        panic!("only the close: {a:?}")
+    };
+    assert_eq!(*reason, CloseReason::TlsFailed(Side::Client));
+    assert_eq!(reason.kind(), "client_tls_failed");
+    assert_eq!(
+        reason.to_string(),
+        "TLS on the client control connection failed"
+    );
+    assert!(reason.is_error());
+    assert!(h.p.is_empty());
+
+    let mut h = H::new(tls_config(ClientTls::Implicit, false), &[0]);
+    let a = h.input(Input::TlsFailed(Side::Client));
+    assert!(
+        matches!(&a[..], [Action::Close { reason, .. }] if reason.kind() == "client_tls_failed"),
+        "{a:?}"
+    );
+    // A plain reset is still the original's reset.
+    let mut h = explicit();
+    let a = h.input(Input::Reset(Side::Client));
+    assert!(
+        matches!(&a[..], [Action::Close { reason, .. }] if reason.kind() == "client_reset"),
+        "{a:?}"
     );
 }
 

@@ -1,8 +1,9 @@
 //! `--server-tls` through a whole session (issue 16, towards servers): the proxy
 //! secures the server's control connection itself (`AUTH TLS`, then
 //! [`Action::StartTls`] for [`Side::Server`], `PBSZ 0`, `PROT P`), relays the
-//! server's greeting only once that is done, holds the client's commands until
-//! then, ends the session with `421` on any refusal or failure, and marks the
+//! server's greeting at once, answers the client's own `AUTH`, `PBSZ` and `PROT`
+//! meanwhile (so both sides' handshakes overlap), holds its other commands until
+//! the server's side is secured, ends the session with `421` on any refusal or failure, and marks the
 //! server's leg of every data connection as [`Security::TlsToServer`].
 
 mod support;
@@ -50,14 +51,19 @@ fn server_start_tls() -> Action {
     }
 }
 
-/// Runs the explicit dialogue to its end: the greeting reaches the client last.
+/// Runs the explicit dialogue to its end: the greeting reaches the client at
+/// once, its `USER` only once the server's side is secured.
 fn secured_explicit() -> H {
     let mut h = connected(config(ServerTls::Explicit, ClientTls::Off));
     assert_eq!(
         h.server(b"220-Welcome\r\n220 ready\r\n"),
-        vec![send(Side::Server, b"AUTH TLS\r\n")]
+        vec![
+            send(Side::Server, b"AUTH TLS\r\n"),
+            send(Side::Client, b"220-Welcome\r\n"),
+            send(Side::Client, b"220 ready\r\n"),
+        ]
     );
-    // A client that does not wait for the greeting: its command waits.
+    // The client's USER waits for the server's side to be secured.
     assert_eq!(h.client(b"USER bob\r\n"), vec![]);
     assert_eq!(
         h.server(b"234 Proceed\r\n"),
@@ -69,11 +75,7 @@ fn secured_explicit() -> H {
     );
     assert_eq!(
         h.server(b"200 PROT now Private\r\n"),
-        vec![
-            send(Side::Client, b"220-Welcome\r\n"),
-            send(Side::Client, b"220 ready\r\n"),
-            send(Side::Server, b"USER bob\r\n"),
-        ]
+        vec![send(Side::Server, b"USER bob\r\n")]
     );
     h
 }
@@ -92,20 +94,98 @@ fn implicit_sends_pbsz_and_prot_after_the_greeting_without_auth() {
     let mut h = connected(config(ServerTls::Implicit, ClientTls::Off));
     assert_eq!(
         h.server(b"220 ready\r\n"),
-        vec![send(Side::Server, b"PBSZ 0\r\n")]
+        vec![
+            send(Side::Server, b"PBSZ 0\r\n"),
+            send(Side::Client, b"220 ready\r\n")
+        ]
     );
+    assert_eq!(h.client(b"SYST\r\n"), vec![]);
     assert_eq!(
         h.server(b"200 ok\r\n"),
         vec![send(Side::Server, b"PROT P\r\n")]
     );
     assert_eq!(
         h.server(b"200 ok\r\n"),
-        vec![send(Side::Client, b"220 ready\r\n")]
+        vec![send(Side::Server, b"SYST\r\n")]
     );
 }
 
-/// The client is told 421 with the reason, and the session ends.
+/// TLS on both sides: the client's `AUTH TLS`, handshake, `PBSZ` and `PROT` run
+/// while the proxy secures the server's side; `USER` waits for it, and a command
+/// the proxy would answer itself waits too once an ordinary one is queued before
+/// it (replies keep the commands' order).
+#[test]
+fn the_clients_handshake_overlaps_the_servers() {
+    let mut h = connected(config(ServerTls::Explicit, ClientTls::Explicit));
+    assert_eq!(
+        h.server(b"220 ready\r\n"),
+        vec![
+            send(Side::Server, b"AUTH TLS\r\n"),
+            send(Side::Client, b"220 ready\r\n"),
+        ]
+    );
+    let a = h.client(b"AUTH TLS\r\n\x16\x03\x01hello");
+    assert_eq!(
+        a,
+        vec![
+            send(
+                Side::Client,
+                b"234 AUTH command ok; starting TLS connection\r\n"
+            ),
+            Action::StartTls {
+                side: Side::Client,
+                pending: Bytes::from_static(b"\x16\x03\x01hello"),
+            },
+        ]
+    );
+    assert_eq!(
+        h.client(b"PBSZ 0\r\nPROT P\r\nUSER bob\r\nPBSZ 0\r\n"),
+        vec![
+            send(Side::Client, b"200 PBSZ=0\r\n"),
+            send(Side::Client, b"200 PROT command ok\r\n"),
+        ]
+    );
+    assert_eq!(
+        h.server(b"234 Proceed\r\n"),
+        vec![server_start_tls(), send(Side::Server, b"PBSZ 0\r\n")]
+    );
+    h.server(b"200 PBSZ=0\r\n");
+    assert_eq!(
+        h.server(b"200 PROT now Private\r\n"),
+        vec![send(Side::Server, b"USER bob\r\n")]
+    );
+    // The second PBSZ is answered in its turn, after USER's reply.
+    assert_eq!(
+        h.server(b"331 Password\r\n"),
+        vec![
+            send(Side::Client, b"331 Password\r\n"),
+            send(Side::Client, b"200 PBSZ=0\r\n"),
+        ]
+    );
+}
+
+/// A failure after the greeting was relayed still ends with a `421`.
+#[test]
+fn a_failure_after_the_greeting_went_out_ends_with_421() {
+    let mut h = connected(config(ServerTls::Explicit, ClientTls::Explicit));
+    h.server(b"220 ready\r\n");
+    h.client(b"PBSZ 0\r\n");
+    h.server(b"234 go\r\n");
+    ends_with_421_as(
+        &h.input(Input::TlsFailed(Side::Server)),
+        "TLS handshake",
+        CloseReason::TlsFailed(Side::Server),
+    );
+}
+
+/// The client is told 421 with the reason, and the session ends as the server's
+/// refusal.
 fn ends_with_421(a: &[Action], reason: &str) {
+    ends_with_421_as(a, reason, CloseReason::ServerRefused)
+}
+
+/// The client is told 421 with the reason, and the session ends as `close`.
+fn ends_with_421_as(a: &[Action], reason: &str, close: CloseReason) {
     let Some(Action::Send(Side::Client, line)) = a.first() else {
         panic!("no reply to the client in {a:?}");
     };
@@ -115,14 +195,9 @@ fn ends_with_421(a: &[Action], reason: &str) {
         "{line:?} should be a 421 naming {reason:?}"
     );
     assert!(
-        a.iter().any(|x| matches!(
-            x,
-            Action::Close {
-                reason: CloseReason::ServerRefused,
-                ..
-            }
-        )),
-        "{a:?}"
+        a.iter()
+            .any(|x| matches!(x, Action::Close { reason, .. } if *reason == close)),
+        "the session should close as {close:?}: {a:?}"
     );
     assert!(
         !a.iter().any(|x| matches!(x, Action::Send(Side::Server, _))),
@@ -158,11 +233,44 @@ fn a_failed_handshake_or_a_close_while_securing_ends_with_421() {
     let mut h = connected(config(ServerTls::Explicit, ClientTls::Off));
     h.server(b"220 ready\r\n");
     h.server(b"234 go\r\n");
-    // The driver's TLS failed (a certificate that does not verify).
+    // The driver's TLS failed (a certificate that does not verify): the same
+    // 421 and log text as a reset, but the summary names TLS.
+    let a = h.input(Input::TlsFailed(Side::Server));
+    ends_with_421_as(&a, "TLS handshake", CloseReason::TlsFailed(Side::Server));
+    assert!(
+        a.iter().any(|x| matches!(x, Action::Close { reason, .. }
+            if reason.kind() == "server_tls_failed")),
+        "{a:?}"
+    );
+    // A reset connection while securing is still the server's refusal.
+    let mut h = connected(config(ServerTls::Explicit, ClientTls::Off));
+    h.server(b"220 ready\r\n");
+    h.server(b"234 go\r\n");
     ends_with_421(&h.input(Input::Reset(Side::Server)), "TLS handshake");
     let mut h = connected(config(ServerTls::Explicit, ClientTls::Off));
     h.server(b"220 ready\r\n");
     ends_with_421(&h.input(Input::Eof(Side::Server)), "closed");
+}
+
+/// A server that answers `234` and then never completes its handshake: the
+/// client, which has not even seen the greeting yet, is not the idle one. Its
+/// idle timer (armed at the accept, so due a moment before the server's) and
+/// the login timer end the session as the server's failure, with a `421`.
+#[test]
+fn a_handshake_the_server_never_completes_ends_with_421_whichever_timer_is_first() {
+    use std::time::Duration;
+    for (idle, login) in [(3, 0), (0, 3)] {
+        let mut cfg = config(ServerTls::Explicit, ClientTls::Off);
+        cfg.idle_timeout_secs = idle;
+        cfg.login_timeout_secs = login;
+        let mut h = connected(cfg);
+        // The server's bytes come a little after the accept, as on a network.
+        assert_eq!(h.advance(Duration::from_millis(10)), vec![]);
+        h.server(b"220 ready\r\n");
+        assert_eq!(h.server(b"234 go\r\n")[0], server_start_tls());
+        let a = h.advance(Duration::from_millis(2990));
+        ends_with_421(&a, "in time");
+    }
 }
 
 fn rules_of(actions: &[Action]) -> Vec<Rule> {

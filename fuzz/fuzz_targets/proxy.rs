@@ -182,6 +182,11 @@ enum Op {
         s: u8,
         server: bool,
     },
+    /// The driver's TLS layer on that control connection failed.
+    TlsFailed {
+        s: u8,
+        server: bool,
+    },
     WriteError {
         s: u8,
         server: bool,
@@ -500,6 +505,10 @@ impl Harness {
             Op::Reset { s, server } => {
                 let side = if server { Side::Server } else { Side::Client };
                 self.socket_event(s, side, Input::Reset(side));
+            }
+            Op::TlsFailed { s, server } => {
+                let side = if server { Side::Server } else { Side::Client };
+                self.socket_event(s, side, Input::TlsFailed(side));
             }
             Op::WriteError { s, server } => {
                 let side = if server { Side::Server } else { Side::Client };

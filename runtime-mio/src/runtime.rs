@@ -1099,7 +1099,7 @@ impl<B: Filter> Runtime<B> {
             return Some(Input::Reset(Side::Client));
         }
         if tls_failed {
-            return Some(Input::Reset(Side::Client));
+            return Some(Input::TlsFailed(Side::Client));
         }
         self.hot.insert((id, Side::Client));
         None
@@ -1236,7 +1236,7 @@ impl<B: Filter> Runtime<B> {
                     // The alert rustls queued, if the socket takes it.
                     let _ = c.flush();
                     c.read_done = true;
-                    Input::Reset(side)
+                    Input::TlsFailed(side)
                 }
             };
             self.feed(Instant::now(), Call::Input(id, input));
@@ -1447,7 +1447,7 @@ impl<B: Filter> Runtime<B> {
     /// Executes [`Action::StartTls`]: the connection turns TLS once what is queued
     /// (the `234`) has gone out plain; the bytes the client sent after its `AUTH`
     /// line are the start of its handshake. A failure is the core's
-    /// `Input::Reset` of that side, logged here.
+    /// `Input::TlsFailed` of that side, logged here.
     fn start_tls(&mut self, id: SessionId, side: Side, pending: &[u8]) -> Option<Input> {
         let s = self.sessions.get_mut(&id)?;
         let made: Result<rustls::Connection, String> = match side {
@@ -1470,7 +1470,7 @@ impl<B: Filter> Runtime<B> {
                     "{id} cannot start TLS on the {} connection: {e}",
                     side.name()
                 );
-                return Some(Input::Reset(side));
+                return Some(Input::TlsFailed(side));
             }
         };
         let mut rest = pending;
@@ -1484,7 +1484,7 @@ impl<B: Filter> Runtime<B> {
                     "{id} TLS on the {} control connection failed: {e}; ending the session",
                     side.name()
                 );
-                return Some(Input::Reset(side));
+                return Some(Input::TlsFailed(side));
             }
         }
         debug!(

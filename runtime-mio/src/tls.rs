@@ -16,12 +16,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::Resumption;
+use rustls::client::{
+    ClientSessionMemoryCache, ClientSessionStore, Resumption, Tls12ClientSessionValue,
+    Tls13ClientSessionValue,
+};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::ServerSessionMemoryCache;
 use rustls::{
-    ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, ServerConfig,
+    ClientConfig, ClientConnection, DigitallySignedStruct, NamedGroup, RootCertStore, ServerConfig,
     SignatureScheme,
 };
 
@@ -29,6 +33,32 @@ use rustls::{
 /// resume: a few transfers' worth (a TLS 1.3 server issues two tickets per
 /// handshake).
 const SESSIONS_PER_CONTROL: usize = 32;
+
+/// Servers whose preferred key exchange group the proxy remembers across
+/// sessions ([`KxHints`]): one per name it speaks TLS to, more than a route
+/// file is expected to hold.
+const KX_HINTS: usize = 256;
+
+/// The crypto provider of both sides: ring, with the key exchange groups in the
+/// order of their cost. rustls 0.23.48's ring provider lists P-384 first, so a
+/// client hello carried a P-384 key share (ring computes P-384 with its generic
+/// big-number code): measured through the proxy against pure-ftpd, that key
+/// share was 18% of the proxy's CPU per FTPS session, and pure-ftpd, which takes
+/// only P-256, asked for another one anyway (a HelloRetryRequest). X25519 is
+/// what OpenSSL, curl and browsers offer first; P-256 is next (ring has
+/// dedicated code for it), P-384 last.
+///
+/// ring rather than aws-lc-rs: it builds with cc alone (no cmake, no assembler
+/// toolchain) and is all a TLS 1.2/1.3 server and client need. rustls 0.23.48
+/// deprecates it for lacking post-quantum key exchange; peers then agree on
+/// X25519 or a NIST curve.
+fn provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::ring::kx_group;
+    #[allow(deprecated)]
+    let mut p = rustls::crypto::ring::default_provider();
+    p.kx_groups = vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1];
+    Arc::new(p)
+}
 
 /// What a data connection's TLS handshake must show (`--tls-data-reuse`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -140,13 +170,7 @@ impl ClientTls {
             what: "a private key",
             error,
         })?;
-        // ring rather than aws-lc-rs: it builds with cc alone (no cmake, no
-        // assembler toolchain) and is all a TLS 1.2/1.3 server needs. rustls
-        // 0.23.48 deprecates it for lacking post-quantum key exchange; clients
-        // then agree on X25519 or a NIST curve.
-        #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = ServerConfig::builder_with_provider(provider)
+        let config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .and_then(|b| b.with_no_client_auth().with_single_cert(chain, private))
             .map_err(|error| TlsError::Config {
@@ -244,6 +268,8 @@ impl std::error::Error for ServerTlsError {}
 pub struct ServerTls {
     base: Arc<ClientConfig>,
     name: ServerName<'static>,
+    /// Shared by every session's store ([`SessionStore`]).
+    hints: Arc<KxHints>,
 }
 
 /// One control session's TLS client configuration towards its server: the
@@ -276,8 +302,7 @@ impl ServerTls {
     pub fn load(verify: &ServerVerify, name: &str) -> Result<ServerTls, ServerTlsError> {
         let name = ServerName::try_from(name.to_string())
             .map_err(|_| ServerTlsError::Name(name.to_string()))?;
-        #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = provider();
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(ServerTlsError::Config)?;
@@ -304,17 +329,76 @@ impl ServerTls {
         Ok(ServerTls {
             base: Arc::new(config),
             name,
+            hints: Arc::new(KxHints(ClientSessionMemoryCache::new(KX_HINTS))),
         })
     }
 
-    /// The configuration of one control session, with a session store of its own.
+    /// The configuration of one control session, with a session store of its own
+    /// (the key exchange hints excepted: [`SessionStore`]).
     pub fn for_session(&self) -> SessionServerTls {
         let mut c = (*self.base).clone();
-        c.resumption = Resumption::in_memory_sessions(SESSIONS_PER_CONTROL);
+        c.resumption = Resumption::store(Arc::new(SessionStore {
+            own: ClientSessionMemoryCache::new(SESSIONS_PER_CONTROL),
+            hints: self.hints.clone(),
+        }));
         SessionServerTls {
             config: Arc::new(c),
             name: self.name.clone(),
         }
+    }
+}
+
+/// Which key exchange group each server took last, kept for the whole process:
+/// the only thing sessions share about a server. It holds no secret, and it
+/// spares each new session's first handshake the HelloRetryRequest of a server
+/// that does not take the group offered first (pure-ftpd takes P-256 only), a
+/// round trip and a key share computed for nothing.
+#[derive(Debug)]
+struct KxHints(ClientSessionMemoryCache);
+
+/// One control session's TLS client store: its own TLS 1.2 sessions and TLS 1.3
+/// tickets, so its data connections resume only its control connection's TLS
+/// session (and no other session's), beside the process-wide [`KxHints`].
+#[derive(Debug)]
+struct SessionStore {
+    own: ClientSessionMemoryCache,
+    hints: Arc<KxHints>,
+}
+
+impl ClientSessionStore for SessionStore {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        self.hints.0.set_kx_hint(server_name, group);
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.hints.0.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
+        self.own.set_tls12_session(server_name, value);
+    }
+
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.own.tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.own.remove_tls12_session(server_name);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: Tls13ClientSessionValue,
+    ) {
+        self.own.insert_tls13_ticket(server_name, value);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server_name: &ServerName<'static>,
+    ) -> Option<Tls13ClientSessionValue> {
+        self.own.take_tls13_ticket(server_name)
     }
 }
 
@@ -378,6 +462,34 @@ mod tests {
         let p = dir.join(name);
         std::fs::write(&p, body).unwrap();
         p
+    }
+
+    #[test]
+    fn key_exchange_offers_x25519_first_and_p384_last() {
+        use rustls::crypto::ring::kx_group;
+        let names: Vec<NamedGroup> = provider().kx_groups.iter().map(|g| g.name()).collect();
+        assert_eq!(
+            names,
+            [kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1].map(|g| g.name())
+        );
+    }
+
+    #[test]
+    fn sessions_share_key_exchange_hints_and_nothing_else() {
+        let hints = Arc::new(KxHints(ClientSessionMemoryCache::new(KX_HINTS)));
+        let store = |h: &Arc<KxHints>| SessionStore {
+            own: ClientSessionMemoryCache::new(SESSIONS_PER_CONTROL),
+            hints: h.clone(),
+        };
+        let (a, b) = (store(&hints), store(&hints));
+        let name = ServerName::try_from("ftp.example.org").unwrap();
+        assert_eq!(b.kx_hint(&name), None);
+        a.set_kx_hint(name.clone(), NamedGroup::secp256r1);
+        assert_eq!(b.kx_hint(&name), Some(NamedGroup::secp256r1));
+        // A store of another process-wide set learns nothing.
+        let other = store(&Arc::new(KxHints(ClientSessionMemoryCache::new(KX_HINTS))));
+        assert_eq!(other.kx_hint(&name), None);
+        assert!(b.take_tls13_ticket(&name).is_none() && b.tls12_session(&name).is_none());
     }
 
     #[test]

@@ -71,10 +71,13 @@
 //! * with client TLS (RFC 4217) no `AUTH`, `PBSZ`, `PROT` or `CCC` reaches the
 //!   server; `StartTls` comes only for the client, only with explicit TLS, at most
 //!   once, and only right after a `234` went to the client;
-//! * with server TLS (`--server-tls`) nothing but the proxy's own `AUTH TLS`
-//!   (explicit only), `PBSZ 0` and `PROT P` goes to the server before the
-//!   greeting reaches the client; `StartTls` for the server comes only with
-//!   explicit server TLS, once, right after that `AUTH TLS`, before the greeting.
+//! * with server TLS (`--server-tls`) the first lines to the server are the
+//!   proxy's own `AUTH TLS` (explicit only), `PBSZ 0` and `PROT P`, in that
+//!   order, and nothing else goes before them (the greeting may reach the client
+//!   meanwhile: its own `AUTH`, `PBSZ` and `PROT` are answered by the proxy);
+//!   `StartTls` for the server comes only with explicit server TLS, once, right
+//!   after that `AUTH TLS`; the proxy's own `421` for a connection it could not
+//!   secure comes only before any other line went to the server.
 //!
 //! The checks that depend on the harness's own world (the sim's honest servers and
 //! its mock filter, the fuzzer's legal inputs) stay with the harness.
@@ -333,6 +336,10 @@ pub struct Watch {
     sent_auth: bool,
     /// `StartTls` for the server was emitted.
     server_tls_started: bool,
+    /// How many of the proxy's own securing commands went to the server.
+    own_sent: usize,
+    /// A line other than those went to the server: the link was secured.
+    past_own: bool,
     /// `EndDataConnections` was the last action.
     ending_data: bool,
     /// Forward mode (`--user-at-host`): the destination policy every connect must
@@ -393,6 +400,8 @@ impl Watch {
             tls_started: false,
             server_tls: cfg.tls.server,
             sent_auth: false,
+            own_sent: 0,
+            past_own: false,
             server_tls_started: false,
             forward: cfg.user_at_host.clone(),
             routes: cfg.routes.is_some(),
@@ -569,9 +578,6 @@ impl Watch {
                 if std::mem::replace(&mut self.server_tls_started, true) {
                     return Err("a second StartTls on the server".into());
                 }
-                if self.greeted {
-                    return Err("StartTls on the server after the greeting was relayed".into());
-                }
                 Ok(())
             }
             Action::StartTls { side, .. } => {
@@ -669,21 +675,24 @@ impl Watch {
                 ftp::escape(line)
             ));
         }
-        // With server TLS only the proxy's own protection commands go before the
-        // greeting is relayed; they are not the client's, so nothing else here
-        // concerns them.
-        if self.server_tls != ServerTls::Off && !self.greeted {
+        // With server TLS the proxy's own protection commands go first, in
+        // order; they are not the client's, so nothing else here concerns them.
+        if self.server_tls != ServerTls::Off && !self.past_own {
             let own: &[&[u8]] = match self.server_tls {
                 ServerTls::Explicit => &[b"AUTH TLS\r\n", b"PBSZ 0\r\n", b"PROT P\r\n"],
                 _ => &[b"PBSZ 0\r\n", b"PROT P\r\n"],
             };
-            if own.contains(&line) {
+            if own.get(self.own_sent) == Some(&line) {
+                self.own_sent += 1;
                 return Ok(());
             }
-            return Err(format!(
-                "'{}' sent to the server before its control connection was secured",
-                ftp::escape(line)
-            ));
+            if self.own_sent < own.len() {
+                return Err(format!(
+                    "'{}' sent to the server before its control connection was secured",
+                    ftp::escape(line)
+                ));
+            }
+            self.past_own = true;
         }
         // With client TLS the protection commands are the proxy's: the server's
         // leg stays plain, so none of them may reach it.
@@ -780,10 +789,14 @@ impl Watch {
             return Ok(());
         };
         // The proxy's own 421: in forward or route mode before the server was
-        // spoken to, with server TLS before its connection was secured (and the
-        // greeting relayed).
+        // spoken to, with server TLS before its connection was secured (before
+        // any client line went to the server; the greeting may have been
+        // relayed, so the proxy's text tells it from a server's 421).
         let own = ((self.forward.is_some() || self.routes) && !self.server_spoken)
-            || (self.server_tls != ServerTls::Off && !self.greeted);
+            || (self.server_tls != ServerTls::Off
+                && !self.past_own
+                && !more
+                && line.starts_with(b"421 Cannot reach the server securely"));
         if code == 421 && own {
             if more {
                 return Err("the proxy's own 421 is one line".into());

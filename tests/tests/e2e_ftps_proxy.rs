@@ -337,6 +337,16 @@ fn wrong_protocol_ends_only_that_session() -> Result<()> {
         "the proxy logged why it ended the plain session",
         tail(&log, 3000),
     )?;
+    // Its summary names the TLS failure, not a TCP reset (the held session is
+    // still open, so this is the plain session's line).
+    fx.proxy()?
+        .wait_log(" reason=client_tls_failed", Duration::from_secs(5))?;
+    let log = fx.proxy_log();
+    check(
+        !log.contains(" reason=client_reset"),
+        "a failed handshake is not summarised as a reset",
+        tail(&log, 3000),
+    )?;
     // The listener still serves TLS clients.
     curl_ftps_retr(
         fx.target(),

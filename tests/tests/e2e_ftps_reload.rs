@@ -6,6 +6,7 @@
 //! and renamed over it.
 //!
 //! What a client sees is checked from outside: a Python client sends `AUTH TLS`
+//! (or, with `--tls-implicit`, handshakes at once and reads the `220` over TLS)
 //! and compares the SHA-256 of the certificate the proxy shows
 //! (`getpeercert(binary_form=True)`) with the DER of the files; curl verifies it
 //! against each test CA. A session held open across the reload (Python's
@@ -21,30 +22,40 @@ use ftp_proxy_tests::e2e::*;
 const RELOADED: &str = "reloaded (key";
 const KEPT: &str = "; keeping the previous certificate";
 
-/// Prints `peer HEX` for the certificate the proxy shows after `AUTH TLS`, then
-/// `file HEX` for the first certificate of each file given.
+/// Prints `peer HEX` for the certificate the proxy shows, then `file HEX` for
+/// the first certificate of each file given. Its third argument is `explicit`
+/// (the certificate shown after `AUTH TLS`) or `implicit` (the handshake from
+/// the first byte; the `220` must then come over TLS).
 const FINGERPRINT: &str = r#"
 import hashlib, socket, ssl, sys
-host, port = sys.argv[1], int(sys.argv[2])
+host, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if mode not in ("explicit", "implicit"):
+    raise SystemExit("mode %r" % mode)
 s = socket.create_connection((host, port), timeout=20)
-f = s.makefile("rb")
-def reply():
+def reply(f):
     for _ in range(50):
         line = f.readline()
         if len(line) >= 4 and line[:3].isdigit() and line[3:4] == b" ":
             return line
     raise SystemExit("no final reply")
-reply()
-s.sendall(b"AUTH TLS\r\n")
-r = reply()
-if not r.startswith(b"234"):
-    raise SystemExit("AUTH TLS refused: %r" % r)
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
-t = ctx.wrap_socket(s, server_hostname="localhost")
+if mode == "explicit":
+    f = s.makefile("rb")
+    reply(f)
+    s.sendall(b"AUTH TLS\r\n")
+    r = reply(f)
+    if not r.startswith(b"234"):
+        raise SystemExit("AUTH TLS refused: %r" % r)
+    t = ctx.wrap_socket(s, server_hostname="localhost")
+else:
+    t = ctx.wrap_socket(s, server_hostname="localhost")
+    r = reply(t.makefile("rb"))
+    if not r.startswith(b"220"):
+        raise SystemExit("no 220 over implicit TLS: %r" % r)
 print("peer", hashlib.sha256(t.getpeercert(binary_form=True)).hexdigest())
-for path in sys.argv[3:]:
+for path in sys.argv[4:]:
     pem = open(path).read()
     end = pem.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")
     first = pem[pem.index("-----BEGIN CERTIFICATE-----"):end] + "\n"
@@ -54,6 +65,8 @@ t.close()
 
 struct World {
     fx: Fixture,
+    /// `--tls-implicit`: clients handshake at once, no `AUTH TLS`.
+    implicit: bool,
     /// The proxy's certificate and key (the paths it was started with).
     live: CertPair,
     /// What it was started with, kept aside.
@@ -93,7 +106,8 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(E2eError::io(format!("read {}", path.display())))
 }
 
-fn start(tag: &str) -> Result<Option<World>> {
+/// The daemon with the old pair in place, with `--tls-implicit` if `implicit`.
+fn start(tag: &str, implicit: bool) -> Result<Option<World>> {
     let mut made = None;
     let fx = Fixture::start_made(
         tag,
@@ -114,7 +128,7 @@ fn start(tag: &str) -> Result<Option<World>> {
             // unprivileged user, which must be able to read the pair.
             std::fs::set_permissions(&live.key, std::fs::Permissions::from_mode(0o644))
                 .map_err(E2eError::io("chmod the key"))?;
-            let args = vec![
+            let mut args = vec![
                 "--tls-cert".to_string(),
                 live.cert.display().to_string(),
                 "--tls-key".into(),
@@ -122,6 +136,9 @@ fn start(tag: &str) -> Result<Option<World>> {
                 "--tls-data-reuse".into(),
                 "require".into(),
             ];
+            if implicit {
+                args.push("--tls-implicit".into());
+            }
             made = Some((live, old_pki, new_pki));
             Ok(args)
         },
@@ -133,6 +150,7 @@ fn start(tag: &str) -> Result<Option<World>> {
     let (live, old_pki, new_pki) = made.expect("made with the proxy's options");
     Ok(Some(World {
         fx,
+        implicit,
         live,
         old: old_pki.server(),
         old_ca: old_pki.ca(),
@@ -167,6 +185,12 @@ impl World {
                 FINGERPRINT.into(),
                 target.ip().to_string(),
                 target.port().to_string(),
+                if self.implicit {
+                    "implicit"
+                } else {
+                    "explicit"
+                }
+                .to_string(),
                 pair.cert.display().to_string(),
             ],
             30,
@@ -186,10 +210,20 @@ impl World {
         }
     }
 
-    /// curl downloads BIG over FTPS (EPSV, PROT P) verifying against `ca`.
+    /// How a client verifying against `ca` speaks FTPS to this daemon.
+    fn client_tls(&self, ca: &Path) -> ClientTls {
+        if self.implicit {
+            ClientTls::implicit(ca)
+        } else {
+            ClientTls::explicit(ca)
+        }
+    }
+
+    /// curl downloads BIG over FTPS (EPSV, PROT P; `ftps://` when implicit)
+    /// verifying against `ca`.
     fn curl_with(&self, ca: &Path, name: &str) -> Result<Attempt> {
         let got = self.fx.work.local().join(name);
-        let tls = ClientTls::explicit(ca);
+        let tls = self.client_tls(ca);
         let a = curl_ftps_retr(
             self.fx.target(),
             Login::User,
@@ -212,7 +246,21 @@ impl World {
 /// downloads verifying it against the new CA, and no longer against the old one.
 #[test]
 fn a_reload_serves_the_new_certificate_to_new_sessions_only() -> Result<()> {
-    let Some(mut w) = start("ftps-reload-new")? else {
+    new_certificate_for_new_sessions_only("ftps-reload-new", false)
+}
+
+/// The same with `--tls-implicit`: the certificate shown by the handshake a
+/// client starts at once (no `AUTH TLS`) changes on SIGUSR1 for new sessions,
+/// and a session opened before keeps working (its download after the reload,
+/// resuming its control session).
+#[test]
+fn an_implicit_listener_reloads_for_new_sessions_only() -> Result<()> {
+    new_certificate_for_new_sessions_only("ftps-reload-implicit", true)
+}
+
+/// The body of the two tests above, explicit or `implicit` FTPS.
+fn new_certificate_for_new_sessions_only(tag: &str, implicit: bool) -> Result<()> {
+    let Some(mut w) = start(tag, implicit)? else {
         return Ok(());
     };
     check(
@@ -223,7 +271,7 @@ fn a_reload_serves_the_new_certificate_to_new_sessions_only() -> Result<()> {
     let held_got = w.fx.work.local().join("held.bin");
     let mut held = HeldClient::start_ftps(
         w.fx.target(),
-        &ClientTls::explicit(&w.old_ca),
+        &w.client_tls(&w.old_ca),
         SessionReuse::Resume,
         &[
             format!("login:{USER}:{PASSWORD}"),
@@ -277,7 +325,7 @@ fn a_reload_serves_the_new_certificate_to_new_sessions_only() -> Result<()> {
 /// once a good pair is in place the same directory serves it.
 #[test]
 fn a_broken_pair_keeps_the_previous_certificate() -> Result<()> {
-    let Some(mut w) = start("ftps-reload-broken")? else {
+    let Some(mut w) = start("ftps-reload-broken", false)? else {
         return Ok(());
     };
     let cert = w.live.cert.display().to_string();

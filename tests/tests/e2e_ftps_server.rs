@@ -367,8 +367,9 @@ fn vsftpd_implicit() -> Result<()> {
 }
 
 /// A download through a proxy whose server side cannot be secured: curl fails,
-/// it was told `421`, and the proxy's log names `reason`.
-fn refused(fx: &Fixture, tag: &str, reason: &str) -> Result<()> {
+/// it was told `421`, the proxy's log names `reason`, and the session summary
+/// says `reason=SUMMARY`.
+fn refused(fx: &Fixture, tag: &str, reason: &str, summary: &str) -> Result<()> {
     let got = fx.work.local().join(format!("{tag}.bin"));
     let e = match curl_retr(fx.target(), Login::User, DataMode::Epsv, SMALL, &got) {
         Ok(log) => {
@@ -389,6 +390,22 @@ fn refused(fx: &Fixture, tag: &str, reason: &str) -> Result<()> {
         log.contains("cannot secure the control connection to server") && log.contains(reason),
         format!("{tag}: the proxy logged why ({reason})"),
         tail(&log, 3000),
+    )?;
+    // The summary tells a failed handshake from a refusal.
+    let other = if summary == "server_tls_failed" {
+        "server_refused"
+    } else {
+        "server_tls_failed"
+    };
+    fx.proxy()?.wait_log(
+        &format!(" reason={summary}"),
+        std::time::Duration::from_secs(5),
+    )?;
+    let log = fx.proxy_log();
+    check(
+        !log.contains(&format!(" reason={other}")),
+        format!("{tag}: the session is summarised as {summary}, not {other}"),
+        tail(&log, 3000),
     )
 }
 
@@ -405,7 +422,7 @@ fn unverifiable_servers_are_refused() -> Result<()> {
     else {
         return Ok(());
     };
-    refused(&fx, "untrusted", "UnknownIssuer")?;
+    refused(&fx, "untrusted", "UnknownIssuer", "server_tls_failed")?;
     drop(fx);
     let Some(fx) = fixture("srvtls-name", PureFtpdTls::Allowed, Pki::server, |_, ca| {
         let mut a = explicit_with_ca(ca);
@@ -415,7 +432,12 @@ fn unverifiable_servers_are_refused() -> Result<()> {
     else {
         return Ok(());
     };
-    refused(&fx, "name", "certificate not valid for name")?;
+    refused(
+        &fx,
+        "name",
+        "certificate not valid for name",
+        "server_tls_failed",
+    )?;
     drop(fx);
     // A plain pure-ftpd (no -Y): it refuses AUTH TLS.
     let Some(fx) = Fixture::start_made(
@@ -427,7 +449,7 @@ fn unverifiable_servers_are_refused() -> Result<()> {
     else {
         return Ok(());
     };
-    refused(&fx, "plain", "refused AUTH TLS")
+    refused(&fx, "plain", "refused AUTH TLS", "server_refused")
 }
 
 /// `--server-tls-insecure` takes the untrusted certificate, and says so at

@@ -108,7 +108,7 @@ impl Session {
         match self.ftps.command(&cx.cfg.tls, line) {
             Answer::Pass => false,
             Answer::Reply(reply) => {
-                debug!("{} proxy: {}", self.id, ftp::escape(reply.as_bytes()));
+                // Logged by local_reply.
                 self.local_reply(cx, reply);
                 true
             }

@@ -26,7 +26,7 @@ use log::{debug, error, info, warn};
 
 use crate::config::{Config, CONNECT_TIMEOUT};
 use crate::event::{Accept, Action, CloseReason, Input, SessionId, Side};
-use crate::ftps::FtpsState;
+use crate::ftps::{self, FtpsState};
 use crate::line::LineBuf;
 use crate::rand::RandomSource;
 use crate::rules::{Anchor, Family, SessionAddrs};
@@ -44,7 +44,7 @@ mod upstream;
 use flow::{idx, Flow};
 use negotiation::RuleState;
 use pairing::Pairing;
-use server_tls::ServerLink;
+use server_tls::{ServerLink, SECURING_FAILED};
 use stats::Stats;
 use timer::{Timer, TimerTable};
 use upstream::Upstream;
@@ -264,19 +264,28 @@ impl Session {
                 self.upstream_421(cx, &format!("cannot connect: {error}"));
                 return self.handle(cx, input);
             }
-            Input::Eof(Side::Server) | Input::Reset(Side::Server) if self.upstream_pending() => {
+            Input::Eof(Side::Server)
+            | Input::Reset(Side::Server)
+            | Input::TlsFailed(Side::Server)
+                if self.upstream_pending() =>
+            {
                 self.upstream_421(cx, "the server closed the connection before its greeting");
                 return self.handle(cx, input);
             }
-            Input::Eof(Side::Server) | Input::Reset(Side::Server)
+            Input::Eof(Side::Server)
+            | Input::Reset(Side::Server)
+            | Input::TlsFailed(Side::Server)
                 if self.server_link.securing() =>
             {
-                let why = if input == Input::Eof(Side::Server) {
-                    "the server closed the connection"
-                } else {
-                    "the TLS handshake or the connection failed (see the log line before)"
+                let (why, reason) = match input {
+                    Input::Eof(_) => (
+                        "the server closed the connection",
+                        CloseReason::ServerRefused,
+                    ),
+                    Input::TlsFailed(_) => (SECURING_FAILED, CloseReason::TlsFailed(Side::Server)),
+                    _ => (SECURING_FAILED, CloseReason::ServerRefused),
                 };
-                return self.server_tls_failed(cx, why);
+                return self.securing_failed(cx, why, reason);
             }
             Input::ServerConnected => {
                 debug!("{} connected to server {}", self.id, self.ends.server)
@@ -317,6 +326,7 @@ impl Session {
             Input::Reset(Side::Client) => return self.close(cx, CloseReason::ClientReset),
             Input::Reset(Side::Server) => return self.close(cx, CloseReason::ServerRefused),
             Input::WriteError(side) => return self.close(cx, CloseReason::WriteError(side)),
+            Input::TlsFailed(side) => return self.close(cx, CloseReason::TlsFailed(side)),
         }
         self.pump(cx);
     }
@@ -338,6 +348,18 @@ impl Session {
                     return self.close(cx, CloseReason::Timeout(Side::Server));
                 }
                 Timer::Resolve => return self.resolve_timed_out(cx),
+                // While the proxy secures the server's connection the client
+                // waits for the greeting or for its `USER` to go, so its silence
+                // is the server's doing: a server that answers `234` and never
+                // finishes its handshake sends no line that would move the
+                // server's timer, and the client's, armed at the accept, is due
+                // first.
+                Timer::ClientIdle | Timer::Login if self.server_link.securing() => {
+                    return self.server_tls_failed(
+                        cx,
+                        "the server did not finish securing the connection in time",
+                    );
+                }
                 Timer::ClientIdle => return self.close(cx, CloseReason::Timeout(Side::Client)),
                 Timer::Login => return self.close(cx, CloseReason::LoginTimeout),
                 Timer::CommitRetry => {
@@ -367,7 +389,7 @@ impl Session {
                     }
                     progressed |= self.release_held(cx);
                 }
-                while self.line_may_go(side) {
+                while self.line_may_go(cx, side) {
                     match self.inbox[idx(side)].next_line() {
                         Ok(Some(line)) => {
                             progressed = true;
@@ -416,11 +438,19 @@ impl Session {
     /// Whether the next buffered line of `side` may be handled now: the session is
     /// open, no commit is in flight, the pairing lets client lines go (for the
     /// client), and the output the line may add has room ([`Flow::output_full`]).
-    fn line_may_go(&self, side: Side) -> bool {
+    /// While the server's connection is being secured, only the client lines the
+    /// proxy answers itself go, once the greeting has been relayed
+    /// (`server_tls.rs`).
+    fn line_may_go(&self, cx: &Cx<'_>, side: Side) -> bool {
+        let securing = self.server_link.securing()
+            && !(self.server_link.greeted()
+                && self.inbox[idx(Side::Client)]
+                    .peek_line()
+                    .is_some_and(|l| ftps::answered_here(&cx.cfg.tls, l)));
         let blocked = side == Side::Client
             && (self.pairing.client_blocked()
                 || self.tls_wait
-                || self.server_link.securing()
+                || securing
                 || !self.upstream.takes_client_lines());
         self.phase == Phase::Open
             && !(self.pairing.is_committing() || blocked || self.flow.output_full(side))

@@ -7,15 +7,19 @@
 //! `implicit` the driver runs TLS from the connect on. Then it sends `PBSZ 0` and
 //! `PROT P` ([`ftps::server_after_handshake`]): every data connection to a TLS
 //! server is protected, whatever the client's own `PROT` (RFC 4217 lets the FTP
-//! client choose; the proxy is that client). The server's greeting is held and
-//! relayed to the client only once all of that succeeded, so the client's
-//! commands wait, and none of the proxy's commands or their replies reach the
-//! client.
+//! client choose; the proxy is that client). The server's greeting is relayed
+//! to the client as soon as its `220` is complete, so that the client's own
+//! `AUTH TLS`, handshake, `PBSZ` and `PROT` (all answered by the proxy,
+//! [`ftps::answered_here`]) run while the proxy secures the server's side: the
+//! two handshakes overlap instead of adding up. Every other client command
+//! (`USER` first) waits until the server's side is secured, and none of the
+//! proxy's commands or their replies reach the client.
 //!
 //! Anything else ends the session with a `421` to the client and a log line that
 //! says why: a server that refuses `AUTH TLS` (a `500` or `534`), `PBSZ` or
 //! `PROT`, one that closes, and a TLS handshake that fails (the driver logs the
-//! TLS reason, such as a certificate that does not verify, and reports a reset).
+//! TLS reason, such as a certificate that does not verify, and reports
+//! [`crate::Input::TlsFailed`]; the summary then says `server_tls_failed`).
 //! The session never goes on in plain text.
 
 use bytes::Bytes;
@@ -27,6 +31,11 @@ use crate::ftps::{self, ServerTls};
 
 use super::flow::idx;
 use super::{Cx, Session};
+
+/// Why securing failed when the driver reports a failed TLS layer or a reset
+/// connection: its own log line, just before, says which.
+pub(super) const SECURING_FAILED: &str =
+    "the TLS handshake or the connection failed (see the log line before)";
 
 /// How much greeting the proxy holds while it secures the connection.
 const MAX_HELD_GREETING: usize = 8192;
@@ -78,6 +87,12 @@ impl ServerLink {
     pub(super) fn securing(&self) -> bool {
         matches!(self, ServerLink::Securing { .. })
     }
+
+    /// Whether the server's greeting has been relayed while the link is still
+    /// being secured: client lines the proxy answers itself may then go.
+    pub(super) fn greeted(&self) -> bool {
+        matches!(self, ServerLink::Securing { step, .. } if *step != Step::Greeting)
+    }
 }
 
 impl Session {
@@ -125,6 +140,7 @@ impl Session {
                     _ => (Step::Pbsz, ftps::server_after_handshake(&cx.cfg.tls)[0]),
                 };
                 self.server_tls_send(cx, next, word);
+                self.release_greeting(cx);
             }
             Step::Greeting => {
                 self.server_tls_failed(cx, &format!("the server greeted with '{shown}'"));
@@ -172,28 +188,46 @@ impl Session {
         self.send(cx, Side::Server, Bytes::from_static(word.as_bytes()));
     }
 
+    /// The greeting is complete: it goes to the client as the usual dialogue's
+    /// first reply while the proxy goes on securing the server's side.
+    fn release_greeting(&mut self, cx: &mut Cx<'_>) {
+        let held = match &mut self.server_link {
+            ServerLink::Securing { held, size, .. } => {
+                *size = 0;
+                std::mem::take(held)
+            }
+            ServerLink::Ready => return,
+        };
+        for line in held {
+            if !self.is_open() {
+                return;
+            }
+            self.server_line(cx, line, false);
+        }
+    }
+
     /// The server's control connection is TLS and its data connections are
-    /// protected: the held greeting goes to the client as the usual dialogue's
-    /// first reply, and the client's lines may go.
+    /// protected: the client's lines may go to it.
     fn server_tls_ready(&mut self, cx: &mut Cx<'_>) {
-        let old = std::mem::replace(&mut self.server_link, ServerLink::Ready);
+        self.release_greeting(cx);
+        self.server_link = ServerLink::Ready;
         info!(
             "{} server control connection is TLS; its data connections are protected (PROT P)",
             self.id
         );
-        if let ServerLink::Securing { held, .. } = old {
-            for line in held {
-                if !self.is_open() {
-                    return;
-                }
-                self.server_line(cx, line, false);
-            }
-        }
     }
 
     /// Ends a session whose server connection could not be secured: a log line
     /// with `why`, and a `421` to the client (never a plain-text session).
     pub(super) fn server_tls_failed(&mut self, cx: &mut Cx<'_>, why: &str) {
+        self.securing_failed(cx, why, CloseReason::ServerRefused)
+    }
+
+    /// [`Session::server_tls_failed`] with the summary's `reason`: the same `421`
+    /// and log line whatever broke, but a failed TLS layer
+    /// ([`CloseReason::TlsFailed`]) is told apart from a server that refused or
+    /// closed.
+    pub(super) fn securing_failed(&mut self, cx: &mut Cx<'_>, why: &str, reason: CloseReason) {
         if !self.server_link.securing() {
             return;
         }
@@ -206,6 +240,6 @@ impl Session {
         );
         let line = format!("421 Cannot reach the server securely: {why}\r\n",);
         self.send(cx, Side::Client, Bytes::from(line));
-        self.close(cx, CloseReason::ServerRefused);
+        self.close(cx, reason);
     }
 }
