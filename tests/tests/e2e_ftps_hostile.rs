@@ -554,7 +554,7 @@ fn garbage_records_and_a_huge_client_hello_end_only_their_session() -> Result<()
     );
     let log = fx.proxy_log();
     check(
-        count(&log, "TLS on the client control connection failed") == sessions,
+        count(&log, "TLS on the client control connection failed: ") == sessions,
         format!("one TLS failure line for each of the {sessions} sessions"),
         tail(&log, 4000),
     )?;
