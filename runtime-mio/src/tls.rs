@@ -334,7 +334,7 @@ impl ServerTls {
     }
 
     /// The configuration of one control session, with a session store of its own
-    /// (the key exchange hints excepted: [`SessionStore`]).
+    /// (the key exchange hints excepted, which all sessions share).
     pub fn for_session(&self) -> SessionServerTls {
         let mut c = (*self.base).clone();
         c.resumption = Resumption::store(Arc::new(SessionStore {
