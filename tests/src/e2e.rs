@@ -36,9 +36,11 @@ pub use clients::{
 };
 pub use control::{connect_from, Control, Reply};
 pub use error::{tail, E2eError, Result};
-pub use fixture::{loopback, preflight, Fixture, DIRECT_ENV, PROXY_CHROOT, PROXY_USER};
+pub use fixture::{
+    ftps_fixture, loopback, preflight, Fixture, DIRECT_ENV, PROXY_CHROOT, PROXY_USER,
+};
 pub use installed::TOOLS_DIR;
-pub use proc::{group_members, run, run_ok, wait_for, ChildGuard};
+pub use proc::{group_members, rss_kib, run, run_ok, wait_for, ChildGuard};
 pub use proxy::{build_in_test_profile, proxy_binary, wait_listening, ProxyProcess, LISTENING};
 pub use rclone::{RcloneServer, RCLONE_PASSIVE_RANGE};
 pub use server::{

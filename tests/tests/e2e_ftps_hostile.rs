@@ -16,7 +16,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -39,46 +39,9 @@ fn check(ok: bool, what: impl Into<String>, detail: impl Into<String>) -> Result
     }
 }
 
-/// A fixture with the proxy holding the test CA's server certificate, `extra`
-/// options after `--tls-cert`/`--tls-key`; the fixture and the CA file.
-fn ftps_fixture(tag: &str, extra: &[&str]) -> Result<Option<(Fixture, PathBuf)>> {
-    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    let mut ca = None;
-    let fx = Fixture::start_made(
-        tag,
-        false,
-        |work| {
-            let pki = Pki::create(&work.root().join("pki"))?;
-            let pair = pki.server();
-            ca = Some(pki.ca());
-            let mut args = vec![
-                "--tls-cert".to_string(),
-                pair.cert.display().to_string(),
-                "--tls-key".into(),
-                pair.key.display().to_string(),
-            ];
-            args.extend(extra);
-            Ok(args)
-        },
-        |_| Ok(Vec::new()),
-    )?;
-    Ok(fx.map(|f| (f, ca.expect("made with the proxy's options"))))
-}
-
 /// Open descriptors of `pid`.
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
-/// Resident memory of `pid` in KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(E2eError::io(format!("read /proc/{pid}/status")))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| E2eError::check("VmRSS in /proc/<pid>/status", status.clone()))
 }
 
 /// Waits up to `limit` for the proxy's descriptors to come back to `baseline`.

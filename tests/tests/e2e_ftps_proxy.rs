@@ -22,32 +22,6 @@ use std::time::Duration;
 
 use ftp_proxy_tests::e2e::*;
 
-/// A fixture with the proxy holding the test CA's server certificate; `extra`
-/// proxy options after `--tls-cert`/`--tls-key`. Returns the fixture and the CA.
-fn ftps_fixture(tag: &str, extra: &[&str]) -> Result<Option<(Fixture, std::path::PathBuf)>> {
-    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    let mut ca = None;
-    let fx = Fixture::start_made(
-        tag,
-        false,
-        |work| {
-            let pki = Pki::create(&work.root().join("pki"))?;
-            let pair = pki.server();
-            ca = Some(pki.ca());
-            let mut args = vec![
-                "--tls-cert".to_string(),
-                pair.cert.display().to_string(),
-                "--tls-key".into(),
-                pair.key.display().to_string(),
-            ];
-            args.extend(extra);
-            Ok(args)
-        },
-        |_| Ok(Vec::new()),
-    )?;
-    Ok(fx.map(|f| (f, ca.expect("made with the proxy's options"))))
-}
-
 fn check(ok: bool, what: impl Into<String>, detail: impl Into<String>) -> Result<()> {
     if ok {
         Ok(())

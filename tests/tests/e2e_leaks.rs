@@ -26,17 +26,6 @@ fn fd_count(pid: u32) -> Result<usize> {
         .count())
 }
 
-/// Resident memory of `pid` in KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(E2eError::io(format!("read /proc/{pid}/status")))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| E2eError::check("VmRSS in /proc/<pid>/status", status.clone()))
-}
-
 /// Closing sends RST instead of FIN: an abrupt end.
 fn linger_zero(s: &TcpStream) {
     let l = libc::linger {

@@ -242,3 +242,30 @@ impl Fixture {
         }
     }
 }
+
+/// A fixture with the proxy holding the test CA's server certificate, `extra`
+/// proxy options after `--tls-cert`/`--tls-key`; the fixture and the CA file
+/// (`None` where [`preflight`] says the e2e tests cannot run).
+pub fn ftps_fixture(tag: &str, extra: &[&str]) -> Result<Option<(Fixture, std::path::PathBuf)>> {
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    let mut ca = None;
+    let fx = Fixture::start_made(
+        tag,
+        false,
+        |work| {
+            let pki = super::tls::Pki::create(&work.root().join("pki"))?;
+            let pair = pki.server();
+            ca = Some(pki.ca());
+            let mut args = vec![
+                "--tls-cert".to_string(),
+                pair.cert.display().to_string(),
+                "--tls-key".into(),
+                pair.key.display().to_string(),
+            ];
+            args.extend(extra);
+            Ok(args)
+        },
+        |_| Ok(Vec::new()),
+    )?;
+    Ok(fx.map(|f| (f, ca.expect("made with the proxy's options"))))
+}

@@ -230,3 +230,15 @@ pub fn wait_for<T>(
         thread::sleep(POLL);
     }
 }
+
+/// Resident memory of `pid` in KiB (`VmRSS` in /proc/PID/status).
+pub fn rss_kib(pid: u32) -> super::error::Result<u64> {
+    use super::error::E2eError;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(E2eError::io(format!("read /proc/{pid}/status")))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| E2eError::check("VmRSS in /proc/<pid>/status", status.clone()))
+}
