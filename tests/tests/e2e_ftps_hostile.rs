@@ -455,7 +455,7 @@ fn data_stall(fx: &Fixture, ca: &Path) -> Result<()> {
 /// Floods on the control connection: garbage records with valid headers after
 /// `AUTH TLS`, a ClientHello that announces 16 MiB, and garbage application
 /// data after a complete handshake and login. Each session ends at once with
-/// one `TLS on the client control connection failed` line, the proxy's memory
+/// one `TLS on the client control connection failed: ...` line, the proxy's memory
 /// stays small, and another session works meanwhile.
 #[test]
 fn garbage_records_and_a_huge_client_hello_end_only_their_session() -> Result<()> {

@@ -203,7 +203,7 @@ fn tls_on_both_sides() -> Result<()> {
 }
 
 /// Bytes of the large transfers: hundreds of TLS records, many times the
-/// relay's buffers (a 64 KiB staging buffer and record queue per leg).
+/// relay's buffers (its 64 KiB pipe and the 64 KiB record queue of each TLS leg).
 const LARGE_LEN: usize = 6 << 20;
 
 /// Deterministic bytes no compression or pattern could pass for: a
